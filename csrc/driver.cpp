@@ -1,0 +1,424 @@
+// The ISA-independent half of the core: the four algorithms written over the kernel
+// primitives, special values, the choice of ISA, and threads.
+#include "driver.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tp {
+namespace {
+
+// ---------------------------------------------------------------------------------
+// Threads: run f(0..n-1) on n threads (the caller's is one of them). Spawned per call:
+// the driver only goes parallel when each thread has >= kMinPerThread elements, where
+// a thread start (~20 us) is noise.
+// ---------------------------------------------------------------------------------
+template <class F> void parallel(int n, F&& f) {
+  if (n <= 1) {
+    f(0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(n - 1);
+  for (int t = 1; t < n; ++t) pool.emplace_back([&f, t] { f(t); });
+  f(0);
+  for (auto& th : pool) th.join();
+}
+constexpr int64_t kMinPerThread = 1 << 15;
+
+// Per-lane special values: what a row holds decides its result (DESIGN.md, Semantics).
+enum class Special { kNone, kNaN, kPosInf, kAllNegInf };
+
+template <class T> struct Scan {
+  Special kind;
+  T max;
+};
+// Scalar scan of one lane; only rows whose fast path failed come here.
+template <class T> Scan<T> scan_lane(const T* x, int64_t n, int64_t sx) {
+  bool nan = false, posinf = false;
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = x[j * sx];
+    if (v != v)
+      nan = true;
+    else if (v > m)
+      m = v;
+  }
+  posinf = m == std::numeric_limits<T>::infinity();
+  if (nan) return {Special::kNaN, m};
+  if (posinf) return {Special::kPosInf, m};
+  if (m == -std::numeric_limits<T>::infinity()) return {Special::kAllNegInf, m};
+  return {Special::kNone, m};
+}
+
+// lse = log(S) + E*ln2 as an unevaluated double-double hi + lo, so that float64
+// log_softmax, (x - hi) - lo, keeps its last bits even when |lse| is large.
+struct DD {
+  double hi, lo;
+};
+inline DD lse_of_pair(double S, double E) {
+  constexpr double kLn2Hi = 0x1.62e42fefa39efp-1;  // ln2 rounded to double
+  constexpr double kLn2Lo = 0x1.abc9e3b39803fp-56;  // ln2 - kLn2Hi
+  const double a = E * kLn2Hi;                      // |E| < 2^21: error below 2^-32 ulp(a)
+  const double ea = std::fma(E, kLn2Hi, -a);        // exact error of the product
+  const double b = std::log(S) + (E * kLn2Lo + ea);
+  const double hi = a + b;
+  const double bb = hi - a;
+  const double lo = (a - (hi - bb)) + (b - bb);  // two-sum
+  return {hi, lo};
+}
+// Split hi + lo into two T's for the (x - hi) - lo pass.
+template <class T> inline void split_dd(DD d, T& hi, T& lo) {
+  hi = (T)d.hi;
+  lo = (T)(((double)d.hi - (double)hi) + d.lo);
+}
+
+// ---------------------------------------------------------------------------------
+// Exec: runs the primitives over one group, either whole or split along the axis into
+// chunks on several threads, merging the per-chunk reductions.
+// ---------------------------------------------------------------------------------
+template <class T> struct Exec {
+  const Prims<T>& P;
+  Group<T> g;
+  int chunks;  // 1 = run inline
+  bool stream;
+
+  Group<T> chunk(int c) const {
+    const int64_t len = (g.n + chunks - 1) / chunks;
+    const int64_t lo = std::min(g.n, c * len), hi = std::min(g.n, lo + len);
+    Group<T> s = g;
+    s.x += lo * g.sx;
+    s.y += lo * g.sy;
+    s.n = hi - lo;
+    return s;
+  }
+  template <class F> void each(F&& f) const {
+    if (chunks == 1)
+      f(g);
+    else
+      parallel(chunks, [&](int c) { f(chunk(c)); });
+  }
+  // Reductions: per-chunk partial results in `parts`, merged lane by lane.
+  void pair_sum(const T* shift, Pair* out) const {
+    if (chunks == 1) return P.pair_sum(g, shift, out);
+    std::vector<Pair> parts((size_t)chunks * kMaxLanes);
+    parallel(chunks, [&](int c) { P.pair_sum(chunk(c), shift, &parts[(size_t)c * kMaxLanes]); });
+    for (int l = 0; l < g.lanes; ++l) {
+      out[l] = Pair{0.0, -1e300};
+      for (int c = 0; c < chunks; ++c) pair_merge(out[l], parts[(size_t)c * kMaxLanes + l].S, parts[(size_t)c * kMaxLanes + l].E);
+    }
+  }
+  void max(T* out) const {
+    if (chunks == 1) return P.max(g, out);
+    std::vector<T> parts((size_t)chunks * kMaxLanes);
+    parallel(chunks, [&](int c) { P.max(chunk(c), &parts[(size_t)c * kMaxLanes]); });
+    for (int l = 0; l < g.lanes; ++l) {
+      out[l] = -std::numeric_limits<T>::infinity();
+      for (int c = 0; c < chunks; ++c) {
+        const T v = parts[(size_t)c * kMaxLanes + l];
+        out[l] = (v > out[l] || v != v) ? v : out[l];
+      }
+    }
+  }
+  // Sums of exp: f(chunk, out) fills one double per lane.
+  template <class F> void sum(F&& f, double* out) const {
+    if (chunks == 1) return f(g, out);
+    std::vector<double> parts((size_t)chunks * kMaxLanes);
+    parallel(chunks, [&](int c) { f(chunk(c), &parts[(size_t)c * kMaxLanes]); });
+    for (int l = 0; l < g.lanes; ++l) {
+      out[l] = 0;
+      for (int c = 0; c < chunks; ++c) out[l] += parts[(size_t)c * kMaxLanes + l];
+    }
+  }
+  void online(double* m, double* s) const {
+    if (chunks == 1) return P.online(g, m, s);
+    std::vector<double> pm((size_t)chunks * kMaxLanes), ps((size_t)chunks * kMaxLanes);
+    parallel(chunks, [&](int c) { P.online(chunk(c), &pm[(size_t)c * kMaxLanes], &ps[(size_t)c * kMaxLanes]); });
+    for (int l = 0; l < g.lanes; ++l) {
+      m[l] = -INFINITY, s[l] = 0;
+      for (int c = 0; c < chunks; ++c) online_merge(m[l], s[l], pm[(size_t)c * kMaxLanes + l], ps[(size_t)c * kMaxLanes + l]);
+    }
+  }
+};
+
+// Parameters for one group, one entry per lane.
+template <class T> struct LaneArrays {
+  T a[kMaxLanes], b[kMaxLanes], c[kMaxLanes];
+  double d[kMaxLanes], e[kMaxLanes];
+  Pair p[kMaxLanes];
+  bool fix[kMaxLanes];
+};
+
+template <class T> constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
+
+// Result of a special row: NaN for softmax/log_softmax, per DESIGN.md for logsumexp.
+template <class T> T special_lse(Special s) {
+  switch (s) {
+    case Special::kNaN: return kNaN<T>;
+    case Special::kPosInf: return std::numeric_limits<T>::infinity();
+    default: return -std::numeric_limits<T>::infinity();
+  }
+}
+
+template <class T> void fill_lane(const Group<T>& g, int lane, T v) {
+  for (int64_t j = 0; j < g.n; ++j) g.y[lane + j * g.sy] = v;
+}
+
+// One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
+template <class T> Group<T> lane_of(const Group<T>& g, int l) {
+  Group<T> s = g;
+  s.x += l;
+  s.y += l;
+  s.lanes = 1;
+  return s;
+}
+
+struct Job {
+  Op op;
+  Algo algo;
+};
+
+template <class T> struct Runner {
+  const PrimPair<T>& prims;
+  Job job;
+  bool stream;
+  T* lse_out;          // logsumexp: one output per lane (stride 1 across lanes)
+  int chunks = 1;
+
+  const Prims<T>& pick(const Group<T>& g) const { return (g.lanes == 1 && g.sx == 1 && g.sy == 1) ? prims.row : prims.panel; }
+  Exec<T> exec(const Group<T>& g) const { return Exec<T>{pick(g), g, chunks, stream}; }
+
+  void run(const Group<T>& g, T* lse) const {
+    switch (job.algo) {
+      case Algo::kTwoPass: return two_pass(g, lse, nullptr);
+      default: return max_based(g, lse);
+    }
+  }
+
+  // Two-pass (extended exponent). `shift` (one per lane, or null for 0) is the row
+  // maximum on a redo of a row outside the accurate domain.
+  void two_pass(const Group<T>& g, T* lse, const T* shift) const {
+    const Exec<T> ex = exec(g);
+    LaneArrays<T> A;
+    T zero[kMaxLanes] = {};
+    if (!shift) shift = zero;
+    ex.pair_sum(shift, A.p);
+    // Accept a lane when its sum is finite and its largest exponent lies where the
+    // reduction is exact and clamped elements are negligible (twopass.h, Numerics).
+    constexpr double kLog2e = 1.4426950408889634;
+    const double e_hi = std::floor(Numerics<T>::kAccurate * kLog2e) - 2;
+    const double e_lo = std::ceil((-Numerics<T>::kAccurate + Numerics<T>::kMargin) * kLog2e);
+    bool any_fix = false;
+    for (int l = 0; l < g.lanes; ++l) {
+      const Pair p = A.p[l];
+      A.fix[l] = !(std::isfinite(p.S) && p.S > 0 && p.E <= e_hi && p.E >= e_lo);
+      any_fix |= A.fix[l];
+      if (A.fix[l]) {
+        A.a[l] = A.b[l] = A.c[l] = 0;
+        continue;
+      }
+      if (job.op == Op::kSoftmax) {
+        // y = m * (1/S) * 2^(e - E) with S normalised to [0.5, 1): m/S stays in about
+        // [0.7, 2.9], which Scale::out needs to round into subnormals exactly once.
+        int ex2;
+        const double fr = std::frexp(p.S, &ex2);
+        A.a[l] = shift[l];
+        A.b[l] = (T)(1.0 / fr);
+        A.c[l] = (T)(p.E + ex2);
+      } else {
+        const DD d = lse_of_pair(p.S, p.E);
+        if (job.op == Op::kLogSumExp) {
+          lse[l] = (T)((double)shift[l] + d.hi + d.lo);
+        } else {  // log_softmax: y = (x - shift) - lse_shifted, no exp
+          A.a[l] = shift[l];
+          if (shift[l] != 0) {
+            A.b[l] = (T)(d.hi + d.lo);  // x - max is exact enough: Sterbenz near the max
+            A.c[l] = 0;
+          } else {
+            split_dd(d, A.b[l], A.c[l]);
+          }
+        }
+      }
+    }
+    if (job.op == Op::kSoftmax)
+      ex.each([&](const Group<T>& c) { pick(c).pair_write(c, A.a, A.b, A.c, stream); });
+    else if (job.op == Op::kLogSoftmax)
+      ex.each([&](const Group<T>& c) { pick(c).sub2(c, A.a, A.b, stream); });
+    if (!any_fix) return;
+    for (int l = 0; l < g.lanes; ++l) {
+      if (!A.fix[l]) continue;
+      const Group<T> one = lane_of(g, l);
+      const Scan<T> s = scan_lane(one.x, one.n, one.sx);
+      T* lse1 = lse ? lse + l : nullptr;
+      if (s.kind != Special::kNone) {
+        special(one, lse1, s.kind);
+      } else if (shift[l] == 0) {
+        const T m = s.max;  // outside the accurate domain: redo relative to the maximum
+        two_pass(one, lse1, &m);
+      } else {
+        throw std::logic_error("twopass: row still outside the accurate domain after shifting");
+      }
+    }
+  }
+
+  void special(const Group<T>& one, T* lse, Special kind) const {
+    if (job.op == Op::kLogSumExp)
+      *lse = special_lse<T>(kind);
+    else
+      fill_lane(one, 0, kNaN<T>);  // NaN, +inf, or all -inf: the whole row is NaN
+  }
+
+  // The max-first algorithms: three-pass reload, three-pass recompute, online.
+  // A NaN or infinite maximum makes the sum NaN, which sends the lane to the scan.
+  void max_based(const Group<T>& g, T* lse) const {
+    const Exec<T> ex = exec(g);
+    LaneArrays<T> A;  // a: maximum, d: sum of exp(x - maximum)
+    bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
+    if (job.algo == Algo::kOnline) {
+      ex.online(A.d, A.e);
+      for (int l = 0; l < g.lanes; ++l) A.a[l] = (T)A.d[l], A.d[l] = A.e[l];
+    } else {
+      ex.max(A.a);
+      if (job.algo == Algo::kThreePassReload && job.op == Op::kSoftmax) {
+        ex.sum([&](const Group<T>& c, double* out) { pick(c).exp_store_sum(c, A.a, out, stream); }, A.d);
+        stored = true;
+      } else {
+        ex.sum([&](const Group<T>& c, double* out) { pick(c).sumexp(c, A.a, out); }, A.d);
+      }
+    }
+    bool any_fix = false;
+    for (int l = 0; l < g.lanes; ++l) {
+      const double s = A.d[l];
+      A.fix[l] = !(std::isfinite(s) && s > 0 && std::isfinite(A.a[l]));
+      any_fix |= A.fix[l];
+      if (A.fix[l]) {
+        A.a[l] = A.b[l] = A.c[l] = 0;
+        continue;
+      }
+      switch (job.op) {
+        case Op::kSoftmax: A.b[l] = (T)(1.0 / s); break;
+        case Op::kLogSoftmax: A.b[l] = (T)std::log(s); break;
+        case Op::kLogSumExp: lse[l] = (T)((double)A.a[l] + std::log(s)); break;
+      }
+    }
+    if (job.op == Op::kSoftmax && stored) {
+      ex.each([&](const Group<T>& c) {
+        Group<T> cy = c;  // pass 3 reads what pass 2 wrote
+        cy.x = c.y;
+        cy.sx = c.sy;
+        pick(c).scale(cy, A.b, stream);
+      });
+    } else if (job.op == Op::kSoftmax) {
+      ex.each([&](const Group<T>& c) { pick(c).exp_scale(c, A.a, A.b, stream); });
+    } else if (job.op == Op::kLogSoftmax) {
+      ex.each([&](const Group<T>& c) { pick(c).sub2(c, A.a, A.b, stream); });
+    }
+    if (!any_fix) return;
+    for (int l = 0; l < g.lanes; ++l) {
+      if (!A.fix[l]) continue;
+      const Group<T> one = lane_of(g, l);
+      const Scan<T> s = scan_lane(one.x, one.n, one.sx);
+      if (s.kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
+      special(one, lse ? lse + l : nullptr, s.kind);
+    }
+  }
+};
+
+template <class T> void run_typed(const PrimPair<T>& prims, const Problem& pb, int threads, bool stream) {
+  const T* x = static_cast<const T*>(pb.x);
+  T* y = static_cast<T*>(pb.y);
+  Runner<T> r{prims, Job{pb.op, pb.algo}, stream};
+  // Groups: rows (inner == 1) or panels of up to `lanes` columns of a non-last axis.
+  const int max_lanes = pb.inner == 1 ? 1 : pb.panel_lanes;
+  const int64_t per_outer = (pb.inner + max_lanes - 1) / max_lanes;
+  const int64_t groups = pb.outer * per_outer;
+  if (groups == 0) return;
+  const bool lse = pb.op == Op::kLogSumExp;
+  auto make = [&](int64_t gi) {
+    const int64_t o = gi / per_outer, c0 = (gi % per_outer) * max_lanes;
+    Group<T> g;
+    g.x = x + o * pb.xs_outer + c0;
+    g.y = lse ? nullptr : y + o * pb.ys_outer + c0;
+    g.n = pb.n;
+    g.sx = pb.xs_n;
+    g.sy = lse ? 1 : pb.ys_n;
+    g.lanes = (int)std::min<int64_t>(max_lanes, pb.inner - c0);
+    T* lse_out = lse ? y + o * pb.ys_outer + c0 : nullptr;
+    return std::make_pair(g, lse_out);
+  };
+  if (pb.n == 0) {  // empty axis: logsumexp is -inf (the empty sum), softmax writes nothing
+    if (lse)
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        auto [g, out] = make(gi);
+        for (int l = 0; l < g.lanes; ++l) out[l] = -std::numeric_limits<T>::infinity();
+      }
+    return;
+  }
+  const int64_t total = pb.outer * pb.n * pb.inner;
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinPerThread));
+  if (threads > 1 && groups < threads) {
+    // Few long groups: split each along the axis; partial sums merge exactly.
+    r.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerThread));
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      auto [g, out] = make(gi);
+      r.run(g, out);
+    }
+    return;
+  }
+  parallel(threads, [&](int t) {
+    const int64_t lo = groups * t / threads, hi = groups * (t + 1) / threads;
+    for (int64_t gi = lo; gi < hi; ++gi) {
+      auto [g, out] = make(gi);
+      r.run(g, out);
+    }
+  });
+}
+
+const KernelTable* table_for(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return &tp_scalar::table();
+#if TP_HAVE_X86
+    case Isa::kAvx2: return &tp_avx2::table();
+    case Isa::kAvx512: return &tp_avx512::table();
+#endif
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return true;
+#if TP_HAVE_X86
+    // libgcc's checks include the OS's support for the wider registers (XGETBV).
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+#endif
+    default: return false;
+  }
+}
+
+bool isa_compiled(Isa isa) { return table_for(isa) != nullptr; }
+
+int panel_lanes(Isa isa, int dtype_bytes) {
+  const KernelTable* t = table_for(isa);
+  return t ? (dtype_bytes == 4 ? t->lanes_f32 : t->lanes_f64) : 1;
+}
+
+void run(const Problem& pb, Isa isa, int threads, bool stream) {
+  const KernelTable* t = table_for(isa);
+  if (!t || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
+  if (pb.dtype_bytes == 4)
+    run_typed<float>(t->f32, pb, threads, stream);
+  else
+    run_typed<double>(t->f64, pb, threads, stream);
+}
+
+}  // namespace tp

@@ -1,0 +1,500 @@
+// The kernels: written once, compiled once per ISA (CMakeLists.txt builds this file as
+// tp_scalar, tp_avx2 and tp_avx512 with the matching -m flags; see simd.h).
+//
+// Each primitive of twopass.h is a "visitor" (what to do with one vector of elements)
+// run by one of two loops: along a contiguous row, or across the lanes of a panel.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "simd.h"
+#include "twopass.h"
+
+namespace TP_NS {
+namespace {
+
+using tp::Group;
+using tp::Pair;
+
+// exp on the reduced interval and the constants of the range reduction.
+// ln2 = L1 + L2 + L3 (three-constant Cody-Waite): L1 and L2 have so few significant bits
+// that e*L1 and e*L2 are exact for every e of the accurate domain, so
+// t = ((x - e*L1) - e*L2) - e*L3 loses nothing even without a fused multiply-add.
+// The polynomial is 1 + t*q(t), fitted by tools/fit_exp_poly.py for |t| <= ln2/2.
+template <class T> struct ExpConst;
+template <> struct ExpConst<float> {
+  static constexpr float kLog2e = 0x1.715476p+0f;
+  static constexpr float kL1 = 0x1.63p-1f, kL2 = -0x1.bdp-13f, kL3 = -0x1.05c61p-29f;
+  static constexpr int kDegree = 5;  // max relative error 9.4e-8
+  static constexpr float kC[kDegree] = {9.999997e-01f, 4.9999142e-01f, 1.6667643e-01f, 4.189885e-02f,
+                                        8.290149e-03f};
+};
+template <> struct ExpConst<double> {
+  static constexpr double kLog2e = 0x1.71547652b82fep+0;
+  static constexpr double kL1 = 0x1.62e42ffp-1, kL2 = -0x1.718432a2p-35, kL3 = 0x1.3c7673007e5edp-69;
+  static constexpr int kDegree = 12;  // max relative error 3.0e-16
+  static constexpr double kC[kDegree] = {
+      1.0000000000000002e+00, 5.000000000000063e-01,  1.6666666666666732e-01, 4.16666666656465e-02,
+      8.333333332612066e-03,  1.3888889312933814e-03, 1.9841272804360093e-04, 2.4800863484825396e-05,
+      2.755352265477691e-06,  2.810488650276851e-07,  2.6613290028869074e-08, -1.3100247896135633e-08};
+};
+
+template <class T> struct Math {
+  using V = Vec<T>;
+  using R = typename V::R;
+  using C = ExpConst<T>;
+
+  // exp(x) = m * 2^e with e = round(x*log2(e)) and m = p(x - e*ln2) in [0.70, 1.42].
+  static inline void extexp(R x, R& m, R& e) {
+    e = V::round(V::mul(x, V::set1(C::kLog2e)));
+    R t = V::fma(e, V::set1(-C::kL1), x);
+    t = V::fma(e, V::set1(-C::kL2), t);
+    t = V::fma(e, V::set1(-C::kL3), t);
+    R q = V::set1(C::kC[C::kDegree - 1]);
+    for (int i = C::kDegree - 2; i >= 0; --i) q = V::fma(q, t, V::set1(C::kC[i]));
+    m = V::fma(q, t, V::set1(T(1)));
+  }
+  // exp(x) for x <= 0 (the argument is x - max in the three-pass and online kernels).
+  // -inf and anything that would underflow is clamped first, so inf*0 never occurs;
+  // max(bound, x) returns x when x is NaN, so NaN still propagates.
+  static inline R exp(R x) {
+    x = V::max(V::set1(tp::Numerics<T>::kExpMin), x);
+    R m, e;
+    extexp(x, m, e);
+    return Scale<T>::out(m, e);
+  }
+};
+
+using tp::online_merge;
+using tp::pair_merge;
+
+// ---------------------------------------------------------------------------------
+// Visitors. A reduction visitor holds vector state per unrolled register u, consumes
+// vectors with step(u, x), and folds its state into per-lane double results with
+// fold_row (all lanes into result 0) or fold_panel (lane l of register u into result
+// u*W + l). A map visitor returns the output vector with apply(u, x).
+// Parameters are per register u: a broadcast scalar for rows, W lanes for panels.
+// ---------------------------------------------------------------------------------
+constexpr int kUnroll = 4;
+
+template <class T> struct Params {
+  using V = Vec<T>;
+  typename V::R p[kUnroll];
+  // Row: one value for every register. Panel: lanes u*W.. of the array (missing lanes
+  // read as `fill`, which keeps their arithmetic finite).
+  void row(const T* a) {
+    for (auto& r : p) r = V::set1(a[0]);
+  }
+  void panel(const T* a, int lanes, T fill) {
+    for (int u = 0; u < kUnroll; ++u) p[u] = V::load_partial(a + u * V::W, std::clamp(lanes - u * V::W, 0, V::W), fill);
+  }
+};
+
+template <class T> struct PairSumVisitor {
+  using V = Vec<T>;
+  using R = typename V::R;
+  static constexpr T kFill = -INFINITY;
+  Params<T> shift;
+  R S[kUnroll], E[kUnroll];
+  Pair* out;
+  void reset() {
+    for (int u = 0; u < kUnroll; ++u) {
+      S[u] = V::set1(0);
+      E[u] = V::set1(T(-1e30));  // finite sentinel: no inf - inf in E - max(E, e)
+    }
+  }
+  inline void step(int u, R x) {
+    // Clamp below the accurate domain: such elements contribute < 2^-180 of the row's
+    // largest term whenever the driver accepts this pass's result.
+    x = V::max(V::set1(-tp::Numerics<T>::kAccurate), V::sub(x, shift.p[u]));
+    R m, e;
+    Math<T>::extexp(x, m, e);
+    R Emax = V::max(E[u], e);
+    S[u] = V::add(Scale<T>::acc(S[u], V::sub(E[u], Emax)), Scale<T>::acc(m, V::sub(e, Emax)));
+    E[u] = Emax;
+  }
+  void fold_row() {
+    T s[V::W], e[V::W];
+    for (int u = 0; u < kUnroll; ++u) {
+      V::lanes(s, S[u]);
+      V::lanes(e, E[u]);
+      for (int l = 0; l < V::W; ++l) pair_merge(out[0], s[l], e[l]);
+    }
+  }
+  void fold_panel(int lanes) {
+    T s[V::W], e[V::W];
+    for (int u = 0; u * V::W < lanes; ++u) {
+      V::lanes(s, S[u]);
+      V::lanes(e, E[u]);
+      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) pair_merge(out[u * V::W + l], s[l], e[l]);
+    }
+  }
+  void init_out(int k) {
+    for (int i = 0; i < k; ++i) out[i] = Pair{0.0, -1e300};
+  }
+};
+
+template <class T> struct MaxVisitor {
+  using V = Vec<T>;
+  using R = typename V::R;
+  static constexpr T kFill = -INFINITY;
+  R M[kUnroll];
+  T* out;
+  void reset() {
+    for (auto& r : M) r = V::set1(-INFINITY);
+  }
+  inline void step(int u, R x) { M[u] = V::max(M[u], x); }
+  void fold_row() {
+    T m[V::W];
+    for (int u = 0; u < kUnroll; ++u) {
+      V::lanes(m, M[u]);
+      for (int l = 0; l < V::W; ++l) out[0] = out[0] > m[l] ? out[0] : m[l];
+    }
+  }
+  void fold_panel(int lanes) {
+    T m[V::W];
+    for (int u = 0; u * V::W < lanes; ++u) {
+      V::lanes(m, M[u]);
+      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) {
+        T& o = out[u * V::W + l];
+        o = o > m[l] ? o : m[l];
+      }
+    }
+  }
+  void init_out(int k) {
+    for (int i = 0; i < k; ++i) out[i] = -INFINITY;
+  }
+};
+
+// Plain sums (of exp(x - m)) folded into double with Neumaier compensation.
+template <class T> struct SumFold {
+  double* out;
+  double comp[tp::kMaxLanes];
+  void init_out(int k) {
+    for (int i = 0; i < k; ++i) out[i] = comp[i] = 0.0;
+  }
+  inline void add(int i, double v) {
+    double t = out[i] + v;
+    comp[i] += std::fabs(out[i]) >= std::fabs(v) ? (out[i] - t) + v : (v - t) + out[i];
+    out[i] = t;
+  }
+  void finish(int k) {
+    for (int i = 0; i < k; ++i) out[i] += comp[i];
+  }
+};
+
+template <class T> struct SumExpVisitor : SumFold<T> {
+  using V = Vec<T>;
+  using R = typename V::R;
+  static constexpr T kFill = -INFINITY;
+  Params<T> mx;
+  R S[kUnroll];
+  void reset() {
+    for (auto& r : S) r = V::set1(0);
+  }
+  inline void step(int u, R x) { S[u] = V::add(S[u], Math<T>::exp(V::sub(x, mx.p[u]))); }
+  void fold_row() {
+    T s[V::W];
+    for (int u = 0; u < kUnroll; ++u) {
+      V::lanes(s, S[u]);
+      for (int l = 0; l < V::W; ++l) this->add(0, s[l]);
+    }
+  }
+  void fold_panel(int lanes) {
+    T s[V::W];
+    for (int u = 0; u * V::W < lanes; ++u) {
+      V::lanes(s, S[u]);
+      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) this->add(u * V::W + l, s[l]);
+    }
+  }
+};
+
+// Online softmax (Milakov & Gimelshein): running max M and sum S of exp(x - M).
+template <class T> struct OnlineVisitor {
+  using V = Vec<T>;
+  using R = typename V::R;
+  static constexpr T kFill = -INFINITY;
+  R M[kUnroll], S[kUnroll];
+  double* out_m;
+  double* out_s;
+  void reset() {
+    for (int u = 0; u < kUnroll; ++u) {
+      M[u] = V::set1(std::numeric_limits<T>::lowest());  // finite: exp(M - M') never sees inf - inf
+      S[u] = V::set1(0);
+    }
+  }
+  inline void step(int u, R x) {
+    R Mn = V::max(M[u], x);
+    S[u] = V::fma(S[u], Math<T>::exp(V::sub(M[u], Mn)), Math<T>::exp(V::sub(x, Mn)));
+    M[u] = Mn;
+  }
+  void fold(int u, int lanes, bool row) {
+    T m[V::W], s[V::W];
+    V::lanes(m, M[u]);
+    V::lanes(s, S[u]);
+    for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) {
+      const int i = row ? 0 : u * V::W + l;
+      online_merge(out_m[i], out_s[i], m[l], s[l]);
+    }
+  }
+  void fold_row() {
+    for (int u = 0; u < kUnroll; ++u) fold(u, kUnroll * V::W, true);
+  }
+  void fold_panel(int lanes) {
+    for (int u = 0; u * V::W < lanes; ++u) fold(u, lanes, false);
+  }
+  void init_out(int k) {
+    for (int i = 0; i < k; ++i) out_m[i] = -INFINITY, out_s[i] = 0.0;
+  }
+};
+
+// ---- map visitors ----
+template <class T> struct PairWriteVisitor {
+  static constexpr T kFill = 0;
+  using V = Vec<T>;
+  using R = typename V::R;
+  Params<T> shift, scale, E;
+  inline R apply(int u, R x) {
+    x = V::max(V::set1(-tp::Numerics<T>::kAccurate), V::sub(x, shift.p[u]));
+    R m, e;
+    Math<T>::extexp(x, m, e);
+    return Scale<T>::out(V::mul(m, scale.p[u]), V::sub(e, E.p[u]));
+  }
+};
+template <class T> struct ExpScaleVisitor {
+  static constexpr T kFill = 0;
+  using R = typename Vec<T>::R;
+  Params<T> mx, c;
+  inline R apply(int u, R x) { return Vec<T>::mul(Math<T>::exp(Vec<T>::sub(x, mx.p[u])), c.p[u]); }
+};
+template <class T> struct ScaleVisitor {
+  static constexpr T kFill = 0;
+  using R = typename Vec<T>::R;
+  Params<T> c;
+  inline R apply(int u, R x) { return Vec<T>::mul(x, c.p[u]); }
+};
+template <class T> struct Sub2Visitor {
+  static constexpr T kFill = 0;
+  using R = typename Vec<T>::R;
+  Params<T> hi, lo;
+  inline R apply(int u, R x) { return Vec<T>::sub(Vec<T>::sub(x, hi.p[u]), lo.p[u]); }
+};
+// Map and reduce at once: y = exp(x - m), sum of y.
+template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
+  using R = typename Vec<T>::R;
+  inline R apply(int u, R x) {
+    R y = Math<T>::exp(Vec<T>::sub(x, this->mx.p[u]));
+    this->S[u] = Vec<T>::add(this->S[u], y);
+    return y;
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// The two loops.
+// ---------------------------------------------------------------------------------
+// Elements per fold: each register lane sums at most 32 terms in T before the partial
+// sum moves to double (accuracy), and the fold costs < 5% of the block's work.
+template <class T> constexpr int64_t kRowBlock = 32 * kUnroll * Vec<T>::W;
+constexpr int64_t kPanelBlock = 32;  // steps along the axis per fold, in panel mode
+
+// Reduce a contiguous row (lanes = 1).
+template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  vis.init_out(1);
+  for (int64_t b = 0; b < n; b += kRowBlock<T>) {
+    const int64_t end = std::min(n, b + kRowBlock<T>);
+    vis.reset();
+    int64_t i = b;
+    for (; i + kUnroll * W <= end; i += kUnroll * W)
+      for (int u = 0; u < kUnroll; ++u) vis.step(u, V::load(x + i + u * W));
+    for (int u = 0; i < end; ++u, i += W)  // tail: masked loads, missing lanes = kFill
+      vis.step(u, V::load_partial(x + i, (int)std::min<int64_t>(W, end - i), Vis::kFill));
+    vis.fold_row();
+  }
+}
+
+// Reduce a panel: lanes contiguous, step sx along the axis.
+template <class T, class Vis> void reduce_panel(const Group<T>& g, Vis& vis) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  vis.init_out(g.lanes);
+  const int nvec = (g.lanes + W - 1) / W;
+  for (int64_t b = 0; b < g.n; b += kPanelBlock) {
+    const int64_t end = std::min(g.n, b + kPanelBlock);
+    vis.reset();
+    for (int64_t j = b; j < end; ++j) {
+      const T* xj = g.x + j * g.sx;
+      if (nvec == kUnroll && g.lanes == kUnroll * W) {
+        for (int u = 0; u < kUnroll; ++u) vis.step(u, V::load(xj + u * W));
+      } else {
+        for (int u = 0; u < nvec; ++u) vis.step(u, V::load_partial(xj + u * W, std::min(W, g.lanes - u * W), Vis::kFill));
+      }
+    }
+    vis.fold_panel(g.lanes);
+  }
+}
+
+template <class T, class Vis> void map_row(const T* x, T* y, int64_t n, Vis& vis, bool stream) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  int64_t i = 0;
+  // Streaming stores need vector-aligned addresses: peel a partial head first.
+  stream = stream && W > 1 && ((uintptr_t)y % sizeof(T)) == 0;
+  if (stream) {
+    const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(T)) % W);
+    if (mis) {
+      const int h = (int)std::min<int64_t>(n, W - mis);
+      V::store_partial(y, vis.apply(0, V::load_partial(x, h, Vis::kFill)), h);
+      i = h;
+    }
+    for (; i + kUnroll * W <= n; i += kUnroll * W)
+      for (int u = 0; u < kUnroll; ++u) V::stream(y + i + u * W, vis.apply(u, V::load(x + i + u * W)));
+  } else {
+    for (; i + kUnroll * W <= n; i += kUnroll * W)
+      for (int u = 0; u < kUnroll; ++u) V::store(y + i + u * W, vis.apply(u, V::load(x + i + u * W)));
+  }
+  for (; i + W <= n; i += W) V::store(y + i, vis.apply(0, V::load(x + i)));
+  if (i < n) {
+    const int r = (int)(n - i);
+    V::store_partial(y + i, vis.apply(0, V::load_partial(x + i, r, Vis::kFill)), r);
+  }
+  if (stream) V::sfence();
+}
+
+template <class T, class Vis> void map_panel(const Group<T>& g, Vis& vis) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int nvec = (g.lanes + W - 1) / W;
+  const bool full = nvec == kUnroll && g.lanes == kUnroll * W;
+  for (int64_t j = 0; j < g.n; ++j) {
+    const T* xj = g.x + j * g.sx;
+    T* yj = g.y + j * g.sy;
+    if (full) {
+      for (int u = 0; u < kUnroll; ++u) V::store(yj + u * W, vis.apply(u, V::load(xj + u * W)));
+    } else {
+      for (int u = 0; u < nvec; ++u) {
+        const int k = std::min(W, g.lanes - u * W);
+        V::store_partial(yj + u * W, vis.apply(u, V::load_partial(xj + u * W, k, Vis::kFill)), k);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// The primitives of twopass.h, one template per loop shape.
+// ---------------------------------------------------------------------------------
+template <class T, bool Panel> struct Prim {
+  static void load(Params<T>& p, const T* a, const Group<T>& g, T fill) {
+    if (Panel)
+      p.panel(a, g.lanes, fill);
+    else
+      p.row(a);
+  }
+  template <class Vis> static void reduce(const Group<T>& g, Vis& v) {
+    if (Panel)
+      reduce_panel(g, v);
+    else
+      reduce_row(g.x, g.n, v);
+  }
+  template <class Vis> static void map(const Group<T>& g, Vis& v, bool stream) {
+    if (Panel)
+      map_panel(g, v);
+    else
+      map_row(g.x, g.y, g.n, v, stream);
+  }
+
+  static void pair_sum(const Group<T>& g, const T* shift, Pair* out) {
+    PairSumVisitor<T> v;
+    load(v.shift, shift, g, 0);
+    v.out = out;
+    reduce(g, v);
+  }
+  static void pair_write(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
+    PairWriteVisitor<T> v;
+    load(v.shift, shift, g, 0);
+    load(v.scale, scale, g, 0);
+    load(v.E, E, g, 0);
+    map(g, v, stream);
+  }
+  static void max(const Group<T>& g, T* m) {
+    MaxVisitor<T> v;
+    v.out = m;
+    reduce(g, v);
+  }
+  static void sumexp(const Group<T>& g, const T* m, double* s) {
+    SumExpVisitor<T> v;
+    load(v.mx, m, g, 0);
+    v.out = s;
+    reduce(g, v);
+    v.finish(Panel ? g.lanes : 1);
+  }
+  static void online(const Group<T>& g, double* m, double* s) {
+    OnlineVisitor<T> v;
+    v.out_m = m;
+    v.out_s = s;
+    reduce(g, v);
+  }
+  static void exp_store_sum(const Group<T>& g, const T* m, double* s, bool stream) {
+    // Sums are folded per block as in reduce_*: run the map block by block.
+    ExpStoreSumVisitor<T> v;
+    load(v.mx, m, g, 0);
+    v.out = s;
+    const int k = Panel ? g.lanes : 1;
+    v.init_out(k);
+    const int64_t block = Panel ? kPanelBlock : kRowBlock<T>;
+    for (int64_t b = 0; b < g.n; b += block) {
+      Group<T> sub = g;
+      sub.x += b * g.sx;
+      sub.y += b * g.sy;
+      sub.n = std::min(block, g.n - b);
+      v.reset();
+      map(sub, v, stream);
+      if (Panel)
+        v.fold_panel(g.lanes);
+      else
+        v.fold_row();
+    }
+    v.finish(k);
+  }
+  static void exp_scale(const Group<T>& g, const T* m, const T* c, bool stream) {
+    ExpScaleVisitor<T> v;
+    load(v.mx, m, g, 0);
+    load(v.c, c, g, 0);
+    map(g, v, stream);
+  }
+  static void scale(const Group<T>& g, const T* c, bool stream) {
+    ScaleVisitor<T> v;
+    load(v.c, c, g, 0);
+    map(g, v, stream);
+  }
+  static void sub2(const Group<T>& g, const T* hi, const T* lo, bool stream) {
+    Sub2Visitor<T> v;
+    load(v.hi, hi, g, 0);
+    load(v.lo, lo, g, 0);
+    map(g, v, stream);
+  }
+
+  static constexpr tp::Prims<T> table() {
+    return {pair_sum, pair_write, max, sumexp, online, exp_store_sum, exp_scale, scale, sub2};
+  }
+};
+
+}  // namespace
+
+#define TP_STR2(x) #x
+#define TP_STR(x) TP_STR2(x)
+
+const tp::KernelTable& table() {
+  static const tp::KernelTable t = {
+      TP_STR(TP_NS) + 3,  // "tp_avx2" -> "avx2"
+      kUnroll * Vec<float>::W,
+      kUnroll * Vec<double>::W,
+      {Prim<float, false>::table(), Prim<float, true>::table()},
+      {Prim<double, false>::table(), Prim<double, true>::table()},
+  };
+  return t;
+}
+
+}  // namespace TP_NS

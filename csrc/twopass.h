@@ -1,0 +1,131 @@
+// The interface between the per-ISA kernels (kernels.cpp, compiled once per ISA) and the
+// ISA-independent driver (driver.cpp: algorithms, special values, threads).
+//
+// Kernels see only groups of rows. A group is `lanes` independent rows of `n` elements;
+// element j of lane l is x[l + j*sx] (and y[l + j*sy]). Two shapes occur:
+//   - a contiguous row: lanes = 1, sx = sy = 1, vectorised along the row;
+//   - a panel of a non-last axis: lanes <= kMaxLanes contiguous lanes, vectorised across
+//     lanes, stepping sx / sy elements along the softmax axis.
+// Every primitive is one pass over memory; per-lane parameters and results are arrays
+// of `lanes` entries. Sums come back as (sum, exponent) in double: the partial sums are
+// folded into double every few thousand elements, so the normaliser of a long row is
+// accurate to about one float32 ulp (see ALGORITHMS.md, "careful summation").
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace tp {
+
+constexpr int kMaxLanes = 64;  // 4 vectors of 16 floats: one panel call
+
+template <class T> struct Group {
+  const T* x;
+  T* y;
+  int64_t n;
+  int64_t sx, sy;
+  int lanes;
+};
+
+// A sum of m_i * 2^e_i kept as S * 2^E (E an integer held in a double).
+struct Pair {
+  double S, E;
+};
+
+// 2^k for integer k <= 0 as a double, built from its bits; 0 below the normal range.
+inline double pow2d(double k) {
+  if (k < -1022) return 0.0;
+  uint64_t bits = (uint64_t)(int64_t)(k + 1023) << 52;
+  double r;
+  std::memcpy(&r, &bits, sizeof r);
+  return r;
+}
+
+// acc += S * 2^E. Pairs merge in any order: this is what lets a row be split across
+// threads with no second round for the maximum.
+inline void pair_merge(Pair& acc, double S, double E) {
+  if (S == 0) return;            // empty part: nothing to add (its E may be a sentinel)
+  if (!(S == S) || !(E == E)) {  // NaN poisons the sum; the driver classifies the row
+    acc.S = NAN;
+    return;
+  }
+  if (acc.S == 0 || E > acc.E) {
+    acc.S = acc.S * pow2d(acc.E - E) + S;
+    acc.E = E;
+  } else {
+    acc.S += S * pow2d(E - acc.E);
+  }
+}
+
+// (m, s) += (m2, s2) for online sums s = sum exp(x - m).
+inline void online_merge(double& m, double& s, double m2, double s2) {
+  if (!(s2 == s2) || !(m2 == m2)) {
+    s = NAN;
+    return;
+  }
+  if (s2 == 0) return;
+  if (s == 0) {
+    m = m2;
+    s = s2;
+    return;
+  }
+  const double M = std::max(m, m2);
+  s = s * std::exp(m - M) + s2 * std::exp(m2 - M);
+  m = M;
+}
+
+template <class T> struct Prims {
+  // Pass 1 of the two-pass algorithm: sum of exp(x - shift) as a pair, per lane.
+  // x below shift - Numerics<T>::kAccurate is treated as that bound (see driver.cpp).
+  void (*pair_sum)(const Group<T>& g, const T* shift, Pair* out);
+  // Pass 2: y = p(x - shift) * scale * 2^(e(x - shift) - E).
+  void (*pair_write)(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream);
+  // Maximum per lane (NaN may or may not propagate: later passes detect it).
+  void (*max)(const Group<T>& g, T* m);
+  // Sum of exp(x - m) per lane.
+  void (*sumexp)(const Group<T>& g, const T* m, double* s);
+  // Online pass: running maximum m and sum s of exp(x - m) per lane.
+  void (*online)(const Group<T>& g, double* m, double* s);
+  // y = exp(x - m), returning the sum of y per lane (three-pass reload, pass 2).
+  void (*exp_store_sum)(const Group<T>& g, const T* m, double* s, bool stream);
+  // y = exp(x - m) * c (three-pass recompute and online, last pass).
+  void (*exp_scale)(const Group<T>& g, const T* m, const T* c, bool stream);
+  // y = x * c (three-pass reload, pass 3; x is the y of pass 2).
+  void (*scale)(const Group<T>& g, const T* c, bool stream);
+  // y = (x - hi) - lo (log_softmax's last pass: no exp).
+  void (*sub2)(const Group<T>& g, const T* hi, const T* lo, bool stream);
+};
+
+template <class T> struct PrimPair {
+  Prims<T> row, panel;
+};
+
+struct KernelTable {
+  const char* isa;
+  int lanes_f32, lanes_f64;  // lanes of one panel call
+  PrimPair<float> f32;
+  PrimPair<double> f64;
+};
+
+// Domain of the extended-exponent kernels, per element type. Inside it the range
+// reduction x - e*ln2 is exact enough for ~1 ulp; rows whose maximum lies outside are
+// redone by the driver after subtracting the maximum.
+template <class T> struct Numerics;
+template <> struct Numerics<float> {
+  static constexpr float kAccurate = 4096.0f;  // |e| < 2^13: e * ln2 parts exact
+  static constexpr float kMargin = 128.0f;     // exp(-128) < float's smallest subnormal / 2
+  static constexpr float kExpMin = -110.0f;    // exp(x) rounds to 0 below this
+};
+template <> struct Numerics<double> {
+  static constexpr double kAccurate = 524288.0;  // |e| < 2^20
+  static constexpr double kMargin = 1024.0;
+  static constexpr double kExpMin = -760.0;
+};
+
+}  // namespace tp
+
+namespace tp_scalar { const tp::KernelTable& table(); }
+namespace tp_avx2 { const tp::KernelTable& table(); }
+namespace tp_avx512 { const tp::KernelTable& table(); }
