@@ -1,0 +1,13 @@
+"""twopass: softmax, log_softmax and logsumexp at the speed of memory.
+
+The CPU kernels implement the Two-Pass Softmax algorithm (Dukhan & Ablavatski, 2020):
+exp(x) is kept as a (mantissa, exponent) pair, so the normaliser is summed without
+first finding the maximum. See `python -m twopass info | bench | accuracy`.
+"""
+
+__version__ = "0.1.0"
+
+from ._api import ALGORITHMS, log_softmax, logsumexp, softmax
+from ._dispatch import info
+
+__all__ = ["ALGORITHMS", "info", "log_softmax", "logsumexp", "softmax", "__version__"]

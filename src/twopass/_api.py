@@ -1,0 +1,306 @@
+"""The public functions: argument checks, layout, dtypes, frameworks; then one C++ call.
+
+The C++ core sees a problem as (outer, n, inner) with unit stride across `inner`: a
+softmax over a non-last axis runs in place in memory, vectorised across `inner`.
+Layouts that cannot be described so (e.g. a transposed batch of rows, or rows with a
+non-unit stride along the axis) are copied to C order first; float16 and bfloat16 are
+converted to float32 and back. Everything else is zero-copy.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _core, _dispatch
+
+ALGORITHMS = ("two_pass", "three_pass_reload", "three_pass_recompute", "online")
+_ALGO_CODES = {name: code for code, name in enumerate(ALGORITHMS)}  # csrc/driver.h, Algo
+_OP_CODES = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}  # csrc/driver.h, Op
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def softmax(x: Any, axis: int = -1, *, out: Any = None, algorithm: str = "auto", threads: int | None = None) -> Any:
+    """Softmax along `axis`: exp(x) / sum(exp(x)), computed without overflow.
+
+    x: float32, float64, float16 or bfloat16 array (NumPy, or anything with DLPack such
+       as a CPU torch tensor; the result is of the same framework).
+    axis: the axis to normalise (negative counts from the end).
+    out: optional array of the result's shape and dtype (may be `x` itself).
+    algorithm: "auto", "two_pass", "three_pass_reload", "three_pass_recompute", "online".
+    threads: threads to use (default: TWOPASS_NUM_THREADS, else the usable cores).
+
+    Rows holding NaN or +inf, and rows of only -inf, give NaN (as torch.softmax).
+    """
+    return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+
+
+def log_softmax(x: Any, axis: int = -1, *, out: Any = None, algorithm: str = "auto", threads: int | None = None) -> Any:
+    """Log-softmax along `axis`: x - logsumexp(x). Arguments as for `softmax`.
+
+    The last pass computes no exponential: y = (x - hi) - lo, where hi + lo is the
+    row's logsumexp in double-length precision.
+    """
+    return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+
+
+def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, out: Any = None, threads: int | None = None) -> Any:
+    """log(sum(exp(x))) along `axis`, in one pass over memory (the two-pass algorithm's
+    first pass). An empty axis gives -inf; NaN gives NaN; +inf gives +inf."""
+    return compute("logsumexp", x, axis=axis, out=out, keepdims=keepdims, threads=threads)
+
+
+# ----------------------------------------------------------------------------------
+# The shared path.
+# ----------------------------------------------------------------------------------
+def compute(
+    op: str,
+    x: Any,
+    *,
+    axis: int = -1,
+    out: Any = None,
+    keepdims: bool = False,
+    algorithm: str = "auto",
+    threads: int | None = None,
+    isa: str | None = None,
+    stream: bool | None = None,
+) -> Any:
+    """Every public function in one place. `isa` and `stream` (force streaming stores
+    on or off) are for tests and the benchmark; `algorithm` also applies to logsumexp
+    here ("two_pass": one pass; the others: maximum first)."""
+    name = f"twopass.{op}"
+    if op not in _OP_CODES:
+        raise ValueError(f"unknown op {op!r}")
+    arr, wrap = _to_numpy(x, name)
+    dtype = arr.dtype
+    if dtype not in _NATIVE and not _is_half(dtype):
+        raise TypeError(f"{name}: unsupported dtype {dtype}; expected float32, float64, float16 or bfloat16")
+    scalar_input = arr.ndim == 0
+    if scalar_input:
+        arr = arr.reshape(1)
+    ax = _normalize_axis(axis, arr.ndim, name)
+    algo = _check_algorithm(algorithm, name)
+    nthreads = _check_threads(threads, name)
+    isa_code = _dispatch.isa_code(isa)
+
+    if op == "logsumexp":
+        shape = arr.shape[:ax] + ((1,) if keepdims else ()) + arr.shape[ax + 1 :]
+    else:
+        shape = arr.shape
+    out_arr = None
+    if out is not None:
+        out_arr = _check_out(out, arr, shape, dtype, name, in_place_ok=op != "logsumexp")
+
+    # Compute dtype: float16/bfloat16 are read and written as such, computed in float32.
+    xc = arr if dtype in _NATIVE else arr.astype(np.float32)
+    layout = _layout(xc, ax)
+    if layout is None or (layout[2] == 1 and layout[4] != 1):  # see module docstring
+        xc = np.ascontiguousarray(xc)
+        layout = _layout(xc, ax)
+    outer, n, inner, xs_outer, xs_n = layout
+
+    # The output: straight into `out` when its layout allows, else via a temporary.
+    direct = out_arr is not None and out_arr.dtype == xc.dtype
+    y = out_arr if direct else np.empty(shape, dtype=xc.dtype)
+    y3 = _out_layout(y, ax, op, keepdims)
+    if y3 is None:
+        y = np.empty(shape, dtype=xc.dtype)
+        y3 = _out_layout(y, ax, op, keepdims)
+        direct = False
+    ys_outer, ys_n = y3
+    if op == "logsumexp":
+        code = _ALGO_CODES["two_pass"] if algo == "auto" else _ALGO_CODES[algo]
+    else:
+        code = _ALGO_CODES[_auto_algorithm(op, xc.dtype, n) if algo == "auto" else algo]
+    if stream is None:  # streaming stores pay off once the output cannot stay in cache
+        stream = y.nbytes > _dispatch.cache_sizes()["L3"]
+    if y.size or op == "logsumexp":
+        _core.run(
+            _OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream)
+        )
+
+    if out_arr is not None:
+        if not direct:
+            np.copyto(out_arr, y, casting="unsafe")
+        result = out_arr
+    else:
+        result = y if y.dtype == dtype else y.astype(dtype)
+    if scalar_input and op != "logsumexp":
+        result = result.reshape(())
+    return wrap(result) if out is None else out
+
+
+def _is_half(dtype: np.dtype) -> bool:
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def _normalize_axis(axis: Any, ndim: int, name: str) -> int:
+    try:
+        ax = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: axis must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= ax < ndim:
+        raise np.exceptions.AxisError(ax, ndim, msg_prefix=name)
+    return ax % ndim
+
+
+def _check_algorithm(algorithm: Any, name: str) -> str:
+    if algorithm != "auto" and algorithm not in ALGORITHMS:
+        raise ValueError(f"{name}: unknown algorithm {algorithm!r}; choose one of 'auto', " + ", ".join(map(repr, ALGORITHMS)))
+    return algorithm
+
+
+def _check_threads(threads: Any, name: str) -> int:
+    if threads is None:
+        return _dispatch.default_threads()
+    if isinstance(threads, bool):
+        raise TypeError(f"{name}: threads must be an integer, got bool")
+    try:
+        t = operator.index(threads)
+    except TypeError:
+        raise TypeError(f"{name}: threads must be an integer, got {type(threads).__name__}") from None
+    if t < 1:
+        raise ValueError(f"{name}: threads must be >= 1, got {t}")
+    return t
+
+
+def _check_out(out: Any, x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, name: str, in_place_ok: bool) -> np.ndarray:
+    o, _ = _to_numpy(out, name, writable=True)
+    if o.shape != shape:
+        raise ValueError(f"{name}: out has shape {o.shape}, expected {shape}")
+    if o.dtype != dtype:
+        raise ValueError(f"{name}: out has dtype {o.dtype}, expected {dtype}")
+    if not o.flags.writeable:
+        raise ValueError(f"{name}: out is read-only")
+    if np.may_share_memory(o, x):
+        same = (
+            in_place_ok
+            and o.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+            and o.strides == x.strides
+        )
+        if not same:
+            raise ValueError(f"{name}: out overlaps x without being x itself (only exact in-place is allowed)")
+    return o
+
+
+def _layout(a: np.ndarray, ax: int) -> tuple[int, int, int, int, int] | None:
+    """(outer, n, inner, outer stride, axis stride) in elements, or None when the dims
+    before `axis` do not merge into one stride or those after it are not C-contiguous."""
+    item = a.itemsize
+    if any(s % item for s in a.strides):
+        return None
+    st = [s // item for s in a.strides]
+    shape = a.shape
+    inner = int(np.prod(shape[ax + 1 :], dtype=np.int64))
+    expect = 1
+    for k in range(a.ndim - 1, ax, -1):  # dims after the axis: C-contiguous block
+        if shape[k] != 1 and st[k] != expect:
+            return None
+        expect *= shape[k]
+    outer, xs_outer = 1, 0
+    for k in range(ax - 1, -1, -1):  # dims before the axis: one stride
+        if shape[k] == 1:
+            continue
+        if outer == 1:
+            xs_outer = st[k]
+        elif st[k] != xs_outer * outer:
+            return None
+        outer *= shape[k]
+    return outer, shape[ax], inner, xs_outer, st[ax]
+
+
+def _out_layout(y: np.ndarray, ax: int, op: str, keepdims: bool) -> tuple[int, int] | None:
+    """(outer stride, axis stride) of the output, or None when it needs a temporary."""
+    if op == "logsumexp":  # y is (outer, inner): view it with a length-1 axis at `ax`
+        lay = _layout(y if keepdims else np.expand_dims(y, ax), ax)
+        return None if lay is None else (lay[3], 0)
+    lay = _layout(y, ax)
+    if lay is None or (lay[2] == 1 and lay[4] != 1 and lay[1] > 1):
+        return None
+    return lay[3], lay[4]
+
+
+# ----------------------------------------------------------------------------------
+# Frameworks: NumPy natively; DLPack producers (torch CPU tensors, ...) zero-copy.
+# ----------------------------------------------------------------------------------
+def _to_numpy(x: Any, name: str, writable: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+    if isinstance(x, np.ndarray):
+        return x, _identity
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        return _torch_to_numpy(x, name)
+    if hasattr(x, "__dlpack__") and not hasattr(x, "__array_interface__"):
+        try:
+            a = np.from_dlpack(x)
+        except (TypeError, BufferError, RuntimeError) as e:
+            raise TypeError(f"{name}: cannot read {type(x).__name__} through DLPack: {e}") from None
+        return a, _framework_wrapper(mod)
+    try:
+        return np.asarray(x), _identity
+    except Exception as e:  # noqa: BLE001 - report what we were given
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__} ({e})") from None
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def _framework_wrapper(mod: str) -> Callable[[np.ndarray], Any]:
+    import importlib
+
+    try:
+        from_dlpack = importlib.import_module(mod).from_dlpack
+    except (ImportError, AttributeError):
+        return _identity
+    return from_dlpack
+
+
+def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray], Any]]:
+    import torch
+
+    if t.device.type != "cpu":
+        raise TypeError(f"{name}: tensor on {t.device}; twopass's NumPy API takes CPU tensors")
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        arr = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+
+        def wrap(a: np.ndarray) -> Any:
+            if a.dtype.name == "bfloat16":
+                return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+            return torch.from_numpy(a)
+
+        return arr, wrap
+    try:
+        return t.numpy(), torch.from_numpy
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(f"{name}: unsupported dtype {t.dtype}") from e
+
+
+# ----------------------------------------------------------------------------------
+# algorithm="auto": crossover row lengths measured by `python -m twopass bench --tune`.
+# ----------------------------------------------------------------------------------
+_TUNING_FILE = Path(__file__).with_name("_tuning.json")
+
+
+@lru_cache(maxsize=None)
+def _crossovers() -> dict[str, dict[str, int]]:
+    try:
+        data = json.loads(_TUNING_FILE.read_text())
+        return {k: v for k, v in data.items() if k in ("float32", "float64")}
+    except (OSError, ValueError):
+        return {}
+
+
+def _auto_algorithm(op: str, dtype: np.dtype, n: int) -> str:
+    """two_pass for rows at least as long as the measured crossover, else the
+    three-pass reload (exp once per element: fastest while the row is in cache)."""
+    table = _crossovers().get(dtype.name, {})
+    crossover = table.get(op, 0)
+    return "two_pass" if n >= crossover else "three_pass_reload"

@@ -1,0 +1,149 @@
+"""Which instruction set runs, how many threads, and what this machine is.
+
+All run-time choices live here: the ISA is detected once at import (the C++ core asks
+the CPU), `TWOPASS_ISA` may force a lower one, `TWOPASS_NUM_THREADS` sets the default
+thread count. `info()` reports all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from . import _core
+
+# Codes shared with csrc/driver.h (enum class Isa), best last.
+ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
+_ALL_ISAS = ("scalar", "avx2", "avx512", "neon")
+
+
+def isa_supported() -> list[str]:
+    """The ISAs this build has and this CPU (and OS) can run, worst to best."""
+    return [name for name, code in ISA_CODES.items() if _core.isa_compiled(code) and _core.isa_supported(code)]
+
+
+def _select_isa() -> str:
+    supported = isa_supported()
+    forced = os.environ.get("TWOPASS_ISA", "").strip().lower()
+    if not forced:
+        return supported[-1]
+    if forced not in _ALL_ISAS:
+        raise RuntimeError(f"TWOPASS_ISA={forced!r} is not an instruction set twopass knows; choose one of {', '.join(_ALL_ISAS)}")
+    if forced not in supported:
+        raise RuntimeError(
+            f"TWOPASS_ISA={forced!r}: this CPU or build cannot run it (available here: {', '.join(supported)})"
+        )
+    return forced
+
+
+ISA = _select_isa()
+
+
+def isa_code(isa: str | None) -> int:
+    """Code of `isa` (None: the selected one), checking the CPU can run it."""
+    if isa is None:
+        return ISA_CODES[ISA]
+    if isa not in isa_supported():
+        raise ValueError(f"isa={isa!r} is not available on this CPU (available: {', '.join(isa_supported())})")
+    return ISA_CODES[isa]
+
+
+def default_threads() -> int:
+    env = os.environ.get("TWOPASS_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"TWOPASS_NUM_THREADS={env!r} is not an integer") from None
+        if n < 1:
+            raise ValueError(f"TWOPASS_NUM_THREADS={env!r} must be >= 1")
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    for suffix, scale in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
+        if text.endswith(suffix):
+            return int(text[:-1]) * scale
+    return int(text)
+
+
+@lru_cache(maxsize=None)
+def cache_sizes() -> dict[str, int]:
+    """Data cache sizes in bytes of one core's view (L1d, L2, L3), from Linux sysfs."""
+    sizes: dict[str, int] = {}
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(root.glob("index*")) if root.exists() else []:
+        try:
+            kind = (index / "type").read_text().strip()
+            level = (index / "level").read_text().strip()
+            size = _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified"):
+            sizes[f"L{level}" + ("d" if level == "1" else "")] = size
+    # Conservative defaults where sysfs says nothing (the values only steer streaming
+    # stores and benchmark labels).
+    sizes.setdefault("L1d", 32 << 10)
+    sizes.setdefault("L2", 1 << 20)
+    sizes.setdefault("L3", 32 << 20)
+    return sizes
+
+
+@lru_cache(maxsize=None)
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = value.split()
+    except OSError:
+        pass
+    return model, flags
+
+
+def info() -> dict[str, Any]:
+    """What twopass sees and chose on this machine: CPU, ISA, caches, threads, versions."""
+    import numpy as np
+
+    from . import __version__
+
+    model, flags = _cpu_model_and_flags()
+    wanted = ("sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "asimd", "sve")
+    return {
+        "cpu": model,
+        "machine": platform.machine(),
+        "cpu_features": [f for f in wanted if f in flags],
+        "isa": ISA,
+        "isa_supported": isa_supported(),
+        "isa_forced": os.environ.get("TWOPASS_ISA") or None,
+        "caches": dict(cache_sizes()),
+        "threads": default_threads(),
+        "versions": {
+            "twopass": __version__,
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            **{name: _version_of(name) for name in ("torch", "scipy", "onnxruntime", "ml_dtypes", "jax")},
+        },
+    }
+
+
+def _version_of(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module.replace("_", "-"))
+    except PackageNotFoundError:
+        return None
