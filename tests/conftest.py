@@ -1,0 +1,81 @@
+"""Shared test helpers: the ISAs to cover, error bounds, and the comparison itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import twopass
+from twopass import _dispatch, reference
+
+ALL_ISAS = ("scalar", "avx2", "avx512")
+SUPPORTED = _dispatch.isa_supported()
+# Every ISA is a test parameter: the ones this CPU lacks show up as skipped, not missing.
+ISA_PARAMS = [
+    pytest.param(isa, marks=pytest.mark.skipif(isa not in SUPPORTED, reason=f"CPU lacks {isa}")) for isa in ALL_ISAS
+]
+OPS = ("softmax", "log_softmax", "logsumexp")
+
+# Error bounds, in units of the output dtype's unit roundoff u (2^-24 for float32,
+# 2^-53 for float64), with the conditioning term every float implementation pays:
+#   softmax:      |y - ref| <= (A + |x_i - lse|) * u * |ref|     (x_i - max is rounded)
+#   log_softmax:  |y - ref| <= (A * (|ref| + 1) + |x_i| + |lse|) * u   (x_i - lse is rounded)
+#   logsumexp:    |y - ref| <= A * u * (|ref| + 1)
+# A below is what every algorithm and ISA meets on every input of the tests (float64's
+# exp polynomial is 2.7 u, float32's 1.6 u: hence the larger float64 constants).
+BOUND_A = {
+    ("softmax", "float32"): 16.0,
+    ("log_softmax", "float32"): 8.0,
+    ("logsumexp", "float32"): 8.0,
+    ("softmax", "float64"): 32.0,
+    ("log_softmax", "float64"): 16.0,
+    ("logsumexp", "float64"): 16.0,
+}
+
+
+def unit_roundoff(dtype) -> float:
+    return float(np.finfo(dtype).eps) / 2
+
+
+def reference_of(op: str, x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    if op == "logsumexp":
+        return reference.logsumexp(x, axis=axis, keepdims=keepdims)
+    return getattr(reference, op)(x, axis=axis)
+
+
+def assert_close(op: str, x: np.ndarray, y: np.ndarray, axis: int = -1, keepdims: bool = False, scale: float = 1.0):
+    """Check y against the float64 reference within the bounds above (scale widens them,
+    for float16/bfloat16 outputs)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    ref = reference_of(op, x64, axis, keepdims)
+    y64 = np.asarray(y, dtype=np.float64)
+    assert y64.shape == ref.shape
+    # Special values must match exactly (NaN where NaN, inf where inf).
+    np.testing.assert_array_equal(np.isnan(y64), np.isnan(ref), err_msg=f"{op}: NaN pattern differs")
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(y64[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
+    u = unit_roundoff(y.dtype) * scale
+    A = BOUND_A[op, "float64" if y.dtype == np.float64 else "float32"]
+    tiny = float(np.finfo(y.dtype).smallest_subnormal) * 2 * scale
+    lse = reference.logsumexp(x64, axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        if op == "softmax":
+            cond = np.abs(x64 - lse)
+            cond = np.where(np.isfinite(cond), cond, 0)
+            bound = (A + cond) * u * np.abs(ref) + tiny
+        elif op == "log_softmax":
+            bound = (A * (np.abs(ref) + 1) + np.abs(x64) + np.abs(lse)) * u + tiny
+        else:
+            bound = A * u * (np.abs(ref) + 1) + tiny
+        err = np.abs(y64 - ref)
+    bad = fin & ~(err <= bound)
+    if bad.any():
+        i = np.argwhere(bad)[0]
+        raise AssertionError(
+            f"{op}: {bad.sum()} elements out of bound; first at {tuple(i)}: y={y64[tuple(i)]!r} "
+            f"ref={ref[tuple(i)]!r} err={err[tuple(i)]:.3g} bound={bound[tuple(i)]:.3g}"
+        )
+
+
+def run(op: str, x, **kw):
+    return twopass._api.compute(op, x, **kw)

@@ -1,0 +1,120 @@
+"""The kernels against the float64 reference: every ISA, algorithm, op and dtype, with
+lengths chosen to hit each SIMD tail, the two-pass accurate-domain boundaries, and the
+thread splits. (AddressSanitizer runs this file too: README, "Testing".)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ISA_PARAMS, OPS, assert_close, run
+
+import twopass
+
+DTYPES = (np.float32, np.float64)
+# Tails by construction: every length up to two AVX-512 float32 vectors + 1 (33), the
+# unrolled tile (4 vectors = 64 floats) and around it, and the fold block (2048 / 1024).
+TAIL_LENGTHS = list(range(0, 34)) + [63, 64, 65, 127, 128, 129, 1023, 1024, 1025, 2047, 2048, 2049, 4099]
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_tail_lengths(isa, algorithm, dtype, op):
+    rng = np.random.default_rng(len(TAIL_LENGTHS))
+    for n in TAIL_LENGTHS:
+        x = (rng.standard_normal((3, n)) * 4).astype(dtype)
+        y = run(op, x, algorithm=algorithm, isa=isa, threads=1)
+        assert_close(op, x, y)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("inner", [1, 3, 16, 17, 40, 65, 130])
+def test_non_last_axis(isa, algorithm, dtype, op, inner):
+    # inner > 1: panels vectorised across `inner`; widths around every panel size.
+    rng = np.random.default_rng(inner)
+    x = (rng.standard_normal((2, 37, inner)) * 4).astype(dtype)
+    y = run(op, x, axis=1, algorithm=algorithm, isa=isa, threads=1)
+    assert_close(op, x, y, axis=1)
+
+
+# Rows that stress the range reduction and the two-pass accurate domain (|x| <= 4096
+# in float32, 2^19 in float64): around the bound, far outside it, huge spreads, masks.
+HARD_ROWS = {
+    "large_near_bound": lambda n: 4000 + np.linspace(0, 90, n),
+    "beyond_bound": lambda n: 5000 + np.linspace(-50, 50, n),
+    "very_large": lambda n: 1e30 + np.zeros(n),
+    "near_max_float": lambda n: np.full(n, 3e38),
+    "very_negative": lambda n: -1e30 + np.linspace(0, 1e24, n),
+    "negative_near_bound": lambda n: -3950 + np.linspace(-300, 0, n),
+    "mask_minus_1e4": lambda n: np.where(np.arange(n) % 3 == 0, 1.0, -1e4),
+    "mask_finfo_min": lambda n: np.where(np.arange(n) % 2 == 0, np.linspace(-5, 5, n), -3.4e38),
+    "wide_spread": lambda n: np.linspace(-200, 200, n),
+    "tiny": lambda n: np.full(n, 1e-40) * np.arange(n),
+    "subnormal_outputs": lambda n: np.where(np.arange(n) == 0, 0.0, -95.0 - np.arange(n) % 20),
+}
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", sorted(HARD_ROWS))
+def test_hard_rows(isa, algorithm, dtype, op, case):
+    for n in (1, 2, 17, 100, 3000):
+        with np.errstate(over="ignore"):
+            x = HARD_ROWS[case](n).astype(dtype)
+        x = np.stack([x, x[::-1].copy()])
+        y = run(op, x, algorithm=algorithm, isa=isa, threads=1)
+        assert_close(op, x, y)
+        # Same rows as a non-last axis (the panel path has its own fix-ups).
+        y2 = run(op, np.ascontiguousarray(x.T), axis=0, algorithm=algorithm, isa=isa, threads=1)
+        assert_close(op, x.T, y2, axis=0)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_long_row_and_threads(isa, algorithm, dtype, op):
+    # One long row split across 2 threads (partial sums merged) against 1 thread and
+    # the reference; then a batch split by rows.
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(300_001) * 3).astype(dtype)
+    y1 = run(op, x, algorithm=algorithm, isa=isa, threads=1)
+    y2 = run(op, x, algorithm=algorithm, isa=isa, threads=2)
+    assert_close(op, x, y1)
+    assert_close(op, x, y2)
+    xb = (rng.standard_normal((64, 3001)) * 3).astype(dtype)
+    assert_close(op, xb, run(op, xb, algorithm=algorithm, isa=isa, threads=2))
+    xp = (rng.standard_normal((2, 40000, 3)) * 3).astype(dtype)  # few long panels, split
+    assert_close(op, xp, run(op, xp, axis=1, algorithm=algorithm, isa=isa, threads=2), axis=1)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_streaming_stores(isa, stream):
+    # Misaligned outputs exercise the peeled head before aligned streaming stores.
+    rng = np.random.default_rng(3)
+    buf = np.empty(5003, np.float32)
+    for offset in range(0, 17):
+        x = rng.standard_normal(4000 - offset).astype(np.float32)
+        y = buf[offset : offset + x.size]
+        for algorithm in twopass.ALGORITHMS:
+            for op in ("softmax", "log_softmax"):
+                run(op, x, out=y, algorithm=algorithm, isa=isa, stream=stream, threads=1)
+                assert_close(op, x, y)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_isas_agree(isa):
+    # Every ISA gives (nearly) the same numbers as the scalar baseline.
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 999)) * 5).astype(np.float32)
+    for algorithm in twopass.ALGORITHMS:
+        a = run("softmax", x, algorithm=algorithm, isa=isa)
+        b = run("softmax", x, algorithm=algorithm, isa="scalar")
+        np.testing.assert_allclose(a, b, rtol=4e-6, atol=1e-38)
