@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -43,9 +44,10 @@ def reference_of(op: str, x: np.ndarray, axis: int = -1, keepdims: bool = False)
     return getattr(reference, op)(x, axis=axis)
 
 
-def assert_close(op: str, x: np.ndarray, y: np.ndarray, axis: int = -1, keepdims: bool = False, scale: float = 1.0):
-    """Check y against the float64 reference within the bounds above (scale widens them,
-    for float16/bfloat16 outputs)."""
+def assert_close(op: str, x: np.ndarray, y: np.ndarray, axis: int = -1, keepdims: bool = False, out_dtype=None):
+    """Check y against the extended-precision reference within the bounds above.
+    out_dtype: the dtype the result was rounded to, when y was widened for the check
+    (float16/bfloat16 results: the bound is their rounding plus float32's)."""
     x64 = np.asarray(x, dtype=np.float64)
     ref = reference_of(op, x64, axis, keepdims)
     y64 = np.asarray(y, dtype=np.float64)
@@ -54,9 +56,13 @@ def assert_close(op: str, x: np.ndarray, y: np.ndarray, axis: int = -1, keepdims
     np.testing.assert_array_equal(np.isnan(y64), np.isnan(ref), err_msg=f"{op}: NaN pattern differs")
     fin = np.isfinite(ref)
     np.testing.assert_array_equal(y64[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
-    u = unit_roundoff(y.dtype) * scale
     A = BOUND_A[op, "float64" if y.dtype == np.float64 else "float32"]
-    tiny = float(np.finfo(y.dtype).smallest_subnormal) * 2 * scale
+    u = unit_roundoff(y.dtype)
+    tiny = float(np.finfo(y.dtype).smallest_subnormal) * 2
+    if out_dtype is not None:  # one more rounding, to a format with a larger u
+        fi = ml_dtypes.finfo(out_dtype)
+        u = u + float(fi.eps) / 2 / A
+        tiny = float(fi.smallest_subnormal)
     lse = reference.logsumexp(x64, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore"):
         if op == "softmax":

@@ -96,6 +96,13 @@ def compute(
     if out is not None:
         out_arr = _check_out(out, arr, shape, dtype, name, in_place_ok=op != "logsumexp")
 
+    if arr.size == 0:  # nothing to read: empty results, or -inf (the empty sum's log)
+        y = np.full(shape, -np.inf if op == "logsumexp" else 0, dtype=dtype)
+        if out_arr is not None:
+            np.copyto(out_arr, y)
+            return out
+        return wrap(y.reshape(()) if scalar_input and op != "logsumexp" else y)
+
     # Compute dtype: float16/bfloat16 are read and written as such, computed in float32.
     xc = arr if dtype in _NATIVE else arr.astype(np.float32)
     layout = _layout(xc, ax)
@@ -119,10 +126,7 @@ def compute(
         code = _ALGO_CODES[_auto_algorithm(op, xc.dtype, n) if algo == "auto" else algo]
     if stream is None:  # streaming stores pay off once the output cannot stay in cache
         stream = y.nbytes > _dispatch.cache_sizes()["L3"]
-    if y.size or op == "logsumexp":
-        _core.run(
-            _OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream)
-        )
+    _core.run(_OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream))
 
     if out_arr is not None:
         if not direct:

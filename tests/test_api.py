@@ -1,0 +1,230 @@
+"""The public API: semantics against torch, argument errors, layouts, dtypes, frameworks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ISA_PARAMS, OPS, assert_close, run
+
+import twopass
+
+torch = pytest.importorskip("torch")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+INF, NAN = np.inf, np.nan
+# Rows with special values, each checked against torch on the same float32 input.
+SPECIAL_ROWS = [
+    [NAN, 1.0, 2.0],
+    [INF, 1.0, 2.0],
+    [-INF, -INF, -INF],
+    [-INF, 1.0, 2.0],
+    [3e38, 3e38, -3e38],
+    [3e38, 3e38],
+    [-3e38, -3e38],
+    [INF, NAN, 1.0],
+    [INF, -INF],
+    [INF, INF],
+    [-INF, NAN],
+    [0.0],
+    [-INF],
+    [1e-45, -1e-45, 0.0],
+    [-1e30, 1e30],
+]
+
+
+def _torch_ref(op: str, x: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(x)
+    f = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op]
+    return f(t, -1).numpy()
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("tail", [0, 20])
+def test_special_values_match_torch(isa, algorithm, op, tail):
+    for row in SPECIAL_ROWS:
+        # `tail` ordinary elements after the special ones put them in a SIMD body too.
+        x = np.array(row + [0.5] * tail, dtype=np.float32)[None, :]
+        y = run(op, x, algorithm=algorithm, isa=isa)
+        t = _torch_ref(op, x)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(t), err_msg=f"{op} {row}")
+        np.testing.assert_allclose(y, t, rtol=2e-6, atol=0, err_msg=f"{op} {row}")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_empty_axis(op):
+    x = np.zeros((3, 0), np.float32)
+    y = getattr(twopass, op)(x)
+    t = _torch_ref(op, x)
+    assert y.shape == t.shape
+    np.testing.assert_array_equal(y, t)  # logsumexp: -inf; the others: empty
+
+
+def test_zero_rows_and_scalars():
+    assert twopass.softmax(np.zeros((0, 5), np.float32)).shape == (0, 5)
+    assert twopass.logsumexp(np.zeros((0, 5), np.float32)).shape == (0,)
+    assert twopass.softmax(np.float32(3.0)) == 1.0
+    assert twopass.logsumexp(np.array(2.0)) == 2.0
+
+
+def test_softmax_of_huge_values():
+    y = twopass.softmax(np.array([3e38, 3e38], np.float32))
+    np.testing.assert_array_equal(y, [0.5, 0.5])
+
+
+# ---- errors ----
+def test_bad_dtype():
+    for dt in (np.int32, np.int64, np.complex64, np.bool_):
+        with pytest.raises(TypeError, match=np.dtype(dt).name):
+            twopass.softmax(np.zeros(4, dt))
+
+
+def test_bad_axis():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(np.exceptions.AxisError):
+        twopass.softmax(x, axis=2)
+    with pytest.raises(np.exceptions.AxisError):
+        twopass.logsumexp(x, axis=-3)
+    with pytest.raises(TypeError):
+        twopass.softmax(x, axis=1.0)
+
+
+def test_bad_algorithm_lists_choices():
+    with pytest.raises(ValueError, match="two_pass.*three_pass_reload.*three_pass_recompute.*online"):
+        twopass.softmax(np.zeros(3, np.float32), algorithm="fast")
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_bad_threads(threads):
+    with pytest.raises(ValueError, match="threads"):
+        twopass.softmax(np.zeros(3, np.float32), threads=threads)
+
+
+def test_threads_type():
+    with pytest.raises(TypeError):
+        twopass.softmax(np.zeros(3, np.float32), threads=1.5)
+    with pytest.raises(TypeError):
+        twopass.softmax(np.zeros(3, np.float32), threads=True)
+
+
+def test_bad_out():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        twopass.softmax(x, out=np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        twopass.softmax(x, out=np.zeros((2, 3), np.float64))
+    ro = np.zeros((2, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        twopass.softmax(x, out=ro)
+    buf = np.zeros(7, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        twopass.softmax(buf[:6].reshape(2, 3), out=buf[1:].reshape(2, 3))
+    with pytest.raises(ValueError, match="shape"):
+        twopass.logsumexp(x, out=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="overlaps"):
+        twopass.logsumexp(x, out=x[:, 0])
+
+
+def test_unknown_isa_env_is_a_clear_error():
+    env = dict(os.environ, TWOPASS_ISA="sse9")
+    r = subprocess.run([sys.executable, "-c", "import twopass"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "TWOPASS_ISA" in r.stderr and "sse9" in r.stderr
+    missing = [i for i in ("avx512", "neon", "avx2") if i not in twopass.info()["isa_supported"]]
+    if missing:
+        env["TWOPASS_ISA"] = missing[0]
+        r = subprocess.run([sys.executable, "-c", "import twopass"], env=env, capture_output=True, text=True)
+        assert r.returncode != 0 and "cannot run it" in r.stderr
+
+
+def test_isa_env_forces_scalar():
+    env = dict(os.environ, TWOPASS_ISA="scalar")
+    code = "import twopass; print(twopass.info()['isa'])"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "scalar"
+
+
+# ---- out=, in place, keepdims, layouts ----
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_out_and_in_place(op):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 50)).astype(np.float32)
+    ref = getattr(twopass, op)(x)
+    out = np.empty_like(x)
+    assert getattr(twopass, op)(x, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    x2 = x.copy()
+    assert getattr(twopass, op)(x2, out=x2) is x2
+    np.testing.assert_array_equal(x2, ref)
+    # A non-contiguous out goes through a temporary.
+    big = np.empty((4, 100), np.float32)
+    getattr(twopass, op)(x, out=big[:, ::2])
+    np.testing.assert_array_equal(big[:, ::2], ref)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_logsumexp_keepdims_and_out(axis, keepdims):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 5))
+    y = twopass.logsumexp(x, axis=axis, keepdims=keepdims)
+    assert y.shape == np.sum(x, axis=axis, keepdims=keepdims).shape
+    assert_close("logsumexp", x, y, axis=axis, keepdims=keepdims)
+    out = np.empty(y.shape)
+    assert twopass.logsumexp(x, axis=axis, keepdims=keepdims, out=out) is out
+    np.testing.assert_array_equal(out, y)
+
+
+def test_transposed_and_strided_views():
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((40, 60)).astype(np.float32)
+    for view in (base.T, base[::2, ::3], base[::-1, ::-1], base[:, 5:45], base.T[::-1]):
+        for axis in (0, 1):
+            for op in OPS:
+                assert_close(op, view, getattr(twopass, op)(view, axis=axis), axis=axis)
+
+
+# ---- dtypes and frameworks ----
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("op", OPS)
+def test_half_dtypes(dtype, op):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((5, 300)) * 3).astype(dtype)
+    y = getattr(twopass, op)(x)
+    assert y.dtype == x.dtype
+    # Computed in float32 from the half input, then rounded once to the half dtype.
+    assert_close(op, x.astype(np.float32), y.astype(np.float32), out_dtype=dtype)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_torch_tensors_in_torch_out(op):
+    t = torch.randn(6, 70)
+    y = getattr(twopass, op)(t)
+    assert isinstance(y, torch.Tensor)
+    ref = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op](t, -1)
+    torch.testing.assert_close(y, ref, rtol=2e-6, atol=2e-6)
+    tb = t.to(torch.bfloat16)
+    yb = getattr(twopass, op)(tb, axis=0)
+    assert isinstance(yb, torch.Tensor) and yb.dtype == torch.bfloat16
+    refb = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op](
+        tb.float(), 0
+    )
+    torch.testing.assert_close(yb.float(), refb, rtol=1e-2, atol=1e-2)
+
+
+def test_torch_out_in_place_is_zero_copy():
+    t = torch.randn(3, 33)
+    ref = torch.softmax(t, -1)
+    ptr = t.data_ptr()
+    assert twopass.softmax(t, out=t) is t
+    assert t.data_ptr() == ptr
+    torch.testing.assert_close(t, ref)
+
+
+def test_accepts_lists_and_array_likes():
+    np.testing.assert_allclose(twopass.softmax([1.0, 1.0]), [0.5, 0.5])
