@@ -207,8 +207,8 @@ template <class T> struct Runner {
     const Exec<T> ex = exec(g);
     LaneArrays<T> A;
     T zero[kMaxLanes] = {};
-    if (!shift) shift = zero;
-    ex.pair_sum(shift, A.p);
+    ex.pair_sum(shift, A.p);  // shift == nullptr: the common, unshifted kernel
+    const T* shift_or_zero = shift ? shift : zero;
     // Accept a lane when its sum is finite and its largest exponent lies where the
     // reduction is exact and clamped elements are negligible (twopass.h, Numerics).
     constexpr double kLog2e = 1.4426950408889634;
@@ -228,16 +228,15 @@ template <class T> struct Runner {
         // [0.7, 2.9], which Scale::out needs to round into subnormals exactly once.
         int ex2;
         const double fr = std::frexp(p.S, &ex2);
-        A.a[l] = shift[l];
         A.b[l] = (T)(1.0 / fr);
         A.c[l] = (T)(p.E + ex2);
       } else {
         const DD d = lse_of_pair(p.S, p.E);
         if (job.op == Op::kLogSumExp) {
-          lse[l] = (T)((double)shift[l] + d.hi + d.lo);
+          lse[l] = (T)((double)shift_or_zero[l] + d.hi + d.lo);
         } else {  // log_softmax: y = (x - shift) - lse_shifted, no exp
-          A.a[l] = shift[l];
-          if (shift[l] != 0) {
+          A.a[l] = shift_or_zero[l];
+          if (shift) {
             A.b[l] = (T)(d.hi + d.lo);  // x - max is exact enough: Sterbenz near the max
             A.c[l] = 0;
           } else {
@@ -247,7 +246,7 @@ template <class T> struct Runner {
       }
     }
     if (job.op == Op::kSoftmax)
-      ex.each([&](const Group<T>& c) { pick(c).pair_write(c, A.a, A.b, A.c, stream); });
+      ex.each([&](const Group<T>& c) { pick(c).pair_write(c, shift, A.b, A.c, stream); });
     else if (job.op == Op::kLogSoftmax)
       ex.each([&](const Group<T>& c) { pick(c).sub2(c, A.a, A.b, stream); });
     if (!any_fix) return;
@@ -258,7 +257,7 @@ template <class T> struct Runner {
       T* lse1 = lse ? lse + l : nullptr;
       if (s.kind != Special::kNone) {
         special(one, lse1, s.kind);
-      } else if (shift[l] == 0) {
+      } else if (!shift) {
         const T m = s.max;  // outside the accurate domain: redo relative to the maximum
         two_pass(one, lse1, &m);
       } else {

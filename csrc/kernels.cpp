@@ -17,14 +17,16 @@ namespace {
 using tp::Group;
 using tp::Pair;
 
-// exp on the reduced interval and the constants of the range reduction.
-// ln2 = L1 + L2 + L3 (three-constant Cody-Waite): L1 and L2 have so few significant bits
-// that e*L1 and e*L2 are exact for every e of the accurate domain, so
-// t = ((x - e*L1) - e*L2) - e*L3 loses nothing even without a fused multiply-add.
+// exp on the reduced interval and the constants of the range reduction (Cody-Waite).
+// With a fused multiply-add (AVX2, AVX-512): ln2 = F1 + F2, F1 = ln2 rounded to T;
+// fma(e, -F1, x) rounds once, so t = x - e*ln2 is exact to ~ulp(t).
+// Without one (the scalar baseline): ln2 = L1 + L2 + L3, where L1 and L2 have so few
+// significant bits that e*L1 and e*L2 are exact for every e of the accurate domain.
 // The polynomial is 1 + t*q(t), fitted by tools/fit_exp_poly.py for |t| <= ln2/2.
 template <class T> struct ExpConst;
 template <> struct ExpConst<float> {
   static constexpr float kLog2e = 0x1.715476p+0f;
+  static constexpr float kF1 = 0x1.62e43p-1f, kF2 = -0x1.05c61p-29f;
   static constexpr float kL1 = 0x1.63p-1f, kL2 = -0x1.bdp-13f, kL3 = -0x1.05c61p-29f;
   static constexpr int kDegree = 5;  // max relative error 9.4e-8
   static constexpr float kC[kDegree] = {9.999997e-01f, 4.9999142e-01f, 1.6667643e-01f, 4.189885e-02f,
@@ -32,6 +34,7 @@ template <> struct ExpConst<float> {
 };
 template <> struct ExpConst<double> {
   static constexpr double kLog2e = 0x1.71547652b82fep+0;
+  static constexpr double kF1 = 0x1.62e42fefa39efp-1, kF2 = 0x1.abc9e3b39803fp-56;
   static constexpr double kL1 = 0x1.62e42ffp-1, kL2 = -0x1.718432a2p-35, kL3 = 0x1.3c7673007e5edp-69;
   static constexpr int kDegree = 12;  // max relative error 3.0e-16
   static constexpr double kC[kDegree] = {
@@ -48,9 +51,14 @@ template <class T> struct Math {
   // exp(x) = m * 2^e with e = round(x*log2(e)) and m = p(x - e*ln2) in [0.70, 1.42].
   static inline void extexp(R x, R& m, R& e) {
     e = V::round(V::mul(x, V::set1(C::kLog2e)));
+#if defined(TP_ISA_SCALAR)
     R t = V::fma(e, V::set1(-C::kL1), x);
     t = V::fma(e, V::set1(-C::kL2), t);
     t = V::fma(e, V::set1(-C::kL3), t);
+#else
+    R t = V::fma(e, V::set1(-C::kF1), x);
+    t = V::fma(e, V::set1(-C::kF2), t);
+#endif
     R q = V::set1(C::kC[C::kDegree - 1]);
     for (int i = C::kDegree - 2; i >= 0; --i) q = V::fma(q, t, V::set1(C::kC[i]));
     m = V::fma(q, t, V::set1(T(1)));
@@ -91,7 +99,13 @@ template <class T> struct Params {
   }
 };
 
-template <class T> struct PairSumVisitor {
+// Pass 1 of the two-pass algorithm. Per register: a sum S and its exponent E (a float
+// holding an integer). Adding terms m_i * 2^e_i: E' = max(E, e_i...);
+// S' = S * 2^(E - E') + sum m_i * 2^(e_i - E'). Along a row, each accumulator takes two
+// vectors per update (3 scalings per 2 vectors instead of 4); across panel lanes each
+// register is its own row. `Shifted` subtracts a per-row shift first (the rare redo of
+// rows outside the accurate domain); the common path pays nothing for it.
+template <class T, bool Shifted> struct PairSumVisitor {
   using V = Vec<T>;
   using R = typename V::R;
   static constexpr T kFill = -INFINITY;
@@ -104,15 +118,31 @@ template <class T> struct PairSumVisitor {
       E[u] = V::set1(T(-1e30));  // finite sentinel: no inf - inf in E - max(E, e)
     }
   }
-  inline void step(int u, R x) {
-    // Clamp below the accurate domain: such elements contribute < 2^-180 of the row's
-    // largest term whenever the driver accepts this pass's result.
-    x = V::max(V::set1(-tp::Numerics<T>::kAccurate), V::sub(x, shift.p[u]));
+  // Clamp below the accurate domain (this also maps -inf to a finite value): such
+  // elements contribute < 2^-180 of the row's largest term whenever the driver accepts
+  // this pass's result. max(bound, x) keeps NaN.
+  inline R prepare(int u, R x) const {
+    if (Shifted) x = V::sub(x, shift.p[u]);
+    return V::max(V::set1(-tp::Numerics<T>::kAccurate), x);
+  }
+  inline void step(int u, R x) {  // panel: register u is lane group u
     R m, e;
-    Math<T>::extexp(x, m, e);
-    R Emax = V::max(E[u], e);
-    S[u] = V::add(Scale<T>::acc(S[u], V::sub(E[u], Emax)), Scale<T>::acc(m, V::sub(e, Emax)));
+    Math<T>::extexp(prepare(u, x), m, e);
+    const R Emax = V::max(E[u], e);
+    S[u] = V::fma(m, Scale<T>::acc_pow2(V::sub(e, Emax)), Scale<T>::acc(S[u], V::sub(E[u], Emax)));
     E[u] = Emax;
+  }
+  inline void step_row(const R (&x)[kUnroll]) {  // row: accumulator a takes x[2a], x[2a+1]
+    for (int a = 0; a < kUnroll / 2; ++a) {
+      R m0, e0, m1, e1;
+      Math<T>::extexp(prepare(0, x[2 * a]), m0, e0);
+      Math<T>::extexp(prepare(0, x[2 * a + 1]), m1, e1);
+      const R Emax = V::max(E[a], V::max(e0, e1));
+      R acc = Scale<T>::acc(S[a], V::sub(E[a], Emax));
+      acc = V::fma(m0, Scale<T>::acc_pow2(V::sub(e0, Emax)), acc);
+      S[a] = V::fma(m1, Scale<T>::acc_pow2(V::sub(e1, Emax)), acc);
+      E[a] = Emax;
+    }
   }
   void fold_row() {
     T s[V::W], e[V::W];
@@ -250,13 +280,15 @@ template <class T> struct OnlineVisitor {
 };
 
 // ---- map visitors ----
-template <class T> struct PairWriteVisitor {
-  static constexpr T kFill = 0;
+// Pass 2 of the two-pass algorithm: y = p(t) * scale * 2^(e - E), t = x - e*ln2.
+template <class T, bool Shifted> struct PairWriteVisitor {
   using V = Vec<T>;
   using R = typename V::R;
+  static constexpr T kFill = 0;
   Params<T> shift, scale, E;
   inline R apply(int u, R x) {
-    x = V::max(V::set1(-tp::Numerics<T>::kAccurate), V::sub(x, shift.p[u]));
+    if (Shifted) x = V::sub(x, shift.p[u]);
+    x = V::max(V::set1(-tp::Numerics<T>::kAccurate), x);
     R m, e;
     Math<T>::extexp(x, m, e);
     return Scale<T>::out(V::mul(m, scale.p[u]), V::sub(e, E.p[u]));
@@ -298,6 +330,15 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
 template <class T> constexpr int64_t kRowBlock = 32 * kUnroll * Vec<T>::W;
 constexpr int64_t kPanelBlock = 32;  // steps along the axis per fold, in panel mode
 
+// A row visitor may take the unrolled registers together (step_row); by default each
+// register feeds its own accumulator.
+template <class Vis, class R> auto step_row(Vis& vis, const R (&v)[kUnroll]) -> decltype(vis.step_row(v)) {
+  return vis.step_row(v);
+}
+template <class Vis, class R, class... Ignored> void step_row(Vis& vis, const R (&v)[kUnroll], Ignored...) {
+  for (int u = 0; u < kUnroll; ++u) vis.step(u, v[u]);
+}
+
 // Reduce a contiguous row (lanes = 1).
 template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
   using V = Vec<T>;
@@ -307,10 +348,16 @@ template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
     const int64_t end = std::min(n, b + kRowBlock<T>);
     vis.reset();
     int64_t i = b;
-    for (; i + kUnroll * W <= end; i += kUnroll * W)
-      for (int u = 0; u < kUnroll; ++u) vis.step(u, V::load(x + i + u * W));
-    for (int u = 0; i < end; ++u, i += W)  // tail: masked loads, missing lanes = kFill
-      vis.step(u, V::load_partial(x + i, (int)std::min<int64_t>(W, end - i), Vis::kFill));
+    typename V::R v[kUnroll];
+    for (; i + kUnroll * W <= end; i += kUnroll * W) {
+      for (int u = 0; u < kUnroll; ++u) v[u] = V::load(x + i + u * W);
+      step_row(vis, v);
+    }
+    if (i < end) {  // tail: masked loads; missing lanes (and whole registers) = kFill
+      for (int u = 0; u < kUnroll; ++u)
+        v[u] = V::load_partial(x + i + u * W, (int)std::clamp<int64_t>(end - i - u * W, 0, W), Vis::kFill);
+      step_row(vis, v);
+    }
     vis.fold_row();
   }
 }
@@ -405,18 +452,25 @@ template <class T, bool Panel> struct Prim {
       map_row(g.x, g.y, g.n, v, stream);
   }
 
-  static void pair_sum(const Group<T>& g, const T* shift, Pair* out) {
-    PairSumVisitor<T> v;
-    load(v.shift, shift, g, 0);
+  template <bool Shifted> static void pair_sum_impl(const Group<T>& g, const T* shift, Pair* out) {
+    PairSumVisitor<T, Shifted> v;
+    if (Shifted) load(v.shift, shift, g, 0);
     v.out = out;
     reduce(g, v);
   }
-  static void pair_write(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
-    PairWriteVisitor<T> v;
-    load(v.shift, shift, g, 0);
+  static void pair_sum(const Group<T>& g, const T* shift, Pair* out) {
+    shift ? pair_sum_impl<true>(g, shift, out) : pair_sum_impl<false>(g, shift, out);
+  }
+  template <bool Shifted>
+  static void pair_write_impl(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
+    PairWriteVisitor<T, Shifted> v;
+    if (Shifted) load(v.shift, shift, g, 0);
     load(v.scale, scale, g, 0);
     load(v.E, E, g, 0);
     map(g, v, stream);
+  }
+  static void pair_write(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
+    shift ? pair_write_impl<true>(g, shift, scale, E, stream) : pair_write_impl<false>(g, shift, scale, E, stream);
   }
   static void max(const Group<T>& g, T* m) {
     MaxVisitor<T> v;

@@ -84,6 +84,7 @@ template <class T> struct Vec {
     std::memcpy(&r, &bits, sizeof r);
     return r;
   }
+  static bool any_below(R a, T b) { return a < b; }
   static void lanes(T* p, R v) { *p = v; }
   static void sfence() {}
 };
@@ -118,6 +119,7 @@ template <> struct Vec<float> {
     __m256i bits = _mm256_castps_si256(_mm256_add_ps(k, set1(B::kPow2Magic)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(bits, B::kMantBits));
   }
+  static bool any_below(R a, T b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, set1(b), _CMP_LT_OQ)) != 0; }
   static void lanes(T* p, R v) { _mm256_storeu_ps(p, v); }
   static void sfence() { _mm_sfence(); }
 };
@@ -150,6 +152,7 @@ template <> struct Vec<double> {
     __m256i bits = _mm256_castpd_si256(_mm256_add_pd(k, set1(B::kPow2Magic)));
     return _mm256_castsi256_pd(_mm256_slli_epi64(bits, B::kMantBits));
   }
+  static bool any_below(R a, T b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, set1(b), _CMP_LT_OQ)) != 0; }
   static void lanes(T* p, R v) { _mm256_storeu_pd(p, v); }
   static void sfence() { _mm_sfence(); }
 };
@@ -213,19 +216,20 @@ template <class T> struct Scale {
   using R = typename V::R;
 #if defined(TP_ISA_AVX512)
   static R acc(R v, R k) { return V::scalef(v, k); }
+  static R acc_pow2(R k) { return V::scalef(V::set1(T(1)), k); }
   static R out(R v, R k) { return V::scalef(v, k); }
 #else
   static constexpr T kBias = (T)FloatBits<T>::kBias;
-  // Sums: terms scaled below 2^-bias+1 are negligible next to the leading term (about
-  // 1), so they may become 0: k is clamped to [-bias, bias], and pow2(-bias) is 0.
-  static R acc(R v, R k) {
-    k = V::min(V::max(k, V::set1(-kBias)), V::set1(kBias));
-    return V::mul(v, V::pow2(k));
-  }
-  // Outputs (v in about [0.25, 4], k <= 0): split k = k1 + k2 with both powers
-  // normal, so v * 2^k1 is exact and the final product rounds once, into the
-  // subnormal range where it must. k below 2*(1-bias) only gives 0 anyway.
+  // Sums (k <= 0): terms scaled below 2^(1-bias) are negligible next to the leading
+  // term (about 1), so they may become 0: k is clamped at -bias, and pow2(-bias) is 0.
+  static R acc_pow2(R k) { return V::pow2(V::max(k, V::set1(-kBias))); }
+  static R acc(R v, R k) { return V::mul(v, acc_pow2(k)); }
+  // Outputs (v in about [0.25, 4], k <= 0). Usually one normal power of two does it;
+  // when some lane's result may be subnormal, split k = k1 + k2 with both powers
+  // normal, so v * 2^k1 is exact and the final product rounds once. k below
+  // 2*(1-bias) only gives 0 anyway.
   static R out(R v, R k) {
+    if (!V::any_below(k, 3 - kBias)) return V::mul(v, V::pow2(k));
     R k1 = V::max(k, V::set1(3 - kBias));
     R k2 = V::max(V::sub(k, k1), V::set1(1 - kBias));
     return V::mul(V::mul(v, V::pow2(k1)), V::pow2(k2));

@@ -10,6 +10,7 @@ converted to float32 and back. Everything else is zero-copy.
 from __future__ import annotations
 
 import json
+import math
 import operator
 from functools import lru_cache
 from pathlib import Path
@@ -200,7 +201,7 @@ def _layout(a: np.ndarray, ax: int) -> tuple[int, int, int, int, int] | None:
         return None
     st = [s // item for s in a.strides]
     shape = a.shape
-    inner = int(np.prod(shape[ax + 1 :], dtype=np.int64))
+    inner = math.prod(shape[ax + 1 :])
     expect = 1
     for k in range(a.ndim - 1, ax, -1):  # dims after the axis: C-contiguous block
         if shape[k] != 1 and st[k] != expect:
@@ -305,6 +306,5 @@ def _crossovers() -> dict[str, dict[str, int]]:
 def _auto_algorithm(op: str, dtype: np.dtype, n: int) -> str:
     """two_pass for rows at least as long as the measured crossover, else the
     three-pass reload (exp once per element: fastest while the row is in cache)."""
-    table = _crossovers().get(dtype.name, {})
-    crossover = table.get(op, 0)
+    crossover = _crossovers().get("float64" if dtype == _NATIVE[1] else "float32", {}).get(op, 0)
     return "two_pass" if n >= crossover else "three_pass_reload"

@@ -52,7 +52,9 @@ def isa_code(isa: str | None) -> int:
     return ISA_CODES[isa]
 
 
+@lru_cache(maxsize=None)
 def default_threads() -> int:
+    """TWOPASS_NUM_THREADS if set (read once), else the cores this process may use."""
     env = os.environ.get("TWOPASS_NUM_THREADS")
     if env:
         try:
