@@ -206,9 +206,7 @@ template <class T> struct Runner {
   void two_pass(const Group<T>& g, T* lse, const T* shift) const {
     const Exec<T> ex = exec(g);
     LaneArrays<T> A;
-    T zero[kMaxLanes] = {};
     ex.pair_sum(shift, A.p);  // shift == nullptr: the common, unshifted kernel
-    const T* shift_or_zero = shift ? shift : zero;
     // Accept a lane when its sum is finite and its largest exponent lies where the
     // reduction is exact and clamped elements are negligible (twopass.h, Numerics).
     constexpr double kLog2e = 1.4426950408889634;
@@ -233,15 +231,12 @@ template <class T> struct Runner {
       } else {
         const DD d = lse_of_pair(p.S, p.E);
         if (job.op == Op::kLogSumExp) {
-          lse[l] = (T)((double)shift_or_zero[l] + d.hi + d.lo);
-        } else {  // log_softmax: y = (x - shift) - lse_shifted, no exp
-          A.a[l] = shift_or_zero[l];
-          if (shift) {
-            A.b[l] = (T)(d.hi + d.lo);  // x - max is exact enough: Sterbenz near the max
-            A.c[l] = 0;
-          } else {
-            split_dd(d, A.b[l], A.c[l]);
-          }
+          lse[l] = (T)((shift ? (double)shift[l] : 0.0) + d.hi + d.lo);
+        } else if (shift) {  // log_softmax after a redo: y = (x - max) - lse(x - max)
+          A.a[l] = shift[l];
+          A.b[l] = (T)(d.hi + d.lo);
+        } else {  // log_softmax: y = (x - hi) - lo, lse = hi + lo; no exp
+          split_dd(d, A.a[l], A.b[l]);
         }
       }
     }

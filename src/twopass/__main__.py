@@ -1,0 +1,53 @@
+"""python -m twopass {info, bench, accuracy}"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _info(argv: list[str]) -> int:
+    import json
+
+    import twopass
+
+    info = twopass.info()
+    if "--json" in argv:
+        print(json.dumps(info, indent=1))
+        return 0
+    caches = ", ".join(f"{k} {v // 1024} KiB" for k, v in info["caches"].items())
+    print(f"twopass {info['versions']['twopass']}")
+    print(f"CPU:          {info['cpu']} ({info['machine']})")
+    print(f"features:     {' '.join(info['cpu_features'])}")
+    print(f"ISA:          {info['isa']}" + (" (forced by TWOPASS_ISA)" if info["isa_forced"] else ""))
+    print(f"available:    {', '.join(info['isa_supported'])}")
+    print(f"caches:       {caches}")
+    print(f"threads:      {info['threads']}")
+    print("versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("  info      CPU features, chosen ISA, caches, threads, versions (--json)")
+        print("  bench     the benchmark (--quick for a one-minute run; --help for more)")
+        print("  accuracy  the accuracy report against an extended-precision reference")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "info":
+        return _info(rest)
+    if cmd == "bench":
+        from . import bench
+
+        return bench.main(rest)
+    if cmd == "accuracy":
+        from . import accuracy
+
+        return accuracy.main(rest)
+    print(f"unknown command {cmd!r}; try: python -m twopass --help", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
