@@ -110,8 +110,11 @@ template <class T> struct Exec {
     std::vector<Pair> parts((size_t)chunks * kMaxLanes);
     parallel(chunks, [&](int c) { P.pair_sum(chunk(c), shift, &parts[(size_t)c * kMaxLanes]); });
     for (int l = 0; l < g.lanes; ++l) {
-      out[l] = Pair{0.0, -1e300};
-      for (int c = 0; c < chunks; ++c) pair_merge(out[l], parts[(size_t)c * kMaxLanes + l].S, parts[(size_t)c * kMaxLanes + l].E);
+      out[l] = Pair{0.0, -1e300, 0.0};
+      for (int c = 0; c < chunks; ++c) {
+        const Pair& p = parts[(size_t)c * kMaxLanes + l];
+        pair_merge(out[l], p.value(), p.E);
+      }
     }
   }
   void max(T* out) const {
@@ -214,7 +217,7 @@ template <class T> struct Runner {
     const double e_lo = std::ceil((-Numerics<T>::kAccurate + Numerics<T>::kMargin) * kLog2e);
     bool any_fix = false;
     for (int l = 0; l < g.lanes; ++l) {
-      const Pair p = A.p[l];
+      const Pair p{A.p[l].value(), A.p[l].E, 0.0};
       A.fix[l] = !(std::isfinite(p.S) && p.S > 0 && p.E <= e_hi && p.E >= e_lo);
       any_fix |= A.fix[l];
       if (A.fix[l]) {

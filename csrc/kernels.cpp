@@ -161,7 +161,7 @@ template <class T, bool Shifted> struct PairSumVisitor {
     }
   }
   void init_out(int k) {
-    for (int i = 0; i < k; ++i) out[i] = Pair{0.0, -1e300};
+    for (int i = 0; i < k; ++i) out[i] = Pair{0.0, -1e300, 0.0};
   }
 };
 

@@ -29,9 +29,11 @@ template <class T> struct Group {
   int lanes;
 };
 
-// A sum of m_i * 2^e_i kept as S * 2^E (E an integer held in a double).
+// A sum of m_i * 2^e_i kept as (S + C) * 2^E: E an integer held in a double, C the
+// compensation of a Neumaier sum (so float64 rows sum as accurately as float32 ones).
 struct Pair {
-  double S, E;
+  double S, E, C;
+  double value() const { return S + C; }
 };
 
 // 2^k for integer k <= 0 as a double, built from its bits; 0 below the normal range.
@@ -44,19 +46,29 @@ inline double pow2d(double k) {
 }
 
 // acc += S * 2^E. Pairs merge in any order: this is what lets a row be split across
-// threads with no second round for the maximum.
+// threads with no second round for the maximum. Scaling by powers of two is exact, so
+// the compensated (Neumaier) sum stays exact up to its final rounding.
 inline void pair_merge(Pair& acc, double S, double E) {
   if (S == 0) return;            // empty part: nothing to add (its E may be a sentinel)
   if (!(S == S) || !(E == E)) {  // NaN poisons the sum; the driver classifies the row
     acc.S = NAN;
     return;
   }
-  if (acc.S == 0 || E > acc.E) {
-    acc.S = acc.S * pow2d(acc.E - E) + S;
+  if (acc.S == 0 && acc.C == 0) {
+    acc = Pair{S, E, 0.0};
+    return;
+  }
+  if (E > acc.E) {  // rescale the accumulator to the larger exponent
+    const double f = pow2d(acc.E - E);
+    acc.S *= f;
+    acc.C *= f;
     acc.E = E;
   } else {
-    acc.S += S * pow2d(E - acc.E);
+    S *= pow2d(E - acc.E);
   }
+  const double t = acc.S + S;
+  acc.C += std::fabs(acc.S) >= std::fabs(S) ? (acc.S - t) + S : (S - t) + acc.S;
+  acc.S = t;
 }
 
 // (m, s) += (m2, s2) for online sums s = sum exp(x - m).

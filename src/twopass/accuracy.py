@@ -4,6 +4,7 @@ For every op, dtype, algorithm and ISA (and torch, when installed, on the same i
 it prints the largest error against the extended-precision reference of
 `twopass.reference`, over rows of several lengths and value distributions:
   - ulp: |y - ref| / ulp(ref), ulp in the output dtype (what "a few ULP" means);
+    for log_softmax, ulp(max(1, |ref|)), since it is near 0 at each row's maximum;
   - rel: |y - ref| / |ref| (softmax, logsumexp) or / max(1, |ref|) (log_softmax).
 The normaliser of long rows is summed in blocks folded into double, so the error does
 not grow with the row length; the 1M-element rows show it.
@@ -37,7 +38,9 @@ def _errors(op: str, y: np.ndarray, ref: np.ndarray, dtype: np.dtype) -> tuple[f
         return 0.0, 0.0
     y64, r = y.astype(np.float64)[ok], ref[ok]
     err = np.abs(y64 - r)
-    ulp = np.spacing(np.abs(r).astype(dtype)).astype(np.float64)
+    # log_softmax is near 0 at a row's maximum: count its error in ulps of max(1, |y|).
+    mag = np.maximum(1.0, np.abs(r)) if op == "log_softmax" else np.abs(r)
+    ulp = np.spacing(mag.astype(dtype)).astype(np.float64)
     # Relative error where it means something: outputs in the normal range.
     denom = np.maximum(1.0, np.abs(r)) if op == "log_softmax" else np.abs(r)
     normal = denom >= np.finfo(dtype).tiny
