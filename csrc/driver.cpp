@@ -409,13 +409,40 @@ int panel_lanes(Isa isa, int dtype_bytes) {
   return t ? (dtype_bytes == 4 ? t->lanes_f32 : t->lanes_f64) : 1;
 }
 
-void run(const Problem& pb, Isa isa, int threads, bool stream) {
+static const KernelTable& checked_table(Isa isa) {
   const KernelTable* t = table_for(isa);
   if (!t || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
+  return *t;
+}
+
+void run(const Problem& pb, Isa isa, int threads, bool stream) {
+  const KernelTable& t = checked_table(isa);
   if (pb.dtype_bytes == 4)
-    run_typed<float>(t->f32, pb, threads, stream);
+    run_typed<float>(t.f32, pb, threads, stream);
   else
-    run_typed<double>(t->f64, pb, threads, stream);
+    run_typed<double>(t.f64, pb, threads, stream);
+}
+
+namespace {
+Group<float> slice(const float* x, float* y, int64_t n, int part, int parts) {
+  const int64_t lo = n * part / parts, hi = n * (part + 1) / parts;
+  return Group<float>{x + lo, y ? y + lo : nullptr, hi - lo, 1, 1, 1};
+}
+}  // namespace
+
+float read_pass(const float* x, int64_t n, Isa isa, int threads) {
+  const Prims<float>& P = checked_table(isa).f32.row;
+  std::vector<float> parts(threads);
+  parallel(threads, [&](int t) { P.max(slice(x, nullptr, n, t, threads), &parts[t]); });
+  float m = -INFINITY;
+  for (float v : parts) m = std::max(m, v);
+  return m;
+}
+
+void copy_pass(const float* x, float* y, int64_t n, Isa isa, int threads, bool stream) {
+  const Prims<float>& P = checked_table(isa).f32.row;
+  const float one = 1.0f;
+  parallel(threads, [&](int t) { P.scale(slice(x, y, n, t, threads), &one, stream); });
 }
 
 }  // namespace tp

@@ -36,4 +36,9 @@ int panel_lanes(Isa isa, int dtype_bytes);
 // Runs the problem with `threads` threads (>= 1); `stream` asks for non-temporal stores.
 void run(const Problem& pb, Isa isa, int threads, bool stream);
 
+// The memory-bandwidth probes of the benchmark, built from the same kernels: a read
+// pass (the maximum of x) and a copy pass (y = x * 1), split over `threads` threads.
+float read_pass(const float* x, int64_t n, Isa isa, int threads);
+void copy_pass(const float* x, float* y, int64_t n, Isa isa, int threads, bool stream);
+
 }  // namespace tp

@@ -125,32 +125,41 @@ template <class T, bool Shifted> struct PairSumVisitor {
     if (Shifted) x = V::sub(x, shift.p[u]);
     return V::max(V::set1(-tp::Numerics<T>::kAccurate), x);
   }
+  // The loop-carried chain is one max on E and one fma on S; the terms' scaling and
+  // sum happen off the chain.
   inline void step(int u, R x) {  // panel: register u is lane group u
     R m, e;
     Math<T>::extexp(prepare(u, x), m, e);
     const R Emax = V::max(E[u], e);
-    S[u] = V::fma(m, Scale<T>::acc_pow2(V::sub(e, Emax)), Scale<T>::acc(S[u], V::sub(E[u], Emax)));
+    const R term = V::mul(m, Scale<T>::acc_pow2(V::sub(e, Emax)));
+    S[u] = V::fma(S[u], Scale<T>::acc_pow2(V::sub(E[u], Emax)), term);
     E[u] = Emax;
   }
-  inline void step_row(const R (&x)[kUnroll]) {  // row: accumulator a takes x[2a], x[2a+1]
-    for (int a = 0; a < kUnroll / 2; ++a) {
-      R m0, e0, m1, e1;
-      Math<T>::extexp(prepare(0, x[2 * a]), m0, e0);
-      Math<T>::extexp(prepare(0, x[2 * a + 1]), m1, e1);
-      const R Emax = V::max(E[a], V::max(e0, e1));
-      R acc = Scale<T>::acc(S[a], V::sub(E[a], Emax));
-      acc = V::fma(m0, Scale<T>::acc_pow2(V::sub(e0, Emax)), acc);
-      S[a] = V::fma(m1, Scale<T>::acc_pow2(V::sub(e1, Emax)), acc);
-      E[a] = Emax;
-    }
+  inline void step_row(const R (&x)[kUnroll]) {  // row: one accumulator takes all registers
+    R m[kUnroll], e[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) Math<T>::extexp(prepare(0, x[u]), m[u], e[u]);
+    R Emax = E[0];
+    for (int u = 0; u < kUnroll; ++u) Emax = V::max(Emax, e[u]);
+    R terms = V::mul(m[0], Scale<T>::acc_pow2(V::sub(e[0], Emax)));
+    for (int u = 1; u < kUnroll; ++u) terms = V::fma(m[u], Scale<T>::acc_pow2(V::sub(e[u], Emax)), terms);
+    S[0] = V::fma(S[0], Scale<T>::acc_pow2(V::sub(E[0], Emax)), terms);
+    E[0] = Emax;
   }
+  // Registers merge in vector form, then the lanes in double at their largest
+  // exponent: branch-free, once per block.
   void fold_row() {
+    R Emax = E[0];
+    for (int u = 1; u < kUnroll; ++u) Emax = V::max(Emax, E[u]);
+    R Ssum = V::set1(0);
+    for (int u = 0; u < kUnroll; ++u) Ssum = V::fma(S[u], Scale<T>::acc_pow2(V::sub(E[u], Emax)), Ssum);
     T s[V::W], e[V::W];
-    for (int u = 0; u < kUnroll; ++u) {
-      V::lanes(s, S[u]);
-      V::lanes(e, E[u]);
-      for (int l = 0; l < V::W; ++l) pair_merge(out[0], s[l], e[l]);
-    }
+    V::lanes(s, Ssum);
+    V::lanes(e, Emax);
+    double em = e[0], total = 0;
+    for (int l = 1; l < V::W; ++l) em = e[l] > em ? e[l] : em;
+    for (int l = 0; l < V::W; ++l) total += (double)s[l] * tp::pow2d((double)e[l] - em);
+    if (total != total) total = NAN;  // keep NaN visible whatever pow2d did
+    pair_merge(out[0], total, em);
   }
   void fold_panel(int lanes) {
     T s[V::W], e[V::W];
@@ -176,11 +185,11 @@ template <class T> struct MaxVisitor {
   }
   inline void step(int u, R x) { M[u] = V::max(M[u], x); }
   void fold_row() {
+    R all = M[0];
+    for (int u = 1; u < kUnroll; ++u) all = V::max(all, M[u]);
     T m[V::W];
-    for (int u = 0; u < kUnroll; ++u) {
-      V::lanes(m, M[u]);
-      for (int l = 0; l < V::W; ++l) out[0] = out[0] > m[l] ? out[0] : m[l];
-    }
+    V::lanes(m, all);
+    for (int l = 0; l < V::W; ++l) out[0] = out[0] > m[l] ? out[0] : m[l];
   }
   void fold_panel(int lanes) {
     T m[V::W];
@@ -225,11 +234,13 @@ template <class T> struct SumExpVisitor : SumFold<T> {
   }
   inline void step(int u, R x) { S[u] = V::add(S[u], Math<T>::exp(V::sub(x, mx.p[u]))); }
   void fold_row() {
+    R all = S[0];
+    for (int u = 1; u < kUnroll; ++u) all = V::add(all, S[u]);
     T s[V::W];
-    for (int u = 0; u < kUnroll; ++u) {
-      V::lanes(s, S[u]);
-      for (int l = 0; l < V::W; ++l) this->add(0, s[l]);
-    }
+    V::lanes(s, all);
+    double total = 0;
+    for (int l = 0; l < V::W; ++l) total += s[l];
+    this->add(0, total);
   }
   void fold_panel(int lanes) {
     T s[V::W];
@@ -269,7 +280,12 @@ template <class T> struct OnlineVisitor {
     }
   }
   void fold_row() {
-    for (int u = 0; u < kUnroll; ++u) fold(u, kUnroll * V::W, true);
+    for (int u = 1; u < kUnroll; ++u) {
+      const R Mn = V::max(M[0], M[u]);
+      S[0] = V::fma(S[0], Math<T>::exp(V::sub(M[0], Mn)), V::mul(S[u], Math<T>::exp(V::sub(M[u], Mn))));
+      M[0] = Mn;
+    }
+    fold(0, V::W, true);
   }
   void fold_panel(int lanes) {
     for (int u = 0; u * V::W < lanes; ++u) fold(u, lanes, false);
