@@ -125,8 +125,11 @@ def compute(
         code = _ALGO_CODES["two_pass"] if algo == "auto" else _ALGO_CODES[algo]
     else:
         code = _ALGO_CODES[_auto_algorithm(op, xc.dtype, n) if algo == "auto" else algo]
-    if stream is None:  # streaming stores pay off once the output cannot stay in cache
-        stream = y.nbytes > _dispatch.cache_sizes()["L3"]
+    if stream is None:
+        # Streaming stores pay off once the output cannot stay in cache, and only when
+        # it is not x itself (in place, the lines are read anyway: no read-for-ownership
+        # to save).
+        stream = y.nbytes > _dispatch.cache_sizes()["L3"] and not np.may_share_memory(y, xc)
     _core.run(_OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream))
 
     if out_arr is not None:
