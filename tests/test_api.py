@@ -228,3 +228,28 @@ def test_torch_out_in_place_is_zero_copy():
 
 def test_accepts_lists_and_array_likes():
     np.testing.assert_allclose(twopass.softmax([1.0, 1.0]), [0.5, 0.5])
+
+
+def test_gil_is_released_while_kernels_run():
+    # The main thread keeps running Python while another thread is inside a kernel:
+    # with the GIL held it could not take a single timestamp inside that window.
+    import threading
+    import time
+
+    x = np.random.default_rng(5).standard_normal(1 << 23).astype(np.float32)
+    window = []
+
+    def worker():
+        t0 = time.perf_counter()
+        twopass.softmax(x, threads=1, algorithm="three_pass_reload")
+        window.append((t0, time.perf_counter()))
+
+    stamps = []
+    th = threading.Thread(target=worker)
+    th.start()
+    while th.is_alive():
+        stamps.append(time.perf_counter())
+    th.join()
+    t0, t1 = window[0]
+    inside = [s for s in stamps if t0 < s < t1]
+    assert len(inside) >= 10, f"{len(inside)} main-thread steps during a {1e3 * (t1 - t0):.1f} ms kernel"
