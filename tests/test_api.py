@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ISA_PARAMS, OPS, assert_close, run
 
 import twopass
+from conftest import ISA_PARAMS, OPS, assert_close, run
 
 torch = pytest.importorskip("torch")
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -211,9 +211,7 @@ def test_torch_tensors_in_torch_out(op):
     tb = t.to(torch.bfloat16)
     yb = getattr(twopass, op)(tb, axis=0)
     assert isinstance(yb, torch.Tensor) and yb.dtype == torch.bfloat16
-    refb = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op](
-        tb.float(), 0
-    )
+    refb = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op](tb.float(), 0)
     torch.testing.assert_close(yb.float(), refb, rtol=1e-2, atol=1e-2)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ISA_PARAMS, OPS, assert_close, run
 
 import twopass
+from conftest import ISA_PARAMS, OPS, assert_close, run
 
 DTYPES = (np.float32, np.float64)
 # Tails by construction: every length up to two AVX-512 float32 vectors + 1 (33), the

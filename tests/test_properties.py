@@ -5,11 +5,11 @@ against the reference; plus the properties softmax must have."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import SUPPORTED, assert_close, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import twopass
+from conftest import SUPPORTED, assert_close, run
 
 OPS = ("softmax", "log_softmax", "logsumexp")
 

@@ -56,7 +56,7 @@ def main() -> None:
     times = {}
     for algo in twopass.ALGORITHMS:
         times[algo] = median_ms(
-            lambda: compute("softmax", x, out=y, algorithm=algo, threads=a.threads, isa=a.isa), a.repeats
+            lambda algo=algo: compute("softmax", x, out=y, algorithm=algo, threads=a.threads, isa=a.isa), a.repeats
         )
         t = times[algo]
         print(f"| softmax {algo} | {t:.2f} | {traffic[algo] * mb / t:.1f} | {t / bound:.2f} |")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,7 +130,9 @@ def compute(
         # it is not x itself (in place, the lines are read anyway: no read-for-ownership
         # to save).
         stream = y.nbytes > _dispatch.cache_sizes()["L3"] and not np.may_share_memory(y, xc)
-    _core.run(_OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream))
+    _core.run(
+        _OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream)
+    )
 
     if out_arr is not None:
         if not direct:
@@ -159,7 +161,9 @@ def _normalize_axis(axis: Any, ndim: int, name: str) -> int:
 
 def _check_algorithm(algorithm: Any, name: str) -> str:
     if algorithm != "auto" and algorithm not in ALGORITHMS:
-        raise ValueError(f"{name}: unknown algorithm {algorithm!r}; choose one of 'auto', " + ", ".join(map(repr, ALGORITHMS)))
+        raise ValueError(
+            f"{name}: unknown algorithm {algorithm!r}; choose one of 'auto', " + ", ".join(map(repr, ALGORITHMS))
+        )
     return algorithm
 
 
@@ -177,7 +181,9 @@ def _check_threads(threads: Any, name: str) -> int:
     return t
 
 
-def _check_out(out: Any, x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, name: str, in_place_ok: bool) -> np.ndarray:
+def _check_out(
+    out: Any, x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, name: str, in_place_ok: bool
+) -> np.ndarray:
     o, _ = _to_numpy(out, name, writable=True)
     if o.shape != shape:
         raise ValueError(f"{name}: out has shape {o.shape}, expected {shape}")
@@ -297,7 +303,7 @@ def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray
 _TUNING_FILE = Path(__file__).with_name("_tuning.json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _crossovers() -> dict[str, dict[str, int]]:
     try:
         data = json.loads(_TUNING_FILE.read_text())

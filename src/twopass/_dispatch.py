@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ def _select_isa() -> str:
     if not forced:
         return supported[-1]
     if forced not in _ALL_ISAS:
-        raise RuntimeError(f"TWOPASS_ISA={forced!r} is not an instruction set twopass knows; choose one of {', '.join(_ALL_ISAS)}")
+        raise RuntimeError(
+            f"TWOPASS_ISA={forced!r} is not an instruction set twopass knows; choose one of {', '.join(_ALL_ISAS)}"
+        )
     if forced not in supported:
         raise RuntimeError(
             f"TWOPASS_ISA={forced!r}: this CPU or build cannot run it (available here: {', '.join(supported)})"
@@ -52,7 +54,7 @@ def isa_code(isa: str | None) -> int:
     return ISA_CODES[isa]
 
 
-@lru_cache(maxsize=None)
+@cache
 def default_threads() -> int:
     """TWOPASS_NUM_THREADS if set (read once), else the cores this process may use."""
     env = os.environ.get("TWOPASS_NUM_THREADS")
@@ -78,7 +80,7 @@ def _parse_size(text: str) -> int:
     return int(text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def cache_sizes() -> dict[str, int]:
     """Data cache sizes in bytes of one core's view (L1d, L2, L3), from Linux sysfs."""
     sizes: dict[str, int] = {}
@@ -100,7 +102,7 @@ def cache_sizes() -> dict[str, int]:
     return sizes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cpu_model_and_flags() -> tuple[str, list[str]]:
     model, flags = platform.processor() or platform.machine(), []
     try:

@@ -64,14 +64,14 @@ def measure(lengths=LENGTHS, seed: int = 0) -> list[dict[str, Any]]:
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         for op in ("softmax", "log_softmax", "logsumexp"):
             xs = [(name, n, x.astype(dtype)) for name, n, x in inputs]
-            refs = [
-                reference.logsumexp(x) if op == "logsumexp" else getattr(reference, op)(x) for _, _, x in xs
-            ]
+            refs = [reference.logsumexp(x) if op == "logsumexp" else getattr(reference, op)(x) for _, _, x in xs]
             candidates: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
             algos = ("two_pass", "three_pass_recompute", "online") if op == "logsumexp" else ALGORITHMS
             for isa in _dispatch.isa_supported():
                 for algo in algos:
-                    candidates.append((f"{isa}/{algo}", lambda x, a=algo, i=isa: compute(op, x, algorithm=a, isa=i)))
+                    candidates.append(
+                        (f"{isa}/{algo}", lambda x, a=algo, i=isa, o=op: compute(o, x, algorithm=a, isa=i))
+                    )
             torch_fn = _torch_fn(op)
             if torch_fn is not None:
                 candidates.append(("torch", torch_fn))
@@ -83,7 +83,14 @@ def measure(lengths=LENGTHS, seed: int = 0) -> list[dict[str, Any]]:
                         worst_ulp, where = u, f"{name}, n={n}"
                     worst_rel = max(worst_rel, r)
                 rows.append(
-                    {"dtype": dtype.name, "op": op, "impl": label, "max_ulp": worst_ulp, "max_rel": worst_rel, "worst": where}
+                    {
+                        "dtype": dtype.name,
+                        "op": op,
+                        "impl": label,
+                        "max_ulp": worst_ulp,
+                        "max_rel": worst_rel,
+                        "worst": where,
+                    }
                 )
     return rows
 
