@@ -145,20 +145,15 @@ template <class T, bool Shifted> struct PairSumVisitor {
     S[0] = V::fma(S[0], Scale<T>::acc_pow2(V::sub(E[0], Emax)), terms);
     E[0] = Emax;
   }
-  // Registers merge in vector form, then the lanes in double at their largest
-  // exponent: branch-free, once per block.
+  // Registers merge in vector form, then the lanes, scaled to their largest exponent
+  // (exactly: powers of two), are summed in double. Branch-free, once per block.
   void fold_row() {
     R Emax = E[0];
     for (int u = 1; u < kUnroll; ++u) Emax = V::max(Emax, E[u]);
     R Ssum = V::set1(0);
     for (int u = 0; u < kUnroll; ++u) Ssum = V::fma(S[u], Scale<T>::acc_pow2(V::sub(E[u], Emax)), Ssum);
-    T s[V::W], e[V::W];
-    V::lanes(s, Ssum);
-    V::lanes(e, Emax);
-    double em = e[0], total = 0;
-    for (int l = 1; l < V::W; ++l) em = e[l] > em ? e[l] : em;
-    for (int l = 0; l < V::W; ++l) total += (double)s[l] * tp::pow2d((double)e[l] - em);
-    if (total != total) total = NAN;  // keep NaN visible whatever pow2d did
+    const T em = V::hmax(Emax);
+    const double total = V::hsum_wide(V::mul(Ssum, Scale<T>::acc_pow2(V::sub(Emax, V::set1(em)))));
     pair_merge(out[0], total, em);
   }
   void fold_panel(int lanes) {
@@ -187,9 +182,8 @@ template <class T> struct MaxVisitor {
   void fold_row() {
     R all = M[0];
     for (int u = 1; u < kUnroll; ++u) all = V::max(all, M[u]);
-    T m[V::W];
-    V::lanes(m, all);
-    for (int l = 0; l < V::W; ++l) out[0] = out[0] > m[l] ? out[0] : m[l];
+    const T m = V::hmax(all);
+    out[0] = out[0] > m ? out[0] : m;
   }
   void fold_panel(int lanes) {
     T m[V::W];
@@ -236,11 +230,7 @@ template <class T> struct SumExpVisitor : SumFold<T> {
   void fold_row() {
     R all = S[0];
     for (int u = 1; u < kUnroll; ++u) all = V::add(all, S[u]);
-    T s[V::W];
-    V::lanes(s, all);
-    double total = 0;
-    for (int l = 0; l < V::W; ++l) total += s[l];
-    this->add(0, total);
+    this->add(0, V::hsum_wide(all));
   }
   void fold_panel(int lanes) {
     T s[V::W];

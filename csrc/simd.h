@@ -7,7 +7,8 @@
 //   add, sub, mul, fma (a*b + c), max (x86 semantics: returns b when either is NaN),
 //   round (to nearest even), scale_acc(v, k) = v * 2^k for sums (results below the
 //   normal range may flush to 0), scale_out(v, k) = v * 2^k correctly rounded into the
-//   subnormal range (for outputs), and lanes() to spill a register to memory.
+//   subnormal range (for outputs), hmax / hsum_wide (horizontal maximum, and sum
+//   in double), and lanes() to spill a register to memory.
 #pragma once
 
 #include <cstdint>
@@ -85,6 +86,8 @@ template <class T> struct Vec {
     return r;
   }
   static bool any_below(R a, T b) { return a < b; }
+  static T hmax(R a) { return a; }
+  static double hsum_wide(R a) { return (double)a; }
   static void lanes(T* p, R v) { *p = v; }
   static void sfence() {}
 };
@@ -120,6 +123,16 @@ template <> struct Vec<float> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(bits, B::kMantBits));
   }
   static bool any_below(R a, T b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, set1(b), _CMP_LT_OQ)) != 0; }
+  static T hmax(R a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static double hsum_wide(R a) {  // lanes widened to double first: no float rounding
+    __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
+    __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
   static void lanes(T* p, R v) { _mm256_storeu_ps(p, v); }
   static void sfence() { _mm_sfence(); }
 };
@@ -153,6 +166,14 @@ template <> struct Vec<double> {
     return _mm256_castsi256_pd(_mm256_slli_epi64(bits, B::kMantBits));
   }
   static bool any_below(R a, T b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, set1(b), _CMP_LT_OQ)) != 0; }
+  static T hmax(R a) {
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+  }
+  static double hsum_wide(R a) {
+    __m128d t = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
   static void lanes(T* p, R v) { _mm256_storeu_pd(p, v); }
   static void sfence() { _mm_sfence(); }
 };
@@ -179,6 +200,12 @@ template <> struct Vec<float> {
   static R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // vscalefps: v * 2^floor(k), correctly rounded, subnormals included.
   static R scalef(R v, R k) { return _mm512_scalef_ps(v, k); }
+  static T hmax(R a) { return _mm512_reduce_max_ps(a); }
+  static double hsum_wide(R a) {  // lanes widened to double first: no float rounding
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
   static void lanes(T* p, R v) { _mm512_storeu_ps(p, v); }
   static void sfence() { _mm_sfence(); }
 };
@@ -202,6 +229,8 @@ template <> struct Vec<double> {
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
   static R round(R a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static R scalef(R v, R k) { return _mm512_scalef_pd(v, k); }
+  static T hmax(R a) { return _mm512_reduce_max_pd(a); }
+  static double hsum_wide(R a) { return _mm512_reduce_add_pd(a); }
   static void lanes(T* p, R v) { _mm512_storeu_pd(p, v); }
   static void sfence() { _mm_sfence(); }
 };
