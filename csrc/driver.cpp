@@ -388,6 +388,9 @@ const KernelTable* table_for(Isa isa) {
     case Isa::kAvx2: return &tp_avx2::table();
     case Isa::kAvx512: return &tp_avx512::table();
 #endif
+#if TP_HAVE_ARM64
+    case Isa::kNeon: return &tp_neon::table();
+#endif
     default: return nullptr;
   }
 }
@@ -401,6 +404,9 @@ bool isa_supported(Isa isa) {
     // libgcc's checks include the OS's support for the wider registers (XGETBV).
     case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+#endif
+#if TP_HAVE_ARM64
+    case Isa::kNeon: return true;  // Advanced SIMD is part of every AArch64 CPU
 #endif
     default: return false;
   }

@@ -11,12 +11,17 @@
 #else
 #define TP_HAVE_X86 0
 #endif
+#if defined(__aarch64__)
+#define TP_HAVE_ARM64 1
+#else
+#define TP_HAVE_ARM64 0
+#endif
 
 namespace tp {
 
 enum class Op { kSoftmax = 0, kLogSoftmax = 1, kLogSumExp = 2 };
 enum class Algo { kTwoPass = 0, kThreePassReload = 1, kThreePassRecompute = 2, kOnline = 3 };
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
 struct Problem {
   Op op;

@@ -109,6 +109,7 @@ template <class T, bool Shifted> struct PairSumVisitor {
   using V = Vec<T>;
   using R = typename V::R;
   static constexpr T kFill = -INFINITY;
+  static constexpr int kFoldSteps = 16;
   Params<T> shift;
   R S[kUnroll], E[kUnroll];
   Pair* out;
@@ -173,6 +174,7 @@ template <class T> struct MaxVisitor {
   using V = Vec<T>;
   using R = typename V::R;
   static constexpr T kFill = -INFINITY;
+  static constexpr int kFoldSteps = 64;  // exact: folding only costs time
   R M[kUnroll];
   T* out;
   void reset() {
@@ -221,6 +223,7 @@ template <class T> struct SumExpVisitor : SumFold<T> {
   using V = Vec<T>;
   using R = typename V::R;
   static constexpr T kFill = -INFINITY;
+  static constexpr int kFoldSteps = 16;
   Params<T> mx;
   R S[kUnroll];
   void reset() {
@@ -246,6 +249,8 @@ template <class T> struct OnlineVisitor {
   using V = Vec<T>;
   using R = typename V::R;
   static constexpr T kFill = -INFINITY;
+  // Each fold rescales by exp(m - M), rounded: fewer, longer blocks are more accurate.
+  static constexpr int kFoldSteps = 64;
   R M[kUnroll], S[kUnroll];
   double* out_m;
   double* out_s;
@@ -331,10 +336,12 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
 // ---------------------------------------------------------------------------------
 // The two loops.
 // ---------------------------------------------------------------------------------
-// Elements per fold: each register lane sums at most 32 terms in T before the partial
-// sum moves to double (accuracy), and the fold costs < 5% of the block's work.
-template <class T> constexpr int64_t kRowBlock = 32 * kUnroll * Vec<T>::W;
-constexpr int64_t kPanelBlock = 32;  // steps along the axis per fold, in panel mode
+// Steps per fold (Vis::kFoldSteps along a row): a register lane sums at most 16 terms
+// in T before the partial sum moves to double, so a row's sum is accurate to ~1 ulp
+// however long the row. A panel lane is a whole row (its largest term lands in the same
+// lane as all the others), so it folds after 8 steps.
+template <class T, class Vis> constexpr int64_t kRowBlock = Vis::kFoldSteps * kUnroll * Vec<T>::W;
+constexpr int64_t kPanelBlock = 8;  // steps along the axis per fold, in panel mode
 
 // A row visitor may take the unrolled registers together (step_row); by default each
 // register feeds its own accumulator.
@@ -350,8 +357,8 @@ template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
   using V = Vec<T>;
   constexpr int W = V::W;
   vis.init_out(1);
-  for (int64_t b = 0; b < n; b += kRowBlock<T>) {
-    const int64_t end = std::min(n, b + kRowBlock<T>);
+  for (int64_t b = 0; b < n; b += kRowBlock<T, Vis>) {
+    const int64_t end = std::min(n, b + kRowBlock<T, Vis>);
     vis.reset();
     int64_t i = b;
     typename V::R v[kUnroll];
@@ -503,7 +510,7 @@ template <class T, bool Panel> struct Prim {
     v.out = s;
     const int k = Panel ? g.lanes : 1;
     v.init_out(k);
-    const int64_t block = Panel ? kPanelBlock : kRowBlock<T>;
+    const int64_t block = Panel ? kPanelBlock : kRowBlock<T, ExpStoreSumVisitor<T>>;
     for (int64_t b = 0; b < g.n; b += block) {
       Group<T> sub = g;
       sub.x += b * g.sx;

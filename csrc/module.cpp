@@ -22,7 +22,7 @@ void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::
          int threads, bool stream) {
   const int bytes = dtype_bytes(x.dtype());
   if (dtype_bytes(y.dtype()) != bytes) throw nb::type_error("twopass: x and y must have the same dtype");
-  if (op < 0 || op > 2 || algo < 0 || algo > 3 || isa < 0 || isa > 2 || threads < 1 || outer < 0 || n < 0 || inner < 0)
+  if (op < 0 || op > 2 || algo < 0 || algo > 3 || isa < 0 || isa > 3 || threads < 1 || outer < 0 || n < 0 || inner < 0)
     throw std::invalid_argument("twopass: bad problem description");
   tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, x.data(), y.data(), outer, n, inner,
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};

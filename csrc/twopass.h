@@ -141,3 +141,4 @@ template <> struct Numerics<double> {
 namespace tp_scalar { const tp::KernelTable& table(); }
 namespace tp_avx2 { const tp::KernelTable& table(); }
 namespace tp_avx512 { const tp::KernelTable& table(); }
+namespace tp_neon { const tp::KernelTable& table(); }

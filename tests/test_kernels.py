@@ -12,8 +12,10 @@ from conftest import ISA_PARAMS, OPS, assert_close, run
 
 DTYPES = (np.float32, np.float64)
 # Tails by construction: every length up to two AVX-512 float32 vectors + 1 (33), the
-# unrolled tile (4 vectors = 64 floats) and around it, and the fold block (2048 / 1024).
-TAIL_LENGTHS = list(range(0, 34)) + [63, 64, 65, 127, 128, 129, 1023, 1024, 1025, 2047, 2048, 2049, 4099]
+# unrolled tile (4 vectors: 16 to 64 elements) and around it, and around the fold blocks
+# (16 tiles: 256 to 1024 elements; 64 tiles for the max and online passes).
+TAIL_LENGTHS = list(range(0, 34)) + [63, 64, 65, 127, 128, 129, 255, 256, 257, 511, 512, 513]
+TAIL_LENGTHS += [1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096, 4097]
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)

@@ -17,7 +17,7 @@ from typing import Any
 from . import _core
 
 # Codes shared with csrc/driver.h (enum class Isa), best last.
-ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2}
+ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
 _ALL_ISAS = ("scalar", "avx2", "avx512", "neon")
 
 

@@ -1,0 +1,130 @@
+// Kernel check without Python: every op, algorithm, dtype and tail length of the C++
+// core against a long double reference, for each ISA this build can run. Used to test
+// the NEON variant under qemu-aarch64 (tests/native/run_neon.sh); runs natively too.
+// Bounds as in tests/conftest.py (in units of the dtype's unit roundoff u):
+//   softmax (A + |x - lse|) u |ref|, log_softmax A (|ref| + 1) u, logsumexp A (|ref| + 1) u.
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "../../csrc/driver.h"
+
+namespace {
+
+int passed = 0, failed = 0;
+
+template <class T> double unit_roundoff() { return std::numeric_limits<T>::epsilon() / 2; }
+
+// Reference for one row (x[j*stride]), in long double.
+struct Ref {
+  long double max, log_sum;
+  bool nan, posinf, all_neginf;
+};
+template <class T> Ref reference(const T* x, int64_t n, int64_t stride) {
+  Ref r{-INFINITY, 0, false, false, true};
+  for (int64_t j = 0; j < n; ++j) {
+    const long double v = x[j * stride];
+    if (v != v) r.nan = true;
+    else {
+      if (v == INFINITY) r.posinf = true;
+      if (v != -INFINITY) r.all_neginf = false;
+      if (v > r.max) r.max = v;
+    }
+  }
+  if (r.nan || r.posinf || r.all_neginf) return r;
+  long double s = 0;
+  for (int64_t j = 0; j < n; ++j) s += std::exp((long double)x[j * stride] - r.max);
+  r.log_sum = std::log(s);
+  return r;
+}
+
+template <class T> bool close(tp::Op op, T y, T x, const Ref& r, double A) {
+  const double u = unit_roundoff<T>(), tiny = 2 * std::numeric_limits<T>::denorm_min();
+  if (op == tp::Op::kLogSumExp) {
+    long double ref = r.nan ? NAN : r.posinf ? INFINITY : r.all_neginf ? -INFINITY : r.max + r.log_sum;
+    if (std::isnan((double)ref)) return std::isnan(y);
+    if (std::isinf((double)ref)) return (double)y == (double)ref;
+    return std::fabs((double)(y - ref)) <= A * u * (std::fabs((double)ref) + 1) + tiny;
+  }
+  if (r.nan || r.posinf || r.all_neginf) return std::isnan(y);
+  const long double ls = ((long double)x - r.max) - r.log_sum;
+  if (op == tp::Op::kLogSoftmax) {
+    if (std::isinf((double)ls)) return (double)y == (double)ls;
+    return std::fabs((double)(y - ls)) <= A * (std::fabs((double)ls) + 1) * u + tiny;
+  }
+  const long double ref = std::exp(ls);
+  const double cond = std::isfinite((double)ls) ? std::fabs((double)ls) : 0;
+  return std::fabs((double)(y - ref)) <= (A + cond) * u * (double)ref + tiny;
+}
+
+template <class T> void check(tp::Isa isa, tp::Op op, tp::Algo algo, int64_t rows, int64_t n, int64_t inner,
+                              const std::vector<T>& x, const char* what) {
+  const bool lse = op == tp::Op::kLogSumExp;
+  std::vector<T> y(lse ? rows * inner : rows * n * inner);
+  tp::Problem pb{op, algo, (int)sizeof(T), x.data(), y.data(), rows, n, inner, n * inner, inner,
+                 lse ? inner : n * inner, inner, tp::panel_lanes(isa, sizeof(T))};
+  tp::run(pb, isa, 1, false);
+  const double A = sizeof(T) == 4 ? (op == tp::Op::kSoftmax ? 16 : 8) : (op == tp::Op::kSoftmax ? 32 : 16);
+  bool ok = true;
+  for (int64_t o = 0; o < rows && ok; ++o)
+    for (int64_t c = 0; c < inner && ok; ++c) {
+      const T* xr = x.data() + o * n * inner + c;
+      const Ref r = reference(xr, n, inner);
+      if (lse) {
+        ok = close<T>(op, y[o * inner + c], 0, r, A);
+      } else {
+        for (int64_t j = 0; j < n && ok; ++j) ok = close<T>(op, y[(o * n + j) * inner + c], xr[j * inner], r, A);
+      }
+    }
+  if (ok) ++passed;
+  else {
+    ++failed;
+    std::printf("FAILED isa=%d op=%d algo=%d dtype=f%d rows=%lld n=%lld inner=%lld (%s)\n", (int)isa, (int)op,
+                (int)algo, (int)(8 * sizeof(T)), (long long)rows, (long long)n, (long long)inner, what);
+  }
+}
+
+template <class T> void run_all(tp::Isa isa) {
+  std::mt19937_64 rng(42);
+  std::normal_distribution<double> normal(0.0, 4.0);
+  const tp::Op ops[] = {tp::Op::kSoftmax, tp::Op::kLogSoftmax, tp::Op::kLogSumExp};
+  const tp::Algo algos[] = {tp::Algo::kTwoPass, tp::Algo::kThreePassReload, tp::Algo::kThreePassRecompute,
+                            tp::Algo::kOnline};
+  std::vector<int64_t> lengths;
+  for (int64_t n = 1; n <= 34; ++n) lengths.push_back(n);
+  for (int64_t n : {63, 64, 65, 1023, 1024, 1025, 4099}) lengths.push_back(n);
+  for (tp::Op op : ops)
+    for (tp::Algo algo : algos) {
+      for (int64_t n : lengths) {  // rows: every tail
+        std::vector<T> x(3 * n);
+        for (auto& v : x) v = (T)normal(rng);
+        check<T>(isa, op, algo, 3, n, 1, x, "random rows");
+      }
+      for (int64_t inner : {2, 5, 17, 40, 70}) {  // panels of a non-last axis
+        std::vector<T> x(2 * 37 * inner);
+        for (auto& v : x) v = (T)normal(rng);
+        check<T>(isa, op, algo, 2, 37, inner, x, "panels");
+      }
+      // Hard rows: NaN, +inf, all -inf, masks, huge values, beyond the accurate domain.
+      const T inf = std::numeric_limits<T>::infinity(), big = std::numeric_limits<T>::max() / 2;
+      const std::vector<std::vector<T>> hard = {
+          {NAN, 1, 2}, {inf, 1, 2}, {-inf, -inf, -inf}, {-inf, 1, 2}, {big, big, -big}, {5000, 4990, 1},
+          {-1e30f, -1e30f, -1e30f}, {1, -1e4f, 2, -1e4f, 3, -1e4f, 4, -1e4f, 5, -1e4f, 6, -1e4f, 7, -1e4f, 8, -1e4f, 9}};
+      for (const auto& row : hard) check<T>(isa, op, algo, 1, (int64_t)row.size(), 1, row, "hard row");
+    }
+}
+
+}  // namespace
+
+int main() {
+  for (tp::Isa isa : {tp::Isa::kScalar, tp::Isa::kAvx2, tp::Isa::kAvx512, tp::Isa::kNeon}) {
+    if (!tp::isa_compiled(isa) || !tp::isa_supported(isa)) continue;
+    std::printf("isa %d\n", (int)isa);
+    run_all<float>(isa);
+    run_all<double>(isa);
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
