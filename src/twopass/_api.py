@@ -307,7 +307,7 @@ _TUNING_FILE = Path(__file__).with_name("_tuning.json")
 def _crossovers() -> dict[str, dict[str, int]]:
     try:
         data = json.loads(_TUNING_FILE.read_text())
-        return {k: v for k, v in data.items() if k in ("float32", "float64")}
+        return {k: v for k, v in data.items() if k in ("float32", "float64") and isinstance(v, dict)}
     except (OSError, ValueError):
         return {}
 
