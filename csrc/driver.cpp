@@ -403,7 +403,11 @@ bool isa_supported(Isa isa) {
 #if TP_HAVE_X86
     // libgcc's checks include the OS's support for the wider registers (XGETBV).
     case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if defined(TP_AVX512_EMULATE)  // tests/native: AVX-512 intrinsics emulated in C++
+    case Isa::kAvx512: return true;
+#else
     case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+#endif
 #endif
 #if TP_HAVE_ARM64
     case Isa::kNeon: return true;  // Advanced SIMD is part of every AArch64 CPU

@@ -14,7 +14,9 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(TP_ISA_AVX2) || defined(TP_ISA_AVX512)
+#if defined(TP_ISA_AVX512) && defined(TP_AVX512_EMULATE)
+#include "../tests/native/avx512_emulation.h"  // test builds on CPUs without AVX-512
+#elif defined(TP_ISA_AVX2) || defined(TP_ISA_AVX512)
 #include <immintrin.h>
 #elif defined(TP_ISA_NEON)
 #include <arm_neon.h>

@@ -60,12 +60,12 @@ template <class T> bool close(tp::Op op, T y, T x, const Ref& r, double A) {
 }
 
 template <class T> void check(tp::Isa isa, tp::Op op, tp::Algo algo, int64_t rows, int64_t n, int64_t inner,
-                              const std::vector<T>& x, const char* what) {
+                              const std::vector<T>& x, const char* what, bool stream = false, int threads = 1) {
   const bool lse = op == tp::Op::kLogSumExp;
   std::vector<T> y(lse ? rows * inner : rows * n * inner);
   tp::Problem pb{op, algo, (int)sizeof(T), x.data(), y.data(), rows, n, inner, n * inner, inner,
                  lse ? inner : n * inner, inner, tp::panel_lanes(isa, sizeof(T))};
-  tp::run(pb, isa, 1, false);
+  tp::run(pb, isa, threads, stream);
   const double A = sizeof(T) == 4 ? (op == tp::Op::kSoftmax ? 16 : 8) : (op == tp::Op::kSoftmax ? 32 : 16);
   bool ok = true;
   for (int64_t o = 0; o < rows && ok; ++o)
@@ -101,6 +101,12 @@ template <class T> void run_all(tp::Isa isa) {
         std::vector<T> x(3 * n);
         for (auto& v : x) v = (T)normal(rng);
         check<T>(isa, op, algo, 3, n, 1, x, "random rows");
+        check<T>(isa, op, algo, 3, n, 1, x, "random rows, streaming stores", true);
+      }
+      {  // one long row split over two threads
+        std::vector<T> x(200003);
+        for (auto& v : x) v = (T)normal(rng);
+        check<T>(isa, op, algo, 1, (int64_t)x.size(), 1, x, "long row, 2 threads", true, 2);
       }
       for (int64_t inner : {2, 5, 17, 40, 70}) {  // panels of a non-last axis
         std::vector<T> x(2 * 37 * inner);
