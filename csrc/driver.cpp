@@ -16,8 +16,10 @@ namespace {
 
 // ---------------------------------------------------------------------------------
 // Threads: run f(0..n-1) on n threads (the caller's is one of them). Spawned per call:
-// the driver only goes parallel when each thread has >= kMinPerThread elements, where
-// a thread start (~20 us) is noise.
+// the driver only goes parallel when each thread has enough work that thread starts
+// (~20 us each) are noise: kMinPerThread elements for a batch split by rows (one
+// start), kMinPerChunk for a row split along its axis (one start per pass; measured:
+// a 64K-256K row was slower on 2 threads than on 1 with 32K).
 // ---------------------------------------------------------------------------------
 template <class F> void parallel(int n, F&& f) {
   if (n <= 1) {
@@ -31,6 +33,7 @@ template <class F> void parallel(int n, F&& f) {
   for (auto& th : pool) th.join();
 }
 constexpr int64_t kMinPerThread = 1 << 15;
+constexpr int64_t kMinPerChunk = 1 << 18;
 
 // Per-lane special values: what a row holds decides its result (DESIGN.md, Semantics).
 enum class Special { kNone, kNaN, kPosInf, kAllNegInf };
@@ -365,7 +368,7 @@ template <class T> void run_typed(const PrimPair<T>& prims, const Problem& pb, i
   threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinPerThread));
   if (threads > 1 && groups < threads) {
     // Few long groups: split each along the axis; partial sums merge exactly.
-    r.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerThread));
+    r.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerChunk));
     for (int64_t gi = 0; gi < groups; ++gi) {
       auto [g, out] = make(gi);
       r.run(g, out);

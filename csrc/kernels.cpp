@@ -74,7 +74,6 @@ template <class T> struct Math {
   }
 };
 
-using tp::online_merge;
 using tp::pair_merge;
 
 // ---------------------------------------------------------------------------------
@@ -249,44 +248,76 @@ template <class T> struct OnlineVisitor {
   using V = Vec<T>;
   using R = typename V::R;
   static constexpr T kFill = -INFINITY;
-  // Each fold rescales by exp(m - M), rounded: fewer, longer blocks are more accurate.
   static constexpr int kFoldSteps = 64;
   R M[kUnroll], S[kUnroll];
   double* out_m;
   double* out_s;
+  double comp[tp::kMaxLanes];  // Neumaier compensation of out_s
+  bool fresh = true;
+  // The running maxima M persist across blocks (only the sums restart), so a fold adds
+  // sums taken at the same maximum: exp(M - M) = 1 exactly, and rescaling (a rounding)
+  // happens only when a maximum grows.
   void reset() {
     for (int u = 0; u < kUnroll; ++u) {
-      M[u] = V::set1(std::numeric_limits<T>::lowest());  // finite: exp(M - M') never sees inf - inf
+      if (fresh) M[u] = V::set1(std::numeric_limits<T>::lowest());  // finite: no inf - inf
       S[u] = V::set1(0);
     }
+    fresh = false;
   }
   inline void step(int u, R x) {
     R Mn = V::max(M[u], x);
     S[u] = V::fma(S[u], Math<T>::exp(V::sub(M[u], Mn)), Math<T>::exp(V::sub(x, Mn)));
     M[u] = Mn;
   }
-  void fold(int u, int lanes, bool row) {
-    T m[V::W], s[V::W];
-    V::lanes(m, M[u]);
-    V::lanes(s, S[u]);
-    for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) {
-      const int i = row ? 0 : u * V::W + l;
-      online_merge(out_m[i], out_s[i], m[l], s[l]);
-    }
-  }
   void fold_row() {
-    for (int u = 1; u < kUnroll; ++u) {
-      const R Mn = V::max(M[0], M[u]);
-      S[0] = V::fma(S[0], Math<T>::exp(V::sub(M[0], Mn)), V::mul(S[u], Math<T>::exp(V::sub(M[u], Mn))));
-      M[0] = Mn;
+    R Mn = M[0];
+    for (int u = 1; u < kUnroll; ++u) Mn = V::max(Mn, M[u]);
+    const T mh = V::hmax(Mn);
+    const R Mh = V::set1(mh);
+    R all = V::set1(0);
+    for (int u = 0; u < kUnroll; ++u) {
+      all = V::fma(S[u], Math<T>::exp(V::sub(M[u], Mh)), all);
+      M[u] = Mh;  // every register continues from the row's running maximum
     }
-    fold(0, V::W, true);
+    merge(0, mh, V::hsum_wide(all));
   }
   void fold_panel(int lanes) {
-    for (int u = 0; u * V::W < lanes; ++u) fold(u, lanes, false);
+    for (int u = 0; u * V::W < lanes; ++u) {
+      T m[V::W], s[V::W];
+      V::lanes(m, M[u]);
+      V::lanes(s, S[u]);
+      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l)
+        merge(u * V::W + l, m[l], s[l]);
+    }
+  }
+  // (out_m, out_s) += (m2, s2), compensated: with the maxima persisting, m2 == out_m
+  // nearly always, and the fold is a plain (exact-ish) sum.
+  void merge(int i, double m2, double s2) {
+    double &m = out_m[i], &s = out_s[i], &c = comp[i];
+    if (!(s2 == s2) || !(m2 == m2)) {
+      s = NAN;
+      return;
+    }
+    if (s2 == 0) return;
+    if (s == 0 && c == 0) {
+      m = m2, s = s2;
+      return;
+    }
+    if (m2 > m) {
+      const double f = std::exp(m - m2);
+      s *= f, c *= f, m = m2;
+    } else if (m2 < m) {
+      s2 *= std::exp(m2 - m);
+    }
+    const double t = s + s2;
+    c += std::fabs(s) >= std::fabs(s2) ? (s - t) + s2 : (s2 - t) + s;
+    s = t;
   }
   void init_out(int k) {
-    for (int i = 0; i < k; ++i) out_m[i] = -INFINITY, out_s[i] = 0.0;
+    for (int i = 0; i < k; ++i) out_m[i] = -INFINITY, out_s[i] = 0.0, comp[i] = 0.0;
+  }
+  void finish(int k) {
+    for (int i = 0; i < k; ++i) out_s[i] += comp[i];
   }
 };
 
@@ -502,6 +533,7 @@ template <class T, bool Panel> struct Prim {
     v.out_m = m;
     v.out_s = s;
     reduce(g, v);
+    v.finish(Panel ? g.lanes : 1);
   }
   static void exp_store_sum(const Group<T>& g, const T* m, double* s, bool stream) {
     // Sums are folded per block as in reduce_*: run the map block by block.

@@ -70,6 +70,12 @@ def test_zero_rows_and_scalars():
     assert twopass.logsumexp(np.zeros((0, 5), np.float32)).shape == (0,)
     assert twopass.softmax(np.float32(3.0)) == 1.0
     assert twopass.logsumexp(np.array(2.0)) == 2.0
+    x0 = np.array(5.0, np.float32)
+    out0 = np.empty((), np.float32)
+    assert twopass.log_softmax(x0, out=out0) is out0 and abs(out0) <= 2 * np.finfo(np.float32).eps
+    assert twopass.softmax(x0, out=x0) is x0 and x0 == 1.0
+    lse0 = np.empty((), np.float64)
+    assert twopass.logsumexp(np.array(2.0), out=lse0) is lse0 and lse0 == 2.0
 
 
 def test_softmax_of_huge_values():

@@ -85,14 +85,14 @@ def test_long_row_and_threads(isa, algorithm, dtype, op):
     # One long row split across 2 threads (partial sums merged) against 1 thread and
     # the reference; then a batch split by rows.
     rng = np.random.default_rng(7)
-    x = (rng.standard_normal(300_001) * 3).astype(dtype)
+    x = (rng.standard_normal(600_001) * 3).astype(dtype)  # > 2 x kMinPerChunk: split
     y1 = run(op, x, algorithm=algorithm, isa=isa, threads=1)
     y2 = run(op, x, algorithm=algorithm, isa=isa, threads=2)
     assert_close(op, x, y1)
     assert_close(op, x, y2)
     xb = (rng.standard_normal((64, 3001)) * 3).astype(dtype)
     assert_close(op, xb, run(op, xb, algorithm=algorithm, isa=isa, threads=2))
-    xp = (rng.standard_normal((2, 40000, 3)) * 3).astype(dtype)  # few long panels, split
+    xp = (rng.standard_normal((1, 300_000, 3)) * 3).astype(dtype)  # one long panel, split
     assert_close(op, xp, run(op, xp, axis=1, algorithm=algorithm, isa=isa, threads=2), axis=1)
 
 

@@ -82,7 +82,8 @@ def compute(
     if dtype not in _NATIVE and not _is_half(dtype):
         raise TypeError(f"{name}: unsupported dtype {dtype}; expected float32, float64, float16 or bfloat16")
     scalar_input = arr.ndim == 0
-    if scalar_input:
+    arr0 = arr
+    if scalar_input:  # a 0-d array is a row of one; results and out keep shape ()
         arr = arr.reshape(1)
     ax = _normalize_axis(axis, arr.ndim, name)
     algo = _check_algorithm(algorithm, name)
@@ -95,7 +96,9 @@ def compute(
         shape = arr.shape
     out_arr = None
     if out is not None:
-        out_arr = _check_out(out, arr, shape, dtype, name, in_place_ok=op != "logsumexp")
+        user_shape = () if scalar_input else shape
+        out_arr = _check_out(out, arr0, user_shape, dtype, name, in_place_ok=op != "logsumexp")
+        out_arr = out_arr.reshape(shape)
 
     if arr.size == 0:  # nothing to read: empty results, or -inf (the empty sum's log)
         y = np.full(shape, -np.inf if op == "logsumexp" else 0, dtype=dtype)

@@ -104,7 +104,7 @@ template <class T> void run_all(tp::Isa isa) {
         check<T>(isa, op, algo, 3, n, 1, x, "random rows, streaming stores", true);
       }
       {  // one long row split over two threads
-        std::vector<T> x(200003);
+        std::vector<T> x(600003);  // > 2 x kMinPerChunk: split
         for (auto& v : x) v = (T)normal(rng);
         check<T>(isa, op, algo, 1, (int64_t)x.size(), 1, x, "long row, 2 threads", true, 2);
       }
