@@ -1,0 +1,277 @@
+"""The command line: parse, resolve defaults, run, report, save, plot."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _analysis, _measure, _peers, _plan, _report
+
+USAGE = """python -m twopass bench [options]
+
+Sweeps one-row lengths 1K..64M and batch shapes for softmax, log_softmax and logsumexp,
+every algorithm, ISA and thread count, against the installed peers, with the memory
+bandwidth bound measured on the same buffers. --quick: about a minute."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m twopass bench", usage=USAGE)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 2^12, 2^18 and 2^24 row and the 4096x4096 and 32x128256 batches; two_pass vs "
+        "three_pass_reload, best ISA, fewer repeats",
+    )
+    p.add_argument("--threads", help="thread counts, e.g. 1,2 (default: 1 and all cores)")
+    p.add_argument("--isa", help="ISAs, e.g. scalar,avx2 (default: all this CPU runs; --quick: the best)")
+    p.add_argument("--ops", help=f"ops (default: {','.join(_plan.OPS)})")
+    p.add_argument("--algorithms", help=f"twopass algorithms (default: {','.join(_plan.ALGORITHMS)})")
+    p.add_argument("--sizes", help="rows N (e.g. 4K,16M) and batches RxN (e.g. 4096x4096); default: the sweep")
+    p.add_argument(
+        "--peers", help=f"peers to run (default: every installed one of {','.join(p.name for p in _peers.PEERS)})"
+    )
+    p.add_argument("--repeats", type=int, help="exactly this many timed repeats (default: by size, at least 5)")
+    p.add_argument("--out", default="bench_results", help="directory for the JSON and PNGs (default: bench_results)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG")
+    p.add_argument("--no-peers", action="store_true", help="twopass only")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="measure the two_pass / three_pass_reload crossover for algorithm='auto' (only that)",
+    )
+    p.add_argument("--tune-out", help="where --tune writes (default: twopass/_tuning.json beside _api.py)")
+    p.add_argument("--plot-only", metavar="JSON", help="redraw the plots of a saved run, and print its tables")
+    return p
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _choose(
+    given: list[str] | None, default: tuple[str, ...] | list[str], allowed: tuple[str, ...] | list[str], what: str
+) -> list[str]:
+    chosen = list(default) if given is None else given
+    bad = [c for c in chosen if c not in allowed]
+    if bad or not chosen:
+        raise ValueError(f"{what}: {', '.join(bad) or 'none given'} not among {', '.join(allowed)}")
+    return chosen
+
+
+def resolve(args: argparse.Namespace) -> tuple[_plan.Config, _measure.Budget]:
+    """The defaults of the full and --quick runs, overridden by the options given."""
+    from twopass import _dispatch
+
+    supported = _dispatch.isa_supported()
+    isas = _choose(_split(args.isa), supported[-1:] if args.quick else supported, supported, "--isa")
+    ops = _choose(_split(args.ops), _plan.OPS, _plan.OPS, "--ops")
+    algos = _choose(
+        _split(args.algorithms),
+        _plan.QUICK_ALGORITHMS if args.quick else _plan.ALGORITHMS,
+        _plan.ALGORITHMS,
+        "--algorithms",
+    )
+    if args.threads:
+        threads = sorted({int(t) for t in _split(args.threads) or []})
+        if not threads or threads[0] < 1:
+            raise ValueError("--threads: positive integers, e.g. 1,2")
+    else:
+        threads = sorted({1, _dispatch.default_threads()})
+    if args.sizes:
+        shapes = [_plan.parse_size(s) for s in _split(args.sizes) or []]
+    else:
+        rows, batches = (_plan.QUICK_ROWS, _plan.QUICK_BATCHES) if args.quick else (_plan.FULL_ROWS, _plan.FULL_BATCHES)
+        shapes = [(n,) for n in rows] + [tuple(b) for b in batches]
+    budget = _measure.QUICK if args.quick else _measure.FULL
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise ValueError("--repeats must be >= 1")
+        budget = _measure.Budget(budget.min_repeat_s, budget.per_case_s, args.repeats, args.repeats, args.repeats)
+    isas.sort(key=supported.index)
+    cfg = _plan.Config(
+        shapes=shapes,
+        ops=ops,
+        algorithms=algos,
+        isas=isas,
+        threads=threads,
+        peers=not args.no_peers,
+        repeats=args.repeats,
+        quick=args.quick,
+    )
+    return cfg, budget
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: wide enough for the tables, unwrapped
+        console = Console(width=max(console.width, 140))
+    try:
+        if args.plot_only:
+            return _plot_only(console, Path(args.plot_only), args)
+        if args.tune:
+            return _tune(console, args, argv)
+        cfg, budget = resolve(args)
+    except (ValueError, OSError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    doc = run(cfg, budget, console, argv, peer_names=_split(args.peers))
+    stem = f"bench-{doc['date'].replace(':', '').replace('T', '-')}"
+    out = Path(args.out)
+    path = out / f"{stem}.json"
+    _report.write_json(doc, path)
+    _report.print_report(console, doc)
+    console.print(f"JSON: {path}")
+    if not args.no_plots:
+        from . import _plots
+
+        for p in _plots.draw_all(doc, out, stem):
+            console.print(f"plot: {p}")
+    console.print(f"total time: {doc['elapsed_s']:.0f} s")
+    return 0
+
+
+def run(
+    cfg: _plan.Config, budget: _measure.Budget, console: Any, argv: list[str], peer_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Measure everything in `cfg`; return the JSON document (results annotated)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import twopass
+
+    from ._run import Runner
+
+    t_start = time.perf_counter()
+    load_before = _load_warning(console)
+    info = twopass.info()
+    caches = info["caches"]
+    peers, notes = _peers.available(peer_names) if cfg.peers else ([], [])
+    peer_modes = {p.name: p.threading for p in peers}
+    itemsize = 8 if cfg.dtype == "float64" else 4
+    cases = {s: _plan.plan_shape(cfg, s, caches, itemsize, _measure.PROBES, peer_modes) for s in cfg.shapes}
+    runner = Runner(
+        cfg,
+        budget,
+        caches,
+        {p.name: p for p in peers},
+        _measure.api_overhead_s(cfg.isas[-1]),
+        probe_isa=cfg.isas[-1],
+        notes=notes,
+    )
+    total = sum(len(c) for c in cases.values())
+    with Progress(
+        TextColumn("{task.description:<48}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("bench", total=total)
+
+        def advance(what: str) -> None:
+            progress.update(task, description=what)
+            progress.advance(task)
+
+        runner.run(cases, advance)
+    bs = _analysis.annotate(runner.records, caches)
+    return {
+        "schema": "twopass-bench/1",
+        "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": "python -m twopass bench " + " ".join(argv),
+        "dtype": cfg.dtype,
+        "machine": info,
+        "versions": _peers.versions() | {"twopass": info["versions"]["twopass"]},
+        "config": {
+            "shapes": [list(s) for s in cfg.shapes],
+            "ops": cfg.ops,
+            "algorithms": cfg.algorithms,
+            "isas": cfg.isas,
+            "threads": cfg.threads,
+            "quick": cfg.quick,
+            "budget": budget.__dict__,
+        },
+        "peers": {p.name: {"describe": p.describe, "threading": p.threading} for p in peers},
+        "api_overhead_s": runner.api_overhead_s,
+        "definitions": {
+            "bound": _report.BOUND_TEXT,
+            "levels": _report.levels_text(caches),
+            "traffic": {f"{op} {a}": list(rw) for (op, a), rw in _plan.TRAFFIC.items()},
+            "time_ratio": "this median / that median (< 1: faster than that one)",
+            "kernel": "twopass's C++ call alone, timed where the Python layer costs > 3% of a call",
+        },
+        "bounds": _report.bounds_table(runner.records, bs),
+        "results": runner.records,
+        "notes": runner.notes,
+        "load_average": {"before": load_before, "after": _loadavg()},
+        "elapsed_s": time.perf_counter() - t_start,
+    }
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _load_warning(console: Any) -> float | None:
+    """Other busy processes skew timings, multi-threaded ones most (a thread waiting at a
+    barrier for a descheduled sibling): say so, and record the load with the results."""
+    load = _loadavg()
+    if load is not None and load > 0.5:
+        console.print(
+            f"[yellow]warning:[/yellow] load average {load:.2f} before the run: other processes are "
+            f"busy; timings (multi-threaded ones most) will suffer"
+        )
+    return load
+
+
+def _plot_only(console: Any, path: Path, args: argparse.Namespace) -> int:
+    from . import _plots
+
+    doc = json.loads(path.read_text())
+    _report.print_report(console, doc)
+    out = Path(args.out) if args.out != parser().get_default("out") else path.parent
+    for p in _plots.draw_all(doc, out, path.stem):
+        console.print(f"plot: {p}")
+    return 0
+
+
+def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
+    from rich.progress import Progress
+
+    from twopass import _dispatch
+
+    from . import _tune
+
+    isa = args.isa or _dispatch.isa_supported()[-1]
+    _dispatch.isa_code(isa)  # a clear error for an ISA this CPU lacks
+    sizes = tuple(n for s in (_split(args.sizes) or []) for n in _plan.parse_size(s)[-1:]) or _tune.TUNE_SIZES
+    t0 = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("tune", total=len(sizes) * len(_tune.TUNE_DTYPES) * len(_tune.TUNE_OPS))
+
+        def advance(what: str) -> None:
+            progress.update(task, description=what)
+            progress.advance(task)
+
+        ratios = _tune.run(isa, sizes, advance)
+    doc = _tune.document(ratios, isa, "python -m twopass bench " + " ".join(argv))
+    _tune.print_table(console, ratios, doc)
+    path = Path(args.tune_out) if args.tune_out else _tune.default_path()
+    _tune.write(doc, path)
+    console.print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

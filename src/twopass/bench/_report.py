@@ -1,0 +1,215 @@
+"""The terminal report (rich tables) and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import _analysis, _plan
+from ._analysis import Bound, Key
+
+BOUND_TEXT = (
+    "bound = R x t_read + W x (t_copy - t_read): t_read, t_copy = fastest read and copy passes over the same "
+    "buffers, same threads, same cache regime. GB/s = (R + W) x array bytes / median time; % = bound / time. "
+    "R, W = whole-array reads and writes the algorithm must make (ALGORITHMS.md); a batch out of cache whose "
+    "rows fit in half the L3 moves 1R + 1W whatever the algorithm."
+)
+
+
+# Column headers that keep a table within ~120 characters.
+SHORT = {"three_pass_reload": "3p reload", "three_pass_recompute": "3p recomp", "onnxruntime": "ort"}
+
+
+def _fmt_gbps(v: float | None) -> str:
+    return "free" if v is None else f"{v:.1f}"
+
+
+def levels_text(caches: dict[str, int]) -> str:
+    parts = ", ".join(f"{k} {_plan.format_bytes(v)}" for k, v in caches.items())
+    return (
+        f"Caches (one core's view): {parts}. A working set (x + y; logsumexp: x) that fits a level is measured hot "
+        f"(same buffers each call); a larger one ('DRAM') cycles over enough buffer sets that >= 2 x L3 = "
+        f"{_plan.format_bytes(2 * caches['L3'])} is touched between two uses of a set."
+    )
+
+
+def print_report(console: Any, doc: dict[str, Any]) -> None:
+
+    caches = doc["machine"]["caches"]
+    console.rule(f"twopass bench: {doc['machine']['cpu']}, {doc['dtype']}, {doc['date']}")
+    console.print(levels_text(caches))
+    console.print(f"twopass per-call overhead of the Python layer: {doc['api_overhead_s'] * 1e6:.1f} us")
+
+    console.print(_bandwidth_table(doc))
+
+    res = _analysis.results(doc["results"])
+    isas = doc["config"]["isas"]
+    best = _analysis.best_isa(isas)
+    for threads in doc["config"]["threads"]:
+        for op in doc["config"]["ops"]:
+            for isa in sorted(isas, key=lambda i: i != best):
+                table = _result_table(res, op, isa, threads, doc, with_peers=isa == best)
+                if table.row_count:
+                    console.print(table)
+    console.print(f"[dim]{BOUND_TEXT}[/dim]")
+    console.print(
+        "[dim]algorithm columns: GB/s and % of the bound. Peer columns: peer time / twopass two_pass "
+        "time (> 1: twopass is faster); * the peer allocates its output; ¹ a single-threaded library, "
+        "measured at 1 thread. 3p = three_pass, ort = onnxruntime.[/dim]"
+    )
+    for line in summary_lines(doc):
+        console.print(line)
+    for note in doc["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _bandwidth_table(doc: dict[str, Any]) -> Any:
+    """One row per (shape, regime): read, copy (R+W) and derived write GB/s per thread count."""
+    from rich.table import Table
+
+    threads = doc["config"]["threads"]
+    table = Table(title="Bandwidth probes (the bound's inputs), GB/s: read / copy (R+W) / write", title_justify="left")
+    for col in ("shape", "regime", "sets", *(f"{t} thread{'s' if t > 1 else ''}" for t in threads)):
+        table.add_column(col, justify="right")
+    by_key = {(tuple(b["shape"]), b["level"], b["threads"]): b for b in doc["bounds"]}
+    order = [tuple(s) for s in doc["config"]["shapes"]]
+    keys = sorted({(k[0], k[1]) for k in by_key}, key=lambda k: (order.index(k[0]), _plan.LEVELS.index(k[1])))
+    for shape, level in keys:
+        cells = []
+        for t in threads:
+            b = by_key.get((shape, level, t))
+            keys = ("read_gbps", "copy_gbps", "write_gbps")
+            cells.append("-" if b is None else " / ".join(_fmt_gbps(b[k]) for k in keys))
+        nsets = max(b["nsets"] for k, b in by_key.items() if k[:2] == (shape, level))
+        table.add_row(_plan.format_shape(shape), level, str(nsets), *cells)
+    return table
+
+
+def _result_table(
+    res: list[dict[str, Any]], op: str, isa: str, threads: int, doc: dict[str, Any], with_peers: bool
+) -> Any:
+    from rich.table import Table
+
+    algos = doc["config"]["algorithms"]
+    peer_names = [p for p in doc["peers"] if with_peers]
+    title = f"{op} {doc['dtype']}, {isa}, {threads} thread{'s' if threads > 1 else ''}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("shape", justify="right")
+    table.add_column("fits", justify="left")
+    for a in algos:
+        table.add_column(SHORT.get(a, a), justify="right")
+    for p in peer_names:
+        table.add_column(SHORT.get(p, p), justify="right")
+    for shape in doc["config"]["shapes"]:
+        members = _analysis.group_members(res, (tuple(shape), op, threads))
+        tp = {r["algorithm"]: r for r in members if r["kind"] == "twopass" and r["isa"] == isa}
+        if not tp:
+            continue
+        base = tp.get("two_pass")
+        level = next(iter(tp.values()))["level"]
+        row = [_plan.format_shape(tuple(shape)), level]
+        row += [_cell(tp.get(a)) for a in algos]
+        for p in peer_names:
+            r = next((m for m in members if m["impl"] == p), None)
+            row.append(_peer_cell(r, base, threads))
+        table.add_row(*row)
+    return table
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "-"
+    frac = r.get("frac_bound")
+    return f"{r['gbps']:.1f} {frac:4.0%}" if frac is not None else f"{r['gbps']:.1f}"
+
+
+def _peer_cell(r: dict[str, Any] | None, base: dict[str, Any] | None, threads: int) -> str:
+    if r is None or base is None:
+        return "-"
+    ratio = r["median_s"] / base["median_s"]
+    colour = "green" if ratio >= 1 else "red"
+    mark = ("*" if r.get("allocates") else "") + ("¹" if r["threads"] != threads else "")
+    return f"[{colour}]{ratio:.2f}x[/{colour}]{mark}"
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """The headline numbers: two_pass against the three-pass reload out of cache, its
+    fraction of the bound, and twopass against every peer."""
+    res = _analysis.results(doc["results"])
+    best = _analysis.best_isa(doc["config"]["isas"])
+    lines = ["[bold]Summary[/bold]"]
+    for r in res:
+        if (
+            r["kind"] == "twopass"
+            and r["algorithm"] == "two_pass"
+            and r["isa"] == best
+            and r["level"] == "DRAM"
+            and r["op"] == "softmax"
+        ):
+            reload = next(
+                (
+                    q
+                    for q in res
+                    if q["kind"] == "twopass"
+                    and q["algorithm"] == "three_pass_reload"
+                    and q["isa"] == best
+                    and group_eq(q, r)
+                ),
+                None,
+            )
+            vs = f"{reload['median_s'] / r['median_s']:.2f}x the speed of three_pass_reload, " if reload else ""
+            frac = f"{r['frac_bound']:.0%} of its bound" if "frac_bound" in r else "no bound"
+            lines.append(
+                f"softmax {_plan.format_shape(tuple(r['shape']))} (out of cache), {r['threads']}t, {best}: "
+                f"two_pass {r['gbps']:.1f} GB/s, {vs}{frac}"
+            )
+    wins = losses = 0
+    worst: list[tuple[float, str]] = []
+    for r in res:
+        if r["kind"] != "peer" or "twopass two_pass" not in r.get("time_ratio", {}):
+            continue
+        ratio = r["time_ratio"]["twopass two_pass"]  # peer time / twopass time
+        if ratio >= 1:
+            wins += 1
+        else:
+            losses += 1
+            worst.append(
+                (ratio, f"{r['impl']} {r['op']} {_plan.format_shape(tuple(r['shape']))} {r['threads']}t ({ratio:.2f}x)")
+            )
+    if wins + losses:
+        lines.append(
+            f"twopass two_pass faster than the peer in {wins} of {wins + losses} comparisons"
+            + (f"; slower: {', '.join(w for _, w in sorted(worst)[:8])}" if worst else "")
+        )
+    return lines
+
+
+def group_eq(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["shape"] == b["shape"] and a["op"] == b["op"] and a["threads"] == b["threads"]
+
+
+def bounds_table(records: list[dict[str, Any]], bs: dict[Key, Bound]) -> list[dict[str, Any]]:
+    """The bounds as JSON rows, with the regime's buffer-set count."""
+    nsets = {
+        (tuple(r["shape"]), r["threads"], r["level"]): r["nsets"]
+        for r in records
+        if r["kind"] == "probe" and r["impl"].startswith("copy")
+    }
+    return [
+        {"shape": list(k[0]), "threads": k[1], "level": k[2], "nsets": nsets.get(k, 1), **b.as_dict()}
+        for k, b in bs.items()
+    ]
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,203 @@
+"""Run the planned cases, shape by shape, and turn each into a JSON-ready record."""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _measure, _peers, _plan
+from ._measure import Budget, Buffers, BufferSet, Timing
+from ._plan import Case, Config, Regime
+
+# Also time the bare kernel call when the Python layer's per-call cost is more than
+# this fraction of the call: then the kernel's own throughput is worth a separate line.
+_KERNEL_WHEN_OVERHEAD_ABOVE = 0.03
+
+
+@dataclass
+class Runner:
+    cfg: Config
+    budget: Budget
+    caches: dict[str, int]
+    peers: dict[str, _peers.Peer]
+    api_overhead_s: float
+    probe_isa: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, cases_by_shape: dict[tuple[int, ...], list[Case]], advance: Callable[[str], None]) -> None:
+        for shape, cases in cases_by_shape.items():
+            bufs = Buffers(shape, np.dtype(self.cfg.dtype))
+            refs: dict[str, np.ndarray] = {}  # twopass two_pass results: what peers are checked against
+            for case in cases:
+                advance(_describe(case))
+                rec = self._run_case(case, bufs, refs)
+                if rec is not None:
+                    self.records.append(rec)
+            del bufs, refs
+            gc.collect()
+
+    # ------------------------------------------------------------------------------
+    def _regime(self, ws: int, level: str | None = None) -> Regime:
+        """The op's regime; a probe takes the regime of the ops it bounds (`level`),
+        with enough sets that its own working set, cycled, is at least 2x L3."""
+        if level is None:
+            return _plan.regime(ws, self.caches)
+        nsets = max(1, math.ceil(2 * self.caches["L3"] / ws)) if level == "DRAM" else 1
+        return Regime(level, nsets)
+
+    def _run_case(self, case: Case, bufs: Buffers, refs: dict[str, np.ndarray]) -> dict[str, Any] | None:
+        if case.kind == "probe":
+            return self._probe(case, bufs)
+        ws = _plan.working_set(case.shape, bufs.dtype.itemsize, case.op)
+        reg = self._regime(ws)
+        sets = bufs.get(reg.nsets)
+        base = _base_record(case, bufs, reg, ws)
+        if case.kind == "twopass":
+            return self._twopass(case, sets, base)
+        return self._peer(case, sets, base, refs)
+
+    def _probe(self, case: Case, bufs: Buffers) -> dict[str, Any] | None:
+        ws = _measure.probe_working_set(case.impl, bufs.nbytes)
+        reg = self._regime(ws, case.level)
+        calls = _measure.probe_calls(case.impl, bufs.get(reg.nsets), case.threads, self.probe_isa)
+        if calls is None:
+            self._note(f"probe {case.impl} not available in this build of twopass._core")
+            return None
+        timing = _measure.measure(calls, self.budget)
+        rec = _base_record(case, bufs, reg, ws)
+        rec["bytes_moved"] = ws
+        rec.update(timing.as_dict())
+        rec["gbps"] = ws / timing.median_s / 1e9
+        return rec
+
+    def _twopass(self, case: Case, sets: list[BufferSet], rec: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            calls = _measure.twopass_calls(case.op, case.algorithm, case.isa, case.threads, sets)
+            timing = _measure.measure(calls, self.budget)
+        except (ValueError, RuntimeError) as e:
+            self._note(f"twopass {case.op} {case.algorithm} {case.isa}: {e}")
+            return None
+        rec.update(timing.as_dict())
+        rec["allocates"] = False
+        if self.api_overhead_s > _KERNEL_WHEN_OVERHEAD_ABOVE * timing.median_s:
+            kcalls = _measure.kernel_calls(case.op, case.algorithm, case.isa, case.threads, sets)
+            if kcalls is not None:
+                rec["kernel"] = _measure.measure(kcalls, self.budget).as_dict()
+        return rec
+
+    def _peer(
+        self, case: Case, sets: list[BufferSet], rec: dict[str, Any], refs: dict[str, np.ndarray]
+    ) -> dict[str, Any] | None:
+        peer = self.peers[case.impl]
+        try:
+            prepared = peer.prepare(case.op, sets, case.threads)
+            first = _peers.to_numpy(prepared.calls[0]())
+            check = _check(case.op, first, self._reference(case, sets[0], refs), sets[0].x)
+            timing: Timing = _measure.measure(prepared.calls, self.budget)
+        except _peers.PeerUnsupported as e:
+            self._note(f"peer {peer.name} has no {case.op}: {e}")
+            return None
+        except Exception as e:  # noqa: BLE001 - a peer failing must not stop the run
+            self._note(f"peer {peer.name} {case.op} {_plan.format_shape(case.shape)} failed: {type(e).__name__}: {e}")
+            return None
+        rec.update(timing.as_dict())
+        rec.update(allocates=prepared.allocates, note=prepared.note, threading=peer.threading, check=check)
+        if not check["ok"]:
+            self._note(f"peer {peer.name} {case.op} {_plan.format_shape(case.shape)}: {_check_text(check)}")
+        return rec
+
+    def _reference(self, case: Case, s: BufferSet, refs: dict[str, np.ndarray]) -> np.ndarray:
+        if case.op not in refs:
+            from twopass._api import compute
+
+            refs[case.op] = compute(case.op, s.x, algorithm="two_pass", isa=self.cfg.isas[-1])
+        return refs[case.op]
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def _base_record(case: Case, bufs: Buffers, reg: Regime, ws: int) -> dict[str, Any]:
+    return {
+        "kind": case.kind,
+        "impl": case.impl,
+        "op": case.op,
+        "algorithm": case.algorithm,
+        "dtype": bufs.dtype.name,
+        "shape": list(case.shape),
+        "threads": case.threads,
+        "isa": case.isa,
+        "level": reg.level,
+        "nsets": reg.nsets,
+        "working_set_bytes": ws,
+    }
+
+
+def _describe(case: Case) -> str:
+    shape = _plan.format_shape(case.shape)
+    if case.kind == "probe":
+        return f"{shape} {case.threads}t probe {case.impl} ({case.level})"
+    what = f"{case.algorithm} {case.isa}" if case.kind == "twopass" else case.impl
+    return f"{shape} {case.threads}t {case.op} {what}"
+
+
+def _check_text(check: dict[str, Any]) -> str:
+    if check["rel_err"] is None:
+        return f"result has the wrong shape ({check['why']})"
+    text = f"result differs from twopass's (relative difference {check['rel_err']:.2g})"
+    f64 = check.get("rel_err_float64")
+    if f64:
+        text += f"; against float64: {f64['peer']:.2g} for the peer, {f64['twopass']:.2g} for twopass"
+    return text
+
+
+# Peers are checked against twopass's result; a disagreement is then settled against
+# float64 (which of the two is off, and by how much).
+_CHECK_TOLERANCE = 1e-3
+_CHECK_POINTS = 1_000_000  # compare at most this many sampled elements
+
+
+def _check(op: str, got: np.ndarray, ref: np.ndarray, x: np.ndarray) -> dict[str, Any]:
+    """Largest relative difference from twopass's result, on evenly sampled points:
+    softmax relative to |value| + 1e-3 x the largest value (its tiny entries carry little
+    weight); log_softmax and logsumexp relative to |value| + 1."""
+    if got.shape != ref.shape:
+        return {"ok": False, "rel_err": None, "why": f"shape {got.shape} != {ref.shape}"}
+    step = max(1, ref.size // _CHECK_POINTS)
+    idx = np.arange(0, ref.size, step)
+    r = ref.reshape(-1)[idx].astype(np.float64)
+    err = _rel_err(op, got.reshape(-1)[idx], r)
+    out: dict[str, Any] = {"ok": bool(err < _CHECK_TOLERANCE), "rel_err": err}
+    if not out["ok"]:
+        exact = _float64_at(op, x, idx)
+        out["rel_err_float64"] = {
+            "peer": _rel_err(op, got.reshape(-1)[idx], exact),
+            "twopass": _rel_err(op, ref.reshape(-1)[idx], exact),
+        }
+    return out
+
+
+def _rel_err(op: str, a: np.ndarray, ref: np.ndarray) -> float:
+    if not ref.size:
+        return 0.0
+    scale = np.abs(ref) + (1e-3 * np.max(np.abs(ref)) if op == "softmax" else 1.0)
+    return float(np.max(np.abs(a.astype(np.float64) - ref) / scale))
+
+
+def _float64_at(op: str, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The op computed in float64 (max-shifted), at flat output positions `idx`."""
+    x64 = x.astype(np.float64)
+    m = np.max(x64, axis=-1, keepdims=True)
+    lse = (m + np.log(np.sum(np.exp(x64 - m), axis=-1, keepdims=True))).reshape(-1)
+    if op == "logsumexp":
+        return lse[idx]
+    n = x.shape[-1]
+    v = x64.reshape(-1)[idx] - lse[idx // n]
+    return np.exp(v) if op == "softmax" else v

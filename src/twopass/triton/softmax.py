@@ -1,0 +1,929 @@
+"""Softmax, log_softmax and logsumexp (forward and backward) for CUDA tensors, in Triton.
+
+Every launcher sees its tensor as (outer, n, inner): `n` is the reduced axis, `outer` the
+dimensions before it and `inner` those after, each group merged into one index with one
+stride. Inputs whose groups do not merge, that are not dense (a slice with gaps, an
+expanded tensor) or that have no unit-stride axis among (outer, n, inner) are copied to C
+order first (one extra read and write); everything else runs in place in memory, and
+results get the input's strides. The reduction state of a row is the pair (m, s):
+m = max(x), s = sum(exp(x - m)). Pairs merge exactly and in any grouping:
+(m1, s1) + (m2, s2) = (M, s1*e^(m1-M) + s2*e^(m2-M)) with M = max(m1, m2); the merge order
+is fixed by the code, never by timing, so results are bitwise reproducible (no
+floating-point atomics anywhere).
+
+The kernels, chosen by the launcher (`_run`):
+
+- `_row_fused_kernel`: the reduced axis has unit stride and a row fits in registers
+  (n <= 16384): one program holds ROWS whole rows. Traffic 1R + 1W (backward: y and g
+  read, dx written, 2R + 1W).
+- `_row_split_kernel`: longer rows. Each row is cut into k chunks; each chunk is a work
+  item of phase 0 (read it, write its partial pair) and of phase 1 (merge the row's k
+  pairs, read the chunk again, write the result). One launch runs both phases: programs
+  take work items from a ticket counter in the order they start, and the item order
+  interleaves phase 0 of row r + lag with phase 1 of row r, so that a chunk is read again
+  while it is still in L2 (`lag` rows fill a quarter of L2; phase-0 loads carry an
+  evict_last hint, phase-1 loads and stores evict_first). Traffic 1R + 1W from HBM when a
+  row fits in L2, else 2R + 1W. Phase 1 of row r waits (spins on the row's counter) only
+  for phase-0 items that took earlier tickets, i.e. programs already running: no deadlock
+  whatever the number of programs that fit on the GPU, and the interpreter (which runs
+  programs one by one, in ticket order) never waits at all.
+- `_col_fused_kernel` / `_col_split_kernel`: the reduced axis is strided and another axis
+  has unit stride (softmax over dim 0 of a C-contiguous tensor, or over the last dim of a
+  transposed one): tiles of [rows of n, BQ contiguous columns], loads coalesced along the
+  columns, reduction across the tile's rows; the same two phases when n is long.
+- logsumexp needs phase 0 only: the last chunk to finish a row (its counter says so) merges
+  the row's pairs and writes the result: 1R.
+- `_lse_bwd_row_kernel` / `_lse_bwd_col_kernel`: logsumexp's gradient g * exp(x - lse),
+  element-wise: 1R + 1W.
+
+exp is tl.exp2(x * log2(e)) (ex2.approx on the GPU): relative error about |x| * 2^-24 plus
+2 ulp, inside the conditioning bound (|x_i - lse| + A) * u every float32 softmax pays;
+results under float32's smallest normal may be flushed to zero. log is libdevice's logf.
+
+Special values (as torch): a row with NaN gives NaN (logsumexp NaN); with +inf, NaN
+(logsumexp +inf); all -inf, NaN (logsumexp -inf); -inf entries give 0 (log_softmax -inf);
+huge finite values never overflow (only differences x - max are exponentiated). The max
+propagates NaN (max.NaN); the partial maxima start at -FLT_MAX, not -inf, so that an
+all -inf chunk gives the pair (-FLT_MAX, 0) and no inf - inf.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "_softmax_forward",
+    "_softmax_backward",
+    "_logsumexp_forward",
+    "_logsumexp_backward",
+]
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+_NEG_BIG = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: start of a partial max
+
+# Operation codes (constexpr in the kernels).
+_SOFTMAX = tl.constexpr(0)
+_LOG_SOFTMAX = tl.constexpr(1)
+_LOGSUMEXP = tl.constexpr(2)
+_SOFTMAX_BWD = tl.constexpr(3)  # dx = y * (g - sum(g * y))
+_LOG_SOFTMAX_BWD = tl.constexpr(4)  # dx = g - exp(y) * sum(g)
+_OPS = {"softmax": 0, "log_softmax": 1, "logsumexp": 2, "softmax_bwd": 3, "log_softmax_bwd": 4}
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------
+# Shared pieces of the kernels.
+# ----------------------------------------------------------------------------------
+@triton.jit
+def _max_nan(a, b):
+    # max that propagates NaN (PTX max.NaN.f32): a NaN anywhere in the row reaches m.
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _to(v, P):
+    # v in the element type of pointer P: round to nearest even on the GPU (cvt.rn);
+    # Triton's interpreter truncates float32 -> bfloat16 instead (the tests allow for it).
+    return v.to(P.dtype.element_ty)
+
+
+@triton.jit
+def _decode(u, n_groups, lag):
+    """Work unit u -> (phase, group). Units: phase 0 of groups [0, lag), then pairs
+    (phase 0 of group lag + j, phase 1 of group j), then phase 1 of the last lag groups.
+    Phase 1 of a group always comes after its phase 0 (lag >= 1)."""
+    v = u - lag
+    n_pairs = n_groups - lag
+    in_pairs = v < 2 * n_pairs
+    odd = (v % 2) == 1
+    phase = tl.where(u < lag, 0, tl.where(in_pairs, tl.where(odd, 1, 0), 1))
+    group = tl.where(u < lag, u, tl.where(in_pairs, tl.where(odd, v // 2, v // 2 + lag), v - n_pairs))
+    return phase, group
+
+
+@triton.jit
+def _wait(counter, k):
+    # Spin until the k phase-0 items of this group have published their pairs. The
+    # atomic runs on one thread with acquire semantics; the barrier orders every thread's
+    # next loads after it, and those loads bypass L1 (.cg), which is not coherent.
+    while tl.atomic_add(counter, 0, sem="acquire") < k:
+        pass
+    tl.debug_barrier()
+
+
+@triton.jit
+def _publish(counter):
+    # Every thread's partial stores, then one release increment: the barrier plus the
+    # release's cumulativity make the stores visible before the count (CUTLASS's semaphore
+    # pattern). Returns the count before this increment.
+    tl.debug_barrier()
+    return tl.atomic_add(counter, 1, sem="acq_rel")
+
+
+@triton.jit
+def _lse_of(m, s):
+    # log(sum exp) from a merged pair: +inf where the max is +inf (s is NaN there);
+    # an all -inf row has m = -FLT_MAX or -inf and s = 0 or NaN: give -inf.
+    lse = m + tl.log(s)
+    lse = tl.where(m == float("inf"), float("inf"), lse)
+    lse = tl.where((m == float("-inf")) | ((m == _NEG_BIG) & (s == 0.0)), float("-inf"), lse)
+    return lse
+
+
+# ----------------------------------------------------------------------------------
+# Rows with unit stride along the reduced axis, fitting in registers: 1R + 1W.
+# ----------------------------------------------------------------------------------
+@triton.jit
+def _row_fused_kernel(
+    X,  # forward: x; backward: y (the forward's output)
+    G,  # backward: the incoming gradient (same strides as X); forward: unused
+    Y,  # the result; for logsumexp one value per row at o * so_o + i * so_i
+    n_rows,
+    n,
+    inner,
+    s_o,
+    s_i,
+    s_n,
+    so_o,
+    so_i,
+    OP: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < n_rows
+    o = rows // inner
+    i = rows - o * inner
+    cols = tl.arange(0, BLOCK_N)
+    mask = rmask[:, None] & (cols < n)[None, :]
+    offs = (o * s_o + i * s_i)[:, None] + cols[None, :] * s_n
+    if OP <= _LOGSUMEXP:
+        x = tl.load(X + offs, mask=mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+        m = tl.reduce(x, 1, _max_nan)
+        d = x - m[:, None]  # exact when x is near m; -inf (not NaN) for -inf entries
+        e = tl.exp2(d * _LOG2E)
+        s = tl.sum(e, 1)
+        if OP == _SOFTMAX:
+            y = e * (1.0 / s)[:, None]
+            tl.store(Y + offs, _to(y, Y), mask=mask)
+        elif OP == _LOG_SOFTMAX:
+            y = d - tl.log(s)[:, None]
+            tl.store(Y + offs, _to(y, Y), mask=mask)
+        else:
+            tl.store(Y + o * so_o + i * so_i, _to(_lse_of(m, s), Y), mask=rmask)
+    else:
+        yv = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        g = tl.load(G + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if OP == _SOFTMAX_BWD:
+            dot = tl.sum(g * yv, 1)
+            dx = yv * (g - dot[:, None])
+        else:
+            sg = tl.sum(g, 1)
+            dx = g - tl.exp2(yv * _LOG2E) * sg[:, None]
+        tl.store(Y + offs, _to(dx, Y), mask=mask)
+
+
+# ----------------------------------------------------------------------------------
+# Long rows, unit stride: chunks, two phases in one launch (see the module docstring).
+# Tiles are [K, CW] with CW = 16 bytes * 32 lanes * warps: a thread holds K vectors of one
+# column strip, so the per-tile max over axis 0 stays in registers, and the running pair
+# is kept per column lane (one rescale per K elements: about 1.1 exp per element).
+# ----------------------------------------------------------------------------------
+# Not specialized on the value 1 (one variant fewer to compile each): nothing gains from it.
+# chunk and n stay specialized: their divisibility by 16 is what proves 16-byte accesses.
+@triton.jit(do_not_specialize=["n_rows", "k", "lag"])
+def _row_split_kernel(
+    X,
+    G,
+    Y,
+    PART,  # float32 [n_rows, KP, 2]: each chunk's pair (m, s) (backward: (0, sum))
+    CNT,  # int32 [1 + n_rows]: the ticket counter, then one arrival counter per row
+    n_rows,
+    n,
+    inner,
+    s_o,
+    s_i,
+    s_n,
+    so_o,
+    so_i,
+    k,  # chunks per row
+    chunk,  # elements per chunk (a multiple of K * CW)
+    lag,  # rows between a row's phase 0 and its phase 1
+    OP: tl.constexpr,
+    K: tl.constexpr,
+    CW: tl.constexpr,
+    KP: tl.constexpr,  # next power of two >= k
+    KEEP: tl.constexpr,  # L2 policy of phase-0 loads ("evict_last": keep for phase 1)
+    DROP: tl.constexpr,  # of phase-1 loads and stores ("evict_first")
+):
+    t = tl.atomic_add(CNT, 1)  # a ticket: work items are taken in the order programs start
+    u = t // k
+    c = t - u * k
+    if OP == _LOGSUMEXP:
+        phase = 0
+        row = u
+    else:
+        phase, row = _decode(u, n_rows, lag)
+    row64 = row.to(tl.int64)
+    o = row64 // inner
+    i = row64 - o * inner
+    base = o * s_o + i * s_i
+    tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
+    start = c * chunk
+    pair = PART + (row64 * KP + c) * 2
+    kk = tl.arange(0, KP)
+    if phase == 0:
+        if OP <= _LOGSUMEXP:
+            m = tl.full([CW], _NEG_BIG, tl.float32)
+            s = tl.zeros([CW], tl.float32)
+            for j in range(0, chunk, K * CW):
+                idx = start + j + tile
+                x = tl.load(X + base + idx * s_n, mask=idx < n, other=float("-inf"), eviction_policy=KEEP).to(
+                    tl.float32
+                )
+                m_new = _max_nan(m, tl.reduce(x, 0, _max_nan))
+                e = tl.exp2((x - m_new[None, :]) * _LOG2E)
+                s = s * tl.exp2((m - m_new) * _LOG2E) + tl.sum(e, 0)
+                m = m_new
+            pm = tl.reduce(m, 0, _max_nan)
+            ps = tl.sum(s * tl.exp2((m - pm) * _LOG2E), 0)
+        else:
+            acc = tl.zeros([K, CW], tl.float32)
+            for j in range(0, chunk, K * CW):
+                idx = start + j + tile
+                msk = idx < n
+                g = tl.load(G + base + idx * s_n, mask=msk, other=0.0, eviction_policy=KEEP).to(tl.float32)
+                if OP == _SOFTMAX_BWD:
+                    yv = tl.load(X + base + idx * s_n, mask=msk, other=0.0, eviction_policy=KEEP)
+                    acc += g * yv.to(tl.float32)
+                else:
+                    acc += g
+            pm = 0.0
+            ps = tl.sum(tl.sum(acc, 0), 0)
+        tl.store(pair, pm)
+        tl.store(pair + 1, ps)
+        before = _publish(CNT + 1 + row)
+        if OP == _LOGSUMEXP:
+            if before == k - 1:  # the row's last chunk: merge the k pairs, write lse
+                pms = tl.load(PART + (row64 * KP + kk) * 2, mask=kk < k, other=_NEG_BIG, cache_modifier=".cg")
+                pss = tl.load(PART + (row64 * KP + kk) * 2 + 1, mask=kk < k, other=0.0, cache_modifier=".cg")
+                M = tl.reduce(pms, 0, _max_nan)
+                S = tl.sum(pss * tl.exp2((pms - M) * _LOG2E), 0)
+                tl.store(Y + o * so_o + i * so_i, _to(_lse_of(M, S), Y))
+    else:
+        _wait(CNT + 1 + row, k)
+        pss = tl.load(PART + (row64 * KP + kk) * 2 + 1, mask=kk < k, other=0.0, cache_modifier=".cg")
+        if OP <= _LOG_SOFTMAX:
+            pms = tl.load(PART + (row64 * KP + kk) * 2, mask=kk < k, other=_NEG_BIG, cache_modifier=".cg")
+            M = tl.reduce(pms, 0, _max_nan)
+            S = tl.sum(pss * tl.exp2((pms - M) * _LOG2E), 0)
+            r = 1.0 / S
+            log_s = tl.log(S)
+        else:
+            S = tl.sum(pss, 0)
+        for j in range(0, chunk, K * CW):
+            idx = start + j + tile
+            msk = idx < n
+            offs = base + idx * s_n
+            if OP <= _LOG_SOFTMAX:
+                x = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+                if OP == _SOFTMAX:
+                    y = tl.exp2((x - M) * _LOG2E) * r
+                else:
+                    y = (x - M) - log_s
+            else:
+                yv = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+                g = tl.load(G + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+                if OP == _SOFTMAX_BWD:
+                    y = yv * (g - S)
+                else:
+                    y = g - tl.exp2(yv * _LOG2E) * S
+            tl.store(Y + offs, _to(y, Y), mask=msk, eviction_policy=DROP)
+
+
+# ----------------------------------------------------------------------------------
+# Strided reduced axis, unit-stride columns: tiles [rows of n, BQ columns].
+# Indices: p (the other, strided index), j along n, q along the unit-stride axis.
+# ----------------------------------------------------------------------------------
+@triton.jit
+def _col_fused_kernel(
+    X,
+    G,
+    Y,
+    n,
+    Q,
+    s_p,
+    s_n,
+    s_q,
+    so_p,
+    so_q,
+    nqt,  # column tiles per p
+    OP: tl.constexpr,
+    BN: tl.constexpr,
+    BQ: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    p = pid // nqt
+    q = (pid - p * nqt) * BQ + tl.arange(0, BQ)
+    qmask = q < Q
+    jj = tl.arange(0, BN)
+    mask = (jj < n)[:, None] & qmask[None, :]
+    offs = p.to(tl.int64) * s_p + jj.to(tl.int64)[:, None] * s_n + q[None, :] * s_q
+    if OP <= _LOGSUMEXP:
+        x = tl.load(X + offs, mask=mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+        m = tl.reduce(x, 0, _max_nan)
+        d = x - m[None, :]
+        e = tl.exp2(d * _LOG2E)
+        s = tl.sum(e, 0)
+        if OP == _SOFTMAX:
+            tl.store(Y + offs, _to(e * (1.0 / s)[None, :], Y), mask=mask)
+        elif OP == _LOG_SOFTMAX:
+            tl.store(Y + offs, _to(d - tl.log(s)[None, :], Y), mask=mask)
+        else:
+            tl.store(Y + p.to(tl.int64) * so_p + q * so_q, _to(_lse_of(m, s), Y), mask=qmask)
+    else:
+        yv = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        g = tl.load(G + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if OP == _SOFTMAX_BWD:
+            dx = yv * (g - tl.sum(g * yv, 0)[None, :])
+        else:
+            dx = g - tl.exp2(yv * _LOG2E) * tl.sum(g, 0)[None, :]
+        tl.store(Y + offs, _to(dx, Y), mask=mask)
+
+
+@triton.jit(do_not_specialize=["n_groups", "k", "lag"])
+def _col_split_kernel(
+    X,
+    G,
+    Y,
+    PART,  # float32 [n_groups, KP, 2, BQ]
+    CNT,  # int32 [1 + n_groups]
+    n,
+    Q,
+    s_p,
+    s_n,
+    s_q,
+    so_p,
+    so_q,
+    n_groups,  # P * nqt: a group is (p, one tile of BQ columns)
+    nqt,
+    k,
+    chunk,  # rows of n per chunk (a multiple of TN)
+    lag,
+    OP: tl.constexpr,
+    TN: tl.constexpr,
+    BQ: tl.constexpr,
+    KP: tl.constexpr,
+    KEEP: tl.constexpr,  # L2 policy of phase-0 loads ("evict_last": keep for phase 1)
+    DROP: tl.constexpr,  # of phase-1 loads and stores ("evict_first")
+):
+    t = tl.atomic_add(CNT, 1)
+    u = t // k
+    c = t - u * k
+    if OP == _LOGSUMEXP:
+        phase = 0
+        grp = u
+    else:
+        phase, grp = _decode(u, n_groups, lag)
+    p = grp // nqt
+    ql = tl.arange(0, BQ)
+    q = (grp - p * nqt) * BQ + ql
+    qmask = q < Q
+    base = p.to(tl.int64) * s_p
+    jt = tl.arange(0, TN)
+    start = c * chunk
+    g64 = grp.to(tl.int64)
+    pair = PART + (g64 * KP + c) * 2 * BQ
+    kk = tl.arange(0, KP)
+    pidx = (g64 * KP + kk[:, None]) * 2 * BQ + ql[None, :]  # [KP, BQ] pair slots of the group
+    pmask = (kk < k)[:, None] & qmask[None, :]
+    if phase == 0:
+        if OP <= _LOGSUMEXP:
+            # Element-wise running pairs over the tile, merged across its rows at the end.
+            m = tl.full([TN, BQ], _NEG_BIG, tl.float32)
+            s = tl.zeros([TN, BQ], tl.float32)
+            for j0 in range(0, chunk, TN):
+                jj = start + j0 + jt
+                msk = (jj < n)[:, None] & qmask[None, :]
+                offs = base + jj.to(tl.int64)[:, None] * s_n + q[None, :] * s_q
+                x = tl.load(X + offs, mask=msk, other=float("-inf"), eviction_policy=KEEP).to(tl.float32)
+                m_new = _max_nan(m, x)
+                s = s * tl.exp2((m - m_new) * _LOG2E) + tl.exp2((x - m_new) * _LOG2E)
+                m = m_new
+            pm = tl.reduce(m, 0, _max_nan)
+            ps = tl.sum(s * tl.exp2((m - pm[None, :]) * _LOG2E), 0)
+        else:
+            acc = tl.zeros([TN, BQ], tl.float32)
+            for j0 in range(0, chunk, TN):
+                jj = start + j0 + jt
+                msk = (jj < n)[:, None] & qmask[None, :]
+                offs = base + jj.to(tl.int64)[:, None] * s_n + q[None, :] * s_q
+                g = tl.load(G + offs, mask=msk, other=0.0, eviction_policy=KEEP).to(tl.float32)
+                if OP == _SOFTMAX_BWD:
+                    yv = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=KEEP)
+                    acc += g * yv.to(tl.float32)
+                else:
+                    acc += g
+            ps = tl.sum(acc, 0)
+            pm = tl.zeros([BQ], tl.float32)
+        tl.store(pair + ql, pm)
+        tl.store(pair + BQ + ql, ps)
+        before = _publish(CNT + 1 + grp)
+        if OP == _LOGSUMEXP:
+            if before == k - 1:
+                pms = tl.load(PART + pidx, mask=pmask, other=_NEG_BIG, cache_modifier=".cg")
+                pss = tl.load(PART + pidx + BQ, mask=pmask, other=0.0, cache_modifier=".cg")
+                M = tl.reduce(pms, 0, _max_nan)
+                S = tl.sum(pss * tl.exp2((pms - M[None, :]) * _LOG2E), 0)
+                out = Y + p.to(tl.int64) * so_p + q * so_q
+                tl.store(out, _to(_lse_of(M, S), Y), mask=qmask)
+    else:
+        _wait(CNT + 1 + grp, k)
+        pss = tl.load(PART + pidx + BQ, mask=pmask, other=0.0, cache_modifier=".cg")
+        if OP <= _LOG_SOFTMAX:
+            pms = tl.load(PART + pidx, mask=pmask, other=_NEG_BIG, cache_modifier=".cg")
+            M = tl.reduce(pms, 0, _max_nan)
+            S = tl.sum(pss * tl.exp2((pms - M[None, :]) * _LOG2E), 0)
+            r = 1.0 / S
+            log_s = tl.log(S)
+        else:
+            S = tl.sum(pss, 0)
+        for j0 in range(0, chunk, TN):
+            jj = start + j0 + jt
+            msk = (jj < n)[:, None] & qmask[None, :]
+            offs = base + jj.to(tl.int64)[:, None] * s_n + q[None, :] * s_q
+            if OP <= _LOG_SOFTMAX:
+                x = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+                if OP == _SOFTMAX:
+                    y = tl.exp2((x - M[None, :]) * _LOG2E) * r[None, :]
+                else:
+                    y = (x - M[None, :]) - log_s[None, :]
+            else:
+                yv = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+                g = tl.load(G + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+                if OP == _SOFTMAX_BWD:
+                    y = yv * (g - S[None, :])
+                else:
+                    y = g - tl.exp2(yv * _LOG2E) * S[None, :]
+            tl.store(Y + offs, _to(y, Y), mask=msk, eviction_policy=DROP)
+
+
+# ----------------------------------------------------------------------------------
+# logsumexp backward: dx = g * exp(x - lse), element-wise (1R + 1W, plus the small g, lse).
+# ----------------------------------------------------------------------------------
+@triton.jit
+def _lse_bwd_row_kernel(X, G, LSE, DX, n_rows, n, inner, s_o, s_i, s_n, nb, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    rb = pid // nb
+    b = pid - rb * nb
+    r = rb * ROWS + tl.arange(0, ROWS)  # rows, also their index in the (outer, inner) C-order g and lse
+    rmask = r < n_rows
+    o = r // inner
+    i = r - o * inner
+    g = tl.load(G + r, mask=rmask, other=0.0).to(tl.float32)
+    lse = tl.load(LSE + r, mask=rmask, other=0.0).to(tl.float32)
+    cols = b * BLOCK + tl.arange(0, BLOCK)
+    mask = rmask[:, None] & (cols < n)[None, :]
+    offs = (o * s_o + i * s_i)[:, None] + cols[None, :] * s_n
+    x = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    dx = g[:, None] * tl.exp2((x - lse[:, None]) * _LOG2E)
+    tl.store(DX + offs, _to(dx, DX), mask=mask)
+
+
+@triton.jit
+def _lse_bwd_col_kernel(X, G, LSE, DX, n, Q, s_p, s_n, s_q, so_p, so_q, nqt, nb, TN: tl.constexpr, BQ: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    grp = pid // nb
+    b = pid - grp * nb
+    p = grp // nqt
+    q = (grp - p * nqt) * BQ + tl.arange(0, BQ)
+    qmask = q < Q
+    g = tl.load(G + p * so_p + q * so_q, mask=qmask, other=0.0).to(tl.float32)
+    lse = tl.load(LSE + p * so_p + q * so_q, mask=qmask, other=0.0).to(tl.float32)
+    jj = b * TN + tl.arange(0, TN)
+    mask = (jj < n)[:, None] & qmask[None, :]
+    offs = p * s_p + jj[:, None] * s_n + q[None, :] * s_q
+    x = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    dx = g[None, :] * tl.exp2((x - lse[None, :]) * _LOG2E)
+    tl.store(DX + offs, _to(dx, DX), mask=mask)
+
+
+# ----------------------------------------------------------------------------------
+# Launchers.
+# ----------------------------------------------------------------------------------
+# Tuning knobs; `cfg=` on each launcher overrides them (the tests shrink every threshold
+# so that each path runs on small shapes; the GPU benchmark sweeps some of them).
+DEFAULTS: dict[str, Any] = {
+    "fused_max_n": 16384,  # longest row kept in registers by _row_fused_kernel
+    "fused_elems": 4096,  # elements per program in _row_fused_kernel (ROWS * BLOCK_N) for short rows
+    "split_tile_elems": 8192,  # K * CW of _row_split_kernel
+    "split_warps": 8,
+    "split_cw": None,  # columns of a _row_split_kernel tile; None: 16 bytes * 32 lanes * warps
+    "chunk_min": 16384,  # elements per chunk at least (~64 KB of float32)
+    "k_max": 512,  # chunks per row at most (each phase-1 program merges k pairs)
+    "programs_per_sm": 4,  # split kernels: chunks enough for this many programs per SM and phase
+    "l2_fraction": 0.25,  # data read between a row's two phases, as a fraction of L2
+    "l2_hints": True,  # eviction-priority hints in the split kernels (see _hints)
+    "col_tile_elems": 4096,  # TN * BQ of the column kernels
+    "col_fused_elems": 8192,  # BN * BQ at most for _col_fused_kernel
+    "col_k_max": 32,
+    "col_bq": None,  # columns of a column-kernel tile; None: 16 bytes * 32 lanes
+    "col_chunk_min_elems": 16384,  # TN-rows * BQ per chunk at least
+    "num_sms": None,  # None: from the device (interpreter: 132)
+    "l2_bytes": None,  # None: from the device (interpreter: 50 MB)
+}
+
+
+# Tests set this to a list to see which kernel each call ran, with its parameters.
+_TRACE: list[tuple[str, dict[str, Any]]] | None = None
+
+
+def _trace(kernel: str, **params: Any) -> None:
+    if _TRACE is not None:
+        _TRACE.append((kernel, params))
+
+
+# tools/gpu_bench.py --compile sets this to compile (offline, for sm_90) what each call
+# would launch, instead of launching it: hook(kernel, grid, args, constexprs, num_warps).
+_LAUNCH_HOOK = None
+
+
+def _launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
+    if _LAUNCH_HOOK is not None:
+        _LAUNCH_HOOK(kernel, grid, args, meta, num_warps)
+        return
+    if args[0].is_cuda:  # launch on the tensors' device (and its current stream)
+        with torch.cuda.device(args[0].device):
+            kernel[(grid,)](*args, **meta, num_warps=num_warps)
+    else:
+        kernel[(grid,)](*args, **meta, num_warps=num_warps)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _interpreter_numpy_shim() -> None:
+    """Triton's interpreter turns a tensor into an index with int(array of shape (1,)), which
+    NumPy >= 2.4 refuses, so a loop over a run-time bound fails there (triton-lang/triton
+    issue 9171, fixed upstream by squeezing first). Same fix, applied to the interpreter's
+    tensor patch only when interpreting and only while Triton lacks it."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # pragma: no cover
+        return
+    orig = getattr(interpreter, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_twopass_shim", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._twopass_shim = True
+    interpreter._patch_lang_tensor = patched
+
+
+if _interpreting():
+    _interpreter_numpy_shim()
+
+
+def _device_caps(x: torch.Tensor, cfg: dict[str, Any]) -> tuple[int, int]:
+    sms, l2 = cfg["num_sms"], cfg["l2_bytes"]
+    if (sms is None or l2 is None) and x.is_cuda:
+        props = torch.cuda.get_device_properties(x.device)
+        sms = sms or props.multi_processor_count
+        l2 = l2 or int(getattr(props, "L2_cache_size", 0)) or 50 * 2**20
+    return sms or 132, l2 or 50 * 2**20
+
+
+def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    if not cfg:
+        return DEFAULTS
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}")
+    return {**DEFAULTS, **cfg}
+
+
+def _check(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
+    if not (x.is_cuda or _interpreting() or _LAUNCH_HOOK is not None):
+        raise ValueError(f"{name}: expected a CUDA tensor (or TRITON_INTERPRET=1), got device {x.device}")
+
+
+def _norm_dim(dim: int, ndim: int, name: str) -> int:
+    nd = max(ndim, 1)
+    if not -nd <= dim < nd:
+        raise IndexError(f"{name}: dim {dim} out of range for a tensor of {ndim} dimensions")
+    return dim % nd
+
+
+def _merge(shape, stride, dims) -> tuple[int, int] | None:
+    """(size, stride) of the dims merged into one index, or None if they do not merge."""
+    size, st, prev = 1, 0, None
+    for d in dims:
+        if shape[d] == 1:
+            continue
+        if prev is not None and stride[prev] != stride[d] * shape[d]:
+            return None
+        size *= shape[d]
+        st, prev = stride[d], d
+    return size, st
+
+
+def _layout(t: torch.Tensor, dim: int):
+    """t as (outer, n, inner) with strides (s_o, s_n, s_i), or None."""
+    shape, stride = t.shape, t.stride()
+    before = _merge(shape, stride, range(dim))
+    after = _merge(shape, stride, range(dim + 1, t.dim()))
+    if before is None or after is None:
+        return None
+    n = shape[dim]
+    s_n = stride[dim] if n > 1 else 1
+    return before[0], n, after[0], before[1], s_n, after[1]
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense (what torch.empty_like keeps the strides of)."""
+    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def _same_layout(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """t with the strides of `like` (a copy when they differ)."""
+    if t.stride() == like.stride() or t.numel() <= 1:
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
+def _prepare(x: torch.Tensor, dim: int):
+    """x with a usable layout: its dims before and after `dim` merge, and either the
+    reduced axis or one of the others has unit stride. Returns (x, layout)."""
+    lay = _layout(x, dim)
+    if lay is not None:
+        outer, n, inner, s_o, s_n, s_i = lay
+        ok_row = s_n == 1 or n == 1
+        ok_col = (inner > 1 and s_i == 1) or (outer > 1 and s_o == 1)
+        if (ok_row or ok_col) and _dense(x):  # outputs (empty_like) then get x's strides
+            return x, lay
+    # Documented copy: gaps (a sliced view), overlap (expand) or no unit-stride axis.
+    x = x.contiguous()
+    return x, _layout(x, dim)
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def _hints(cfg: dict[str, Any]) -> dict[str, str]:
+    # Phase-0 loads ask L2 to keep the lines (phase 1 reads them again); phase-1 loads and
+    # stores ask it to drop theirs first, so that the output does not evict pending input.
+    if cfg["l2_hints"]:
+        return {"KEEP": "evict_last", "DROP": "evict_first"}
+    return {"KEEP": "", "DROP": ""}
+
+
+def _lag(group_bytes: int, n_groups: int, l2: int, cfg: dict[str, Any]) -> int:
+    lag = int(l2 * cfg["l2_fraction"]) // max(1, group_bytes)
+    return max(1, min(n_groups, lag))
+
+
+def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay, out_lse, cfg) -> None:
+    """Launch the kernels for `op` on x (for backward: x is the forward's output y and g the
+    gradient, with the same strides), writing y (logsumexp: out_lse of shape (outer, inner))."""
+    OP = _OPS[op]
+    outer, n, inner, s_o, s_n, s_i = lay
+    esize = x.element_size()
+    inputs = 1 if op in ("softmax", "log_softmax", "logsumexp", "log_softmax_bwd") else 2
+    G = g if g is not None else x
+    Y = out_lse if op == "logsumexp" else y
+    sms, l2 = _device_caps(x, cfg)
+    vec = 16 // esize  # elements per 16-byte access
+    if s_n == 1 or n == 1:
+        n_rows = outer * inner
+        # logsumexp writes its result in C order over (outer, inner): index o*inner + i.
+        so_o, so_i = inner, 1
+        if n <= cfg["fused_max_n"]:
+            block_n = _pow2(n)
+            rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
+            elems = rows * block_n
+            warps = max(4, min(16, elems // 512))
+            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps)
+            _launch(
+                _row_fused_kernel, triton.cdiv(n_rows, rows),
+                (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
+                dict(OP=OP, ROWS=rows, BLOCK_N=block_n), warps,
+            )  # fmt: skip
+            return
+        warps = cfg["split_warps"]
+        cw = min(cfg["split_cw"] or vec * 32 * warps, _pow2(cfg["split_tile_elems"]))
+        kt = max(1, _pow2(cfg["split_tile_elems"]) // cw)
+        tile = kt * cw
+        # Chunks: at least chunk_min elements each, but enough of them to give every SM
+        # a few programs in each phase when there are few rows; at least one tile each.
+        k = max(triton.cdiv(n, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
+        k = max(1, min(k, cfg["k_max"], triton.cdiv(n, tile)))
+        chunk = triton.cdiv(triton.cdiv(n, k), tile) * tile
+        k = triton.cdiv(n, chunk)
+        lag = _lag(n * esize * inputs, n_rows, l2, cfg)
+        part = torch.empty((n_rows, _pow2(k), 2), dtype=torch.float32, device=x.device)
+        cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
+        items = n_rows * k * (1 if op == "logsumexp" else 2)
+        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, warps=warps)
+        _launch(
+            _row_split_kernel, items,
+            (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i, k, chunk, lag),
+            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), **_hints(cfg)), warps,
+        )  # fmt: skip
+        return
+    # Column kernels: q runs along the unit-stride axis, p along the other one.
+    if inner > 1 and s_i == 1:
+        P, Q, s_p, s_q, so_p, so_q = outer, inner, s_o, s_i, inner, 1
+    else:  # outer has unit stride (a transposed tensor)
+        P, Q, s_p, s_q, so_p, so_q = inner, outer, s_i, s_o, 1, inner
+    bq = min(_pow2(Q), cfg["col_bq"] or vec * 32)
+    nqt = triton.cdiv(Q, bq)
+    n_groups = P * nqt
+    if _pow2(n) * bq <= cfg["col_fused_elems"]:
+        bn = _pow2(n)
+        warps = max(1, min(8, bn * bq // 512))
+        _trace("col_fused", op=op, bn=bn, bq=bq, warps=warps)
+        _launch(
+            _col_fused_kernel, n_groups, (x, G, Y, n, Q, s_p, s_n, s_q, so_p, so_q, nqt),
+            dict(OP=OP, BN=bn, BQ=bq), warps,
+        )  # fmt: skip
+        return
+    tn = max(1, min(_pow2(n), cfg["col_tile_elems"] // bq))
+    k = max(triton.cdiv(n * bq, cfg["col_chunk_min_elems"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_groups))
+    k = max(1, min(k, cfg["col_k_max"], triton.cdiv(n, tn)))
+    chunk = triton.cdiv(triton.cdiv(n, k), tn) * tn
+    k = triton.cdiv(n, chunk)
+    kp = _pow2(k)
+    lag = _lag(n * bq * esize * inputs, n_groups, l2, cfg)
+    part = torch.empty((n_groups, kp, 2, bq), dtype=torch.float32, device=x.device)
+    cnt = torch.zeros(1 + n_groups, dtype=torch.int32, device=x.device)
+    items = n_groups * k * (1 if op == "logsumexp" else 2)
+    warps = max(1, min(8, tn * bq // 512))
+    _trace("col_split", op=op, k=k, chunk=chunk, lag=lag, tn=tn, bq=bq, warps=warps)
+    _launch(
+        _col_split_kernel, items,
+        (x, G, Y, part, cnt, n, Q, s_p, s_n, s_q, so_p, so_q, n_groups, nqt, k, chunk, lag),
+        dict(OP=OP, TN=tn, BQ=bq, KP=kp, **_hints(cfg)), warps,
+    )  # fmt: skip
+
+
+def _softmax_forward(
+    x: torch.Tensor,
+    dim: int = -1,
+    log: bool = False,
+    *,
+    out: torch.Tensor | None = None,
+    cfg: dict[str, Any] | None = None,
+):
+    """softmax (log=False) or log_softmax (log=True) of x over `dim`; same dtype and shape,
+    and x's strides when x is dense. Float32 arithmetic inside.
+
+    out: optional result tensor (same shape and dtype as x; may be x itself: every kernel
+    reads a chunk before it writes it, and a row is only written after all of it was read
+    for its reduction). With other strides than x, the result goes through a temporary."""
+    name = "twopass.triton.log_softmax" if log else "twopass.triton.softmax"
+    _check(x, name)
+    cfg = _config(cfg)
+    if out is not None:
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(f"{name}: out must have x's shape, dtype and device")
+    if x.dim() == 0:
+        y = _softmax_forward(x.reshape(1), 0, log, cfg=cfg).reshape(())
+        return y if out is None else out.copy_(y)
+    dim = _norm_dim(dim, x.dim(), name)
+    if x.numel() == 0:
+        return torch.empty_like(x) if out is None else out
+    x, lay = _prepare(x, dim)
+    direct = out is not None and out.stride() == x.stride()
+    y = out if direct else torch.empty_like(x)
+    _run("log_softmax" if log else "softmax", x, None, y, lay, None, cfg)
+    if out is not None and not direct:
+        return out.copy_(y)
+    return y
+
+
+def _softmax_backward(
+    grad: torch.Tensor, y: torch.Tensor, dim: int = -1, log: bool = False, *, cfg: dict[str, Any] | None = None
+):
+    """Gradient wrt the input of softmax (log=False): y * (g - sum(g * y)), or of
+    log_softmax (log=True): g - exp(y) * sum(g); y is the forward's output."""
+    name = "twopass.triton.log_softmax_backward" if log else "twopass.triton.softmax_backward"
+    _check(y, name)
+    _check(grad, name)
+    if grad.shape != y.shape:
+        raise ValueError(f"{name}: grad has shape {tuple(grad.shape)}, output {tuple(y.shape)}")
+    cfg = _config(cfg)
+    if y.dim() == 0:
+        return _softmax_backward(grad.reshape(1), y.reshape(1), 0, log, cfg=cfg).reshape(())
+    dim = _norm_dim(dim, y.dim(), name)
+    if y.numel() == 0:
+        return torch.empty_like(y)
+    y, lay = _prepare(y, dim)
+    grad = _same_layout(y, grad)
+    dx = torch.empty_like(y, dtype=grad.dtype) if grad.dtype != y.dtype else torch.empty_like(y)
+    _run("log_softmax_bwd" if log else "softmax_bwd", y, grad, dx, lay, None, cfg)
+    return dx
+
+
+def _reduced_shape(shape, dim: int, keepdim: bool) -> tuple[int, ...]:
+    s = list(shape)
+    if keepdim:
+        s[dim] = 1
+    else:
+        del s[dim]
+    return tuple(s)
+
+
+def _logsumexp_forward(x: torch.Tensor, dim: int = -1, keepdim: bool = False, *, cfg: dict[str, Any] | None = None):
+    """log(sum(exp(x))) over `dim`, in one pass over x; result in x's dtype, C order."""
+    name = "twopass.triton.logsumexp"
+    _check(x, name)
+    cfg = _config(cfg)
+    if x.dim() == 0:
+        return _logsumexp_forward(x.reshape(1), 0, False, cfg=cfg).reshape(())
+    dim = _norm_dim(dim, x.dim(), name)
+    out = torch.empty(_reduced_shape(x.shape, dim, keepdim), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    if x.shape[dim] == 0:
+        return out.fill_(float("-inf"))
+    x, lay = _prepare(x, dim)
+    outer, _, inner = lay[0], lay[1], lay[2]
+    _run("logsumexp", x, None, None, lay, out.view(outer, inner), cfg)
+    return out
+
+
+def _logsumexp_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    lse: torch.Tensor,
+    dim: int = -1,
+    keepdim: bool = False,
+    *,
+    cfg: dict[str, Any] | None = None,
+):
+    """Gradient of logsumexp wrt x: grad * exp(x - lse), grad and lse of the reduced shape."""
+    name = "twopass.triton.logsumexp_backward"
+    _check(x, name)
+    _check(grad, name)
+    cfg = _config(cfg)
+    if x.dim() == 0:
+        return _logsumexp_backward(grad.reshape(()), x.reshape(1), lse.reshape(()), 0, False, cfg=cfg).reshape(())
+    dim = _norm_dim(dim, x.dim(), name)
+    rshape = _reduced_shape(x.shape, dim, keepdim)
+    if tuple(grad.shape) != rshape or tuple(lse.shape) != rshape:
+        raise ValueError(f"{name}: grad and lse must have shape {rshape}")
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    x, lay = _prepare(x, dim)
+    outer, n, inner, s_o, s_n, s_i = lay
+    g = grad.contiguous().view(outer, inner)
+    lse = lse.contiguous().view(outer, inner)
+    dx = torch.empty_like(x, dtype=grad.dtype) if grad.dtype != x.dtype else torch.empty_like(x)
+    vec = 16 // x.element_size()
+    if s_n == 1 or n == 1:
+        block = min(_pow2(n), 4096)
+        rows = max(1, min(4096 // block, _pow2(outer * inner)))
+        nb = triton.cdiv(n, block)
+        _trace("lse_bwd_row", block=block, rows=rows)
+        _launch(
+            _lse_bwd_row_kernel, triton.cdiv(outer * inner, rows) * nb,
+            (x, g, lse, dx, outer * inner, n, inner, s_o, s_i, s_n, nb),
+            dict(ROWS=rows, BLOCK=block), max(1, min(8, rows * block // 512)),
+        )  # fmt: skip
+        return dx
+    if inner > 1 and s_i == 1:
+        P, Q, s_p, s_q, so_p, so_q = outer, inner, s_o, s_i, inner, 1
+    else:
+        P, Q, s_p, s_q, so_p, so_q = inner, outer, s_i, s_o, 1, inner
+    bq = min(_pow2(Q), cfg["col_bq"] or vec * 32)
+    tn = max(1, min(_pow2(n), cfg["col_tile_elems"] // bq))
+    nqt = triton.cdiv(Q, bq)
+    nb = triton.cdiv(n, tn)
+    _trace("lse_bwd_col", tn=tn, bq=bq)
+    _launch(
+        _lse_bwd_col_kernel, P * nqt * nb, (x, g, lse, dx, n, Q, s_p, s_n, s_q, so_p, so_q, nqt, nb),
+        dict(TN=tn, BQ=bq), max(1, min(8, tn * bq // 512)),
+    )  # fmt: skip
+    return dx
