@@ -208,11 +208,14 @@ def _check_out(
 def _layout(a: np.ndarray, ax: int) -> tuple[int, int, int, int, int] | None:
     """(outer, n, inner, outer stride, axis stride) in elements, or None when the dims
     before `axis` do not merge into one stride or those after it are not C-contiguous."""
+    shape = a.shape
+    if a.flags.c_contiguous:  # the common case, without looking at strides
+        inner = math.prod(shape[ax + 1 :])
+        return math.prod(shape[:ax]), shape[ax], inner, shape[ax] * inner, inner
     item = a.itemsize
     if any(s % item for s in a.strides):
         return None
     st = [s // item for s in a.strides]
-    shape = a.shape
     inner = math.prod(shape[ax + 1 :])
     expect = 1
     for k in range(a.ndim - 1, ax, -1):  # dims after the axis: C-contiguous block
