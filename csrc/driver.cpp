@@ -90,7 +90,6 @@ template <class T> struct Exec {
   const Prims<T>& P;
   Group<T> g;
   int chunks;  // 1 = run inline
-  bool stream;
 
   Group<T> chunk(int c) const {
     const int64_t len = (g.n + chunks - 1) / chunks;
@@ -194,11 +193,10 @@ template <class T> struct Runner {
   const PrimPair<T>& prims;
   Job job;
   bool stream;
-  T* lse_out;          // logsumexp: one output per lane (stride 1 across lanes)
   int chunks = 1;
 
   const Prims<T>& pick(const Group<T>& g) const { return (g.lanes == 1 && g.sx == 1 && g.sy == 1) ? prims.row : prims.panel; }
-  Exec<T> exec(const Group<T>& g) const { return Exec<T>{pick(g), g, chunks, stream}; }
+  Exec<T> exec(const Group<T>& g) const { return Exec<T>{pick(g), g, chunks}; }
 
   void run(const Group<T>& g, T* lse) const {
     switch (job.algo) {
