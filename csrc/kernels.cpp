@@ -477,9 +477,9 @@ template <class T, class Vis> void map_panel(const Group<T>& g, Vis& vis) {
 // The primitives of twopass.h, one template per loop shape.
 // ---------------------------------------------------------------------------------
 template <class T, bool Panel> struct Prim {
-  static void load(Params<T>& p, const T* a, const Group<T>& g, T fill) {
+  static void load(Params<T>& p, const T* a, const Group<T>& g) {
     if (Panel)
-      p.panel(a, g.lanes, fill);
+      p.panel(a, g.lanes, 0);
     else
       p.row(a);
   }
@@ -498,7 +498,7 @@ template <class T, bool Panel> struct Prim {
 
   template <bool Shifted> static void pair_sum_impl(const Group<T>& g, const T* shift, Pair* out) {
     PairSumVisitor<T, Shifted> v;
-    if (Shifted) load(v.shift, shift, g, 0);
+    if (Shifted) load(v.shift, shift, g);
     v.out = out;
     reduce(g, v);
   }
@@ -508,9 +508,9 @@ template <class T, bool Panel> struct Prim {
   template <bool Shifted>
   static void pair_write_impl(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
     PairWriteVisitor<T, Shifted> v;
-    if (Shifted) load(v.shift, shift, g, 0);
-    load(v.scale, scale, g, 0);
-    load(v.E, E, g, 0);
+    if (Shifted) load(v.shift, shift, g);
+    load(v.scale, scale, g);
+    load(v.E, E, g);
     map(g, v, stream);
   }
   static void pair_write(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
@@ -523,7 +523,7 @@ template <class T, bool Panel> struct Prim {
   }
   static void sumexp(const Group<T>& g, const T* m, double* s) {
     SumExpVisitor<T> v;
-    load(v.mx, m, g, 0);
+    load(v.mx, m, g);
     v.out = s;
     reduce(g, v);
     v.finish(Panel ? g.lanes : 1);
@@ -538,7 +538,7 @@ template <class T, bool Panel> struct Prim {
   static void exp_store_sum(const Group<T>& g, const T* m, double* s, bool stream) {
     // Sums are folded per block as in reduce_*: run the map block by block.
     ExpStoreSumVisitor<T> v;
-    load(v.mx, m, g, 0);
+    load(v.mx, m, g);
     v.out = s;
     const int k = Panel ? g.lanes : 1;
     v.init_out(k);
@@ -559,19 +559,19 @@ template <class T, bool Panel> struct Prim {
   }
   static void exp_scale(const Group<T>& g, const T* m, const T* c, bool stream) {
     ExpScaleVisitor<T> v;
-    load(v.mx, m, g, 0);
-    load(v.c, c, g, 0);
+    load(v.mx, m, g);
+    load(v.c, c, g);
     map(g, v, stream);
   }
   static void scale(const Group<T>& g, const T* c, bool stream) {
     ScaleVisitor<T> v;
-    load(v.c, c, g, 0);
+    load(v.c, c, g);
     map(g, v, stream);
   }
   static void sub2(const Group<T>& g, const T* hi, const T* lo, bool stream) {
     Sub2Visitor<T> v;
-    load(v.hi, hi, g, 0);
-    load(v.lo, lo, g, 0);
+    load(v.hi, hi, g);
+    load(v.lo, lo, g);
     map(g, v, stream);
   }
 

@@ -3,10 +3,10 @@
 They compute in np.longdouble (80-bit on x86-64: 11 more bits than float64), so that
 they are accurate enough to judge float64 kernels too.
 
-The tests compare every kernel against these, and the benchmark uses them as the plain
-three-pass NumPy peer. Special values follow DESIGN.md (as torch): a row holding NaN or
-+inf, or only -inf, gives NaN for softmax and log_softmax; logsumexp gives NaN, +inf
-or -inf respectively; an empty axis gives -inf for logsumexp.
+The tests and the accuracy report compare every kernel against these. Special values
+follow DESIGN.md (as torch): a row holding NaN or +inf, or only -inf, gives NaN for
+softmax and log_softmax; logsumexp gives NaN, +inf or -inf respectively; an empty axis
+gives -inf for logsumexp.
 """
 
 from __future__ import annotations
@@ -60,11 +60,3 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     with np.errstate(invalid="ignore", under="ignore"):
         y = np.exp(_log_softmax_wide(x, axis))
     return np.moveaxis(y, -1, axis).astype(np.float64)
-
-
-def three_pass_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """The textbook NumPy softmax in the input's own dtype (the benchmark's NumPy peer)."""
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    e /= np.sum(e, axis=axis, keepdims=True)
-    return e
