@@ -55,7 +55,7 @@ def _triton_ok(*ts: Tensor) -> bool:
 
 
 def _kernels():
-    from .triton import softmax as kernels  # imports triton: only when a CUDA tensor comes
+    from ..triton import softmax as kernels  # imports triton: only when a CUDA tensor comes
 
     return kernels
 
