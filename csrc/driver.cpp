@@ -14,26 +14,6 @@
 namespace tp {
 namespace {
 
-// ---------------------------------------------------------------------------------
-// Threads: run f(0..n-1) on n threads (the caller's is one of them). Spawned per call:
-// the driver only goes parallel when each thread has enough work that thread starts
-// (~20 us each) are noise: kMinPerThread elements for a batch split by rows (one
-// start), kMinPerChunk for a row split along its axis (one start per pass; measured:
-// a 64K-256K row was slower on 2 threads than on 1 with 32K).
-// ---------------------------------------------------------------------------------
-template <class F> void parallel(int n, F&& f) {
-  if (n <= 1) {
-    f(0);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(n - 1);
-  for (int t = 1; t < n; ++t) pool.emplace_back([&f, t] { f(t); });
-  f(0);
-  for (auto& th : pool) th.join();
-}
-constexpr int64_t kMinPerThread = 1 << 15;
-constexpr int64_t kMinPerChunk = 1 << 18;
 
 // Per-lane special values: what a row holds decides its result (DESIGN.md, Semantics).
 enum class Special { kNone, kNaN, kPosInf, kAllNegInf };
@@ -232,6 +212,10 @@ template <class T> struct Runner {
         const double fr = std::frexp(p.S, &ex2);
         A.b[l] = (T)(1.0 / fr);
         A.c[l] = (T)(p.E + ex2);
+        if (lse) {  // asked for alongside softmax (cross-entropy)
+          const DD d = lse_of_pair(p.S, p.E);
+          lse[l] = (T)((shift ? (double)shift[l] : 0.0) + d.hi + d.lo);
+        }
       } else {
         const DD d = lse_of_pair(p.S, p.E);
         if (job.op == Op::kLogSumExp) {
@@ -266,10 +250,8 @@ template <class T> struct Runner {
   }
 
   void special(const Group<T>& one, T* lse, Special kind) const {
-    if (job.op == Op::kLogSumExp)
-      *lse = special_lse<T>(kind);
-    else
-      fill_lane(one, 0, kNaN<T>);  // NaN, +inf, or all -inf: the whole row is NaN
+    if (lse) *lse = special_lse<T>(kind);
+    if (job.op != Op::kLogSumExp) fill_lane(one, 0, kNaN<T>);  // NaN, +inf, or all -inf: the whole row is NaN
   }
 
   // The max-first algorithms: three-pass reload, three-pass recompute, online.
@@ -304,7 +286,10 @@ template <class T> struct Runner {
         continue;
       }
       switch (job.op) {
-        case Op::kSoftmax: A.b[l] = (T)(1.0 / s); break;
+        case Op::kSoftmax:
+          A.b[l] = (T)(1.0 / s);
+          if (lse) lse[l] = (T)((double)A.a[l] + std::log(s));
+          break;
         case Op::kLogSoftmax: A.b[l] = (T)std::log(s); break;
         case Op::kLogSumExp: lse[l] = (T)((double)A.a[l] + std::log(s)); break;
       }
@@ -351,11 +336,11 @@ template <class T> void run_typed(const PrimPair<T>& prims, const Problem& pb, i
     g.sx = pb.xs_n;
     g.sy = lse ? 1 : pb.ys_n;
     g.lanes = (int)std::min<int64_t>(max_lanes, pb.inner - c0);
-    T* lse_out = lse ? y + o * pb.ys_outer + c0 : nullptr;
+    T* lse_out = lse ? y + o * pb.ys_outer + c0 : pb.lse ? static_cast<T*>(pb.lse) + o * pb.inner + c0 : nullptr;
     return std::make_pair(g, lse_out);
   };
   if (pb.n == 0) {  // empty axis: logsumexp is -inf (the empty sum), softmax writes nothing
-    if (lse)
+    if (lse || pb.lse)
       for (int64_t gi = 0; gi < groups; ++gi) {
         auto [g, out] = make(gi);
         for (int l = 0; l < g.lanes; ++l) out[l] = -std::numeric_limits<T>::infinity();
@@ -424,14 +409,14 @@ int panel_lanes(Isa isa, int dtype_bytes) {
   return t ? (dtype_bytes == 4 ? t->lanes_f32 : t->lanes_f64) : 1;
 }
 
-static const KernelTable& checked_table(Isa isa) {
+const KernelTable& kernels(Isa isa) {
   const KernelTable* t = table_for(isa);
   if (!t || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
   return *t;
 }
 
 void run(const Problem& pb, Isa isa, int threads, bool stream) {
-  const KernelTable& t = checked_table(isa);
+  const KernelTable& t = kernels(isa);
   if (pb.dtype_bytes == 4)
     run_typed<float>(t.f32, pb, threads, stream);
   else
@@ -446,7 +431,7 @@ Group<float> slice(const float* x, float* y, int64_t n, int part, int parts) {
 }  // namespace
 
 float read_pass(const float* x, int64_t n, Isa isa, int threads) {
-  const Prims<float>& P = checked_table(isa).f32.row;
+  const Prims<float>& P = kernels(isa).f32.row;
   std::vector<float> parts(threads);
   parallel(threads, [&](int t) { P.max(slice(x, nullptr, n, t, threads), &parts[t]); });
   float m = -INFINITY;
@@ -455,7 +440,7 @@ float read_pass(const float* x, int64_t n, Isa isa, int threads) {
 }
 
 void copy_pass(const float* x, float* y, int64_t n, Isa isa, int threads, bool stream) {
-  const Prims<float>& P = checked_table(isa).f32.row;
+  const Prims<float>& P = kernels(isa).f32.row;
   const float one = 1.0f;
   parallel(threads, [&](int t) { P.scale(slice(x, y, n, t, threads), &one, stream); });
 }

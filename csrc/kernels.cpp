@@ -474,6 +474,94 @@ template <class T, class Vis> void map_panel(const Group<T>& g, Vis& vis) {
 }
 
 // ---------------------------------------------------------------------------------
+// Cross-entropy helpers (twopass.h, CeRow). Rows only: logits are contiguous rows, and
+// each row is in cache when these run (cross_entropy.cpp), so they are plain loops.
+// ---------------------------------------------------------------------------------
+// x' = cap * tanh(x / cap). With y = x / cap, a = |y| and u = exp(-2a) (the kernels'
+// exp, argument <= 0): tanh(y) = y * (1 - u) / ((1 + u) * a). The error is a few ulp of
+// 1 in absolute terms (small |y| loses relative accuracy, which no loss notices); y is
+// clamped to +-1e30 so +-inf give +-cap, and the x86-style max/min (NaN in the second
+// operand wins) keep NaN.
+template <class T> struct SoftcapVisitor {
+  using V = Vec<T>;
+  using R = typename V::R;
+  static constexpr T kFill = 0;
+  R cap, inv;
+  inline R apply(int, R x) {
+    const R y = V::min(V::set1(T(1e30)), V::max(V::set1(T(-1e30)), V::mul(x, inv)));
+    const R a = V::max(V::set1(std::numeric_limits<T>::min()), V::max(y, V::sub(V::set1(0), y)));
+    const R u = Math<T>::exp(V::mul(V::set1(T(-2)), a));
+    const R t = V::div(V::mul(y, V::sub(V::set1(1), u)), V::mul(V::add(V::set1(1), u), a));
+    return V::mul(cap, t);
+  }
+};
+
+template <class T> void ce_softcap(const T* x, T* y, int64_t n, T cap) {
+  SoftcapVisitor<T> v;
+  v.cap = Vec<T>::set1(cap);
+  v.inv = Vec<T>::set1(T(1) / cap);
+  map_row(x, y, n, v, false);
+}
+
+// sum_j x_j * w_j (w null: sum_j x_j): T registers folded into double every block, so
+// long rows keep ~1 ulp. 0 * -inf = NaN, as torch's (x * w).sum() gives.
+template <class T> double ce_dot(const T* x, const T* w, int64_t n) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  constexpr int64_t kBlock = 16 * kUnroll * W;
+  double total = 0;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t end = std::min(n, b + kBlock);
+    R acc[kUnroll];
+    for (auto& r : acc) r = V::set1(0);
+    int64_t i = b;
+    for (; i + kUnroll * W <= end; i += kUnroll * W)
+      for (int u = 0; u < kUnroll; ++u)
+        acc[u] = w ? V::fma(V::load(x + i + u * W), V::load(w + i + u * W), acc[u]) : V::add(acc[u], V::load(x + i + u * W));
+    for (; i < end; i += W) {
+      const int k = (int)std::min<int64_t>(W, end - i);
+      const R xv = V::load_partial(x + i, k, 0);
+      acc[0] = w ? V::fma(xv, V::load_partial(w + i, k, 0), acc[0]) : V::add(acc[0], xv);
+    }
+    for (int u = 1; u < kUnroll; ++u) acc[0] = V::add(acc[0], acc[u]);
+    total += V::hsum_wide(acc[0]);
+  }
+  return total;
+}
+
+// The gradient from the softmax p in y: y_j = (a * p_j - c * w_j) * d_j, with w_j = 1
+// when w is null and d_j = 1 - (xc_j / cap)^2 (the soft-cap's derivative, from the
+// capped logits xc) when xc is not null.
+template <class T, bool Weighted, bool Capped>
+void ce_finish_impl(T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  const R av = V::set1(a), cv = V::set1(c), iv = V::set1(inv_cap), one = V::set1(1);
+  auto f = [&](R p, const T* wp, const T* xp, int k) {
+    R g = Weighted ? V::sub(V::mul(av, p), V::mul(cv, V::load_partial(wp, k, 0))) : V::sub(V::mul(av, p), cv);
+    if (Capped) {
+      const R s = V::mul(V::load_partial(xp, k, 0), iv);
+      g = V::mul(g, V::sub(one, V::mul(s, s)));
+    }
+    return g;
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) V::store(y + i, f(V::load(y + i), w + i, xc + i, W));
+  if (i < n) {
+    const int k = (int)(n - i);
+    V::store_partial(y + i, f(V::load_partial(y + i, k, 0), w + i, xc + i, k), k);
+  }
+}
+template <class T> void ce_finish(T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap) {
+  if (w)
+    xc ? ce_finish_impl<T, true, true>(y, xc, w, n, a, c, inv_cap) : ce_finish_impl<T, true, false>(y, xc, w, n, a, c, inv_cap);
+  else
+    xc ? ce_finish_impl<T, false, true>(y, xc, w, n, a, c, inv_cap) : ce_finish_impl<T, false, false>(y, xc, w, n, a, c, inv_cap);
+}
+
+// ---------------------------------------------------------------------------------
 // The primitives of twopass.h, one template per loop shape.
 // ---------------------------------------------------------------------------------
 template <class T, bool Panel> struct Prim {
@@ -592,6 +680,8 @@ const tp::KernelTable& table() {
       kUnroll * Vec<double>::W,
       {Prim<float, false>::table(), Prim<float, true>::table()},
       {Prim<double, false>::table(), Prim<double, true>::table()},
+      {ce_softcap<float>, ce_dot<float>, ce_finish<float>},
+      {ce_softcap<double>, ce_dot<double>, ce_finish<double>},
   };
   return t;
 }

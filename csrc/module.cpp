@@ -2,8 +2,11 @@
 // lays the problem out; this only unpacks the arrays and releases the GIL.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 
+#include <optional>
 #include <stdexcept>
+#include <string>
 
 #include "driver.h"
 
@@ -45,6 +48,36 @@ void copy_pass(F32In x, F32Out y, int isa, int threads, bool stream) {
   tp::copy_pass(x.data(), y.data(), (int64_t)x.shape(0), (tp::Isa)isa, threads, stream);
 }
 
+// The fused cross-entropy: per-row ce, z and lse into float64 arrays; grad (may be x)
+// is written when given. Arguments are checked by src/twopass/_cross_entropy.py.
+using I64In = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F64Out = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cpu> x, I64In target,
+                   std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
+                   double weight_total, int64_t ignore_index, double smoothing, double z_coef, double softcap,
+                   double s_ce, double s_z, std::optional<nb::ndarray<nb::ndim<2>, nb::device::cpu>> grad, F64Out ce,
+                   F64Out z, F64Out lse, int threads) {
+  const int bytes = dtype_bytes(x.dtype());
+  const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
+  auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass.cross_entropy: ") + what); };
+  if (n > 1 && x.stride(1) != 1) bad("classes must be contiguous");
+  if ((int64_t)target.shape(0) != rows || (int64_t)ce.shape(0) != rows || (int64_t)z.shape(0) != rows ||
+      (int64_t)lse.shape(0) != rows)
+    bad("per-row arrays must have one entry per row");
+  if (weight && (dtype_bytes(weight->dtype()) != bytes || (int64_t)weight->shape(0) != n)) bad("bad weight");
+  if (grad && (dtype_bytes(grad->dtype()) != bytes || (int64_t)grad->shape(0) != rows ||
+               (int64_t)grad->shape(1) != n || (n > 1 && grad->stride(1) != 1)))
+    bad("bad grad");
+  if (threads < 1 || algo < 0 || algo > 3 || isa < 0 || isa > 3) bad("bad arguments");
+  tp::CeProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),
+                   weight ? weight->data() : nullptr, weight_total, ignore_index, smoothing, z_coef, softcap,
+                   s_ce, s_z, grad ? grad->data() : nullptr, grad && rows > 1 ? (int64_t)grad->stride(0) : n,
+                   ce.data(), z.data(), lse.data(), (tp::Algo)algo};
+  nb::gil_scoped_release release;
+  tp::cross_entropy(pb, (tp::Isa)isa, threads);
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -56,6 +89,10 @@ NB_MODULE(_core, m) {
         "Memory-bandwidth probe: one read of a float32 array (returns its maximum).");
   m.def("copy_pass", &copy_pass, nb::arg("x"), nb::arg("y"), nb::arg("isa"), nb::arg("threads"), nb::arg("stream"),
         "Memory-bandwidth probe: y = x, with or without streaming stores.");
+  m.def("cross_entropy", &cross_entropy, nb::arg("isa"), nb::arg("algo"), nb::arg("x"), nb::arg("target"),
+        nb::arg("weight").none(), nb::arg("weight_total"), nb::arg("ignore_index"), nb::arg("smoothing"),
+        nb::arg("z_coef"), nb::arg("softcap"), nb::arg("s_ce"), nb::arg("s_z"), nb::arg("grad").none(),
+        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"));
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
   m.def("panel_lanes", [](int isa, int bytes) { return tp::panel_lanes((tp::Isa)isa, bytes); });

@@ -4,7 +4,7 @@
 // TP_ISA_AVX512 defined (and the matching -m flags); this header picks the matching
 // Vec<float> / Vec<double>. Everything the kernels need from the hardware is here:
 //   load / load_partial (missing lanes read as `fill`), store / store_partial / stream,
-//   add, sub, mul, fma (a*b + c), max (x86 semantics: returns b when either is NaN),
+//   add, sub, mul, div, fma (a*b + c), max (x86 semantics: returns b when either is NaN),
 //   round (to nearest even), scale_acc(v, k) = v * 2^k for sums (results below the
 //   normal range may flush to 0), scale_out(v, k) = v * 2^k correctly rounded into the
 //   subnormal range (for outputs), hmax / hsum_wide (horizontal maximum, and sum
@@ -73,6 +73,7 @@ template <class T> struct Vec {
   static R add(R a, R b) { return a + b; }
   static R sub(R a, R b) { return a - b; }
   static R mul(R a, R b) { return a * b; }
+  static R div(R a, R b) { return a / b; }
   static R fma(R a, R b, R c) { return a * b + c; }
   static R max(R a, R b) { return a > b ? a : b; }
   static R min(R a, R b) { return a < b ? a : b; }
@@ -120,6 +121,7 @@ template <> struct Vec<float> {
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R max(R a, R b) { return _mm256_max_ps(a, b); }
   static R min(R a, R b) { return _mm256_min_ps(a, b); }
@@ -163,6 +165,7 @@ template <> struct Vec<double> {
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R div(R a, R b) { return _mm256_div_pd(a, b); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R max(R a, R b) { return _mm256_max_pd(a, b); }
   static R min(R a, R b) { return _mm256_min_pd(a, b); }
@@ -200,6 +203,7 @@ template <> struct Vec<float> {
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
   static R min(R a, R b) { return _mm512_min_ps(a, b); }
@@ -230,6 +234,7 @@ template <> struct Vec<double> {
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R div(R a, R b) { return _mm512_div_pd(a, b); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R max(R a, R b) { return _mm512_max_pd(a, b); }
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
@@ -267,6 +272,7 @@ template <> struct Vec<float> {
   static R add(R a, R b) { return vaddq_f32(a, b); }
   static R sub(R a, R b) { return vsubq_f32(a, b); }
   static R mul(R a, R b) { return vmulq_f32(a, b); }
+  static R div(R a, R b) { return vdivq_f32(a, b); }
   static R fma(R a, R b, R c) { return vfmaq_f32(c, a, b); }
   static R max(R a, R b) { return vbslq_f32(vcgtq_f32(a, b), a, b); }
   static R min(R a, R b) { return vbslq_f32(vcltq_f32(a, b), a, b); }
@@ -306,6 +312,7 @@ template <> struct Vec<double> {
   static R add(R a, R b) { return vaddq_f64(a, b); }
   static R sub(R a, R b) { return vsubq_f64(a, b); }
   static R mul(R a, R b) { return vmulq_f64(a, b); }
+  static R div(R a, R b) { return vdivq_f64(a, b); }
   static R fma(R a, R b, R c) { return vfmaq_f64(c, a, b); }
   static R max(R a, R b) { return vbslq_f64(vcgtq_f64(a, b), a, b); }
   static R min(R a, R b) { return vbslq_f64(vcltq_f64(a, b), a, b); }

@@ -114,11 +114,24 @@ template <class T> struct PrimPair {
   Prims<T> row, panel;
 };
 
+// Row helpers of the fused cross-entropy (cross_entropy.cpp; docs/cross_entropy.md).
+template <class T> struct CeRow {
+  // y = cap * tanh(x / cap): the soft-capped logits.
+  void (*softcap)(const T* x, T* y, int64_t n, T cap);
+  // sum_j x_j * w_j, or sum_j x_j when w is null (the label-smoothing term).
+  double (*dot)(const T* x, const T* w, int64_t n);
+  // y_j = (a * y_j - c * w_j) * (1 - (xc_j * inv_cap)^2): the gradient from the softmax
+  // in y; w null means w_j = 1, xc null means no soft-cap.
+  void (*finish)(T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap);
+};
+
 struct KernelTable {
   const char* isa;
   int lanes_f32, lanes_f64;  // lanes of one panel call
   PrimPair<float> f32;
   PrimPair<double> f64;
+  CeRow<float> ce_f32;
+  CeRow<double> ce_f64;
 };
 
 // Domain of the extended-exponent kernels, per element type. Inside it the range

@@ -66,6 +66,7 @@ template <class T> T x86_min(T a, T b) { return a < b ? a : b; }
   inline V _mm512_add_##SUF(V a, V b) { return emu::map2(a, b, [](T x, T y) { return x + y; }); }         \
   inline V _mm512_sub_##SUF(V a, V b) { return emu::map2(a, b, [](T x, T y) { return x - y; }); }         \
   inline V _mm512_mul_##SUF(V a, V b) { return emu::map2(a, b, [](T x, T y) { return x * y; }); }         \
+  inline V _mm512_div_##SUF(V a, V b) { return emu::map2(a, b, [](T x, T y) { return x / y; }); }         \
   inline V _mm512_fmadd_##SUF(V a, V b, V c) {                                                            \
     for (int i = 0; i < N; ++i) a.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);                                \
     return a;                                                                                             \

@@ -1,0 +1,95 @@
+// The fused cross-entropy (docs/cross_entropy.md) over the softmax kernels.
+//
+// Each thread takes whole rows. Per row: the soft-capped copy (when asked), the target
+// logit and the label-smoothing sum, then either logsumexp (loss only: one pass) or the
+// softmax with its lse (one pass over memory, the second from cache), and the gradient
+// written in place over that softmax. A row of the large-vocabulary losses this is for
+// (32K-256K classes) fits in L2 or L3, so the logits are read from memory once.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "driver.h"
+
+namespace tp {
+namespace {
+
+template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa, int64_t lo, int64_t hi) {
+  const T* x = static_cast<const T*>(pb.x);
+  T* grad = static_cast<T*>(pb.grad);
+  const T* w = static_cast<const T*>(pb.weight);
+  const int64_t n = pb.n;
+  const bool capped = pb.softcap > 0;
+  std::vector<T> capbuf(capped ? (size_t)n : 0);  // this thread's soft-capped row
+  const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
+
+  for (int64_t i = lo; i < hi; ++i) {
+    const T* xr = x + i * pb.xs;
+    T* gr = grad ? grad + i * pb.gs : nullptr;
+    const int64_t t = pb.target[i];
+    const T* src = xr;
+    if (capped) {
+      ce.softcap(xr, capbuf.data(), n, (T)pb.softcap);
+      src = capbuf.data();
+    }
+    const bool ignored = t == pb.ignore_index;
+    const bool valid = !ignored && t >= 0 && t < n;
+    // Read before the softmax may overwrite the row (in-place gradient).
+    const double xt = valid ? (double)src[t] : 0.0;
+    const double wx = valid && eps > 0 ? ce.dot(src, w, n) : 0.0;
+
+    T lse_t;
+    Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), src, gr ? (void*)gr : (void*)&lse_t,
+               1, n, 1, n, 1, n, 1, 1};
+    if (gr) sp.lse = &lse_t;
+    run(sp, isa, 1, false);
+    const double lse = (double)lse_t;
+    pb.lse[i] = lse;
+
+    if (ignored) {
+      pb.ce[i] = pb.z[i] = 0;
+      if (gr) std::memset(gr, 0, sizeof(T) * n);
+      continue;
+    }
+    if (!valid) {  // the Python layer rejects these; stay safe without it
+      pb.ce[i] = pb.z[i] = nan;
+      if (gr)
+        for (int64_t j = 0; j < n; ++j) gr[j] = (T)nan;
+      continue;
+    }
+    const double wt = w ? (double)w[t] : 1.0;
+    double ce_i = (1 - eps) * wt * (lse - xt);
+    if (eps > 0) ce_i += eps / n * (pb.weight_total * lse - wx);
+    if (lse == INFINITY) ce_i = nan;  // a +inf logit: the softmax is NaN, as in torch
+    pb.ce[i] = ce_i;
+    pb.z[i] = pb.z_coef > 0 ? pb.z_coef * lse * lse : 0.0;
+    if (!gr) continue;
+
+    // dx'_j = A p_j - c w_j - [j == t] b, times the soft-cap's derivative.
+    const double A = pb.s_ce * ((1 - eps) * wt + eps / n * pb.weight_total) + pb.s_z * 2 * pb.z_coef * lse;
+    const double c = pb.s_ce * eps / n, b = pb.s_ce * (1 - eps) * wt;
+    const double pt = (double)gr[t];
+    const double inv_cap = capped ? 1.0 / pb.softcap : 0.0;
+    ce.finish(gr, capped ? src : nullptr, w, n, (T)A, (T)c, (T)inv_cap);
+    const double dt = capped ? 1 - (xt * inv_cap) * (xt * inv_cap) : 1.0;
+    gr[t] = (T)(((A * pt - c * wt) - b) * dt);
+  }
+}
+
+}  // namespace
+
+void cross_entropy(const CeProblem& pb, Isa isa, int threads) {
+  const KernelTable& K = kernels(isa);
+  if (pb.rows == 0) return;
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
+  parallel(threads, [&](int t) {
+    const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
+    if (pb.dtype_bytes == 4)
+      ce_rows<float>(pb, K.ce_f32, isa, lo, hi);
+    else
+      ce_rows<double>(pb, K.ce_f64, isa, lo, hi);
+  });
+}
+
+}  // namespace tp
