@@ -15,6 +15,25 @@
 namespace tp {
 namespace {
 
+// The loss of a row whose target logit is large (|x_t| >= 1024, e.g. logits near
+// FLT_MAX): lse - x_t would cancel in the rounded lse, so it is summed relative to the
+// row maximum m instead, in double (a slow path for absurd logits; it runs before an
+// in-place gradient overwrites the row). When |x_t| is small, a large lse makes
+// lse - x_t large and its rounding relatively small, so the fast formula is kept.
+template <class T> double huge_row_ce(const T* x, const T* w, int64_t n, int64_t t, double eps, double W, double wt) {
+  double m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, (double)x[j]);
+  double s = 0, swd = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    s += std::exp((double)x[j] - m);
+    if (eps > 0) swd += (w ? (double)w[j] : 1.0) * (m - (double)x[j]);
+  }
+  const double rel = std::log(s);  // lse = m + rel
+  double ce = (1 - eps) * wt * (rel + (m - (double)x[t]));
+  if (eps > 0) ce += eps / n * (W * rel + swd);
+  return ce;
+}
+
 template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa, int64_t lo, int64_t hi) {
   const T* x = static_cast<const T*>(pb.x);
   T* grad = static_cast<T*>(pb.grad);
@@ -38,6 +57,9 @@ template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa
     // Read before the softmax may overwrite the row (in-place gradient).
     const double xt = valid ? (double)src[t] : 0.0;
     const double wx = valid && eps > 0 ? ce.dot(src, w, n) : 0.0;
+    // |x_t| >= 1024: lse - x_t may cancel in the rounded lse; see huge_row_ce.
+    const bool huge = valid && !(std::fabs(xt) < 1024);
+    const double ce_huge = huge ? huge_row_ce(src, w, n, t, eps, pb.weight_total, w ? (double)w[t] : 1.0) : 0.0;
 
     T lse_t;
     Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), src, gr ? (void*)gr : (void*)&lse_t,
@@ -59,8 +81,13 @@ template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa
       continue;
     }
     const double wt = w ? (double)w[t] : 1.0;
-    double ce_i = (1 - eps) * wt * (lse - xt);
-    if (eps > 0) ce_i += eps / n * (pb.weight_total * lse - wx);
+    double ce_i;
+    if (huge) {
+      ce_i = ce_huge;
+    } else {
+      ce_i = (1 - eps) * wt * (lse - xt);
+      if (eps > 0) ce_i += eps / n * (pb.weight_total * lse - wx);
+    }
     if (lse == INFINITY) ce_i = nan;  // a +inf logit: the softmax is NaN, as in torch
     pb.ce[i] = ce_i;
     pb.z[i] = pb.z_coef > 0 ? pb.z_coef * lse * lse : 0.0;

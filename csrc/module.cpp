@@ -61,13 +61,13 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
   const int bytes = dtype_bytes(x.dtype());
   const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
   auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass.cross_entropy: ") + what); };
-  if (n > 1 && x.stride(1) != 1) bad("classes must be contiguous");
+  if (rows > 0 && n > 1 && x.stride(1) != 1) bad("classes must be contiguous");
   if ((int64_t)target.shape(0) != rows || (int64_t)ce.shape(0) != rows || (int64_t)z.shape(0) != rows ||
       (int64_t)lse.shape(0) != rows)
     bad("per-row arrays must have one entry per row");
   if (weight && (dtype_bytes(weight->dtype()) != bytes || (int64_t)weight->shape(0) != n)) bad("bad weight");
   if (grad && (dtype_bytes(grad->dtype()) != bytes || (int64_t)grad->shape(0) != rows ||
-               (int64_t)grad->shape(1) != n || (n > 1 && grad->stride(1) != 1)))
+               (int64_t)grad->shape(1) != n || (rows > 0 && n > 1 && grad->stride(1) != 1)))
     bad("bad grad");
   if (threads < 1 || algo < 0 || algo > 3 || isa < 0 || isa > 3) bad("bad arguments");
   tp::CeProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),

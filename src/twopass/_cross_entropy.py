@@ -38,6 +38,7 @@ def cross_entropy(
     grad_out: Any = None,
     algorithm: str = "auto",
     threads: int | None = None,
+    isa: str | None = None,
 ) -> Any:
     """Cross-entropy of `logits` (N, C) against class indices `target` (N,), fused with
     its gradient; the definition (torch's, plus z-loss and soft-capping) is
@@ -53,6 +54,7 @@ def cross_entropy(
     grad_out: an (N, C) array of the logits' dtype to write the gradient into (implies
       return_grad); it may be `logits` itself, which then holds the gradient afterwards.
     algorithm: the softmax inside, as in `twopass.softmax`. threads: as in `softmax`.
+    isa: force an instruction set (tests and benchmarks; default: the detected one).
 
     Returns the loss (a 0-d array, or (N,) for "none", of the logits' dtype), or a tuple
     (loss, z_loss?, lse?, grad?) with the requested extras in that order.
@@ -128,7 +130,7 @@ def cross_entropy(
     z = np.empty(rows)
     lse = np.empty(rows)
     args = dict(
-        isa=_dispatch.isa_code(None),
+        isa=_dispatch.isa_code(isa),
         algo=_ALGO_CODES[algo],
         weight=w,
         weight_total=weight_total,

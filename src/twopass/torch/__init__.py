@@ -5,11 +5,14 @@
     y = tpt.softmax(x, dim=-1)
     z = tpt.log_softmax(x, dim=0)
     l = tpt.logsumexp(x, dim=-1, keepdim=False)
+    loss = tpt.cross_entropy(logits, target, label_smoothing=0.1, z_loss=1e-4)
 
 CPU tensors run the C++ kernels, CUDA tensors the Triton kernels of `twopass.triton`.
-See `twopass.torch._ops` for the softmax family.
+See `twopass.torch._ops` for the softmax family, `twopass.torch._cross_entropy` for the
+fused loss (docs/cross_entropy.md).
 """
 
+from ._cross_entropy import cross_entropy
 from ._ops import log_softmax, logsumexp, softmax
 
-__all__ = ["log_softmax", "logsumexp", "softmax"]
+__all__ = ["cross_entropy", "log_softmax", "logsumexp", "softmax"]

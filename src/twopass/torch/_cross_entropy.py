@@ -1,0 +1,297 @@
+"""twopass.torch.cross_entropy: the fused loss of docs/cross_entropy.md with autograd.
+
+The forward computes the loss and, when the logits need a gradient, the gradient too
+(for an upstream gradient of 1), in the same call: one read of the logits from memory,
+the second pass over each row from cache. The backward only scales that stored gradient
+by the upstream gradient. By default into a new tensor (the graph stays reusable:
+retain_graph, gradcheck); with `inplace_backward=True` in place, where on CUDA a kernel
+reads the scalar on the device and returns at once when it is 1 (the usual training
+step). Nothing synchronises with the host, so the step is CUDA-graph capturable.
+
+- CPU tensors: the C++ kernels (`twopass.cross_entropy`). CUDA float32/float16/bfloat16:
+  the Triton kernels of `twopass.triton.cross_entropy`. CUDA float64: torch operations.
+- `inplace_backward=True` writes the gradient over the logits (peak extra memory
+  O(tokens), and no copy in the backward; the graph can then be run backward once).
+  Autograd knows: the logits are marked dirty, so an op that saved them for its own
+  backward raises torch's "modified by an inplace operation" error instead of
+  silently using the gradient as its input. The default never writes to the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._cross_entropy import REDUCTIONS
+
+__all__ = ["cross_entropy"]
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    return_z_loss: bool = False,
+    return_lse: bool = False,
+    inplace_backward: bool = False,
+):
+    """Cross-entropy of `logits` (N, C) against class indices `target` (N,), with the
+    options of `torch.nn.functional.cross_entropy` (weight, ignore_index, reduction,
+    label_smoothing) plus `z_loss` (coefficient of lse^2 per row) and `softcap`
+    (logits -> c * tanh(logits / c) first); definitions in docs/cross_entropy.md.
+
+    Returns the loss (of the logits' dtype), or a tuple (loss, z_loss?, lse?) with the
+    requested extras, which carry no gradient (they are for logging). With
+    `inplace_backward=True` the logits' storage holds the gradient after the call.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"twopass.torch.cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(
+            "twopass.torch.cross_entropy: expected logits (N, C) and target (N,), got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"twopass.torch.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not z_loss >= 0.0:
+        raise ValueError(f"twopass.torch.cross_entropy: z_loss must be >= 0, got {z_loss}")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"twopass.torch.cross_entropy: softcap must be > 0, got {softcap}")
+    cap = 0.0 if softcap is None else float(softcap)
+    opts = (int(ignore_index), reduction, float(label_smoothing), float(z_loss), cap)
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    if inplace_backward and need_grad:
+        loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)
+    else:
+        loss, z, lse, _ = torch.ops.twopass.cross_entropy(logits, target, weight, *opts, need_grad)
+    extras = ([z.detach()] if return_z_loss else []) + ([lse.detach()] if return_lse else [])
+    return (loss, *extras) if extras else loss
+
+
+# ----------------------------------------------------------------------------------
+# The computation, per device: (loss, z_loss, lse) and the gradient written into `grad`.
+# ----------------------------------------------------------------------------------
+def _compute(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+    if logits.device.type == "cpu":
+        return _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
+    if logits.device.type == "cuda" and logits.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return _triton(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
+    return _torch_ops(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
+
+
+def _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+    import twopass
+
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    loss, z, lse = twopass.cross_entropy(
+        x,
+        target.to(torch.int64),
+        weight=None if weight is None else weight.to(torch.float64 if x.dtype == torch.float64 else torch.float32),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=eps,
+        z_loss=zc,
+        softcap=cap or None,
+        return_z_loss=True,
+        return_lse=True,
+        grad_out=grad,
+    )[:3]
+    return loss, z, lse
+
+
+def _scales(target, weight, ignore_index, reduction, dtype):
+    """[s_ce, s_z] on the target's device, without reading anything on the host."""
+    valid = target != ignore_index
+    n_valid = valid.sum().to(dtype)
+    if weight is None:
+        wt_sum = n_valid
+    else:
+        wt_sum = torch.where(valid, weight.to(dtype)[target.clamp(0, weight.numel() - 1)], 0).sum()
+    if reduction != "mean":
+        return torch.ones(2, dtype=dtype, device=target.device), wt_sum, n_valid
+    return torch.stack([1 / wt_sum, 1 / n_valid]), wt_sum, n_valid
+
+
+def _reduce(ce, z, scale, reduction):
+    if reduction == "none":
+        return ce + z, z
+    if reduction == "sum":
+        return ce.sum() + z.sum(), z.sum()
+    zs = z.sum() * scale[1]
+    return ce.sum() * scale[0] + zs, zs
+
+
+def _triton(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+    from ..triton import cross_entropy as k  # imports triton: only when a CUDA tensor comes
+
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    scale, _, _ = _scales(target, weight, ignore_index, reduction, torch.float32)
+    ce, z, lse = k.cross_entropy_forward(
+        x,
+        target,
+        None if weight is None else weight.to(torch.float32).contiguous(),
+        scale,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        z_loss=zc,
+        softcap=cap or None,
+        grad=grad,
+    )
+    loss, zs = _reduce(ce, z, scale, reduction)
+    return loss.to(logits.dtype), zs.to(logits.dtype), lse
+
+
+def _torch_ops(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+    """The same definition in torch operations (CUDA float64, other devices)."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if cap:
+        x = cap * torch.tanh(x / cap)
+    C = x.shape[1]
+    valid = target != ignore_index
+    t = torch.where(valid, target, 0)
+    w = torch.ones(C, dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+    lse = torch.logsumexp(x, 1)
+    wt = w[t]
+    ce = (1 - eps) * wt * (lse - x.gather(1, t[:, None])[:, 0])
+    if eps > 0:
+        ce = ce + eps / C * (w.sum() * lse - (x * w).sum(1))
+    ce = torch.where(valid, ce, 0)
+    z = torch.where(valid, zc * lse * lse, 0) if zc > 0 else torch.zeros_like(lse)
+    scale, _, _ = _scales(target, weight, ignore_index, reduction, x.dtype)
+    if grad is not None:
+        p = torch.exp(x - lse[:, None])
+        A = scale[0] * ((1 - eps) * wt + eps / C * w.sum()) + scale[1] * 2 * zc * lse
+        d = A[:, None] * p - scale[0] * eps / C * w
+        d = d.scatter_add(1, t[:, None], (-scale[0] * (1 - eps) * wt)[:, None])
+        if cap:
+            d = d * (1 - (x / cap) ** 2)
+        grad.copy_(torch.where(valid[:, None], d, 0))
+    loss, zs = _reduce(ce, z, scale, reduction)
+    return loss.to(logits.dtype), zs.to(logits.dtype), lse.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+# ----------------------------------------------------------------------------------
+# Custom ops.
+# ----------------------------------------------------------------------------------
+def _out_shapes(logits, reduction):
+    n = logits.shape[0]
+    lead = [n] if reduction == "none" else []
+    lse_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return lead, lse_dtype
+
+
+@torch.library.custom_op("twopass::cross_entropy", mutates_args=())
+def _ce(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else logits.new_empty(0)
+    loss, z, lse = _compute(
+        logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, grad if need_grad else None
+    )
+    return loss.contiguous(), z.contiguous(), lse.contiguous(), grad
+
+
+@_ce.register_fake
+def _(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, need_grad):
+    lead, lse_dtype = _out_shapes(logits, reduction)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if need_grad else logits.new_empty(0)
+    return (logits.new_empty(lead), logits.new_empty(lead), logits.new_empty(logits.shape[:1], dtype=lse_dtype), grad)
+
+
+@torch.library.custom_op("twopass::cross_entropy_inplace", mutates_args=("logits",))
+def _ce_inplace(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    loss, z, lse = _compute(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, logits)
+    return loss.contiguous(), z.contiguous(), lse.contiguous()
+
+
+@_ce_inplace.register_fake
+def _(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
+    lead, lse_dtype = _out_shapes(logits, reduction)
+    return logits.new_empty(lead), logits.new_empty(lead), logits.new_empty(logits.shape[:1], dtype=lse_dtype)
+
+
+@torch.library.custom_op("twopass::cross_entropy_scale_grad_", mutates_args=("grad",))
+def _scale_grad_(grad: Tensor, g: Tensor) -> None:
+    """grad *= g (0-d: the loss was reduced; (N,): per row, reduction "none")."""
+    if grad.device.type == "cuda" and grad.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        from ..triton import cross_entropy as k
+
+        k.scale_grad_(grad, g)
+    elif g.dim() == 0:
+        if grad.device.type != "cpu" or float(g) != 1.0:  # on the CPU reading g is free
+            grad.mul_(g.to(grad.dtype))
+    else:
+        grad.mul_(g.to(grad.dtype)[:, None])
+
+
+@_scale_grad_.register_fake
+def _(grad, g):
+    return None
+
+
+@torch.library.custom_op("twopass::cross_entropy_backward", mutates_args=())
+def _ce_backward(grad: Tensor, g: Tensor) -> Tensor:
+    """grad * g as a new tensor: the stored gradient stays valid, so the graph can be
+    run backward again (retain_graph, gradcheck). inplace_backward=True avoids the copy."""
+    wide = torch.promote_types(grad.dtype, torch.float32)
+    g = g.to(wide) if g.dim() == 0 else g.to(wide)[:, None]
+    return (grad.to(wide) * g).to(grad.dtype)
+
+
+@_ce_backward.register_fake
+def _(grad, g):
+    return torch.empty_like(grad)
+
+
+def _setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[3])
+
+
+def _backward(ctx, g_loss, g_z, g_lse, g_grad):
+    (grad,) = ctx.saved_tensors
+    return torch.ops.twopass.cross_entropy_backward(grad, g_loss), None, None, None, None, None, None, None, None
+
+
+_ce.register_autograd(_backward, setup_context=_setup)
+
+
+class _InPlace(torch.autograd.Function):
+    """The in-place variant: the logits become their own gradient, marked dirty."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, cap):
+        loss, z, lse = torch.ops.twopass.cross_entropy_inplace(
+            logits, target, weight, ignore_index, reduction, eps, zc, cap
+        )
+        ctx.mark_dirty(logits)
+        ctx.mark_non_differentiable(z, lse)
+        ctx.save_for_backward(logits)
+        return loss, z, lse, logits
+
+    @staticmethod
+    def backward(ctx, g_loss, g_z, g_lse, g_logits):
+        (grad,) = ctx.saved_tensors
+        torch.ops.twopass.cross_entropy_scale_grad_(grad, g_loss)
+        return grad, None, None, None, None, None, None, None

@@ -1,0 +1,452 @@
+"""twopass.cross_entropy (NumPy) and twopass.torch.cross_entropy (autograd) against an
+independent float64 reference: torch.nn.functional.cross_entropy on the (soft-capped)
+logits, plus the z-loss formula, and its autograd gradient (docs/cross_entropy.md).
+
+Bounds, in units of the compute dtype's unit roundoff u:
+  per-row loss:  |loss - ref| <= 16 u (1 + |lse| + |x_t| + cap) * (weights' scale)
+  gradient:      |g - ref|    <= 16 u (max over the row of |ref| + its scale) * (1 + cap)
+(lse - x_t cancels, so the error is relative to the terms, not to the loss; a soft-cap
+adds tanh's absolute error, a few u of the cap.) float16/bfloat16 add one rounding of
+the output.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import twopass
+from conftest import ISA_PARAMS, unit_roundoff
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+tpt = pytest.importorskip("twopass.torch")
+
+DTYPES = (np.float32, np.float64, np.float16, ml_dtypes.bfloat16)
+
+
+# ----------------------------------------------------------------------------------
+# The reference: torch in float64 on the same (rounded) inputs.
+# ----------------------------------------------------------------------------------
+def reference(x, t, *, weight=None, ignore_index=-100, reduction="mean", eps=0.0, zc=0.0, cap=None, upstream=None):
+    """(loss, z_loss, lse, grad) in float64 numpy."""
+    xt = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)
+    xc = cap * torch.tanh(xt / cap) if cap else xt
+    tt = torch.tensor(np.asarray(t, dtype=np.int64))
+    w = None if weight is None else torch.tensor(np.asarray(weight, dtype=np.float64))
+    ce = F.cross_entropy(xc, tt, weight=w, ignore_index=ignore_index, reduction="none", label_smoothing=eps)
+    lse = torch.logsumexp(xc, 1)
+    valid = tt != ignore_index
+    z = torch.where(valid, zc * lse * lse, torch.zeros_like(lse))
+    if reduction == "none":
+        loss, zr = ce + z, z
+    elif reduction == "sum":
+        loss, zr = ce.sum() + z.sum(), z.sum()
+    else:
+        cem = F.cross_entropy(xc, tt, weight=w, ignore_index=ignore_index, reduction="mean", label_smoothing=eps)
+        zr = z.sum() / valid.sum()
+        loss = cem + zr
+    up = torch.ones_like(loss) if upstream is None else torch.tensor(np.asarray(upstream, dtype=np.float64))
+    g = torch.autograd.grad(loss, xt, up, allow_unused=True)[0] if xt.numel() else torch.zeros_like(xt)
+    return loss.detach().numpy(), zr.detach().numpy(), lse.detach().numpy(), g.numpy()
+
+
+def check(x, t, got_loss, got_grad, *, weight=None, cap=None, out_dtype=None, upstream=None, **kw):
+    """Compare with the reference within the bounds of the module docstring."""
+    ref_loss, _, ref_lse, ref_grad = reference(x, t, weight=weight, cap=cap, upstream=upstream, **kw)
+    cdt = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
+    u = unit_roundoff(cdt)
+    if out_dtype is not None:
+        u += float(ml_dtypes.finfo(out_dtype).eps) / 2 / 16
+    x64 = np.asarray(x, dtype=np.float64)
+    wscale = 1.0 if weight is None else float(np.max(np.abs(weight)))
+    valid = np.asarray(t) != kw.get("ignore_index", -100)
+    tt = np.where(valid, t, 0)
+    xt = np.abs(x64[np.arange(len(t)), tt]) if x64.size else np.zeros(len(t))
+    with np.errstate(invalid="ignore"):
+        scale_row = (1 + np.abs(ref_lse) + np.where(np.isfinite(xt), xt, 0) + (cap or 0)) * wscale
+    if kw.get("zc"):
+        scale_row = scale_row * (1 + kw["zc"] * np.abs(ref_lse) ** 2)
+    reduction = kw.get("reduction", "mean")
+    if reduction == "none":
+        loss_bound = 16 * u * scale_row
+    else:
+        loss_bound = 16 * u * (np.sum(np.where(valid, scale_row, 0)) + np.abs(ref_loss))
+    _assert_within("loss", np.asarray(got_loss, dtype=np.float64), ref_loss, loss_bound)
+    if got_grad is not None:
+        g64 = np.asarray(got_grad, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            rowmax = np.max(np.where(np.isfinite(ref_grad), np.abs(ref_grad), 0), axis=1, keepdims=True, initial=0)
+        # The target's p_t - 1 cancels: its terms are of the row's scale s * w_t (s = the
+        # reduction's 1 / sum of target weights, times the upstream gradient).
+        s = 1.0 / max(float(np.sum(np.where(valid, 1.0 if weight is None else np.asarray(weight)[tt], 0))), 1e-300)
+        s = s if reduction == "mean" else 1.0
+        up = np.abs(np.ones(len(t)) if upstream is None else np.broadcast_to(upstream, (len(t),)))
+        terms = (s * wscale * up * (1 + 2 * kw.get("zc", 0) * np.abs(ref_lse)))[:, None]
+        with np.errstate(invalid="ignore"):
+            terms = np.where(np.isfinite(terms), terms, 0)
+        bound = 16 * u * (rowmax + np.abs(ref_grad) + terms) * (1 + (cap or 0)) + 1e-300
+        _assert_within("grad", g64, ref_grad, bound)
+
+
+def _assert_within(what, got, ref, bound):
+    assert got.shape == ref.shape, (what, got.shape, ref.shape)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{what}: NaN pattern differs")
+    inf = np.isinf(ref)
+    np.testing.assert_array_equal(got[inf], ref[inf], err_msg=f"{what}: infinities differ")
+    fin = np.isfinite(ref)
+    err = np.abs(got - ref)
+    bad = fin & ~(err <= bound)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0]) if bad.ndim else ()
+        b = np.broadcast_to(bound, ref.shape)
+        raise AssertionError(
+            f"{what}: {bad.sum()} out of bound; at {i}: got {got[i]!r} ref {ref[i]!r} bound {b[i]:.3g}"
+        )
+
+
+def rand_case(rng, n, c, dtype, ignore=0.2):
+    x = (rng.standard_normal((n, c)) * 4).astype(dtype)
+    t = rng.integers(0, max(c, 1), n)
+    t[rng.random(n) < ignore] = -100
+    return x, t
+
+
+# ----------------------------------------------------------------------------------
+# NumPy API.
+# ----------------------------------------------------------------------------------
+OPTIONS = [
+    {},
+    {"weight": True},
+    {"eps": 0.1},
+    {"weight": True, "eps": 0.3},
+    {"zc": 1e-3},
+    {"cap": 5.0},
+    {"weight": True, "eps": 0.1, "zc": 1e-2, "cap": 3.0},
+]
+
+
+def call(x, t, *, weight=None, eps=0.0, zc=0.0, cap=None, **kw):
+    return twopass.cross_entropy(x, t, weight=weight, label_smoothing=eps, z_loss=zc, softcap=cap, **kw)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(o) or "plain")
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_against_torch(isa, opts, reduction, dtype):
+    rng = np.random.default_rng(7)
+    for n, c in [(9, 1), (5, 7), (13, 33), (6, 200), (3, 1031)]:  # SIMD tails, several blocks
+        x, t = rand_case(rng, n, c, dtype)
+        o = dict(opts)
+        if o.pop("weight", False):
+            o["weight"] = rng.uniform(0.1, 2.0, c).astype(dtype)
+        loss, grad = call(x, t, reduction=reduction, return_grad=True, isa=isa, **o)
+        assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == x.shape
+        check(x, t, loss, grad, reduction=reduction, **o)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_half_precision(dtype, reduction):
+    rng = np.random.default_rng(3)
+    x, t = rand_case(rng, 40, 301, dtype)
+    w = rng.uniform(0.5, 1.5, 301).astype(np.float32)
+    loss, grad = twopass.cross_entropy(x, t, weight=w, label_smoothing=0.05, reduction=reduction, return_grad=True)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    check(x, t, loss, grad, weight=w, eps=0.05, reduction=reduction, out_dtype=dtype)
+
+
+def test_half_blocks_and_in_place(monkeypatch):
+    """float16 rows go through float32 a block at a time, also when the gradient
+    replaces the logits."""
+    from twopass import _cross_entropy
+
+    monkeypatch.setattr(_cross_entropy, "_HALF_BLOCK_BYTES", 3 * 4 * 50)  # 3 rows a block
+    rng = np.random.default_rng(5)
+    x, t = rand_case(rng, 11, 50, np.float16)
+    x0 = x.copy()
+    ref = twopass.cross_entropy(x0, t, return_grad=True)
+    loss = twopass.cross_entropy(x, t, grad_out=x)[0]
+    assert loss == ref[0]
+    np.testing.assert_array_equal(x, ref[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extras_and_in_place(dtype):
+    rng = np.random.default_rng(11)
+    x, t = rand_case(rng, 17, 100, dtype)
+    x0 = x.copy()
+    loss, z, lse, grad = call(x, t, zc=1e-2, return_z_loss=True, return_lse=True, return_grad=True)
+    ref_loss, ref_z, ref_lse, _ = reference(x0, t, zc=1e-2)
+    u = unit_roundoff(dtype)
+    np.testing.assert_allclose(lse, ref_lse, rtol=8 * u, atol=8 * u)
+    np.testing.assert_allclose(z, ref_z, rtol=64 * u)
+    assert lse.dtype == dtype
+    # In place: the logits become the gradient, bit for bit the same as out of place.
+    out = call(x, t, zc=1e-2, grad_out=x)
+    assert out[0] == loss and out[1] is x
+    np.testing.assert_array_equal(x, grad)
+    np.testing.assert_array_equal(x0, x0)  # (x0 untouched: a copy)
+
+
+def test_threads_are_bitwise_deterministic():
+    rng = np.random.default_rng(2)
+    x, t = rand_case(rng, 64, 4099, np.float32)
+    a = twopass.cross_entropy(x, t, reduction="none", return_grad=True, threads=1)
+    b = twopass.cross_entropy(x, t, reduction="none", return_grad=True, threads=2)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("algorithm", ["two_pass", "three_pass_reload", "three_pass_recompute", "online"])
+def test_algorithms(algorithm):
+    rng = np.random.default_rng(4)
+    x, t = rand_case(rng, 8, 777, np.float32)
+    loss, grad = twopass.cross_entropy(x, t, return_grad=True, algorithm=algorithm, label_smoothing=0.1)
+    check(x, t, loss, grad, eps=0.1)
+
+
+def test_strided_views():
+    rng = np.random.default_rng(6)
+    big = (rng.standard_normal((20, 90)) * 3).astype(np.float32)
+    t = rng.integers(0, 45, 10)
+    for x in (big[::2, :45], big[::2, ::2], big[::2, 1:46], big.T[:45, :10].T):
+        loss, grad = twopass.cross_entropy(x, t, reduction="sum", return_grad=True)
+        check(np.ascontiguousarray(x), t, loss, grad, reduction="sum")
+        # a strided grad_out works too (through a temporary)
+        gbuf = np.zeros((10, 90), np.float32)
+        twopass.cross_entropy(x, t, reduction="sum", grad_out=gbuf[:, ::2])
+        np.testing.assert_array_equal(gbuf[:, ::2], grad)
+
+
+def test_one_row_and_empty():
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    loss, grad = twopass.cross_entropy(x, np.int64(2), return_grad=True)
+    assert loss.shape == () and grad.shape == (3,)
+    check(x[None], [2], loss, grad[None])
+    # no rows: mean is 0/0 = NaN (as torch), sum is 0
+    e = np.zeros((0, 5), np.float32)
+    assert np.isnan(twopass.cross_entropy(e, np.zeros(0, np.int64)))
+    assert twopass.cross_entropy(e, np.zeros(0, np.int64), reduction="sum") == 0
+    # every row ignored: NaN mean, zero gradient
+    x, t = rand_case(np.random.default_rng(1), 4, 6, np.float32, ignore=1.0)
+    loss, grad = twopass.cross_entropy(x, t, return_grad=True)
+    assert np.isnan(loss) and not grad.any()
+
+
+def test_special_values():
+    inf, nan = np.inf, np.nan
+    x = np.array(
+        [
+            [1.0, nan, 2.0, 0.5],  # NaN anywhere
+            [1.0, inf, 2.0, 0.5],  # +inf
+            [-inf, -inf, -inf, -inf],  # all -inf
+            [-inf, 1.0, 2.0, 0.5],  # -inf at the target
+            [1.0, -inf, 2.0, 0.5],  # -inf elsewhere
+            [3e38, 3e38, -3e38, 1.0],  # huge: never overflows
+            [-3e38, -3e38, -3e38, -3e38],  # huge negative, equal
+            [1e-40, -1e-42, 0.0, -0.0],  # subnormal
+        ],
+        np.float32,
+    )
+    t = np.array([0, 0, 1, 0, 2, 1, 3, 2])
+    for eps in (0.0, 0.2):
+        loss, grad = twopass.cross_entropy(x, t, reduction="none", label_smoothing=eps, return_grad=True)
+        ref_loss, _, _, ref_grad = reference(x, t, reduction="none", eps=eps)
+        np.testing.assert_array_equal(np.isnan(loss), np.isnan(ref_loss))
+        fin = np.isfinite(ref_loss)
+        np.testing.assert_array_equal(loss[~fin & ~np.isnan(ref_loss)], ref_loss[~fin & ~np.isnan(ref_loss)])
+        np.testing.assert_allclose(loss[fin], ref_loss[fin], rtol=1e-6, atol=1e-6)
+        # gradients of rows torch gives finite gradients for
+        ok = np.isfinite(ref_grad).all(axis=1)
+        np.testing.assert_allclose(grad[ok], ref_grad[ok], rtol=1e-5, atol=1e-6)
+        assert np.isnan(grad[:3]).all()  # NaN, +inf, all -inf: NaN rows, as torch
+    # soft-capped: +-inf become +-cap, NaN stays NaN
+    loss = twopass.cross_entropy(x, t, reduction="none", softcap=10.0)
+    ref_loss = reference(x, t, reduction="none", cap=10.0)[0]
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(ref_loss))
+    np.testing.assert_allclose(loss[~np.isnan(ref_loss)], ref_loss[~np.isnan(ref_loss)], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments():
+    x = np.zeros((3, 4), np.float32)
+    t = np.array([0, 1, 2])
+    with pytest.raises(ValueError, match="outside"):
+        twopass.cross_entropy(x, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        twopass.cross_entropy(x, np.array([0, -1, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        twopass.cross_entropy(x, t.astype(np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        twopass.cross_entropy(x.astype(np.int32), t)
+    with pytest.raises(ValueError, match="shape"):
+        twopass.cross_entropy(x, t[:2])
+    with pytest.raises(ValueError, match="reduction"):
+        twopass.cross_entropy(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        twopass.cross_entropy(x, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="softcap"):
+        twopass.cross_entropy(x, t, softcap=0.0)
+    with pytest.raises(ValueError, match="z_loss"):
+        twopass.cross_entropy(x, t, z_loss=-1.0)
+    with pytest.raises(ValueError, match="weight"):
+        twopass.cross_entropy(x, t, weight=np.ones(3))
+    with pytest.raises(ValueError, match="grad_out"):
+        twopass.cross_entropy(x, t, grad_out=np.zeros((3, 4), np.float64))
+    base = np.zeros((3, 5), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        twopass.cross_entropy(base[:, :4], t, grad_out=base[:, 1:])
+    with pytest.raises(ValueError, match="logits"):
+        twopass.cross_entropy(np.zeros((2, 3, 4), np.float32), t)
+    with pytest.raises(ValueError, match="algorithm"):
+        twopass.cross_entropy(x, t, algorithm="fast")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(0, 9),
+    c=st.integers(1, 70),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    eps=st.sampled_from([0.0, 0.05, 1.0]),
+    zc=st.sampled_from([0.0, 1e-3]),
+    cap=st.sampled_from([None, 2.0, 30.0]),
+    weighted=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scale=st.sampled_from([1e-3, 1.0, 30.0, 3000.0]),
+    seed=st.integers(0, 2**31),
+)
+def test_property(n, c, reduction, eps, zc, cap, weighted, dtype, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c)) * scale).astype(dtype)
+    t = rng.integers(-1, c, n)
+    w = rng.uniform(0, 3, c).astype(dtype) if weighted else None
+    loss, grad = twopass.cross_entropy(
+        x,
+        t,
+        weight=w,
+        ignore_index=-1,
+        reduction=reduction,
+        label_smoothing=eps,
+        z_loss=zc,
+        softcap=cap,
+        return_grad=True,
+    )
+    check(x, t, loss, grad, weight=w, ignore_index=-1, reduction=reduction, eps=eps, zc=zc, cap=cap)
+
+
+# ----------------------------------------------------------------------------------
+# torch: autograd, dtypes, compile, the in-place option.
+# ----------------------------------------------------------------------------------
+def _torch_case(n=12, c=97, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, c, (n,), generator=g)
+    t[::5] = -100
+    return x.to(dtype), t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_autograd(dtype, reduction):
+    x, t = _torch_case(dtype=dtype)
+    w = torch.rand(x.shape[1], dtype=torch.float64) + 0.5
+    opts = dict(weight=w.to(dtype), label_smoothing=0.1, z_loss=1e-3, softcap=20.0, reduction=reduction)
+    xa = (x.clone() * 1).requires_grad_()
+    loss = tpt.cross_entropy(xa, t, **opts)
+    assert loss.dtype == dtype
+    up = torch.rand(loss.shape, dtype=torch.float64) + 0.5 if reduction == "none" else torch.tensor(0.75)
+    loss.backward(up.to(dtype))
+    half = {torch.bfloat16: ml_dtypes.bfloat16, torch.float16: np.float16}.get(dtype)
+    # the reference sees the rounded inputs; half precision is computed in float32
+    xn = x.float().numpy() if half else x.numpy()
+    check(
+        xn,
+        t.numpy(),
+        loss.double().detach().numpy(),
+        xa.grad.double().numpy(),
+        weight=w.to(dtype).double().numpy(),
+        eps=0.1,
+        zc=1e-3,
+        cap=20.0,
+        reduction=reduction,
+        upstream=up.to(dtype).double().numpy(),
+        out_dtype=half,
+    )
+
+
+def test_torch_gradcheck():
+    x, t = _torch_case(n=5, c=9, dtype=torch.float64)
+    w = torch.rand(9, dtype=torch.float64) + 0.5
+    opts = dict(weight=w, label_smoothing=0.2, z_loss=0.01, softcap=4.0)
+    for red in ("mean", "sum", "none"):
+        assert torch.autograd.gradcheck(
+            lambda a, red=red: tpt.cross_entropy(a, t, reduction=red, **opts), (x.clone().requires_grad_(),)
+        )
+
+
+def test_torch_extras_and_no_grad():
+    x, t = _torch_case()
+    loss, z, lse = tpt.cross_entropy(x, t, z_loss=1e-2, return_z_loss=True, return_lse=True)
+    ref = reference(x.numpy(), t.numpy(), zc=1e-2)
+    np.testing.assert_allclose(lse.numpy(), ref[2], rtol=1e-6)
+    np.testing.assert_allclose(z.numpy(), ref[1], rtol=1e-5)
+    assert not z.requires_grad and not lse.requires_grad
+    with torch.no_grad():
+        xa = x.clone().requires_grad_()
+        assert torch.equal(tpt.cross_entropy(xa, t, z_loss=1e-2), loss)
+
+
+def test_torch_in_place_backward():
+    x, t = _torch_case(n=16, c=300)
+    ref = x.clone().requires_grad_()
+    F.cross_entropy(ref, t, label_smoothing=0.1).backward(torch.tensor(2.0))
+    leaf = x.clone().requires_grad_()
+    logits = leaf * 1.0  # a non-leaf, as a model's output
+    storage = logits.data_ptr()
+    loss = tpt.cross_entropy(logits, t, label_smoothing=0.1, inplace_backward=True)
+    loss.backward(torch.tensor(2.0))
+    torch.testing.assert_close(leaf.grad, ref.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logits.detach(), leaf.grad)  # the logits' storage holds it
+    assert logits.data_ptr() == storage
+    # Safety: an op that saved the logits for its backward must not see the gradient.
+    leaf2 = x.clone().requires_grad_()
+    h = leaf2 * 1.0
+    logits2 = torch.tanh(h)  # tanh saves its output (logits2) for backward
+    loss2 = tpt.cross_entropy(logits2, t, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss2.backward()
+    # The default leaves the logits untouched.
+    logits3 = leaf.detach().clone().requires_grad_()
+    before = logits3.detach().clone()
+    tpt.cross_entropy(logits3, t).backward()
+    assert torch.equal(logits3.detach(), before)
+
+
+def test_torch_compile_fullgraph():
+    x, t = _torch_case(n=8, c=50)
+
+    def step(logits, target):
+        return tpt.cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.1, z_loss=1e-4)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    la, lb = step(a, t), compiled(b, t)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_torch_errors():
+    x, t = _torch_case()
+    with pytest.raises(ValueError, match="reduction"):
+        tpt.cross_entropy(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="expected logits"):
+        tpt.cross_entropy(x[0], t)
+    with pytest.raises(ValueError, match="outside"):
+        tpt.cross_entropy(x, torch.full_like(t, 1000))
