@@ -2,8 +2,9 @@
 //
 // Each thread takes whole rows. Per row: the soft-capped copy (when asked), the target
 // logit and the label-smoothing sum, then either logsumexp (loss only: one pass) or the
-// softmax with its lse (one pass over memory, the second from cache), and the gradient
-// written in place over that softmax. A row of the large-vocabulary losses this is for
+// softmax with its lse into a scratch row (one pass over memory, the rest from cache),
+// and the gradient from that scratch row into the output (streaming stores when it is
+// not the logits themselves: no read-for-ownership of lines never read). A row of the large-vocabulary losses this is for
 // (32K-256K classes) fits in L2 or L3, so the logits are read from memory once.
 #include <cmath>
 #include <cstring>
@@ -34,13 +35,15 @@ template <class T> double huge_row_ce(const T* x, const T* w, int64_t n, int64_t
   return ce;
 }
 
-template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa, int64_t lo, int64_t hi) {
+template <class T>
+void ce_rows(const CeProblem& pb, const Prims<T>& prims, const CeRow<T>& ce, Isa isa, int64_t lo, int64_t hi) {
   const T* x = static_cast<const T*>(pb.x);
   T* grad = static_cast<T*>(pb.grad);
   const T* w = static_cast<const T*>(pb.weight);
   const int64_t n = pb.n;
   const bool capped = pb.softcap > 0;
   std::vector<T> capbuf(capped ? (size_t)n : 0);  // this thread's soft-capped row
+  std::vector<T> pbuf(grad ? (size_t)n : 0);       // and its softmax (stays in cache)
   const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
 
   for (int64_t i = lo; i < hi; ++i) {
@@ -61,12 +64,27 @@ template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa
     const bool huge = valid && !(std::fabs(xt) < 1024);
     const double ce_huge = huge ? huge_row_ce(src, w, n, t, eps, pb.weight_total, w ? (double)w[t] : 1.0) : 0.0;
 
-    T lse_t;
-    Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), src, gr ? (void*)gr : (void*)&lse_t,
-               1, n, 1, n, 1, n, 1, 1};
-    if (gr) sp.lse = &lse_t;
-    run(sp, isa, 1, false);
-    const double lse = (double)lse_t;
+    // p = exp(x - lse) * inv_s: either straight from the three-pass reload's stored
+    // exponentials (inv_s = 1 / their sum, folded into the gradient's scale: one pass
+    // fewer), or from the generic driver, which also handles rows of special values.
+    T* p = pbuf.data();
+    double lse = 0, inv_s = 1;
+    bool done = false;
+    if (gr && pb.algo == Algo::kThreePassReload) {
+      T m;
+      double s;
+      prims.max(Group<T>{src, nullptr, n, 1, 1, 1}, &m);
+      prims.exp_store_sum(Group<T>{src, p, n, 1, 1, 1}, &m, &s, false);
+      if ((done = std::isfinite(s) && s > 0 && std::isfinite(m))) lse = (double)m + std::log(s), inv_s = 1 / s;
+    }
+    if (!done) {
+      T lse_t;
+      Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), src, gr ? (void*)p : (void*)&lse_t,
+                 1, n, 1, n, 1, n, 1, 1};
+      if (gr) sp.lse = &lse_t;
+      run(sp, isa, 1, false);
+      lse = (double)lse_t;
+    }
     pb.lse[i] = lse;
 
     if (ignored) {
@@ -96,9 +114,9 @@ template <class T> void ce_rows(const CeProblem& pb, const CeRow<T>& ce, Isa isa
     // dx'_j = A p_j - c w_j - [j == t] b, times the soft-cap's derivative.
     const double A = pb.s_ce * ((1 - eps) * wt + eps / n * pb.weight_total) + pb.s_z * 2 * pb.z_coef * lse;
     const double c = pb.s_ce * eps / n, b = pb.s_ce * (1 - eps) * wt;
-    const double pt = (double)gr[t];
+    const double pt = (double)p[t] * inv_s;
     const double inv_cap = capped ? 1.0 / pb.softcap : 0.0;
-    ce.finish(gr, capped ? src : nullptr, w, n, (T)A, (T)c, (T)inv_cap);
+    ce.finish(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, pb.stream);
     const double dt = capped ? 1 - (xt * inv_cap) * (xt * inv_cap) : 1.0;
     gr[t] = (T)(((A * pt - c * wt) - b) * dt);
   }
@@ -113,9 +131,9 @@ void cross_entropy(const CeProblem& pb, Isa isa, int threads) {
   parallel(threads, [&](int t) {
     const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
     if (pb.dtype_bytes == 4)
-      ce_rows<float>(pb, K.ce_f32, isa, lo, hi);
+      ce_rows<float>(pb, K.f32.row, K.ce_f32, isa, lo, hi);
     else
-      ce_rows<double>(pb, K.ce_f64, isa, lo, hi);
+      ce_rows<double>(pb, K.f64.row, K.ce_f64, isa, lo, hi);
   });
 }
 

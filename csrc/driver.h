@@ -90,6 +90,7 @@ struct CeProblem {
   int64_t gs;
   double *ce, *z, *lse;  // (rows,) each
   Algo algo;             // of the softmax inside (two_pass or a max-based one)
+  bool stream;           // streaming stores for grad
 };
 void cross_entropy(const CeProblem& pb, Isa isa, int threads);
 

@@ -530,35 +530,49 @@ template <class T> double ce_dot(const T* x, const T* w, int64_t n) {
   return total;
 }
 
-// The gradient from the softmax p in y: y_j = (a * p_j - c * w_j) * d_j, with w_j = 1
-// when w is null and d_j = 1 - (xc_j / cap)^2 (the soft-cap's derivative, from the
-// capped logits xc) when xc is not null.
+// The gradient from the softmax p: y_j = (a * p_j - c * w_j) * d_j, with w_j = 1 when w
+// is null and d_j = 1 - (xc_j / cap)^2 (the soft-cap's derivative, from the capped
+// logits xc) when xc is not null. p is a cached scratch row; y is the output, written
+// with streaming stores when asked (it is not read again).
 template <class T, bool Weighted, bool Capped>
-void ce_finish_impl(T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap) {
+void ce_finish_impl(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int W = V::W;
   const R av = V::set1(a), cv = V::set1(c), iv = V::set1(inv_cap), one = V::set1(1);
-  auto f = [&](R p, const T* wp, const T* xp, int k) {
-    R g = Weighted ? V::sub(V::mul(av, p), V::mul(cv, V::load_partial(wp, k, 0))) : V::sub(V::mul(av, p), cv);
+  auto ld = [](const T* q, int k) { return k == W ? V::load(q) : V::load_partial(q, k, 0); };
+  auto f = [&](int64_t i, int k) {
+    R g = V::mul(av, ld(p + i, k));
+    g = Weighted ? V::sub(g, V::mul(cv, ld(w + i, k))) : V::sub(g, cv);
     if (Capped) {
-      const R s = V::mul(V::load_partial(xp, k, 0), iv);
+      const R s = V::mul(ld(xc + i, k), iv);
       g = V::mul(g, V::sub(one, V::mul(s, s)));
     }
     return g;
   };
   int64_t i = 0;
-  for (; i + W <= n; i += W) V::store(y + i, f(V::load(y + i), w + i, xc + i, W));
-  if (i < n) {
-    const int k = (int)(n - i);
-    V::store_partial(y + i, f(V::load_partial(y + i, k, 0), w + i, xc + i, k), k);
+  stream = stream && W > 1 && ((uintptr_t)y % sizeof(T)) == 0;
+  if (stream) {
+    const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(T)) % W);
+    if (mis) {
+      const int h = (int)std::min<int64_t>(n, W - mis);
+      V::store_partial(y, f(0, h), h);
+      i = h;
+    }
+    for (; i + W <= n; i += W) V::stream(y + i, f(i, W));
   }
+  for (; i + W <= n; i += W) V::store(y + i, f(i, W));
+  if (i < n) V::store_partial(y + i, f(i, (int)(n - i)), (int)(n - i));
+  if (stream) V::sfence();
 }
-template <class T> void ce_finish(T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap) {
+template <class T>
+void ce_finish(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
   if (w)
-    xc ? ce_finish_impl<T, true, true>(y, xc, w, n, a, c, inv_cap) : ce_finish_impl<T, true, false>(y, xc, w, n, a, c, inv_cap);
+    xc ? ce_finish_impl<T, true, true>(p, y, xc, w, n, a, c, inv_cap, stream)
+       : ce_finish_impl<T, true, false>(p, y, xc, w, n, a, c, inv_cap, stream);
   else
-    xc ? ce_finish_impl<T, false, true>(y, xc, w, n, a, c, inv_cap) : ce_finish_impl<T, false, false>(y, xc, w, n, a, c, inv_cap);
+    xc ? ce_finish_impl<T, false, true>(p, y, xc, w, n, a, c, inv_cap, stream)
+       : ce_finish_impl<T, false, false>(p, y, xc, w, n, a, c, inv_cap, stream);
 }
 
 // ---------------------------------------------------------------------------------

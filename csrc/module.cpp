@@ -57,7 +57,7 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
                    std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
                    double weight_total, int64_t ignore_index, double smoothing, double z_coef, double softcap,
                    double s_ce, double s_z, std::optional<nb::ndarray<nb::ndim<2>, nb::device::cpu>> grad, F64Out ce,
-                   F64Out z, F64Out lse, int threads) {
+                   F64Out z, F64Out lse, int threads, bool stream) {
   const int bytes = dtype_bytes(x.dtype());
   const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
   auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass.cross_entropy: ") + what); };
@@ -73,7 +73,7 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
   tp::CeProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),
                    weight ? weight->data() : nullptr, weight_total, ignore_index, smoothing, z_coef, softcap,
                    s_ce, s_z, grad ? grad->data() : nullptr, grad && rows > 1 ? (int64_t)grad->stride(0) : n,
-                   ce.data(), z.data(), lse.data(), (tp::Algo)algo};
+                   ce.data(), z.data(), lse.data(), (tp::Algo)algo, stream};
   nb::gil_scoped_release release;
   tp::cross_entropy(pb, (tp::Isa)isa, threads);
 }
@@ -92,7 +92,7 @@ NB_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy, nb::arg("isa"), nb::arg("algo"), nb::arg("x"), nb::arg("target"),
         nb::arg("weight").none(), nb::arg("weight_total"), nb::arg("ignore_index"), nb::arg("smoothing"),
         nb::arg("z_coef"), nb::arg("softcap"), nb::arg("s_ce"), nb::arg("s_z"), nb::arg("grad").none(),
-        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"));
+        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"), nb::arg("stream"));
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
   m.def("panel_lanes", [](int isa, int bytes) { return tp::panel_lanes((tp::Isa)isa, bytes); });

@@ -120,9 +120,9 @@ template <class T> struct CeRow {
   void (*softcap)(const T* x, T* y, int64_t n, T cap);
   // sum_j x_j * w_j, or sum_j x_j when w is null (the label-smoothing term).
   double (*dot)(const T* x, const T* w, int64_t n);
-  // y_j = (a * y_j - c * w_j) * (1 - (xc_j * inv_cap)^2): the gradient from the softmax
-  // in y; w null means w_j = 1, xc null means no soft-cap.
-  void (*finish)(T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap);
+  // y_j = (a * p_j - c * w_j) * (1 - (xc_j * inv_cap)^2): the gradient from the softmax
+  // p; w null means w_j = 1, xc null means no soft-cap; `stream`: non-temporal stores.
+  void (*finish)(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream);
 };
 
 struct KernelTable {

@@ -125,7 +125,10 @@ def cross_entropy(
         g = np.empty((rows, classes), dtype=dtype)
 
     if algo == "auto":
-        algo = "three_pass_reload"  # rows of a loss sit in cache: exp once per element
+        # The loss alone: two_pass's one-pass logsumexp. With the gradient, the reload
+        # (exp once per element; the row's later passes hit cache). Measured on
+        # 2048 x 32000 float32 (python -m twopass bench): see README.
+        algo = "three_pass_reload" if want_grad else "two_pass"
     ce = np.empty(rows)
     z = np.empty(rows)
     lse = np.empty(rows)
@@ -146,7 +149,10 @@ def cross_entropy(
         xc = x if x.strides[1] == x.itemsize or classes <= 1 else np.ascontiguousarray(x)
         direct = g is None or g.strides[1] == g.itemsize or classes <= 1
         gc = g if direct else np.empty((rows, classes), dtype=dtype)
-        _core.cross_entropy(x=xc, target=t, grad=gc, ce=ce, z=z, lse=lse, **args)
+        # Streaming stores for a gradient too large to stay in cache (not in place: there
+        # the lines were just read, so there is no read-for-ownership to save).
+        stream = gc is not None and gc.nbytes > _dispatch.cache_sizes()["L3"] and not np.may_share_memory(gc, xc)
+        _core.cross_entropy(x=xc, target=t, grad=gc, ce=ce, z=z, lse=lse, stream=stream, **args)
         if not direct:
             g[...] = gc
     else:  # half precision: blocks of rows through float32
@@ -155,7 +161,9 @@ def cross_entropy(
             r1 = min(rows, r0 + block)
             xb = x[r0:r1].astype(np.float32)
             gb = xb if g is not None else None  # the block's gradient over its float32 copy
-            _core.cross_entropy(x=xb, target=t[r0:r1], grad=gb, ce=ce[r0:r1], z=z[r0:r1], lse=lse[r0:r1], **args)
+            _core.cross_entropy(
+                x=xb, target=t[r0:r1], grad=gb, ce=ce[r0:r1], z=z[r0:r1], lse=lse[r0:r1], stream=False, **args
+            )
             if g is not None:
                 g[r0:r1] = gb.astype(dtype)
 
