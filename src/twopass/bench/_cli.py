@@ -46,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
         help="measure the two_pass / three_pass_reload crossover for algorithm='auto' (only that)",
     )
     p.add_argument("--tune-out", help="where --tune writes (default: twopass/_tuning.json beside _api.py)")
+    p.add_argument(
+        "--cross-entropy",
+        action="store_true",
+        help="the fused cross-entropy (forward + backward) against torch eager and compiled, with memory (only that)",
+    )
     p.add_argument("--plot-only", metavar="JSON", help="redraw the plots of a saved run, and print its tables")
     return p
 
@@ -119,6 +124,12 @@ def main(argv: list[str]) -> int:
             return _plot_only(console, Path(args.plot_only), args)
         if args.tune:
             return _tune(console, args, argv)
+        if args.cross_entropy:
+            from . import _cross_entropy
+
+            threads = [int(v) for v in _split(args.threads)] if args.threads else sorted({1, os.cpu_count() or 1})
+            _cross_entropy.run(args.quick, threads, Path(args.out), console, argv)
+            return 0
         cfg, budget = resolve(args)
     except (ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}")

@@ -1,0 +1,251 @@
+"""`python -m twopass bench --cross-entropy`: the fused loss against torch, on the CPU.
+
+For each shape and dtype, forward + backward of the mean cross-entropy (the training
+step's loss), medians of repeats after a warm-up, in one process:
+- twopass: `twopass.torch.cross_entropy` (gradient computed in the forward, streamed),
+  and with `inplace_backward=True` (the gradient over the logits);
+- torch eager: `torch.nn.functional.cross_entropy`; torch.compile of the same (inductor;
+  reported as unavailable when it fails to build); Liger-Kernel when importable (it
+  needs a CUDA device, so on a CPU it is reported as not installed);
+- the bound: one read and one write of the logits at the streaming-copy bandwidth,
+  measured in the same run over buffers of the same size.
+Peak extra memory per variant (beyond the inputs) is measured in a fresh subprocess
+from the process's peak resident size, since torch's CPU allocator is not traced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SHAPES = ((2048, 32000), (1024, 128256))
+QUICK_SHAPES = ((2048, 32000),)
+DTYPES = ("float32", "bfloat16")
+VARIANTS = ("twopass", "twopass_inplace", "torch", "torch_compile", "liger")
+MEMORY_VARIANTS = ("twopass", "twopass_inplace", "torch")  # (compile's first call builds the kernels)
+
+
+def _inputs(shape, dtype: str, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 3).to(getattr(torch, dtype))
+    t = torch.randint(0, shape[1], (shape[0],), generator=g)
+    t[::7] = -100  # some ignored rows, as in a batch with padding
+    return x, t
+
+
+def _step(variant: str, x, t) -> Callable[[], Any] | None:
+    """One forward + backward, as a closure; None when the variant is unavailable."""
+    import torch
+    import torch.nn.functional as F
+
+    if variant == "twopass":
+        import twopass.torch as tpt
+
+        leaf = x.clone().requires_grad_()
+
+        def run():
+            tpt.cross_entropy(leaf, t).backward()
+            leaf.grad = None
+
+        return run
+    if variant == "twopass_inplace":
+        return _inplace_step(x, t)
+    if variant == "torch":
+        leaf = x.clone().requires_grad_()
+
+        def run():
+            F.cross_entropy(leaf, t).backward()
+            leaf.grad = None
+
+        return run
+    if variant == "torch_compile":
+        leaf = x.clone().requires_grad_()
+        fn = torch.compile(lambda a, b: F.cross_entropy(a, b))
+        try:
+            fn(leaf, t).backward()
+        except Exception:  # noqa: BLE001 - inductor needs a working C++ toolchain
+            return None
+
+        def run():
+            fn(leaf, t).backward()
+            leaf.grad = None
+
+        return run
+    if variant == "liger":
+        try:
+            from liger_kernel.transformers import LigerCrossEntropyLoss  # noqa: F401
+        except ImportError:
+            return None
+        if x.device.type != "cuda":
+            return None
+    return None
+
+
+def _inplace_step(x, t) -> Callable[[], Any]:
+    """forward + backward with the gradient written over the logits. In-place needs
+    non-leaf logits (a model's output); making them by a copy would time the copy, so a
+    Function hands one buffer back as its own non-leaf output, reused by every call (its
+    values become gradients, which are valid logits too)."""
+    import torch
+
+    import twopass.torch as tpt
+
+    class Output(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, buf, dummy):
+            ctx.mark_dirty(buf)
+            return buf
+
+        @staticmethod
+        def backward(ctx, g):
+            return None, None  # the model's backward would start here
+
+    dummy = torch.zeros(1, requires_grad=True)
+    buf = x.clone()
+
+    def run():
+        tpt.cross_entropy(Output.apply(buf.detach(), dummy), t, inplace_backward=True).backward()
+
+    return run
+
+
+def _median_s(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _copy_bound_s(nbytes: int, threads: int, repeats: int) -> float:
+    """Streaming copy of a buffer of `nbytes` (one read + one write), as in the sweep."""
+    from twopass import _core, _dispatch
+
+    n = nbytes // 4
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    isa = _dispatch.isa_code(None)
+    return _median_s(lambda: _core.copy_pass(a, b, isa, threads, True), repeats)
+
+
+_MEM_SNIPPET = """
+import os, resource, sys, torch
+sys.path[:0] = {path!r}
+os.environ["TWOPASS_NUM_THREADS"] = "{threads}"
+from twopass.bench._cross_entropy import _inputs, _step
+torch.set_num_threads({threads})
+x, t = _inputs({shape!r}, {dtype!r})
+fn = _step({variant!r}, x, t)
+if fn is None:
+    print("nan"); raise SystemExit
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # inputs and the leaf's copy exist
+fn()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)
+"""
+
+
+def _peak_extra_bytes(variant: str, shape, dtype: str, threads: int) -> float | None:
+    code = _MEM_SNIPPET.format(path=sys.path, threads=threads, shape=tuple(shape), dtype=dtype, variant=variant)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+        v = float(out.stdout.strip().splitlines()[-1])
+        return None if v != v else v
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def run(quick: bool, threads: list[int], out_dir: Path, console: Any, argv: list[str]) -> dict[str, Any]:
+    import torch
+
+    import twopass
+
+    shapes = QUICK_SHAPES if quick else SHAPES
+    repeats = 5 if quick else 7
+    rows = []
+    t_start = time.perf_counter()
+    for th in threads:
+        torch.set_num_threads(th)
+        os.environ["TWOPASS_NUM_THREADS"] = str(th)
+        twopass._dispatch.default_threads.cache_clear()
+        for shape in shapes:
+            for dtype in DTYPES:
+                x, t = _inputs(shape, dtype)
+                logit_bytes = x.numel() * x.element_size()
+                bound = _copy_bound_s(logit_bytes, th, repeats)
+                row = {"threads": th, "shape": list(shape), "dtype": dtype, "bound_s": bound, "variants": {}}
+                for v in VARIANTS:
+                    console.print(f"  {th}t {shape[0]}x{shape[1]} {dtype} {v}", end="\r")
+                    fn = _step(v, x, t)
+                    if fn is None:
+                        row["variants"][v] = None
+                        continue
+                    s = _median_s(fn, repeats)
+                    mem = _peak_extra_bytes(v, shape, dtype, th) if th == threads[-1] and v in MEMORY_VARIANTS else None
+                    row["variants"][v] = {"median_s": s, "of_bound": bound / s, "peak_extra_bytes": mem}
+                rows.append(row)
+                del x, t
+    doc = {
+        "schema": "twopass-bench-ce/1",
+        "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": "python -m twopass bench " + " ".join(argv),
+        "machine": twopass.info(),
+        "definitions": {
+            "step": "forward + backward of the mean cross-entropy, 1/7 of the rows ignored",
+            "bound": "one read + one write of the logits at the streaming-copy bandwidth of the same run",
+            "of_bound": "bound time / measured time (1 = at the bound)",
+            "peak_extra_bytes": "peak resident size during one step minus before it, fresh process",
+        },
+        "results": rows,
+        "elapsed_s": time.perf_counter() - t_start,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench-ce-{doc['date'].replace(':', '').replace('T', '-')}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    print_table(console, doc)
+    console.print(f"JSON: {path}")
+    return doc
+
+
+def print_table(console: Any, doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    tab = Table(title="cross-entropy, forward + backward (CPU)")
+    for c in ("threads", "shape", "dtype", "bound ms", *VARIANTS, "twopass vs torch", "extra memory MB"):
+        tab.add_column(c, justify="right")
+    for r in doc["results"]:
+        v = r["variants"]
+
+        def cell(k, v=v):
+            e = v.get(k)
+            return "n/a" if not e else f"{e['median_s'] * 1e3:.1f} ms ({e['of_bound']:.0%})"
+
+        tp, to = v.get("twopass"), v.get("torch")
+        ratio = f"{to['median_s'] / tp['median_s']:.1f}x" if tp and to else "n/a"
+        mem = " / ".join(
+            "-" if not v.get(k) or v[k].get("peak_extra_bytes") is None else f"{v[k]['peak_extra_bytes'] / 2**20:.0f}"
+            for k in ("twopass", "twopass_inplace", "torch")
+        )
+        tab.add_row(
+            str(r["threads"]),
+            "x".join(map(str, r["shape"])),
+            r["dtype"],
+            f"{r['bound_s'] * 1e3:.1f}",
+            *(cell(k) for k in VARIANTS),
+            ratio,
+            mem,
+        )
+    console.print(tab)
+    console.print("extra memory: twopass / twopass_inplace / torch eager; (%) = share of the one-read-one-write bound")
