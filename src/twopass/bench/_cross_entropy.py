@@ -10,7 +10,8 @@ step's loss), medians of repeats after a warm-up, in one process:
 - the bound: one read and one write of the logits at the streaming-copy bandwidth,
   measured in the same run over buffers of the same size.
 Peak extra memory per variant (beyond the inputs) is measured in a fresh subprocess
-from the process's peak resident size, since torch's CPU allocator is not traced.
+from the process's peak resident size (Linux: VmHWM, reset through
+/proc/self/clear_refs), since torch's CPU allocator is not traced.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _inputs(shape, dtype: str, seed: int = 0):
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g) * 3).to(getattr(torch, dtype))
+    x = torch.randn(shape, generator=g).mul_(3).to(getattr(torch, dtype))
     t = torch.randint(0, shape[1], (shape[0],), generator=g)
     t[::7] = -100  # some ignored rows, as in a batch with padding
     return x, t
@@ -141,19 +142,25 @@ def _copy_bound_s(nbytes: int, threads: int, repeats: int) -> float:
 
 
 _MEM_SNIPPET = """
-import os, resource, sys, torch
+import os, sys, torch
 sys.path[:0] = {path!r}
 os.environ["TWOPASS_NUM_THREADS"] = "{threads}"
 from twopass.bench._cross_entropy import _inputs, _step
 torch.set_num_threads({threads})
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
 x, t = _inputs({shape!r}, {dtype!r})
 fn = _step({variant!r}, x, t)
 if fn is None:
     print("nan"); raise SystemExit
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # inputs and the leaf's copy exist
+fn()  # imports, thread pools, compiled code: not the step's memory
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current resident size
+before = status("VmRSS:")  # the inputs and the leaf's copy of the logits exist already
 fn()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024)
+print(status("VmHWM:") - before)
 """
 
 
