@@ -11,40 +11,14 @@ the real kernels, plus cases with the default thresholds (`PATH_CASES`) and larg
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 
+from _triton_util import DEV, INTERPRET, load
+
 torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton decorates the kernels
-pytest.importorskip("triton")
-
-
-def _load():
-    """twopass.triton.softmax; loaded from its path when the twopass package itself cannot
-    be imported (e.g. its compiled CPU core is not built for this Python)."""
-    try:
-        return importlib.import_module("twopass.triton.softmax")
-    except ImportError:
-        root = Path(__file__).resolve().parents[1] / "src" / "twopass" / "triton"
-        spec = importlib.util.spec_from_file_location(
-            "_twopass_triton", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_twopass_triton"] = mod
-        spec.loader.exec_module(mod)
-        return importlib.import_module("_twopass_triton.softmax")
-
-
-K = _load()
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-DEV = "cpu" if INTERPRET else "cuda"
+K = load("softmax")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Every threshold shrunk: rows longer than 64 are split into chunks of 64 (tiles [4, 16]),

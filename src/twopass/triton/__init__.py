@@ -8,9 +8,27 @@ The launchers take and return torch tensors on a CUDA device (or on the CPU unde
     _logsumexp_forward(x, dim=-1, keepdim=False)
     _logsumexp_backward(grad, x, lse, dim=-1, keepdim=False)
 
-See `softmax.py` for the kernels, their traffic and the special values.
+    cross_entropy_forward(logits, target, weight, scale, *, ignore_index=-100,
+                          label_smoothing=0.0, z_loss=0.0, softcap=None, grad=None)
+                                                    fused cross-entropy: per-row loss, z-loss
+                                                    and lse in one read of the logits; with
+                                                    grad=, also the gradient (may overwrite
+                                                    the logits)
+    scale_grad_(grad, g)                            that gradient times the upstream gradient
+                                                    (a no-op read on the device when g == 1)
+
+See `softmax.py` and `cross_entropy.py` for the kernels, their traffic and the special values,
+and docs/cross_entropy.md for the definition of the cross-entropy.
 """
 
+from .cross_entropy import cross_entropy_forward, scale_grad_
 from .softmax import _logsumexp_backward, _logsumexp_forward, _softmax_backward, _softmax_forward
 
-__all__ = ["_logsumexp_backward", "_logsumexp_forward", "_softmax_backward", "_softmax_forward"]
+__all__ = [
+    "_logsumexp_backward",
+    "_logsumexp_forward",
+    "_softmax_backward",
+    "_softmax_forward",
+    "cross_entropy_forward",
+    "scale_grad_",
+]

@@ -19,6 +19,8 @@ HBM traffic (N rows of C logits of E bytes; the per-row vectors are small):
   written in a second pass that reads the row again; the launcher spaces the two reads of a
   row by a bounded amount of other traffic (see "split" below) so that the second one hits
   L2. `grad` may be the logits tensor itself (in place): same traffic, no second N*C buffer.
+  With both class weights and label smoothing, each pass also reads w_j per element, from L2
+  (C floats shared by all rows), not from HBM.
 - `scale_grad_(grad, g)`: nothing when g is a scalar equal to 1 (the kernel reads g on the
   device and returns at once: no host sync, no pass), else 1R + 1W of grad; per-row g skips
   the rows whose g_i is 1.
@@ -29,7 +31,9 @@ Kernels and work division (`_ce_kernel`, two modes chosen by the launcher, `cfg[
   then the row's results, then (with a gradient) pass 2 over the same row. No atomics, no
   workspace. The reuse distance between a row's two reads is (programs resident on the whole
   GPU) x (row bytes): 132 SMs x 2 programs x 256 KB (a bf16 row of 128K) is already more
-  than the 50 MB of an H100's L2, so this mode is the default only for the forward.
+  than the 50 MB of an H100's L2, so this mode is the default only for the forward. Rows
+  shorter than a tile get a smaller tile (fewer warps), still one row per program: fine from
+  a few thousand classes up (the vocabularies this is for), wasteful for tiny C.
 - split mode (SPLIT=1): a row is cut into k chunks; each chunk is a work item of phase 0
   (pass 1 over the chunk, its partial state written to a small workspace) and of phase 1
   (merge the row's k partial states, pass 2 over the chunk). Programs take items from a ticket
@@ -52,23 +56,27 @@ the GPU exp is one ex2.approx, while the pair needs exponent extraction and scal
 kept relative to it, below). The lanes are merged at the end by a tree (tl.sum), so a sum
 over 256K elements is 256 sequential additions per lane plus log2(CW) levels: a few ulp.
 The label-smoothing sum is kept as sw = sum_j w_j (x'_j - m) with the same running max
-(sw += (m_old - m_new) * sum w when the max grows) and W = sum_j w_j, so that
+(sw += (m_old - m_new) * sum w when the max grows) and W = sum_j w_j (both also merged
+across chunks), so that
 W * lse - sum_j w_j x'_j = W * log(s) - sw has no cancellation when the logits share a
 large offset and no overflow on rows of huge equal values. The target logit is read once
-(a scalar load, in phase 0, before any gradient can overwrite it in place).
+(a scalar load, before any gradient can overwrite it in place: in row mode before pass 1,
+with a barrier before pass 2; in split mode in phase 0, kept in a workspace for phase 1).
 
 Pass 2 recomputes p_j = exp2((x'_j - m) * log2(e) - log2(s)) and writes
-dx_j = (A * p_j - B * w_j - [j == t] * T) * (1 - t_j^2 if soft-capping), t_j = tanh(x_j / c),
+dx_j = (A * p_j - B * w_j - [j == t] * T) * (1 - tanh(x_j / c)^2 if soft-capping),
 with A = s_ce ((1 - eps) w_t + eps W / C) + 2 s_z zc lse, B = s_ce eps / C,
 T = s_ce (1 - eps) w_t (docs/cross_entropy.md, "Gradient").
 
 Soft-capping x' = c tanh(x / c) uses `_tanh`, built from exp2 so that it also runs under the
-interpreter: 1 - 2 / (exp(2|y|) + 1) for |y| >= 0.55, an odd polynomial below (where that
-form cancels). exp is tl.exp2(x * log2(e)) (ex2.approx on the GPU); log is libdevice's logf.
+interpreter: 1 - q, q = 2 / (exp(2|y|) + 1), for |y| >= 0.55, an odd polynomial below (where
+that form cancels); its derivative 1 - tanh^2 is q (2 - q) there, accurate where tanh
+saturates. exp is tl.exp2(x * log2(e)) (ex2.approx on the GPU); log is libdevice's logf.
 
 Special values (docs/cross_entropy.md; they follow from IEEE arithmetic on x'): a NaN in a
 row, or +inf, gives ce NaN and a NaN gradient row; a row of all -inf gives ce NaN; -inf at the
-target of a finite row gives ce +inf; -inf elsewhere gives +inf when label_smoothing > 0.
+target of a finite row gives ce +inf; -inf elsewhere gives +inf when label_smoothing > 0
+(NaN where its class weight is 0, as torch: 0 * -inf).
 lse is +inf for a row with +inf, -inf for an all -inf row, NaN for a NaN row. Ignored rows
 (target == ignore_index) give ce = z = 0 and a zero gradient row (NaN logits there too); any
 other target outside [0, C) gives ce NaN and a NaN gradient row (no host-side check). Huge
@@ -119,14 +127,17 @@ _TANH_Q4 = tl.constexpr(-0.006274236366152763)
 # ----------------------------------------------------------------------------------
 @triton.jit
 def _tanh(y):
-    # 1 - 2 / (e^{2|y|} + 1): no overflow (e = inf gives 1), error about 2 ulp for |y| >= 0.55
-    # (the result is >= 0.5 there, so the absolute error of the quotient stays relative).
+    """(tanh(y), 1 - tanh(y)^2), each to a few ulp (relative), also where tanh saturates."""
+    # |y| >= 0.55: tanh = 1 - q with q = 2 / (e^{2|y|} + 1), no overflow (e = inf gives q = 0);
+    # the result is >= 0.5 there, so q's error stays relative; 1 - tanh^2 = q (2 - q) keeps its
+    # relative accuracy as q -> 0 (1 - t*t would cancel). Below 0.55 a polynomial (no cancellation).
     a = tl.abs(y)
-    big = 1.0 - 2.0 / (tl.exp2(a * _TWO_LOG2E) + 1.0)
+    q = 2.0 / (tl.exp2(a * _TWO_LOG2E) + 1.0)
     s = y * y
-    q = _TANH_Q0 + s * (_TANH_Q1 + s * (_TANH_Q2 + s * (_TANH_Q3 + s * _TANH_Q4)))
-    # NaN fails a < 0.55 and stays NaN through `big`.
-    return tl.where(a < 0.55, y + y * s * q, tl.where(y < 0, -big, big))
+    p = y + y * s * (_TANH_Q0 + s * (_TANH_Q1 + s * (_TANH_Q2 + s * (_TANH_Q3 + s * _TANH_Q4))))
+    small = a < 0.55  # False for NaN, which stays NaN through q
+    th = tl.where(small, p, tl.where(y < 0, q - 1.0, 1.0 - q))
+    return th, tl.where(small, 1.0 - p * p, q * (2.0 - q))
 
 
 @triton.jit
@@ -164,7 +175,8 @@ def _pass1(
         msk = idx < n
         x = tl.load(X + xbase + idx, mask=msk, other=float("-inf"), eviction_policy=POLICY).to(tl.float32)
         if CAP:
-            x = tl.where(msk, cap * _tanh(x * inv_cap), float("-inf"))
+            th, _ = _tanh(x * inv_cap)
+            x = tl.where(msk, cap * th, float("-inf"))
         # A thread holds K elements of each of its columns: this max and sum stay in registers.
         m_new = _max_nan(m, tl.reduce(x, 0, _max_nan))
         d = x - m_new[None, :]
@@ -208,7 +220,8 @@ def _merge(PART, row64, k, KP: tl.constexpr):
 def _target_logit(X, xbase, t, m, cap, inv_cap, CAP: tl.constexpr):
     xt = tl.load(X + xbase + t, mask=m, other=0.0).to(tl.float32)
     if CAP:
-        xt = cap * _tanh(xt * inv_cap)
+        th, _ = _tanh(xt * inv_cap)
+        xt = cap * th
     return xt
 
 
@@ -221,14 +234,15 @@ def _finish(M, S, SW, W, xt, wt, ign, one_m_eps, eps_c, zc, SMOOTH: tl.constexpr
     ce = one_m_eps * wt * ((M - xt) + log_s)
     if SMOOTH:
         ce += eps_c * (W * log_s - SW)
-    lse = M + log_s
+    lse = M + log_s  # for the gradient: NaN on a row with +inf, as the loss
+    lse_out = _lse_of(M, S)  # +inf on a row with +inf, -inf on an all -inf row
     if ZLOSS:
-        z = zc * lse * lse
+        z = zc * lse_out * lse_out
     else:
         z = tl.zeros_like(lse)
     ce = tl.where(ign, 0.0, ce)
     z = tl.where(ign, 0.0, z)
-    return ce, z, _lse_of(M, S), lse, log_s
+    return ce, z, lse_out, lse, log_s
 
 
 @triton.jit
@@ -264,7 +278,7 @@ def _pass2(
         msk = idx < n
         x = tl.load(X + xbase + idx, mask=msk, other=0.0, eviction_policy=POLICY).to(tl.float32)
         if CAP:
-            th = _tanh(x * inv_cap)
+            th, dth = _tanh(x * inv_cap)
             x = cap * th
         p = tl.exp2((x - M) * _LOG2E - log2_s)  # x' - M exact near the max, even for huge M
         dx = A * p
@@ -275,7 +289,7 @@ def _pass2(
                 dx -= B
         dx = tl.where(idx == t, dx - T1, dx)
         if CAP:
-            dx = dx * ((1.0 - th) * (1.0 + th))  # d(c tanh(x/c))/dx; (1 - t) is exact near t = 1
+            dx = dx * dth  # d(c tanh(x/c))/dx
         dx = tl.where(ign, 0.0, dx)  # ignored rows: 0, even where the logits are NaN
         tl.store(DX + dxbase + idx, _to(dx, DX), mask=msk, eviction_policy=POLICY)
 
@@ -385,13 +399,15 @@ def _ce_kernel(
                 s_ce * one_m_eps * wt, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, P2,
             )  # fmt: skip
     else:
+        # x_t first: in place, pass 2 of another warp may overwrite it once pass 1 is done.
+        xt = _target_logit(X, xbase, t, valid, cap, inv_cap, CAP)
         M, S, SW, W = _pass1(X, Wt, xbase, 0, chunk, n, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, P1)
-        xt = _target_logit(X, xbase, t, valid, cap, inv_cap, CAP)  # before pass 2 may overwrite it
         ce, z, lse_out, lse, log_s = _finish(M, S, SW, W, xt, wt, ign, one_m_eps, eps_c, zc, SMOOTH, ZLOSS)
         tl.store(CE + row64, ce)
         tl.store(Z + row64, z)
         tl.store(LSE + row64, lse_out)
         if GRAD:
+            tl.debug_barrier()  # every thread's pass-1 and x_t loads are done before any store
             s_ce = tl.load(SC)
             A = s_ce * one_m_eps * wt
             if SMOOTH:
@@ -416,18 +432,21 @@ def _scale_row(DX, base, n, g, BLOCK: tl.constexpr):
 
 @triton.jit(do_not_specialize=["n_rows", "nprog"])
 def _scale_kernel(DX, G, n_rows, n, s_dx, nprog, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
-    # A fixed grid striding over the rows: when g == 1 every program returns after one load.
-    pid = tl.program_id(0)
+    # A fixed grid striding over the rows (nprog <= n_rows): when g == 1 every program returns
+    # after one load.
+    pid = tl.program_id(0).to(tl.int64)
+    n_iter = (n_rows - 1 - pid) // nprog + 1
     if PER_ROW:
-        for row in range(pid, n_rows, nprog):
+        for i in range(0, n_iter):
+            row = pid + i * nprog
             g = tl.load(G + row).to(tl.float32)
             if g != 1.0:
-                _scale_row(DX, row.to(tl.int64) * s_dx, n, g, BLOCK)
+                _scale_row(DX, row * s_dx, n, g, BLOCK)
     else:
         g = tl.load(G).to(tl.float32)
         if g != 1.0:  # the common training step (loss.backward() of a mean or sum): no pass
-            for row in range(pid, n_rows, nprog):
-                _scale_row(DX, row.to(tl.int64) * s_dx, n, g, BLOCK)
+            for i in range(0, n_iter):
+                _scale_row(DX, (pid + i * nprog) * s_dx, n, g, BLOCK)
 
 
 # ----------------------------------------------------------------------------------
@@ -652,4 +671,3 @@ def scale_grad_(grad: torch.Tensor, g: torch.Tensor, *, cfg: dict[str, Any] | No
         dict(PER_ROW=per_row, BLOCK=block), warps,
     )  # fmt: skip
     return grad
-
