@@ -257,3 +257,21 @@ def test_gil_is_released_while_kernels_run():
     t0, t1 = window[0]
     inside = [s for s in stamps if t0 < s < t1]
     assert len(inside) >= 10, f"{len(inside)} main-thread steps during a {1e3 * (t1 - t0):.1f} ms kernel"
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 1000), (2, 3, 65)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_is_the_general_path(op, shape, dtype):
+    """The default call on a C-contiguous array skips the general checks (_api._fast);
+    it must give bit for bit what the general path (taken when `out` is given) gives."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype) * 10
+    fn = getattr(twopass, op)
+    kw = {"keepdims": True} if op == "logsumexp" else {}
+    fast = fn(x, **kw)
+    out = np.empty_like(fast)
+    general = fn(x, out=out, **kw)
+    assert fast.shape == general.shape and fast.dtype == general.dtype
+    np.testing.assert_array_equal(fast, general)
+    if op == "logsumexp":
+        np.testing.assert_array_equal(fn(x), general.reshape(shape[:-1]))

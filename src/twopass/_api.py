@@ -74,6 +74,21 @@ def compute(
     """Every public function in one place. `isa` and `stream` (force streaming stores
     on or off) are for tests and the benchmark; `algorithm` also applies to logsumexp
     here ("two_pass": one pass; the others: maximum first)."""
+    if (
+        type(x) is np.ndarray
+        and out is None
+        and isa is None
+        and stream is None
+        and threads is None
+        and algorithm == "auto"
+        and type(axis) is int
+        and (axis == -1 or axis == x.ndim - 1)
+        and x.ndim
+        and x.size
+        and x.dtype in _NATIVE
+        and x.flags.c_contiguous
+    ):
+        return _fast(op, x, keepdims)  # the common call, without the general checks below
     name = f"twopass.{op}"
     if op not in _OP_CODES:
         raise ValueError(f"unknown op {op!r}")
@@ -146,6 +161,38 @@ def compute(
     if scalar_input and op != "logsumexp":
         result = result.reshape(())
     return wrap(result) if out is None else out
+
+
+def _fast(op: str, x: np.ndarray, keepdims: bool) -> np.ndarray:
+    """compute() for a non-empty C-contiguous float32/float64 NumPy array over its last
+    axis with every option at its default: the same C++ call as the general path, with
+    ~1.5 us of Python instead of ~7 (what decides rows of a few thousand elements)."""
+    n = x.shape[-1]
+    outer = x.size // n
+    if op == "logsumexp":
+        y = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), dtype=x.dtype)
+        code, ys_outer = 0, 1
+    else:
+        y = np.empty_like(x)
+        code, ys_outer = _ALGO_CODES[_auto_algorithm(op, x.dtype, n)], n
+    stream = y.nbytes > _dispatch.cache_sizes()["L3"]
+    _core.run(
+        _OP_CODES[op],
+        code,
+        _dispatch.isa_code(None),
+        x,
+        y,
+        outer,
+        n,
+        1,
+        n,
+        1,
+        ys_outer,
+        1 if op != "logsumexp" else 0,
+        _dispatch.default_threads(),
+        stream,
+    )
+    return y
 
 
 def _is_half(dtype: np.dtype) -> bool:
