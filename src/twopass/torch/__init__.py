@@ -9,10 +9,20 @@
 
 CPU tensors run the C++ kernels, CUDA tensors the Triton kernels of `twopass.triton`.
 See `twopass.torch._ops` for the softmax family, `twopass.torch._cross_entropy` for the
-fused loss (docs/cross_entropy.md).
+fused loss (docs/cross_entropy.md), and `twopass.torch.distributed` for the same ops over
+a softmax axis sharded across ranks (imported on first use).
 """
 
 from ._cross_entropy import cross_entropy
 from ._ops import log_softmax, logsumexp, softmax
 
-__all__ = ["cross_entropy", "log_softmax", "logsumexp", "softmax"]
+__all__ = ["cross_entropy", "distributed", "log_softmax", "logsumexp", "softmax"]
+
+
+def __getattr__(name: str):
+    # twopass.torch.distributed loads torch.distributed: only when asked for.
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
