@@ -1,5 +1,6 @@
 // Kernel check without Python: every op, algorithm, dtype and tail length of the C++
-// core against a long double reference, for each ISA this build can run. Used to test
+// core against a long double reference, and the fused cross-entropy against a double
+// one, for each ISA this build can run. Used to test
 // the NEON variant under qemu-aarch64 (tests/native/run_neon.sh); runs natively too.
 // Bounds as in tests/conftest.py (in units of the dtype's unit roundoff u):
 //   softmax (A + |x - lse|) u |ref|, log_softmax A (|ref| + 1) u, logsumexp A (|ref| + 1) u.
@@ -125,6 +126,87 @@ template <class T> void run_all(tp::Isa isa) {
     }
 }
 
+// The fused cross-entropy (csrc/cross_entropy.cpp) against docs/cross_entropy.md in
+// double: loss per row within 32 u (1 + |lse| + |x_t| + cap) max(w), gradient within
+// 32 u (max |ref| of the row + its terms) (1 + cap); mean-reduction scales.
+template <class T> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double eps, double zc, double cap, bool weighted,
+                                 bool stream, tp::Algo algo, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(0.0, 4.0);
+  std::uniform_real_distribution<double> unif(0.5, 2.0);
+  std::vector<T> x(rows * n), g(rows * n), w(n);
+  std::vector<int64_t> t(rows);
+  for (auto& v : x) v = (T)normal(rng);
+  for (auto& v : w) v = (T)unif(rng);
+  for (int64_t i = 0; i < rows; ++i) t[i] = i == 1 ? -100 : (int64_t)(rng() % n);
+  double W = 0, swt = 0;
+  for (int64_t j = 0; j < n; ++j) W += weighted ? (double)w[j] : 1.0;
+  for (int64_t i = 0; i < rows; ++i)
+    if (t[i] >= 0) swt += weighted ? (double)w[t[i]] : 1.0;
+  const double s_ce = 1 / swt, s_z = 1.0 / (rows - 1);
+  std::vector<double> ce(rows), z(rows), lse(rows);
+  tp::CeProblem pb{(int)sizeof(T), x.data(), rows, n, n, t.data(), weighted ? w.data() : nullptr, W, -100, eps, zc,
+                   cap, s_ce, s_z, g.data(), n, ce.data(), z.data(), lse.data(), algo, stream};
+  tp::cross_entropy(pb, isa, 2);
+  const double u = unit_roundoff<T>();
+  bool ok = true;
+  for (int64_t i = 0; i < rows && ok; ++i) {
+    std::vector<double> xc(n);
+    double m = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+      const double v = (double)x[i * n + j];
+      xc[j] = cap > 0 ? cap * std::tanh(v / cap) : v;
+      m = std::max(m, xc[j]);
+    }
+    double s = 0, swx = 0;
+    for (int64_t j = 0; j < n; ++j) s += std::exp(xc[j] - m), swx += (weighted ? (double)w[j] : 1.0) * xc[j];
+    const double L = m + std::log(s);
+    const double wmax = weighted ? 2.0 : 1.0;
+    if (t[i] < 0) {
+      ok = ce[i] == 0 && z[i] == 0;
+      for (int64_t j = 0; j < n && ok; ++j) ok = g[i * n + j] == 0;
+      continue;
+    }
+    const int64_t ti = t[i];
+    const double wt = weighted ? (double)w[ti] : 1.0;
+    const double ref_ce = (1 - eps) * wt * (L - xc[ti]) + eps / n * (W * L - swx);
+    ok = std::fabs(ce[i] - ref_ce) <= 32 * u * (1 + std::fabs(L) + std::fabs(xc[ti]) + cap) * wmax * (1 + n * eps) &&
+         std::fabs(lse[i] - L) <= 32 * u * (1 + std::fabs(L)) && std::fabs(z[i] - zc * L * L) <= 64 * u * (1 + zc * L * L);
+    const double A = s_ce * ((1 - eps) * wt + eps / n * W) + s_z * 2 * zc * L;
+    std::vector<double> ref(n);
+    double rmax = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      double d = A * std::exp(xc[j] - L) - s_ce * eps / n * (weighted ? (double)w[j] : 1.0);
+      if (j == ti) d -= s_ce * (1 - eps) * wt;
+      if (cap > 0) d *= 1 - (xc[j] / cap) * (xc[j] / cap);
+      ref[j] = d;
+      rmax = std::max(rmax, std::fabs(d));
+    }
+    const double terms = (s_ce * wmax + s_z * 2 * zc * std::fabs(L));
+    for (int64_t j = 0; j < n && ok; ++j)
+      ok = std::fabs(g[i * n + j] - ref[j]) <= 32 * u * (rmax + std::fabs(ref[j]) + terms) * (1 + cap);
+  }
+  if (ok) ++passed;
+  else {
+    ++failed;
+    std::printf("FAILED cross_entropy isa=%d dtype=f%d rows=%lld n=%lld eps=%g zc=%g cap=%g w=%d stream=%d algo=%d\n",
+                (int)isa, (int)(8 * sizeof(T)), (long long)rows, (long long)n, eps, zc, cap, (int)weighted, (int)stream,
+                (int)algo);
+  }
+}
+
+template <class T> void run_ce(tp::Isa isa) {
+  std::mt19937_64 rng(7);
+  std::vector<int64_t> lengths;
+  for (int64_t n = 1; n <= 34; ++n) lengths.push_back(n);
+  for (int64_t n : {63, 64, 65, 1023, 1025, 4099}) lengths.push_back(n);
+  for (int64_t n : lengths)
+    for (int opt = 0; opt < 4; ++opt) {
+      const double eps = opt & 1 ? 0.1 : 0.0, cap = opt & 2 ? 5.0 : 0.0;
+      for (tp::Algo algo : {tp::Algo::kTwoPass, tp::Algo::kThreePassReload})
+        check_ce<T>(isa, 4, n, eps, opt == 3 ? 1e-3 : 0.0, cap, opt >= 2, opt == 1, algo, rng);
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -133,6 +215,8 @@ int main() {
     std::printf("isa %d\n", (int)isa);
     run_all<float>(isa);
     run_all<double>(isa);
+    run_ce<float>(isa);
+    run_ce<double>(isa);
   }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

@@ -9,5 +9,5 @@ CXX=${CXX_AARCH64:-aarch64-linux-gnu-g++}
 flags="-O2 -std=c++17 -static -pthread"
 $CXX $flags -DTP_ISA_SCALAR -c csrc/kernels.cpp -o "$out/k_scalar.o"
 $CXX $flags -DTP_ISA_NEON -c csrc/kernels.cpp -o "$out/k_neon.o"
-$CXX $flags tests/native/kernel_check.cpp csrc/driver.cpp "$out/k_scalar.o" "$out/k_neon.o" -o "$out/kernel_check"
+$CXX $flags tests/native/kernel_check.cpp csrc/driver.cpp csrc/cross_entropy.cpp "$out/k_scalar.o" "$out/k_neon.o" -o "$out/kernel_check"
 qemu-aarch64 "$out/kernel_check"
