@@ -254,36 +254,18 @@ template <class T> struct Runner {
     if (job.op != Op::kLogSumExp) fill_lane(one, 0, kNaN<T>);  // NaN, +inf, or all -inf: the whole row is NaN
   }
 
-  // A contiguous row processed whole by this thread, small enough for L2 (see below).
-  bool cacheable_row(const Group<T>& g) const {
-    return g.lanes == 1 && g.sx == 1 && g.sy == 1 && chunks == 1 && g.n * (int64_t)sizeof(T) <= (256 << 10);
-  }
-  template <class U> static U* scratch_row(int64_t n) {
-    thread_local std::vector<U> buf;  // per thread: threads never share a row
-    if ((int64_t)buf.size() < n) buf.resize((size_t)n);
-    return buf.data();
-  }
-
   // The max-first algorithms: three-pass reload, three-pass recompute, online.
   // A NaN or infinite maximum makes the sum NaN, which sends the lane to the scan.
   void max_based(const Group<T>& g, T* lse) const {
     const Exec<T> ex = exec(g);
     LaneArrays<T> A;  // a: maximum, d: sum of exp(x - maximum)
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
-    T* scratched = nullptr;  // ... or wrote it to a scratch row
     if (job.algo == Algo::kOnline) {
       ex.online(A.d, A.e);
       for (int l = 0; l < g.lanes; ++l) A.a[l] = (T)A.d[l], A.d[l] = A.e[l];
     } else {
       ex.max(A.a);
-      if (job.algo == Algo::kThreePassReload && job.op == Op::kSoftmax && stream && cacheable_row(g)) {
-        // A row that fits in L2, in a batch whose output does not fit in cache: pass 2
-        // writes exp(x - max) to this thread's scratch row, pass 3 scales it into y with
-        // streaming stores. y is written once, with no read-for-ownership.
-        Group<T> gs = g;
-        gs.y = scratched = scratch_row<T>(g.n);
-        pick(g).exp_store_sum(gs, A.a, A.d, false);
-      } else if (job.algo == Algo::kThreePassReload && job.op == Op::kSoftmax) {
+      if (job.algo == Algo::kThreePassReload && job.op == Op::kSoftmax) {
         // Normal stores in both passes: pass 3 reads y back (whatever part of it is still
         // in cache is then free) and rewrites it in place, where a streaming store saves
         // no read-for-ownership. Measured on a 64 MB row: streaming pass 2 and 3, 1.35x
@@ -312,11 +294,7 @@ template <class T> struct Runner {
         case Op::kLogSumExp: lse[l] = (T)((double)A.a[l] + std::log(s)); break;
       }
     }
-    if (job.op == Op::kSoftmax && scratched) {
-      Group<T> cs = g;  // pass 3: scratch -> y, streaming
-      cs.x = scratched;
-      pick(g).scale(cs, A.b, stream);
-    } else if (job.op == Op::kSoftmax && stored) {
+    if (job.op == Op::kSoftmax && stored) {
       ex.each([&](const Group<T>& c) {
         Group<T> cy = c;  // pass 3 reads what pass 2 wrote
         cy.x = c.y;
