@@ -7,6 +7,7 @@
 // not the logits themselves: no read-for-ownership of lines never read). A row of the large-vocabulary losses this is for
 // (32K-256K classes) fits in L2 or L3, so the logits are read from memory once.
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -36,19 +37,26 @@ template <class T> double huge_row_ce(const T* x, const T* w, int64_t n, int64_t
 }
 
 template <class T>
-void ce_rows(const CeProblem& pb, const Prims<T>& prims, const CeRow<T>& ce, Isa isa, int64_t lo, int64_t hi) {
+void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, const CeRow<T>& ce, Isa isa, int64_t lo,
+             int64_t hi) {
+  // bfloat16 rows (T = float) are widened into `wide` and their gradient narrowed back.
+  const bool bf16 = pb.bf16;
   const T* x = static_cast<const T*>(pb.x);
   T* grad = static_cast<T*>(pb.grad);
+  const uint16_t* xh = static_cast<const uint16_t*>(pb.x);
+  uint16_t* gh = static_cast<uint16_t*>(pb.grad);
   const T* w = static_cast<const T*>(pb.weight);
   const int64_t n = pb.n;
   const bool capped = pb.softcap > 0;
-  std::vector<T> capbuf(capped ? (size_t)n : 0);  // this thread's soft-capped row
+  std::vector<T> capbuf(capped || bf16 ? (size_t)n : 0);  // this thread's widened / soft-capped row
   std::vector<T> pbuf(grad ? (size_t)n : 0);       // and its softmax (stays in cache)
   const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
 
   for (int64_t i = lo; i < hi; ++i) {
-    const T* xr = x + i * pb.xs;
-    T* gr = grad ? grad + i * pb.gs : nullptr;
+    const T* xr = bf16 ? capbuf.data() : x + i * pb.xs;
+    if (bf16) K.bf16_to_f32(xh + i * pb.xs, reinterpret_cast<float*>(capbuf.data()), n);
+    // bfloat16: the gradient is finished in the scratch row p, then narrowed into gh.
+    T* gr = !grad ? nullptr : bf16 ? pbuf.data() : grad + i * pb.gs;
     const int64_t t = pb.target[i];
     const T* src = xr;
     if (capped) {
@@ -89,13 +97,15 @@ void ce_rows(const CeProblem& pb, const Prims<T>& prims, const CeRow<T>& ce, Isa
 
     if (ignored) {
       pb.ce[i] = pb.z[i] = 0;
-      if (gr) std::memset(gr, 0, sizeof(T) * n);
+      if (gr) std::memset(bf16 ? (void*)(gh + i * pb.gs) : (void*)gr, 0, (bf16 ? 2 : sizeof(T)) * n);
       continue;
     }
     if (!valid) {  // the Python layer rejects these; stay safe without it
       pb.ce[i] = pb.z[i] = nan;
-      if (gr)
+      if (gr) {
         for (int64_t j = 0; j < n; ++j) gr[j] = (T)nan;
+        if (bf16) K.f32_to_bf16((const float*)gr, gh + i * pb.gs, n);
+      }
       continue;
     }
     const double wt = w ? (double)w[t] : 1.0;
@@ -116,9 +126,10 @@ void ce_rows(const CeProblem& pb, const Prims<T>& prims, const CeRow<T>& ce, Isa
     const double c = pb.s_ce * eps / n, b = pb.s_ce * (1 - eps) * wt;
     const double pt = (double)p[t] * inv_s;
     const double inv_cap = capped ? 1.0 / pb.softcap : 0.0;
-    ce.finish(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, pb.stream);
+    ce.finish(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, pb.stream && !bf16);
     const double dt = capped ? 1 - (xt * inv_cap) * (xt * inv_cap) : 1.0;
     gr[t] = (T)(((A * pt - c * wt) - b) * dt);
+    if (bf16) K.f32_to_bf16((const float*)gr, gh + i * pb.gs, n);
   }
 }
 
@@ -131,9 +142,9 @@ void cross_entropy(const CeProblem& pb, Isa isa, int threads) {
   parallel(threads, [&](int t) {
     const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
     if (pb.dtype_bytes == 4)
-      ce_rows<float>(pb, K.f32.row, K.ce_f32, isa, lo, hi);
+      ce_rows<float>(pb, K, K.f32.row, K.ce_f32, isa, lo, hi);
     else
-      ce_rows<double>(pb, K.f64.row, K.ce_f64, isa, lo, hi);
+      ce_rows<double>(pb, K, K.f64.row, K.ce_f64, isa, lo, hi);
   });
 }
 

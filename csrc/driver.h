@@ -91,6 +91,7 @@ struct CeProblem {
   double *ce, *z, *lse;  // (rows,) each
   Algo algo;             // of the softmax inside (two_pass or a max-based one)
   bool stream;           // streaming stores for grad
+  bool bf16 = false;     // x and grad hold bfloat16 (dtype_bytes 4: computed in float32)
 };
 void cross_entropy(const CeProblem& pb, Isa isa, int threads);
 

@@ -575,6 +575,23 @@ void ce_finish(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T
        : ce_finish_impl<T, false, false>(p, y, xc, w, n, a, c, inv_cap, stream);
 }
 
+// bfloat16 is the upper half of a float32: widening is a shift, narrowing rounds to
+// nearest even (NaN kept quiet). Plain loops, vectorised by the compiler for this ISA.
+void bf16_to_f32(const uint16_t* a, float* y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t u = (uint32_t)a[j] << 16;
+    std::memcpy(y + j, &u, 4);
+  }
+}
+void f32_to_bf16(const float* a, uint16_t* y, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t u;
+    std::memcpy(&u, a + j, 4);
+    const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    y[j] = (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? ((u >> 16) | 0x40u) : r);
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // The primitives of twopass.h, one template per loop shape.
 // ---------------------------------------------------------------------------------
@@ -696,6 +713,8 @@ const tp::KernelTable& table() {
       {Prim<double, false>::table(), Prim<double, true>::table()},
       {ce_softcap<float>, ce_dot<float>, ce_finish<float>},
       {ce_softcap<double>, ce_dot<double>, ce_finish<double>},
+      bf16_to_f32,
+      f32_to_bf16,
   };
   return t;
 }

@@ -132,6 +132,9 @@ struct KernelTable {
   PrimPair<double> f64;
   CeRow<float> ce_f32;
   CeRow<double> ce_f64;
+  // bfloat16 rows of the cross-entropy, widened to float32 and narrowed back (RNE).
+  void (*bf16_to_f32)(const uint16_t* a, float* y, int64_t n);
+  void (*f32_to_bf16)(const float* a, uint16_t* y, int64_t n);
 };
 
 // Domain of the extended-exponent kernels, per element type. Inside it the range

@@ -149,25 +149,40 @@ def test_against_torch(isa, opts, reduction, dtype):
         check(x, t, loss, grad, reduction=reduction, **o)
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_half_precision(dtype, reduction):
+def test_half_precision(isa, dtype, reduction):
     rng = np.random.default_rng(3)
     x, t = rand_case(rng, 40, 301, dtype)
     w = rng.uniform(0.5, 1.5, 301).astype(np.float32)
-    loss, grad = twopass.cross_entropy(x, t, weight=w, label_smoothing=0.05, reduction=reduction, return_grad=True)
+    loss, grad = twopass.cross_entropy(
+        x, t, weight=w, label_smoothing=0.05, reduction=reduction, return_grad=True, isa=isa
+    )
     assert loss.dtype == dtype and grad.dtype == dtype
     check(x, t, loss, grad, weight=w, eps=0.05, reduction=reduction, out_dtype=dtype)
 
 
-def test_half_blocks_and_in_place(monkeypatch):
-    """float16 rows go through float32 a block at a time, also when the gradient
-    replaces the logits."""
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("strided", [False, True])
+def test_half_blocks_and_in_place(monkeypatch, dtype, strided):
+    """float16 rows (and bfloat16 ones in odd layouts) go through float32 a block at a
+    time; bfloat16 rows are widened in the kernel; both also when the gradient replaces
+    the logits."""
     from twopass import _cross_entropy
 
     monkeypatch.setattr(_cross_entropy, "_HALF_BLOCK_BYTES", 3 * 4 * 50)  # 3 rows a block
     rng = np.random.default_rng(5)
-    x, t = rand_case(rng, 11, 50, np.float16)
+    x, t = rand_case(rng, 11, 100 if strided else 50, dtype)
+    if strided:
+        x, t = x[:, ::2], np.where(t >= 0, t % 50, t)
+    x[3, 7] = np.nan  # a NaN row: NaN loss and gradient, in every path
+    ref_loss, ref_grad = twopass.cross_entropy(x.astype(np.float32), t, reduction="none", return_grad=True)
+    loss, grad = twopass.cross_entropy(x, t, reduction="none", return_grad=True)
+    f32 = np.float32  # (NumPy's NaN-aware comparison does not know bfloat16)
+    np.testing.assert_array_equal(loss.astype(f32), ref_loss.astype(dtype).astype(f32))
+    np.testing.assert_array_equal(grad.astype(f32), ref_grad.astype(dtype).astype(f32))
+    x[3, 7] = 0
     x0 = x.copy()
     ref = twopass.cross_entropy(x0, t, return_grad=True)
     loss = twopass.cross_entropy(x, t, grad_out=x)[0]

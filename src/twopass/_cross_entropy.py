@@ -5,7 +5,8 @@ loss terms, and the gradient (when asked for) is written while the row is still 
 cache. This layer checks arguments, computes the reduction's scales from the targets
 (O(rows)), and reduces the per-row terms in float64. float16 and bfloat16 logits are
 converted to float32 a block of rows at a time, so no (rows x classes) temporary is
-made beyond the gradient itself.
+made beyond the gradient itself (bfloat16 rows are widened inside the kernel, one row
+at a time).
 """
 
 from __future__ import annotations
@@ -145,7 +146,21 @@ def cross_entropy(
         s_z=float(s_z),
         threads=nthreads,
     )
-    if dtype in _NATIVE:
+    if dtype.name == "bfloat16" and classes and x.strides[1] == 2 and (g is None or g.strides[1] == 2):
+        # The kernel widens each row in cache and narrows its gradient back (uint16 views).
+        stream = g is not None and g.nbytes > _dispatch.cache_sizes()["L3"] and not np.may_share_memory(g, x)
+        _core.cross_entropy(
+            x=x.view(np.uint16),
+            target=t,
+            grad=None if g is None else g.view(np.uint16),
+            ce=ce,
+            z=z,
+            lse=lse,
+            stream=stream,
+            bf16=True,
+            **args,
+        )
+    elif dtype in _NATIVE:
         xc = x if x.strides[1] == x.itemsize or classes <= 1 else np.ascontiguousarray(x)
         direct = g is None or g.strides[1] == g.itemsize or classes <= 1
         gc = g if direct else np.empty((rows, classes), dtype=dtype)
@@ -155,7 +170,7 @@ def cross_entropy(
         _core.cross_entropy(x=xc, target=t, grad=gc, ce=ce, z=z, lse=lse, stream=stream, **args)
         if not direct:
             g[...] = gc
-    else:  # half precision: blocks of rows through float32
+    else:  # float16 (and odd bfloat16 layouts): blocks of rows through float32
         block = max(1, _HALF_BLOCK_BYTES // max(1, 4 * classes))
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
