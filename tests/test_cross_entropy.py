@@ -465,3 +465,15 @@ def test_torch_errors():
         tpt.cross_entropy(x[0], t)
     with pytest.raises(ValueError, match="outside"):
         tpt.cross_entropy(x, torch.full_like(t, 1000))
+
+
+def test_accuracy_report():
+    """`python -m twopass accuracy`'s cross-entropy rows: twopass within a few ulp of the
+    extended-precision reference on large-vocabulary rows (as the README states)."""
+    from twopass.accuracy import measure_cross_entropy
+
+    rows = {r["impl"]: r for r in measure_cross_entropy()}
+    mine = [r for k, r in rows.items() if k != "torch"]
+    assert mine
+    for r in mine:
+        assert r["loss_ulp"] <= 4 and r["grad_u"] <= 4, r

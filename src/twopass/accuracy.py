@@ -7,7 +7,8 @@ it prints the largest error against the extended-precision reference of
     for log_softmax, ulp(max(1, |ref|)), since it is near 0 at each row's maximum;
   - rel: |y - ref| / |ref| (softmax, logsumexp) or / max(1, |ref|) (log_softmax).
 The normaliser of long rows is summed in blocks folded into double, so the error does
-not grow with the row length; the 1M-element rows show it.
+not grow with the row length; the 1M-element rows show it. Then the float32 cross-entropy
+and its gradient, against the same reference.
 """
 
 from __future__ import annotations
@@ -95,6 +96,65 @@ def measure(lengths=LENGTHS, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+CE_CASES = (
+    ("normal x 3", 64, 32000, 3.0, 0.0),
+    ("normal x 10", 16, 128256, 10.0, 0.0),
+    ("large 3000", 64, 32000, 20.0, 3000.0),
+)
+
+
+def measure_cross_entropy(seed: int = 0) -> list[dict[str, Any]]:
+    """float32 cross-entropy (reduction "none") and its gradient (for an upstream gradient
+    of 1) against the extended-precision reference: loss in ulps of the loss, gradient in
+    units of u times the row's largest gradient (its elements near 0 are differences)."""
+    from . import cross_entropy
+
+    rng = np.random.default_rng(seed)
+    u = 2.0**-24
+    cases = []
+    for name, rows, n, scale, shift in CE_CASES:
+        x = (rng.standard_normal((rows, n)) * scale + shift).astype(np.float32)
+        t = rng.integers(0, n, rows)
+        lse = reference.logsumexp(x)
+        loss = lse - x[np.arange(rows), t].astype(np.float64)
+        grad = reference.softmax(x)
+        grad[np.arange(rows), t] -= 1
+        cases.append((name, x, t, loss, grad))
+    candidates: list[tuple[str, Callable[..., Any]]] = [
+        (
+            f"{isa}/{algo}",
+            lambda x, t, a=algo, i=isa: cross_entropy(x, t, reduction="none", return_grad=True, algorithm=a, isa=i),
+        )
+        for isa in _dispatch.isa_supported()
+        for algo in ("two_pass", "three_pass_reload")
+    ]
+    try:
+        import torch
+
+        def torch_ce(x, t):
+            xt = torch.from_numpy(x).requires_grad_()
+            loss = torch.nn.functional.cross_entropy(xt, torch.from_numpy(t), reduction="none")
+            loss.sum().backward()
+            return loss.detach().numpy(), xt.grad.numpy()
+
+        candidates.append(("torch", torch_ce))
+    except ImportError:
+        pass
+    rows_out = []
+    for label, fn in candidates:
+        worst_l, worst_g, where = 0.0, 0.0, ""
+        for name, x, t, loss, grad in cases:
+            lo, gr = fn(x, t)
+            el = float(np.max(np.abs(np.asarray(lo, np.float64) - loss) / (np.abs(loss) * u)))
+            scale = np.max(np.abs(grad), axis=1, keepdims=True)
+            eg = float(np.max(np.abs(np.asarray(gr, np.float64) - grad) / (scale * u)))
+            if el > worst_l:
+                where = name
+            worst_l, worst_g = max(worst_l, el), max(worst_g, eg)
+        rows_out.append({"impl": label, "loss_ulp": worst_l, "grad_u": worst_g, "worst": where})
+    return rows_out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m twopass accuracy", description=__doc__.split("\n")[0])
     p.add_argument("--json", help="also write the rows to this JSON file")
@@ -104,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'dtype':8} {'op':12} {'implementation':32} {'max ulp':>9} {'max rel':>10}  worst case")
     for r in rows:
         print(f"{r['dtype']:8} {r['op']:12} {r['impl']:32} {r['max_ulp']:9.2f} {r['max_rel']:10.2e}  {r['worst']}")
+    ce_rows = measure_cross_entropy()
+    print(f"\ncross-entropy, float32 ({', '.join(c[0] for c in CE_CASES)}):")
+    print(f"{'implementation':32} {'loss ulp':>9} {'grad (u x row max)':>19}  worst loss case")
+    for r in ce_rows:
+        print(f"{r['impl']:32} {r['loss_ulp']:9.2f} {r['grad_u']:19.2f}  {r['worst']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": _dispatch.info(), "rows": rows}, f, indent=1)
+            json.dump({"info": _dispatch.info(), "rows": rows, "cross_entropy": ce_rows}, f, indent=1)
     return 0
