@@ -133,7 +133,45 @@ void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, c
   }
 }
 
+// The local gradient of a sharded row (twopass.torch.distributed): the lse is the whole
+// row's, known after the collective, so one pass: p = exp(x - lse) into a scratch row in
+// cache, then the gradient from it (streamed), then the owned target's term.
+template <class T>
+void ce_grad_rows(const CeGradProblem& pb, const Prims<T>& prims, const CeRow<T>& ce, int64_t lo, int64_t hi) {
+  const T* x = static_cast<const T*>(pb.x);
+  T* grad = static_cast<T*>(pb.grad);
+  const T* w = static_cast<const T*>(pb.weight);
+  const int64_t n = pb.n;
+  std::vector<T> p(n);
+  const T one = 1;
+  for (int64_t i = lo; i < hi; ++i) {
+    T* gr = grad + i * pb.gs;
+    const int64_t t = pb.target[i];
+    if (t == -2) {  // ignored row: exactly 0, whatever its logits hold
+      std::memset(gr, 0, sizeof(T) * n);
+      continue;
+    }
+    const T m = (T)pb.lse[i];
+    prims.exp_scale(Group<T>{x + i * pb.xs, p.data(), n, 1, 1, 1}, &m, &one, false);
+    ce.finish(p.data(), gr, nullptr, w, n, (T)pb.a[i], (T)pb.c[i], 0, pb.stream);
+    if (t >= 0) gr[t] = (T)((double)gr[t] - pb.b[i]);
+  }
+}
+
 }  // namespace
+
+void cross_entropy_grad(const CeGradProblem& pb, Isa isa, int threads) {
+  const KernelTable& K = kernels(isa);
+  if (pb.rows == 0 || pb.n == 0) return;
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
+  parallel(threads, [&](int t) {
+    const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
+    if (pb.dtype_bytes == 4)
+      ce_grad_rows<float>(pb, K.f32.row, K.ce_f32, lo, hi);
+    else
+      ce_grad_rows<double>(pb, K.f64.row, K.ce_f64, lo, hi);
+  });
+}
 
 void cross_entropy(const CeProblem& pb, Isa isa, int threads) {
   const KernelTable& K = kernels(isa);

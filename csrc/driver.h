@@ -95,4 +95,20 @@ struct CeProblem {
 };
 void cross_entropy(const CeProblem& pb, Isa isa, int threads);
 
+// The gradient of a row whose lse is known (a shard of a vocabulary-parallel row):
+// grad_j = a exp(x_j - lse) - c w_j, minus b at the target; target -1: not in this
+// row, -2: an ignored row (all 0).
+struct CeGradProblem {
+  int dtype_bytes;
+  const void* x;  // (rows, n): row stride xs, class stride 1
+  int64_t rows, n, xs;
+  const double *lse, *a, *c, *b;  // (rows,) each
+  const int64_t* target;          // (rows,)
+  const void* weight;             // (n,) or null
+  void* grad;                     // (rows, n), row stride gs
+  int64_t gs;
+  bool stream;
+};
+void cross_entropy_grad(const CeGradProblem& pb, Isa isa, int threads);
+
 }  // namespace tp

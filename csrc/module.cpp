@@ -52,6 +52,7 @@ void copy_pass(F32In x, F32Out y, int isa, int threads, bool stream) {
 // is written when given. Arguments are checked by src/twopass/_cross_entropy.py.
 using I64In = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using F64Out = nb::ndarray<double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F64In = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cpu> x, I64In target,
                    std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
@@ -81,6 +82,27 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
   tp::cross_entropy(pb, (tp::Isa)isa, threads);
 }
 
+// The local gradient of vocabulary-parallel rows (src/twopass/torch/distributed.py).
+void cross_entropy_grad(int isa, nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cpu> x, F64In lse, F64In a, F64In c,
+                        F64In b, I64In target,
+                        std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
+                        nb::ndarray<nb::ndim<2>, nb::device::cpu> grad, int threads, bool stream) {
+  const int bytes = dtype_bytes(x.dtype());
+  const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
+  auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass cross_entropy_grad: ") + what); };
+  if (rows > 0 && n > 1 && (x.stride(1) != 1 || grad.stride(1) != 1)) bad("classes must be contiguous");
+  for (size_t k : {lse.shape(0), a.shape(0), c.shape(0), b.shape(0), target.shape(0), grad.shape(0)})
+    if ((int64_t)k != rows) bad("per-row arrays must have one entry per row");
+  if (dtype_bytes(grad.dtype()) != bytes || (int64_t)grad.shape(1) != n) bad("bad grad");
+  if (weight && (dtype_bytes(weight->dtype()) != bytes || (int64_t)weight->shape(0) != n)) bad("bad weight");
+  if (threads < 1 || isa < 0 || isa > 3) bad("bad arguments");
+  tp::CeGradProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, lse.data(), a.data(), c.data(),
+                       b.data(), target.data(), weight ? weight->data() : nullptr, grad.data(),
+                       rows > 1 ? (int64_t)grad.stride(0) : n, stream};
+  nb::gil_scoped_release release;
+  tp::cross_entropy_grad(pb, (tp::Isa)isa, threads);
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -96,6 +118,9 @@ NB_MODULE(_core, m) {
         nb::arg("weight").none(), nb::arg("weight_total"), nb::arg("ignore_index"), nb::arg("smoothing"),
         nb::arg("z_coef"), nb::arg("softcap"), nb::arg("s_ce"), nb::arg("s_z"), nb::arg("grad").none(),
         nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"), nb::arg("stream"), nb::arg("bf16") = false);
+  m.def("cross_entropy_grad", &cross_entropy_grad, nb::arg("isa"), nb::arg("x"), nb::arg("lse"), nb::arg("a"),
+        nb::arg("c"), nb::arg("b"), nb::arg("target"), nb::arg("weight").none(), nb::arg("grad"), nb::arg("threads"),
+        nb::arg("stream"));
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
   m.def("panel_lanes", [](int isa, int bytes) { return tp::panel_lanes((tp::Isa)isa, bytes); });

@@ -366,6 +366,37 @@ class _LogSumExp(torch.autograd.Function):
 # ----------------------------------------------------------------------------------
 # cross_entropy.
 # ----------------------------------------------------------------------------------
+def dx_fused_ok(x: Tensor, w: Tensor | None) -> bool:
+    return x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1 and (w is None or w.is_contiguous())
+
+
+def _fused_grad(x, lse, a, c, b, target, w) -> Tensor:
+    """grad_j = a exp(x_j - lse) - c w_j - [j == target] b per row, by the C++ kernel
+    (target -1: not on this rank; -2: an ignored row, all 0)."""
+    import numpy as np
+
+    from .. import _core, _dispatch
+
+    # NumPy's allocation: large buffers go on huge pages (fewer first-touch faults).
+    out = torch.from_numpy(np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64))
+    f64 = [v.detach().double().contiguous().numpy() for v in (lse, a, c, b)]
+    stream = out.numel() * out.element_size() > _dispatch.cache_sizes()["L3"]
+    _core.cross_entropy_grad(
+        isa=_dispatch.isa_code(None),
+        x=x.detach().numpy(),
+        lse=f64[0],
+        a=f64[1],
+        c=f64[2],
+        b=f64[3],
+        target=target.to(torch.int64).contiguous().numpy(),
+        weight=None if w is None else w.detach().numpy(),
+        grad=out.numpy(),
+        threads=_dispatch.default_threads(),
+        stream=stream,
+    )
+    return out
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, softcap, vocab_start, group):
@@ -452,7 +483,15 @@ class _CrossEntropy(torch.autograd.Function):
         a = g_ce * ((1 - eps) * w_t + (eps / n_tot) * w_tot)
         if zc > 0:
             a = a + g_z * (2 * zc) * lse
-        a = a.masked_fill(~valid, 0.0).to(x.dtype)
+        a = a.masked_fill(~valid, 0.0)
+        if x.device.type == "cpu" and softcap is None and not shifted and dx_fused_ok(x, w):
+            # The C++ kernel: exp(x - lse) in cache, the gradient written once (streamed).
+            b = (g_ce * (eps / n_tot)).expand(valid.shape).masked_fill(~valid, 0.0)
+            onehot = (g_ce * (1 - eps) * w_t).expand(valid.shape).masked_fill(~owned, 0.0)
+            tloc = torch.where(owned, idx, -1).masked_fill(~valid, -2)
+            dx = _fused_grad(x, g, a, b, onehot, tloc, w)
+            return dx.to(dtype).view(shape), None, None, None, None, None, None, None, None, None
+        a = a.to(x.dtype)
 
         dx = _centered(x, ref[:, None], g[:, None], shifted).exp_().mul_(a[:, None])
         if eps > 0:
