@@ -441,13 +441,20 @@ def test_torch_in_place_backward():
     assert torch.equal(logits3.detach(), before)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_torch_compile_fullgraph(backend, inplace):
+    """No graph break (fullgraph), ignore_index rows, and the same loss and gradient as
+    eager; the in-place variant too (its logits are an intermediate, as a model's are)."""
     x, t = _torch_case(n=8, c=50)
 
     def step(logits, target):
-        return tpt.cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.1, z_loss=1e-4)
+        logits = logits * 1.0 if inplace else logits
+        return tpt.cross_entropy(
+            logits, target, ignore_index=-100, label_smoothing=0.1, z_loss=1e-4, inplace_backward=inplace
+        )
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
     a = x.clone().requires_grad_()
     b = x.clone().requires_grad_()
     la, lb = step(a, t), compiled(b, t)
