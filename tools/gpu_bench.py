@@ -25,38 +25,16 @@ input is served from cache between calls). Prints a markdown table and writes JS
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_kernels():
-    """twopass.triton.softmax, from the source tree (by path if the twopass package, whose
-    compiled CPU core may be missing here, does not import)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    try:
-        return importlib.import_module("twopass.triton.softmax")
-    except ImportError:
-        pkg = ROOT / "src" / "twopass" / "triton"
-        spec = importlib.util.spec_from_file_location(
-            "_twopass_triton", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_twopass_triton"] = mod
-        spec.loader.exec_module(mod)
-        return importlib.import_module("_twopass_triton.softmax")
-
+from gpu_common import bench_ms, compile_hook, copy_bandwidth, load_triton_module
 
 # (label, shape, dim, layout): layout "t" builds the tensor as the transpose of a contiguous one.
 SHAPES = [
@@ -160,30 +138,6 @@ def close(a, b, dtype):
     return bool(torch.linalg.vector_norm(a[fin] - b[fin]) <= tol * torch.linalg.vector_norm(b[fin]))
 
 
-def bench_ms(fn, dry):
-    if dry:  # the interpreter: wall-clock, a couple of calls
-        fn()
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def copy_bandwidth(dry):
-    """Device-to-device copy of 1 GiB (GB/s, bytes read + written), and a read pass (sum)."""
-    if dry:
-        return 1.0, 1.0
-    from triton.testing import do_bench
-
-    src = torch.empty(1 << 28, device="cuda", dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    t_copy = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
-    t_read = do_bench(lambda: src.sum(), warmup=50, rep=300, return_mode="median")
-    return 2 * (1 << 30) / t_copy / 1e6, (1 << 30) / t_read / 1e6
-
-
 def run_bench(args, K):
     dry = args.dry
     dev = "cpu" if dry else "cuda"
@@ -269,65 +223,8 @@ def run_bench(args, K):
 # --compile: what the benchmark would launch, compiled offline for sm_90.
 # ----------------------------------------------------------------------------------
 def compile_report(args, K):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    target = GPUTarget("cuda", 90, 32)
-    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    seen = {}
-    ptr_types = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.int32: "*i32"}
-
-    def hook(kernel, grid, call_args, consts, warps):
-        names = kernel.arg_names
-        sig, attrs, spec = {}, {}, dict(consts)
-        for i, (nm, v) in enumerate(zip(names, call_args)):
-            if isinstance(v, torch.Tensor):
-                sig[nm] = ptr_types[v.dtype]
-                attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 256-byte aligned
-            elif v == 1 and not getattr(kernel.params[i], "do_not_specialize", False):
-                # Triton specializes integers equal to 1
-                sig[nm], spec[nm] = "constexpr", 1
-            else:
-                sig[nm] = "i32" if -(2**31) <= v < 2**31 else "i64"
-                if v % 16 == 0 and not getattr(kernel.params[i], "do_not_specialize", False):
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        for nm in consts:
-            sig[nm] = "constexpr"
-        key = (kernel.fn.__name__, tuple(sorted(sig.items())), tuple(sorted(spec.items())), warps)
-        if key in seen:
-            hook.last.append({**seen[key], "grid": grid})
-            return
-        t = time.perf_counter()
-        ck = triton.compile(ASTSource(kernel, sig, spec, attrs), target=target, options={"num_warps": warps})
-        secs = time.perf_counter() - t
-        ptx = ck.asm["ptx"]
-        cubin = Path(args.tmp) / f"k{len(seen)}.cubin"
-        cubin.write_bytes(ck.asm["cubin"])
-        res = subprocess.run([str(bindir / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True)
-        usage = re.findall(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res.stdout)
-        reg, stack, shared, local = usage[0] if usage else ("?",) * 4
-        info = {
-            "kernel": kernel.fn.__name__,
-            "consts": {k: v for k, v in spec.items()},
-            "warps": warps,
-            "grid": grid,
-            "regs": reg,
-            "stack": stack,
-            "shared": shared,
-            "local": local,
-            "ld_v4": len(re.findall(r"ld\.global[^\n;]*\.v4", ptx)),
-            "st_v4": len(re.findall(r"st\.global[^\n;]*\.v4", ptx)),
-            "ld_scalar": len(re.findall(r"ld\.global(?![^\n;]*\.v[24])[^\n;]*", ptx)),
-            "ex2": len(re.findall(r"ex2\.approx", ptx)),
-            "compile_s": round(secs, 2),
-        }
-        seen[key] = info
-        hook.last.append(info)
-
-    hook.last = []
+    hook = compile_hook(args.tmp)
     K._LAUNCH_HOOK = hook
-    Path(args.tmp).mkdir(parents=True, exist_ok=True)
     ops = args.ops.split(",") if args.ops else OPS
     print("| shape | dtype | op | kernel | constexprs | warps | grid | regs | stack/local | v4 ld/st | ld | ex2 |")
     print("|---|---|---|---|---|---:|---:|---:|---|---|---:|---:|")
@@ -358,7 +255,7 @@ def compile_report(args, K):
                         )
     finally:
         K._LAUNCH_HOOK = None
-    print(f"\n{len(seen)} distinct variants compiled for sm_90")
+    print(f"\n{len(hook.seen)} distinct variants compiled for sm_90")
 
 
 def main():
@@ -374,7 +271,7 @@ def main():
     args = p.parse_args()
     if args.dry:
         os.environ["TRITON_INTERPRET"] = "1"
-    K = load_kernels()
+    K = load_triton_module("softmax")
     if args.compile:
         compile_report(args, K)
     else:

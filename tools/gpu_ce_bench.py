@@ -29,13 +29,9 @@ $OUT/gpu_ce_bench.json (or --json).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from gpu_common import bench_ms, compile_hook, copy_bandwidth, load_triton_module
 
 SHAPES = [(8192, 32000), (8192, 128256), (4096, 256000)]
 DRY_SHAPES = [(6, 300), (3, 1000)]
@@ -70,23 +66,6 @@ SWEEP = [
 ]
 INPLACE = ("twopass-inplace", "liger")  # methods that overwrite the logits
 DRY_CFG = dict(tile_elems=64, cw=16, warps=1, chunk_min=64, k_max=8, l2_bytes=8192, num_sms=2)
-
-
-def load_kernels():
-    """twopass.triton.cross_entropy from the source tree (by path if the twopass package, whose
-    compiled CPU core may be missing here, does not import)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    try:
-        return importlib.import_module("twopass.triton.cross_entropy")
-    except ImportError:
-        pkg = ROOT / "src" / "twopass" / "triton"
-        spec = importlib.util.spec_from_file_location(
-            "_twopass_triton", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_twopass_triton"] = mod
-        spec.loader.exec_module(mod)
-        return importlib.import_module("_twopass_triton.cross_entropy")
 
 
 def load_liger():
@@ -177,17 +156,6 @@ def close(a_loss, a_grad, b_loss, b_grad, dtype):
 # ----------------------------------------------------------------------------------
 # Measurement.
 # ----------------------------------------------------------------------------------
-def bench_ms(fn, dry, grad_to_none=None):
-    if dry:  # the interpreter: wall-clock of one call after a warm-up
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none, return_mode="median")
-
-
 def peak_mib(fn, dry):
     """Memory one call allocates beyond what existed before it (its peak), MiB."""
     if dry:
@@ -200,18 +168,6 @@ def peak_mib(fn, dry):
     peak = torch.cuda.max_memory_allocated() - base
     del out
     return peak / 2**20
-
-
-def copy_bandwidth(dry):
-    """Device-to-device copy of 1 GiB: GB/s counting the bytes read plus the bytes written."""
-    if dry:
-        return 1.0
-    from triton.testing import do_bench
-
-    src = torch.empty(1 << 28, device="cuda", dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
-    return 2 * (1 << 30) / ms / 1e6
 
 
 def graph_check(K, x, t, w, opts, dry):
@@ -239,7 +195,7 @@ def run(args, K):
     import triton
 
     name = "interpreter (timings meaningless)" if dry else torch.cuda.get_device_properties(0).name
-    copy_gbs = copy_bandwidth(dry)
+    copy_gbs = copy_bandwidth(dry)[0]
     liger = None if dry else load_liger()
     compiled = None if dry or args.no_compile else torch.compile(torch_loss)
     meta = {
@@ -298,7 +254,7 @@ def run(args, K):
                         ok = close(loss, grad, ref_loss, ref_grad, dtype)
                         del loss, grad
                         mib = peak_mib(lambda s=step, xi=xi: s(xi), dry)
-                        ms = bench_ms(lambda s=step, xi=xi: s(xi), dry)
+                        ms = bench_ms(lambda s=step, xi=xi: s(xi), dry, rep=200)
                     except Exception as e:  # a peer that does not support an option
                         print(f"| {n_rows}x{n} | {dname} | {vname} | {mname} | failed: {type(e).__name__}: {e} |")
                         continue
@@ -340,64 +296,7 @@ def run(args, K):
 # --compile: every kernel variant, compiled offline for sm_90 (no GPU needed).
 # ----------------------------------------------------------------------------------
 def compile_report(args, K):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    target = GPUTarget("cuda", 90, 32)
-    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    ptr = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.int32: "*i32"}
-    ptr[torch.int64] = "*i64"
-    Path(args.tmp).mkdir(parents=True, exist_ok=True)
-    seen: dict = {}
-
-    def hook(kernel, grid, call_args, consts, warps):
-        sig, attrs, spec = {}, {}, dict(consts)
-        for i, (nm, v) in enumerate(zip(kernel.arg_names, call_args)):
-            nospec = getattr(kernel.params[i], "do_not_specialize", False)
-            if isinstance(v, torch.Tensor):
-                sig[nm] = ptr[v.dtype]
-                attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 256-byte aligned
-            elif isinstance(v, float):
-                sig[nm] = "fp32"
-            elif v == 1 and not nospec:
-                sig[nm], spec[nm] = "constexpr", 1  # Triton specializes integers equal to 1
-            else:
-                sig[nm] = "i32" if -(2**31) <= v < 2**31 else "i64"
-                if v % 16 == 0 and not nospec:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        for nm in consts:
-            sig[nm] = "constexpr"
-        key = (kernel.fn.__name__, tuple(sorted(sig.items())), tuple(sorted(map(str, spec.items()))), warps)
-        if key in seen:
-            hook.last.append(seen[key])
-            return
-        t0 = time.perf_counter()
-        ck = triton.compile(ASTSource(kernel, sig, spec, attrs), target=target, options={"num_warps": warps})
-        ptx = ck.asm["ptx"]
-        cubin = Path(args.tmp) / f"ce{len(seen)}.cubin"
-        cubin.write_bytes(ck.asm["cubin"])
-        res = subprocess.run([str(bindir / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True)
-        usage = re.findall(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res.stdout)
-        reg, stack, shared, local = usage[0] if usage else ("?",) * 4
-        info = {
-            "kernel": kernel.fn.__name__,
-            "consts": {k: v for k, v in consts.items() if k not in ("P1", "P2")},
-            "warps": warps,
-            "grid": grid,
-            "regs": reg,
-            "stack": stack,
-            "local": local,
-            "shared": shared,
-            "ld_v4": len(re.findall(r"ld\.global[^\n;]*\.v4", ptx)),
-            "st_v4": len(re.findall(r"st\.global[^\n;]*\.v4", ptx)),
-            "ex2": len(re.findall(r"ex2\.approx", ptx)),
-            "compile_s": round(time.perf_counter() - t0, 2),
-        }
-        seen[key] = info
-        hook.last.append(info)
-
-    hook.last = []
+    hook = compile_hook(args.tmp, hidden_consts=("P1", "P2"))
     K._LAUNCH_HOOK = hook
     cols = "shape | dtype | options | grad | kernel | constexprs | warps | grid | regs | stack/local | v4 ld/st | ex2"
     print(f"| {cols} |")
@@ -429,7 +328,7 @@ def compile_report(args, K):
                             )
     finally:
         K._LAUNCH_HOOK = None
-    print(f"\n{len(seen)} distinct variants compiled for sm_90")
+    print(f"\n{len(hook.seen)} distinct variants compiled for sm_90")
 
 
 def main():
@@ -446,7 +345,7 @@ def main():
     args = p.parse_args()
     if args.dry:
         os.environ["TRITON_INTERPRET"] = "1"
-    K = load_kernels()
+    K = load_triton_module("cross_entropy")
     if args.compile:
         compile_report(args, K)
         return
