@@ -77,18 +77,8 @@ def cross_entropy(
         raise TypeError(f"{name}: target must hold integer class indices, got dtype {t.dtype}")
     if t.shape != (rows,):
         raise ValueError(f"{name}: target has shape {t.shape}, expected ({rows},)")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
     ignore_index = operator.index(ignore_index)
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
-    zc = float(z_loss)
-    if not zc >= 0.0:
-        raise ValueError(f"{name}: z_loss must be >= 0, got {z_loss}")
-    cap = 0.0 if softcap is None else float(softcap)
-    if softcap is not None and not (cap > 0 and np.isfinite(cap)):
-        raise ValueError(f"{name}: softcap must be a positive finite number, got {softcap}")
     algo = _check_algorithm(algorithm, name)
     nthreads = _check_threads(threads, name)
 
@@ -192,6 +182,23 @@ def cross_entropy(
     if want_grad:
         result.append(_grad_result(grad_out, g, one_row, wrap))
     return result[0] if len(result) == 1 else tuple(result)
+
+
+def check_options(name: str, reduction: str, label_smoothing, z_loss, softcap) -> tuple[float, float, float]:
+    """The options every cross_entropy takes (NumPy, torch, vocabulary-parallel), checked:
+    (label_smoothing, z_loss, softcap) as floats, softcap 0.0 for none."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    zc = float(z_loss)
+    if not zc >= 0.0:
+        raise ValueError(f"{name}: z_loss must be >= 0, got {z_loss}")
+    cap = 0.0 if softcap is None else float(softcap)
+    if softcap is not None and not (cap > 0 and np.isfinite(cap)):
+        raise ValueError(f"{name}: softcap must be a positive finite number or None, got {softcap}")
+    return eps, zc, cap
 
 
 def _to_f32(a: np.ndarray) -> np.ndarray:

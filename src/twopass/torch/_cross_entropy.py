@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._cross_entropy import REDUCTIONS
+from .._cross_entropy import check_options
 
 __all__ = ["cross_entropy"]
 
@@ -49,21 +49,13 @@ def cross_entropy(
     requested extras, which carry no gradient (they are for logging). With
     `inplace_backward=True` the logits' storage holds the gradient after the call.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"twopass.torch.cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    name = "twopass.torch.cross_entropy"
+    eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
     if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(
-            "twopass.torch.cross_entropy: expected logits (N, C) and target (N,), got "
-            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+            f"{name}: expected logits (N, C) and target (N,), got {tuple(logits.shape)} and {tuple(target.shape)}"
         )
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"twopass.torch.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not z_loss >= 0.0:
-        raise ValueError(f"twopass.torch.cross_entropy: z_loss must be >= 0, got {z_loss}")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"twopass.torch.cross_entropy: softcap must be > 0, got {softcap}")
-    cap = 0.0 if softcap is None else float(softcap)
-    opts = (int(ignore_index), reduction, float(label_smoothing), float(z_loss), cap)
+    opts = (int(ignore_index), reduction, eps, zc, cap)
     need_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_backward and need_grad:
         loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)

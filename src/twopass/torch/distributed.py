@@ -93,13 +93,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 import twopass
+from twopass._cross_entropy import check_options
 
 __all__ = ["cross_entropy", "log_softmax", "logsumexp", "shard_offset", "softmax"]
 
 # A shard whose local |logsumexp| reaches this is sent as (row maximum, lse(x - max)): below it a
 # float32 lse carries the pair to 2^-20 absolute, the rounding level of the unsharded computation.
 _EXACT_ABOVE = 32.0
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 def softmax(x: Tensor, dim: int = -1, *, group: dist.ProcessGroup | None = None) -> Tensor:
@@ -173,14 +173,8 @@ def cross_entropy(
             f"cross_entropy: weight must be this rank's float slice of shape ({logits.shape[-1]},), "
             f"got {tuple(weight.shape)} {weight.dtype}"
         )
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not z_loss >= 0.0:
-        raise ValueError(f"cross_entropy: z_loss must be >= 0, got {z_loss}")
-    if softcap is not None and not softcap > 0.0:
-        raise ValueError(f"cross_entropy: softcap must be > 0 or None, got {softcap}")
+    label_smoothing, z_loss, cap = check_options("cross_entropy", reduction, label_smoothing, z_loss, softcap)
+    softcap = cap or None
     if vocab_start is None:
         vocab_start = shard_offset(logits.shape[-1], group=group, device=logits.device)
     opts = (int(ignore_index), reduction, float(label_smoothing), float(z_loss), softcap, int(vocab_start), group)
