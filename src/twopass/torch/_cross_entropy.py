@@ -98,15 +98,15 @@ def _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
 
 def _scales(target, weight, ignore_index, reduction, dtype):
     """[s_ce, s_z] on the target's device, without reading anything on the host."""
+    if reduction != "mean":
+        return torch.ones(2, dtype=dtype, device=target.device)
     valid = target != ignore_index
     n_valid = valid.sum().to(dtype)
     if weight is None:
         wt_sum = n_valid
     else:
         wt_sum = torch.where(valid, weight.to(dtype)[target.clamp(0, weight.numel() - 1)], 0).sum()
-    if reduction != "mean":
-        return torch.ones(2, dtype=dtype, device=target.device), wt_sum, n_valid
-    return torch.stack([1 / wt_sum, 1 / n_valid]), wt_sum, n_valid
+    return torch.stack([1 / wt_sum, 1 / n_valid])
 
 
 def _reduce(ce, z, scale, reduction):
@@ -122,7 +122,7 @@ def _triton(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
     from ..triton import cross_entropy as k  # imports triton: only when a CUDA tensor comes
 
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
-    scale, _, _ = _scales(target, weight, ignore_index, reduction, torch.float32)
+    scale = _scales(target, weight, ignore_index, reduction, torch.float32)
     ce, z, lse = k.cross_entropy_forward(
         x,
         target,
@@ -154,7 +154,7 @@ def _torch_ops(logits, target, weight, ignore_index, reduction, eps, zc, cap, gr
         ce = ce + eps / C * (w.sum() * lse - (x * w).sum(1))
     ce = torch.where(valid, ce, 0)
     z = torch.where(valid, zc * lse * lse, 0) if zc > 0 else torch.zeros_like(lse)
-    scale, _, _ = _scales(target, weight, ignore_index, reduction, x.dtype)
+    scale = _scales(target, weight, ignore_index, reduction, x.dtype)
     if grad is not None:
         p = torch.exp(x - lse[:, None])
         A = scale[0] * ((1 - eps) * wt + eps / C * w.sum()) + scale[1] * 2 * zc * lse

@@ -347,7 +347,7 @@ class _LogSumExp(torch.autograd.Function):
         # d lse / d x_i = exp(x_i - lse) with the whole row's lse: local to each shard, the same
         # op as the unsharded backward.
         x, lse = ctx.saved_tensors
-        if x.device.type == "cpu" and ctx.dim == x.dim() - 1 and dx_fused_ok(x, None) and x.is_contiguous():
+        if x.device.type == "cpu" and ctx.dim == x.dim() - 1 and _fused_ok(x, None) and x.is_contiguous():
             # The C++ kernel: a = g, nothing subtracted (target -1 everywhere).
             rows = lse.numel()
             gw = grad.reshape(rows).double()
@@ -367,7 +367,7 @@ class _LogSumExp(torch.autograd.Function):
 # ----------------------------------------------------------------------------------
 # cross_entropy.
 # ----------------------------------------------------------------------------------
-def dx_fused_ok(x: Tensor, w: Tensor | None) -> bool:
+def _fused_ok(x: Tensor, w: Tensor | None) -> bool:
     return x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1 and (w is None or w.is_contiguous())
 
 
@@ -485,7 +485,7 @@ class _CrossEntropy(torch.autograd.Function):
         if zc > 0:
             a = a + g_z * (2 * zc) * lse
         a = a.masked_fill(~valid, 0.0)
-        if x.device.type == "cpu" and softcap is None and not shifted and dx_fused_ok(x, w):
+        if x.device.type == "cpu" and softcap is None and not shifted and _fused_ok(x, w):
             # The C++ kernel: exp(x - lse) in cache, the gradient written once (streamed).
             b = (g_ce * (eps / n_tot)).expand(valid.shape).masked_fill(~valid, 0.0)
             onehot = (g_ce * (1 - eps) * w_t).expand(valid.shape).masked_fill(~owned, 0.0)
