@@ -427,7 +427,9 @@ template <class T, class Vis> void reduce_panel(const Group<T>& g, Vis& vis) {
   }
 }
 
-template <class T, class Vis> void map_row(const T* x, T* y, int64_t n, Vis& vis, bool stream) {
+// Write a contiguous row y[0..n) from f(i, k, u): the vector of elements i..i+k (k <= W
+// lanes; u the unrolled register it stands for), with streaming stores when asked.
+template <class T, class F> void write_row(T* y, int64_t n, bool stream, F&& f) {
   using V = Vec<T>;
   constexpr int W = V::W;
   int64_t i = 0;
@@ -437,21 +439,27 @@ template <class T, class Vis> void map_row(const T* x, T* y, int64_t n, Vis& vis
     const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(T)) % W);
     if (mis) {
       const int h = (int)std::min<int64_t>(n, W - mis);
-      V::store_partial(y, vis.apply(0, V::load_partial(x, h, Vis::kFill)), h);
+      V::store_partial(y, f(0, h, 0), h);
       i = h;
     }
     for (; i + kUnroll * W <= n; i += kUnroll * W)
-      for (int u = 0; u < kUnroll; ++u) V::stream(y + i + u * W, vis.apply(u, V::load(x + i + u * W)));
+      for (int u = 0; u < kUnroll; ++u) V::stream(y + i + u * W, f(i + u * W, W, u));
   } else {
     for (; i + kUnroll * W <= n; i += kUnroll * W)
-      for (int u = 0; u < kUnroll; ++u) V::store(y + i + u * W, vis.apply(u, V::load(x + i + u * W)));
+      for (int u = 0; u < kUnroll; ++u) V::store(y + i + u * W, f(i + u * W, W, u));
   }
-  for (; i + W <= n; i += W) V::store(y + i, vis.apply(0, V::load(x + i)));
-  if (i < n) {
-    const int r = (int)(n - i);
-    V::store_partial(y + i, vis.apply(0, V::load_partial(x + i, r, Vis::kFill)), r);
-  }
+  for (; i + W <= n; i += W) V::store(y + i, f(i, W, 0));
+  if (i < n) V::store_partial(y + i, f(i, (int)(n - i), 0), (int)(n - i));
   if (stream) V::sfence();
+}
+
+// Full or partial (missing lanes = fill) load of k <= W elements.
+template <class T> inline typename Vec<T>::R load_k(const T* p, int k, T fill) {
+  return k == Vec<T>::W ? Vec<T>::load(p) : Vec<T>::load_partial(p, k, fill);
+}
+
+template <class T, class Vis> void map_row(const T* x, T* y, int64_t n, Vis& vis, bool stream) {
+  write_row(y, n, stream, [&](int64_t i, int k, int u) { return vis.apply(u, load_k(x + i, k, Vis::kFill)); });
 }
 
 template <class T, class Vis> void map_panel(const Group<T>& g, Vis& vis) {
@@ -538,32 +546,16 @@ template <class T, bool Weighted, bool Capped>
 void ce_finish_impl(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int W = V::W;
   const R av = V::set1(a), cv = V::set1(c), iv = V::set1(inv_cap), one = V::set1(1);
-  auto ld = [](const T* q, int k) { return k == W ? V::load(q) : V::load_partial(q, k, 0); };
-  auto f = [&](int64_t i, int k) {
-    R g = V::mul(av, ld(p + i, k));
-    g = Weighted ? V::sub(g, V::mul(cv, ld(w + i, k))) : V::sub(g, cv);
+  write_row(y, n, stream, [&](int64_t i, int k, int) {
+    R g = V::mul(av, load_k<T>(p + i, k, 0));
+    g = Weighted ? V::sub(g, V::mul(cv, load_k<T>(w + i, k, 0))) : V::sub(g, cv);
     if (Capped) {
-      const R s = V::mul(ld(xc + i, k), iv);
+      const R s = V::mul(load_k<T>(xc + i, k, 0), iv);
       g = V::mul(g, V::sub(one, V::mul(s, s)));
     }
     return g;
-  };
-  int64_t i = 0;
-  stream = stream && W > 1 && ((uintptr_t)y % sizeof(T)) == 0;
-  if (stream) {
-    const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(T)) % W);
-    if (mis) {
-      const int h = (int)std::min<int64_t>(n, W - mis);
-      V::store_partial(y, f(0, h), h);
-      i = h;
-    }
-    for (; i + W <= n; i += W) V::stream(y + i, f(i, W));
-  }
-  for (; i + W <= n; i += W) V::store(y + i, f(i, W));
-  if (i < n) V::store_partial(y + i, f(i, (int)(n - i)), (int)(n - i));
-  if (stream) V::sfence();
+  });
 }
 template <class T>
 void ce_finish(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
