@@ -11,6 +11,8 @@ import pytest
 
 import twopass
 from conftest import ISA_PARAMS, OPS, assert_close, run
+from twopass import _dispatch
+from twopass._api import compute
 
 torch = pytest.importorskip("torch")
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -263,15 +265,42 @@ def test_gil_is_released_while_kernels_run():
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 1000), (2, 3, 65)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fast_path_is_the_general_path(op, shape, dtype):
-    """The default call on a C-contiguous array skips the general checks (_api._fast);
-    it must give bit for bit what the general path (taken when `out` is given) gives."""
+    """Calls on a C-contiguous array over its last axis skip the general checks
+    (_api._fast), also with out=, threads= and algorithm=; they must give bit for bit
+    what the general path (taken here by naming the ISA) gives."""
     x = np.random.default_rng(1).standard_normal(shape).astype(dtype) * 10
     fn = getattr(twopass, op)
     kw = {"keepdims": True} if op == "logsumexp" else {}
+    general = compute(op, x, isa=_dispatch.ISA, **kw)
     fast = fn(x, **kw)
-    out = np.empty_like(fast)
-    general = fn(x, out=out, **kw)
     assert fast.shape == general.shape and fast.dtype == general.dtype
     np.testing.assert_array_equal(fast, general)
     if op == "logsumexp":
         np.testing.assert_array_equal(fn(x), general.reshape(shape[:-1]))
+        return
+    for algo in ("two_pass", "three_pass_reload"):
+        want = compute(op, x, algorithm=algo, threads=2, isa=_dispatch.ISA)
+        out = np.full_like(x, np.nan)
+        assert fn(x, out=out, algorithm=algo, threads=2) is out
+        np.testing.assert_array_equal(out, want)
+        inplace = x.copy()
+        assert fn(inplace, out=inplace, algorithm=algo, threads=1) is inplace
+        np.testing.assert_array_equal(inplace, want)
+
+
+def test_fast_path_keeps_the_errors():
+    """What the fast path lets through the general path rejects: a partially
+    overlapping or read-only out, bad threads or algorithm."""
+    x = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        twopass.softmax(x[:32], out=x[16:48])
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        twopass.softmax(x, out=ro)
+    with pytest.raises(ValueError, match="threads"):
+        twopass.softmax(x, threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        twopass.softmax(x, threads=True)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        twopass.softmax(x, algorithm="fast")
