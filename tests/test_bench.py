@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("rich")
 
 import twopass  # noqa: E402
+from twopass import _api  # noqa: E402
 from twopass.bench import _analysis, _cli, _measure, _plan, _run, _tune  # noqa: E402
 
 BEST = twopass.info()["isa_supported"][-1]
@@ -134,7 +135,8 @@ def test_bandwidth_bounds_and_ratios_are_positive_and_finite(doc):
     assert doc["bounds"], "no bandwidth bound measured"
     for b in doc["bounds"]:
         assert _finite_positive(b["read_gbps"]) and _finite_positive(b["copy_gbps"])
-    for r in _analysis.results(doc["results"]):
+    res = _analysis.results(doc["results"])
+    for r in res:
         assert _finite_positive(r["gbps"]), r
         assert _finite_positive(r["frac_bound"]), r
         assert r["traffic"]["reads"] >= 1
@@ -142,6 +144,25 @@ def test_bandwidth_bounds_and_ratios_are_positive_and_finite(doc):
         assert all(_finite_positive(v) for v in r["time_ratio"].values()), r
         if r["kind"] == "twopass" and r["algorithm"] == "two_pass":
             assert r["time_ratio"]["twopass two_pass"] == 1.0
+        members = _analysis.group_members(res, _analysis.group_key(r))
+        if r["kind"] == "twopass" and r is _analysis.auto_record(members, r["isa"]):
+            assert r["time_ratio"]["twopass auto"] == 1.0
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_peers_compare_against_what_a_plain_call_runs(op):
+    """The peer columns use twopass as users call it: the record of the algorithm
+    algorithm="auto" takes for the row length (the library's crossover table), on both
+    sides of the crossover; logsumexp is always the one-pass two_pass."""
+    crossover = _api._crossovers().get("float32", {}).get(op, 0)
+    for n in {max(1, crossover - 1), max(1, crossover), 1 << 20}:
+        members = [
+            {"kind": "twopass", "isa": "avx2", "op": op, "dtype": "float32", "shape": [n], "algorithm": a}
+            for a in ("two_pass", "three_pass_reload", "online")
+        ]
+        want = "two_pass" if op == "logsumexp" or n >= crossover else "three_pass_reload"
+        assert _analysis.auto_record(members, "avx2")["algorithm"] == want
+        assert twopass._api._auto_algorithm(op, np.dtype(np.float32), n) == want or op == "logsumexp"
 
 
 def test_peers_checked_against_twopass(doc):

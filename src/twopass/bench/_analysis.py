@@ -74,7 +74,7 @@ def annotate(records: list[dict[str, Any]], caches: dict[str, int]) -> dict[Key,
     bs = bounds(records)
     for r in results(records):
         _annotate_one(r, bs, caches)
-    _ratios(records)
+    ratios(records)
     return bs
 
 
@@ -105,23 +105,51 @@ def group_key(r: dict[str, Any]) -> tuple[tuple[int, ...], str, int]:
     return tuple(r["shape"]), r["op"], r["threads"]
 
 
-def _ratios(records: list[dict[str, Any]]) -> None:
-    """time_ratio[name] = this time / name's time, for twopass two_pass (same ISA; best
-    ISA for peers) and every peer of the group (< 1: faster than that one)."""
+def auto_algorithm(op: str, dtype: str, n: int) -> str:
+    """The algorithm a plain call (algorithm="auto") takes for rows of n elements, from
+    the crossover table the installed library reads; logsumexp is always one pass."""
+    import numpy as np
+
+    from twopass._api import _auto_algorithm
+
+    return "two_pass" if op == "logsumexp" else _auto_algorithm(op, np.dtype(dtype), n)
+
+
+def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | None:
+    """twopass as users call it: the record, on `isa`, of the algorithm algorithm="auto"
+    takes for this group's rows (two_pass when that one was not measured)."""
+    tp = {r["algorithm"]: r for r in members if r["kind"] == "twopass" and r["isa"] == isa}
+    if not tp:
+        return None
+    r0 = next(iter(tp.values()))
+    return tp.get(auto_algorithm(r0["op"], r0["dtype"], r0["shape"][-1])) or tp.get("two_pass")
+
+
+def ratios(records: list[dict[str, Any]]) -> None:
+    """time_ratio[name] = this time / name's time, for twopass two_pass and twopass auto
+    (same ISA; best ISA for peers) and every peer of the group (< 1: faster than that
+    one)."""
     res = results(records)
     groups = sorted({group_key(r) for r in res}, key=str)
     for key in groups:
         members = group_members(res, key)
         base = {r["isa"]: r for r in members if r["kind"] == "twopass" and r["algorithm"] == "two_pass"}
-        best_base = base[max(base, key=_isa_rank)] if base else None
+        best_isa_ = max(base, key=_isa_rank) if base else None
+        best_base = base[best_isa_] if base else None
+        autos = {isa: auto_record(members, isa) for isa in base}
+        best_auto = autos.get(best_isa_) if base else None
         peers = {r["impl"]: r for r in members if r["kind"] == "peer"}
         for r in members:
             if tuple(r["shape"]) != key[0] or r["threads"] != key[2] or r["op"] != key[1]:
                 continue  # a single-threaded peer shown in a larger group: ratios from its own
-            ref = base.get(r["isa"], best_base) if r["kind"] == "twopass" else best_base
+            own = r["kind"] == "twopass"
             ratio = {}
-            if ref is not None:
-                ratio["twopass two_pass"] = r["median_s"] / ref["median_s"]
+            for name, ref in (
+                ("twopass two_pass", base.get(r["isa"], best_base) if own else best_base),
+                ("twopass auto", autos.get(r["isa"], best_auto) if own else best_auto),
+            ):
+                if ref is not None:
+                    ratio[name] = r["median_s"] / ref["median_s"]
             ratio.update({name: r["median_s"] / p["median_s"] for name, p in peers.items()})
             r["time_ratio"] = ratio
 

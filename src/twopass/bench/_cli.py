@@ -250,6 +250,7 @@ def _plot_only(console: Any, path: Path, args: argparse.Namespace) -> int:
     from . import _plots
 
     doc = json.loads(path.read_text())
+    _analysis.ratios(doc["results"])  # with this version's definitions (older runs lack "twopass auto")
     _report.print_report(console, doc)
     out = Path(args.out) if args.out != parser().get_default("out") else path.parent
     for p in _plots.draw_all(doc, out, path.stem):

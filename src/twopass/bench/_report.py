@@ -54,9 +54,10 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
                     console.print(table)
     console.print(f"[dim]{BOUND_TEXT}[/dim]")
     console.print(
-        "[dim]algorithm columns: GB/s and % of the bound. Peer columns: peer time / twopass two_pass "
-        "time (> 1: twopass is faster); * the peer allocates its output; ¹ a single-threaded library, "
-        "measured at 1 thread. 3p = three_pass, ort = onnxruntime.[/dim]"
+        "[dim]algorithm columns: GB/s and % of the bound. Peer columns: peer time / twopass time, "
+        "twopass as a plain call runs it (algorithm='auto': three_pass_reload below the crossover "
+        "of _tuning.json, two_pass above; > 1: twopass is faster); * the peer allocates its output; "
+        "¹ a single-threaded library, measured at 1 thread. 3p = three_pass, ort = onnxruntime.[/dim]"
     )
     for line in summary_lines(doc):
         console.print(line)
@@ -106,7 +107,7 @@ def _result_table(
         tp = {r["algorithm"]: r for r in members if r["kind"] == "twopass" and r["isa"] == isa}
         if not tp:
             continue
-        base = tp.get("two_pass")
+        base = _analysis.auto_record(members, isa)
         level = next(iter(tp.values()))["level"]
         row = [_plan.format_shape(tuple(shape)), level]
         row += [_cell(tp.get(a)) for a in algos]
@@ -167,9 +168,9 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     wins = losses = 0
     worst: list[tuple[float, str]] = []
     for r in res:
-        if r["kind"] != "peer" or "twopass two_pass" not in r.get("time_ratio", {}):
+        if r["kind"] != "peer" or "twopass auto" not in r.get("time_ratio", {}):
             continue
-        ratio = r["time_ratio"]["twopass two_pass"]  # peer time / twopass time
+        ratio = r["time_ratio"]["twopass auto"]  # peer time / twopass time
         if ratio >= 1:
             wins += 1
         else:
@@ -179,7 +180,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             )
     if wins + losses:
         lines.append(
-            f"twopass two_pass faster than the peer in {wins} of {wins + losses} comparisons"
+            f"twopass (algorithm='auto') faster than the peer in {wins} of {wins + losses} comparisons"
             + (f"; slower: {', '.join(w for _, w in sorted(worst)[:8])}" if worst else "")
         )
     return lines
