@@ -718,8 +718,68 @@ template <class T, bool Panel> struct Prim {
     map(g, v, stream);
   }
 
+  // The three-pass reload over a block of contiguous rows in one call (twopass.h). For
+  // short rows the separate passes' fixed costs (a call, block setup, folds, the
+  // driver's bookkeeping) outweigh the work, so the passes are written out here once,
+  // constants hoisted out of the row loop. Sums fold into double every block, as in
+  // exp_store_sum (plainly: a short row has one block).
+  static void rows_reload(const T* x, T* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, T* lse,
+                          uint8_t* redo) {
+    using V = Vec<T>;
+    using R = typename V::R;
+    constexpr int W = V::W, kStep = kUnroll * W;
+    constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * xs;
+      T* yr = y + r * ys;
+      // Pass 1: the maximum (a NaN may or may not survive: the sum catches it).
+      R M[kUnroll];
+      for (auto& v : M) v = V::set1(-INFINITY);
+      int64_t i = 0;
+      for (; i + kStep <= n; i += kStep)
+        for (int u = 0; u < kUnroll; ++u) M[u] = V::max(M[u], V::load(xr + i + u * W));
+      for (; i < n; i += W) M[0] = V::max(M[0], load_k<T>(xr + i, (int)std::min<int64_t>(W, n - i), -INFINITY));
+      for (int u = 1; u < kUnroll; ++u) M[0] = V::max(M[0], M[u]);
+      const T m = V::hmax(M[0]);
+      const R mv = V::set1(m);
+      // Pass 2: exp(x - m), stored (softmax) and summed.
+      double s = 0;
+      for (int64_t b = 0; b < n; b += kBlock) {
+        const int64_t end = std::min(n, b + kBlock);
+        R S[kUnroll];
+        for (auto& v : S) v = V::set1(0);
+        for (i = b; i + kStep <= end; i += kStep)
+          for (int u = 0; u < kUnroll; ++u) {
+            const R e = Math<T>::exp(V::sub(V::load(xr + i + u * W), mv));
+            if (!log) V::store(yr + i + u * W, e);
+            S[u] = V::add(S[u], e);
+          }
+        for (; i < end; i += W) {
+          const int k = (int)std::min<int64_t>(W, end - i);
+          const R e = Math<T>::exp(V::sub(load_k<T>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
+          if (!log) V::store_partial(yr + i, e, k);
+          S[0] = V::add(S[0], e);
+        }
+        for (int u = 1; u < kUnroll; ++u) S[0] = V::add(S[0], S[u]);
+        s += V::hsum_wide(S[0]);
+      }
+      redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
+      if (redo[r]) continue;
+      // Pass 3: y *= 1/s (softmax, in place on what pass 2 wrote), y = (x - m) - log s.
+      if (log) {
+        const R b = V::set1((T)std::log(s));
+        write_row(yr, n, stream, (const T*)nullptr,
+                  [&](int64_t j, int k, int) { return V::sub(V::sub(load_k<T>(xr + j, k, 0), mv), b); });
+      } else {
+        const R c = V::set1((T)(1.0 / s));
+        write_row(yr, n, false, (const T*)nullptr, [&](int64_t j, int k, int) { return V::mul(load_k<T>(yr + j, k, 0), c); });
+        if (lse) lse[r] = (T)((double)m + std::log(s));
+      }
+    }
+  }
+
   static constexpr tp::Prims<T> table() {
-    return {pair_sum, pair_write, max, sumexp, online, exp_store_sum, exp_scale, scale, sub2};
+    return {pair_sum, pair_write, max, sumexp, online, exp_store_sum, exp_scale, scale, sub2, Panel ? nullptr : rows_reload};
   }
 };
 

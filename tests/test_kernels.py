@@ -78,6 +78,30 @@ def test_hard_rows(isa, algorithm, dtype, op, case):
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("n", [1, 7, 64, 100, 2049])
+def test_row_blocks_with_special_rows(isa, dtype, op, n):
+    """Contiguous rows by three_pass_reload run 256 rows per kernel call
+    (Prims::rows_reload); rows with special values are flagged there and redone by the
+    general path. Special rows at a block's first and last row, side by side, and in
+    the last, partial block; 1 and 2 threads (the blocks start where a thread's rows do)."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((700, n)) * 4).astype(dtype)
+    with np.errstate(over="ignore"):
+        x[0, n // 2] = np.nan
+        x[255, -1] = np.inf
+        x[256] = -np.inf
+        x[257, 0] = np.nan
+        x[300] = dtype(3e38) if n > 1 else -np.inf  # huge but finite: the maximum-shifted sum is fine
+        x[301, ::2] = -np.inf  # -inf entries in a finite row: softmax 0, log_softmax -inf
+        x[699] = -np.inf
+    for threads in (1, 2):
+        y = run(op, x, algorithm="three_pass_reload", isa=isa, threads=threads)
+        assert_close(op, x, y)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", OPS)
