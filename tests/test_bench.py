@@ -75,7 +75,9 @@ def test_crossover():
     assert _tune.crossover({256: 1.2, 1024: 1.1, 4096: 0.9, 16384: 0.8}) == 4096
     assert _tune.crossover({256: 0.9, 1024: 0.95}) == 0  # two_pass everywhere
     assert _tune.crossover({256: 0.9, 1024: 1.05}) == _tune.NEVER  # loses at the longest
-    assert _tune.crossover({256: 0.9, 1024: 1.1, 4096: 0.9}) == 4096  # noise below: from 4096 on
+    assert _tune.crossover({256: 0.9, 1024: 1.1, 4096: 0.9}) == 0  # one length off: noise, smoothed away
+    # two lengths in a row where two_pass loses are not noise: from after them on
+    assert _tune.crossover({256: 0.9, 1024: 1.1, 4096: 1.1, 16384: 0.9, 65536: 0.8}) == 16384
 
 
 def test_bound_model():

@@ -4,7 +4,8 @@ For each dtype and op (softmax, log_softmax), 1 thread, the best ISA, and row le
 256 .. 16M (powers of 2), time both algorithms over a batch of rows of that length whose
 input fills the last-level cache (so x + y, 2x L3, streams from memory as a real batch
 would; a row longer than that is a batch of one). The crossover is the shortest measured
-length from which two_pass is faster at every longer length; 0 when it is faster
+length from which two_pass is faster at every longer length, after each ratio is smoothed
+with its neighbours' (a median of three); 0 when it is faster
 everywhere, `NEVER` when it is never faster at the longest. `_api._auto_algorithm` reads
 the result: two_pass for rows at least that long, else three_pass_reload.
 """
@@ -26,6 +27,7 @@ TUNE_SIZES = tuple(1 << k for k in range(8, 25))  # 256 .. 16M
 TUNE_DTYPES = ("float32", "float64")
 TUNE_OPS = ("softmax", "log_softmax")
 NEVER = 1 << 62  # "two_pass is never faster": a row length no array reaches
+TUNE_ROUNDS = 3  # rounds of (two_pass, three_pass_reload) per length; the ratio is their median
 TUNE_BUDGET = _measure.Budget(min_repeat_s=5e-3, per_case_s=0.1, min_repeats=7, max_repeats=11)
 
 
@@ -41,13 +43,26 @@ def tune_shape(n: int, itemsize: int, caches: dict[str, int]) -> tuple[int, ...]
     return (rows, n) if rows > 1 else (n,)
 
 
-def crossover(ratios: dict[int, float]) -> int:
-    """ratios[n] = time(two_pass) / time(three_pass_reload)."""
+def smoothed(ratios: dict[int, float]) -> dict[int, float]:
+    """Each ratio replaced by the median of itself and its two neighbouring lengths (the
+    shortest and longest kept): on a shared machine one length's timing can be off by
+    20%, and a lone outlier must not move the crossover by decades (two runs of the
+    unsmoothed rule gave 2^11 and 2^18)."""
     ns = sorted(ratios)
-    if not ns or ratios[ns[-1]] >= 1:
+    return {
+        n: ratios[n] if i in (0, len(ns) - 1) else float(np.median([ratios[m] for m in ns[i - 1 : i + 2]]))
+        for i, n in enumerate(ns)
+    }
+
+
+def crossover(ratios: dict[int, float]) -> int:
+    """ratios[n] = time(two_pass) / time(three_pass_reload); the rule runs on smoothed()."""
+    r = smoothed(ratios)
+    ns = sorted(r)
+    if not ns or r[ns[-1]] >= 1:
         return NEVER
     k = len(ns) - 1
-    while k > 0 and ratios[ns[k - 1]] < 1:
+    while k > 0 and r[ns[k - 1]] < 1:
         k -= 1
     return 0 if k == 0 else ns[k]
 
@@ -76,11 +91,14 @@ def run(
             sets = bufs.get(reg.nsets)
             for op in ops:
                 advance(f"tune {dtype} {op} n={_plan.format_count(n)}")
-                t = {
-                    a: _measure.measure(_measure.twopass_calls(op, a, isa, 1, sets), budget).median_s
-                    for a in ("two_pass", "three_pass_reload")
-                }
-                out[dtype][op][n] = t["two_pass"] / t["three_pass_reload"]
+                rounds = []
+                for _ in range(TUNE_ROUNDS):  # alternating, so a slow spell hits both
+                    t = {
+                        a: _measure.measure(_measure.twopass_calls(op, a, isa, 1, sets), budget).median_s
+                        for a in ("two_pass", "three_pass_reload")
+                    }
+                    rounds.append(t["two_pass"] / t["three_pass_reload"])
+                out[dtype][op][n] = float(np.median(rounds))
             del bufs, sets
     return out
 
