@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("rich")
 
 import twopass  # noqa: E402
-from twopass import _api  # noqa: E402
+from twopass import _api, _dispatch  # noqa: E402
 from twopass.bench import _analysis, _cli, _measure, _plan, _run, _tune  # noqa: E402
 
 BEST = twopass.info()["isa_supported"][-1]
@@ -154,17 +154,21 @@ def test_bandwidth_bounds_and_ratios_are_positive_and_finite(doc):
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 def test_peers_compare_against_what_a_plain_call_runs(op):
     """The peer columns use twopass as users call it: the record of the algorithm
-    algorithm="auto" takes for the row length (the library's crossover table), on both
-    sides of the crossover; logsumexp is always the one-pass two_pass."""
+    algorithm="auto" takes (the library's crossover table, and for softmax whether x and
+    y fit in the L3), on both sides of the crossover; logsumexp is always the one-pass
+    two_pass."""
     crossover = _api._crossovers().get("float32", {}).get(op, 0)
+    l3_floats = _dispatch.cache_sizes()["L3"] // 4
     for n in {max(1, crossover - 1), max(1, crossover), 1 << 20}:
-        members = [
-            {"kind": "twopass", "isa": "avx2", "op": op, "dtype": "float32", "shape": [n], "algorithm": a}
-            for a in ("two_pass", "three_pass_reload", "online")
-        ]
-        want = "two_pass" if op == "logsumexp" or n >= crossover else "three_pass_reload"
-        assert _analysis.auto_record(members, "avx2")["algorithm"] == want
-        assert twopass._api._auto_algorithm(op, np.dtype(np.float32), n) == want or op == "logsumexp"
+        for rows in (1, 2 * l3_floats // n + 1):  # one row (in cache up to L3/8 floats), a batch larger than L3
+            members = [
+                {"kind": "twopass", "isa": "avx2", "op": op, "dtype": "float32", "shape": [rows, n], "algorithm": a}
+                for a in ("two_pass", "three_pass_reload", "online")
+            ]
+            in_cache = 2 * rows * n <= l3_floats
+            reload = op != "logsumexp" and (n < crossover or (op == "softmax" and in_cache))
+            want = "three_pass_reload" if reload else "two_pass"
+            assert _analysis.auto_record(members, "avx2")["algorithm"] == want, (n, rows)
 
 
 def test_peers_checked_against_twopass(doc):

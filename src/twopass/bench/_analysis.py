@@ -105,14 +105,15 @@ def group_key(r: dict[str, Any]) -> tuple[tuple[int, ...], str, int]:
     return tuple(r["shape"]), r["op"], r["threads"]
 
 
-def auto_algorithm(op: str, dtype: str, n: int) -> str:
-    """The algorithm a plain call (algorithm="auto") takes for rows of n elements, from
-    the crossover table the installed library reads; logsumexp is always one pass."""
+def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...]) -> str:
+    """The algorithm a plain call (algorithm="auto") takes for an array of this shape
+    (rows along the last axis), by the installed library's rule; logsumexp is always
+    one pass."""
     import numpy as np
 
     from twopass._api import _auto_algorithm
 
-    return "two_pass" if op == "logsumexp" else _auto_algorithm(op, np.dtype(dtype), n)
+    return "two_pass" if op == "logsumexp" else _auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape))
 
 
 def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | None:
@@ -122,7 +123,7 @@ def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | Non
     if not tp:
         return None
     r0 = next(iter(tp.values()))
-    return tp.get(auto_algorithm(r0["op"], r0["dtype"], r0["shape"][-1])) or tp.get("two_pass")
+    return tp.get(auto_algorithm(r0["op"], r0["dtype"], tuple(r0["shape"]))) or tp.get("two_pass")
 
 
 def ratios(records: list[dict[str, Any]]) -> None:
