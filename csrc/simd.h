@@ -343,6 +343,7 @@ template <class T> struct Scale {
   static R acc(R v, R k) { return V::scalef(v, k); }
   static R acc_pow2(R k) { return V::scalef(V::set1(T(1)), k); }
   static R out(R v, R k) { return V::scalef(v, k); }
+  static R out_normal(R v, R k) { return V::scalef(v, k); }
 #else
   static constexpr T kBias = (T)FloatBits<T>::kBias;
   // Sums (k <= 0): terms scaled below 2^(1-bias) are negligible next to the leading
@@ -353,6 +354,8 @@ template <class T> struct Scale {
   // when some lane's result may be subnormal, split k = k1 + k2 with both powers
   // normal, so v * 2^k1 is exact and the final product rounds once. k below
   // 2*(1-bias) only gives 0 anyway.
+  // Outputs known to be normal (v * 2^k >= the smallest normal): one power of two.
+  static R out_normal(R v, R k) { return V::mul(v, V::pow2(k)); }
   static R out(R v, R k) {
     if (!V::any_below(k, 3 - kBias)) return V::mul(v, V::pow2(k));
     R k1 = V::max(k, V::set1(3 - kBias));

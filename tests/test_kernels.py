@@ -79,6 +79,25 @@ def test_hard_rows(isa, algorithm, dtype, op, case):
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_row_blocks_normal_range_boundary(isa, dtype):
+    """rows_reload takes an exp without clamp or subnormal care when every x - max lies
+    above Numerics::kNormalMin (-87 for float32, -708 for float64): rows whose range
+    sits just inside and just outside it, with outputs near the smallest normal and in
+    the subnormal range, must come out right on both sides."""
+    span = 87.0 if dtype == np.float32 else 708.0
+    rng = np.random.default_rng(3)
+    rows = []
+    for lo in (span - 0.5, span - 0.01, span + 0.01, span + 0.3, span + 0.7, span + 14, span + 30):
+        row = rng.uniform(-lo, 0, 100)
+        row[:2] = (0.0, -lo)  # the range is exactly lo
+        rows.append(row)
+    x = np.array(rows).astype(dtype) + dtype(5)
+    for op in ("softmax", "log_softmax"):
+        assert_close(op, x, run(op, x, algorithm="three_pass_reload", isa=isa, threads=1))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("n", [1, 7, 64, 100, 2049])
 def test_row_blocks_with_special_rows(isa, dtype, op, n):
