@@ -768,22 +768,19 @@ template <class T, bool Panel> struct Prim {
         const int64_t end = std::min(n, b + kBlock);
         R S[kUnroll];
         for (auto& v : S) v = V::set1(0);
-        if (normal) {
+        auto body = [&](auto exp) {
           for (i = b; i + kStep <= end; i += kStep)
             for (int u = 0; u < kUnroll; ++u) {
-              const R e = Math<T>::exp_normal(V::sub(V::load(xr + i + u * W), mv));
+              const R e = exp(V::sub(V::load(xr + i + u * W), mv));
               if (!log) V::store(yr + i + u * W, e);
               S[u] = V::add(S[u], e);
             }
-        } else {
-          for (i = b; i + kStep <= end; i += kStep)
-            for (int u = 0; u < kUnroll; ++u) {
-              const R e = Math<T>::exp(V::sub(V::load(xr + i + u * W), mv));
-              if (!log) V::store(yr + i + u * W, e);
-              S[u] = V::add(S[u], e);
-            }
-        }
-        for (; i < end; i += W) {
+        };
+        if (normal)
+          body([](R v) { return Math<T>::exp_normal(v); });
+        else
+          body([](R v) { return Math<T>::exp(v); });
+        for (; i < end; i += W) {  // the tail, on the general exp
           const int k = (int)std::min<int64_t>(W, end - i);
           const R e = Math<T>::exp(V::sub(load_k<T>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
           if (!log) V::store_partial(yr + i, e, k);
