@@ -387,8 +387,8 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
 // ---------------------------------------------------------------------------------
 // Steps per fold (Vis::kFoldSteps along a row): a register lane sums at most 16 terms
 // (32 in pass 1) in T before the partial sum moves to double, so a row's sum is
-// accurate to ~1 ulp however long the row. A panel lane is a whole row (its largest term lands in the same
-// lane as all the others), so it folds after 8 steps.
+// accurate to ~1 ulp however long the row. A panel lane is a whole row (its largest
+// term lands in the same lane as all the others), so it folds after 8 steps.
 template <class T, class Vis> constexpr int64_t kRowBlock = Vis::kFoldSteps * kUnroll * Vec<T>::W;
 constexpr int64_t kPanelBlock = 8;  // steps along the axis per fold, in panel mode
 

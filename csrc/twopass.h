@@ -111,11 +111,12 @@ template <class T> struct Prims {
   // Rows only (null in the panel table): the three-pass reload over `rows` contiguous
   // rows of n elements (row r at x + r*xs, y + r*ys) in one call, softmax (log false;
   // lse[r] = the row's logsumexp when lse is not null) or log_softmax (log true). The
-  // same arithmetic as max, exp_store_sum and scale (or max, sumexp and sub2) row by
-  // row, so the same bits, without a call and the driver's bookkeeping per row: for
-  // rows of 64 floats those cost as much as the work. A row whose maximum or sum is
-  // not finite (NaN, +inf, all -inf) gets redo[r] = 1 and an unspecified output, for
-  // the driver to redo; otherwise redo[r] = 0.
+  // arithmetic of max, exp_store_sum and scale (or max, sumexp and sub2) row by row
+  // (the per-block double sums are added plainly, without compensation), without a
+  // call and the driver's bookkeeping per row: for rows of 64 floats those cost as
+  // much as the work. A row whose maximum or sum is not finite (NaN, +inf, all -inf)
+  // gets redo[r] = 1 and an unspecified output, for the driver to redo; otherwise
+  // redo[r] = 0.
   void (*rows_reload)(const T* x, T* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, T* lse,
                       uint8_t* redo);
 };
