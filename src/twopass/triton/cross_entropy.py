@@ -94,16 +94,17 @@ import triton
 import triton.language as tl
 
 from .softmax import (
-    _DTYPES,
     _LOG2E,
     _NEG_BIG,
+    _check_tensor,
     _decode,
     _device_caps,
     _hints,
-    _interpreting,
     _lag,
+    _launch_with,
     _lse_of,
     _max_nan,
+    _merged_config,
     _pow2,
     _publish,
     _to,
@@ -482,32 +483,17 @@ def _trace(kernel: str, **params: Any) -> None:
         _TRACE.append((kernel, params))
 
 
+# This module's own launch hook, config and checks, over softmax.py's helpers.
 def _launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
-    if _LAUNCH_HOOK is not None:
-        _LAUNCH_HOOK(kernel, grid, args, meta, num_warps)
-    elif args[0].is_cuda:  # the tensors' device and its current stream
-        with torch.cuda.device(args[0].device):
-            kernel[(grid,)](*args, **meta, num_warps=num_warps)
-    else:
-        kernel[(grid,)](*args, **meta, num_warps=num_warps)
+    _launch_with(_LAUNCH_HOOK, kernel, grid, args, meta, num_warps)
 
 
 def _check(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
-    if not (x.is_cuda or _interpreting() or _LAUNCH_HOOK is not None):
-        raise ValueError(f"{name}: expected a CUDA tensor (or TRITON_INTERPRET=1), got device {x.device}")
+    _check_tensor(x, name, _LAUNCH_HOOK is not None)
 
 
 def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    if not cfg:
-        return DEFAULTS
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}")
-    return {**DEFAULTS, **cfg}
+    return _merged_config(cfg, DEFAULTS)
 
 
 def _tile(n: int, esize: int, cfg: dict[str, Any]) -> tuple[int, int, int]:

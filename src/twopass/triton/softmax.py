@@ -555,15 +555,20 @@ def _trace(kernel: str, **params: Any) -> None:
 _LAUNCH_HOOK = None
 
 
-def _launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
-    if _LAUNCH_HOOK is not None:
-        _LAUNCH_HOOK(kernel, grid, args, meta, num_warps)
+def _launch_with(hook, kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
+    """Launch, or hand the launch to `hook` (a module's _LAUNCH_HOOK) when one is set."""
+    if hook is not None:
+        hook(kernel, grid, args, meta, num_warps)
         return
     if args[0].is_cuda:  # launch on the tensors' device (and its current stream)
         with torch.cuda.device(args[0].device):
             kernel[(grid,)](*args, **meta, num_warps=num_warps)
     else:
         kernel[(grid,)](*args, **meta, num_warps=num_warps)
+
+
+def _launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
+    _launch_with(_LAUNCH_HOOK, kernel, grid, args, meta, num_warps)
 
 
 def _interpreting() -> bool:
@@ -604,22 +609,32 @@ def _device_caps(x: torch.Tensor, cfg: dict[str, Any]) -> tuple[int, int]:
     return sms or 132, l2 or 50 * 2**20
 
 
-def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
+def _merged_config(cfg: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
     if not cfg:
-        return DEFAULTS
-    unknown = set(cfg) - set(DEFAULTS)
+        return defaults
+    unknown = set(cfg) - set(defaults)
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}")
-    return {**DEFAULTS, **cfg}
+    return {**defaults, **cfg}
 
 
-def _check(x: torch.Tensor, name: str) -> None:
+def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    return _merged_config(cfg, DEFAULTS)
+
+
+def _check_tensor(x: torch.Tensor, name: str, hooked: bool) -> None:
+    """A float tensor the kernels can take: on a CUDA device, or anywhere under the
+    interpreter or a launch hook (`hooked`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _DTYPES:
         raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
-    if not (x.is_cuda or _interpreting() or _LAUNCH_HOOK is not None):
+    if not (x.is_cuda or _interpreting() or hooked):
         raise ValueError(f"{name}: expected a CUDA tensor (or TRITON_INTERPRET=1), got device {x.device}")
+
+
+def _check(x: torch.Tensor, name: str) -> None:
+    _check_tensor(x, name, _LAUNCH_HOOK is not None)
 
 
 def _norm_dim(dim: int, ndim: int, name: str) -> int:
