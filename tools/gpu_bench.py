@@ -25,16 +25,14 @@ input is served from cache between calls). Prints a markdown table and writes JS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from gpu_common import bench_ms, compile_hook, copy_bandwidth, load_triton_module
+from gpu_common import bench_ms, compile_cells, compile_hook, copy_bandwidth, load_triton_module, write_results
 
 # (label, shape, dim, layout): layout "t" builds the tensor as the transpose of a contiguous one.
 SHAPES = [
@@ -213,10 +211,7 @@ def run_bench(args, K):
             del x
             if not dry:
                 torch.cuda.empty_cache()
-    default = Path("/tmp/gpu_bench_dry.json") if dry else Path(os.environ.get("OUT", ".")) / "gpu_bench.json"
-    out = Path(args.json) if args.json else default
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    print(f"\nwrote {out}")
+    write_results(args.json, dry, "gpu_bench", meta, rows)
 
 
 # ----------------------------------------------------------------------------------
@@ -246,13 +241,7 @@ def compile_report(args, K):
                     else:
                         K._softmax_backward(torch.empty_like(x), torch.empty_like(x), dim, op == "log_softmax_bwd")
                     for i in hook.last:
-                        c = ",".join(f"{k}={v}" for k, v in i["consts"].items())
-                        print(
-                            f"| {label} | {dname} | {op} | {i['kernel']} | {c} | {i['warps']} | {i['grid']} "
-                            f"| {i['regs']} | {i['stack']}/{i['local']} | {i['ld_v4']}/{i['st_v4']} "
-                            f"| {i['ld_scalar']} | {i['ex2']} |",
-                            flush=True,
-                        )
+                        print(f"| {label} | {dname} | {op} | {compile_cells(i, scalar_loads=True)} |", flush=True)
     finally:
         K._LAUNCH_HOOK = None
     print(f"\n{len(hook.seen)} distinct variants compiled for sm_90")

@@ -29,17 +29,15 @@ $OUT/gpu_ce_bench.json (or --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from gpu_common import bench_ms, compile_hook, copy_bandwidth, load_triton_module
+from gpu_common import bench_ms, compile_cells, compile_hook, copy_bandwidth, load_triton_module, write_results
 
 SHAPES = [(8192, 32000), (8192, 128256), (4096, 256000)]
 DRY_SHAPES = [(6, 300), (3, 1000)]
@@ -286,10 +284,7 @@ def run(args, K):
                 del x, t, w, ref_grad
                 if not dry:
                     torch.cuda.empty_cache()
-    default = Path("/tmp/gpu_ce_bench_dry.json") if dry else Path(os.environ.get("OUT", ".")) / "gpu_ce_bench.json"
-    out = Path(args.json) if args.json else default
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    print(f"\nwrote {out}")
+    write_results(args.json, dry, "gpu_ce_bench", meta, rows)
 
 
 # ----------------------------------------------------------------------------------
@@ -319,13 +314,7 @@ def compile_report(args, K):
                             K.scale_grad_(g, sc[0])
                             K.scale_grad_(g, torch.empty(n_rows, dtype=torch.float32, device="meta"))
                         for i in hook.last:
-                            c = ",".join(f"{k}={v}" for k, v in i["consts"].items())
-                            print(
-                                f"| {n_rows}x{n} | {dname} | {oname} | {grad} | {i['kernel']} | {c} | {i['warps']} "
-                                f"| {i['grid']} | {i['regs']} | {i['stack']}/{i['local']} "
-                                f"| {i['ld_v4']}/{i['st_v4']} | {i['ex2']} |",
-                                flush=True,
-                            )
+                            print(f"| {n_rows}x{n} | {dname} | {oname} | {grad} | {compile_cells(i)} |", flush=True)
     finally:
         K._LAUNCH_HOOK = None
     print(f"\n{len(hook.seen)} distinct variants compiled for sm_90")

@@ -1,11 +1,14 @@
 """What tools/gpu_bench.py and tools/gpu_ce_bench.py share: loading a twopass.triton module
-from the source tree, the timer, the device's copy bandwidth, and the --compile hook that
-compiles each launch offline for sm_90 and reads its resource usage."""
+from the source tree, the timer, the device's copy bandwidth, the --compile hook that
+compiles each launch offline for sm_90 and reads its resource usage (and the table cells
+that report it), and writing the results file."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
@@ -133,3 +136,21 @@ def compile_hook(tmp: str, hidden_consts=()):
     hook.last = []
     hook.seen = seen
     return hook
+
+
+def compile_cells(info: dict, scalar_loads: bool = False) -> str:
+    """The --compile table's cells for one launch the hook saw (kernel .. ex2)."""
+    consts = ",".join(f"{k}={v}" for k, v in info["consts"].items())
+    ld = f" | {info['ld_scalar']}" if scalar_loads else ""
+    return (
+        f"{info['kernel']} | {consts} | {info['warps']} | {info['grid']} | {info['regs']} "
+        f"| {info['stack']}/{info['local']} | {info['ld_v4']}/{info['st_v4']}{ld} | {info['ex2']}"
+    )
+
+
+def write_results(json_arg: str, dry: bool, name: str, meta: dict, rows: list) -> None:
+    """{"meta", "results"} to --json, else $OUT/<name>.json (/tmp/<name>_dry.json when dry)."""
+    default = Path(f"/tmp/{name}_dry.json") if dry else Path(os.environ.get("OUT", ".")) / f"{name}.json"
+    out = Path(json_arg) if json_arg else default
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    print(f"\nwrote {out}")
