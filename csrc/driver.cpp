@@ -40,26 +40,17 @@ template <class T> Scan<T> scan_lane(const T* x, int64_t n, int64_t sx) {
   return {Special::kNone, m};
 }
 
-// lse = log(S) + E*ln2 as an unevaluated double-double hi + lo, so that float64
-// log_softmax, (x - hi) - lo, keeps its last bits even when |lse| is large.
-struct DD {
-  double hi, lo;
-};
-inline DD lse_of_pair(double S, double E) {
-  constexpr double kLn2Hi = 0x1.62e42fefa39efp-1;  // ln2 rounded to double
-  constexpr double kLn2Lo = 0x1.abc9e3b39803fp-56;  // ln2 - kLn2Hi
-  const double a = E * kLn2Hi;                      // |E| < 2^21: error below 2^-32 ulp(a)
-  const double ea = std::fma(E, kLn2Hi, -a);        // exact error of the product
-  const double b = std::log(S) + (E * kLn2Lo + ea);
-  const double hi = a + b;
-  const double bb = hi - a;
-  const double lo = (a - (hi - bb)) + (b - bb);  // two-sum
-  return {hi, lo};
-}
-// Split hi + lo into two T's for the (x - hi) - lo pass.
-template <class T> inline void split_dd(DD d, T& hi, T& lo) {
-  hi = (T)d.hi;
-  lo = (T)(((double)d.hi - (double)hi) + d.lo);
+// log(sum_i exp(x_i - M)) >= 0 for a row whose pass 1 gave the pair p (the sum of
+// m_i * 2^e_i) and the maximum M, (mM, eM) being M's own pair as the kernel computed
+// it. The row's lse is M + this. Dividing by M's own term, not by exp(M), cancels the
+// polynomial's error on the largest term: a row that M dominates (every other term
+// below half an ulp of it) gives exactly 0, so log_softmax is exactly 0 at its maximum
+// and logsumexp exactly M. The other terms are >= 0 and sums of them round
+// monotonically, so s >= 1 up to the last bits of the compensated sum; clamping keeps
+// log_softmax <= 0 and logsumexp >= max without exception.
+inline double log_at_least_1(double s) { return s > 1 ? std::log(s) : 0.0; }
+inline double log_sum_rel_max(const Pair& p, double mM, double eM) {
+  return log_at_least_1(std::ldexp(p.value(), (int)(p.E - eM)) / mM);
 }
 
 // ---------------------------------------------------------------------------------
@@ -87,15 +78,20 @@ template <class T> struct Exec {
       parallel(chunks, [&](int c) { f(chunk(c)); });
   }
   // Reductions: per-chunk partial results in `parts`, merged lane by lane.
-  void pair_sum(const T* shift, Pair* out) const {
-    if (chunks == 1) return P.pair_sum(g, shift, out);
+  void pair_sum(const T* shift, Pair* out, T* mx) const {
+    if (chunks == 1) return P.pair_sum(g, shift, out, mx);
     std::vector<Pair> parts((size_t)chunks * kMaxLanes);
-    parallel(chunks, [&](int c) { P.pair_sum(chunk(c), shift, &parts[(size_t)c * kMaxLanes]); });
+    std::vector<T> maxes((size_t)chunks * kMaxLanes);
+    parallel(chunks, [&](int c) {
+      P.pair_sum(chunk(c), shift, &parts[(size_t)c * kMaxLanes], &maxes[(size_t)c * kMaxLanes]);
+    });
     for (int l = 0; l < g.lanes; ++l) {
       out[l] = Pair{0.0, -1e300, 0.0};
+      mx[l] = -std::numeric_limits<T>::infinity();
       for (int c = 0; c < chunks; ++c) {
         const Pair& p = parts[(size_t)c * kMaxLanes + l];
         pair_merge(out[l], p.value(), p.E);
+        mx[l] = std::max(mx[l], maxes[(size_t)c * kMaxLanes + l]);
       }
     }
   }
@@ -190,7 +186,8 @@ template <class T> struct Runner {
   void two_pass(const Group<T>& g, T* lse, const T* shift) const {
     const Exec<T> ex = exec(g);
     LaneArrays<T> A;
-    ex.pair_sum(shift, A.p);  // shift == nullptr: the common, unshifted kernel
+    T mx[kMaxLanes];         // per lane, the maximum of x - shift
+    ex.pair_sum(shift, A.p, mx);  // shift == nullptr: the common, unshifted kernel
     // Accept a lane when its sum is finite and its largest exponent lies where the
     // reduction is exact and clamped elements are negligible (twopass.h, Numerics).
     constexpr double kLog2e = 1.4426950408889634;
@@ -205,6 +202,14 @@ template <class T> struct Runner {
         A.a[l] = A.b[l] = A.c[l] = 0;
         continue;
       }
+      // The row's lse = base + logs: base its maximum, logs = log(sum exp(x - base)) >= 0.
+      double logs = 0;
+      if (job.op != Op::kSoftmax || lse) {
+        T mM, eM;
+        prims.extexp(mx[l], &mM, &eM);
+        logs = log_sum_rel_max(p, mM, eM);
+      }
+      const double base = (shift ? (double)shift[l] : 0.0) + (double)mx[l];  // exact: mx[l] = 0 after a shift
       if (job.op == Op::kSoftmax) {
         // y = m * (1/S) * 2^(e - E) with S normalised to [0.5, 1): m/S stays in about
         // [0.7, 2.9], which Scale::out needs to round into subnormals exactly once.
@@ -212,20 +217,12 @@ template <class T> struct Runner {
         const double fr = std::frexp(p.S, &ex2);
         A.b[l] = (T)(1.0 / fr);
         A.c[l] = (T)(p.E + ex2);
-        if (lse) {  // asked for alongside softmax (cross-entropy)
-          const DD d = lse_of_pair(p.S, p.E);
-          lse[l] = (T)((shift ? (double)shift[l] : 0.0) + d.hi + d.lo);
-        }
-      } else {
-        const DD d = lse_of_pair(p.S, p.E);
-        if (job.op == Op::kLogSumExp) {
-          lse[l] = (T)((shift ? (double)shift[l] : 0.0) + d.hi + d.lo);
-        } else if (shift) {  // log_softmax after a redo: y = (x - max) - lse(x - max)
-          A.a[l] = shift[l];
-          A.b[l] = (T)(d.hi + d.lo);
-        } else {  // log_softmax: y = (x - hi) - lo, lse = hi + lo; no exp
-          split_dd(d, A.a[l], A.b[l]);
-        }
+        if (lse) lse[l] = (T)(base + logs);  // asked for alongside softmax (cross-entropy)
+      } else if (job.op == Op::kLogSumExp) {
+        lse[l] = (T)(base + logs);  // >= the maximum: logs >= 0 and rounding is monotone
+      } else {  // log_softmax: y = (x - base) - logs <= 0, no exp
+        A.a[l] = (T)base;
+        A.b[l] = (T)logs;
       }
     }
     if (job.op == Op::kSoftmax)
@@ -286,12 +283,14 @@ template <class T> struct Runner {
         continue;
       }
       switch (job.op) {
+        // s >= 1 (the maximum's own term is exp(0) = 1; the online rescaling may round
+        // it just below): log_at_least_1 keeps log_softmax <= 0 and lse >= the maximum.
         case Op::kSoftmax:
           A.b[l] = (T)(1.0 / s);
-          if (lse) lse[l] = (T)((double)A.a[l] + std::log(s));
+          if (lse) lse[l] = (T)((double)A.a[l] + log_at_least_1(s));
           break;
-        case Op::kLogSoftmax: A.b[l] = (T)std::log(s); break;
-        case Op::kLogSumExp: lse[l] = (T)((double)A.a[l] + std::log(s)); break;
+        case Op::kLogSoftmax: A.b[l] = (T)log_at_least_1(s); break;
+        case Op::kLogSumExp: lse[l] = (T)((double)A.a[l] + log_at_least_1(s)); break;
       }
     }
     if (job.op == Op::kSoftmax && stored) {

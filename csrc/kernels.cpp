@@ -83,6 +83,18 @@ template <class T> struct Math {
 
 using tp::pair_merge;
 
+// One element's pair, by the vector code (PrimPair::extexp).
+template <class T> void extexp_one(T x, T* m, T* e) {
+  using V = Vec<T>;
+  typename V::R mv, ev;
+  Math<T>::extexp(V::set1(x), mv, ev);
+  T ms[V::W], es[V::W];
+  V::lanes(ms, mv);
+  V::lanes(es, ev);
+  *m = ms[0];
+  *e = es[0];
+}
+
 // ---------------------------------------------------------------------------------
 // Visitors. A reduction visitor holds vector state per unrolled register u, consumes
 // vectors with step(u, x), and folds its state into per-lane double results with
@@ -121,36 +133,46 @@ template <class T, bool Shifted> struct PairSumVisitor {
   // did not move (float32 softmax worst case 3.63 -> 3.68 ulp).
   static constexpr int kFoldSteps = 32;
   Params<T> shift;
-  R S[kUnroll], E[kUnroll];
+  R S[kUnroll], E[kUnroll], M[kUnroll];  // M: the maximum of x - shift, per register
   Pair* out;
+  T* out_max;
   void reset() {
     for (int u = 0; u < kUnroll; ++u) {
       S[u] = V::set1(0);
       E[u] = V::set1(T(-1e30));  // finite sentinel: no inf - inf in E - max(E, e)
+      M[u] = V::set1(-INFINITY);
     }
   }
-  // Clamp below the accurate domain (this also maps -inf to a finite value): such
-  // elements contribute < 2^-180 of the row's largest term whenever the driver accepts
-  // this pass's result. max(bound, x) keeps NaN.
-  inline R prepare(int u, R x) const {
-    if (Shifted) x = V::sub(x, shift.p[u]);
-    return V::max(V::set1(-tp::Numerics<T>::kAccurate), x);
-  }
+  // The argument of exp (x - shift), clamped below the accurate domain (this also maps
+  // -inf to a finite value): such elements contribute < 2^-180 of the row's largest
+  // term whenever the driver accepts this pass's result. max(bound, x) keeps NaN. M
+  // tracks the clamped argument: a row whose maximum is clamped is redone anyway.
+  inline R shifted(int u, R x) const { return Shifted ? V::sub(x, shift.p[u]) : x; }
+  static inline R clamp(R x) { return V::max(V::set1(-tp::Numerics<T>::kAccurate), x); }
   // The loop-carried chain is one max on E and one fma on S; the terms' scaling and
   // sum happen off the chain.
   inline void step(int u, R x) {  // panel: register u is lane group u
     R m, e;
-    Math<T>::extexp(prepare(u, x), m, e);
+    x = clamp(shifted(u, x));
+    M[u] = V::max(M[u], x);
+    Math<T>::extexp(x, m, e);
     const R Emax = V::max(E[u], e);
     const R term = V::mul(m, Scale<T>::acc_pow2(V::sub(e, Emax)));
     S[u] = V::fma(S[u], Scale<T>::acc_pow2(V::sub(E[u], Emax)), term);
     E[u] = Emax;
   }
+  // Along a row the largest exponent comes from the maximum: round(x * log2(e)) is
+  // monotonic in x, so round(M * log2(e)) is the largest e of the elements M covers.
+  // Tracking M (which log_softmax and logsumexp need) then costs one multiply and one
+  // round per step of kUnroll vectors over the exponent maximum it replaces.
   inline void step_row(const R (&x)[kUnroll]) {  // row: one accumulator takes all registers
-    R m[kUnroll], e[kUnroll];
-    for (int u = 0; u < kUnroll; ++u) Math<T>::extexp(prepare(0, x[u]), m[u], e[u]);
-    R Emax = E[0];
-    for (int u = 0; u < kUnroll; ++u) Emax = V::max(Emax, e[u]);
+    R xc[kUnroll], m[kUnroll], e[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) xc[u] = clamp(shifted(u, x[u]));
+    R Mx = M[0];
+    for (int u = 0; u < kUnroll; ++u) Mx = V::max(Mx, xc[u]);
+    M[0] = Mx;
+    const R Emax = V::round(V::mul(Mx, V::set1(ExpConst<T>::kLog2e)));  // >= E[0]: M only grows
+    for (int u = 0; u < kUnroll; ++u) Math<T>::extexp(xc[u], m[u], e[u]);
     R terms = V::mul(m[0], Scale<T>::acc_pow2(V::sub(e[0], Emax)));
     for (int u = 1; u < kUnroll; ++u) terms = V::fma(m[u], Scale<T>::acc_pow2(V::sub(e[u], Emax)), terms);
     S[0] = V::fma(S[0], Scale<T>::acc_pow2(V::sub(E[0], Emax)), terms);
@@ -159,24 +181,31 @@ template <class T, bool Shifted> struct PairSumVisitor {
   // Registers merge in vector form, then the lanes, scaled to their largest exponent
   // (exactly: powers of two), are summed in double. Branch-free, once per block.
   void fold_row() {
-    R Emax = E[0];
-    for (int u = 1; u < kUnroll; ++u) Emax = V::max(Emax, E[u]);
+    R Emax = E[0], Mall = M[0];
+    for (int u = 1; u < kUnroll; ++u) Emax = V::max(Emax, E[u]), Mall = V::max(Mall, M[u]);
     R Ssum = V::set1(0);
     for (int u = 0; u < kUnroll; ++u) Ssum = V::fma(S[u], Scale<T>::acc_pow2(V::sub(E[u], Emax)), Ssum);
     const T em = V::hmax(Emax);
     const double total = V::hsum_wide(V::mul(Ssum, Scale<T>::acc_pow2(V::sub(Emax, V::set1(em)))));
     pair_merge(out[0], total, em);
+    const T mx = V::hmax(Mall);
+    out_max[0] = out_max[0] > mx ? out_max[0] : mx;
   }
   void fold_panel(int lanes) {
-    T s[V::W], e[V::W];
+    T s[V::W], e[V::W], mx[V::W];
     for (int u = 0; u * V::W < lanes; ++u) {
       V::lanes(s, S[u]);
       V::lanes(e, E[u]);
-      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) pair_merge(out[u * V::W + l], s[l], e[l]);
+      V::lanes(mx, M[u]);
+      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) {
+        pair_merge(out[u * V::W + l], s[l], e[l]);
+        T& o = out_max[u * V::W + l];
+        o = o > mx[l] ? o : mx[l];
+      }
     }
   }
   void init_out(int k) {
-    for (int i = 0; i < k; ++i) out[i] = Pair{0.0, -1e300, 0.0};
+    for (int i = 0; i < k; ++i) out[i] = Pair{0.0, -1e300, 0.0}, out_max[i] = -INFINITY;
   }
 };
 
@@ -646,14 +675,15 @@ template <class T, bool Panel> struct Prim {
       map_row(g.x, g.y, g.n, v, stream);
   }
 
-  template <bool Shifted> static void pair_sum_impl(const Group<T>& g, const T* shift, Pair* out) {
+  template <bool Shifted> static void pair_sum_impl(const Group<T>& g, const T* shift, Pair* out, T* mx) {
     PairSumVisitor<T, Shifted> v;
     if (Shifted) load(v.shift, shift, g);
     v.out = out;
+    v.out_max = mx;
     reduce(g, v);
   }
-  static void pair_sum(const Group<T>& g, const T* shift, Pair* out) {
-    shift ? pair_sum_impl<true>(g, shift, out) : pair_sum_impl<false>(g, shift, out);
+  static void pair_sum(const Group<T>& g, const T* shift, Pair* out, T* mx) {
+    shift ? pair_sum_impl<true>(g, shift, out, mx) : pair_sum_impl<false>(g, shift, out, mx);
   }
   template <bool Shifted>
   static void pair_write_impl(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
@@ -819,8 +849,8 @@ const tp::KernelTable& table() {
       TP_STR(TP_NS) + 3,  // "tp_avx2" -> "avx2"
       kUnroll * Vec<float>::W,
       kUnroll * Vec<double>::W,
-      {Prim<float, false>::table(), Prim<float, true>::table()},
-      {Prim<double, false>::table(), Prim<double, true>::table()},
+      {Prim<float, false>::table(), Prim<float, true>::table(), extexp_one<float>},
+      {Prim<double, false>::table(), Prim<double, true>::table(), extexp_one<double>},
       {ce_softcap<float>, ce_dot<float>, ce_finish<float>},
       {ce_softcap<double>, ce_dot<double>, ce_finish<double>},
       bf16_to_f32,

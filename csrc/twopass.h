@@ -89,9 +89,11 @@ inline void online_merge(double& m, double& s, double m2, double s2) {
 }
 
 template <class T> struct Prims {
-  // Pass 1 of the two-pass algorithm: sum of exp(x - shift) as a pair, per lane.
-  // x below shift - Numerics<T>::kAccurate is treated as that bound (see driver.cpp).
-  void (*pair_sum)(const Group<T>& g, const T* shift, Pair* out);
+  // Pass 1 of the two-pass algorithm: sum of exp(x - shift) as a pair, per lane, and
+  // the maximum of x - shift (one vector max per vector: free while pass 1 waits on
+  // memory; the driver measures the sum relative to it, see driver.cpp). x below
+  // shift - Numerics<T>::kAccurate is treated as that bound.
+  void (*pair_sum)(const Group<T>& g, const T* shift, Pair* out, T* max);
   // Pass 2: y = p(x - shift) * scale * 2^(e(x - shift) - E).
   void (*pair_write)(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream);
   // Maximum per lane (NaN may or may not propagate: later passes detect it).
@@ -123,6 +125,9 @@ template <class T> struct Prims {
 
 template <class T> struct PrimPair {
   Prims<T> row, panel;
+  // exp(x) = m * 2^e, the pair of one element exactly as pair_sum's loop computes it
+  // (same instructions, lane 0 of a broadcast vector).
+  void (*extexp)(T x, T* m, T* e);
 };
 
 // Row helpers of the fused cross-entropy (cross_entropy.cpp; docs/cross_entropy.md).
