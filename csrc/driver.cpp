@@ -42,15 +42,34 @@ template <class T> Scan<T> scan_lane(const T* x, int64_t n, int64_t sx) {
 
 // log(sum_i exp(x_i - M)) >= 0 for a row whose pass 1 gave the pair p (the sum of
 // m_i * 2^e_i) and the maximum M, (mM, eM) being M's own pair as the kernel computed
-// it. The row's lse is M + this. Dividing by M's own term, not by exp(M), cancels the
-// polynomial's error on the largest term: a row that M dominates (every other term
-// below half an ulp of it) gives exactly 0, so log_softmax is exactly 0 at its maximum
-// and logsumexp exactly M. The other terms are >= 0 and sums of them round
-// monotonically, so s >= 1 up to the last bits of the compensated sum; clamping keeps
-// log_softmax <= 0 and logsumexp >= max without exception.
+// it; the row's lse is M + this. The other terms are counted relative to M's own,
+// r = p / (mM * 2^eM) - 1, so M's term is exactly 1 whatever the polynomial's error on
+// it: a row that M dominates (every other term below half an ulp of it) gives r = 0,
+// log_softmax exactly 0 at its maximum and logsumexp exactly M. Sums of terms >= 0
+// round monotonically, so r >= 0 up to the last bits of the compensated sum; clamping
+// keeps log_softmax <= 0 and logsumexp >= max without exception. r is then rescaled by
+// mM / exp(M - eM ln2) (exp in double): the others' terms relative to exp(M) itself,
+// so the polynomial's error on the one term M does not enter the result (it would
+// otherwise stand alone, where the others' errors average out).
+// hi + lo = base + logs in twice T's precision (a two-sum, then hi rounded to T), for
+// log_softmax's (x - hi) - lo: no loss when |lse| is large. hi >= base, as rounding is
+// monotonic and base is a T; where logs is below half an ulp of base, hi = base and
+// lo = logs >= 0, so the result stays <= 0 (and exactly 0 when logs is).
+template <class T> inline void split_sum(double base, double logs, T& hi, T& lo) {
+  const double s = base + logs, bb = s - base;
+  const double err = (base - (s - bb)) + (logs - bb);
+  hi = (T)s;
+  lo = (T)((s - (double)hi) + err);
+}
 inline double log_at_least_1(double s) { return s > 1 ? std::log(s) : 0.0; }
-inline double log_sum_rel_max(const Pair& p, double mM, double eM) {
-  return log_at_least_1(std::ldexp(p.value(), (int)(p.E - eM)) / mM);
+inline double log_sum_rel_max(const Pair& p, double M, double mM, double eM) {
+  const double r = std::ldexp(p.value(), (int)(p.E - eM)) / mM - 1;
+  if (!(r > 0)) return 0.0;
+  constexpr double kLn2Hi = 0x1.62e42fefa39efp-1;  // ln2 rounded to double
+  constexpr double kLn2Lo = 0x1.abc9e3b39803fp-56;  // ln2 - kLn2Hi
+  const double a = eM * kLn2Hi;                     // |eM| < 2^21: M - eM ln2 to ~2^-100
+  const double t = ((M - a) - std::fma(eM, kLn2Hi, -a)) - eM * kLn2Lo;
+  return std::log1p(r * (mM / std::exp(t)));
 }
 
 // ---------------------------------------------------------------------------------
@@ -207,7 +226,7 @@ template <class T> struct Runner {
       if (job.op != Op::kSoftmax || lse) {
         T mM, eM;
         prims.extexp(mx[l], &mM, &eM);
-        logs = log_sum_rel_max(p, mM, eM);
+        logs = log_sum_rel_max(p, mx[l], mM, eM);
       }
       const double base = (shift ? (double)shift[l] : 0.0) + (double)mx[l];  // exact: mx[l] = 0 after a shift
       if (job.op == Op::kSoftmax) {
@@ -220,9 +239,8 @@ template <class T> struct Runner {
         if (lse) lse[l] = (T)(base + logs);  // asked for alongside softmax (cross-entropy)
       } else if (job.op == Op::kLogSumExp) {
         lse[l] = (T)(base + logs);  // >= the maximum: logs >= 0 and rounding is monotone
-      } else {  // log_softmax: y = (x - base) - logs <= 0, no exp
-        A.a[l] = (T)base;
-        A.b[l] = (T)logs;
+      } else {  // log_softmax: y = (x - hi) - lo <= 0 with hi + lo = base + logs; no exp
+        split_sum(base, logs, A.a[l], A.b[l]);
       }
     }
     if (job.op == Op::kSoftmax)

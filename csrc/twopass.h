@@ -108,7 +108,7 @@ template <class T> struct Prims {
   void (*exp_scale)(const Group<T>& g, const T* m, const T* c, bool stream);
   // y = x * c (three-pass reload, pass 3; x is the y of pass 2).
   void (*scale)(const Group<T>& g, const T* c, bool stream);
-  // y = (x - hi) - lo (log_softmax's last pass: no exp).
+  // y = (x - hi) - lo (log_softmax's last pass, hi the maximum, lo = log(sum exp(x - hi)): no exp).
   void (*sub2)(const Group<T>& g, const T* hi, const T* lo, bool stream);
   // Rows only (null in the panel table): the three-pass reload over `rows` contiguous
   // rows of n elements (row r at x + r*xs, y + r*ys) in one call, softmax (log false;

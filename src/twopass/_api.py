@@ -44,15 +44,17 @@ def softmax(x: Any, axis: int = -1, *, out: Any = None, algorithm: str = "auto",
 def log_softmax(x: Any, axis: int = -1, *, out: Any = None, algorithm: str = "auto", threads: int | None = None) -> Any:
     """Log-softmax along `axis`: x - logsumexp(x). Arguments as for `softmax`.
 
-    The last pass computes no exponential: y = (x - hi) - lo, where hi + lo is the
-    row's logsumexp in double-length precision.
+    The last pass computes no exponential: y = (x - max) - log(s), where
+    s = sum(exp(x - max)) >= 1, so y <= 0 everywhere and y = 0 exactly at a maximum
+    that dominates its row.
     """
     return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
 
 
 def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, out: Any = None, threads: int | None = None) -> Any:
     """log(sum(exp(x))) along `axis`, in one pass over memory (the two-pass algorithm's
-    first pass). An empty axis gives -inf; NaN gives NaN; +inf gives +inf."""
+    first pass), as max + log(sum(exp(x - max))): never below the maximum, and equal to
+    it when the maximum dominates. An empty axis gives -inf; NaN gives NaN; +inf gives +inf."""
     return compute("logsumexp", x, axis=axis, out=out, keepdims=keepdims, threads=threads)
 
 
