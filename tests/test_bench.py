@@ -152,23 +152,20 @@ def test_bandwidth_bounds_and_ratios_are_positive_and_finite(doc):
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
-def test_peers_compare_against_what_a_plain_call_runs(op):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_peers_compare_against_what_a_plain_call_runs(op, threads):
     """The peer columns use twopass as users call it: the record of the algorithm
-    algorithm="auto" takes (the library's crossover table, and for softmax whether x and
-    y fit in the L3), on both sides of the crossover; logsumexp is always the one-pass
-    two_pass."""
-    crossover = _api._crossovers().get("float32", {}).get(op, 0)
-    l3_floats = _dispatch.cache_sizes()["L3"] // 4
-    for n in {max(1, crossover - 1), max(1, crossover), 1 << 20}:
-        for rows in (1, 2 * l3_floats // n + 1):  # one row (in cache up to L3/8 floats), a batch larger than L3
-            members = [
-                {"kind": "twopass", "isa": "avx2", "op": op, "dtype": "float32", "shape": [rows, n], "algorithm": a}
-                for a in ("two_pass", "three_pass_reload", "online")
-            ]
-            in_cache = 2 * rows * n <= l3_floats
-            reload = op != "logsumexp" and (n < crossover or (op == "softmax" and in_cache))
-            want = "three_pass_reload" if reload else "two_pass"
-            assert _analysis.auto_record(members, "avx2")["algorithm"] == want, (n, rows)
+    algorithm="auto" takes for that shape, thread count and ISA (the library's rule, on
+    both sides of its crossovers); logsumexp is always the one-pass two_pass."""
+    for shape in ([1, 256], [1, 1 << 20], [1, 1 << 24], [4096, 4096], [64, 262144]):
+        members = [
+            {"kind": "twopass", "isa": BEST, "op": op, "dtype": "float32", "shape": shape, "algorithm": a, "threads": t}
+            for a in ("two_pass", "three_pass_reload", "online")
+            for t in (threads,)
+        ]
+        n, size = shape[-1], shape[0] * shape[-1]
+        want = "two_pass" if op == "logsumexp" else _api._auto_algorithm(op, np.dtype("float32"), n, size, threads, BEST)
+        assert _analysis.auto_record(members, BEST)["algorithm"] == want, (shape, threads)
 
 
 def test_peers_checked_against_twopass(doc):

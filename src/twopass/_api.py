@@ -9,11 +9,9 @@ converted to float32 and back. Everything else is zero-copy.
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from functools import cache
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -145,7 +143,7 @@ def compute(
     if op == "logsumexp":
         code = _ALGO_CODES["two_pass"] if algo == "auto" else _ALGO_CODES[algo]
     else:
-        code = _ALGO_CODES[_auto_algorithm(op, xc.dtype, n, xc.size) if algo == "auto" else algo]
+        code = _ALGO_CODES[_auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
     if stream is None:
         # Streaming stores pay off once the output cannot stay in cache, and only when
         # it is not x itself (in place, the lines are read anyway: no read-for-ownership
@@ -175,12 +173,14 @@ def _fast(
     instead of ~5 (what decides rows of a few thousand elements)."""
     n = x.shape[-1]
     outer = x.size // n
+    nthreads = _dispatch.default_threads() if threads is None else threads
     if op == "logsumexp":
         y = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), dtype=x.dtype)
         code, ys_outer = (0 if algorithm == "auto" else _ALGO_CODES[algorithm]), 1
     else:
         y = np.empty_like(x) if out is None else out
-        code, ys_outer = _ALGO_CODES[_auto_algorithm(op, x.dtype, n, x.size) if algorithm == "auto" else algorithm], n
+        algo = _auto_algorithm(op, x.dtype, n, x.size, nthreads) if algorithm == "auto" else algorithm
+        code, ys_outer = _ALGO_CODES[algo], n
     stream = y.nbytes > _dispatch.cache_sizes()["L3"] and y is not x  # as in compute()
     _core.run(
         _OP_CODES[op],
@@ -195,7 +195,7 @@ def _fast(
         1,
         ys_outer,
         1 if op != "logsumexp" else 0,
-        _dispatch.default_threads() if threads is None else threads,
+        nthreads,
         stream,
     )
     return y
@@ -370,30 +370,56 @@ def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray
 
 
 # ----------------------------------------------------------------------------------
-# algorithm="auto": crossover row lengths measured by `python -m twopass bench --tune`.
+# algorithm="auto": from the cache sizes, the ISA and the thread count.
 # ----------------------------------------------------------------------------------
-_TUNING_FILE = Path(__file__).with_name("_tuning.json")
+# The three-pass reload computes exp once per element, two_pass twice; two_pass moves
+# 2R + 1W of the row, the reload 3R + 2W. So the reload wins while its second and third
+# passes read from cache, or where the exp costs more than the extra traffic (float64,
+# whose exp polynomial is 2.5x float32's degree on half the lanes). log_softmax computes
+# exp once either way and two_pass makes one pass fewer: the reload only helps rows so
+# short that its blocks of rows per kernel call (rows_reload) save per-row costs.
+#
+# softmax: the reload when the data the threads work on at once (one row per thread, or
+# a row split along its axis), times the threads (they share the last-level cache and
+# the memory bus), is at most RELOAD_L3_SHARE x the L3. A server's L3 is shared with
+# other cores and tenants, so only a fraction of it is counted on. Measured with
+# `python -m twopass bench --tune` hot and cold, 1 and 2 threads (README, "algorithm").
+RELOAD_L3_SHARE = {  # (itemsize, isa family): share of the L3
+    (4, "avx512"): 0.25,
+    (4, "avx2"): 0.25,
+    (4, "other"): 0.25,
+    (8, "avx512"): 2.0,
+    (8, "avx2"): 2.0,
+    (8, "other"): 2.0,
+}
+SHORT_ROW_BYTES = 2048  # log_softmax: rows shorter than this take the reload's row blocks
+_MIN_PER_THREAD = 1 << 15  # csrc/driver.h, kMinPerThread: elements per thread of a batch
+_MIN_PER_CHUNK = 1 << 18  # csrc/driver.h, kMinPerChunk: elements per chunk of a split row
 
 
-@cache
-def _crossovers() -> dict[str, dict[str, int]]:
-    try:
-        data = json.loads(_TUNING_FILE.read_text())
-        return {k: v for k, v in data.items() if k in ("float32", "float64") and isinstance(v, dict)}
-    except (OSError, ValueError):
-        return {}
+_budgets: dict[tuple[int, str | None], int] = {}  # (itemsize, isa): bytes; filled on first use
 
 
-def _auto_algorithm(op: str, dtype: np.dtype, n: int, size: int) -> str:
-    """two_pass for rows at least as long as the measured crossover, else the
-    three-pass reload (exp once per element: fastest while the row is in cache). A
-    softmax whose input and output (`size` elements each) fit in the last-level cache
-    together takes the reload at any row length: after its first pass, the other two
-    read from cache (full benchmark, 2026-11-23: single rows of 256K..2M floats, reload
-    1.1..1.3x faster than two_pass; the crossover table is measured on batches that
-    stream from memory). log_softmax's three-pass variant has no such edge: it
-    computes exp once too, in one more pass."""
-    crossover = _crossovers().get("float64" if dtype == _NATIVE[1] else "float32", {}).get(op, 0)
-    if n < crossover or (op == "softmax" and 2 * size * dtype.itemsize <= _dispatch.cache_sizes()["L3"]):
-        return "three_pass_reload"
-    return "two_pass"
+def _reload_budget(itemsize: int, isa: str | None) -> int:
+    name = isa or _dispatch.ISA
+    family = name if name in ("avx512", "avx2") else "other"
+    b = _budgets[itemsize, isa] = int(RELOAD_L3_SHARE[itemsize, family] * _dispatch.cache_sizes()["L3"])
+    return b
+
+
+def _auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
+    """The algorithm algorithm="auto" takes for `size` elements in rows of `n` on
+    `threads` threads and `isa` (None: the selected one); see above. On every call of
+    the fast path: keep it cheap (~0.1 us)."""
+    itemsize = dtype.itemsize
+    if op == "log_softmax":
+        return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
+    budget = _budgets.get((itemsize, isa)) or _reload_budget(itemsize, isa)
+    active = 2 * n * itemsize  # x and y of a row
+    if threads > 1 and size >= 2 * _MIN_PER_THREAD:  # as the driver splits the work:
+        used = min(threads, size // _MIN_PER_THREAD)
+        if size // n >= used:
+            active *= used * used  # a row per thread, `used` threads sharing the L3 and the bus
+        else:
+            active *= max(1, min(used, n // _MIN_PER_CHUNK))  # one row split along its axis
+    return "three_pass_reload" if active <= budget else "two_pass"

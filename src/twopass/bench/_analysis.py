@@ -105,15 +105,17 @@ def group_key(r: dict[str, Any]) -> tuple[tuple[int, ...], str, int]:
     return tuple(r["shape"]), r["op"], r["threads"]
 
 
-def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...]) -> str:
+def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...], threads: int, isa: str) -> str:
     """The algorithm a plain call (algorithm="auto") takes for an array of this shape
-    (rows along the last axis), by the installed library's rule; logsumexp is always
-    one pass."""
+    (rows along the last axis) on `threads` threads and `isa`, by the installed
+    library's rule; logsumexp is always one pass."""
     import numpy as np
 
     from twopass._api import _auto_algorithm
 
-    return "two_pass" if op == "logsumexp" else _auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape))
+    if op == "logsumexp":
+        return "two_pass"
+    return _auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape), threads, isa)
 
 
 def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | None:
@@ -123,7 +125,8 @@ def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | Non
     if not tp:
         return None
     r0 = next(iter(tp.values()))
-    return tp.get(auto_algorithm(r0["op"], r0["dtype"], tuple(r0["shape"]))) or tp.get("two_pass")
+    pick = auto_algorithm(r0["op"], r0["dtype"], tuple(r0["shape"]), r0["threads"], isa)
+    return tp.get(pick) or tp.get("two_pass")
 
 
 def ratios(records: list[dict[str, Any]]) -> None:
