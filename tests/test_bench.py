@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("rich")
 
 import twopass  # noqa: E402
-from twopass import _api, _dispatch  # noqa: E402
+from twopass import _api  # noqa: E402
 from twopass.bench import _analysis, _cli, _measure, _plan, _run, _tune  # noqa: E402
 
 BEST = twopass.info()["isa_supported"][-1]
@@ -164,7 +164,8 @@ def test_peers_compare_against_what_a_plain_call_runs(op, threads):
             for t in (threads,)
         ]
         n, size = shape[-1], shape[0] * shape[-1]
-        want = "two_pass" if op == "logsumexp" else _api._auto_algorithm(op, np.dtype("float32"), n, size, threads, BEST)
+        f32 = np.dtype("float32")
+        want = "two_pass" if op == "logsumexp" else _api._auto_algorithm(op, f32, n, size, threads, BEST)
         assert _analysis.auto_record(members, BEST)["algorithm"] == want, (shape, threads)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import operator
-from functools import cache
 from typing import Any, Callable
 
 import numpy as np
