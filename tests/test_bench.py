@@ -117,6 +117,34 @@ def _fake_cell(ratio: float, shape=(1024,), regime="hot", threads=1) -> dict:
     }
 
 
+def test_spread_asks_for_more_rounds_only_when_a_median_is_slowed():
+    assert _tune.spread({"a": [1.0, 1.0, 1.0], "b": [2.0, 2.1, 2.0]}) == pytest.approx(1.0)
+    assert _tune.spread({"a": [1.0, 9.0, 1.05]}) == pytest.approx(1.05)  # one slow round: the median is fine
+    assert _tune.spread({"a": [1.0, 9.0, 8.0], "b": [1.0, 1.0, 1.0]}) == pytest.approx(8.0)  # two of three
+
+
+def test_time_variants_adds_rounds_while_a_slow_spell_holds_the_median(monkeypatch):
+    """A spell that slows every call of the first two rounds 10x: three rounds leave
+    the medians in it, so more rounds run, until fast rounds are the majority."""
+    state = {"measurements": 0, "slow": range(1, 7)}  # rounds 1 and 2 (three variants each)
+
+    def fake_measure(calls, budget):
+        state["measurements"] += 1
+        return _measure.Timing([1e-2 if state["measurements"] in state["slow"] else 1e-3], 1)
+
+    monkeypatch.setattr(_measure, "measure", fake_measure)
+    monkeypatch.setattr(_measure, "twopass_calls", lambda *a: [lambda: None])
+    per_round = _tune.time_variants("softmax", BEST, 1, [], TINY)
+    assert all(len(v) == 5 for v in per_round.values())  # 2 slow + 3 fast: the median is fast
+    assert all(np.median(v) == 1e-3 for v in per_round.values())
+    state.update(measurements=0, slow=range(4, 1000))  # one fast round, then a spell past MAX_ROUNDS
+    per_round = _tune.time_variants("softmax", BEST, 1, [], TINY)
+    assert all(len(v) == _tune.MAX_ROUNDS for v in per_round.values())
+    assert _tune.spread(per_round) > _tune.SPREAD  # reported as noisy
+    state.update(measurements=0, slow=range(0))  # no spell: TUNE_ROUNDS
+    assert all(len(v) == _tune.TUNE_ROUNDS for v in _tune.time_variants("softmax", BEST, 1, [], TINY).values())
+
+
 def test_tune_summary_finds_the_worst_cell():
     cells = [
         _fake_cell(1.0),
@@ -315,7 +343,7 @@ def test_tune_alternates_the_variants_on_the_same_buffers(monkeypatch):
 
     monkeypatch.setattr(_measure, "twopass_calls", fake_calls)
     sets = _measure.Buffers((8,)).get(3)
-    per_round = _tune.time_variants("softmax", BEST, 1, sets, TINY, rounds=3)
+    per_round = _tune.time_variants("softmax", BEST, 1, sets, TINY, rounds=3, max_rounds=3)
     assert set(per_round) == {"two_pass", "three_pass_reload", "auto"}
     assert all(len(v) == 3 for v in per_round.values())
     for a, c in cost.items():
@@ -359,7 +387,11 @@ def test_tune_reports_every_cell_hot_and_cold(tmp_path):
         med = c["median_s"]
         assert set(med) == {"two_pass", "three_pass_reload", "auto"}
         assert all(_finite_positive(v) for v in med.values()), c
-        assert all(len(v) == 3 and all(_finite_positive(t) for t in v) for v in c["rounds_s"].values())
+        nr = len(c["rounds_s"]["auto"])
+        assert _tune.TUNE_ROUNDS <= nr <= _tune.MAX_ROUNDS
+        assert all(len(v) == nr and all(_finite_positive(t) for t in v) for v in c["rounds_s"].values())
+        assert c["spread"] == pytest.approx(_tune.spread(c["rounds_s"]))
+        assert nr == _tune.TUNE_ROUNDS or c["spread"] > _tune.SPREAD or nr < _tune.MAX_ROUNDS
         assert c["auto_over_best"] == pytest.approx(med["auto"] / min(med["two_pass"], med["three_pass_reload"]))
         assert c["auto_choice"] in ("two_pass", "three_pass_reload", "either"), c
         assert c["faster"] == min(("two_pass", "three_pass_reload"), key=med.get)

@@ -41,7 +41,9 @@ TUNE_OPS = ("softmax", "log_softmax")
 ALGOS = ("two_pass", "three_pass_reload")  # the two auto picks between
 VARIANTS = (*ALGOS, "auto")
 REGIMES = ("hot", "cold")
-TUNE_ROUNDS = 3  # alternating rounds of the three variants per cell
+TUNE_ROUNDS = 3  # alternating rounds of the three variants per cell...
+MAX_ROUNDS = 7  # ...and up to this many while a variant's median round is > SPREAD x its fastest round
+SPREAD = 1.15
 LIMIT = 1.10  # auto within 10% of the faster algorithm
 
 FULL_SHAPES: tuple[tuple[int, ...], ...] = tuple((n,) for n in _plan.FULL_ROWS) + tuple(_plan.FULL_BATCHES)
@@ -79,6 +81,13 @@ def auto_over_best(median_s: dict[str, float]) -> float:
     return median_s["auto"] / min(median_s[a] for a in ALGOS)
 
 
+def spread(per_round: dict[str, list[float]]) -> float:
+    """The largest (median round / fastest round) of the variants: near 1 when most
+    rounds agree; large when a slow spell covered half the rounds or more, so that the
+    median is one of its rounds (timing noise only ever slows a call down)."""
+    return max((float(np.median(v)) / min(v) for v in per_round.values() if v), default=1.0)
+
+
 def auto_choice(auto_out: np.ndarray, outs: dict[str, np.ndarray]) -> str:
     """Which algorithm produced `auto_out`, by bitwise comparison with each algorithm's output."""
     same = [a for a in ALGOS if np.array_equal(auto_out, outs[a], equal_nan=True)]
@@ -95,7 +104,7 @@ def cell_name(c: dict[str, Any]) -> str:
 def summary(cells: Sequence[dict[str, Any]], limit: float = LIMIT) -> dict[str, Any]:
     """Cells measured, the worst auto/best (and its cell), and the cells over `limit`."""
     if not cells:
-        return {"cells": 0, "worst": None, "worst_cell": None, "over": 0, "over_cells": [], "limit": limit}
+        return {"cells": 0, "worst": None, "worst_cell": None, "over": 0, "over_cells": [], "noisy": 0, "limit": limit}
     worst = max(cells, key=lambda c: c["auto_over_best"])
     over = [c for c in cells if c["auto_over_best"] > limit]
     return {
@@ -104,6 +113,7 @@ def summary(cells: Sequence[dict[str, Any]], limit: float = LIMIT) -> dict[str, 
         "worst_cell": cell_name(worst),
         "over": len(over),
         "over_cells": [cell_name(c) for c in over],
+        "noisy": sum(c.get("spread", 1.0) > SPREAD for c in cells),
         "limit": limit,
     }
 
@@ -123,16 +133,28 @@ def _choice(op: str, s: _measure.BufferSet, isa: str, threads: int) -> str:
 
 
 def time_variants(
-    op: str, isa: str, threads: int, sets: list[_measure.BufferSet], budget: _measure.Budget, rounds: int
+    op: str,
+    isa: str,
+    threads: int,
+    sets: list[_measure.BufferSet],
+    budget: _measure.Budget,
+    rounds: int = TUNE_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
 ) -> dict[str, list[float]]:
     """Per variant, the median time of each round; the variants alternate within a
-    round, their order rotated by one from round to round."""
+    round, their order rotated by one from round to round. After `rounds` rounds, more
+    (up to `max_rounds`) while a median is off its fastest round (`spread` > SPREAD): on
+    the shared machine a slow spell (another process on the second core, which stalls a
+    2-thread call at its barriers) can last several measurements, and the median needs a
+    majority of rounds outside it."""
     calls = {a: _measure.twopass_calls(op, a, isa, threads, sets) for a in VARIANTS}
     per_round: dict[str, list[float]] = {a: [] for a in VARIANTS}
-    for r in range(rounds):
+    r = 0
+    while r < rounds or (r < max_rounds and spread(per_round) > SPREAD):
         k = r % len(VARIANTS)
         for a in VARIANTS[k:] + VARIANTS[:k]:
             per_round[a].append(_measure.measure(calls[a], budget).median_s)
+        r += 1
     return per_round
 
 
@@ -146,6 +168,7 @@ def run(
     caches: dict[str, int],
     advance: Callable[[str], None],
     rounds: int = TUNE_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
 ) -> list[dict[str, Any]]:
     """Every (dtype, shape, threads, op, regime) cell, in that loop order (buffers are
     made once per dtype and shape, and freed before the next)."""
@@ -166,7 +189,7 @@ def run(
                         if regime == "cold" and k == 1 and hot is not None:
                             per_round, same = hot, True  # one set either way: the same procedure as hot
                         else:
-                            per_round, same = time_variants(op, isa, t, bufs.get(k), budget, rounds), False
+                            per_round, same = time_variants(op, isa, t, bufs.get(k), budget, rounds, max_rounds), False
                         if regime == "hot":
                             hot = per_round
                         med = {a: float(np.median(v)) for a, v in per_round.items()}
@@ -182,6 +205,7 @@ def run(
                                 "level": _plan.cache_level(ws, caches),
                                 "median_s": med,
                                 "rounds_s": per_round,
+                                "spread": spread(per_round),
                                 "auto_choice": choice,
                                 "auto_over_best": auto_over_best(med),
                                 "faster": min(ALGOS, key=lambda a: med[a]),
@@ -222,6 +246,8 @@ def document(
             "ops": list(ops),
             "threads": list(threads),
             "rounds": rounds,
+            "max_rounds": MAX_ROUNDS,
+            "spread": SPREAD,
             "budget": budget.__dict__,
         },
         "definitions": {
@@ -231,7 +257,10 @@ def document(
             "is 2 x L3 or more",
             "working_set_bytes": "x + y of one call",
             "median_s": "per variant, the median over rounds of each round's median seconds per call; the "
-            "variants alternate within a round (public path, out=)",
+            f"variants alternate within a round (public path, out=); {rounds} rounds, up to {MAX_ROUNDS} while "
+            f"spread > {SPREAD}",
+            "spread": "max over the variants of (median round / fastest round); noisy (~ in the table) above "
+            f"{SPREAD} after the last round",
             "auto_choice": "the algorithm whose output auto's matches bit for bit ('either': both; 'neither': none)",
             "auto_over_best": "median_s.auto / min(median_s.two_pass, median_s.three_pass_reload)",
             "limit": f"auto_over_best <= {LIMIT} in every cell",
@@ -265,9 +294,12 @@ def tables(doc: dict[str, Any]) -> list[Any]:
             table = Table(
                 title=f"{dtype} {op}: ms per call (bold: the faster algorithm), auto/best (red: > {LIMIT:.2f})",
                 title_justify="left",
-                box=box.SIMPLE_HEAD,  # no vertical rules: 13 columns within ~130 characters
+                box=box.SIMPLE_HEAD,  # no vertical rules, no outer padding: 13 columns within 140 characters
+                pad_edge=False,
                 caption="auto's choice: 2p two_pass, 3r three_pass_reload, = either (same output), ? neither; "
-                "dim cold: working set >= 2 x L3, one set, the hot measurement",
+                f"~ noisy: a median round still > {SPREAD}x the fastest after {MAX_ROUNDS}; dim cold: working set "
+                ">= 2 x L3, "
+                "one set, the hot measurement",
                 caption_justify="left",
             )
             table.add_column("shape", justify="right")
@@ -290,7 +322,8 @@ def tables(doc: dict[str, Any]) -> list[Any]:
                         row.append(f"[{style}]{_ms(med[a])}[/]" if style.strip() else _ms(med[a]))
                     ratio = c["auto_over_best"]
                     style = dim + ("red" if ratio > LIMIT else "")
-                    text = f"{ratio:.2f} {SHORT.get(c['auto_choice'], c['auto_choice'])}"
+                    noisy = "~" if c.get("spread", 1.0) > SPREAD else ""
+                    text = f"{ratio:.2f}{noisy} {SHORT.get(c['auto_choice'], c['auto_choice'])}"
                     row.append(f"[{style}]{text}[/]" if style.strip() else text)
                 table.add_row(*row)
             out.append(table)
@@ -303,7 +336,7 @@ def summary_line(s: dict[str, Any]) -> str:
     colour = "green" if s["over"] == 0 else "red"
     return (
         f"{s['cells']} cells: worst auto/best {s['worst']:.3f} ({s['worst_cell']}); "
-        f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}]"
+        f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}]; {s['noisy']} noisy (~)"
     )
 
 
