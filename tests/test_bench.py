@@ -154,10 +154,21 @@ def test_tune_summary_finds_the_worst_cell():
         _fake_cell(1.10, shape=(1 << 20,)),  # at the limit: not over
     ]
     s = _tune.summary(cells)
-    assert s["cells"] == 5 and s["over"] == 2
+    assert s["cells"] == 5 and s["over"] == 2 and s["wrong_picks"] == 0
     assert s["worst"] == pytest.approx(1.2)
     assert s["worst_cell"] == "float32 softmax 32x128256 2 threads cold"
     assert s["over_cells"] == ["float32 softmax 32x128256 2 threads cold", "float32 softmax 16M 1 thread hot"]
+    assert s["over_text"][0] == (
+        "float32 softmax 32x128256 2 threads cold: 1.20, auto ran two_pass (two_pass measured faster, by 2.00x): "
+        "auto's own time"
+    )
+    wrong = _fake_cell(1.5)
+    wrong["auto_choice"] = "three_pass_reload"
+    s = _tune.summary([*cells, wrong])
+    assert s["over"] == 3 and s["wrong_picks"] == 1
+    assert s["over_text"][-1] == (
+        "float32 softmax 1K 1 thread hot: 1.50, wrong pick: auto ran three_pass_reload, two_pass 2.00x faster"
+    )
     assert _tune.summary([])["cells"] == 0
     assert _tune.summary(cells[:1])["over"] == 0
 
@@ -170,7 +181,13 @@ def test_tune_table_marks_cells_over_the_limit():
         _fake_cell(1.0, shape=(4096,), regime="cold"),
     ]
     doc = {
-        "config": {"dtypes": ["float32"], "ops": ["softmax"], "threads": [1], "shapes": [[1024], [4096]]},
+        "config": {
+            "dtypes": ["float32"],
+            "ops": ["softmax"],
+            "threads": [1],
+            "shapes": [[1024], [4096]],
+            "max_rounds": 9,
+        },
         "results": cells,
     }
     (table,) = _tune.tables(doc)
@@ -388,10 +405,14 @@ def test_tune_reports_every_cell_hot_and_cold(tmp_path):
         assert set(med) == {"two_pass", "three_pass_reload", "auto"}
         assert all(_finite_positive(v) for v in med.values()), c
         nr = len(c["rounds_s"]["auto"])
-        assert _tune.TUNE_ROUNDS <= nr <= _tune.MAX_ROUNDS
+        assert d["config"]["rounds"] == _tune.FULL_ROUNDS  # no --quick
+        assert _tune.FULL_ROUNDS <= nr <= _tune.MAX_ROUNDS
         assert all(len(v) == nr and all(_finite_positive(t) for t in v) for v in c["rounds_s"].values())
         assert c["spread"] == pytest.approx(_tune.spread(c["rounds_s"]))
-        assert nr == _tune.TUNE_ROUNDS or c["spread"] > _tune.SPREAD or nr < _tune.MAX_ROUNDS
+        if nr > _tune.FULL_ROUNDS:  # an extra round only when the rounds before it disagreed
+            assert _tune.spread({a: v[: nr - 1] for a, v in c["rounds_s"].items()}) > _tune.SPREAD
+        if nr < _tune.MAX_ROUNDS:  # and stopped early only once they agreed
+            assert c["spread"] <= _tune.SPREAD
         assert c["auto_over_best"] == pytest.approx(med["auto"] / min(med["two_pass"], med["three_pass_reload"]))
         assert c["auto_choice"] in ("two_pass", "three_pass_reload", "either"), c
         assert c["faster"] == min(("two_pass", "three_pass_reload"), key=med.get)

@@ -315,7 +315,8 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
             progress.update(task, description=what)
             progress.advance(task)
 
-        cells = _tune.run(shapes, dtypes, ops, threads, isa, budget, caches, advance)
+        rounds = _tune.TUNE_ROUNDS if args.quick else _tune.FULL_ROUNDS
+        cells = _tune.run(shapes, dtypes, ops, threads, isa, budget, caches, advance, rounds)
     doc = _tune.document(
         cells,
         isa=isa,
@@ -325,6 +326,7 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
         ops=ops,
         threads=threads,
         budget=budget,
+        rounds=rounds,
         elapsed_s=time.perf_counter() - t0,
         load_average={"before": load_before, "after": _loadavg()},
     )

@@ -4,9 +4,11 @@ For each dtype (float32, float64), op (softmax, log_softmax), thread count and s
 (single rows 2^10 .. 2^26 and the batch shapes of `_plan.FULL_BATCHES`; --quick: fewer),
 three variants are timed through the public path with out=: two_pass, three_pass_reload
 and auto (whatever rule `algorithm="auto"` follows today), on the same buffers, in
-`TUNE_ROUNDS` rounds that alternate them (the order rotating from round to round), so a
-slow spell of the shared machine hits all three. A variant's time is the median over the
-rounds of each round's median (the timer of `_measure`).
+rounds that alternate them (the order rotating from round to round), so a slow spell of
+the shared machine hits all three: `TUNE_ROUNDS` with --quick, `FULL_ROUNDS` otherwise,
+and more, up to `MAX_ROUNDS`, while a variant's median round is over `SPREAD` x its
+fastest (a spell then holds the median). A variant's time is the median over the rounds
+of each round's median (the timer of `_measure`).
 
 Each cell is measured in two regimes:
   hot:  the same buffer set on every call (what stays in cache, stays);
@@ -18,7 +20,10 @@ Each cell is measured in two regimes:
 auto/best = time(auto) / min(time(two_pass), time(three_pass_reload)); the issue's bar is
 <= `LIMIT` in every cell. Which algorithm auto ran is found from its output, compared bit
 for bit with the two algorithms' outputs on the same input ("either" when both match,
-"neither" when none does), not from `_api`'s rule, whose signature may change.
+"neither" when none does), not from `_api`'s rule, whose signature may change. A cell over
+the limit is a wrong pick when auto ran the algorithm that measured slower; else auto's
+own time is off (noise, or at the shortest rows the cost of the rule itself, a fraction
+of a microsecond per call).
 
 The results go to a JSON file beside the other benchmark results (nothing is written into
 the package).
@@ -41,8 +46,9 @@ TUNE_OPS = ("softmax", "log_softmax")
 ALGOS = ("two_pass", "three_pass_reload")  # the two auto picks between
 VARIANTS = (*ALGOS, "auto")
 REGIMES = ("hot", "cold")
-TUNE_ROUNDS = 3  # alternating rounds of the three variants per cell...
-MAX_ROUNDS = 7  # ...and up to this many while a variant's median round is > SPREAD x its fastest round
+TUNE_ROUNDS = 3  # alternating rounds of the three variants per cell (--quick)...
+FULL_ROUNDS = 5  # (the full run)
+MAX_ROUNDS = 9  # ...and up to this many while a variant's median round is > SPREAD x its fastest round
 SPREAD = 1.15
 LIMIT = 1.10  # auto within 10% of the faster algorithm
 
@@ -52,8 +58,10 @@ QUICK_SHAPES: tuple[tuple[int, ...], ...] = tuple((1 << k,) for k in (10, 14, 18
     (32, 128256),
 )
 # The full run: 2 dtypes x 2 ops x 2 thread counts x 2 regimes x 21 shapes x 3 variants x
-# TUNE_ROUNDS measurements; this per-measurement budget keeps it near 15 minutes here.
-FULL_BUDGET = _measure.Budget(min_repeat_s=2e-3, per_case_s=0.1, min_repeats=5, max_repeats=15)
+# 5..9 rounds of measurements (--quick: 8 shapes, 3..9 rounds); with the sweep's budgets,
+# --quick took ~50 s on the development machine (2 cores, AVX-512, shared), and the full
+# run ~5 minutes with 3 rounds.
+FULL_BUDGET = _measure.FULL
 QUICK_BUDGET = _measure.QUICK
 
 SHORT = {"two_pass": "2p", "three_pass_reload": "3r", "either": "=", "neither": "?"}
@@ -101,18 +109,35 @@ def cell_name(c: dict[str, Any]) -> str:
     )
 
 
+def wrong_pick(c: dict[str, Any]) -> bool:
+    """auto ran the algorithm that measured slower in this cell."""
+    return c["auto_choice"] in ALGOS and c["auto_choice"] != c["faster"]
+
+
+def over_text(c: dict[str, Any]) -> str:
+    """One cell over the limit, and why."""
+    med = c["median_s"]
+    slow, fast = sorted(ALGOS, key=lambda a: med[a], reverse=True)
+    if wrong_pick(c):
+        why = f"wrong pick: auto ran {slow}, {fast} {med[slow] / med[fast]:.2f}x faster"
+    else:
+        why = f"auto ran {c['auto_choice']} ({fast} measured faster, by {med[slow] / med[fast]:.2f}x): auto's own time"
+    return f"{cell_name(c)}: {c['auto_over_best']:.2f}, {why}"
+
+
 def summary(cells: Sequence[dict[str, Any]], limit: float = LIMIT) -> dict[str, Any]:
-    """Cells measured, the worst auto/best (and its cell), and the cells over `limit`."""
-    if not cells:
-        return {"cells": 0, "worst": None, "worst_cell": None, "over": 0, "over_cells": [], "noisy": 0, "limit": limit}
-    worst = max(cells, key=lambda c: c["auto_over_best"])
+    """Cells measured, the worst auto/best (and its cell), the cells over `limit` (and
+    which of them are wrong picks), and the noisy cells."""
     over = [c for c in cells if c["auto_over_best"] > limit]
+    worst = max(cells, key=lambda c: c["auto_over_best"]) if cells else None
     return {
         "cells": len(cells),
-        "worst": worst["auto_over_best"],
-        "worst_cell": cell_name(worst),
+        "worst": None if worst is None else worst["auto_over_best"],
+        "worst_cell": None if worst is None else cell_name(worst),
         "over": len(over),
         "over_cells": [cell_name(c) for c in over],
+        "over_text": [over_text(c) for c in over],
+        "wrong_picks": sum(map(wrong_pick, over)),
         "noisy": sum(c.get("spread", 1.0) > SPREAD for c in cells),
         "limit": limit,
     }
@@ -229,6 +254,7 @@ def document(
     threads: Sequence[int],
     budget: _measure.Budget,
     rounds: int = TUNE_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
     elapsed_s: float | None = None,
     load_average: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
@@ -246,7 +272,7 @@ def document(
             "ops": list(ops),
             "threads": list(threads),
             "rounds": rounds,
-            "max_rounds": MAX_ROUNDS,
+            "max_rounds": max_rounds,
             "spread": SPREAD,
             "budget": budget.__dict__,
         },
@@ -257,12 +283,14 @@ def document(
             "is 2 x L3 or more",
             "working_set_bytes": "x + y of one call",
             "median_s": "per variant, the median over rounds of each round's median seconds per call; the "
-            f"variants alternate within a round (public path, out=); {rounds} rounds, up to {MAX_ROUNDS} while "
+            f"variants alternate within a round (public path, out=); {rounds} rounds, up to {max_rounds} while "
             f"spread > {SPREAD}",
             "spread": "max over the variants of (median round / fastest round); noisy (~ in the table) above "
             f"{SPREAD} after the last round",
             "auto_choice": "the algorithm whose output auto's matches bit for bit ('either': both; 'neither': none)",
             "auto_over_best": "median_s.auto / min(median_s.two_pass, median_s.three_pass_reload)",
+            "wrong pick": "a cell over the limit where auto ran the algorithm that measured slower (else auto's "
+            "own time is off: noise, or the rule's per-call cost at the shortest rows)",
             "limit": f"auto_over_best <= {LIMIT} in every cell",
         },
         "summary": summary(cells),
@@ -297,9 +325,8 @@ def tables(doc: dict[str, Any]) -> list[Any]:
                 box=box.SIMPLE_HEAD,  # no vertical rules, no outer padding: 13 columns within 140 characters
                 pad_edge=False,
                 caption="auto's choice: 2p two_pass, 3r three_pass_reload, = either (same output), ? neither; "
-                f"~ noisy: a median round still > {SPREAD}x the fastest after {MAX_ROUNDS}; dim cold: working set "
-                ">= 2 x L3, "
-                "one set, the hot measurement",
+                f"~ noisy: a median round still > {SPREAD}x the fastest after {cfg['max_rounds']}; "
+                "dim cold: working set >= 2 x L3, one set, the hot measurement",
                 caption_justify="left",
             )
             table.add_column("shape", justify="right")
@@ -336,7 +363,8 @@ def summary_line(s: dict[str, Any]) -> str:
     colour = "green" if s["over"] == 0 else "red"
     return (
         f"{s['cells']} cells: worst auto/best {s['worst']:.3f} ({s['worst_cell']}); "
-        f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}]; {s['noisy']} noisy (~)"
+        f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}] ({s['wrong_picks']} wrong picks); "
+        f"{s['noisy']} noisy (~)"
     )
 
 
@@ -347,13 +375,12 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
     console.print(
         f"L3 {_plan.format_bytes(caches['L3'])}: cold cycles buffer sets until >= "
         f"{_plan.format_bytes(2 * caches['L3'])} is touched between two uses of a set; "
-        f"{doc['config']['rounds']} alternating rounds per cell, median of medians."
+        f"{doc['config']['rounds']} alternating rounds per cell (up to {doc['config']['max_rounds']} while a median "
+        f"round is > {doc['config']['spread']}x the fastest), median of the rounds' medians."
     )
     for table in tables(doc):
         console.print(table)
     s = doc["summary"]
     console.print(summary_line(s))
-    for name in s["over_cells"][:30]:
-        console.print(f"  over {s['limit']:.2f}: {name}")
-    if len(s["over_cells"]) > 30:
-        console.print(f"  ... and {len(s['over_cells']) - 30} more (see the JSON)")
+    for text in s["over_text"]:
+        console.print(f"  {text}", highlight=False)
