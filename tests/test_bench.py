@@ -159,7 +159,7 @@ def test_tune_summary_finds_the_worst_cell():
     assert s["worst_cell"] == "float32 softmax 32x128256 2 threads cold"
     assert s["over_cells"] == ["float32 softmax 32x128256 2 threads cold", "float32 softmax 16M 1 thread hot"]
     assert s["over_text"][0] == (
-        "float32 softmax 32x128256 2 threads cold: 1.20, auto ran two_pass (two_pass measured faster, by 2.00x): "
+        "float32 softmax 32x128256 2 threads cold: 1.20, auto ran two_pass (two_pass measured faster, by 2.000x): "
         "auto's own time"
     )
     wrong = _fake_cell(1.5)
@@ -167,7 +167,7 @@ def test_tune_summary_finds_the_worst_cell():
     s = _tune.summary([*cells, wrong])
     assert s["over"] == 3 and s["wrong_picks"] == 1
     assert s["over_text"][-1] == (
-        "float32 softmax 1K 1 thread hot: 1.50, wrong pick: auto ran three_pass_reload, two_pass 2.00x faster"
+        "float32 softmax 1K 1 thread hot: 1.50, wrong pick: auto ran three_pass_reload, two_pass 2.000x faster"
     )
     assert _tune.summary([])["cells"] == 0
     assert _tune.summary(cells[:1])["over"] == 0

@@ -119,9 +119,9 @@ def over_text(c: dict[str, Any]) -> str:
     med = c["median_s"]
     slow, fast = sorted(ALGOS, key=lambda a: med[a], reverse=True)
     if wrong_pick(c):
-        why = f"wrong pick: auto ran {slow}, {fast} {med[slow] / med[fast]:.2f}x faster"
+        why = f"wrong pick: auto ran {slow}, {fast} {med[slow] / med[fast]:.3f}x faster"
     else:
-        why = f"auto ran {c['auto_choice']} ({fast} measured faster, by {med[slow] / med[fast]:.2f}x): auto's own time"
+        why = f"auto ran {c['auto_choice']} ({fast} measured faster, by {med[slow] / med[fast]:.3f}x): auto's own time"
     return f"{cell_name(c)}: {c['auto_over_best']:.2f}, {why}"
 
 
