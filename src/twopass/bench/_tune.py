@@ -361,9 +361,10 @@ def summary_line(s: dict[str, Any]) -> str:
     if not s["cells"]:
         return "no cells measured"
     colour = "green" if s["over"] == 0 else "red"
+    picks = f"{s['wrong_picks']} wrong pick{'' if s['wrong_picks'] == 1 else 's'}"
     return (
         f"{s['cells']} cells: worst auto/best {s['worst']:.3f} ({s['worst_cell']}); "
-        f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}] ({s['wrong_picks']} wrong picks); "
+        f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}] ({picks}); "
         f"{s['noisy']} noisy (~)"
     )
 
