@@ -1,4 +1,4 @@
-"""The benchmark's machinery on tiny sizes: schema, traffic, regimes, bounds, plots, tuning.
+"""The benchmark's machinery on tiny sizes: schema, traffic, regimes, bounds, plots, --tune.
 
 Fast (seconds): tiny shapes, 2-3 repeats. Peers that are not installed are skipped by
 the benchmark itself (and the checks below only look at the ones that ran).
@@ -6,8 +6,11 @@ the benchmark itself (and the checks below only look at the ones that ran).
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import time
 
 import numpy as np
 import pytest
@@ -26,7 +29,7 @@ def _finite_positive(v: float) -> bool:
 
 
 # ----------------------------------------------------------------------------------
-# Pure parts: sizes, traffic, regimes, crossover.
+# Pure parts: sizes, traffic, regimes, the --tune helpers.
 # ----------------------------------------------------------------------------------
 def test_parse_and_format_sizes():
     assert _plan.parse_size("16M") == (1 << 24,)
@@ -71,13 +74,129 @@ def test_batches_of_cached_rows_move_each_byte_once():
     assert _plan.traffic("softmax", "three_pass_reload", (4096,), f4, "L1d", CACHES, 1)[:2] == (3, 2)
 
 
-def test_crossover():
-    assert _tune.crossover({256: 1.2, 1024: 1.1, 4096: 0.9, 16384: 0.8}) == 4096
-    assert _tune.crossover({256: 0.9, 1024: 0.95}) == 0  # two_pass everywhere
-    assert _tune.crossover({256: 0.9, 1024: 1.05}) == _tune.NEVER  # loses at the longest
-    assert _tune.crossover({256: 0.9, 1024: 1.1, 4096: 0.9}) == 0  # one length off: noise, smoothed away
-    # two lengths in a row where two_pass loses are not noise: from after them on
-    assert _tune.crossover({256: 0.9, 1024: 1.1, 4096: 1.1, 16384: 0.9, 65536: 0.8}) == 16384
+def test_cold_nsets_touch_twice_the_l3_between_uses():
+    l3 = CACHES["L3"]
+    assert _tune.cold_nsets(8 << 10, l3) == 8192  # a 1K float32 row: x + y = 8 KiB
+    assert _tune.cold_nsets(48 << 20, l3) == 2
+    assert _tune.cold_nsets(64 << 20, l3) == 1  # already 2x L3: one set, cold = hot
+    assert _tune.cold_nsets(1 << 30, l3) == 1
+    for ws in (1, 1000, 8 << 10, 3 << 20, 31 << 20, 33 << 20, 63 << 20):
+        k = _tune.cold_nsets(ws, l3)
+        assert k * ws >= 2 * l3 and (k - 1) * ws < 2 * l3, ws  # enough sets, and no more
+    assert _tune.nsets("hot", 8 << 10, l3) == 1
+    assert _tune.nsets("cold", 8 << 10, l3) == 8192
+    with pytest.raises(ValueError):
+        _tune.nsets("warm", 8 << 10, l3)
+
+
+def test_auto_over_best_and_choice():
+    assert _tune.auto_over_best({"two_pass": 2.0, "three_pass_reload": 1.0, "auto": 1.5}) == 1.5
+    assert _tune.auto_over_best({"two_pass": 1.0, "three_pass_reload": 4.0, "auto": 1.0}) == 1.0
+    assert _tune.auto_over_best({"two_pass": 3.0, "three_pass_reload": 2.0, "auto": 1.0}) == 0.5  # noise: auto faster
+    a, b = np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-15])
+    assert _tune.auto_choice(a.copy(), {"two_pass": a, "three_pass_reload": b}) == "two_pass"
+    assert _tune.auto_choice(b.copy(), {"two_pass": a, "three_pass_reload": b}) == "three_pass_reload"
+    assert _tune.auto_choice(a.copy(), {"two_pass": a, "three_pass_reload": a.copy()}) == "either"
+    assert _tune.auto_choice(a + 1, {"two_pass": a, "three_pass_reload": b}) == "neither"
+
+
+def _fake_cell(ratio: float, shape=(1024,), regime="hot", threads=1) -> dict:
+    med = {"two_pass": 1e-3, "three_pass_reload": 2e-3, "auto": ratio * 1e-3}
+    return {
+        "dtype": "float32",
+        "op": "softmax",
+        "shape": list(shape),
+        "threads": threads,
+        "regime": regime,
+        "nsets": 1,
+        "median_s": med,
+        "auto_choice": "two_pass",
+        "auto_over_best": _tune.auto_over_best(med),
+        "faster": "two_pass",
+        "same_as_hot": False,
+    }
+
+
+def test_spread_asks_for_more_rounds_only_when_a_median_is_slowed():
+    assert _tune.spread({"a": [1.0, 1.0, 1.0], "b": [2.0, 2.1, 2.0]}) == pytest.approx(1.0)
+    assert _tune.spread({"a": [1.0, 9.0, 1.05]}) == pytest.approx(1.05)  # one slow round: the median is fine
+    assert _tune.spread({"a": [1.0, 9.0, 8.0], "b": [1.0, 1.0, 1.0]}) == pytest.approx(8.0)  # two of three
+
+
+def test_time_variants_adds_rounds_while_a_slow_spell_holds_the_median(monkeypatch):
+    """A spell that slows every call of the first two rounds 10x: three rounds leave
+    the medians in it, so more rounds run, until fast rounds are the majority."""
+    state = {"measurements": 0, "slow": range(1, 7)}  # rounds 1 and 2 (three variants each)
+
+    def fake_measure(calls, budget):
+        state["measurements"] += 1
+        return _measure.Timing([1e-2 if state["measurements"] in state["slow"] else 1e-3], 1)
+
+    monkeypatch.setattr(_measure, "measure", fake_measure)
+    monkeypatch.setattr(_measure, "twopass_calls", lambda *a: [lambda: None])
+    per_round = _tune.time_variants("softmax", BEST, 1, [], TINY)
+    assert all(len(v) == 5 for v in per_round.values())  # 2 slow + 3 fast: the median is fast
+    assert all(np.median(v) == 1e-3 for v in per_round.values())
+    state.update(measurements=0, slow=range(4, 1000))  # one fast round, then a spell past MAX_ROUNDS
+    per_round = _tune.time_variants("softmax", BEST, 1, [], TINY)
+    assert all(len(v) == _tune.MAX_ROUNDS for v in per_round.values())
+    assert _tune.spread(per_round) > _tune.SPREAD  # reported as noisy
+    state.update(measurements=0, slow=range(0))  # no spell: TUNE_ROUNDS
+    assert all(len(v) == _tune.TUNE_ROUNDS for v in _tune.time_variants("softmax", BEST, 1, [], TINY).values())
+
+
+def test_tune_summary_finds_the_worst_cell():
+    cells = [
+        _fake_cell(1.0),
+        _fake_cell(1.2, shape=(32, 128256), regime="cold", threads=2),
+        _fake_cell(1.05, shape=(4096,)),
+        _fake_cell(1.11, shape=(1 << 24,)),
+        _fake_cell(1.10, shape=(1 << 20,)),  # at the limit: not over
+    ]
+    s = _tune.summary(cells)
+    assert s["cells"] == 5 and s["over"] == 2 and s["wrong_picks"] == 0
+    assert s["worst"] == pytest.approx(1.2)
+    assert s["worst_cell"] == "float32 softmax 32x128256 2 threads cold"
+    assert s["over_cells"] == ["float32 softmax 32x128256 2 threads cold", "float32 softmax 16M 1 thread hot"]
+    assert s["over_text"][0] == (
+        "float32 softmax 32x128256 2 threads cold: 1.20, auto ran two_pass (two_pass measured faster, by 2.000x): "
+        "auto's own time"
+    )
+    wrong = _fake_cell(1.5)
+    wrong["auto_choice"] = "three_pass_reload"
+    s = _tune.summary([*cells, wrong])
+    assert s["over"] == 3 and s["wrong_picks"] == 1
+    assert s["over_text"][-1] == (
+        "float32 softmax 1K 1 thread hot: 1.50, wrong pick: auto ran three_pass_reload, two_pass 2.000x faster"
+    )
+    assert _tune.summary([])["cells"] == 0
+    assert _tune.summary(cells[:1])["over"] == 0
+
+
+def test_tune_table_marks_cells_over_the_limit():
+    from rich.console import Console
+
+    cells = [_fake_cell(1.0, regime=r) for r in ("hot", "cold")] + [
+        _fake_cell(1.25, shape=(4096,), regime="hot"),
+        _fake_cell(1.0, shape=(4096,), regime="cold"),
+    ]
+    doc = {
+        "config": {
+            "dtypes": ["float32"],
+            "ops": ["softmax"],
+            "threads": [1],
+            "shapes": [[1024], [4096]],
+            "max_rounds": 9,
+        },
+        "results": cells,
+    }
+    (table,) = _tune.tables(doc)
+    console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system="standard")
+    console.print(table)
+    text = console.file.getvalue()
+    assert "1.25 2p" in text and "1.00 2p" in text
+    assert table.row_count == 2 and len(table.columns) == 1 + 2 * 3
+    assert text.count("31m") == 1  # one red cell (ANSI red foreground): 1.25
 
 
 def test_bound_model():
@@ -222,15 +341,89 @@ def test_measure_cycles_through_sets():
     assert len(t.times_s) == 3 and set(seen) == {0, 1}
 
 
-def test_tune_writes_crossovers(tmp_path):
-    out = tmp_path / "tuning.json"
-    assert _cli.main(["--tune", "--sizes", "256,1K", "--tune-out", str(out)]) == 0
-    d = json.loads(out.read_text())
-    for dtype in ("float32", "float64"):
-        for op in ("softmax", "log_softmax"):
-            assert isinstance(d[dtype][op], int) and d[dtype][op] >= 0
-            assert all(_finite_positive(v) for v in d["ratios"][dtype][op].values())
-    assert {"machine", "date", "command"} <= set(d)
+def test_tune_alternates_the_variants_on_the_same_buffers(monkeypatch):
+    """Each round times all three variants (the order rotated from round to round), each
+    on the buffer sets given; a variant's rounds are its own calls' timings."""
+    log: list[tuple[str, int]] = []
+    cost = {"two_pass": 2e-4, "three_pass_reload": 4e-4, "auto": 3e-4}
+
+    def fake_calls(op, algorithm, isa, threads, sets):
+        def call(i):
+            log.append((algorithm, i))
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < cost[algorithm]:
+                pass
+
+        return [lambda i=i: call(i) for i in range(len(sets))]
+
+    monkeypatch.setattr(_measure, "twopass_calls", fake_calls)
+    sets = _measure.Buffers((8,)).get(3)
+    per_round = _tune.time_variants("softmax", BEST, 1, sets, TINY, rounds=3, max_rounds=3)
+    assert set(per_round) == {"two_pass", "three_pass_reload", "auto"}
+    assert all(len(v) == 3 for v in per_round.values())
+    for a, c in cost.items():
+        assert all(c <= t < 20 * c for t in per_round[a]), (a, per_round[a])
+    firsts = [a for k, (a, _) in enumerate(log) if k == 0 or log[k - 1][0] != a]  # runs of one variant
+    assert firsts == [
+        *("two_pass", "three_pass_reload", "auto"),
+        *("three_pass_reload", "auto", "two_pass"),
+        *("auto", "two_pass", "three_pass_reload"),
+    ]
+    assert {i for _, i in log} == {0, 1, 2}  # every set used
+
+
+def test_tune_reports_every_cell_hot_and_cold(tmp_path):
+    tuning = _api.__file__.replace("_api.py", "_tuning.json")
+    before = open(tuning, "rb").read() if os.path.exists(tuning) else None
+    argv = ["--tune", "--sizes", "1K,2x1K", "--threads", "1", "--repeats", "3", "--out", str(tmp_path)]
+    assert _cli.main(argv) == 0
+    (path,) = tmp_path.glob("tune-*.json")
+    d = json.loads(path.read_text())
+    assert {"machine", "date", "command", "summary", "results"} <= set(d)
+    assert d["command"] == "python -m twopass bench " + " ".join(argv)
+    l3 = d["machine"]["caches"]["L3"]
+    shapes = [(1024,), (2, 1024)]
+    cells = {(c["dtype"], c["op"], c["threads"], c["regime"], tuple(c["shape"])): c for c in d["results"]}
+    want = {
+        (dt, op, 1, regime, shape)
+        for dt in ("float32", "float64")
+        for op in ("softmax", "log_softmax")
+        for regime in ("hot", "cold")
+        for shape in shapes
+    }
+    assert set(cells) == want and len(d["results"]) == len(want)
+    for (dt, _op, _, regime, shape), c in cells.items():
+        ws = 2 * math.prod(shape) * np.dtype(dt).itemsize
+        assert c["working_set_bytes"] == ws
+        if regime == "hot":
+            assert c["nsets"] == 1
+        else:
+            assert c["nsets"] >= math.ceil(2 * l3 / ws) and c["nsets"] * ws >= 2 * l3
+        med = c["median_s"]
+        assert set(med) == {"two_pass", "three_pass_reload", "auto"}
+        assert all(_finite_positive(v) for v in med.values()), c
+        nr = len(c["rounds_s"]["auto"])
+        assert d["config"]["rounds"] == _tune.FULL_ROUNDS  # no --quick
+        assert _tune.FULL_ROUNDS <= nr <= _tune.MAX_ROUNDS
+        assert all(len(v) == nr and all(_finite_positive(t) for t in v) for v in c["rounds_s"].values())
+        assert c["spread"] == pytest.approx(_tune.spread(c["rounds_s"]))
+        if nr > _tune.FULL_ROUNDS:  # an extra round only when the rounds before it disagreed
+            assert _tune.spread({a: v[: nr - 1] for a, v in c["rounds_s"].items()}) > _tune.SPREAD
+        if nr < _tune.MAX_ROUNDS:  # and stopped early only once they agreed
+            assert c["spread"] <= _tune.SPREAD
+        assert c["auto_over_best"] == pytest.approx(med["auto"] / min(med["two_pass"], med["three_pass_reload"]))
+        assert c["auto_choice"] in ("two_pass", "three_pass_reload", "either"), c
+        assert c["faster"] == min(("two_pass", "three_pass_reload"), key=med.get)
+    s = d["summary"]
+    assert s["cells"] == len(want) and s["worst"] == max(c["auto_over_best"] for c in d["results"])
+    after = open(tuning, "rb").read() if os.path.exists(tuning) else None
+    assert after == before  # nothing written into the package
+
+
+def test_tune_rejects_what_it_does_not_measure(tmp_path):
+    for bad in (["--dtypes", "float16"], ["--ops", "logsumexp"], ["--threads", "0"], ["--sizes", "1x2x3"]):
+        assert _cli.main(["--tune", "--sizes", "1K", "--out", str(tmp_path), *bad]) == 2, bad
+    assert not list(tmp_path.glob("tune-*.json"))
 
 
 def test_kernel_call_matches_public_path():

@@ -3,7 +3,7 @@ memory-bandwidth bound, on this machine, in one run.
 
     python -m twopass bench --quick          # about a minute
     python -m twopass bench                  # the full sweep (at most ~10 minutes)
-    python -m twopass bench --tune           # crossovers for algorithm="auto"
+    python -m twopass bench --tune           # does algorithm="auto" lose anywhere, hot or cold?
     python -m twopass bench --plot-only bench_results/bench-....json
 
 Modules: _plan (shapes, the traffic table, cache regimes, the case list), _measure

@@ -29,8 +29,11 @@ def parser() -> argparse.ArgumentParser:
         "three_pass_reload, best ISA, fewer repeats",
     )
     p.add_argument("--threads", help="thread counts, e.g. 1,2 (default: 1 and all cores)")
-    p.add_argument("--isa", help="ISAs, e.g. scalar,avx2 (default: all this CPU runs; --quick: the best)")
-    p.add_argument("--ops", help=f"ops (default: {','.join(_plan.OPS)})")
+    p.add_argument(
+        "--isa", help="ISAs, e.g. scalar,avx2 (default: all this CPU runs; --quick: the best; --tune: one, the best)"
+    )
+    p.add_argument("--ops", help=f"ops (default: {','.join(_plan.OPS)}; --tune: softmax,log_softmax)")
+    p.add_argument("--dtypes", help="--tune only: dtypes (default: float32,float64)")
     p.add_argument("--algorithms", help=f"twopass algorithms (default: {','.join(_plan.ALGORITHMS)})")
     p.add_argument("--sizes", help="rows N (e.g. 4K,16M) and batches RxN (e.g. 4096x4096); default: the sweep")
     p.add_argument(
@@ -43,9 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tune",
         action="store_true",
-        help="measure the two_pass / three_pass_reload crossover for algorithm='auto' (only that)",
+        help="only that: does algorithm='auto' lose? softmax and log_softmax, float32 and float64, rows 1K..64M "
+        "and the batches, hot (same buffers) and cold (buffers cycled over > 2x L3): two_pass, three_pass_reload "
+        "and auto, alternating, and auto / the faster of the two per cell (--quick: 8 shapes, ~3 minutes; "
+        "full: ~15-20 minutes); JSON to --out",
     )
-    p.add_argument("--tune-out", help="where --tune writes (default: twopass/_tuning.json beside _api.py)")
+    p.add_argument("--tune-out", help="the JSON file --tune writes (default: OUT/tune-DATE.json)")
     p.add_argument(
         "--cross-entropy",
         action="store_true",
@@ -82,22 +88,13 @@ def resolve(args: argparse.Namespace) -> tuple[_plan.Config, _measure.Budget]:
         _plan.ALGORITHMS,
         "--algorithms",
     )
-    if args.threads:
-        threads = sorted({int(t) for t in _split(args.threads) or []})
-        if not threads or threads[0] < 1:
-            raise ValueError("--threads: positive integers, e.g. 1,2")
-    else:
-        threads = sorted({1, _dispatch.default_threads()})
+    threads = _threads(args)
     if args.sizes:
         shapes = [_plan.parse_size(s) for s in _split(args.sizes) or []]
     else:
         rows, batches = (_plan.QUICK_ROWS, _plan.QUICK_BATCHES) if args.quick else (_plan.FULL_ROWS, _plan.FULL_BATCHES)
         shapes = [(n,) for n in rows] + [tuple(b) for b in batches]
-    budget = _measure.QUICK if args.quick else _measure.FULL
-    if args.repeats is not None:
-        if args.repeats < 1:
-            raise ValueError("--repeats must be >= 1")
-        budget = _measure.Budget(budget.min_repeat_s, budget.per_case_s, args.repeats, args.repeats, args.repeats)
+    budget = _fixed_repeats(_measure.QUICK if args.quick else _measure.FULL, args.repeats)
     isas.sort(key=supported.index)
     cfg = _plan.Config(
         shapes=shapes,
@@ -112,6 +109,29 @@ def resolve(args: argparse.Namespace) -> tuple[_plan.Config, _measure.Budget]:
     return cfg, budget
 
 
+def _threads(args: argparse.Namespace) -> list[int]:
+    from twopass import _dispatch
+
+    if not args.threads:
+        return sorted({1, _dispatch.default_threads()})
+    try:
+        threads = sorted({int(t) for t in _split(args.threads) or []})
+    except ValueError:
+        threads = []
+    if not threads or threads[0] < 1:
+        raise ValueError("--threads: positive integers, e.g. 1,2")
+    return threads
+
+
+def _fixed_repeats(budget: _measure.Budget, repeats: int | None) -> _measure.Budget:
+    """--repeats: exactly that many timed repeats per measurement."""
+    if repeats is None:
+        return budget
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    return _measure.Budget(budget.min_repeat_s, budget.per_case_s, repeats, repeats, repeats)
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     from rich.console import Console
@@ -124,6 +144,8 @@ def main(argv: list[str]) -> int:
             return _plot_only(console, Path(args.plot_only), args)
         if args.tune:
             return _tune(console, args, argv)
+        if args.dtypes:
+            raise ValueError("--dtypes is a --tune option (the sweep runs float32)")
         if args.cross_entropy:
             from . import _cross_entropy
 
@@ -259,29 +281,61 @@ def _plot_only(console: Any, path: Path, args: argparse.Namespace) -> int:
 
 
 def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
-    from rich.progress import Progress
+    """--tune (see _tune's docstring): measure, print the tables and the summary, write the JSON."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from twopass import _dispatch
 
     from . import _tune
 
     isa = args.isa or _dispatch.isa_supported()[-1]
-    _dispatch.isa_code(isa)  # a clear error for an ISA this CPU lacks
-    sizes = tuple(n for s in (_split(args.sizes) or []) for n in _plan.parse_size(s)[-1:]) or _tune.TUNE_SIZES
+    _dispatch.isa_code(isa)  # a clear error for an ISA this CPU lacks (or a list: --tune takes one)
+    dtypes = _choose(_split(args.dtypes), _tune.TUNE_DTYPES, _tune.TUNE_DTYPES, "--dtypes")
+    ops = _choose(_split(args.ops), _tune.TUNE_OPS, _tune.TUNE_OPS, "--ops")
+    threads = _threads(args)
+    if args.sizes:
+        shapes = [_plan.parse_size(s) for s in _split(args.sizes) or []]
+    else:
+        shapes = list(_tune.QUICK_SHAPES if args.quick else _tune.FULL_SHAPES)
+    budget = _fixed_repeats(_tune.QUICK_BUDGET if args.quick else _tune.FULL_BUDGET, args.repeats)
+    caches = _dispatch.cache_sizes()
     t0 = time.perf_counter()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("tune", total=len(sizes) * len(_tune.TUNE_DTYPES) * len(_tune.TUNE_OPS))
+    load_before = _load_warning(console)
+    with Progress(
+        TextColumn("{task.description:<56}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("tune", total=len(dtypes) * len(shapes) * len(threads) * len(ops) * 2)
 
         def advance(what: str) -> None:
             progress.update(task, description=what)
             progress.advance(task)
 
-        ratios = _tune.run(isa, sizes, advance)
-    doc = _tune.document(ratios, isa, "python -m twopass bench " + " ".join(argv))
-    _tune.print_table(console, ratios, doc)
-    path = Path(args.tune_out) if args.tune_out else _tune.default_path()
-    _tune.write(doc, path)
-    console.print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
+        rounds = _tune.TUNE_ROUNDS if args.quick else _tune.FULL_ROUNDS
+        cells = _tune.run(shapes, dtypes, ops, threads, isa, budget, caches, advance, rounds)
+    doc = _tune.document(
+        cells,
+        isa=isa,
+        command="python -m twopass bench " + " ".join(argv),
+        shapes=shapes,
+        dtypes=dtypes,
+        ops=ops,
+        threads=threads,
+        budget=budget,
+        rounds=rounds,
+        elapsed_s=time.perf_counter() - t0,
+        load_average={"before": load_before, "after": _loadavg()},
+    )
+    _tune.print_report(console, doc)
+    stem = f"tune-{doc['date'].replace(':', '').replace('T', '-')}"
+    path = Path(args.tune_out) if args.tune_out else Path(args.out) / f"{stem}.json"
+    _report.write_json(doc, path)
+    console.print(f"JSON: {path}")
+    console.print(f"total time: {doc['elapsed_s']:.0f} s")
     return 0
 
 
