@@ -309,39 +309,52 @@ def test_fast_path_keeps_the_errors():
 # ----------------------------------------------------------------------------------
 # algorithm="auto": the rule of _api._auto_algorithm, from cache sizes, ISA and threads.
 # ----------------------------------------------------------------------------------
-def _with_l3(monkeypatch, l3: int) -> None:
-    caches = dict(_dispatch.cache_sizes(), L3=l3)
+def _with_caches(monkeypatch, **sizes: int) -> None:
+    caches = dict(_dispatch.cache_sizes(), **sizes)
     monkeypatch.setattr(_dispatch, "cache_sizes", lambda: caches)
-    monkeypatch.setattr(_api, "_budgets", {})
+    monkeypatch.setattr(_api, "_limits", {})
 
 
-@pytest.mark.parametrize("isa", ["avx2", "avx512"])
-def test_auto_follows_the_cache_sizes(monkeypatch, isa):
-    """softmax takes the reload while the row's x and y (times the threads sharing the
-    L3) fit the L3 share; two_pass beyond. The crossover moves with the L3."""
-    f32 = np.dtype(np.float32)
-    share = _api.RELOAD_L3_SHARE[4, isa]
-    for l3 in (32 << 20, 300 << 20):
-        _with_l3(monkeypatch, l3)
-        limit = int(share * l3) // 8  # float32 elements whose x and y fit the share
-        assert _api._auto_algorithm("softmax", f32, limit, limit, 1, isa) == "three_pass_reload"
-        assert _api._auto_algorithm("softmax", f32, 2 * limit, 2 * limit, 1, isa) == "two_pass"
-        # a batch of such rows: each thread works on its own row, in cache
-        assert _api._auto_algorithm("softmax", f32, 4096, 4096 * 4096, 1, isa) == "three_pass_reload"
-    # The case of the issue: a float32 row of 2^24 (x and y 128 MiB) on a 300 MiB L3
-    # shared by a server's cores runs cold 1.4x faster with two_pass.
-    assert _api._auto_algorithm("softmax", f32, 1 << 24, 1 << 24, 1, isa) == "two_pass"
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
+    """softmax takes the reload while x and y fit min(w/2 L3, 16 w L2), and beyond it
+    while one row's x and y fit w^2 L2, w the exp's weight for the dtype and ISA;
+    two_pass otherwise. The crossovers move with the caches and the weight."""
+    w = _api.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
+    for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
+        _with_caches(monkeypatch, L2=l2, L3=l3)
+        cache = int(min(w / 2 * l3, 16 * w * l2))
+        n = cache // (2 * dtype.itemsize)  # one row whose x and y fill the cache
+        assert _api._auto_algorithm("softmax", dtype, n, n, 1, isa) == "three_pass_reload"
+        assert _api._auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == "two_pass"
+        n = w * w * l2 // (2 * dtype.itemsize)  # rows streamed from memory: by the row
+        rows = 4 * cache // (2 * n * dtype.itemsize) + 1
+        assert _api._auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
+        assert _api._auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == "two_pass"
+        assert _api._auto_algorithm("softmax", dtype, 4096, 4096 * 4096, 2, isa) == "three_pass_reload"
 
 
-def test_auto_counts_the_threads(monkeypatch):
-    """With 2 threads a long row is split along its axis and both halves stream through
-    the shared L3 and memory bus: the crossover comes at a shorter row."""
-    _with_l3(monkeypatch, 32 << 20)
-    f32 = np.dtype(np.float32)
-    limit = int(_api.RELOAD_L3_SHARE[4, "avx512"] * (32 << 20)) // 8
-    assert limit >= 2 * _api._MIN_PER_CHUNK  # long enough that 2 threads split it
-    assert _api._auto_algorithm("softmax", f32, limit, limit, 1, "avx512") == "three_pass_reload"
-    assert _api._auto_algorithm("softmax", f32, limit, limit, 2, "avx512") == "two_pass"
+def test_auto_on_a_large_shared_l3(monkeypatch):
+    """The case of the issue: a float32 row of 2^24 (x and y 128 MiB) on a Xeon with a
+    300 MiB L3 and 2 MiB of L2 per core ran cold 1.4x faster with two_pass."""
+    _with_caches(monkeypatch, L2=2 << 20, L3=300 << 20)
+    assert _api._auto_algorithm("softmax", np.dtype(np.float32), 1 << 24, 1 << 24, 1, "avx512") == "two_pass"
+
+
+def test_auto_splits_rows_with_two_pass(monkeypatch):
+    """A row that 2 threads split along its axis takes two_pass (a parallel region per
+    pass), unless the exp dominates (w >= 4) and it fits half the cache; the same row
+    on one thread, or rows one per thread, follow the cache rule."""
+    _with_caches(monkeypatch, L2=1 << 20, L3=32 << 20)
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    n = 2 * _api._MIN_PER_CHUNK
+    assert _api._auto_algorithm("softmax", f32, n, n, 1, "avx512") == "three_pass_reload"
+    assert _api._auto_algorithm("softmax", f32, n, n, 2, "avx512") == "two_pass"
+    assert _api._auto_algorithm("softmax", f32, n, 2 * n, 2, "avx512") == "three_pass_reload"
+    assert _api._auto_algorithm("softmax", f64, n, n, 2, "avx512") == "two_pass"
+    assert _api._auto_algorithm("softmax", f64, n, n, 2, "avx2") == "three_pass_reload"
+    assert _api._auto_algorithm("softmax", f64, 16 * n, 16 * n, 2, "avx2") == "two_pass"
 
 
 def test_auto_log_softmax_takes_two_pass_beyond_short_rows():

@@ -372,53 +372,55 @@ def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray
 # algorithm="auto": from the cache sizes, the ISA and the thread count.
 # ----------------------------------------------------------------------------------
 # The three-pass reload computes exp once per element, two_pass twice; two_pass moves
-# 2R + 1W of the row, the reload 3R + 2W. So the reload wins while its second and third
-# passes read from cache, or where the exp costs more than the extra traffic (float64,
-# whose exp polynomial is 2.5x float32's degree on half the lanes). log_softmax computes
+# 2R + 1W of the row, the reload 3R + 2W. So the reload wins where its second and third
+# passes read from cache, or where one exp costs more than the extra traffic (float64:
+# its exp polynomial has 2.5x float32's degree, on half the lanes). log_softmax computes
 # exp once either way and two_pass makes one pass fewer: the reload only helps rows so
 # short that its blocks of rows per kernel call (rows_reload) save per-row costs.
 #
-# softmax: the reload when the data the threads work on at once (one row per thread, or
-# a row split along its axis), times the threads (they share the last-level cache and
-# the memory bus), is at most RELOAD_L3_SHARE x the L3. A server's L3 is shared with
-# other cores and tenants, so only a fraction of it is counted on. Measured with
-# `python -m twopass bench --tune` hot and cold, 1 and 2 threads (README, "algorithm").
-RELOAD_L3_SHARE = {  # (itemsize, isa family): share of the L3
-    (4, "avx512"): 0.25,
-    (4, "avx2"): 0.25,
-    (4, "other"): 0.25,
-    (8, "avx512"): 2.0,
-    (8, "avx2"): 2.0,
-    (8, "other"): 2.0,
-}
+# softmax. w = EXP_WEIGHT[dtype, ISA] is how much one exp per element weighs against
+# the traffic, relative to float32 on AVX-512 (float64 has half the lanes and a 2.5x
+# longer polynomial; AVX2 half the lanes and no vscalef). Then (`python -m twopass
+# bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2; README, "algorithm"):
+# - the reload while the call's x and y fit the cache a core can count on,
+#   min(w/2 x L3, 16 w x L2). A server's L3 is shared by dozens of cores and tenants,
+#   so its size says little about what one core keeps or how fast it reads it back (a
+#   float32 row of 2^24, x and y 128 MiB, on a Xeon with a 300 MiB L3 ran cold 1.4x
+#   faster with two_pass): the private L2 bounds what is counted on;
+# - beyond that the rows stream from memory (two_pass then writes with streaming
+#   stores): the reload while one row's x and y fit w^2 x L2 (float32 64x262144, rows
+#   of 2 MiB, AVX-512: two_pass 1.2x faster; AVX2: the reload 1.2x faster);
+# - a row that several threads split along its axis: each pass is a parallel region of
+#   its own, so two_pass, unless w >= 4 (the exp dominates) and x and y fit half the
+#   cache above (float64 on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
+EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 2, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
 SHORT_ROW_BYTES = 2048  # log_softmax: rows shorter than this take the reload's row blocks
 _MIN_PER_THREAD = 1 << 15  # csrc/driver.h, kMinPerThread: elements per thread of a batch
 _MIN_PER_CHUNK = 1 << 18  # csrc/driver.h, kMinPerChunk: elements per chunk of a split row
+_limits: dict[tuple[int, str | None], tuple[int, int, int]] = {}  # (itemsize, isa): bytes, see _reload_limits
 
 
-_budgets: dict[tuple[int, str | None], int] = {}  # (itemsize, isa): bytes; filled on first use
-
-
-def _reload_budget(itemsize: int, isa: str | None) -> int:
+def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int]:
+    """(cache, streamed row, split row): the x + y bytes up to which softmax takes the reload."""
     name = isa or _dispatch.ISA
-    family = name if name in ("avx512", "avx2") else "other"
-    b = _budgets[itemsize, isa] = int(RELOAD_L3_SHARE[itemsize, family] * _dispatch.cache_sizes()["L3"])
-    return b
+    w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
+    caches = _dispatch.cache_sizes()
+    cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"]))
+    limits = _limits[itemsize, isa] = (cache, w * w * caches["L2"], cache // 2 if w >= 4 else 0)
+    return limits
 
 
 def _auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
     """The algorithm algorithm="auto" takes for `size` elements in rows of `n` on
-    `threads` threads and `isa` (None: the selected one); see above. On every call of
-    the fast path: keep it cheap (~0.1 us)."""
+    `threads` threads and `isa` (None: the selected one); see above. Runs on every call
+    of the fast path: keep it cheap."""
     itemsize = dtype.itemsize
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
-    budget = _budgets.get((itemsize, isa)) or _reload_budget(itemsize, isa)
-    active = 2 * n * itemsize  # x and y of a row
-    if threads > 1 and size >= 2 * _MIN_PER_THREAD:  # as the driver splits the work:
-        used = min(threads, size // _MIN_PER_THREAD)
-        if size // n >= used:
-            active *= used * used  # a row per thread, `used` threads sharing the L3 and the bus
-        else:
-            active *= max(1, min(used, n // _MIN_PER_CHUNK))  # one row split along its axis
-    return "three_pass_reload" if active <= budget else "two_pass"
+    cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
+    row = 2 * n * itemsize  # x and y of one row
+    if threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads:
+        return "three_pass_reload" if row <= split_row else "two_pass"  # the driver splits the row
+    if 2 * size * itemsize <= cache or row <= stream_row:
+        return "three_pass_reload"
+    return "two_pass"
