@@ -318,21 +318,37 @@ def _with_caches(monkeypatch, **sizes: int) -> None:
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)])
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
 def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
-    """softmax takes the reload while x and y fit min(w/2 L3, 16 w L2), and beyond it
-    while one row's x and y fit w^2 L2, w the exp's weight for the dtype and ISA;
-    two_pass otherwise. The crossovers move with the caches and the weight."""
+    """softmax takes the reload while x and y fit min(w/2 L3, 16 w L2) (float64 counted
+    per element at float32's size), and beyond it while one row's x and y fit w^2 L2,
+    w the exp's weight for the dtype and ISA; two_pass otherwise, on one thread at any
+    size where the exp dominates (w >= 4). The crossovers move with the caches."""
     w = _api.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
+    per = dtype.itemsize // 4
     for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
         _with_caches(monkeypatch, L2=l2, L3=l3)
-        cache = int(min(w / 2 * l3, 16 * w * l2))
+        cache = int(min(w / 2 * l3, 16 * w * l2)) * per
         n = cache // (2 * dtype.itemsize)  # one row whose x and y fill the cache
+        beyond = "three_pass_reload" if w >= 4 else "two_pass"
         assert _api._auto_algorithm("softmax", dtype, n, n, 1, isa) == "three_pass_reload"
-        assert _api._auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == "two_pass"
-        n = w * w * l2 // (2 * dtype.itemsize)  # rows streamed from memory: by the row
+        assert _api._auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == beyond
+        n = w * w * l2 * per // (2 * dtype.itemsize)  # rows streamed from memory: by the row
         rows = 4 * cache // (2 * n * dtype.itemsize) + 1
         assert _api._auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
-        assert _api._auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == "two_pass"
-        assert _api._auto_algorithm("softmax", dtype, 4096, 4096 * 4096, 2, isa) == "three_pass_reload"
+        assert _api._auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
+        # 2 threads streaming rows: memory-bound where the exp is cheapest, except short rows
+        many = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
+        want = "two_pass" if w == 1 else "three_pass_reload"
+        assert _api._auto_algorithm("softmax", dtype, 4096, many * 4096, 2, isa) == want
+        assert _api._auto_algorithm("softmax", dtype, 64, many * 4096, 2, isa) == "three_pass_reload"
+
+
+def test_auto_small_calls_skip_the_rule():
+    """The fast path's shortcut for small softmax calls names what the rule names."""
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        n = _api._SMALL_SOFTMAX_BYTES // dtype.itemsize
+        for threads in (1, 2):
+            assert _api._auto_algorithm("softmax", dtype, n, n, threads) == "three_pass_reload"
+            assert _api._auto_algorithm("softmax", dtype, 8, n, threads) == "three_pass_reload"
 
 
 def test_auto_on_a_large_shared_l3(monkeypatch):

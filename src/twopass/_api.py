@@ -178,8 +178,13 @@ def _fast(
         code, ys_outer = (0 if algorithm == "auto" else _ALGO_CODES[algorithm]), 1
     else:
         y = np.empty_like(x) if out is None else out
-        algo = _auto_algorithm(op, x.dtype, n, x.size, nthreads) if algorithm == "auto" else algorithm
-        code, ys_outer = _ALGO_CODES[algo], n
+        if algorithm != "auto":
+            code = _ALGO_CODES[algorithm]
+        elif x.nbytes <= _SMALL_SOFTMAX_BYTES and op == "softmax":
+            code = _RELOAD_CODE  # what _auto_algorithm says for a call in cache, without its cost
+        else:
+            code = _ALGO_CODES[_auto_algorithm(op, x.dtype, n, x.size, nthreads)]
+        ys_outer = n
     stream = y.nbytes > _dispatch.cache_sizes()["L3"] and y is not x  # as in compute()
     _core.run(
         _OP_CODES[op],
@@ -380,33 +385,45 @@ def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray
 #
 # softmax. w = EXP_WEIGHT[dtype, ISA] is how much one exp per element weighs against
 # the traffic, relative to float32 on AVX-512 (float64 has half the lanes and a 2.5x
-# longer polynomial; AVX2 half the lanes and no vscalef). Then (`python -m twopass
-# bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2; README, "algorithm"):
+# longer polynomial; AVX2 half the lanes and no vscalef). Sizes below count elements at
+# float32's 8 bytes of x and y (float64 is measured per element, not per byte). Then
+# (`python -m twopass bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2;
+# README, "algorithm"):
 # - the reload while the call's x and y fit the cache a core can count on,
 #   min(w/2 x L3, 16 w x L2). A server's L3 is shared by dozens of cores and tenants,
 #   so its size says little about what one core keeps or how fast it reads it back (a
 #   float32 row of 2^24, x and y 128 MiB, on a Xeon with a 300 MiB L3 ran cold 1.4x
 #   faster with two_pass): the private L2 bounds what is counted on;
-# - beyond that the rows stream from memory (two_pass then writes with streaming
-#   stores): the reload while one row's x and y fit w^2 x L2 (float32 64x262144, rows
-#   of 2 MiB, AVX-512: two_pass 1.2x faster; AVX2: the reload 1.2x faster);
+# - beyond that the rows stream from memory (two_pass writes with streaming stores):
+#   the reload while one row's x and y fit w^2 x L2 (float32 64x262144, rows of 2 MiB,
+#   AVX-512: two_pass 1.2x faster; AVX2: the reload 1.2x faster). Where the exp is
+#   cheapest (w = 1), several threads together are bound by memory and two_pass's 2
+#   transfers per element beat the reload's 3 (float32 4096x4096, 2 threads: 1.13x),
+#   except in rows shorter than SHORT_ROW_BYTES, where the reload's row blocks save
+#   per-row costs (65536x64: 2x);
+# - where the exp dominates (w >= 4), one thread never outruns memory: the reload at
+#   any size (float64 on AVX2, 2^24 and 2^26: 1.07x and 1.10x);
 # - a row that several threads split along its axis: each pass is a parallel region of
-#   its own, so two_pass, unless w >= 4 (the exp dominates) and x and y fit half the
-#   cache above (float64 on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
+#   its own, so two_pass, unless w >= 4 and x and y fit half the cache above (float64
+#   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
 EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 2, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
-SHORT_ROW_BYTES = 2048  # log_softmax: rows shorter than this take the reload's row blocks
+_SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
+_RELOAD_CODE = ALGORITHMS.index("three_pass_reload")
+SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
 _MIN_PER_THREAD = 1 << 15  # csrc/driver.h, kMinPerThread: elements per thread of a batch
 _MIN_PER_CHUNK = 1 << 18  # csrc/driver.h, kMinPerChunk: elements per chunk of a split row
-_limits: dict[tuple[int, str | None], tuple[int, int, int]] = {}  # (itemsize, isa): bytes, see _reload_limits
+_limits: dict[tuple[int, str | None], tuple[int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
-def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int]:
-    """(cache, streamed row, split row): the x + y bytes up to which softmax takes the reload."""
+def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int]:
+    """(w, cache, streamed row, split row): the exp's weight, and the x + y bytes up to
+    which softmax takes the reload."""
     name = isa or _dispatch.ISA
     w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
     caches = _dispatch.cache_sizes()
-    cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"]))
-    limits = _limits[itemsize, isa] = (cache, w * w * caches["L2"], cache // 2 if w >= 4 else 0)
+    per_byte = itemsize // 4  # elements at float32's size
+    cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"])) * per_byte
+    limits = _limits[itemsize, isa] = (w, cache, w * w * caches["L2"] * per_byte, cache // 2 if w >= 4 else 0)
     return limits
 
 
@@ -417,10 +434,16 @@ def _auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 
     itemsize = dtype.itemsize
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
-    cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
+    w, cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
     row = 2 * n * itemsize  # x and y of one row
-    if threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads:
-        return "three_pass_reload" if row <= split_row else "two_pass"  # the driver splits the row
-    if 2 * size * itemsize <= cache or row <= stream_row:
+    several = threads > 1 and size >= 2 * _MIN_PER_THREAD  # the driver runs several threads
+    if several and n >= 2 * _MIN_PER_CHUNK and size // n < threads:  # ... on one row, split along its axis
+        return "three_pass_reload" if row <= split_row else "two_pass"
+    if 2 * size * itemsize <= cache:
         return "three_pass_reload"
-    return "two_pass"
+    if several:
+        if w == 1 and n * itemsize >= SHORT_ROW_BYTES:
+            return "two_pass"
+    elif w >= 4:
+        return "three_pass_reload"
+    return "three_pass_reload" if row <= stream_row else "two_pass"

@@ -55,8 +55,8 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
     console.print(f"[dim]{BOUND_TEXT}[/dim]")
     console.print(
         "[dim]algorithm columns: GB/s and % of the bound. Peer columns: peer time / twopass time, "
-        "twopass as a plain call runs it (algorithm='auto': three_pass_reload below the crossover "
-        "of _tuning.json, two_pass above; > 1: twopass is faster); * the peer allocates its output; "
+        "twopass as a plain call runs it (algorithm='auto': two_pass or three_pass_reload by the "
+        "caches, ISA and threads; > 1: twopass is faster); * the peer allocates its output; "
         "¹ a single-threaded library, measured at 1 thread. 3p = three_pass, ort = onnxruntime.[/dim]"
     )
     for line in summary_lines(doc):
