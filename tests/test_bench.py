@@ -407,15 +407,21 @@ def test_tune_reports_every_cell_hot_and_cold(tmp_path):
         assert _tune.FULL_ROUNDS <= nr <= _tune.MAX_ROUNDS
         assert all(len(v) == nr and all(_finite_positive(t) for t in v) for v in c["rounds_s"].values())
         assert c["spread"] == pytest.approx(_tune.spread(c["rounds_s"]))
-        if nr > _tune.FULL_ROUNDS:  # an extra round only when the rounds before it disagreed
-            assert _tune.spread({a: v[: nr - 1] for a, v in c["rounds_s"].items()}) > _tune.SPREAD
-        if nr < _tune.MAX_ROUNDS:  # and stopped early only once they agreed
-            assert c["spread"] <= _tune.SPREAD
+        if c["first_auto_over_best"] > _tune.LIMIT and not c["same_as_hot"]:  # measured again, in full
+            assert nr == _tune.MAX_ROUNDS
+        else:
+            assert c["first_auto_over_best"] == pytest.approx(c["auto_over_best"])
+            if nr > _tune.FULL_ROUNDS:  # an extra round only when the rounds before it disagreed
+                assert _tune.spread({a: v[: nr - 1] for a, v in c["rounds_s"].items()}) > _tune.SPREAD
+            if nr < _tune.MAX_ROUNDS:  # and stopped early only once they agreed
+                assert c["spread"] <= _tune.SPREAD
         assert c["auto_over_best"] == pytest.approx(med["auto"] / min(med["two_pass"], med["three_pass_reload"]))
         assert c["auto_choice"] in ("two_pass", "three_pass_reload", "either"), c
         assert c["faster"] == min(("two_pass", "three_pass_reload"), key=med.get)
     s = d["summary"]
     assert s["cells"] == len(want) and s["worst"] == max(c["auto_over_best"] for c in d["results"])
+    rechecked = [c for c in d["results"] if c["first_auto_over_best"] > _tune.LIMIT and not c["same_as_hot"]]
+    assert s["rechecked"] == len(rechecked)
     after = open(tuning, "rb").read() if os.path.exists(tuning) else None
     assert after == before  # nothing written into the package
 

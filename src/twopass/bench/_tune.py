@@ -23,7 +23,11 @@ for bit with the two algorithms' outputs on the same input ("either" when both m
 "neither" when none does), not from `_api`'s rule, whose signature may change. A cell over
 the limit is a wrong pick when auto ran the algorithm that measured slower; else auto's
 own time is off (noise, or at the shortest rows the cost of the rule itself, a fraction
-of a microsecond per call).
+of a microsecond per call). A cell over the limit is measured once more, all three
+variants, `MAX_ROUNDS` rounds: a slow spell of the shared machine that hit one variant's
+rounds more than the others' does not repeat there, a real loss does. The table shows
+the second measurement; the JSON keeps the first too (`first_auto_over_best`), and the
+summary counts the cells rechecked.
 
 The results go to a JSON file beside the other benchmark results (nothing is written into
 the package).
@@ -139,6 +143,7 @@ def summary(cells: Sequence[dict[str, Any]], limit: float = LIMIT) -> dict[str, 
         "over_text": [over_text(c) for c in over],
         "wrong_picks": sum(map(wrong_pick, over)),
         "noisy": sum(c.get("spread", 1.0) > SPREAD for c in cells),
+        "rechecked": sum(c.get("first_auto_over_best", 0.0) > limit and not c.get("same_as_hot") for c in cells),
         "limit": limit,
     }
 
@@ -215,6 +220,9 @@ def run(
                             per_round, same = hot, True  # one set either way: the same procedure as hot
                         else:
                             per_round, same = time_variants(op, isa, t, bufs.get(k), budget, rounds, max_rounds), False
+                        first = auto_over_best({a: float(np.median(v)) for a, v in per_round.items()})
+                        if first > LIMIT and not same:  # measured again, all three, max_rounds rounds
+                            per_round = time_variants(op, isa, t, bufs.get(k), budget, max_rounds, max_rounds)
                         if regime == "hot":
                             hot = per_round
                         med = {a: float(np.median(v)) for a, v in per_round.items()}
@@ -236,6 +244,7 @@ def run(
                                 "faster": min(ALGOS, key=lambda a: med[a]),
                                 "reload_over_two_pass": med["three_pass_reload"] / med["two_pass"],
                                 "same_as_hot": same,
+                                "first_auto_over_best": first,  # before a recheck (equal when none)
                             }
                         )
             del bufs
@@ -365,7 +374,7 @@ def summary_line(s: dict[str, Any]) -> str:
     return (
         f"{s['cells']} cells: worst auto/best {s['worst']:.3f} ({s['worst_cell']}); "
         f"[{colour}]{s['over']} cells over {s['limit']:.2f}[/{colour}] ({picks}); "
-        f"{s['noisy']} noisy (~)"
+        f"{s['noisy']} noisy (~); {s.get('rechecked', 0)} measured twice (over {s['limit']:.2f} the first time)"
     )
 
 
