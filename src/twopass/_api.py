@@ -180,8 +180,10 @@ def _fast(
         y = np.empty_like(x) if out is None else out
         if algorithm != "auto":
             code = _ALGO_CODES[algorithm]
-        elif x.nbytes <= _SMALL_SOFTMAX_BYTES and op == "softmax":
-            code = _RELOAD_CODE  # what _auto_algorithm says for a call in cache, without its cost
+        elif op == "log_softmax":  # _auto_algorithm's rule for it, without the cost of a call
+            code = _RELOAD_CODE if n * x.itemsize < SHORT_ROW_BYTES else _TWO_PASS_CODE
+        elif x.nbytes <= _SMALL_SOFTMAX_BYTES:
+            code = _RELOAD_CODE  # what _auto_algorithm says for a softmax in cache, without its cost
         else:
             code = _ALGO_CODES[_auto_algorithm(op, x.dtype, n, x.size, nthreads)]
         ys_outer = n
@@ -408,7 +410,7 @@ def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray
 #   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
 EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 2, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
 _SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
-_RELOAD_CODE = ALGORITHMS.index("three_pass_reload")
+_RELOAD_CODE, _TWO_PASS_CODE = ALGORITHMS.index("three_pass_reload"), ALGORITHMS.index("two_pass")
 SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
 _MIN_PER_THREAD = 1 << 15  # csrc/driver.h, kMinPerThread: elements per thread of a batch
 _MIN_PER_CHUNK = 1 << 18  # csrc/driver.h, kMinPerChunk: elements per chunk of a split row
