@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +178,6 @@ def run(
     cfg: _plan.Config, budget: _measure.Budget, console: Any, argv: list[str], peer_names: list[str] | None = None
 ) -> dict[str, Any]:
     """Measure everything in `cfg`; return the JSON document (results annotated)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import twopass
 
@@ -200,20 +201,7 @@ def run(
         notes=notes,
     )
     total = sum(len(c) for c in cases.values())
-    with Progress(
-        TextColumn("{task.description:<48}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("bench", total=total)
-
-        def advance(what: str) -> None:
-            progress.update(task, description=what)
-            progress.advance(task)
-
+    with _progress(console, total, width=48) as advance:
         runner.run(cases, advance)
     bs = _analysis.annotate(runner.records, caches)
     return {
@@ -249,6 +237,22 @@ def run(
     }
 
 
+@contextlib.contextmanager
+def _progress(console: Any, total: int, width: int) -> Iterator[Callable[[str], None]]:
+    """A transient progress bar; yields advance(what): one step done, `what` next."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=total)
+
+        def advance(what: str) -> None:
+            progress.update(task, description=what)
+            progress.advance(task)
+
+        yield advance
+
+
 def _loadavg() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -282,7 +286,6 @@ def _plot_only(console: Any, path: Path, args: argparse.Namespace) -> int:
 
 def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
     """--tune (see _tune's docstring): measure, print the tables and the summary, write the JSON."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from twopass import _dispatch
 
@@ -301,20 +304,7 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
     caches = _dispatch.cache_sizes()
     t0 = time.perf_counter()
     load_before = _load_warning(console)
-    with Progress(
-        TextColumn("{task.description:<56}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("tune", total=len(dtypes) * len(shapes) * len(threads) * len(ops) * 2)
-
-        def advance(what: str) -> None:
-            progress.update(task, description=what)
-            progress.advance(task)
-
+    with _progress(console, len(dtypes) * len(shapes) * len(threads) * len(ops) * 2, width=56) as advance:
         rounds = _tune.TUNE_ROUNDS if args.quick else _tune.FULL_ROUNDS
         cells = _tune.run(shapes, dtypes, ops, threads, isa, budget, caches, advance, rounds)
     doc = _tune.document(
