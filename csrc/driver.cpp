@@ -40,6 +40,18 @@ template <class T> Scan<T> scan_lane(const T* x, int64_t n, int64_t sx) {
   return {Special::kNone, m};
 }
 
+// hi + lo = base + logs in twice T's precision (a two-sum, then hi rounded to T), for
+// log_softmax's (x - hi) - lo: no loss when |lse| is large. hi >= base, as rounding is
+// monotonic and base is a T; where logs is below half an ulp of base, hi = base and
+// lo = logs >= 0, so the result stays <= 0 (and exactly 0 when logs is).
+template <class T> inline void split_sum(double base, double logs, T& hi, T& lo) {
+  const double s = base + logs, bb = s - base;
+  const double err = (base - (s - bb)) + (logs - bb);
+  hi = (T)s;
+  lo = (T)((s - (double)hi) + err);
+}
+// log(s) for a sum s >= 1 up to its rounding (the max-first paths: exp(0) = 1 is in it).
+inline double log_at_least_1(double s) { return s > 1 ? std::log(s) : 0.0; }
 // log(sum_i exp(x_i - M)) >= 0 for a row whose pass 1 gave the pair p (the sum of
 // m_i * 2^e_i) and the maximum M, (mM, eM) being M's own pair as the kernel computed
 // it; the row's lse is M + this. The other terms are counted relative to M's own,
@@ -51,17 +63,6 @@ template <class T> Scan<T> scan_lane(const T* x, int64_t n, int64_t sx) {
 // mM / exp(M - eM ln2) (exp in double): the others' terms relative to exp(M) itself,
 // so the polynomial's error on the one term M does not enter the result (it would
 // otherwise stand alone, where the others' errors average out).
-// hi + lo = base + logs in twice T's precision (a two-sum, then hi rounded to T), for
-// log_softmax's (x - hi) - lo: no loss when |lse| is large. hi >= base, as rounding is
-// monotonic and base is a T; where logs is below half an ulp of base, hi = base and
-// lo = logs >= 0, so the result stays <= 0 (and exactly 0 when logs is).
-template <class T> inline void split_sum(double base, double logs, T& hi, T& lo) {
-  const double s = base + logs, bb = s - base;
-  const double err = (base - (s - bb)) + (logs - bb);
-  hi = (T)s;
-  lo = (T)((s - (double)hi) + err);
-}
-inline double log_at_least_1(double s) { return s > 1 ? std::log(s) : 0.0; }
 inline double log_sum_rel_max(const Pair& p, double M, double mM, double eM) {
   const double r = std::ldexp(p.value(), (int)(p.E - eM)) / mM - 1;
   if (!(r > 0)) return 0.0;
