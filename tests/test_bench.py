@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("rich")
 
 import twopass  # noqa: E402
-from twopass import _api  # noqa: E402
+from twopass import _softmax  # noqa: E402
 from twopass.bench import _analysis, _cli, _measure, _plan, _run, _tune  # noqa: E402
 
 BEST = twopass.info()["isa_supported"][-1]
@@ -284,7 +284,7 @@ def test_peers_compare_against_what_a_plain_call_runs(op, threads):
         ]
         n, size = shape[-1], shape[0] * shape[-1]
         f32 = np.dtype("float32")
-        want = "two_pass" if op == "logsumexp" else _api._auto_algorithm(op, f32, n, size, threads, BEST)
+        want = "two_pass" if op == "logsumexp" else _softmax.auto_algorithm(op, f32, n, size, threads, BEST)
         assert _analysis.auto_record(members, BEST)["algorithm"] == want, (shape, threads)
 
 
@@ -373,7 +373,7 @@ def test_tune_alternates_the_variants_on_the_same_buffers(monkeypatch):
 
 
 def test_tune_reports_every_cell_hot_and_cold(tmp_path):
-    tuning = _api.__file__.replace("_api.py", "_tuning.json")
+    tuning = _softmax.__file__.replace("_softmax.py", "_tuning.json")
     before = open(tuning, "rb").read() if os.path.exists(tuning) else None
     argv = ["--tune", "--sizes", "1K,2x1K", "--threads", "1", "--repeats", "3", "--out", str(tmp_path)]
     assert _cli.main(argv) == 0

@@ -23,7 +23,7 @@ from conftest import ISA_PARAMS, unit_roundoff
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-tpt = pytest.importorskip("twopass.torch")
+import twopass.torch as tpt  # noqa: E402 - an import error in twopass fails, never skips
 
 DTYPES = (np.float32, np.float64, np.float16, ml_dtypes.bfloat16)
 
@@ -315,8 +315,10 @@ def test_bad_arguments():
     base = np.zeros((3, 5), np.float32)
     with pytest.raises(ValueError, match="overlaps"):
         twopass.cross_entropy(base[:, :4], t, grad_out=base[:, 1:])
-    with pytest.raises(ValueError, match="logits"):
+    with pytest.raises(ValueError, match="target has shape"):
         twopass.cross_entropy(np.zeros((2, 3, 4), np.float32), t)
+    with pytest.raises(ValueError, match="class axis"):
+        twopass.cross_entropy(np.float32(1.0), np.int64(0))
     with pytest.raises(ValueError, match="algorithm"):
         twopass.cross_entropy(x, t, algorithm="fast")
 
@@ -468,7 +470,7 @@ def test_torch_errors():
     x, t = _torch_case()
     with pytest.raises(ValueError, match="reduction"):
         tpt.cross_entropy(x, t, reduction="avg")
-    with pytest.raises(ValueError, match="expected logits"):
+    with pytest.raises(ValueError, match="target has shape"):
         tpt.cross_entropy(x[0], t)
     with pytest.raises(ValueError, match="outside"):
         tpt.cross_entropy(x, torch.full_like(t, 1000))
@@ -484,3 +486,70 @@ def test_accuracy_report():
     assert mine
     for r in mine:
         assert r["loss_ulp"] <= 4 and r["grad_u"] <= 4, r
+
+
+# ----------------------------------------------------------------------------------
+# torch.nn.functional.cross_entropy's signature and ranks, on every entry.
+# ----------------------------------------------------------------------------------
+def test_signature_is_torchs():
+    """The NumPy, torch and distributed entries take F.cross_entropy's arguments in its
+    order and with its names; everything else is keyword-only."""
+    import inspect
+
+    import twopass.torch.distributed as tpd
+
+    ref = list(inspect.signature(F.cross_entropy).parameters.values())
+    for fn in (twopass.cross_entropy, tpt.cross_entropy, tpd.cross_entropy):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [(p.name, p.default) for p in params[: len(ref)]] == [(p.name, p.default) for p in ref], fn
+        assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[: len(ref)])
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[len(ref) :]), fn
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 7), (3, 7, 5), (2, 7, 3, 4)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ranks_match_torch(shape, reduction):
+    """(C,), (N, C) and (N, C, d1, ..., dK) logits, class axis 1, as torch: loss, gradient
+    and the shapes of both, on the NumPy and the torch entries, with weights and an
+    ignored target."""
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    tshape = () if len(shape) == 1 else (shape[0], *shape[2:])
+    t = torch.randint(0, shape[-1] if len(shape) == 1 else shape[1], tshape, generator=g)
+    if t.numel() > 1:
+        t.view(-1)[0] = -100
+    w = torch.rand(shape[0] if len(shape) == 1 else shape[1], generator=g, dtype=torch.float64) + 0.5
+    a = x.clone().requires_grad_()
+    ref = F.cross_entropy(a, t, w, reduction=reduction, label_smoothing=0.1)
+    ref.backward(torch.ones_like(ref))
+    b = x.clone().requires_grad_()
+    mine = tpt.cross_entropy(b, t, w, reduction=reduction, label_smoothing=0.1)
+    mine.backward(torch.ones_like(mine))
+    assert mine.shape == ref.shape
+    torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-12, atol=1e-12)
+    loss, grad = twopass.cross_entropy(
+        x.numpy(), t.numpy(), w.numpy(), reduction=reduction, label_smoothing=0.1, return_grad=True
+    )
+    assert loss.shape == tuple(ref.shape) and grad.shape == shape
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+    if reduction != "none":  # the NumPy gradient is for an upstream gradient of 1
+        np.testing.assert_allclose(grad, a.grad.numpy(), rtol=1e-12, atol=1e-12)
+    # grad_out=, also in place over the logits, for every rank
+    xs = x.numpy().copy()
+    twopass.cross_entropy(xs, t.numpy(), w.numpy(), reduction=reduction, label_smoothing=0.1, grad_out=xs)
+    np.testing.assert_array_equal(xs, grad)
+
+
+def test_legacy_size_average_and_reduce():
+    """torch's deprecated arguments decide the reduction as in torch (with a warning)."""
+    x, t = _torch_case()
+    for size_average, reduce in ((None, False), (False, None), (True, True), (False, True)):
+        with pytest.warns(DeprecationWarning):
+            mine = tpt.cross_entropy(x, t, None, size_average, -100, reduce)
+        with pytest.warns(UserWarning):
+            ref = F.cross_entropy(x, t, None, size_average, -100, reduce)
+        torch.testing.assert_close(mine, ref)
+        with pytest.warns(DeprecationWarning):
+            np_loss = twopass.cross_entropy(x.numpy(), t.numpy(), None, size_average, -100, reduce)
+        np.testing.assert_allclose(np_loss, ref.numpy(), rtol=1e-5, atol=1e-6)

@@ -340,10 +340,10 @@ def case_cross_entropy_float64(rank, world):
     t7 = target.clamp_min(0)
     t7[::3] = 7  # ignore_index may be a valid class
     _ce_compare(rank, world, x64, t7, sizes, torch.float64, ignore_index=7, label_smoothing=0.1)
-    # leading dimensions: logits (2, 8, C_r), target (2, 8)
+    # torch's (N, C, d1) ranks: logits (2, C_r, 8), the class axis 1; target (2, 8)
     xs, start = _shard(x64, -1, rank, sizes)
-    got = tpd.cross_entropy(xs.view(2, 8, -1), target.view(2, 8), vocab_start=start, reduction="none")
-    ref = F.cross_entropy(x64, target, reduction="none").view(2, 8)
+    got = tpd.cross_entropy(xs.view(2, 8, -1).transpose(1, 2), target.view(2, 8), vocab_start=start, reduction="none")
+    ref = F.cross_entropy(x64.view(2, 8, -1).transpose(1, 2), target.view(2, 8), reduction="none")
     _check("cross_entropy 3-d", got, ref, _log_bound(ref, got.dtype))
 
 

@@ -7,8 +7,11 @@ first finding the maximum. See `python -m twopass info | bench | accuracy`.
 
 __version__ = "0.1.0"
 
-from ._api import ALGORITHMS, log_softmax, logsumexp, softmax
+from . import reference
+from ._arrays import ALGORITHMS
 from ._cross_entropy import cross_entropy
 from ._dispatch import info
+from ._logsumexp import logsumexp
+from ._softmax import log_softmax, softmax
 
-__all__ = ["ALGORITHMS", "cross_entropy", "info", "log_softmax", "logsumexp", "softmax", "__version__"]
+__all__ = ["ALGORITHMS", "cross_entropy", "info", "log_softmax", "logsumexp", "reference", "softmax", "__version__"]

@@ -12,25 +12,39 @@ at a time).
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any
 
 import numpy as np
 
 from . import _core, _dispatch
-from ._api import _ALGO_CODES, _NATIVE, _check_algorithm, _check_threads, _is_half, _to_numpy
+from ._arrays import (
+    NATIVE,
+    ArrayT,
+    check_algorithm,
+    check_dtype,
+    check_threads,
+    from_float32,
+    streaming_stores,
+    to_float32,
+    to_numpy,
+)
+from ._dispatch import ALGO_CODES
 
 REDUCTIONS = ("mean", "sum", "none")
 _HALF_BLOCK_BYTES = 1 << 22  # float32 bytes per converted block of half-precision rows
 
 
 def cross_entropy(
-    logits: Any,
+    input: ArrayT,
     target: Any,
-    *,
     weight: Any = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    *,
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_z_loss: bool = False,
@@ -41,47 +55,81 @@ def cross_entropy(
     threads: int | None = None,
     isa: str | None = None,
 ) -> Any:
-    """Cross-entropy of `logits` (N, C) against class indices `target` (N,), fused with
-    its gradient; the definition (torch's, plus z-loss and soft-capping) is
-    docs/cross_entropy.md.
+    """Cross-entropy of logits against class indices, fused with its gradient.
 
-    weight: optional (C,) class weights. ignore_index: rows with this target count for
-      nothing. reduction: "mean" | "sum" | "none". label_smoothing: in [0, 1].
-    z_loss: coefficient of lse^2 added per row. softcap: c > 0 replaces the logits by
-      c * tanh(logits / c) first.
-    return_z_loss / return_lse / return_grad: also return the z-loss term (reduced like
-      the loss), the per-row lse (float32, float64 for float64 logits), the gradient of
-      the loss with respect to the logits (for an upstream gradient of 1).
-    grad_out: an (N, C) array of the logits' dtype to write the gradient into (implies
-      return_grad); it may be `logits` itself, which then holds the gradient afterwards.
-    algorithm: the softmax inside, as in `twopass.softmax`. threads: as in `softmax`.
-    isa: force an instruction set (tests and benchmarks; default: the detected one).
+    The arguments of ``torch.nn.functional.cross_entropy``, in its order, then twopass's
+    extras, keyword-only. The definition (torch's, plus z-loss and soft-capping) is in
+    docs/cross_entropy.md. One read of the logits from memory gives the loss, and the
+    gradient when asked for (written while each row is still in cache).
 
-    Returns the loss (a 0-d array, or (N,) for "none", of the logits' dtype), or a tuple
-    (loss, z_loss?, lse?, grad?) with the requested extras in that order.
-    1-D logits (C,) with a 0-d target are one row.
+    Parameters
+    ----------
+    input : array
+        Logits, float32, float64, float16 or bfloat16 (NumPy, or a CPU array with
+        DLPack such as a ``torch.Tensor``; results are of the same kind): shape (C,),
+        (N, C) or (N, C, d1, ..., dK), the class axis being 1 (0 for (C,)).
+    target : array of int
+        Class indices in [0, C) or `ignore_index`: shape (), (N,) or (N, d1, ..., dK).
+        (Class probabilities as targets are not supported.)
+    weight : array, optional
+        (C,) weights of the classes.
+    size_average, reduce : bool, optional
+        Deprecated, as in torch: when either is given, they decide `reduction`
+        (reduce=False: "none"; else size_average=False: "sum"; else "mean").
+    ignore_index : int, default -100
+        Targets with this value count for nothing (loss 0, gradient 0, not in the mean).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides by the sum of the targets' weights (their count without `weight`).
+    label_smoothing : float in [0, 1], default 0.0
+    z_loss : float >= 0, keyword-only
+        Coefficient of ``lse**2`` added per row (PaLM's z-loss); reduced like the loss.
+    softcap : float > 0, optional, keyword-only
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` first.
+    return_z_loss, return_lse, return_grad : bool, keyword-only
+        Also return the z-loss term (reduced like the loss), the per-row logsumexp
+        (float32; float64 for float64 logits), the gradient of the loss with respect to
+        the logits (for an upstream gradient of 1; the shape and dtype of `input`).
+    grad_out : array, optional, keyword-only
+        Where to write that gradient (implies `return_grad`): the shape and dtype of
+        `input`; may be `input` itself, which then holds the gradient afterwards.
+    algorithm, threads : keyword-only
+        As in `twopass.softmax`. isa: force an instruction set (tests, benchmarks).
+
+    Returns
+    -------
+    loss or tuple
+        The loss, of the logits' dtype: 0-d, or the target's shape for "none"; or a
+        tuple ``(loss, z_loss?, lse?, grad?)`` with the requested extras in that order.
+
+    Raises
+    ------
+    TypeError
+        Unsupported dtype of `input`; `target` not of integers.
+    ValueError
+        Shapes that do not match as above; a target outside [0, C) that is not
+        `ignore_index`; an unknown `reduction` or `algorithm`; `label_smoothing`,
+        `z_loss` or `softcap` out of range; a `grad_out` of the wrong shape or dtype,
+        read-only, or overlapping `input` without being it.
     """
     name = "twopass.cross_entropy"
-    x, wrap = _to_numpy(logits, name)
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    x, wrap = to_numpy(input, name)
     dtype = x.dtype
-    if dtype not in _NATIVE and not _is_half(dtype):
-        raise TypeError(f"{name}: unsupported dtype {dtype}; expected float32, float64, float16 or bfloat16")
-    t, _ = _to_numpy(target, name)
-    one_row = x.ndim == 1
-    if one_row:
-        x, t = x.reshape(1, -1), np.reshape(t, (1,)) if t.ndim == 0 else t
-    if x.ndim != 2:
-        raise ValueError(f"{name}: logits must be (N, C) or (C,), got shape {x.shape}")
-    rows, classes = x.shape
+    check_dtype(dtype, name)
+    t, _ = to_numpy(target, name)
     if t.dtype.kind not in "iu" or t.dtype == np.uint64:
         raise TypeError(f"{name}: target must hold integer class indices, got dtype {t.dtype}")
-    if t.shape != (rows,):
-        raise ValueError(f"{name}: target has shape {t.shape}, expected ({rows},)")
+    check_target_shape(name, tuple(x.shape), tuple(t.shape))
     eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
     ignore_index = operator.index(ignore_index)
-    algo = _check_algorithm(algorithm, name)
-    nthreads = _check_threads(threads, name)
+    algo = check_algorithm(algorithm, name)
+    nthreads = check_threads(threads, name)
 
+    # Rows of classes: (C,) is one row; (N, C, d1.., dK) moves the class axis last (a copy).
+    x_user, row_shape = x, t.shape
+    x = rows_of_classes(x)
+    t = t.reshape(-1)
+    rows, classes = x.shape
     ctype = np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
     t = np.ascontiguousarray(t, dtype=np.int64)
     valid = t != ignore_index
@@ -91,7 +139,7 @@ def cross_entropy(
         raise ValueError(f"{name}: target[{i}] = {t[i]} is outside [0, {classes}) and is not ignore_index")
     w = None
     if weight is not None:
-        w, _ = _to_numpy(weight, name)
+        w, _ = to_numpy(weight, name)
         if w.shape != (classes,):
             raise ValueError(f"{name}: weight has shape {w.shape}, expected ({classes},)")
         w = np.ascontiguousarray(w, dtype=ctype)
@@ -106,13 +154,13 @@ def cross_entropy(
         s_ce, s_z = (np.float64(1) / wt_sum, np.float64(1) / n_valid) if reduction == "mean" else (1.0, 1.0)
 
     want_grad = return_grad or grad_out is not None
-    g = None
+    g = g_user = None
     if grad_out is not None:
-        g, _ = _to_numpy(grad_out, name, writable=True)
-        if one_row and g.ndim == 1:
-            g = g.reshape(1, -1)
-        _check_grad_out(g, x, name)
-    elif want_grad:
+        g_user, _ = to_numpy(grad_out, name, writable=True)
+        _check_grad_out(g_user, x_user, name)
+        # Written directly for (C,) and (N, C); through x's copy for (N, C, d1, ...).
+        g = rows_of_classes(g_user) if x_user.ndim <= 2 else x if g_user is x_user or _same(g_user, x_user) else None
+    if want_grad and g is None:
         g = np.empty((rows, classes), dtype=dtype)
 
     if algo == "auto":
@@ -125,7 +173,7 @@ def cross_entropy(
     lse = np.empty(rows)
     args = dict(
         isa=_dispatch.isa_code(isa),
-        algo=_ALGO_CODES[algo],
+        algo=ALGO_CODES[algo],
         weight=w,
         weight_total=weight_total,
         ignore_index=ignore_index,
@@ -138,7 +186,7 @@ def cross_entropy(
     )
     if dtype.name == "bfloat16" and classes and x.strides[1] == 2 and (g is None or g.strides[1] == 2):
         # The kernel widens each row in cache and narrows its gradient back (uint16 views).
-        stream = g is not None and g.nbytes > _dispatch.cache_sizes()["L3"] and not np.may_share_memory(g, x)
+        stream = g is not None and streaming_stores(g, x)
         _core.cross_entropy(
             x=x.view(np.uint16),
             target=t,
@@ -150,13 +198,11 @@ def cross_entropy(
             bf16=True,
             **args,
         )
-    elif dtype in _NATIVE:
+    elif dtype in NATIVE:
         xc = x if x.strides[1] == x.itemsize or classes <= 1 else np.ascontiguousarray(x)
         direct = g is None or g.strides[1] == g.itemsize or classes <= 1
         gc = g if direct else np.empty((rows, classes), dtype=dtype)
-        # Streaming stores for a gradient too large to stay in cache (not in place: there
-        # the lines were just read, so there is no read-for-ownership to save).
-        stream = gc is not None and gc.nbytes > _dispatch.cache_sizes()["L3"] and not np.may_share_memory(gc, xc)
+        stream = gc is not None and streaming_stores(gc, xc)
         _core.cross_entropy(x=xc, target=t, grad=gc, ce=ce, z=z, lse=lse, stream=stream, **args)
         if not direct:
             g[...] = gc
@@ -164,24 +210,72 @@ def cross_entropy(
         block = max(1, _HALF_BLOCK_BYTES // max(1, 4 * classes))
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
-            xb = _to_f32(x[r0:r1])
+            xb = to_float32(x[r0:r1])
             gb = xb if g is not None else None  # the block's gradient over its float32 copy
             _core.cross_entropy(
                 x=xb, target=t[r0:r1], grad=gb, ce=ce[r0:r1], z=z[r0:r1], lse=lse[r0:r1], stream=False, **args
             )
             if g is not None:
-                g[r0:r1] = _from_f32(gb, dtype)
+                g[r0:r1] = from_float32(gb, dtype)
 
     loss, zterm = _reduce(ce, z, reduction, wt_sum, n_valid)
-    out_dtype = dtype
-    result = [_as(loss, out_dtype, one_row and reduction == "none", wrap)]
+    shape = row_shape if reduction == "none" else ()
+    result = [wrap(_as(loss, dtype, shape))]
     if return_z_loss:
-        result.append(_as(zterm, out_dtype, one_row and reduction == "none", wrap))
+        result.append(wrap(_as(zterm, dtype, shape)))
     if return_lse:
-        result.append(wrap(lse.astype(ctype).reshape(()) if one_row else lse.astype(ctype)))
+        result.append(wrap(lse.astype(ctype).reshape(row_shape)))
     if want_grad:
-        result.append(_grad_result(grad_out, g, one_row, wrap))
+        g_full = classes_back(g, x_user.shape)
+        if g_user is None:
+            result.append(wrap(g_full))
+        else:
+            if not np.may_share_memory(g_full, g_user):
+                g_user[...] = g_full
+            result.append(grad_out)
     return result[0] if len(result) == 1 else tuple(result)
+
+
+def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's deprecated `size_average` and `reduce`: when either is given, they decide."""
+    if size_average is None and reduce is None:
+        return reduction
+    warnings.warn(
+        "size_average and reduce are deprecated (as in torch); use reduction=", DeprecationWarning, stacklevel=3
+    )
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def check_target_shape(name: str, input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> None:
+    """torch's ranks: input (C,) with target (); (N, C) with (N,); (N, C, d1.., dK) with
+    (N, d1.., dK)."""
+    if len(input_shape) == 0:
+        raise ValueError(f"{name}: input must have a class axis: shape (C,), (N, C) or (N, C, d1, ...), got ()")
+    want = () if len(input_shape) == 1 else (input_shape[0], *input_shape[2:])
+    if tuple(target_shape) != want:
+        raise ValueError(
+            f"{name}: target has shape {tuple(target_shape)}, expected {want} for input of shape {tuple(input_shape)} "
+            "(class indices; class probabilities as targets are not supported)"
+        )
+
+
+def rows_of_classes(x: np.ndarray) -> np.ndarray:
+    """(rows, C): (C,) is one row, (N, C) itself, (N, C, d1.., dK) the class axis moved
+    last (a copy)."""
+    if x.ndim == 1:
+        return x.reshape(1, -1)
+    if x.ndim == 2:
+        return x
+    return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+
+
+def classes_back(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of rows_of_classes: (rows, C) back to the input's `shape`."""
+    if len(shape) <= 2:
+        return g.reshape(shape)
+    return np.moveaxis(g.reshape((shape[0], *shape[2:], shape[1])), -1, 1)
 
 
 def check_options(name: str, reduction: str, label_smoothing, z_loss, softcap) -> tuple[float, float, float]:
@@ -201,24 +295,6 @@ def check_options(name: str, reduction: str, label_smoothing, z_loss, softcap) -
     return eps, zc, cap
 
 
-def _to_f32(a: np.ndarray) -> np.ndarray:
-    """float16/bfloat16 to float32. bfloat16 is the upper half of a float32: a shift
-    (ml_dtypes' astype converts element by element, ~10x slower)."""
-    if a.dtype == np.float16:
-        return a.astype(np.float32)
-    return (a.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-
-
-def _from_f32(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 to float16/bfloat16, rounding to nearest even (NaN stays NaN)."""
-    if dtype == np.float16:
-        return a.astype(np.float16)
-    u = a.view(np.uint32)
-    r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-    r[np.isnan(a)] = 0x7FC0
-    return r.view(dtype)
-
-
 def _reduce(ce: np.ndarray, z: np.ndarray, reduction: str, wt_sum: float, n_valid: int):
     if reduction == "none":
         return ce + z, z
@@ -230,15 +306,14 @@ def _reduce(ce: np.ndarray, z: np.ndarray, reduction: str, wt_sum: float, n_vali
         return ce.sum() / np.float64(wt_sum) + zs, zs
 
 
-def _as(v: Any, dtype: np.dtype, squeeze: bool, wrap) -> Any:
-    a = np.asarray(v, dtype=np.float64).astype(dtype)
-    return wrap(a.reshape(()) if squeeze else a)
+def _as(v: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a loss beyond float16's range is inf, as torch's
+        return np.asarray(v, dtype=np.float64).reshape(shape).astype(dtype)  # one rounding, also to halves
 
 
-def _grad_result(grad_out: Any, g: np.ndarray, one_row: bool, wrap) -> Any:
-    if grad_out is not None:
-        return grad_out
-    return wrap(g.reshape(-1) if one_row else g)
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same memory, viewed the same way."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
 
 
 def _check_grad_out(g: np.ndarray, x: np.ndarray, name: str) -> None:
@@ -248,7 +323,5 @@ def _check_grad_out(g: np.ndarray, x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: grad_out has dtype {g.dtype}, expected {x.dtype}")
     if not g.flags.writeable:
         raise ValueError(f"{name}: grad_out is read-only")
-    if np.may_share_memory(g, x):
-        same = g.__array_interface__["data"][0] == x.__array_interface__["data"][0] and g.strides == x.strides
-        if not same:
-            raise ValueError(f"{name}: grad_out overlaps logits without being logits itself")
+    if np.may_share_memory(g, x) and not _same(g, x):
+        raise ValueError(f"{name}: grad_out overlaps logits without being logits itself")

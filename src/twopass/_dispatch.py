@@ -16,8 +16,10 @@ from typing import Any
 
 from . import _core
 
-# Codes shared with csrc/driver.h (enum class Isa), best last.
+# Codes shared with csrc/driver.h (enum class Isa, Op, Algo); ISAs best last.
 ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
+OP_CODES = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}
+ALGO_CODES = {"two_pass": 0, "three_pass_reload": 1, "three_pass_recompute": 2, "online": 3}
 _ALL_ISAS = ("scalar", "avx2", "avx512", "neon")
 
 

@@ -4,7 +4,7 @@ They compute in np.longdouble (80-bit on x86-64: 11 more bits than float64), so 
 they are accurate enough to judge float64 kernels too.
 
 The tests and the accuracy report compare every kernel against these. Special values
-follow DESIGN.md (as torch): a row holding NaN or +inf, or only -inf, gives NaN for
+follow torch's (docs/design.md): a row holding NaN or +inf, or only -inf, gives NaN for
 softmax and log_softmax; logsumexp gives NaN, +inf or -inf respectively; an empty axis
 gives -inf for logsumexp.
 """

@@ -111,7 +111,7 @@ def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...], threads: int, is
     library's rule; logsumexp is always one pass."""
     import numpy as np
 
-    from twopass._api import _auto_algorithm
+    from twopass._softmax import auto_algorithm as _auto_algorithm
 
     if op == "logsumexp":
         return "two_pass"

@@ -216,11 +216,11 @@ def output_of(op: str, s: BufferSet) -> np.ndarray:
 
 
 def twopass_calls(op: str, algorithm: str, isa: str, threads: int, sets: list[BufferSet]) -> list[Callable[[], object]]:
-    """twopass._api.compute, the function behind twopass.softmax & co., with out=. The
+    """twopass._softmax.compute, the function behind twopass.softmax & co., with out=. The
     ISA a plain call would take is not named, so the call takes the path users' calls
     take (the fast path for C-contiguous rows)."""
     from twopass import _dispatch
-    from twopass._api import compute
+    from twopass._softmax import compute
 
     isa_arg = None if isa == _dispatch.ISA else isa
     return [
@@ -237,7 +237,7 @@ def kernel_calls(
     `_core.run`'s argument list (csrc/module.cpp) and checked to give bit-identical
     results to the public path; None if anything differs (then it is not measured)."""
     try:
-        from twopass import _api, _core, _dispatch
+        from twopass import _core, _dispatch, _softmax
 
         x0 = sets[0].x
         if x0.ndim > 2 or not x0.flags.c_contiguous:
@@ -245,7 +245,7 @@ def kernel_calls(
         rows, n = math.prod(x0.shape[:-1]), x0.shape[-1]
         lse = op == "logsumexp"
         ys_outer, ys_n = (1, 0) if lse else (n, 1)
-        args = (_api._OP_CODES[op], _api._ALGO_CODES[algorithm], _dispatch.isa_code(isa))
+        args = (_dispatch.OP_CODES[op], _dispatch.ALGO_CODES[algorithm], _dispatch.isa_code(isa))
         l3 = _dispatch.cache_sizes()["L3"]
 
         def call(s: BufferSet) -> None:
@@ -253,7 +253,7 @@ def kernel_calls(
             stream = y.nbytes > l3  # the public path's rule for a distinct output
             _core.run(*args, s.x, y, rows, n, 1, n, 1, ys_outer, ys_n, threads, stream)
 
-        expect = _api.compute(op, x0, algorithm=algorithm, threads=threads, isa=isa)
+        expect = _softmax.compute(op, x0, algorithm=algorithm, threads=threads, isa=isa)
         call(sets[0])
         if not np.array_equal(expect, output_of(op, sets[0]), equal_nan=True):
             return None
@@ -265,7 +265,7 @@ def kernel_calls(
 def api_overhead_s(isa: str) -> float:
     """Median time of twopass.softmax on a 1-element row: the Python layer's cost per call."""
     from twopass import _dispatch
-    from twopass._api import compute
+    from twopass._softmax import compute
 
     x = np.zeros(1, dtype=np.float32)
     y = np.empty_like(x)

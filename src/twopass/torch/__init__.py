@@ -8,13 +8,15 @@
     loss = tpt.cross_entropy(logits, target, label_smoothing=0.1, z_loss=1e-4)
 
 CPU tensors run the C++ kernels, CUDA tensors the Triton kernels of `twopass.triton`.
-See `twopass.torch._ops` for the softmax family, `twopass.torch._cross_entropy` for the
-fused loss (docs/cross_entropy.md), and `twopass.torch.distributed` for the same ops over
-a softmax axis sharded across ranks (imported on first use).
+One module per operation: `_softmax` (softmax, log_softmax), `_logsumexp`,
+`_cross_entropy` (the fused loss, docs/cross_entropy.md); `_tensors` holds what they
+share; `twopass.torch.distributed` runs the same ops over an axis sharded across ranks
+(imported on first use).
 """
 
 from ._cross_entropy import cross_entropy
-from ._ops import log_softmax, logsumexp, softmax
+from ._logsumexp import logsumexp
+from ._softmax import log_softmax, softmax
 
 __all__ = ["cross_entropy", "distributed", "log_softmax", "logsumexp", "softmax"]
 

@@ -22,46 +22,96 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._cross_entropy import check_options
+from .._cross_entropy import check_options, check_target_shape, legacy_reduction
 
 __all__ = ["cross_entropy"]
 
 
 def cross_entropy(
-    logits: Tensor,
+    input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    *,
     z_loss: float = 0.0,
     softcap: float | None = None,
     return_z_loss: bool = False,
     return_lse: bool = False,
     inplace_backward: bool = False,
-):
-    """Cross-entropy of `logits` (N, C) against class indices `target` (N,), with the
-    options of `torch.nn.functional.cross_entropy` (weight, ignore_index, reduction,
-    label_smoothing) plus `z_loss` (coefficient of lse^2 per row) and `softcap`
-    (logits -> c * tanh(logits / c) first); definitions in docs/cross_entropy.md.
+) -> Tensor | tuple[Tensor, ...]:
+    """Cross-entropy of logits against class indices, differentiable, fused with its
+    gradient.
 
-    Returns the loss (of the logits' dtype), or a tuple (loss, z_loss?, lse?) with the
-    requested extras, which carry no gradient (they are for logging). With
-    `inplace_backward=True` the logits' storage holds the gradient after the call.
+    The arguments of ``torch.nn.functional.cross_entropy``, in its order, then twopass's
+    extras, keyword-only; definitions in docs/cross_entropy.md.
+
+    Parameters
+    ----------
+    input : Tensor
+        Logits, float32, float64, float16 or bfloat16, on the CPU or a CUDA device:
+        shape (C,), (N, C) or (N, C, d1, ..., dK), the class axis being 1 (0 for (C,)).
+    target : Tensor of int
+        Class indices in [0, C) or `ignore_index`: shape (), (N,) or (N, d1, ..., dK).
+        (Class probabilities as targets are not supported.)
+    weight : Tensor, optional
+        (C,) weights of the classes.
+    size_average, reduce : bool, optional
+        Deprecated, as in torch: when either is given, they decide `reduction`.
+    ignore_index : int, default -100
+        Targets with this value count for nothing.
+    reduction : {"mean", "sum", "none"}, default "mean"
+    label_smoothing : float in [0, 1], default 0.0
+    z_loss : float >= 0, keyword-only
+        Coefficient of ``lse**2`` added per row.
+    softcap : float > 0, optional, keyword-only
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` first.
+    return_z_loss, return_lse : bool, keyword-only
+        Also return the z-loss term (reduced like the loss) and the per-row logsumexp;
+        they carry no gradient (they are for logging).
+    inplace_backward : bool, keyword-only
+        Write the gradient over the logits' storage (no (N, C) buffer of its own; the
+        graph can then be run backward once). For (N, C, d1, ...) logits the class axis
+        is moved last first, a copy, which then holds the gradient instead.
+
+    Returns
+    -------
+    Tensor or tuple
+        The loss, of the logits' dtype: 0-d, or the target's shape for "none"; or a
+        tuple ``(loss, z_loss?, lse?)`` with the requested extras.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match as above; an unknown `reduction`; `label_smoothing`,
+        `z_loss` or `softcap` out of range; on the CPU, a target outside [0, C) that is
+        not `ignore_index`.
     """
     name = "twopass.torch.cross_entropy"
+    reduction = legacy_reduction(size_average, reduce, reduction)
     eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
-    if logits.dim() != 2 or target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"{name}: expected logits (N, C) and target (N,), got {tuple(logits.shape)} and {tuple(target.shape)}"
-        )
+    check_target_shape(name, tuple(input.shape), tuple(target.shape))
+    # Rows of classes: (C,) is one row; (N, C, d1.., dK) moves the class axis last (a copy).
+    if input.dim() == 1:
+        logits = input.unsqueeze(0)
+    elif input.dim() == 2:
+        logits = input
+    else:
+        logits = input.movedim(1, -1).reshape(-1, input.shape[1])
+    rows_shape = target.shape
+    target = target.reshape(-1)
     opts = (int(ignore_index), reduction, eps, zc, cap)
-    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    need_grad = torch.is_grad_enabled() and input.requires_grad
     if inplace_backward and need_grad:
         loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)
     else:
         loss, z, lse, _ = torch.ops.twopass.cross_entropy(logits, target, weight, *opts, need_grad)
-    extras = ([z.detach()] if return_z_loss else []) + ([lse.detach()] if return_lse else [])
+    if reduction == "none":
+        loss, z = loss.reshape(rows_shape), z.reshape(rows_shape)
+    extras = ([z.detach()] if return_z_loss else []) + ([lse.detach().reshape(rows_shape)] if return_lse else [])
     return (loss, *extras) if extras else loss
 
 

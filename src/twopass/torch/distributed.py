@@ -56,7 +56,7 @@ for float64) and A = 64:
 once more to the output dtype; unsharded it pays |lse| u |ref|.) float16 and bfloat16 shards are
 converted to float32 (a copy of the shard) and the results rounded back.
 
-Special values follow DESIGN.md and docs/cross_entropy.md, across shards: a NaN anywhere in
+Special values follow docs/design.md and docs/cross_entropy.md, across shards: a NaN anywhere in
 the row makes the whole row NaN on every rank (logsumexp NaN); +inf anywhere makes softmax and
 log_softmax NaN (logsumexp +inf); an all -inf row gives NaN (logsumexp -inf); a shard that is all
 -inf inside a finite row gets probabilities 0; an empty shard is allowed.
@@ -93,7 +93,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 import twopass
-from twopass._cross_entropy import check_options
+from twopass._cross_entropy import check_options, check_target_shape, legacy_reduction
 
 __all__ = ["cross_entropy", "log_softmax", "logsumexp", "shard_offset", "softmax"]
 
@@ -126,13 +126,15 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False, *, group: dist.Pr
 
 
 def cross_entropy(
-    logits: Tensor,
+    input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
-    *,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    *,
     z_loss: float = 0.0,
     softcap: float | None = None,
     vocab_start: int | None = None,
@@ -141,39 +143,66 @@ def cross_entropy(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Vocabulary-parallel cross-entropy, as defined in docs/cross_entropy.md.
 
-    logits: this rank's shard, shape (*, C_r): classes vocab_start .. vocab_start + C_r - 1 of
-        every row (the class axis is the last one).
-    target: shape (*), global class indices (or `ignore_index`), the same on every rank.
-    weight: optional, shape (C_r,): this rank's slice of the class weights, in step with the
-        logits (the total sum of weights travels in the same all-gather).
-    ignore_index, reduction ("mean" | "sum" | "none"), label_smoothing, z_loss (coefficient of
-        z_loss * lse^2), softcap (x -> softcap * tanh(x / softcap) first): as in the definition.
-    vocab_start: the global index of this shard's first class. When None it is computed with
-        `shard_offset`, one more (tiny) all-gather per call; pass it (or cache `shard_offset`'s
-        answer) to keep the step at one collective.
-    return_z_loss: also return the z-loss term, reduced like the loss (for logging; no gradient).
+    The arguments of ``torch.nn.functional.cross_entropy``, in its order, then the extras,
+    keyword-only; each rank passes its shard of the class axis.
 
-    The loss (and the z-loss term) is the same on every rank. One all-gather in forward; the
-    backward is local. A non-ignored target that no rank owns raises ValueError on the CPU (on
-    every rank, after the collective, so no rank hangs); on CUDA its row's loss and gradient
-    are NaN.
+    Parameters
+    ----------
+    input : Tensor
+        This rank's shard of the logits: shape (C_r,), (N, C_r) or (N, C_r, d1, ..., dK),
+        the class axis being 1 (0 for (C_r,)); classes vocab_start .. vocab_start + C_r - 1.
+    target : Tensor of int
+        Global class indices (or `ignore_index`), the same on every rank: shape (), (N,)
+        or (N, d1, ..., dK).
+    weight : Tensor, optional
+        Shape (C_r,): this rank's slice of the class weights, in step with the logits
+        (the total sum of weights travels in the same all-gather).
+    size_average, reduce : bool, optional
+        Deprecated, as in torch: when either is given, they decide `reduction`.
+    ignore_index, reduction ("mean" | "sum" | "none"), label_smoothing
+        As in torch.
+    z_loss : float >= 0, keyword-only
+        Coefficient of ``lse**2`` added per row.
+    softcap : float > 0, optional, keyword-only
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` first.
+    vocab_start : int, optional, keyword-only
+        The global index of this shard's first class. When None it is computed with
+        `shard_offset`, one more (tiny) all-gather per call; pass it (or cache
+        `shard_offset`'s answer) to keep the step at one collective.
+    group : ProcessGroup, optional, keyword-only
+        The ranks that hold the shards (default: the world).
+    return_z_loss : bool, keyword-only
+        Also return the z-loss term, reduced like the loss (for logging; no gradient).
+
+    Returns
+    -------
+    Tensor or tuple
+        The loss (and the z-loss term), the same on every rank: 0-d, or the target's
+        shape for "none". One all-gather in forward; the backward is local.
+
+    Raises
+    ------
+    TypeError
+        `input` not floating point, `target` not of integers.
+    ValueError
+        Shapes that do not match as above; options out of range; a non-ignored target
+        that no rank owns, on the CPU (on every rank, after the collective, so no rank
+        hangs; on CUDA its row's loss and gradient are NaN).
     """
-    if not isinstance(logits, Tensor) or not logits.is_floating_point():
-        raise TypeError(f"cross_entropy: logits must be a floating-point tensor, got {_typename(logits)}")
-    if logits.dim() < 1:
-        raise ValueError("cross_entropy: logits must have a class axis (the last one)")
+    name = "twopass.torch.distributed.cross_entropy"
+    if not isinstance(input, Tensor) or not input.is_floating_point():
+        raise TypeError(f"{name}: input must be a floating-point tensor, got {_typename(input)}")
     if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex():
-        raise TypeError(f"cross_entropy: target must be an integer tensor, got {_typename(target)}")
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"cross_entropy: target shape {tuple(target.shape)} != logits shape[:-1] {tuple(logits.shape[:-1])}"
-        )
+        raise TypeError(f"{name}: target must be an integer tensor, got {_typename(target)}")
+    check_target_shape(name, tuple(input.shape), tuple(target.shape))
+    logits = input.movedim(1, -1) if input.dim() > 2 else input  # the class axis last
     if weight is not None and (weight.shape != logits.shape[-1:] or not weight.is_floating_point()):
         raise ValueError(
-            f"cross_entropy: weight must be this rank's float slice of shape ({logits.shape[-1]},), "
+            f"{name}: weight must be this rank's float slice of shape ({logits.shape[-1]},), "
             f"got {tuple(weight.shape)} {weight.dtype}"
         )
-    label_smoothing, z_loss, cap = check_options("cross_entropy", reduction, label_smoothing, z_loss, softcap)
+    reduction = legacy_reduction(size_average, reduce, reduction)
+    label_smoothing, z_loss, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
     softcap = cap or None
     if vocab_start is None:
         vocab_start = shard_offset(logits.shape[-1], group=group, device=logits.device)
@@ -377,21 +406,24 @@ def _fused_grad(x, lse, a, c, b, target, w) -> Tensor:
     import numpy as np
 
     from .. import _core, _dispatch
+    from .._arrays import streaming_stores
 
     # NumPy's allocation: large buffers go on huge pages (fewer first-touch faults).
-    out = torch.from_numpy(np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64))
+    out_np = np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64)
+    out = torch.from_numpy(out_np)
     f64 = [v.detach().double().contiguous().numpy() for v in (lse, a, c, b)]
-    stream = out.numel() * out.element_size() > _dispatch.cache_sizes()["L3"]
+    x_np = x.detach().numpy()
+    stream = streaming_stores(out_np, x_np)
     _core.cross_entropy_grad(
         isa=_dispatch.isa_code(None),
-        x=x.detach().numpy(),
+        x=x_np,
         lse=f64[0],
         a=f64[1],
         c=f64[2],
         b=f64[3],
         target=target.to(torch.int64).contiguous().numpy(),
         weight=None if w is None else w.detach().numpy(),
-        grad=out.numpy(),
+        grad=out_np,
         threads=_dispatch.default_threads(),
         stream=stream,
     )

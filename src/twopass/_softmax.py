@@ -1,0 +1,346 @@
+"""softmax and log_softmax on the CPU (NumPy entry), the engine they share with
+logsumexp (`compute`: checks, layout, dtypes, then one C++ call), and the rule by which
+algorithm="auto" picks an algorithm. Shared argument and array helpers: `_arrays`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core, _dispatch
+from ._arrays import (
+    NATIVE,
+    ArrayT,
+    check_algorithm,
+    check_dtype,
+    check_out,
+    check_threads,
+    from_float32,
+    layout,
+    normalize_axis,
+    out_layout,
+    streaming_stores,
+    to_float32,
+    to_numpy,
+)
+from ._dispatch import ALGO_CODES, OP_CODES
+
+_COMMON_DOC = """
+    Parameters
+    ----------
+    x : array
+        float32, float64, float16 or bfloat16 values: a NumPy array (bfloat16 as
+        ``ml_dtypes.bfloat16``), or any CPU array with DLPack such as a ``torch.Tensor``;
+        the result is of the same kind. float16 and bfloat16 are computed in float32.
+    axis : int, default -1
+        The axis to normalise; negative counts from the end. Any axis is computed in
+        place in memory (no transpose).
+    out : array, optional
+        Where to write the result: the shape and dtype of `x`, writable; may be `x`
+        itself (in place).
+    algorithm : {"auto", "two_pass", "three_pass_reload", "three_pass_recompute", "online"}
+        How the row is traversed (docs/algorithms.md). "auto" picks from the caches, the
+        instruction set and the thread count.
+    threads : int, optional
+        Threads to use; default ``TWOPASS_NUM_THREADS``, else the cores this process
+        may use.
+
+    Raises
+    ------
+    TypeError
+        `x` is not an array, or has another dtype; `axis` or `threads` is not an integer.
+    numpy.exceptions.AxisError
+        `axis` is out of range.
+    ValueError
+        `out` has the wrong shape or dtype, is read-only or overlaps `x` without being
+        `x`; `algorithm` is unknown; `threads` < 1.
+"""
+
+
+def softmax(
+    x: ArrayT, axis: int = -1, *, out: ArrayT | None = None, algorithm: str = "auto", threads: int | None = None
+) -> ArrayT:
+    """Softmax along `axis`: ``exp(x) / sum(exp(x))``, without overflow.
+    {common}
+    Returns
+    -------
+    array
+        Of the shape, dtype and kind of `x` (`out` when given), each row in [0, 1]
+        summing to 1. A row holding NaN or +inf, or only -inf, gives NaN; -inf entries
+        of other rows give 0; an empty array gives an empty array (as ``torch.softmax``).
+
+    Examples
+    --------
+    >>> import numpy as np, twopass
+    >>> twopass.softmax(np.array([1.0, 2.0, 3.0], np.float32))
+    array([0.09003057, 0.24472849, 0.66524094], dtype=float32)
+    """
+    return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+
+
+def log_softmax(
+    x: ArrayT, axis: int = -1, *, out: ArrayT | None = None, algorithm: str = "auto", threads: int | None = None
+) -> ArrayT:
+    """Log-softmax along `axis`: ``x - logsumexp(x)``.
+
+    The last pass computes no exponential: ``y = (x - max) - log(s)`` with
+    ``s = sum(exp(x - max)) >= 1``, so ``y <= 0`` everywhere and ``y == 0`` exactly at a
+    maximum that dominates its row.
+    {common}
+    Returns
+    -------
+    array
+        Of the shape, dtype and kind of `x` (`out` when given). A row holding NaN or
+        +inf, or only -inf, gives NaN; -inf entries of other rows give -inf.
+
+    Examples
+    --------
+    >>> import numpy as np, twopass
+    >>> twopass.log_softmax(np.array([0.0, 0.0], np.float32))
+    array([-0.6931472, -0.6931472], dtype=float32)
+    """
+    return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+
+
+for _f in (softmax, log_softmax):
+    if _f.__doc__:  # None under python -OO
+        _f.__doc__ = _f.__doc__.replace("{common}", _COMMON_DOC)
+
+
+# ----------------------------------------------------------------------------------
+# The engine of softmax, log_softmax and logsumexp.
+# ----------------------------------------------------------------------------------
+def compute(
+    op: str,
+    x: Any,
+    *,
+    axis: int = -1,
+    out: Any = None,
+    keepdims: bool = False,
+    algorithm: str = "auto",
+    threads: int | None = None,
+    isa: str | None = None,
+    stream: bool | None = None,
+) -> Any:
+    """Every public function in one place. `isa` and `stream` (force streaming stores
+    on or off) are for tests and the benchmark; `algorithm` also applies to logsumexp
+    here ("two_pass": one pass; the others: maximum first)."""
+    if (
+        type(x) is np.ndarray
+        and isa is None
+        and stream is None
+        and type(axis) is int
+        and (axis == -1 or axis == x.ndim - 1)
+        and x.ndim
+        and x.size
+        and x.dtype in NATIVE
+        and x.flags.c_contiguous
+        and type(algorithm) is str
+        and (algorithm == "auto" or algorithm in ALGO_CODES)
+        and (threads is None or (type(threads) is int and threads >= 1))
+        and (out is None or (op != "logsumexp" and _fast_out_ok(x, out)))
+    ):
+        return _fast(op, x, keepdims, out, algorithm, threads)  # the common calls, without the general checks below
+    name = f"twopass.{op}"
+    if op not in OP_CODES:
+        raise ValueError(f"unknown op {op!r}")
+    arr, wrap = to_numpy(x, name)
+    dtype = arr.dtype
+    check_dtype(dtype, name)
+    scalar_input = arr.ndim == 0
+    arr0 = arr
+    if scalar_input:  # a 0-d array is a row of one; results and out keep shape ()
+        arr = arr.reshape(1)
+    ax = normalize_axis(axis, arr.ndim, name)
+    algo = check_algorithm(algorithm, name)
+    nthreads = check_threads(threads, name)
+    isa_code = _dispatch.isa_code(isa)
+
+    if op == "logsumexp":
+        shape = arr.shape[:ax] + ((1,) if keepdims else ()) + arr.shape[ax + 1 :]
+    else:
+        shape = arr.shape
+    out_arr = None
+    if out is not None:
+        user_shape = () if scalar_input else shape
+        out_arr = check_out(out, arr0, user_shape, dtype, name, in_place_ok=op != "logsumexp")
+        out_arr = out_arr.reshape(shape)
+
+    if arr.size == 0:  # nothing to read: empty results, or -inf (the empty sum's log)
+        y = np.full(shape, -np.inf if op == "logsumexp" else 0, dtype=dtype)
+        if out_arr is not None:
+            np.copyto(out_arr, y)
+            return out
+        return wrap(y.reshape(()) if scalar_input and op != "logsumexp" else y)
+
+    # Compute dtype: float16/bfloat16 are read and written as such, computed in float32.
+    xc = arr if dtype in NATIVE else to_float32(arr)
+    lay = layout(xc, ax)
+    if lay is None or (lay[2] == 1 and lay[4] != 1):  # see _arrays' docstring
+        xc = np.ascontiguousarray(xc)
+        lay = layout(xc, ax)
+    outer, n, inner, xs_outer, xs_n = lay
+
+    # The output: straight into `out` when its layout allows, else via a temporary.
+    direct = out_arr is not None and out_arr.dtype == xc.dtype
+    y = out_arr if direct else np.empty(shape, dtype=xc.dtype)
+    y3 = out_layout(y, ax, op, keepdims)
+    if y3 is None:
+        y = np.empty(shape, dtype=xc.dtype)
+        y3 = out_layout(y, ax, op, keepdims)
+        direct = False
+    ys_outer, ys_n = y3
+    if op == "logsumexp":
+        code = ALGO_CODES["two_pass"] if algo == "auto" else ALGO_CODES[algo]
+    else:
+        code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
+    if stream is None:
+        stream = streaming_stores(y, xc)
+    _core.run(
+        OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream)
+    )
+
+    if out_arr is not None:
+        if not direct:
+            out_arr[...] = y if y.dtype == out_arr.dtype else from_float32(y, out_arr.dtype)
+        result = out_arr
+    else:
+        result = y if y.dtype == dtype else from_float32(y, dtype)
+    if scalar_input and op != "logsumexp":
+        result = result.reshape(())
+    return wrap(result) if out is None else out
+
+
+def _fast(
+    op: str, x: np.ndarray, keepdims: bool, out: np.ndarray | None, algorithm: str, threads: int | None
+) -> np.ndarray:
+    """compute() for a non-empty C-contiguous float32/float64 NumPy array over its last
+    axis, `out` None or a fitting C-contiguous array (_fast_out_ok), `threads` None or
+    a positive int: the same C++ call as the general path, with ~1.5 us of Python
+    instead of ~5 (what decides rows of a few thousand elements)."""
+    n = x.shape[-1]
+    outer = x.size // n
+    nthreads = _dispatch.default_threads() if threads is None else threads
+    if op == "logsumexp":
+        y = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), dtype=x.dtype)
+        code, ys_outer = (0 if algorithm == "auto" else ALGO_CODES[algorithm]), 1
+    else:
+        y = np.empty_like(x) if out is None else out
+        if algorithm != "auto":
+            code = ALGO_CODES[algorithm]
+        elif op == "log_softmax":  # _auto_algorithm's rule for it, without the cost of a call
+            code = _RELOAD_CODE if n * x.itemsize < SHORT_ROW_BYTES else _TWO_PASS_CODE
+        elif x.nbytes <= _SMALL_SOFTMAX_BYTES:
+            code = _RELOAD_CODE  # what _auto_algorithm says for a softmax in cache, without its cost
+        else:
+            code = ALGO_CODES[auto_algorithm(op, x.dtype, n, x.size, nthreads)]
+        ys_outer = n
+    stream = streaming_stores(y, x)
+    _core.run(
+        OP_CODES[op],
+        code,
+        _dispatch.isa_code(None),
+        x,
+        y,
+        outer,
+        n,
+        1,
+        n,
+        1,
+        ys_outer,
+        1 if op != "logsumexp" else 0,
+        nthreads,
+        stream,
+    )
+    return y
+
+
+def _fast_out_ok(x: np.ndarray, out: Any) -> bool:
+    """`out` is x itself, or a writable C-contiguous array of x's shape and dtype that
+    does not overlap x: what the general path would accept and write directly."""
+    return (
+        type(out) is np.ndarray
+        and out.shape == x.shape
+        and out.dtype == x.dtype
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and (out is x or not np.may_share_memory(out, x))
+    )
+
+
+# ----------------------------------------------------------------------------------
+# algorithm="auto": from the cache sizes, the ISA and the thread count.
+# ----------------------------------------------------------------------------------
+# The three-pass reload computes exp once per element, two_pass twice; two_pass moves
+# 2R + 1W of the row, the reload 3R + 2W. So the reload wins where its second and third
+# passes read from cache, or where one exp costs more than the extra traffic (float64:
+# its exp polynomial has 2.5x float32's degree, on half the lanes). log_softmax computes
+# exp once either way and two_pass makes one pass fewer: the reload only helps rows so
+# short that its blocks of rows per kernel call (rows_reload) save per-row costs.
+#
+# softmax. w = EXP_WEIGHT[dtype, ISA] is how much one exp per element weighs against
+# the traffic, relative to float32 on AVX-512 (float64 has half the lanes and a 2.5x
+# longer polynomial; AVX2 half the lanes and no vscalef). Sizes below count elements at
+# float32's 8 bytes of x and y (float64 is measured per element, not per byte). Then
+# (`python -m twopass bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2;
+# README, "algorithm"):
+# - the reload while the call's x and y fit the cache a core can count on,
+#   min(w/2 x L3, 16 w x L2). A server's L3 is shared by dozens of cores and tenants,
+#   so its size says little about what one core keeps or how fast it reads it back (a
+#   float32 row of 2^24, x and y 128 MiB, on a Xeon with a 300 MiB L3 ran cold 1.4x
+#   faster with two_pass): the private L2 bounds what is counted on;
+# - beyond that the rows stream from memory (two_pass writes with streaming stores):
+#   the reload while one row's x and y fit w^2 x L2 (float32 64x262144, rows of 2 MiB,
+#   AVX-512: two_pass 1.2x faster; AVX2: the reload 1.2x faster). Where the exp is
+#   cheapest (w = 1), several threads together are bound by memory and two_pass's 2
+#   transfers per element beat the reload's 3 (float32 4096x4096, 2 threads: 1.13x),
+#   except in rows shorter than SHORT_ROW_BYTES, where the reload's row blocks save
+#   per-row costs (65536x64: 2x);
+# - where the exp dominates (w >= 4), one thread never outruns memory: the reload at
+#   any size (float64 on AVX2, 2^24 and 2^26: 1.07x and 1.10x);
+# - a row that several threads split along its axis: each pass is a parallel region of
+#   its own, so two_pass, unless w >= 4 and x and y fit half the cache above (float64
+#   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
+EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 2, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
+_SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
+_RELOAD_CODE, _TWO_PASS_CODE = ALGO_CODES["three_pass_reload"], ALGO_CODES["two_pass"]
+SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
+_MIN_PER_THREAD = 1 << 15  # csrc/driver.h, kMinPerThread: elements per thread of a batch
+_MIN_PER_CHUNK = 1 << 18  # csrc/driver.h, kMinPerChunk: elements per chunk of a split row
+_limits: dict[tuple[int, str | None], tuple[int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
+
+
+def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int]:
+    """(w, cache, streamed row, split row): the exp's weight, and the x + y bytes up to
+    which softmax takes the reload."""
+    name = isa or _dispatch.ISA
+    w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
+    caches = _dispatch.cache_sizes()
+    per_byte = itemsize // 4  # elements at float32's size
+    cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"])) * per_byte
+    limits = _limits[itemsize, isa] = (w, cache, w * w * caches["L2"] * per_byte, cache // 2 if w >= 4 else 0)
+    return limits
+
+
+def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
+    """The algorithm algorithm="auto" takes for `size` elements in rows of `n` on
+    `threads` threads and `isa` (None: the selected one); see above. Runs on every call
+    of the fast path: keep it cheap."""
+    itemsize = dtype.itemsize
+    if op == "log_softmax":
+        return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
+    w, cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
+    row = 2 * n * itemsize  # x and y of one row
+    several = threads > 1 and size >= 2 * _MIN_PER_THREAD  # the driver runs several threads
+    if several and n >= 2 * _MIN_PER_CHUNK and size // n < threads:  # ... on one row, split along its axis
+        return "three_pass_reload" if row <= split_row else "two_pass"
+    if 2 * size * itemsize <= cache:
+        return "three_pass_reload"
+    if several:
+        if w == 1 and n * itemsize >= SHORT_ROW_BYTES:
+            return "two_pass"
+    elif w >= 4:
+        return "three_pass_reload"
+    return "three_pass_reload" if row <= stream_row else "two_pass"

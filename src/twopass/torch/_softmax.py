@@ -1,0 +1,105 @@
+"""twopass.torch.softmax and log_softmax: autograd-aware custom ops over the twopass kernels.
+
+`torch.ops.twopass.softmax(x, dim, log)` is a `torch.library.custom_op` with a fake
+implementation (so `torch.compile` traces through it without running it) and a backward
+that is itself a custom op (`twopass::softmax_backward`):
+
+- CPU tensors run the C++ kernels (`twopass.softmax` on the tensor's memory, written
+  straight into the result); the backward uses torch's own CPU kernels
+  (`torch._softmax_backward_data`), whose traffic is already minimal.
+- CUDA float32, float16 and bfloat16 tensors run the Triton kernels of
+  `twopass.triton.softmax` (imported on first use), forward and backward. CUDA float64
+  falls back to torch.
+- Results have the strides `torch.empty_like(x)` gives (x's own when x is dense).
+
+Special values are torch's (docs/design.md). Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._tensors import kernels, like, triton_ok
+
+__all__ = ["log_softmax", "softmax"]
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over `dim`: ``exp(x) / sum(exp(x))``, differentiable (``torch.softmax``'s
+    results and special values).
+
+    Parameters
+    ----------
+    x : Tensor
+        float32, float64, float16 or bfloat16, on the CPU or a CUDA device.
+    dim : int, default -1
+        The dimension to normalise; negative counts from the end.
+
+    Returns
+    -------
+    Tensor
+        Of x's shape, dtype and device. Rows with NaN or +inf, or of only -inf, are NaN.
+
+    Raises
+    ------
+    TypeError
+        Another dtype (CPU). IndexError: `dim` out of range.
+    """
+    return torch.ops.twopass.softmax(x, dim, False)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Log-softmax over `dim`: ``x - logsumexp(x)``, differentiable; never positive.
+
+    Arguments, results and errors as for `softmax`; -inf entries of a finite row give -inf.
+    """
+    return torch.ops.twopass.softmax(x, dim, True)
+
+
+@torch.library.custom_op("twopass::softmax", mutates_args=())
+def _softmax(x: Tensor, dim: int, log: bool) -> Tensor:
+    if triton_ok(x):
+        return kernels()._softmax_forward(x, dim, log)
+    if x.device.type == "cpu":
+        import twopass
+
+        out = torch.empty_like(x)
+        # (a 0-d x as shape (1,): twopass's CPU API checks a 0-d `out` against shape (1,))
+        xv, ov = (x.reshape(1), out.view(1)) if x.dim() == 0 else (x, out)
+        (twopass.log_softmax if log else twopass.softmax)(xv, axis=dim, out=ov)
+        return out
+    return like(x, (torch.log_softmax if log else torch.softmax)(x, dim))
+
+
+@_softmax.register_fake
+def _(x: Tensor, dim: int, log: bool) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("twopass::softmax_backward", mutates_args=())
+def _softmax_backward(grad: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
+    """softmax: y * (g - sum(g * y)); log_softmax: g - exp(y) * sum(g)."""
+    if triton_ok(grad, y) and grad.dtype == y.dtype:
+        return kernels()._softmax_backward(grad, y, dim, log)
+    fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
+    return like(y, fn(grad.to(y.dtype), y, dim, y.dtype))
+
+
+@_softmax_backward.register_fake
+def _(grad: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
+    return torch.empty_like(y)
+
+
+def _softmax_setup(ctx, inputs, output) -> None:
+    _, dim, log = inputs
+    ctx.dim, ctx.log = dim, log
+    ctx.save_for_backward(output)
+
+
+def _softmax_grad(ctx, grad: Tensor):
+    (y,) = ctx.saved_tensors
+    return torch.ops.twopass.softmax_backward(grad, y, ctx.dim, ctx.log), None, None
+
+
+_softmax.register_autograd(_softmax_grad, setup_context=_softmax_setup)

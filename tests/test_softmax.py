@@ -1,0 +1,231 @@
+"""softmax and log_softmax (NumPy entry): semantics against torch, out= and in place,
+the fast path against the general one, and the algorithm="auto" rule. Special values
+are checked for logsumexp too, which shares their engine (`_softmax.compute`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import twopass
+from conftest import ISA_PARAMS, OPS, run
+from twopass import _dispatch, _softmax
+from twopass._softmax import compute
+
+torch = pytest.importorskip("torch")
+
+INF, NAN = np.inf, np.nan
+# Rows with special values, each checked against torch on the same float32 input.
+SPECIAL_ROWS = [
+    [NAN, 1.0, 2.0],
+    [INF, 1.0, 2.0],
+    [-INF, -INF, -INF],
+    [-INF, 1.0, 2.0],
+    [3e38, 3e38, -3e38],
+    [3e38, 3e38],
+    [-3e38, -3e38],
+    [INF, NAN, 1.0],
+    [INF, -INF],
+    [INF, INF],
+    [-INF, NAN],
+    [0.0],
+    [-INF],
+    [1e-45, -1e-45, 0.0],
+    [-1e30, 1e30],
+]
+
+
+def _torch_ref(op: str, x: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(x)
+    f = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op]
+    return f(t, -1).numpy()
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("tail", [0, 20])
+def test_special_values_match_torch(isa, algorithm, op, tail):
+    for row in SPECIAL_ROWS:
+        # `tail` ordinary elements after the special ones put them in a SIMD body too.
+        x = np.array(row + [0.5] * tail, dtype=np.float32)[None, :]
+        y = run(op, x, algorithm=algorithm, isa=isa)
+        t = _torch_ref(op, x)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(t), err_msg=f"{op} {row}")
+        np.testing.assert_allclose(y, t, rtol=2e-6, atol=0, err_msg=f"{op} {row}")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_empty_axis(op):
+    x = np.zeros((3, 0), np.float32)
+    y = getattr(twopass, op)(x)
+    t = _torch_ref(op, x)
+    assert y.shape == t.shape
+    np.testing.assert_array_equal(y, t)  # logsumexp: -inf; the others: empty
+
+
+def test_zero_rows_and_scalars():
+    assert twopass.softmax(np.zeros((0, 5), np.float32)).shape == (0, 5)
+    assert twopass.logsumexp(np.zeros((0, 5), np.float32)).shape == (0,)
+    assert twopass.softmax(np.float32(3.0)) == 1.0
+    assert twopass.logsumexp(np.array(2.0)) == 2.0
+    x0 = np.array(5.0, np.float32)
+    out0 = np.empty((), np.float32)
+    assert twopass.log_softmax(x0, out=out0) is out0 and abs(out0) <= 2 * np.finfo(np.float32).eps
+    assert twopass.softmax(x0, out=x0) is x0 and x0 == 1.0
+    lse0 = np.empty((), np.float64)
+    assert twopass.logsumexp(np.array(2.0), out=lse0) is lse0 and lse0 == 2.0
+
+
+def test_softmax_of_huge_values():
+    y = twopass.softmax(np.array([3e38, 3e38], np.float32))
+    np.testing.assert_array_equal(y, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_out_and_in_place(op):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 50)).astype(np.float32)
+    ref = getattr(twopass, op)(x)
+    out = np.empty_like(x)
+    assert getattr(twopass, op)(x, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    x2 = x.copy()
+    assert getattr(twopass, op)(x2, out=x2) is x2
+    np.testing.assert_array_equal(x2, ref)
+    # A non-contiguous out goes through a temporary.
+    big = np.empty((4, 100), np.float32)
+    getattr(twopass, op)(x, out=big[:, ::2])
+    np.testing.assert_array_equal(big[:, ::2], ref)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 1000), (2, 3, 65)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_is_the_general_path(op, shape, dtype):
+    """Calls on a C-contiguous array over its last axis skip the general checks
+    (_softmax._fast), also with out=, threads= and algorithm=; they must give bit for bit
+    what the general path (taken here by naming the ISA) gives."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype) * 10
+    fn = getattr(twopass, op)
+    kw = {"keepdims": True} if op == "logsumexp" else {}
+    general = compute(op, x, isa=_dispatch.ISA, **kw)
+    fast = fn(x, **kw)
+    assert fast.shape == general.shape and fast.dtype == general.dtype
+    np.testing.assert_array_equal(fast, general)
+    if op == "logsumexp":
+        np.testing.assert_array_equal(fn(x), general.reshape(shape[:-1]))
+        return
+    for algo in ("two_pass", "three_pass_reload"):
+        want = compute(op, x, algorithm=algo, threads=2, isa=_dispatch.ISA)
+        out = np.full_like(x, np.nan)
+        assert fn(x, out=out, algorithm=algo, threads=2) is out
+        np.testing.assert_array_equal(out, want)
+        inplace = x.copy()
+        assert fn(inplace, out=inplace, algorithm=algo, threads=1) is inplace
+        np.testing.assert_array_equal(inplace, want)
+
+
+def test_fast_path_keeps_the_errors():
+    """What the fast path lets through the general path rejects: a partially
+    overlapping or read-only out, bad threads or algorithm."""
+    x = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        twopass.softmax(x[:32], out=x[16:48])
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        twopass.softmax(x, out=ro)
+    with pytest.raises(ValueError, match="threads"):
+        twopass.softmax(x, threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        twopass.softmax(x, threads=True)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        twopass.softmax(x, algorithm="fast")
+
+
+# ----------------------------------------------------------------------------------
+# algorithm="auto": the rule of _softmax.auto_algorithm, from cache sizes, ISA and threads.
+# ----------------------------------------------------------------------------------
+def _with_caches(monkeypatch, **sizes: int) -> None:
+    caches = dict(_dispatch.cache_sizes(), **sizes)
+    monkeypatch.setattr(_dispatch, "cache_sizes", lambda: caches)
+    monkeypatch.setattr(_softmax, "_limits", {})
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
+    """softmax takes the reload while x and y fit min(w/2 L3, 16 w L2) (float64 counted
+    per element at float32's size), and beyond it while one row's x and y fit w^2 L2,
+    w the exp's weight for the dtype and ISA; two_pass otherwise, on one thread at any
+    size where the exp dominates (w >= 4). The crossovers move with the caches."""
+    w = _softmax.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
+    per = dtype.itemsize // 4
+    for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
+        _with_caches(monkeypatch, L2=l2, L3=l3)
+        cache = int(min(w / 2 * l3, 16 * w * l2)) * per
+        n = cache // (2 * dtype.itemsize)  # one row whose x and y fill the cache
+        beyond = "three_pass_reload" if w >= 4 else "two_pass"
+        assert _softmax.auto_algorithm("softmax", dtype, n, n, 1, isa) == "three_pass_reload"
+        assert _softmax.auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == beyond
+        n = w * w * l2 * per // (2 * dtype.itemsize)  # rows streamed from memory: by the row
+        rows = 4 * cache // (2 * n * dtype.itemsize) + 1
+        assert _softmax.auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
+        assert _softmax.auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
+        # 2 threads streaming rows: memory-bound where the exp is cheapest, except short rows
+        many = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
+        want = "two_pass" if w == 1 else "three_pass_reload"
+        assert _softmax.auto_algorithm("softmax", dtype, 4096, many * 4096, 2, isa) == want
+        assert _softmax.auto_algorithm("softmax", dtype, 64, many * 4096, 2, isa) == "three_pass_reload"
+
+
+def test_auto_small_calls_skip_the_rule():
+    """The fast path's shortcut for small softmax calls names what the rule names."""
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        n = _softmax._SMALL_SOFTMAX_BYTES // dtype.itemsize
+        for threads in (1, 2):
+            assert _softmax.auto_algorithm("softmax", dtype, n, n, threads) == "three_pass_reload"
+            assert _softmax.auto_algorithm("softmax", dtype, 8, n, threads) == "three_pass_reload"
+
+
+def test_auto_on_a_large_shared_l3(monkeypatch):
+    """The case of the issue: a float32 row of 2^24 (x and y 128 MiB) on a Xeon with a
+    300 MiB L3 and 2 MiB of L2 per core ran cold 1.4x faster with two_pass."""
+    _with_caches(monkeypatch, L2=2 << 20, L3=300 << 20)
+    assert _softmax.auto_algorithm("softmax", np.dtype(np.float32), 1 << 24, 1 << 24, 1, "avx512") == "two_pass"
+
+
+def test_auto_splits_rows_with_two_pass(monkeypatch):
+    """A row that 2 threads split along its axis takes two_pass (a parallel region per
+    pass), unless the exp dominates (w >= 4) and it fits half the cache; the same row
+    on one thread, or rows one per thread, follow the cache rule."""
+    _with_caches(monkeypatch, L2=1 << 20, L3=32 << 20)
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    n = 2 * _softmax._MIN_PER_CHUNK
+    assert _softmax.auto_algorithm("softmax", f32, n, n, 1, "avx512") == "three_pass_reload"
+    assert _softmax.auto_algorithm("softmax", f32, n, n, 2, "avx512") == "two_pass"
+    assert _softmax.auto_algorithm("softmax", f32, n, 2 * n, 2, "avx512") == "three_pass_reload"
+    assert _softmax.auto_algorithm("softmax", f64, n, n, 2, "avx512") == "two_pass"
+    assert _softmax.auto_algorithm("softmax", f64, n, n, 2, "avx2") == "three_pass_reload"
+    assert _softmax.auto_algorithm("softmax", f64, 16 * n, 16 * n, 2, "avx2") == "two_pass"
+
+
+def test_auto_log_softmax_takes_two_pass_beyond_short_rows():
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        short = _softmax.SHORT_ROW_BYTES // dtype.itemsize
+        assert _softmax.auto_algorithm("log_softmax", dtype, short - 1, 1 << 20) == "three_pass_reload"
+        assert _softmax.auto_algorithm("log_softmax", dtype, short, 1 << 20) == "two_pass"
+        assert _softmax.auto_algorithm("log_softmax", dtype, 1 << 24, 1 << 24, 2) == "two_pass"
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", [(5, 100), (3, 700), (1, 1 << 19)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_auto_runs_what_the_rule_names(op, shape, threads):
+    """A plain call gives bit for bit what the algorithm the rule names gives."""
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32) * 5
+    name = _softmax.auto_algorithm(op, x.dtype, shape[-1], x.size, threads)
+    want = compute(op, x, algorithm=name, threads=threads, isa=_dispatch.ISA)
+    np.testing.assert_array_equal(getattr(twopass, op)(x, threads=threads), want)
+    np.testing.assert_array_equal(compute(op, x, threads=threads, isa=_dispatch.ISA), want)
