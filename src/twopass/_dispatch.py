@@ -121,7 +121,17 @@ def _cpu_model_and_flags() -> tuple[str, list[str]]:
 
 
 def info() -> dict[str, Any]:
-    """What twopass sees and chose on this machine: CPU, ISA, caches, threads, versions."""
+    """What twopass sees and chose on this machine (`python -m twopass info` prints it).
+
+    Returns
+    -------
+    dict
+        ``cpu`` (model), ``machine``, ``cpu_features`` (the SIMD flags that matter),
+        ``isa`` (the instruction set the kernels run), ``isa_forced`` (by
+        ``TWOPASS_ISA``), ``isa_supported`` (compiled and runnable here, worst to best),
+        ``caches`` (bytes per level), ``threads`` (the default thread count), and
+        ``versions`` of twopass and its companions.
+    """
     import numpy as np
 
     from . import __version__

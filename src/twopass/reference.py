@@ -12,6 +12,7 @@ gives -inf for logsumexp.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 _WIDE = np.longdouble
 
@@ -31,8 +32,22 @@ def _special(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.isnan(r).any(-1), (r == np.inf).any(-1), (r == -np.inf).all(-1)
 
 
-def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """log(sum(exp(x))) along axis."""
+def logsumexp(x: npt.ArrayLike, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """log(sum(exp(x))) along `axis`, in extended precision.
+
+    Parameters
+    ----------
+    x : array_like
+        Any real values.
+    axis : int, default -1
+    keepdims : bool, default False
+
+    Returns
+    -------
+    numpy.ndarray
+        float64; NaN for a row with NaN, +inf for one with +inf, -inf for one of only
+        -inf or an empty one.
+    """
     r, m, log_s = _max_and_log_sum(x, axis)
     nan, posinf, neginf = _special(r)
     out = (m + log_s)[..., 0]
@@ -41,8 +56,20 @@ def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarr
     return np.expand_dims(out, axis) if keepdims else out
 
 
-def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """(x - max) - log(sum(exp(x - max))); rows with NaN, +inf or only -inf are NaN."""
+def log_softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
+    """``(x - max) - log(sum(exp(x - max)))`` along `axis`, in extended precision.
+
+    Parameters
+    ----------
+    x : array_like
+        Any real values.
+    axis : int, default -1
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, of x's shape; rows with NaN, +inf or only -inf are NaN.
+    """
     out = _log_softmax_wide(x, axis)
     return np.moveaxis(out, -1, axis).astype(np.float64)
 
@@ -55,8 +82,20 @@ def _log_softmax_wide(x: np.ndarray, axis: int) -> np.ndarray:
     return np.where((nan | posinf | neginf)[..., None], np.nan, y)
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """exp(log_softmax(x)), rounded to float64 only at the end."""
+def softmax(x: npt.ArrayLike, axis: int = -1) -> np.ndarray:
+    """``exp(log_softmax(x))`` along `axis`, rounded to float64 only at the end.
+
+    Parameters
+    ----------
+    x : array_like
+        Any real values.
+    axis : int, default -1
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, of x's shape; rows with NaN, +inf or only -inf are NaN.
+    """
     with np.errstate(invalid="ignore", under="ignore"):
         y = np.exp(_log_softmax_wide(x, axis))
     return np.moveaxis(y, -1, axis).astype(np.float64)

@@ -52,7 +52,23 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     """Log-softmax over `dim`: ``x - logsumexp(x)``, differentiable; never positive.
 
-    Arguments, results and errors as for `softmax`; -inf entries of a finite row give -inf.
+    Parameters
+    ----------
+    x : Tensor
+        float32, float64, float16 or bfloat16, on the CPU or a CUDA device.
+    dim : int, default -1
+        The dimension to normalise; negative counts from the end.
+
+    Returns
+    -------
+    Tensor
+        Of x's shape, dtype and device. Rows with NaN or +inf, or of only -inf, are NaN;
+        -inf entries of other rows give -inf.
+
+    Raises
+    ------
+    TypeError
+        Another dtype (CPU). IndexError: `dim` out of range.
     """
     return torch.ops.twopass.softmax(x, dim, True)
 

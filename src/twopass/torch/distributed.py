@@ -102,27 +102,76 @@ __all__ = ["cross_entropy", "log_softmax", "logsumexp", "shard_offset", "softmax
 _EXACT_ABOVE = 32.0
 
 
-def softmax(x: Tensor, dim: int = -1, *, group: dist.ProcessGroup | None = None) -> Tensor:
-    """This rank's slice of softmax(x) over `dim`, where the ranks of `group` hold, in rank
-    order, consecutive slices of the softmax axis (any sizes, empty allowed).
+_SHARD_DOC = """
+    Parameters
+    ----------
+    x : Tensor
+        This rank's slice of the input: the ranks of `group` hold, in rank order,
+        consecutive slices of the axis `dim` (any sizes, empty allowed). float32,
+        float64, float16 or bfloat16, on the CPU (gloo) or CUDA (NCCL).
+    dim : int, default -1
+        The sharded axis.
+    group : ProcessGroup, optional, keyword-only
+        The ranks that hold the slices (default: the world; with no process group
+        initialised, one process computes the unsharded result).
 
-    One all-gather in forward, one all-reduce in backward (differentiable)."""
+    Raises
+    ------
+    TypeError
+        `x` is not a tensor (or not floating point).
+    ValueError
+        `x` is 0-d.
+    IndexError
+        `dim` is out of range.
+"""
+
+
+def softmax(x: Tensor, dim: int = -1, *, group: dist.ProcessGroup | None = None) -> Tensor:
+    """This rank's slice of softmax(x) over the sharded axis `dim` (differentiable).
+
+    One all-gather in forward, one all-reduce in backward.
+    {shard}
+    Returns
+    -------
+    Tensor
+        Of x's shape, dtype and device: the whole row's softmax at this rank's positions.
+    """
     return _Softmax.apply(x, _dim(x, dim, "softmax"), False, group)
 
 
 def log_softmax(x: Tensor, dim: int = -1, *, group: dist.ProcessGroup | None = None) -> Tensor:
     """This rank's slice of log_softmax(x) = x - logsumexp(x) over the sharded axis `dim`.
 
-    One all-gather in forward, one all-reduce in backward (differentiable)."""
+    One all-gather in forward, one all-reduce in backward (differentiable).
+    {shard}
+    Returns
+    -------
+    Tensor
+        Of x's shape, dtype and device.
+    """
     return _Softmax.apply(x, _dim(x, dim, "log_softmax"), True, group)
 
 
 def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False, *, group: dist.ProcessGroup | None = None) -> Tensor:
-    """log(sum(exp(x))) over the sharded axis `dim`: the whole row's value, the same on every rank.
+    """log(sum(exp(x))) over the sharded axis `dim`: the whole row's value, the same on
+    every rank (differentiable).
 
-    One all-gather in forward; the backward is local (each rank gets exp(x - lse) * g for its
-    slice, g being the upstream gradient, assumed equal on every rank)."""
+    One all-gather in forward; the backward is local (each rank gets exp(x - lse) * g for
+    its slice, g being the upstream gradient, assumed equal on every rank).
+    {shard}
+    Returns
+    -------
+    Tensor
+        x's shape without `dim` (length 1 with `keepdim`), x's dtype and device.
+    """
     return _LogSumExp.apply(x, _dim(x, dim, "logsumexp"), bool(keepdim), group)
+
+
+_KEEPDIM_DOC = "    keepdim : bool, default False\n        Keep the reduced axis, with length 1.\n"
+for _f in (softmax, log_softmax, logsumexp):
+    if _f.__doc__:  # None under python -OO
+        doc = _SHARD_DOC if _f is not logsumexp else _SHARD_DOC.replace("    group :", _KEEPDIM_DOC + "    group :")
+        _f.__doc__ = _f.__doc__.replace("{shard}", doc)
 
 
 def cross_entropy(
@@ -213,8 +262,25 @@ def cross_entropy(
 
 def shard_offset(size: int, *, group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> int:
     """The start of this rank's shard along a sharded axis: the sum of `size` over the lower
-    ranks of `group`. One all-gather of one integer per rank (on `device`: a CUDA device for
-    NCCL). Shard sizes rarely change, so call it once and pass the result as `vocab_start`."""
+    ranks of `group`.
+
+    One all-gather of one integer per rank. Shard sizes rarely change, so call it once and
+    pass the result as `vocab_start`.
+
+    Parameters
+    ----------
+    size : int
+        This rank's shard length.
+    group : ProcessGroup, optional, keyword-only
+        The ranks (default: the world).
+    device : torch.device or str, default "cpu", keyword-only
+        Where the collective runs (a CUDA device for NCCL).
+
+    Returns
+    -------
+    int
+        0 on rank 0 or without a process group.
+    """
     world = _world(group)
     if world == 1:
         return 0
