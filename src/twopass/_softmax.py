@@ -46,7 +46,8 @@ _COMMON_DOC = """
     threads : int, optional
         Threads to use; default ``TWOPASS_NUM_THREADS``, else the cores this process
         may use.
-
+"""
+_RAISES_DOC = """
     Raises
     ------
     TypeError
@@ -70,7 +71,7 @@ def softmax(
         Of the shape, dtype and kind of `x` (`out` when given), each row in [0, 1]
         summing to 1. A row holding NaN or +inf, or only -inf, gives NaN; -inf entries
         of other rows give 0; an empty array gives an empty array (as ``torch.softmax``).
-
+    {raises}
     Examples
     --------
     >>> import numpy as np, twopass
@@ -94,7 +95,7 @@ def log_softmax(
     array
         Of the shape, dtype and kind of `x` (`out` when given). A row holding NaN or
         +inf, or only -inf, gives NaN; -inf entries of other rows give -inf.
-
+    {raises}
     Examples
     --------
     >>> import numpy as np, twopass
@@ -106,7 +107,7 @@ def log_softmax(
 
 for _f in (softmax, log_softmax):
     if _f.__doc__:  # None under python -OO
-        _f.__doc__ = _f.__doc__.replace("{common}", _COMMON_DOC)
+        _f.__doc__ = _f.__doc__.replace("{common}", _COMMON_DOC).replace("{raises}", _RAISES_DOC)
 
 
 # ----------------------------------------------------------------------------------
