@@ -20,7 +20,7 @@ Each cell is measured in two regimes:
 auto/best = time(auto) / min(time(two_pass), time(three_pass_reload)); the issue's bar is
 <= `LIMIT` in every cell. Which algorithm auto ran is found from its output, compared bit
 for bit with the two algorithms' outputs on the same input ("either" when both match,
-"neither" when none does), not from `_api`'s rule, whose signature may change. A cell over
+"neither" when none does), not from the library's rule, whose signature may change. A cell over
 the limit is a wrong pick when auto ran the algorithm that measured slower; else auto's
 own time is off (noise, or at the shortest rows the cost of the rule itself, a fraction
 of a microsecond per call). A cell over the limit is measured once more, all three
