@@ -423,6 +423,7 @@ def test_tune_reports_every_cell_hot_and_cold(tmp_path):
     assert s["rechecked"] == len(rechecked)
     after = open(tuning, "rb").read() if os.path.exists(tuning) else None
     assert after == before  # nothing written into the package
+    assert _cli.main(["--plot-only", str(path)]) == 0  # its tables again
 
 
 def test_tune_rejects_what_it_does_not_measure(tmp_path):

@@ -139,6 +139,7 @@ def test_cuda_path_under_the_interpreter(tmp_path):
         ("2x300", "logsumexp", "float32"),
     ]
     assert all(x["ok"] and x["twopass_ms"] > 0 and x["kernel"] for x in d["results"])
+    assert _cli.main(["--plot-only", d["_path"]]) == 0
     out = tmp_path / "ce"
     r = _bench(["--device", "cuda", "--cross-entropy", "--sizes", "3x200", "--dtypes", "float32",
                 "--out", str(out)], env)  # fmt: skip

@@ -382,7 +382,7 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
     doc = _tune.document(
         cells,
         isa=isa,
-        command="python -m twopass bench " + " ".join(argv),
+        argv=argv,
         shapes=shapes,
         dtypes=dtypes,
         ops=ops,
