@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("rich")
 
 import twopass  # noqa: E402
-from twopass import _softmax  # noqa: E402
 from twopass.bench import _analysis, _cli, _measure, _plan, _run, _tune  # noqa: E402
 
 BEST = twopass.info()["isa_supported"][-1]
@@ -284,7 +283,7 @@ def test_peers_compare_against_what_a_plain_call_runs(op, threads):
         ]
         n, size = shape[-1], shape[0] * shape[-1]
         f32 = np.dtype("float32")
-        want = "two_pass" if op == "logsumexp" else _softmax.auto_algorithm(op, f32, n, size, threads, BEST)
+        want = "two_pass" if op == "logsumexp" else _measure.auto_algorithm(op, f32, n, size, threads, BEST)
         assert _analysis.auto_record(members, BEST)["algorithm"] == want, (shape, threads)
 
 
@@ -373,7 +372,7 @@ def test_tune_alternates_the_variants_on_the_same_buffers(monkeypatch):
 
 
 def test_tune_reports_every_cell_hot_and_cold(tmp_path):
-    tuning = _softmax.__file__.replace("_softmax.py", "_tuning.json")
+    tuning = os.path.join(os.path.dirname(twopass.__file__), "_tuning.json")
     before = open(tuning, "rb").read() if os.path.exists(tuning) else None
     argv = ["--tune", "--sizes", "1K,2x1K", "--threads", "1", "--repeats", "3", "--out", str(tmp_path)]
     assert _cli.main(argv) == 0
@@ -424,6 +423,7 @@ def test_tune_reports_every_cell_hot_and_cold(tmp_path):
     assert s["rechecked"] == len(rechecked)
     after = open(tuning, "rb").read() if os.path.exists(tuning) else None
     assert after == before  # nothing written into the package
+    assert _cli.main(["--plot-only", str(path)]) == 0  # its tables again
 
 
 def test_tune_rejects_what_it_does_not_measure(tmp_path):
@@ -436,7 +436,37 @@ def test_kernel_call_matches_public_path():
     b = _measure.Buffers((3, 100))
     sets = b.get(1)
     calls = _measure.kernel_calls("softmax", "two_pass", BEST, 1, sets)
-    if calls is None:
-        pytest.skip("twopass._core.run's arguments changed: the bench falls back to the public path")
+    assert calls is not None, "a C-contiguous 2-D input: the bare kernel call applies"
+    sets[0].y[:] = 0
     calls[0]()
     np.testing.assert_array_equal(sets[0].y, twopass.softmax(sets[0].x, algorithm="two_pass"))
+
+
+def test_kernel_call_does_not_apply_to_strided_rows():
+    x = np.zeros((4, 8), dtype=np.float32)[:, ::2]
+    s = _measure.BufferSet(x, np.zeros_like(x), np.zeros(4, dtype=np.float32))
+    assert _measure.kernel_calls("softmax", "two_pass", BEST, 1, [s]) is None
+
+
+def test_kernel_call_mismatch_raises(monkeypatch):
+    """A bare call that computes something else than the public path stops the benchmark."""
+    real = _measure.compute
+    monkeypatch.setattr(_measure, "compute", lambda *a, **k: real(*a, **k) + 1)
+    with pytest.raises(_measure.KernelMismatch, match="differs from the public path"):
+        _measure.kernel_calls("softmax", "two_pass", BEST, 1, _measure.Buffers((3, 100)).get(1))
+
+
+def test_kernel_call_errors_propagate(monkeypatch):
+    from twopass import _core
+
+    def broken(*args):
+        raise TypeError("run(): incompatible function arguments")
+
+    monkeypatch.setattr(_core, "run", broken)
+    with pytest.raises(TypeError, match="incompatible"):
+        _measure.kernel_calls("logsumexp", "two_pass", BEST, 1, _measure.Buffers((3, 100)).get(1))
+
+
+def test_probe_calls_reject_unknown_probes():
+    with pytest.raises(ValueError, match="unknown probe"):
+        _measure.probe_calls("copy_magic", _measure.Buffers((8,)).get(1), 1, BEST)

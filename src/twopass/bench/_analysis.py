@@ -111,11 +111,9 @@ def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...], threads: int, is
     library's rule; logsumexp is always one pass."""
     import numpy as np
 
-    from twopass._softmax import auto_algorithm as _auto_algorithm
-
     if op == "logsumexp":
         return "two_pass"
-    return _auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape), threads, isa)
+    return _measure.auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape), threads, isa)
 
 
 def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | None:

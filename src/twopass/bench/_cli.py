@@ -1,43 +1,101 @@
-"""The command line: parse, resolve defaults, run, report, save, plot."""
+"""The one command line of every bench mode: parse, check the options against the mode, run, report, save."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import json
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import _analysis, _measure, _peers, _plan, _report
 
-USAGE = """python -m twopass bench [options]
+USAGE = """python -m twopass bench [mode] [options]
 
-Sweeps one-row lengths 1K..64M and batch shapes for softmax, log_softmax and logsumexp,
-every algorithm, ISA and thread count, against the installed peers, with the memory
-bandwidth bound measured on the same buffers. --quick: about a minute."""
+modes (one at a time):
+  (none)                 the CPU sweep: softmax, log_softmax and logsumexp, rows 1K..64M and
+                         batches, every algorithm, ISA and thread count, against the installed
+                         peers and the memory-bandwidth bound measured on the same buffers
+  --tune                 the CPU: does algorithm="auto" lose anywhere, hot or cold?
+  --cross-entropy        the fused cross-entropy, forward + backward, against torch (and
+                         Liger-Kernel on CUDA); on the CPU, or with --device cuda on the GPU
+  --device cuda          the Triton kernels: softmax, log_softmax, logsumexp (and backward)
+                         against torch, in GB/s and %% of the HBM floor (measured copy bandwidth)
+  --distributed          vocabulary-parallel cross_entropy and logsumexp (twopass.torch.distributed)
+                         against two all-reduces: gloo processes on the CPU, nccl with --device cuda
+  --plot-only JSON       a saved run's tables again (any mode), and the sweep's plots
+
+--quick: a short version of any mode (the sweep: about a minute)."""
+
+# The options each mode reads (argparse dests); any other option given is an error, not
+# silently ignored. "device" is checked apart (cpu or cuda per mode).
+_COMMON = {"quick", "out", "device"}
+MODE_OPTIONS: dict[str, set[str]] = {
+    "the CPU sweep": _COMMON
+    | {"threads", "isa", "ops", "algorithms", "sizes", "peers", "repeats", "no_plots", "no_peers"},
+    "--tune": _COMMON | {"tune", "threads", "isa", "ops", "dtypes", "sizes", "repeats", "tune_out"},
+    "--cross-entropy": _COMMON | {"cross_entropy", "threads", "dtypes", "sizes", "repeats", "no_torch_compile"},
+    "--device cuda": _COMMON | {"ops", "dtypes", "sizes", "sweep", "compile", "compile_dir"},
+    "--cross-entropy --device cuda": _COMMON
+    | {"cross_entropy", "dtypes", "sizes", "variants", "sweep", "compile", "compile_dir", "no_torch_compile"},
+    "--distributed": _COMMON | {"distributed", "worlds", "sizes", "repeats"},
+    "--plot-only": {"plot_only", "out", "no_plots"},
+}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m twopass bench", usage=USAGE)
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a 2^12, 2^18 and 2^24 row and the 4096x4096 and 32x128256 batches; two_pass vs "
-        "three_pass_reload, best ISA, fewer repeats",
+    p = argparse.ArgumentParser(
+        prog="python -m twopass bench", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--threads", help="thread counts, e.g. 1,2 (default: 1 and all cores)")
+    modes = p.add_argument_group("modes")
+    modes.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default): the C++ kernels; cuda: the Triton kernels (needs a CUDA device; TRITON_INTERPRET=1 "
+        "runs the path on tiny CPU tensors, timings meaningless)",
+    )
+    modes.add_argument(
+        "--tune",
+        action="store_true",
+        help="only that: does algorithm='auto' lose? softmax and log_softmax, float32 and float64, rows 1K..64M "
+        "and the batches, hot (same buffers) and cold (buffers cycled over > 2x L3): two_pass, three_pass_reload "
+        "and auto, alternating, and auto / the faster of the two per cell (--quick: 8 shapes, ~3 minutes; "
+        "full: ~15-20 minutes)",
+    )
+    modes.add_argument(
+        "--cross-entropy",
+        action="store_true",
+        help="the fused cross-entropy (forward + backward) against torch eager and compiled, with memory",
+    )
+    modes.add_argument(
+        "--distributed",
+        action="store_true",
+        help="vocabulary-parallel cross_entropy and logsumexp over torch.distributed, twopass (one all-gather) "
+        "against a Megatron-style baseline (two all-reduces)",
+    )
+    modes.add_argument("--plot-only", metavar="JSON", help="print a saved run's tables, redraw the sweep's plots")
+    p.add_argument("--quick", action="store_true", help="a short version of the mode")
+    p.add_argument("--threads", help="CPU thread counts, e.g. 1,2 (default: 1 and all cores)")
     p.add_argument(
         "--isa", help="ISAs, e.g. scalar,avx2 (default: all this CPU runs; --quick: the best; --tune: one, the best)"
     )
-    p.add_argument("--ops", help=f"ops (default: {','.join(_plan.OPS)}; --tune: softmax,log_softmax)")
-    p.add_argument("--dtypes", help="--tune only: dtypes (default: float32,float64)")
+    p.add_argument(
+        "--ops",
+        help=f"ops (sweep default: {','.join(_plan.OPS)}; --tune: softmax,log_softmax; "
+        "--device cuda: also softmax_bwd, log_softmax_bwd, logsumexp_bwd)",
+    )
+    p.add_argument(
+        "--dtypes",
+        help="dtypes (--tune: float32,float64; --cross-entropy and --device cuda: float32,bfloat16; the sweep "
+        "runs float32)",
+    )
     p.add_argument("--algorithms", help=f"twopass algorithms (default: {','.join(_plan.ALGORITHMS)})")
-    p.add_argument("--sizes", help="rows N (e.g. 4K,16M) and batches RxN (e.g. 4096x4096); default: the sweep")
+    p.add_argument(
+        "--sizes",
+        help="rows N (e.g. 4K,16M) and batches RxN (e.g. 4096x4096); --cross-entropy and --distributed: "
+        "ROWSxCLASSES (default: each mode's shapes)",
+    )
     p.add_argument(
         "--peers", help=f"peers to run (default: every installed one of {','.join(p.name for p in _peers.PEERS)})"
     )
@@ -45,22 +103,49 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench_results", help="directory for the JSON and PNGs (default: bench_results)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
     p.add_argument("--no-peers", action="store_true", help="twopass only")
-    p.add_argument(
-        "--tune",
-        action="store_true",
-        help="only that: does algorithm='auto' lose? softmax and log_softmax, float32 and float64, rows 1K..64M "
-        "and the batches, hot (same buffers) and cold (buffers cycled over > 2x L3): two_pass, three_pass_reload "
-        "and auto, alternating, and auto / the faster of the two per cell (--quick: 8 shapes, ~3 minutes; "
-        "full: ~15-20 minutes); JSON to --out",
-    )
     p.add_argument("--tune-out", help="the JSON file --tune writes (default: OUT/tune-DATE.json)")
+    p.add_argument("--no-torch-compile", action="store_true", help="--cross-entropy: leave torch.compile out")
     p.add_argument(
-        "--cross-entropy",
+        "--variants",
         action="store_true",
-        help="the fused cross-entropy (forward + backward) against torch eager and compiled, with memory (only that)",
+        help="--cross-entropy --device cuda: also label smoothing, z-loss, soft-cap, class weights and ignored "
+        "rows, on the middle shape",
     )
-    p.add_argument("--plot-only", metavar="JSON", help="redraw the plots of a saved run, and print its tables")
+    p.add_argument("--sweep", action="store_true", help="--device cuda: also time other Triton launcher settings")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="--device cuda, no GPU needed: build every kernel variant the benchmark would launch for sm_90 "
+        "offline; registers, spills, shared memory, 16-byte accesses, ex2 count",
+    )
+    p.add_argument("--compile-dir", default="/tmp/twopass_cubins", help="--compile: where the cubins go")
+    p.add_argument("--worlds", help="--distributed: rank counts (default 2,4; --quick: 2)")
     return p
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    """Which mode the options select (a key of MODE_OPTIONS)."""
+    if args.plot_only:
+        return "--plot-only"
+    if args.tune:
+        return "--tune"
+    if args.distributed:
+        return "--distributed"
+    if args.cross_entropy:
+        return "--cross-entropy --device cuda" if args.device == "cuda" else "--cross-entropy"
+    return "--device cuda" if args.device == "cuda" else "the CPU sweep"
+
+
+def check_options(args: argparse.Namespace, mode: str) -> None:
+    """ValueError for an option the mode does not read (given: not at its default)."""
+    defaults = vars(parser().parse_args([]))
+    given = [k for k, v in vars(args).items() if v != defaults[k]]
+    stray = [k for k in given if k not in MODE_OPTIONS[mode]]
+    if args.device == "cuda" and mode in ("the CPU sweep", "--tune", "--plot-only"):
+        stray = [*stray, "device"]  # (the sweep with --device cuda is the cuda mode: this is --tune)
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") + (" cuda" if k == "device" else "") for k in stray)
+        raise ValueError(f"{flags}: not an option of {mode} (python -m twopass bench --help)")
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -142,32 +227,34 @@ def main(argv: list[str]) -> int:
     if not console.is_terminal:  # a file or a pipe: wide enough for the tables, unwrapped
         console = Console(width=max(console.width, 140))
     try:
-        if args.plot_only:
+        mode = mode_of(args)
+        check_options(args, mode)
+        if mode == "--plot-only":
             return _plot_only(console, Path(args.plot_only), args)
-        if args.tune:
+        if mode == "--tune":
             return _tune(console, args, argv)
-        if args.dtypes:
-            raise ValueError("--dtypes is a --tune option (the sweep runs float32)")
-        if args.cross_entropy:
-            from . import _cross_entropy
-
-            threads = [int(v) for v in _split(args.threads)] if args.threads else sorted({1, os.cpu_count() or 1})
-            _cross_entropy.run(args.quick, threads, Path(args.out), console, argv)
-            return 0
+        if mode == "--cross-entropy":
+            return _cross_entropy_cpu(console, args, argv)
+        if mode in ("--device cuda", "--cross-entropy --device cuda"):
+            return _cuda_mode(console, args, argv, cross_entropy=args.cross_entropy)
+        if mode == "--distributed":
+            return _distributed(console, args, argv)
         cfg, budget = resolve(args)
+    except ImportError as e:  # torch or triton missing: a precondition, said plainly
+        console.print(f"[red]error:[/red] {mode_of(args)} needs a package that is not installed: {e}")
+        return 2
     except (ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
     doc = run(cfg, budget, console, argv, peer_names=_split(args.peers))
-    stem = f"bench-{doc['date'].replace(':', '').replace('T', '-')}"
     out = Path(args.out)
-    path = out / f"{stem}.json"
-    _report.write_json(doc, path)
+    path = _report.save(doc, out, "bench")
     _report.print_report(console, doc)
     console.print(f"JSON: {path}")
     if not args.no_plots:
         from . import _plots
 
+        stem = path.stem
         for p in _plots.draw_all(doc, out, stem):
             console.print(f"plot: {p}")
     console.print(f"total time: {doc['elapsed_s']:.0f} s")
@@ -184,7 +271,7 @@ def run(
     from ._run import Runner
 
     t_start = time.perf_counter()
-    load_before = _load_warning(console)
+    load_before = _report.load_warning(console)
     info = twopass.info()
     caches = info["caches"]
     peers, notes = _peers.available(peer_names) if cfg.peers else ([], [])
@@ -201,15 +288,12 @@ def run(
         notes=notes,
     )
     total = sum(len(c) for c in cases.values())
-    with _progress(console, total, width=48) as advance:
+    with _report.progress(console, total, width=48) as advance:
         runner.run(cases, advance)
     bs = _analysis.annotate(runner.records, caches)
     return {
-        "schema": "twopass-bench/1",
-        "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": "python -m twopass bench " + " ".join(argv),
+        **_report.header("twopass-bench/1", argv, info),
         "dtype": cfg.dtype,
-        "machine": info,
         "versions": _peers.versions() | {"twopass": info["versions"]["twopass"]},
         "config": {
             "shapes": [list(s) for s in cfg.shapes],
@@ -232,52 +316,40 @@ def run(
         "bounds": _report.bounds_table(runner.records, bs),
         "results": runner.records,
         "notes": runner.notes,
-        "load_average": {"before": load_before, "after": _loadavg()},
+        "load_average": {"before": load_before, "after": _report.loadavg()},
         "elapsed_s": time.perf_counter() - t_start,
     }
 
 
-@contextlib.contextmanager
-def _progress(console: Any, total: int, width: int) -> Iterator[Callable[[str], None]]:
-    """A transient progress bar; yields advance(what): one step done, `what` next."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("bench", total=total)
-
-        def advance(what: str) -> None:
-            progress.update(task, description=what)
-            progress.advance(task)
-
-        yield advance
-
-
-def _loadavg() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def _load_warning(console: Any) -> float | None:
-    """Other busy processes skew timings, multi-threaded ones most (a thread waiting at a
-    barrier for a descheduled sibling): say so, and record the load with the results."""
-    load = _loadavg()
-    if load is not None and load > 0.5:
-        console.print(
-            f"[yellow]warning:[/yellow] load average {load:.2f} before the run: other processes are "
-            f"busy; timings (multi-threaded ones most) will suffer"
-        )
-    return load
-
-
 def _plot_only(console: Any, path: Path, args: argparse.Namespace) -> int:
-    from . import _plots
+    """Any mode's saved JSON: its tables again; the sweep's also its plots."""
+    doc = _report.load(path)
+    schema = doc["schema"].split("/")[0]
+    printers = {
+        "twopass-tune": "_tune",
+        "twopass-bench-ce": "_cross_entropy",
+        "twopass-bench-cuda": "_softmax_cuda",
+        "twopass-bench-ce-cuda": "_cross_entropy_cuda",
+        "twopass-bench-distributed": "_distributed",
+    }
+    if schema == "twopass-bench-compile":
+        from ._cuda import print_compile_report
 
-    doc = json.loads(path.read_text())
+        print_compile_report(console, doc)
+        return 0
+    if schema in printers:
+        import importlib
+
+        importlib.import_module(f"{__package__}.{printers[schema]}").print_report(console, doc)
+        return 0
+    if schema != "twopass-bench":
+        raise ValueError(f"{path}: schema {doc['schema']!r} is not one this version reads")
     _analysis.ratios(doc["results"])  # with this version's definitions (older runs lack "twopass auto")
     _report.print_report(console, doc)
+    if args.no_plots:
+        return 0
+    from . import _plots
+
     out = Path(args.out) if args.out != parser().get_default("out") else path.parent
     for p in _plots.draw_all(doc, out, path.stem):
         console.print(f"plot: {p}")
@@ -303,14 +375,14 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
     budget = _fixed_repeats(_tune.QUICK_BUDGET if args.quick else _tune.FULL_BUDGET, args.repeats)
     caches = _dispatch.cache_sizes()
     t0 = time.perf_counter()
-    load_before = _load_warning(console)
-    with _progress(console, len(dtypes) * len(shapes) * len(threads) * len(ops) * 2, width=56) as advance:
+    load_before = _report.load_warning(console)
+    with _report.progress(console, len(dtypes) * len(shapes) * len(threads) * len(ops) * 2, width=56) as advance:
         rounds = _tune.TUNE_ROUNDS if args.quick else _tune.FULL_ROUNDS
         cells = _tune.run(shapes, dtypes, ops, threads, isa, budget, caches, advance, rounds)
     doc = _tune.document(
         cells,
         isa=isa,
-        command="python -m twopass bench " + " ".join(argv),
+        argv=argv,
         shapes=shapes,
         dtypes=dtypes,
         ops=ops,
@@ -318,15 +390,119 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
         budget=budget,
         rounds=rounds,
         elapsed_s=time.perf_counter() - t0,
-        load_average={"before": load_before, "after": _loadavg()},
+        load_average={"before": load_before, "after": _report.loadavg()},
     )
     _tune.print_report(console, doc)
-    stem = f"tune-{doc['date'].replace(':', '').replace('T', '-')}"
-    path = Path(args.tune_out) if args.tune_out else Path(args.out) / f"{stem}.json"
-    _report.write_json(doc, path)
+    if args.tune_out:
+        path = Path(args.tune_out)
+        _report.write_json(doc, path)
+    else:
+        path = _report.save(doc, Path(args.out), "tune")
     console.print(f"JSON: {path}")
     console.print(f"total time: {doc['elapsed_s']:.0f} s")
     return 0
+
+
+def _sizes_2d(args: argparse.Namespace, default) -> list[tuple[int, int]]:
+    """--sizes as ROWSxCLASSES shapes (the --cross-entropy and --distributed modes)."""
+    if not args.sizes:
+        return [tuple(s) for s in default]
+    shapes = [_plan.parse_size(s) for s in _split(args.sizes) or []]
+    bad = [_plan.format_shape(s) for s in shapes if len(s) != 2]
+    if bad or not shapes:
+        raise ValueError(f"--sizes: ROWSxCLASSES shapes, e.g. 4096x32000 (got {', '.join(bad) or 'none'})")
+    return shapes
+
+
+def _finish(console: Any, doc: dict[str, Any], args: argparse.Namespace, stem: str, report, failed=()) -> int:
+    """What every mode ends with: its tables, its JSON, the time; exit 1 if a check failed."""
+    report(console, doc)
+    path = _report.save(doc, Path(args.out), stem)
+    console.print(f"JSON: {path}")
+    if "elapsed_s" in doc:
+        console.print(f"total time: {doc['elapsed_s']:.0f} s")
+    if failed:
+        console.print(f"[red]error:[/red] {len(failed)} result(s) disagree with the reference: {'; '.join(failed)}")
+        return 1
+    return 0
+
+
+def _cross_entropy_cpu(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
+    from . import _cross_entropy as ce
+
+    threads = _threads(args)
+    dtypes = _choose(_split(args.dtypes), ce.DTYPES, ce.DTYPES, "--dtypes")
+    shapes = _sizes_2d(args, ce.QUICK_SHAPES if args.quick else ce.SHAPES)
+    repeats = args.repeats or (5 if args.quick else 7)
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    doc = ce.run(
+        console,
+        argv,
+        shapes=shapes,
+        dtypes=dtypes,
+        threads=threads,
+        repeats=repeats,
+        torch_compile=not args.no_torch_compile,
+    )
+    return _finish(console, doc, args, "bench-ce", ce.print_report)
+
+
+def _cuda_mode(console: Any, args: argparse.Namespace, argv: list[str], cross_entropy: bool) -> int:
+    """--device cuda: the softmax family (_softmax_cuda) or, with --cross-entropy, the loss
+    (_cross_entropy_cuda); --compile: their kernels built for sm_90, no GPU needed."""
+    from . import _cross_entropy_cuda, _cuda, _softmax_cuda
+
+    mod = _cross_entropy_cuda if cross_entropy else _softmax_cuda
+    dev = _cuda.open_device(compile_only=args.compile)
+    dtypes = _choose(_split(args.dtypes), mod.DTYPES, mod.DTYPES, "--dtypes")
+    if args.compile:
+        if args.quick or args.sizes or args.sweep or args.variants:
+            raise ValueError("--compile builds the default shapes' kernels: no --quick, --sizes, --sweep, --variants")
+        if cross_entropy:
+            doc = mod.compile_report(argv, dtypes, Path(args.compile_dir))
+        else:
+            ops = _choose(_split(args.ops), mod.OPS, mod.OPS, "--ops")
+            doc = mod.compile_report(argv, ops, dtypes, Path(args.compile_dir))
+        return _finish(console, doc, args, "compile", _cuda.print_compile_report)
+    if cross_entropy:
+        shapes = _sizes_2d(
+            args, mod.INTERPRET_SHAPES if dev.interpret else mod.QUICK_SHAPES if args.quick else mod.SHAPES
+        )
+        doc = mod.run(
+            dev,
+            console,
+            argv,
+            shapes=shapes,
+            dtypes=dtypes,
+            variants=args.variants,
+            sweep=args.sweep,
+            torch_compile=not args.no_torch_compile,
+        )
+        return _finish(console, doc, args, "bench-ce-cuda", mod.print_report, mod.failures(doc))
+    ops = _choose(_split(args.ops), mod.OPS, mod.OPS, "--ops")
+    if args.sizes:
+        shapes = mod.shapes_from_sizes([_plan.parse_size(s) for s in _split(args.sizes) or []])
+    else:
+        shapes = mod.INTERPRET_SHAPES if dev.interpret else mod.QUICK_SHAPES if args.quick else mod.SHAPES
+    doc = mod.run(dev, console, argv, shapes=shapes, ops=ops, dtypes=dtypes, sweep=args.sweep)
+    return _finish(console, doc, args, "bench-cuda", mod.print_report, mod.failures(doc))
+
+
+def _distributed(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
+    from . import _distributed as dd
+
+    default = dd.QUICK_WORLDS if args.quick else dd.WORLDS
+    try:
+        worlds = [int(w) for w in _split(args.worlds) or []] if args.worlds else list(default)
+    except ValueError:
+        raise ValueError("--worlds: rank counts, e.g. 2,4") from None
+    shapes = _sizes_2d(args, dd.QUICK_SHAPES if args.quick else dd.SHAPES)
+    repeats = args.repeats or (dd.QUICK_REPEATS if args.quick else dd.REPEATS)
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    doc = dd.run(console, argv, worlds=worlds, shapes=shapes, repeats=repeats, device=args.device)
+    return _finish(console, doc, args, "bench-distributed", dd.print_report)
 
 
 if __name__ == "__main__":

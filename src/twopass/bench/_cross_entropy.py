@@ -1,31 +1,33 @@
-"""`python -m twopass bench --cross-entropy`: the fused loss against torch, on the CPU.
+"""`python -m twopass bench --cross-entropy` (--device cpu, the default): the fused loss
+against torch, on the CPU. (On CUDA: _cross_entropy_cuda.)
 
-For each shape and dtype, forward + backward of the mean cross-entropy (the training
+The cases are SHAPES (QUICK_SHAPES with --quick; --sizes RxC) x DTYPES x VARIANTS x thread
+counts. For each shape and dtype, forward + backward of the mean cross-entropy (the training
 step's loss), medians of repeats after a warm-up, in one process:
 - twopass: `twopass.torch.cross_entropy` (gradient computed in the forward, streamed),
   and with `inplace_backward=True` (the gradient over the logits);
 - torch eager: `torch.nn.functional.cross_entropy`; torch.compile of the same (inductor;
-  reported as unavailable when it fails to build); Liger-Kernel when importable (it
-  needs a CUDA device, so on a CPU it is reported as not installed);
+  reported as unavailable, with the error, when it fails to build); Liger-Kernel needs a
+  CUDA device: n/a here;
 - the bound: one read and one write of the logits at the streaming-copy bandwidth,
   measured in the same run over buffers of the same size.
 Peak extra memory per variant (beyond the inputs) is measured in a fresh subprocess
 from the process's peak resident size (Linux: VmHWM, reset through
-/proc/self/clear_refs), since torch's CPU allocator is not traced.
+/proc/self/clear_refs), since torch's CPU allocator is not traced; where that fails,
+the note says why.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from . import _report
 
 SHAPES = ((2048, 32000), (1024, 128256))
 QUICK_SHAPES = ((2048, 32000),)
@@ -44,8 +46,12 @@ def _inputs(shape, dtype: str, seed: int = 0):
     return x, t
 
 
-def _step(variant: str, x, t) -> Callable[[], Any] | None:
-    """One forward + backward, as a closure; None when the variant is unavailable."""
+class Unavailable(Exception):
+    """A peer that cannot run here (why: the message); reported in the table's notes."""
+
+
+def _step(variant: str, x, t) -> Callable[[], Any]:
+    """One forward + backward, as a closure; Unavailable when the variant cannot run here."""
     import torch
     import torch.nn.functional as F
 
@@ -74,8 +80,8 @@ def _step(variant: str, x, t) -> Callable[[], Any] | None:
         fn = torch.compile(lambda a, b: F.cross_entropy(a, b))
         try:
             fn(leaf, t).backward()
-        except Exception:  # noqa: BLE001 - inductor needs a working C++ toolchain
-            return None
+        except Exception as e:  # noqa: BLE001 - inductor needs a working C++ toolchain
+            raise Unavailable(f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}") from e
 
         def run():
             fn(leaf, t).backward()
@@ -83,13 +89,8 @@ def _step(variant: str, x, t) -> Callable[[], Any] | None:
 
         return run
     if variant == "liger":
-        try:
-            from liger_kernel.transformers import LigerCrossEntropyLoss  # noqa: F401
-        except ImportError:
-            return None
-        if x.device.type != "cuda":
-            return None
-    return None
+        raise Unavailable("Liger-Kernel runs on CUDA only (--device cuda)")
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
 def _inplace_step(x, t) -> Callable[[], Any]:
@@ -153,8 +154,6 @@ def status(key):
             return int(line.split()[1]) * 1024
 x, t = _inputs({shape!r}, {dtype!r})
 fn = _step({variant!r}, x, t)
-if fn is None:
-    print("nan"); raise SystemExit
 fn()  # imports, thread pools, compiled code: not the step's memory
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak (VmHWM) to the current resident size
@@ -164,69 +163,80 @@ print(status("VmHWM:") - before)
 """
 
 
-def _peak_extra_bytes(variant: str, shape, dtype: str, threads: int) -> float | None:
+def _peak_extra_bytes(variant: str, shape, dtype: str, threads: int) -> float:
+    """Raises RuntimeError with the subprocess's error when it fails."""
     code = _MEM_SNIPPET.format(path=sys.path, threads=threads, shape=tuple(shape), dtype=dtype, variant=variant)
-    try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
-        v = float(out.stdout.strip().splitlines()[-1])
-        return None if v != v else v
-    except (subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"exit {out.returncode}: {out.stderr.strip()[-300:]}")
+    return float(lines[-1])
 
 
-def run(quick: bool, threads: list[int], out_dir: Path, console: Any, argv: list[str]) -> dict[str, Any]:
+def run(
+    console: Any,
+    argv: list[str],
+    *,
+    shapes: list[tuple[int, int]],
+    dtypes: list[str],
+    threads: list[int],
+    repeats: int,
+    torch_compile: bool = True,
+) -> dict[str, Any]:
     import torch
 
     import twopass
 
-    shapes = QUICK_SHAPES if quick else SHAPES
-    repeats = 5 if quick else 7
+    variants = [v for v in VARIANTS if torch_compile or v != "torch_compile"]
     rows = []
+    notes: list[str] = []
     t_start = time.perf_counter()
-    for th in threads:
-        torch.set_num_threads(th)
-        os.environ["TWOPASS_NUM_THREADS"] = str(th)
-        twopass._dispatch.default_threads.cache_clear()
-        for shape in shapes:
-            for dtype in DTYPES:
-                x, t = _inputs(shape, dtype)
-                logit_bytes = x.numel() * x.element_size()
-                bound = _copy_bound_s(logit_bytes, th, repeats)
-                row = {"threads": th, "shape": list(shape), "dtype": dtype, "bound_s": bound, "variants": {}}
-                for v in VARIANTS:
-                    console.print(f"  {th}t {shape[0]}x{shape[1]} {dtype} {v}", end="\r")
-                    fn = _step(v, x, t)
-                    if fn is None:
-                        row["variants"][v] = None
-                        continue
-                    s = _median_s(fn, repeats)
-                    mem = _peak_extra_bytes(v, shape, dtype, th) if th == threads[-1] and v in MEMORY_VARIANTS else None
-                    row["variants"][v] = {"median_s": s, "of_bound": bound / s, "peak_extra_bytes": mem}
-                rows.append(row)
-                del x, t
-    doc = {
-        "schema": "twopass-bench-ce/1",
-        "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": "python -m twopass bench " + " ".join(argv),
-        "machine": twopass.info(),
-        "definitions": {
+    with _report.progress(console, len(threads) * len(shapes) * len(dtypes) * len(variants)) as advance:
+        for th in threads:
+            torch.set_num_threads(th)
+            os.environ["TWOPASS_NUM_THREADS"] = str(th)
+            twopass._dispatch.default_threads.cache_clear()
+            for shape in shapes:
+                for dtype in dtypes:
+                    x, t = _inputs(shape, dtype)
+                    logit_bytes = x.numel() * x.element_size()
+                    bound = _copy_bound_s(logit_bytes, th, repeats)
+                    row = {"threads": th, "shape": list(shape), "dtype": dtype, "bound_s": bound, "variants": {}}
+                    for v in variants:
+                        advance(f"{th}t {shape[0]}x{shape[1]} {dtype} {v}")
+                        try:
+                            fn = _step(v, x, t)
+                        except Unavailable as e:
+                            row["variants"][v] = None
+                            if f"{v}: {e}" not in notes:
+                                notes.append(f"{v}: {e}")
+                            continue
+                        s = _median_s(fn, repeats)
+                        mem = None
+                        if th == threads[-1] and v in MEMORY_VARIANTS:
+                            try:
+                                mem = _peak_extra_bytes(v, shape, dtype, th)
+                            except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
+                                notes.append(f"peak memory of {v} {shape[0]}x{shape[1]} {dtype} not measured: {e}")
+                        row["variants"][v] = {"median_s": s, "of_bound": bound / s, "peak_extra_bytes": mem}
+                    rows.append(row)
+                    del x, t
+    doc = _report.header("twopass-bench-ce/1", argv, twopass.info())
+    doc.update(
+        definitions={
             "step": "forward + backward of the mean cross-entropy, 1/7 of the rows ignored",
             "bound": "one read + one write of the logits at the streaming-copy bandwidth of the same run",
             "of_bound": "bound time / measured time (1 = at the bound)",
             "peak_extra_bytes": "peak resident size during one step minus before it, fresh process",
         },
-        "results": rows,
-        "elapsed_s": time.perf_counter() - t_start,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"bench-ce-{doc['date'].replace(':', '').replace('T', '-')}.json"
-    path.write_text(json.dumps(doc, indent=1))
-    print_table(console, doc)
-    console.print(f"JSON: {path}")
+        results=rows,
+        notes=notes,
+        elapsed_s=time.perf_counter() - t_start,
+    )
     return doc
 
 
-def print_table(console: Any, doc: dict[str, Any]) -> None:
+def print_report(console: Any, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     tab = Table(title="cross-entropy, forward + backward (CPU)")
@@ -256,3 +266,5 @@ def print_table(console: Any, doc: dict[str, Any]) -> None:
         )
     console.print(tab)
     console.print("extra memory: twopass / twopass_inplace / torch eager; (%) = share of the one-read-one-write bound")
+    for n in doc.get("notes", []):
+        console.print(f"note: {n}")

@@ -19,6 +19,11 @@ from functools import cache
 
 import numpy as np
 
+# The NumPy API's internals the benchmark calls: imported here only, the rest of the
+# bench takes them from this module.
+from twopass._dispatch import ALGO_CODES, OP_CODES
+from twopass._softmax import auto_algorithm, compute  # noqa: F401 - auto_algorithm: used by _analysis
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -157,15 +162,8 @@ def _split(fn: Callable[..., object], arrays: Sequence[np.ndarray], threads: int
     return run
 
 
-def _core_probe(name: str) -> Callable[..., object] | None:
-    """The C++ probes (csrc/driver.cpp: read_pass, copy_pass), when this build has them."""
-    from twopass import _core
-
-    return getattr(_core, name, None)
-
-
-def probe_calls(kind: str, sets: list[BufferSet], threads: int, isa: str) -> list[Callable[[], object]] | None:
-    """Calls of one probe over each set, or None when this build lacks it.
+def probe_calls(kind: str, sets: list[BufferSet], threads: int, isa: str) -> list[Callable[[], object]]:
+    """Calls of one probe over each set (the C++ ones: csrc/driver.cpp's read_pass, copy_pass).
 
     read_numpy:   np.maximum.reduce (one read; float max vectorises and is cheaper
                   than a float sum, whose pairwise summation is compute bound on one core)
@@ -174,7 +172,7 @@ def probe_calls(kind: str, sets: list[BufferSet], threads: int, isa: str) -> lis
     copy_twopass: twopass's C++ copy pass, normal stores
     copy_stream:  twopass's C++ copy pass with streaming (non-temporal) stores
     """
-    from twopass import _dispatch
+    from twopass import _core, _dispatch
 
     if kind == "read_numpy":
         return [_split(np.maximum.reduce, [s.x], threads) for s in sets]
@@ -182,13 +180,11 @@ def probe_calls(kind: str, sets: list[BufferSet], threads: int, isa: str) -> lis
         return [_split(lambda a, b: np.copyto(b, a), [s.x, s.y], threads) for s in sets]
     code = _dispatch.isa_code(isa)
     if kind == "read_twopass":
-        fn = _core_probe("read_pass")
-        return None if fn is None else [lambda s=s: fn(_as_f32(s.x), code, threads) for s in sets]
-    fn = _core_probe("copy_pass")
-    if fn is None:
-        return None
+        return [lambda s=s: _core.read_pass(_as_f32(s.x), code, threads) for s in sets]
+    if kind not in ("copy_twopass", "copy_stream"):
+        raise ValueError(f"unknown probe {kind!r}; known: {', '.join(PROBES)}")
     stream = kind == "copy_stream"
-    return [lambda s=s: fn(_as_f32(s.x), _as_f32(s.y), code, threads, stream) for s in sets]
+    return [lambda s=s: _core.copy_pass(_as_f32(s.x), _as_f32(s.y), code, threads, stream) for s in sets]
 
 
 def _as_f32(a: np.ndarray) -> np.ndarray:
@@ -216,11 +212,10 @@ def output_of(op: str, s: BufferSet) -> np.ndarray:
 
 
 def twopass_calls(op: str, algorithm: str, isa: str, threads: int, sets: list[BufferSet]) -> list[Callable[[], object]]:
-    """twopass._softmax.compute, the function behind twopass.softmax & co., with out=. The
-    ISA a plain call would take is not named, so the call takes the path users' calls
-    take (the fast path for C-contiguous rows)."""
+    """`compute`, the function behind twopass.softmax & co., with out=. The ISA a plain
+    call would take is not named, so the call takes the path users' calls take (the
+    fast path for C-contiguous rows)."""
     from twopass import _dispatch
-    from twopass._softmax import compute
 
     isa_arg = None if isa == _dispatch.ISA else isa
     return [
@@ -229,43 +224,55 @@ def twopass_calls(op: str, algorithm: str, isa: str, threads: int, sets: list[Bu
     ]
 
 
+class KernelMismatch(RuntimeError):
+    """The bare C++ call and the public path disagree: the benchmark stops, not skips."""
+
+
 def kernel_calls(
     op: str, algorithm: str, isa: str, threads: int, sets: list[BufferSet]
 ) -> list[Callable[[], object]] | None:
-    """The C++ call alone, without the Python layer's checks, for C-contiguous rows:
-    what the kernel costs when the per-call overhead is not counted. Built against
-    `_core.run`'s argument list (csrc/module.cpp) and checked to give bit-identical
-    results to the public path; None if anything differs (then it is not measured)."""
-    try:
-        from twopass import _core, _dispatch, _softmax
+    """The C++ call alone, without the Python layer's checks: what the kernel costs when
+    the per-call overhead is not counted. Built against `_core.run`'s argument list
+    (csrc/module.cpp) and checked to give bit-identical results to the public path.
 
-        x0 = sets[0].x
-        if x0.ndim > 2 or not x0.flags.c_contiguous:
-            return None
-        rows, n = math.prod(x0.shape[:-1]), x0.shape[-1]
-        lse = op == "logsumexp"
-        ys_outer, ys_n = (1, 0) if lse else (n, 1)
-        args = (_dispatch.OP_CODES[op], _dispatch.ALGO_CODES[algorithm], _dispatch.isa_code(isa))
-        l3 = _dispatch.cache_sizes()["L3"]
+    None only where it does not apply (more than 2 dimensions, or rows that are not
+    C-contiguous). A failing call raises its exception; a result that differs from the
+    public path's raises KernelMismatch: a benchmark of a call that computes something
+    else would mean nothing."""
+    from twopass import _core, _dispatch
 
-        def call(s: BufferSet) -> None:
-            y = output_of(op, s)
-            stream = y.nbytes > l3  # the public path's rule for a distinct output
-            _core.run(*args, s.x, y, rows, n, 1, n, 1, ys_outer, ys_n, threads, stream)
-
-        expect = _softmax.compute(op, x0, algorithm=algorithm, threads=threads, isa=isa)
-        call(sets[0])
-        if not np.array_equal(expect, output_of(op, sets[0]), equal_nan=True):
-            return None
-        return [lambda s=s: call(s) for s in sets]
-    except Exception:  # noqa: BLE001 - an internal interface changed: skip, don't fail
+    x0 = sets[0].x
+    if x0.ndim > 2 or not x0.flags.c_contiguous:
         return None
+    rows, n = math.prod(x0.shape[:-1]), x0.shape[-1]
+    lse = op == "logsumexp"
+    ys_outer, ys_n = (1, 0) if lse else (n, 1)
+    args = (OP_CODES[op], ALGO_CODES[algorithm], _dispatch.isa_code(isa))
+    l3 = _dispatch.cache_sizes()["L3"]
+
+    def call(s: BufferSet) -> None:
+        y = output_of(op, s)
+        stream = y.nbytes > l3  # the public path's rule for a distinct output
+        _core.run(*args, s.x, y, rows, n, 1, n, 1, ys_outer, ys_n, threads, stream)
+
+    expect = compute(op, x0, algorithm=algorithm, threads=threads, isa=isa)
+    call(sets[0])
+    got = output_of(op, sets[0])
+    same = (expect == got) | (np.isnan(expect) & np.isnan(got))
+    if not same.all():
+        bad = np.flatnonzero(~same)
+        i = int(bad[0])
+        raise KernelMismatch(
+            f"{op} {algorithm} {isa} {threads} thread(s), shape {x0.shape}: _core.run differs from the public "
+            f"path at {bad.size} of {same.size} elements (first at flat index {i}: {got.flat[i]!r} != "
+            f"{expect.flat[i]!r}); has csrc/module.cpp's run() argument list changed?"
+        )
+    return [lambda s=s: call(s) for s in sets]
 
 
 def api_overhead_s(isa: str) -> float:
     """Median time of twopass.softmax on a 1-element row: the Python layer's cost per call."""
     from twopass import _dispatch
-    from twopass._softmax import compute
 
     x = np.zeros(1, dtype=np.float32)
     y = np.empty_like(x)

@@ -1,7 +1,7 @@
 """What the benchmark measures: shapes, traffic counts, cache regimes, and the case list.
 
-Everything that says how many bytes an algorithm moves lives in `TRAFFIC` below, taken
-from ALGORITHMS.md and checked against the passes of csrc/driver.cpp.
+Everything that says how many bytes an algorithm moves lives in `TRAFFIC` below: the
+passes each algorithm makes in csrc/driver.cpp (described in docs/algorithms.md).
 """
 
 from __future__ import annotations

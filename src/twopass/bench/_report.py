@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,8 @@ from ._analysis import Bound, Key
 BOUND_TEXT = (
     "bound = R x t_read + W x (t_copy - t_read): t_read, t_copy = fastest read and copy passes over the same "
     "buffers, same threads, same cache regime. GB/s = (R + W) x array bytes / median time; % = bound / time. "
-    "R, W = whole-array reads and writes the algorithm must make (ALGORITHMS.md); a batch out of cache whose "
+    "R, W = whole-array reads and writes the algorithm's passes make (two_pass 2R + 1W, three_pass_reload 3R + 2W; "
+    "docs/algorithms.md); a batch out of cache whose "
     "rows fit in half the L3 moves 1R + 1W whatever the algorithm."
 )
 
@@ -201,6 +206,71 @@ def bounds_table(records: list[dict[str, Any]], bs: dict[Key, Bound]) -> list[di
         {"shape": list(k[0]), "threads": k[1], "level": k[2], "nsets": nsets.get(k, 1), **b.as_dict()}
         for k, b in bs.items()
     ]
+
+
+# ----------------------------------------------------------------------------------
+# What every mode shares: the document's header, where it is saved, how it is read
+# back, the progress bar, the machine's load.
+# ----------------------------------------------------------------------------------
+def header(schema: str, argv: list[str], machine: dict[str, Any]) -> dict[str, Any]:
+    """The first keys of every results document (sweep, --tune, --cross-entropy, --device
+    cuda, --distributed): which kind, when, the command line, the machine."""
+    return {
+        "schema": schema,
+        "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": "python -m twopass bench " + " ".join(argv),
+        "machine": machine,
+    }
+
+
+def save(doc: dict[str, Any], out_dir: Path, stem: str) -> Path:
+    """Write `doc` to OUT/<stem>-<date>.json; returns the path."""
+    path = out_dir / f"{stem}-{doc['date'].replace(':', '').replace('T', '-')}.json"
+    write_json(doc, path)
+    return path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A saved results document (any mode), checked to be one."""
+    doc = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("twopass-"):
+        raise ValueError(f"{path}: not a results file of python -m twopass bench (no twopass-* schema)")
+    return doc
+
+
+@contextlib.contextmanager
+def progress(console: Any, total: int, width: int = 48) -> Iterator[Callable[[str], None]]:
+    """A transient progress bar; yields advance(what): one step done, `what` next."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(f"{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=total)
+
+        def advance(what: str) -> None:
+            bar.update(task, description=what)
+            bar.advance(task)
+
+        yield advance
+
+
+def loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warning(console: Any) -> float | None:
+    """Other busy processes skew timings, multi-threaded ones most (a thread waiting at a
+    barrier for a descheduled sibling): say so, and record the load with the results."""
+    load = loadavg()
+    if load is not None and load > 0.5:
+        console.print(
+            f"[yellow]warning:[/yellow] load average {load:.2f} before the run: other processes are "
+            f"busy; timings (multi-threaded ones most) will suffer"
+        )
+    return load
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:

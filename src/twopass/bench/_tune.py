@@ -20,7 +20,7 @@ Each cell is measured in two regimes:
 auto/best = time(auto) / min(time(two_pass), time(three_pass_reload)); the issue's bar is
 <= `LIMIT` in every cell. Which algorithm auto ran is found from its output, compared bit
 for bit with the two algorithms' outputs on the same input ("either" when both match,
-"neither" when none does), not from `_softmax`'s rule, whose signature may change. A cell over
+"neither" when none does), not from the library's rule, whose signature may change. A cell over
 the limit is a wrong pick when auto ran the algorithm that measured slower; else auto's
 own time is off (noise, or at the shortest rows the cost of the rule itself, a fraction
 of a microsecond per call). A cell over the limit is measured once more, all three
@@ -35,7 +35,6 @@ the package).
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import math
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _measure, _plan
+from . import _measure, _plan, _report
 
 TUNE_DTYPES = ("float32", "float64")
 TUNE_OPS = ("softmax", "log_softmax")
@@ -256,7 +255,7 @@ def document(
     cells: list[dict[str, Any]],
     *,
     isa: str,
-    command: str,
+    argv: list[str],
     shapes: Sequence[tuple[int, ...]],
     dtypes: Sequence[str],
     ops: Sequence[str],
@@ -270,10 +269,7 @@ def document(
     import twopass
 
     return {
-        "schema": "twopass-tune/2",
-        "date": dt.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": command,
-        "machine": twopass.info(),
+        **_report.header("twopass-tune/2", argv, twopass.info()),
         "isa": isa,
         "config": {
             "shapes": [list(s) for s in shapes],
