@@ -15,8 +15,9 @@
 //     back), and the cross-entropy's scratch rows (the softmax row the gradient is
 //     computed from; a bfloat16 gradient before it is narrowed);
 //   - kInPlace: pass 3 of the three-pass reload, rescaling pass 2's output where it
-//     lies (whatever part is still in cache is then free). Measured on a 64 MB row:
-//     streaming passes 2 and 3, 1.35x slower; streaming pass 3 only, 1.1x slower.
+//     lies (whatever part is still in cache is then free; measured on a 64 MB row:
+//     streaming passes 2 and 3, 1.35x slower; streaming pass 3 only, 1.1x slower),
+//     and a cross-entropy gradient written over the logits.
 // The mechanics (aligned addresses, the closing fence) are in kernels/loops.h,
 // write_row.
 #pragma once

@@ -36,8 +36,9 @@ template <class T> void extexp_one(T x, T* m, T* e) {
 // holding an integer). Adding terms m_i * 2^e_i: E' = max(E, e_i...);
 // S' = S * 2^(E - E') + sum m_i * 2^(e_i - E'). Along a row, one accumulator takes all
 // kUnroll registers per update (step_row: kUnroll + 1 scalings per kUnroll vectors,
-// instead of 2 per vector); across panel lanes each register is its own row. `Shifted` subtracts a per-row shift first (the rare redo of
-// rows outside the accurate domain); the common path pays nothing for it.
+// instead of 2 per vector); across panel lanes each register is its own row. `Shifted`
+// subtracts a per-row shift first (the rare redo of rows outside the accurate domain);
+// the common path pays nothing for it.
 template <class T, bool Shifted> struct TwoPassSumVisitor {
   using V = Vec<T>;
   using R = typename V::R;
@@ -350,7 +351,8 @@ template <class T, bool Panel> struct PassKernels {
     map<Panel>(g, v, stream);
   }
   static void two_pass_write(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
-    shift ? two_pass_write_impl<true>(g, shift, scale, E, stream) : two_pass_write_impl<false>(g, shift, scale, E, stream);
+    shift ? two_pass_write_impl<true>(g, shift, scale, E, stream)
+          : two_pass_write_impl<false>(g, shift, scale, E, stream);
   }
   static void max(const Group<T>& g, T* m) {
     MaxVisitor<T> v;
