@@ -86,9 +86,9 @@ template <class T> struct Algorithms {
   // Two-pass (extended exponent). `shift` (one per lane, or null for 0) is the row
   // maximum on a redo of a row outside the accurate domain.
   void two_pass(const Group<T>& g, T* lse, const T* shift) const {
-    const AxisSplit<T> ex = split(g);
-    TwoPassLanes<T> A;
-    ex.two_pass_sum(shift, A.sum, A.max);  // shift == nullptr: the common, unshifted kernel
+    const AxisSplit<T> axis = split(g);
+    TwoPassLanes<T> lane;
+    axis.two_pass_sum(shift, lane.sum, lane.max);  // shift == nullptr: the common, unshifted kernel
     // Accept a lane when its sum is finite and its largest exponent lies where the
     // reduction is exact and clamped elements are negligible (kernel_api.h, Numerics).
     constexpr double kLog2e = 1.4426950408889634;
@@ -96,42 +96,44 @@ template <class T> struct Algorithms {
     const double e_lo = std::ceil((-Numerics<T>::kAccurate + Numerics<T>::kMargin) * kLog2e);
     bool any_redo = false;
     for (int l = 0; l < g.lanes; ++l) {
-      const ScaledSum p{A.sum[l].value(), A.sum[l].E, 0.0};
-      A.redo[l] = !(std::isfinite(p.S) && p.S > 0 && p.E <= e_hi && p.E >= e_lo);
-      any_redo |= A.redo[l];
-      if (A.redo[l]) {
-        A.scale[l] = A.exp2[l] = A.hi[l] = A.lo[l] = 0;
+      const ScaledSum p{lane.sum[l].value(), lane.sum[l].E, 0.0};
+      lane.redo[l] = !(std::isfinite(p.S) && p.S > 0 && p.E <= e_hi && p.E >= e_lo);
+      any_redo |= lane.redo[l];
+      if (lane.redo[l]) {
+        lane.scale[l] = lane.exp2[l] = lane.hi[l] = lane.lo[l] = 0;
         continue;
       }
       // The row's lse = base + logs: base its maximum, logs = log(sum exp(x - base)) >= 0.
       double logs = 0;
       if (op != Op::kSoftmax || lse) {
         T mM, eM;
-        kernels.extexp(A.max[l], &mM, &eM);
-        logs = log_sum_rel_max(p, A.max[l], mM, eM);
+        kernels.extexp(lane.max[l], &mM, &eM);
+        logs = log_sum_rel_max(p, lane.max[l], mM, eM);
       }
-      const double base = (shift ? (double)shift[l] : 0.0) + (double)A.max[l];  // exact: max = 0 after a shift
+      const double base = (shift ? (double)shift[l] : 0.0) + (double)lane.max[l];  // exact: max = 0 after a shift
       if (op == Op::kSoftmax) {
         // y = m * (1/S) * 2^(e - E) with S normalised to [0.5, 1): m/S stays in about
         // [0.7, 2.9], which Pow2Scale::out needs to round into subnormals exactly once.
         int ex2;
         const double fr = std::frexp(p.S, &ex2);
-        A.scale[l] = (T)(1.0 / fr);
-        A.exp2[l] = (T)(p.E + ex2);
+        lane.scale[l] = (T)(1.0 / fr);
+        lane.exp2[l] = (T)(p.E + ex2);
         if (lse) lse[l] = (T)(base + logs);  // asked for alongside softmax (cross-entropy)
       } else if (op == Op::kLogSumExp) {
         lse[l] = (T)(base + logs);  // >= the maximum: logs >= 0 and rounding is monotone
       } else {  // log_softmax: y = (x - hi) - lo <= 0 with hi + lo = base + logs; no exp
-        split_sum(base, logs, A.hi[l], A.lo[l]);
+        split_sum(base, logs, lane.hi[l], lane.lo[l]);
       }
     }
     if (op == Op::kSoftmax)
-      ex.each([&](const Group<T>& c) { passes_for(c).two_pass_write(c, shift, A.scale, A.exp2, stream_final()); });
+      axis.each([&](const Group<T>& c) {
+        passes_for(c).two_pass_write(c, shift, lane.scale, lane.exp2, stream_final());
+      });
     else if (op == Op::kLogSoftmax)
-      ex.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, A.hi, A.lo, stream_final()); });
+      axis.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, lane.hi, lane.lo, stream_final()); });
     if (!any_redo) return;
     for (int l = 0; l < g.lanes; ++l) {
-      if (!A.redo[l]) continue;
+      if (!lane.redo[l]) continue;
       const Group<T> one = lane_of(g, l);
       const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
       T* lse1 = lse ? lse + l : nullptr;
@@ -154,58 +156,59 @@ template <class T> struct Algorithms {
   // The max-first algorithms: three-pass reload, three-pass recompute, online.
   // A NaN or infinite maximum makes the sum NaN, which sends the lane to the scan.
   void max_first(const Group<T>& g, T* lse) const {
-    const AxisSplit<T> ex = split(g);
-    MaxFirstLanes<T> A;
+    const AxisSplit<T> axis = split(g);
+    MaxFirstLanes<T> lane;
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
     if (algo == Algo::kOnline) {
-      ex.online(A.online_max, A.sum);
-      for (int l = 0; l < g.lanes; ++l) A.max[l] = (T)A.online_max[l];
+      axis.online(lane.online_max, lane.sum);
+      for (int l = 0; l < g.lanes; ++l) lane.max[l] = (T)lane.online_max[l];
     } else {
-      ex.max(A.max);
+      axis.max(lane.max);
       if (algo == Algo::kThreePassReload && op == Op::kSoftmax) {
         // Pass 2 stores exp(x - max) for pass 3 to read back (streaming_stores.h).
         const bool stream2 = use_streaming_stores(stream, Reuse::kReadAgain);
-        ex.sum([&](const Group<T>& c, double* out) { passes_for(c).exp_store_sum(c, A.max, out, stream2); }, A.sum);
+        axis.sum([&](const Group<T>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
+                 lane.sum);
         stored = true;
       } else {
-        ex.sum([&](const Group<T>& c, double* out) { passes_for(c).sumexp(c, A.max, out); }, A.sum);
+        axis.sum([&](const Group<T>& c, double* out) { passes_for(c).sumexp(c, lane.max, out); }, lane.sum);
       }
     }
     bool any_redo = false;
     for (int l = 0; l < g.lanes; ++l) {
-      const double s = A.sum[l];
-      A.redo[l] = !(std::isfinite(s) && s > 0 && std::isfinite(A.max[l]));
-      any_redo |= A.redo[l];
-      if (A.redo[l]) {
-        A.max[l] = A.inv_sum[l] = A.log_sum[l] = 0;
+      const double s = lane.sum[l];
+      lane.redo[l] = !(std::isfinite(s) && s > 0 && std::isfinite(lane.max[l]));
+      any_redo |= lane.redo[l];
+      if (lane.redo[l]) {
+        lane.max[l] = lane.inv_sum[l] = lane.log_sum[l] = 0;
         continue;
       }
       switch (op) {
         // s >= 1 (the maximum's own term is exp(0) = 1; the online rescaling may round
         // it just below): log_at_least_1 keeps log_softmax <= 0 and lse >= the maximum.
         case Op::kSoftmax:
-          A.inv_sum[l] = (T)(1.0 / s);
-          if (lse) lse[l] = (T)((double)A.max[l] + log_at_least_1(s));
+          lane.inv_sum[l] = (T)(1.0 / s);
+          if (lse) lse[l] = (T)((double)lane.max[l] + log_at_least_1(s));
           break;
-        case Op::kLogSoftmax: A.log_sum[l] = (T)log_at_least_1(s); break;
-        case Op::kLogSumExp: lse[l] = (T)((double)A.max[l] + log_at_least_1(s)); break;
+        case Op::kLogSoftmax: lane.log_sum[l] = (T)log_at_least_1(s); break;
+        case Op::kLogSumExp: lse[l] = (T)((double)lane.max[l] + log_at_least_1(s)); break;
       }
     }
     if (op == Op::kSoftmax && stored) {
-      ex.each([&](const Group<T>& c) {
+      axis.each([&](const Group<T>& c) {
         Group<T> cy = c;  // pass 3 reads what pass 2 wrote
         cy.x = c.y;
         cy.sx = c.sy;
-        passes_for(c).scale(cy, A.inv_sum, use_streaming_stores(stream, Reuse::kInPlace));
+        passes_for(c).scale(cy, lane.inv_sum, use_streaming_stores(stream, Reuse::kInPlace));
       });
     } else if (op == Op::kSoftmax) {
-      ex.each([&](const Group<T>& c) { passes_for(c).exp_scale(c, A.max, A.inv_sum, stream_final()); });
+      axis.each([&](const Group<T>& c) { passes_for(c).exp_scale(c, lane.max, lane.inv_sum, stream_final()); });
     } else if (op == Op::kLogSoftmax) {
-      ex.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, A.max, A.log_sum, stream_final()); });
+      axis.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, lane.max, lane.log_sum, stream_final()); });
     }
     if (!any_redo) return;
     for (int l = 0; l < g.lanes; ++l) {
-      if (!A.redo[l]) continue;
+      if (!lane.redo[l]) continue;
       const Group<T> one = lane_of(g, l);
       const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
       if (s.kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
@@ -217,7 +220,7 @@ template <class T> struct Algorithms {
 template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Problem& pb, int threads, bool stream) {
   const T* x = static_cast<const T*>(pb.x);
   T* y = static_cast<T*>(pb.y);
-  Algorithms<T> r{kernels, pb.op, pb.algo, stream};
+  Algorithms<T> alg{kernels, pb.op, pb.algo, stream};
   // Groups: rows (inner == 1) or panels of up to `lanes` columns of a non-last axis.
   const int max_lanes = pb.inner == 1 ? 1 : pb.panel_lanes;
   const int64_t per_outer = (pb.inner + max_lanes - 1) / max_lanes;
@@ -248,10 +251,10 @@ template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Proble
   threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinPerThread));
   if (threads > 1 && groups < threads) {
     // Few long groups: split each along the axis; partial sums merge exactly.
-    r.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerChunk));
+    alg.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerChunk));
     for (int64_t gi = 0; gi < groups; ++gi) {
       auto [g, out] = group_at(gi);
-      r.run(g, out);
+      alg.run(g, out);
     }
     return;
   }
@@ -266,7 +269,7 @@ template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Proble
     if (!row_blocks) {
       for (int64_t gi = lo; gi < hi; ++gi) {
         auto [g, out] = group_at(gi);
-        r.run(g, out);
+        alg.run(g, out);
       }
       return;
     }
@@ -280,7 +283,7 @@ template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Proble
       for (int64_t i = 0; i < k; ++i) {
         if (!redo[i]) continue;
         auto [g, out] = group_at(b + i);
-        r.run(g, out);
+        alg.run(g, out);
       }
     }
   });
