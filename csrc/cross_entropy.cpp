@@ -3,16 +3,23 @@
 // Each thread takes whole rows. Per row: the soft-capped copy (when asked), the target
 // logit and the label-smoothing sum, then either logsumexp (loss only: one pass) or the
 // softmax with its lse into a scratch row (one pass over memory, the rest from cache),
-// and the gradient from that scratch row into the output (streaming stores when it is
-// not the logits themselves: no read-for-ownership of lines never read). A row of the large-vocabulary losses this is for
-// (32K-256K classes) fits in L2 or L3, so the logits are read from memory once.
+// and the gradient from that scratch row into the output (streaming stores when asked
+// and it is not the logits themselves: streaming_stores.h). A row of the
+// large-vocabulary losses this is for (32K-256K classes) fits in L2 or L3, so the
+// logits are read from memory once.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
 
-#include "driver.h"
+#include "cross_entropy.h"
+
+#include "dispatch.h"
+#include "kernel_api.h"
+#include "softmax.h"
+#include "streaming_stores.h"
+#include "threads.h"
 
 namespace tp {
 namespace {
@@ -37,8 +44,8 @@ template <class T> double huge_row_ce(const T* x, const T* w, int64_t n, int64_t
 }
 
 template <class T>
-void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, const CeRow<T>& ce, Isa isa, int64_t lo,
-             int64_t hi) {
+void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T>& passes,
+             const CrossEntropyRowKernels<T>& ce, Isa isa, int64_t lo, int64_t hi) {
   // bfloat16 rows (T = float) are widened into `wide` and their gradient narrowed back.
   const bool bf16 = pb.bf16;
   const T* x = static_cast<const T*>(pb.x);
@@ -81,8 +88,9 @@ void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, c
     if (gr && pb.algo == Algo::kThreePassReload) {
       T m;
       double s;
-      prims.max(Group<T>{src, nullptr, n, 1, 1, 1}, &m);
-      prims.exp_store_sum(Group<T>{src, p, n, 1, 1, 1}, &m, &s, false);
+      passes.max(Group<T>{src, nullptr, n, 1, 1, 1}, &m);
+      const bool stream_p = use_streaming_stores(pb.stream, Reuse::kReadAgain);  // p is read again
+      passes.exp_store_sum(Group<T>{src, p, n, 1, 1, 1}, &m, &s, stream_p);
       if ((done = std::isfinite(s) && s > 0 && std::isfinite(m))) lse = (double)m + std::log(s), inv_s = 1 / s;
     }
     if (!done) {
@@ -90,7 +98,7 @@ void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, c
       Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), src, gr ? (void*)p : (void*)&lse_t,
                  1, n, 1, n, 1, n, 1, 1};
       if (gr) sp.lse = &lse_t;
-      run(sp, isa, 1, false);
+      run(sp, isa, 1, use_streaming_stores(pb.stream, Reuse::kReadAgain));  // p is read again
       lse = (double)lse_t;
     }
     pb.lse[i] = lse;
@@ -126,7 +134,11 @@ void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, c
     const double c = pb.s_ce * eps / n, b = pb.s_ce * (1 - eps) * wt;
     const double pt = (double)p[t] * inv_s;
     const double inv_cap = capped ? 1.0 / pb.softcap : 0.0;
-    ce.finish(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, pb.stream && !bf16);
+    // bfloat16: gr is a scratch row, narrowed into the output after; grad == x: the
+    // gradient overwrites the logits just read.
+    const Reuse grad_reuse = bf16 ? Reuse::kReadAgain : pb.grad == pb.x ? Reuse::kInPlace : Reuse::kFinalOutput;
+    const bool stream = use_streaming_stores(pb.stream, grad_reuse);
+    ce.gradient(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, stream);
     const double dt = capped ? 1 - (xt * inv_cap) * (xt * inv_cap) : 1.0;
     gr[t] = (T)(((A * pt - c * wt) - b) * dt);
     if (bf16) K.f32_to_bf16((const float*)gr, gh + i * pb.gs, n);
@@ -137,7 +149,8 @@ void ce_rows(const CeProblem& pb, const KernelTable& K, const Prims<T>& prims, c
 // row's, known after the collective, so one pass: p = exp(x - lse) into a scratch row in
 // cache, then the gradient from it (streamed), then the owned target's term.
 template <class T>
-void ce_grad_rows(const CeGradProblem& pb, const Prims<T>& prims, const CeRow<T>& ce, int64_t lo, int64_t hi) {
+void ce_grad_rows(const CrossEntropyGradProblem& pb, const Passes<T>& passes, const CrossEntropyRowKernels<T>& ce,
+                  int64_t lo, int64_t hi) {
   const T* x = static_cast<const T*>(pb.x);
   T* grad = static_cast<T*>(pb.grad);
   const T* w = static_cast<const T*>(pb.weight);
@@ -152,15 +165,17 @@ void ce_grad_rows(const CeGradProblem& pb, const Prims<T>& prims, const CeRow<T>
       continue;
     }
     const T m = (T)pb.lse[i];
-    prims.exp_scale(Group<T>{x + i * pb.xs, p.data(), n, 1, 1, 1}, &m, &one, false);
-    ce.finish(p.data(), gr, nullptr, w, n, (T)pb.a[i], (T)pb.c[i], 0, pb.stream);
+    const bool stream_p = use_streaming_stores(pb.stream, Reuse::kReadAgain);
+    passes.exp_scale(Group<T>{x + i * pb.xs, p.data(), n, 1, 1, 1}, &m, &one, stream_p);
+    const bool stream_grad = use_streaming_stores(pb.stream, Reuse::kFinalOutput);
+    ce.gradient(p.data(), gr, nullptr, w, n, (T)pb.a[i], (T)pb.c[i], 0, stream_grad);
     if (t >= 0) gr[t] = (T)((double)gr[t] - pb.b[i]);
   }
 }
 
 }  // namespace
 
-void cross_entropy_grad(const CeGradProblem& pb, Isa isa, int threads) {
+void cross_entropy_grad(const CrossEntropyGradProblem& pb, Isa isa, int threads) {
   const KernelTable& K = kernels(isa);
   if (pb.rows == 0 || pb.n == 0) return;
   threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
@@ -173,7 +188,7 @@ void cross_entropy_grad(const CeGradProblem& pb, Isa isa, int threads) {
   });
 }
 
-void cross_entropy(const CeProblem& pb, Isa isa, int threads) {
+void cross_entropy(const CrossEntropyProblem& pb, Isa isa, int threads) {
   const KernelTable& K = kernels(isa);
   if (pb.rows == 0) return;
   threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));

@@ -1,5 +1,5 @@
-// Python binding (nanobind). The Python layer (src/twopass/_api.py) checks arguments and
-// lays the problem out; this only unpacks the arrays and releases the GIL.
+// Python binding (nanobind), and nothing else. The Python layer checks arguments and lays
+// the problem out; this only unpacks the arrays, checks the codes and releases the GIL.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -8,11 +8,20 @@
 #include <stdexcept>
 #include <string>
 
-#include "driver.h"
+#include "codes.h"
+#include "cross_entropy.h"
+#include "dispatch.h"
+#include "probes.h"
+#include "softmax.h"
 
 namespace nb = nanobind;
 
 namespace {
+
+// Codes from Python (codes.h): dense, 0 .. count - 1.
+bool valid_isa(int isa) { return isa >= 0 && isa < tp::kIsaCount; }
+bool valid_op(int op) { return op >= 0 && op < tp::kOpCount; }
+bool valid_algo(int algo) { return algo >= 0 && algo < tp::kAlgoCount; }
 
 int dtype_bytes(const nb::dlpack::dtype& dt) {
   if (dt == nb::dtype<float>()) return 4;
@@ -25,7 +34,7 @@ void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::
          int threads, bool stream) {
   const int bytes = dtype_bytes(x.dtype());
   if (dtype_bytes(y.dtype()) != bytes) throw nb::type_error("twopass: x and y must have the same dtype");
-  if (op < 0 || op > 2 || algo < 0 || algo > 3 || isa < 0 || isa > 3 || threads < 1 || outer < 0 || n < 0 || inner < 0)
+  if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || threads < 1 || outer < 0 || n < 0 || inner < 0)
     throw std::invalid_argument("twopass: bad problem description");
   tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, x.data(), y.data(), outer, n, inner,
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
@@ -73,8 +82,8 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
   if (grad && ((!bf16 && dtype_bytes(grad->dtype()) != bytes) || (int64_t)grad->shape(0) != rows ||
                (int64_t)grad->shape(1) != n || (rows > 0 && n > 1 && grad->stride(1) != 1)))
     bad("bad grad");
-  if (threads < 1 || algo < 0 || algo > 3 || isa < 0 || isa > 3) bad("bad arguments");
-  tp::CeProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),
+  if (threads < 1 || !valid_algo(algo) || !valid_isa(isa)) bad("bad arguments");
+  tp::CrossEntropyProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),
                    weight ? weight->data() : nullptr, weight_total, ignore_index, smoothing, z_coef, softcap,
                    s_ce, s_z, grad ? grad->data() : nullptr, grad && rows > 1 ? (int64_t)grad->stride(0) : n,
                    ce.data(), z.data(), lse.data(), (tp::Algo)algo, stream, bf16};
@@ -95,8 +104,8 @@ void cross_entropy_grad(int isa, nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cp
     if ((int64_t)k != rows) bad("per-row arrays must have one entry per row");
   if (dtype_bytes(grad.dtype()) != bytes || (int64_t)grad.shape(1) != n) bad("bad grad");
   if (weight && (dtype_bytes(weight->dtype()) != bytes || (int64_t)weight->shape(0) != n)) bad("bad weight");
-  if (threads < 1 || isa < 0 || isa > 3) bad("bad arguments");
-  tp::CeGradProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, lse.data(), a.data(), c.data(),
+  if (threads < 1 || !valid_isa(isa)) bad("bad arguments");
+  tp::CrossEntropyGradProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, lse.data(), a.data(), c.data(),
                        b.data(), target.data(), weight ? weight->data() : nullptr, grad.data(),
                        rows > 1 ? (int64_t)grad.stride(0) : n, stream};
   nb::gil_scoped_release release;
@@ -123,5 +132,18 @@ NB_MODULE(_core, m) {
         nb::arg("stream"));
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
-  m.def("panel_lanes", [](int isa, int bytes) { return tp::panel_lanes((tp::Isa)isa, bytes); });
+
+  // The codes of codes.h, as {name: code} dicts (ISAs worst to best).
+  nb::dict codes;
+#define TP_ADD_CODE(name, Enumerator, code) codes[#name] = code;
+  codes = nb::dict();
+  TP_ISA_LIST(TP_ADD_CODE)
+  m.attr("ISA_CODES") = codes;
+  codes = nb::dict();
+  TP_OP_LIST(TP_ADD_CODE)
+  m.attr("OP_CODES") = codes;
+  codes = nb::dict();
+  TP_ALGO_LIST(TP_ADD_CODE)
+  m.attr("ALGO_CODES") = codes;
+#undef TP_ADD_CODE
 }

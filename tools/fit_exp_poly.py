@@ -7,7 +7,7 @@ constant term pinned to 1 so exp(0) is exact. Coefficients are then rounded to t
 target precision and the error of the rounded polynomial is measured in float128-ish
 (numpy longdouble) against mpmath-free exp computed in longdouble.
 
-Run:  python tools/fit_exp_poly.py   (prints the C++ constants for csrc/exp_poly.h)
+Run:  python tools/fit_exp_poly.py   (prints the C++ constants for csrc/kernels/exp.h, ExpConst)
 """
 
 import numpy as np

@@ -16,11 +16,12 @@ from typing import Any
 
 from . import _core
 
-# Codes shared with csrc/driver.h (enum class Isa, Op, Algo); ISAs best last.
-ISA_CODES = {"scalar": 0, "avx2": 1, "avx512": 2, "neon": 3}
-OP_CODES = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}
-ALGO_CODES = {"two_pass": 0, "three_pass_reload": 1, "three_pass_recompute": 2, "online": 3}
-_ALL_ISAS = ("scalar", "avx2", "avx512", "neon")
+# The codes of the C++ core (csrc/codes.h, the one table of them), as {name: code}:
+# instruction sets (worst to best), operations and algorithms.
+ISA_CODES: dict[str, int] = dict(sorted(_core.ISA_CODES.items(), key=lambda item: item[1]))
+OP_CODES: dict[str, int] = dict(_core.OP_CODES)
+ALGO_CODES: dict[str, int] = dict(_core.ALGO_CODES)
+_ALL_ISAS = tuple(ISA_CODES)
 
 
 def isa_supported() -> list[str]:

@@ -1,10 +1,12 @@
-// Scalar stand-ins for the AVX-512F intrinsics that csrc/simd.h uses, with Intel's
-// semantics (SDM: VMAXPS returns the second operand when either is NaN; VSCALEFPS is
-// a * 2^floor(b), correctly rounded, subnormals included; VRNDSCALEPS with imm 8 rounds
-// to nearest even). Only for tests/native/kernel_check.cpp on CPUs without AVX-512:
-// simd.h's AVX-512 code, and so the kernels at 16 lanes, then run everywhere. It checks
-// the kernel logic at that width, not the silicon; a real AVX-512 run still has to
-// confirm the instructions (README, Instruction sets).
+// Scalar stand-ins for the AVX-512F intrinsics that csrc/kernels/simd/vec_avx512.h
+// uses, with Intel's semantics (SDM: VMAXPS returns the second operand when either is
+// NaN; VSCALEFPS is a * 2^floor(b), correctly rounded, subnormals included; VRNDSCALEPS
+// with imm 8 rounds to nearest even). Only for tests/native/kernel_check.cpp on CPUs
+// without AVX-512: run_avx512_emulated.sh force-includes this header (-include) into
+// the kernel sources it builds with TP_AVX512_EMULATE, so vec_avx512.h, and the kernels
+// at 16 lanes, run everywhere. It checks the kernel logic at that width, not the
+// silicon; a real AVX-512 run still has to confirm the instructions (README,
+// Instruction sets).
 #pragma once
 
 #include <cmath>

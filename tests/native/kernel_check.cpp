@@ -11,7 +11,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "../../csrc/driver.h"
+#include "../../csrc/codes.h"
+#include "../../csrc/cross_entropy.h"
+#include "../../csrc/dispatch.h"
+#include "../../csrc/softmax.h"
 
 namespace {
 
@@ -144,7 +147,7 @@ template <class T> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double ep
     if (t[i] >= 0) swt += weighted ? (double)w[t[i]] : 1.0;
   const double s_ce = 1 / swt, s_z = 1.0 / (rows - 1);
   std::vector<double> ce(rows), z(rows), lse(rows);
-  tp::CeProblem pb{(int)sizeof(T), x.data(), rows, n, n, t.data(), weighted ? w.data() : nullptr, W, -100, eps, zc,
+  tp::CrossEntropyProblem pb{(int)sizeof(T), x.data(), rows, n, n, t.data(), weighted ? w.data() : nullptr, W, -100, eps, zc,
                    cap, s_ce, s_z, g.data(), n, ce.data(), z.data(), lse.data(), algo, stream};
   tp::cross_entropy(pb, isa, 2);
   const double u = unit_roundoff<T>();

@@ -1,0 +1,69 @@
+// CPU feature detection and the kernel table per ISA.
+#include "dispatch.h"
+
+#include <stdexcept>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define TP_HAVE_X86 1
+#else
+#define TP_HAVE_X86 0
+#endif
+#if defined(__aarch64__)
+#define TP_HAVE_ARM64 1
+#else
+#define TP_HAVE_ARM64 0
+#endif
+
+namespace tp {
+namespace {
+
+// The ISAs CMakeLists.txt compiles on this architecture.
+const KernelTable* table_for(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return &tp_scalar::table();
+#if TP_HAVE_X86
+    case Isa::kAvx2: return &tp_avx2::table();
+    case Isa::kAvx512: return &tp_avx512::table();
+#endif
+#if TP_HAVE_ARM64
+    case Isa::kNeon: return &tp_neon::table();
+#endif
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return true;
+#if TP_HAVE_X86
+    // libgcc's checks include the OS's support for the wider registers (XGETBV).
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if defined(TP_AVX512_EMULATE)  // a check build whose AVX-512 intrinsics are emulated in C++
+    case Isa::kAvx512: return true;
+#else
+    case Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+#endif
+#endif
+#if TP_HAVE_ARM64
+    case Isa::kNeon: return true;  // Advanced SIMD is part of every AArch64 CPU
+#endif
+    default: return false;
+  }
+}
+
+bool isa_compiled(Isa isa) { return table_for(isa) != nullptr; }
+
+int panel_lanes(Isa isa, int dtype_bytes) {
+  const KernelTable* t = table_for(isa);
+  return t ? (dtype_bytes == 4 ? t->lanes_f32 : t->lanes_f64) : 1;
+}
+
+const KernelTable& kernels(Isa isa) {
+  const KernelTable* t = table_for(isa);
+  if (!t || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
+  return *t;
+}
+
+}  // namespace tp

@@ -1,0 +1,17 @@
+// Which ISA's kernels run: what the CPU supports, what this build has, and the kernel
+// table of an ISA. The codes themselves are in codes.h.
+#pragma once
+
+#include "codes.h"
+#include "kernel_api.h"
+
+namespace tp {
+
+bool isa_supported(Isa isa);  // the CPU and OS can run it
+bool isa_compiled(Isa isa);   // this build has it
+// Lanes of one panel call (columns of a non-last axis per group); 1 if not compiled.
+int panel_lanes(Isa isa, int dtype_bytes);
+// The kernel table of an ISA the CPU supports (else std::invalid_argument).
+const KernelTable& kernels(Isa isa);
+
+}  // namespace tp

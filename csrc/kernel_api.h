@@ -1,0 +1,123 @@
+// The interface between the per-ISA kernels (csrc/kernels/, compiled once per ISA) and
+// the ISA-independent code (the algorithms in softmax.cpp, cross_entropy.cpp).
+//
+// Kernels see only groups of rows. A group is `lanes` independent rows of `n` elements;
+// element j of lane l is x[l + j*sx] (and y[l + j*sy]). Two shapes occur:
+//   - a contiguous row: lanes = 1, sx = sy = 1, vectorised along the row;
+//   - a panel of a non-last axis: lanes <= kMaxLanes contiguous lanes, vectorised across
+//     lanes, stepping sx / sy elements along the softmax axis.
+// Every pass is one pass over memory; per-lane parameters and results are arrays of
+// `lanes` entries. Sums come back in double (the two-pass one as a ScaledSum): the
+// partial sums are folded into double every few thousand elements, so the normaliser
+// of a long row is accurate to about one float32 ulp however long the row.
+#pragma once
+
+#include <cstdint>
+
+#include "scaled_sum.h"
+
+namespace tp {
+
+constexpr int kMaxLanes = 64;  // 4 vectors of 16 floats: one panel call
+
+template <class T> struct Group {
+  const T* x;
+  T* y;
+  int64_t n;
+  int64_t sx, sy;
+  int lanes;
+};
+
+// The passes over one group, for one loop shape (rows or panels).
+template <class T> struct Passes {
+  // Pass 1 of the two-pass algorithm: sum of exp(x - shift) as a ScaledSum, per lane,
+  // and the maximum of x - shift (one vector max per vector: free while pass 1 waits on
+  // memory; the driver measures the sum relative to it, see softmax.cpp). x below
+  // shift - Numerics<T>::kAccurate is treated as that bound. shift null: 0.
+  void (*two_pass_sum)(const Group<T>& g, const T* shift, ScaledSum* out, T* max);
+  // Pass 2: y = p(x - shift) * scale * 2^(e(x - shift) - E), exp(x - shift) = p * 2^e.
+  void (*two_pass_write)(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream);
+  // Maximum per lane (NaN may or may not propagate: later passes detect it).
+  void (*max)(const Group<T>& g, T* m);
+  // Sum of exp(x - m) per lane.
+  void (*sumexp)(const Group<T>& g, const T* m, double* s);
+  // Online pass: running maximum m and sum s of exp(x - m) per lane.
+  void (*online)(const Group<T>& g, double* m, double* s);
+  // y = exp(x - m), returning the sum of y per lane (three-pass reload, pass 2).
+  void (*exp_store_sum)(const Group<T>& g, const T* m, double* s, bool stream);
+  // y = exp(x - m) * c (three-pass recompute and online, last pass).
+  void (*exp_scale)(const Group<T>& g, const T* m, const T* c, bool stream);
+  // y = x * c (three-pass reload, pass 3; x is the y of pass 2).
+  void (*scale)(const Group<T>& g, const T* c, bool stream);
+  // y = (x - hi) - lo: log_softmax's last pass, no exp. hi + lo is the lse split into
+  // two T (hi the maximum or the lse rounded to T, lo the rest).
+  void (*log_softmax_write)(const Group<T>& g, const T* hi, const T* lo, bool stream);
+  // Rows only (null in the panel table): the three-pass reload over `rows` contiguous
+  // rows of n elements (row r at x + r*xs, y + r*ys) in one call, softmax (log false;
+  // lse[r] = the row's logsumexp when lse is not null) or log_softmax (log true). The
+  // arithmetic of max, exp_store_sum and scale (or max, sumexp and log_softmax_write)
+  // row by row (the per-block double sums are added plainly, without compensation),
+  // without a call and the driver's bookkeeping per row: for rows of 64 floats those
+  // cost as much as the work. A row whose maximum or sum is not finite (NaN, +inf, all
+  // -inf) gets redo[r] = 1 and an unspecified output, for the driver to redo;
+  // otherwise redo[r] = 0.
+  void (*rows_reload)(const T* x, T* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, T* lse,
+                      uint8_t* redo);
+};
+
+// The softmax-family kernels of one element type.
+template <class T> struct SoftmaxKernels {
+  Passes<T> row, panel;
+  // exp(x) = m * 2^e, the (m, e) of one element exactly as two_pass_sum's loop
+  // computes it (same instructions, lane 0 of a broadcast vector).
+  void (*extexp)(T x, T* m, T* e);
+};
+
+// Row helpers of the fused cross-entropy (cross_entropy.cpp; docs/cross_entropy.md).
+template <class T> struct CrossEntropyRowKernels {
+  // y = cap * tanh(x / cap): the soft-capped logits.
+  void (*softcap)(const T* x, T* y, int64_t n, T cap);
+  // sum_j x_j * w_j, or sum_j x_j when w is null (the label-smoothing term).
+  double (*dot)(const T* x, const T* w, int64_t n);
+  // y_j = (a * p_j - c * w_j) * (1 - (xc_j * inv_cap)^2): the gradient from the softmax
+  // p; w null means w_j = 1, xc null means no soft-cap; `stream`: non-temporal stores.
+  void (*gradient)(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream);
+};
+
+// Everything one ISA's build provides (kernels/table.cpp).
+struct KernelTable {
+  const char* isa;
+  int lanes_f32, lanes_f64;  // lanes of one panel call
+  SoftmaxKernels<float> f32;
+  SoftmaxKernels<double> f64;
+  CrossEntropyRowKernels<float> ce_f32;
+  CrossEntropyRowKernels<double> ce_f64;
+  // bfloat16 rows of the cross-entropy, widened to float32 and narrowed back (RNE).
+  void (*bf16_to_f32)(const uint16_t* a, float* y, int64_t n);
+  void (*f32_to_bf16)(const float* a, uint16_t* y, int64_t n);
+};
+
+// Domain of the extended-exponent kernels, per element type. Inside it the range
+// reduction x - e*ln2 is exact enough for ~1 ulp; rows whose maximum lies outside are
+// redone by the driver after subtracting the maximum.
+template <class T> struct Numerics;
+template <> struct Numerics<float> {
+  static constexpr float kAccurate = 4096.0f;  // |e| < 2^13: e * ln2 parts exact
+  static constexpr float kMargin = 128.0f;     // exp(-128) < float's smallest subnormal / 2
+  static constexpr float kExpMin = -110.0f;    // exp(x) rounds to 0 below this
+  static constexpr float kNormalMin = -87.0f;  // exp(x) is normal (>= 2^-126) above this
+};
+template <> struct Numerics<double> {
+  static constexpr double kAccurate = 524288.0;  // |e| < 2^20
+  static constexpr double kMargin = 1024.0;
+  static constexpr double kExpMin = -760.0;
+  static constexpr double kNormalMin = -708.0;
+};
+
+}  // namespace tp
+
+// One table per ISA build (the namespace is TP_NS of kernels/simd/vec.h).
+namespace tp_scalar { const tp::KernelTable& table(); }
+namespace tp_avx2 { const tp::KernelTable& table(); }
+namespace tp_avx512 { const tp::KernelTable& table(); }
+namespace tp_neon { const tp::KernelTable& table(); }

@@ -1,0 +1,205 @@
+// The loops every pass runs on: along a contiguous row, or across the lanes of a panel
+// (kernel_api.h, Group). Per ISA (namespace TP_NS).
+//
+// A pass is a "visitor" (what to do with one vector of elements) run by one of them.
+// A reduction visitor holds vector state per unrolled register u, consumes vectors with
+// step(u, x), and folds its state into per-lane double results with fold_row (all lanes
+// into result 0) or fold_panel (lane l of register u into result u*W + l); init_out(k)
+// clears k results, reset() the vector state before each block. A map visitor returns
+// the output vector with apply(u, x). Both name kFill (what missing lanes of a tail
+// read as: it must keep their arithmetic finite and out of the result) and kPrefetch
+// (whether the loop prefetches ahead, see prefetch_ahead).
+// Parameters are per register u (PerRegister): a broadcast scalar for rows, W lanes for
+// panels.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../kernel_api.h"
+#include "simd/vec.h"
+
+namespace TP_NS {
+
+using tp::Group;
+
+// Registers per loop step: kUnroll independent accumulators, whose loop-carried
+// chains (a max, an fma) interleave.
+constexpr int kUnroll = 4;
+
+// A per-lane parameter (a maximum, a scale) as the kUnroll registers a step uses.
+template <class T> struct PerRegister {
+  using V = Vec<T>;
+  typename V::R v[kUnroll];
+  // Row: one value for every register.
+  void broadcast(const T* a) {
+    for (auto& r : v) r = V::set1(a[0]);
+  }
+  // Panel: lanes u*W.. of the array (missing lanes read as `fill`, which keeps their
+  // arithmetic finite).
+  void load_lanes(const T* a, int lanes, T fill) {
+    for (int u = 0; u < kUnroll; ++u) v[u] = V::load_partial(a + u * V::W, std::clamp(lanes - u * V::W, 0, V::W), fill);
+  }
+  // Either, by the group's shape.
+  void load(const T* a, const Group<T>& g, bool panel) {
+    if (panel)
+      load_lanes(a, g.lanes, 0);
+    else
+      broadcast(a);
+  }
+};
+
+// Steps per fold (Vis::kFoldSteps along a row): a register lane sums at most 16 terms
+// (32 in pass 1) in T before the partial sum moves to double, so a row's sum is
+// accurate to ~1 ulp however long the row. A panel lane is a whole row (its largest
+// term lands in the same lane as all the others), so it folds after 8 steps.
+template <class T, class Vis> constexpr int64_t kRowBlock = Vis::kFoldSteps * kUnroll * Vec<T>::W;
+constexpr int64_t kPanelBlock = 8;  // steps along the axis per fold, in panel mode
+
+// A row visitor may take the unrolled registers together (step_row); by default each
+// register feeds its own accumulator.
+template <class Vis, class R> auto step_row(Vis& vis, const R (&v)[kUnroll]) -> decltype(vis.step_row(v)) {
+  return vis.step_row(v);
+}
+template <class Vis, class R, class... Ignored> void step_row(Vis& vis, const R (&v)[kUnroll], Ignored...) {
+  for (int u = 0; u < kUnroll; ++u) vis.step(u, v[u]);
+}
+
+// Software prefetch, kPrefetchBytes ahead of a row's loads, for the visitors that
+// compute an exp per element (Vis::kPrefetch). Those loops are compute-bound on AVX2
+// and slow enough that the hardware prefetchers alone leave DRAM latency exposed: out
+// of cache, pass 1 ran ~15% slower than in cache (two_pass_sum over 2^24 floats, one
+// thread: 7.1 ms without, 6.2 ms with; 2 KB was the best of 256 B .. 8 KB). The cheap
+// visitors (max, scale, log_softmax_write) run at memory speed on the hardware prefetchers alone;
+// prefetching slowed the max pass from 4.1 to 5.1 ms. Prefetches never fault, so
+// reading past a row's end is harmless.
+constexpr int kPrefetchBytes = 2048;
+template <class T> inline void prefetch_ahead(const T* p) {
+  constexpr int kBytes = kUnroll * Vec<T>::W * (int)sizeof(T);  // one unrolled step
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch((const char*)p + kPrefetchBytes + b);
+}
+
+// Reduce a contiguous row (lanes = 1).
+template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  vis.init_out(1);
+  for (int64_t b = 0; b < n; b += kRowBlock<T, Vis>) {
+    const int64_t end = std::min(n, b + kRowBlock<T, Vis>);
+    vis.reset();
+    int64_t i = b;
+    typename V::R v[kUnroll];
+    for (; i + kUnroll * W <= end; i += kUnroll * W) {
+      if (Vis::kPrefetch) prefetch_ahead(x + i);
+      for (int u = 0; u < kUnroll; ++u) v[u] = V::load(x + i + u * W);
+      step_row(vis, v);
+    }
+    if (i < end) {  // tail: masked loads; missing lanes (and whole registers) = kFill
+      for (int u = 0; u < kUnroll; ++u)
+        v[u] = V::load_partial(x + i + u * W, (int)std::clamp<int64_t>(end - i - u * W, 0, W), Vis::kFill);
+      step_row(vis, v);
+    }
+    vis.fold_row();
+  }
+}
+
+// Reduce a panel: lanes contiguous, step sx along the axis.
+template <class T, class Vis> void reduce_panel(const Group<T>& g, Vis& vis) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  vis.init_out(g.lanes);
+  const int nvec = (g.lanes + W - 1) / W;
+  for (int64_t b = 0; b < g.n; b += kPanelBlock) {
+    const int64_t end = std::min(g.n, b + kPanelBlock);
+    vis.reset();
+    for (int64_t j = b; j < end; ++j) {
+      const T* xj = g.x + j * g.sx;
+      if (nvec == kUnroll && g.lanes == kUnroll * W) {
+        for (int u = 0; u < kUnroll; ++u) vis.step(u, V::load(xj + u * W));
+      } else {
+        for (int u = 0; u < nvec; ++u) vis.step(u, V::load_partial(xj + u * W, std::min(W, g.lanes - u * W), Vis::kFill));
+      }
+    }
+    vis.fold_panel(g.lanes);
+  }
+}
+
+// Write a contiguous row y[0..n) from f(i, k, u): the vector of elements i..i+k (k <= W
+// lanes; u the unrolled register it stands for); `src` (may be null) is the row f
+// reads, prefetched ahead. `stream`: streaming stores, which the caller decides by
+// tp::use_streaming_stores (streaming_stores.h). They need vector-aligned addresses, so
+// a partial head is peeled first, and an sfence orders them before whatever the caller
+// stores next (another thread may read y once the pass returns).
+template <class T, class F> void write_row(T* y, int64_t n, bool stream, const T* src, F&& f) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  int64_t i = 0;
+  stream = stream && W > 1 && ((uintptr_t)y % sizeof(T)) == 0;
+  if (stream) {
+    const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(T)) % W);
+    if (mis) {
+      const int h = (int)std::min<int64_t>(n, W - mis);
+      V::store_partial(y, f(0, h, 0), h);
+      i = h;
+    }
+    for (; i + kUnroll * W <= n; i += kUnroll * W) {
+      if (src) prefetch_ahead(src + i);
+      for (int u = 0; u < kUnroll; ++u) V::stream(y + i + u * W, f(i + u * W, W, u));
+    }
+  } else {
+    for (; i + kUnroll * W <= n; i += kUnroll * W) {
+      if (src) prefetch_ahead(src + i);
+      for (int u = 0; u < kUnroll; ++u) V::store(y + i + u * W, f(i + u * W, W, u));
+    }
+  }
+  for (; i + W <= n; i += W) V::store(y + i, f(i, W, 0));
+  if (i < n) V::store_partial(y + i, f(i, (int)(n - i), 0), (int)(n - i));
+  if (stream) V::sfence();
+}
+
+// Full or partial (missing lanes = fill) load of k <= W elements.
+template <class T> inline typename Vec<T>::R load_k(const T* p, int k, T fill) {
+  return k == Vec<T>::W ? Vec<T>::load(p) : Vec<T>::load_partial(p, k, fill);
+}
+
+// A map over a contiguous row.
+template <class T, class Vis> void map_row(const T* x, T* y, int64_t n, Vis& vis, bool stream) {
+  write_row(y, n, stream, Vis::kPrefetch ? x : nullptr, [&](int64_t i, int k, int u) { return vis.apply(u, load_k(x + i, k, Vis::kFill)); });
+}
+
+// A map over a panel. Normal stores only: streaming stores exist for contiguous rows
+// (write_row), and a panel ignores `stream`.
+template <class T, class Vis> void map_panel(const Group<T>& g, Vis& vis) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int nvec = (g.lanes + W - 1) / W;
+  const bool full = nvec == kUnroll && g.lanes == kUnroll * W;
+  for (int64_t j = 0; j < g.n; ++j) {
+    const T* xj = g.x + j * g.sx;
+    T* yj = g.y + j * g.sy;
+    if (full) {
+      for (int u = 0; u < kUnroll; ++u) V::store(yj + u * W, vis.apply(u, V::load(xj + u * W)));
+    } else {
+      for (int u = 0; u < nvec; ++u) {
+        const int k = std::min(W, g.lanes - u * W);
+        V::store_partial(yj + u * W, vis.apply(u, V::load_partial(xj + u * W, k, Vis::kFill)), k);
+      }
+    }
+  }
+}
+
+// The loop for a group's shape.
+template <bool Panel, class T, class Vis> void reduce(const Group<T>& g, Vis& vis) {
+  if (Panel)
+    reduce_panel(g, vis);
+  else
+    reduce_row(g.x, g.n, vis);
+}
+template <bool Panel, class T, class Vis> void map(const Group<T>& g, Vis& vis, bool stream) {
+  if (Panel)
+    map_panel(g, vis);
+  else
+    map_row(g.x, g.y, g.n, vis, stream);
+}
+
+}  // namespace TP_NS

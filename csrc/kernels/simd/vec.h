@@ -1,0 +1,64 @@
+// The small vector API the kernels are written against, Vec<float> and Vec<double>:
+// one implementation per ISA, in vec_<isa>.h.
+//
+// Every kernel source under csrc/kernels/ is compiled once per ISA with exactly one of
+// TP_ISA_SCALAR, TP_ISA_AVX2, TP_ISA_AVX512, TP_ISA_NEON defined (and the matching -m
+// flags; CMakeLists.txt); this header picks the matching implementation and the
+// namespace TP_NS (tp_scalar, tp_avx2, ...) everything compiled for that ISA lives in.
+// Everything the kernels need from the hardware is here:
+//   W (lanes per register), set1, load / load_partial (missing lanes read as `fill`),
+//   store / store_partial, stream (non-temporal store, vector-aligned address) and
+//   sfence (orders streaming stores before later ones), add, sub, mul, div,
+//   fma (a*b + c), max / min (x86 semantics: b when either is NaN), round (to nearest
+//   even), hmax / hsum_wide (horizontal maximum, and sum in double), and the
+//   power-of-two primitives exp.h builds its scaling on: scalef (AVX-512) or
+//   pow2 and any_below (the others).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(TP_ISA_SCALAR)
+#define TP_NS tp_scalar
+#elif defined(TP_ISA_AVX2)
+#define TP_NS tp_avx2
+#elif defined(TP_ISA_AVX512)
+#define TP_NS tp_avx512
+#elif defined(TP_ISA_NEON)
+#define TP_NS tp_neon
+#else
+#error "define one of TP_ISA_SCALAR, TP_ISA_AVX2, TP_ISA_AVX512, TP_ISA_NEON"
+#endif
+
+namespace TP_NS {
+
+// Bit-level facts about the element type, shared by every ISA.
+template <class T> struct FloatBits;
+template <> struct FloatBits<float> {
+  using U = uint32_t;
+  static constexpr int kMantBits = 23;
+  static constexpr int kBias = 127;
+  static constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: x + M - M rounds to int
+  static constexpr float kPow2Magic = 8388608.0f + 127.0f;  // 2^23 + bias
+};
+template <> struct FloatBits<double> {
+  using U = uint64_t;
+  static constexpr int kMantBits = 52;
+  static constexpr int kBias = 1023;
+  static constexpr double kRoundMagic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kPow2Magic = 4503599627370496.0 + 1023.0;  // 2^52 + bias
+};
+
+template <class T> struct Vec;
+
+}  // namespace TP_NS
+
+#if defined(TP_ISA_SCALAR)
+#include "vec_scalar.h"
+#elif defined(TP_ISA_AVX2)
+#include "vec_avx2.h"
+#elif defined(TP_ISA_AVX512)
+#include "vec_avx512.h"
+#elif defined(TP_ISA_NEON)
+#include "vec_neon.h"
+#endif

@@ -1,0 +1,94 @@
+// Vec for AVX2 + FMA: 8 floats or 4 doubles per register. Included by vec.h only.
+#pragma once
+
+#include <immintrin.h>
+
+#include "vec.h"
+
+namespace TP_NS {
+
+template <> struct Vec<float> {
+  using T = float;
+  using R = __m256;
+  using B = FloatBits<T>;
+  static constexpr int W = 8;
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static R set1(T a) { return _mm256_set1_ps(a); }
+  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  static R load_partial(const T* p, int n, T fill) {
+    __m256i m = mask(n);
+    return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
+  static void store_partial(T* p, R v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static void stream(T* p, R v) { _mm256_stream_ps(p, v); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R pow2(R k) {
+    __m256i bits = _mm256_castps_si256(_mm256_add_ps(k, set1(B::kPow2Magic)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(bits, B::kMantBits));
+  }
+  static bool any_below(R a, T b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, set1(b), _CMP_LT_OQ)) != 0; }
+  static T hmax(R a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static double hsum_wide(R a) {  // lanes widened to double first: no float rounding
+    __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
+    __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
+  static void sfence() { _mm_sfence(); }
+};
+
+template <> struct Vec<double> {
+  using T = double;
+  using R = __m256d;
+  using B = FloatBits<T>;
+  static constexpr int W = 4;
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static R set1(T a) { return _mm256_set1_pd(a); }
+  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  static R load_partial(const T* p, int n, T fill) {
+    __m256i m = mask(n);
+    return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+  }
+  static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
+  static void store_partial(T* p, R v, int n) { _mm256_maskstore_pd(p, mask(n), v); }
+  static void stream(T* p, R v) { _mm256_stream_pd(p, v); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R div(R a, R b) { return _mm256_div_pd(a, b); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_pd(a, b); }
+  static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static R round(R a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R pow2(R k) {
+    __m256i bits = _mm256_castpd_si256(_mm256_add_pd(k, set1(B::kPow2Magic)));
+    return _mm256_castsi256_pd(_mm256_slli_epi64(bits, B::kMantBits));
+  }
+  static bool any_below(R a, T b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, set1(b), _CMP_LT_OQ)) != 0; }
+  static T hmax(R a) {
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+  }
+  static double hsum_wide(R a) {
+    __m128d t = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
+  static void sfence() { _mm_sfence(); }
+};
+
+}  // namespace TP_NS

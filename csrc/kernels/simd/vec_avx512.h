@@ -1,0 +1,72 @@
+// Vec for AVX-512F: 16 floats or 8 doubles per register; masked loads and stores for
+// tails, vscalef for exact scaling by powers of two. Included by vec.h only.
+//
+// TP_AVX512_EMULATE: the build supplies the intrinsics itself (a C++ emulation,
+// force-included by the build that defines this), so this code can be checked at 16
+// lanes on CPUs without AVX-512.
+#pragma once
+
+#if !defined(TP_AVX512_EMULATE)
+#include <immintrin.h>
+#endif
+
+#include "vec.h"
+
+namespace TP_NS {
+
+template <> struct Vec<float> {
+  using T = float;
+  using R = __m512;
+  static constexpr int W = 16;
+  static __mmask16 mask(int n) { return (__mmask16)((1u << n) - 1u); }
+  static R set1(T a) { return _mm512_set1_ps(a); }
+  static R load(const T* p) { return _mm512_loadu_ps(p); }
+  static R load_partial(const T* p, int n, T fill) { return _mm512_mask_loadu_ps(set1(fill), mask(n), p); }
+  static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
+  static void store_partial(T* p, R v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static void stream(T* p, R v) { _mm512_stream_ps(p, v); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // vscalefps: v * 2^floor(k), correctly rounded, subnormals included.
+  static R scalef(R v, R k) { return _mm512_scalef_ps(v, k); }
+  static T hmax(R a) { return _mm512_reduce_max_ps(a); }
+  static double hsum_wide(R a) {  // lanes widened to double first: no float rounding
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+  }
+  static void sfence() { _mm_sfence(); }
+};
+
+template <> struct Vec<double> {
+  using T = double;
+  using R = __m512d;
+  static constexpr int W = 8;
+  static __mmask8 mask(int n) { return (__mmask8)((1u << n) - 1u); }
+  static R set1(T a) { return _mm512_set1_pd(a); }
+  static R load(const T* p) { return _mm512_loadu_pd(p); }
+  static R load_partial(const T* p, int n, T fill) { return _mm512_mask_loadu_pd(set1(fill), mask(n), p); }
+  static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
+  static void store_partial(T* p, R v, int n) { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static void stream(T* p, R v) { _mm512_stream_pd(p, v); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R div(R a, R b) { return _mm512_div_pd(a, b); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static R round(R a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static R scalef(R v, R k) { return _mm512_scalef_pd(v, k); }
+  static T hmax(R a) { return _mm512_reduce_max_pd(a); }
+  static double hsum_wide(R a) { return _mm512_reduce_add_pd(a); }
+  static void sfence() { _mm_sfence(); }
+};
+
+}  // namespace TP_NS

@@ -1,0 +1,49 @@
+// Vec for the portable baseline (TP_ISA_SCALAR). Included by vec.h only.
+#pragma once
+
+#include "vec.h"
+
+namespace TP_NS {
+
+// Width-1 "vector": the portable baseline. No FMA instruction is assumed (baseline
+// x86-64 has none), so fma is a multiply and an add; the kernels' range reduction
+// is exact without fusing (three-constant Cody-Waite).
+template <class T> struct Vec {
+  using R = T;
+  using B = FloatBits<T>;
+  static constexpr int W = 1;
+  static R set1(T a) { return a; }
+  static R load(const T* p) { return *p; }
+  static R load_partial(const T* p, int n, T fill) { return n > 0 ? *p : fill; }
+  static void store(T* p, R v) { *p = v; }
+  static void store_partial(T* p, R v, int n) { if (n > 0) *p = v; }
+  static void stream(T* p, R v) { *p = v; }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R div(R a, R b) { return a / b; }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R max(R a, R b) { return a > b ? a : b; }
+  static R min(R a, R b) { return a < b ? a : b; }
+  static R round(R a) {
+    // Valid for |a| < 2^(mant-1); larger values only occur on rows the caller redoes.
+    // Without -ffast-math the compiler may not fold (a + M) - M.
+    return (a + B::kRoundMagic) - B::kRoundMagic;
+  }
+  // 2^k for integer-valued k in [-bias, bias]; k = -bias gives exactly 0.
+  static R pow2(R k) {
+    T biased = k + B::kPow2Magic;
+    typename B::U bits;
+    std::memcpy(&bits, &biased, sizeof bits);
+    bits <<= B::kMantBits;
+    T r;
+    std::memcpy(&r, &bits, sizeof r);
+    return r;
+  }
+  static bool any_below(R a, T b) { return a < b; }
+  static T hmax(R a) { return a; }
+  static double hsum_wide(R a) { return (double)a; }
+  static void sfence() {}
+};
+
+}  // namespace TP_NS

@@ -1,0 +1,302 @@
+// The softmax family (softmax, log_softmax, logsumexp) by its four algorithms, written
+// over the per-ISA passes (kernel_api.h): the passes each algorithm makes, the lse
+// from their sums, the rows they hand to the special-value scan, and how a problem is
+// cut into groups and spread over threads. ISA-independent.
+//
+// Two-pass: pass 1 sums exp(x) as m * 2^e pairs with their own exponent (no maximum
+// needed first), pass 2 writes. Max-first: the maximum, then the sum of exp(x - max)
+// (three-pass reload: also storing exp(x - max), rescaled in pass 3; recompute: pass 3
+// recomputes it), or both at once (online).
+#include "softmax.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <utility>
+
+#include "axis_split.h"
+#include "dispatch.h"
+#include "kernel_api.h"
+#include "lse.h"
+#include "special_values.h"
+#include "streaming_stores.h"
+#include "threads.h"
+
+namespace tp {
+namespace {
+
+template <class T> void fill_lane(const Group<T>& g, int lane, T v) {
+  for (int64_t j = 0; j < g.n; ++j) g.y[lane + j * g.sy] = v;
+}
+
+// One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
+template <class T> Group<T> lane_of(const Group<T>& g, int l) {
+  Group<T> s = g;
+  s.x += l;
+  s.y += l;
+  s.lanes = 1;
+  return s;
+}
+
+// Per-lane values of the two-pass algorithm, between its passes.
+template <class T> struct TwoPassLanes {
+  ScaledSum sum[kMaxLanes];  // pass 1: sum of exp(x - shift)
+  T max[kMaxLanes];          // pass 1: maximum of x - shift
+  // softmax, pass 2: y = m * scale * 2^(e - exp2) for exp(x - shift) = m * 2^e
+  T scale[kMaxLanes], exp2[kMaxLanes];
+  // log_softmax, pass 2: y = (x - hi) - lo, hi + lo = the lse
+  T hi[kMaxLanes], lo[kMaxLanes];
+  bool redo[kMaxLanes];  // not accepted: special values or outside the accurate domain
+};
+
+// Per-lane values of the max-first algorithms (three-pass reload and recompute, online).
+template <class T> struct MaxFirstLanes {
+  T max[kMaxLanes];              // the maximum (online: the running maximum, rounded to T)
+  double online_max[kMaxLanes];  // online: the running maximum as the pass returned it
+  double sum[kMaxLanes];         // sum of exp(x - max)
+  T inv_sum[kMaxLanes];          // softmax, last pass: y = exp(x - max) * inv_sum
+  T log_sum[kMaxLanes];          // log_softmax, last pass: y = (x - max) - log_sum
+  bool redo[kMaxLanes];          // special values: redone by a scalar scan
+};
+
+// One op by one algorithm over groups (kernel_api.h, Group). `chunks` > 1 splits each
+// group along its axis over that many threads (AxisSplit).
+template <class T> struct Algorithms {
+  const SoftmaxKernels<T>& kernels;
+  Op op;
+  Algo algo;
+  bool stream;  // asked for by the caller; streaming_stores.h decides per pass
+  int chunks = 1;
+
+  const Passes<T>& passes_for(const Group<T>& g) const {
+    return (g.lanes == 1 && g.sx == 1 && g.sy == 1) ? kernels.row : kernels.panel;
+  }
+  AxisSplit<T> split(const Group<T>& g) const { return AxisSplit<T>{passes_for(g), g, chunks}; }
+  bool stream_final() const { return use_streaming_stores(stream, Reuse::kFinalOutput); }
+
+  void run(const Group<T>& g, T* lse) const {
+    switch (algo) {
+      case Algo::kTwoPass: return two_pass(g, lse, nullptr);
+      default: return max_first(g, lse);
+    }
+  }
+
+  // Two-pass (extended exponent). `shift` (one per lane, or null for 0) is the row
+  // maximum on a redo of a row outside the accurate domain.
+  void two_pass(const Group<T>& g, T* lse, const T* shift) const {
+    const AxisSplit<T> axis = split(g);
+    TwoPassLanes<T> lane;
+    axis.two_pass_sum(shift, lane.sum, lane.max);  // shift == nullptr: the common, unshifted kernel
+    // Accept a lane when its sum is finite and its largest exponent lies where the
+    // reduction is exact and clamped elements are negligible (kernel_api.h, Numerics).
+    constexpr double kLog2e = 1.4426950408889634;
+    const double e_hi = std::floor(Numerics<T>::kAccurate * kLog2e) - 2;
+    const double e_lo = std::ceil((-Numerics<T>::kAccurate + Numerics<T>::kMargin) * kLog2e);
+    bool any_redo = false;
+    for (int l = 0; l < g.lanes; ++l) {
+      const ScaledSum p{lane.sum[l].value(), lane.sum[l].E, 0.0};
+      lane.redo[l] = !(std::isfinite(p.S) && p.S > 0 && p.E <= e_hi && p.E >= e_lo);
+      any_redo |= lane.redo[l];
+      if (lane.redo[l]) {
+        lane.scale[l] = lane.exp2[l] = lane.hi[l] = lane.lo[l] = 0;
+        continue;
+      }
+      // The row's lse = base + logs: base its maximum, logs = log(sum exp(x - base)) >= 0.
+      double logs = 0;
+      if (op != Op::kSoftmax || lse) {
+        T mM, eM;
+        kernels.extexp(lane.max[l], &mM, &eM);
+        logs = log_sum_rel_max(p, lane.max[l], mM, eM);
+      }
+      const double base = (shift ? (double)shift[l] : 0.0) + (double)lane.max[l];  // exact: max = 0 after a shift
+      if (op == Op::kSoftmax) {
+        // y = m * (1/S) * 2^(e - E) with S normalised to [0.5, 1): m/S stays in about
+        // [0.7, 2.9], which Pow2Scale::out needs to round into subnormals exactly once.
+        int ex2;
+        const double fr = std::frexp(p.S, &ex2);
+        lane.scale[l] = (T)(1.0 / fr);
+        lane.exp2[l] = (T)(p.E + ex2);
+        if (lse) lse[l] = (T)(base + logs);  // asked for alongside softmax (cross-entropy)
+      } else if (op == Op::kLogSumExp) {
+        lse[l] = (T)(base + logs);  // >= the maximum: logs >= 0 and rounding is monotone
+      } else {  // log_softmax: y = (x - hi) - lo <= 0 with hi + lo = base + logs; no exp
+        split_sum(base, logs, lane.hi[l], lane.lo[l]);
+      }
+    }
+    if (op == Op::kSoftmax)
+      axis.each([&](const Group<T>& c) {
+        passes_for(c).two_pass_write(c, shift, lane.scale, lane.exp2, stream_final());
+      });
+    else if (op == Op::kLogSoftmax)
+      axis.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, lane.hi, lane.lo, stream_final()); });
+    if (!any_redo) return;
+    for (int l = 0; l < g.lanes; ++l) {
+      if (!lane.redo[l]) continue;
+      const Group<T> one = lane_of(g, l);
+      const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
+      T* lse1 = lse ? lse + l : nullptr;
+      if (s.kind != Special::kNone) {
+        write_special(one, lse1, s.kind);
+      } else if (!shift) {
+        const T m = s.max;  // outside the accurate domain: redo relative to the maximum
+        two_pass(one, lse1, &m);
+      } else {
+        throw std::logic_error("twopass: row still outside the accurate domain after shifting");
+      }
+    }
+  }
+
+  void write_special(const Group<T>& one, T* lse, Special kind) const {
+    if (lse) *lse = special_lse<T>(kind);
+    if (op != Op::kLogSumExp) fill_lane(one, 0, kNaN<T>);  // NaN, +inf, or all -inf: the whole row is NaN
+  }
+
+  // The max-first algorithms: three-pass reload, three-pass recompute, online.
+  // A NaN or infinite maximum makes the sum NaN, which sends the lane to the scan.
+  void max_first(const Group<T>& g, T* lse) const {
+    const AxisSplit<T> axis = split(g);
+    MaxFirstLanes<T> lane;
+    bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
+    if (algo == Algo::kOnline) {
+      axis.online(lane.online_max, lane.sum);
+      for (int l = 0; l < g.lanes; ++l) lane.max[l] = (T)lane.online_max[l];
+    } else {
+      axis.max(lane.max);
+      if (algo == Algo::kThreePassReload && op == Op::kSoftmax) {
+        // Pass 2 stores exp(x - max) for pass 3 to read back (streaming_stores.h).
+        const bool stream2 = use_streaming_stores(stream, Reuse::kReadAgain);
+        axis.sum([&](const Group<T>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
+                 lane.sum);
+        stored = true;
+      } else {
+        axis.sum([&](const Group<T>& c, double* out) { passes_for(c).sumexp(c, lane.max, out); }, lane.sum);
+      }
+    }
+    bool any_redo = false;
+    for (int l = 0; l < g.lanes; ++l) {
+      const double s = lane.sum[l];
+      lane.redo[l] = !(std::isfinite(s) && s > 0 && std::isfinite(lane.max[l]));
+      any_redo |= lane.redo[l];
+      if (lane.redo[l]) {
+        lane.max[l] = lane.inv_sum[l] = lane.log_sum[l] = 0;
+        continue;
+      }
+      switch (op) {
+        // s >= 1 (the maximum's own term is exp(0) = 1; the online rescaling may round
+        // it just below): log_at_least_1 keeps log_softmax <= 0 and lse >= the maximum.
+        case Op::kSoftmax:
+          lane.inv_sum[l] = (T)(1.0 / s);
+          if (lse) lse[l] = (T)((double)lane.max[l] + log_at_least_1(s));
+          break;
+        case Op::kLogSoftmax: lane.log_sum[l] = (T)log_at_least_1(s); break;
+        case Op::kLogSumExp: lse[l] = (T)((double)lane.max[l] + log_at_least_1(s)); break;
+      }
+    }
+    if (op == Op::kSoftmax && stored) {
+      axis.each([&](const Group<T>& c) {
+        Group<T> cy = c;  // pass 3 reads what pass 2 wrote
+        cy.x = c.y;
+        cy.sx = c.sy;
+        passes_for(c).scale(cy, lane.inv_sum, use_streaming_stores(stream, Reuse::kInPlace));
+      });
+    } else if (op == Op::kSoftmax) {
+      axis.each([&](const Group<T>& c) { passes_for(c).exp_scale(c, lane.max, lane.inv_sum, stream_final()); });
+    } else if (op == Op::kLogSoftmax) {
+      axis.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, lane.max, lane.log_sum, stream_final()); });
+    }
+    if (!any_redo) return;
+    for (int l = 0; l < g.lanes; ++l) {
+      if (!lane.redo[l]) continue;
+      const Group<T> one = lane_of(g, l);
+      const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
+      if (s.kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
+      write_special(one, lse ? lse + l : nullptr, s.kind);
+    }
+  }
+};
+
+template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Problem& pb, int threads, bool stream) {
+  const T* x = static_cast<const T*>(pb.x);
+  T* y = static_cast<T*>(pb.y);
+  Algorithms<T> alg{kernels, pb.op, pb.algo, stream};
+  // Groups: rows (inner == 1) or panels of up to `lanes` columns of a non-last axis.
+  const int max_lanes = pb.inner == 1 ? 1 : pb.panel_lanes;
+  const int64_t per_outer = (pb.inner + max_lanes - 1) / max_lanes;
+  const int64_t groups = pb.outer * per_outer;
+  if (groups == 0) return;
+  const bool lse = pb.op == Op::kLogSumExp;
+  auto group_at = [&](int64_t gi) {
+    const int64_t o = gi / per_outer, c0 = (gi % per_outer) * max_lanes;
+    Group<T> g;
+    g.x = x + o * pb.xs_outer + c0;
+    g.y = lse ? nullptr : y + o * pb.ys_outer + c0;
+    g.n = pb.n;
+    g.sx = pb.xs_n;
+    g.sy = lse ? 1 : pb.ys_n;
+    g.lanes = (int)std::min<int64_t>(max_lanes, pb.inner - c0);
+    T* lse_out = lse ? y + o * pb.ys_outer + c0 : pb.lse ? static_cast<T*>(pb.lse) + o * pb.inner + c0 : nullptr;
+    return std::make_pair(g, lse_out);
+  };
+  if (pb.n == 0) {  // empty axis: logsumexp is -inf (the empty sum), softmax writes nothing
+    if (lse || pb.lse)
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        auto [g, out] = group_at(gi);
+        for (int l = 0; l < g.lanes; ++l) out[l] = -std::numeric_limits<T>::infinity();
+      }
+    return;
+  }
+  const int64_t total = pb.outer * pb.n * pb.inner;
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinPerThread));
+  if (threads > 1 && groups < threads) {
+    // Few long groups: split each along the axis; partial sums merge exactly.
+    alg.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerChunk));
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      auto [g, out] = group_at(gi);
+      alg.run(g, out);
+    }
+    return;
+  }
+  // Contiguous rows by the three-pass reload (what algorithm="auto" takes for short
+  // rows): blocks of rows per kernel call (Passes::rows_reload), which saves a call and
+  // the per-row bookkeeping of Algorithms (65536x64 float32 softmax, one thread: 6.7 -> 3.3 ms).
+  // Rows it flags (special values) take the general path.
+  const bool row_blocks = pb.inner == 1 && pb.xs_n == 1 && pb.ys_n == 1 && !lse &&
+                          pb.algo == Algo::kThreePassReload && kernels.row.rows_reload;
+  parallel(threads, [&](int t) {
+    const int64_t lo = groups * t / threads, hi = groups * (t + 1) / threads;
+    if (!row_blocks) {
+      for (int64_t gi = lo; gi < hi; ++gi) {
+        auto [g, out] = group_at(gi);
+        alg.run(g, out);
+      }
+      return;
+    }
+    constexpr int64_t kBlock = 256;
+    uint8_t redo[kBlock];
+    for (int64_t b = lo; b < hi; b += kBlock) {
+      const int64_t k = std::min(kBlock, hi - b);
+      T* lse_out = pb.lse ? static_cast<T*>(pb.lse) + b : nullptr;
+      kernels.row.rows_reload(x + b * pb.xs_outer, y + b * pb.ys_outer, k, pb.n, pb.xs_outer, pb.ys_outer,
+                            pb.op == Op::kLogSoftmax, stream, lse_out, redo);
+      for (int64_t i = 0; i < k; ++i) {
+        if (!redo[i]) continue;
+        auto [g, out] = group_at(b + i);
+        alg.run(g, out);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void run(const Problem& pb, Isa isa, int threads, bool stream) {
+  const KernelTable& t = kernels(isa);
+  if (pb.dtype_bytes == 4)
+    run_typed<float>(t.f32, pb, threads, stream);
+  else
+    run_typed<double>(t.f64, pb, threads, stream);
+}
+
+}  // namespace tp
