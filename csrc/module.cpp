@@ -13,6 +13,7 @@
 #include "dispatch.h"
 #include "probes.h"
 #include "softmax.h"
+#include "threads.h"
 
 namespace nb = nanobind;
 
@@ -146,4 +147,8 @@ NB_MODULE(_core, m) {
   TP_ALGO_LIST(TP_ADD_CODE)
   m.attr("ALGO_CODES") = codes;
 #undef TP_ADD_CODE
+  // Elements per thread of a batch and per chunk of a row split along its axis (threads.h),
+  // which the "auto" rule in _softmax.py must agree with.
+  m.attr("MIN_PER_THREAD") = tp::kMinPerThread;
+  m.attr("MIN_PER_CHUNK") = tp::kMinPerChunk;
 }

@@ -308,8 +308,8 @@ EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 2, (4, "simd"): 2, (8, "simd"): 4
 _SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
 _RELOAD_CODE, _TWO_PASS_CODE = ALGO_CODES["three_pass_reload"], ALGO_CODES["two_pass"]
 SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
-_MIN_PER_THREAD = 1 << 15  # csrc/driver.h, kMinPerThread: elements per thread of a batch
-_MIN_PER_CHUNK = 1 << 18  # csrc/driver.h, kMinPerChunk: elements per chunk of a split row
+_MIN_PER_THREAD = _core.MIN_PER_THREAD  # elements per thread of a batch (csrc/threads.h)
+_MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along its axis
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 

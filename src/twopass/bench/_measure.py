@@ -163,7 +163,7 @@ def _split(fn: Callable[..., object], arrays: Sequence[np.ndarray], threads: int
 
 
 def probe_calls(kind: str, sets: list[BufferSet], threads: int, isa: str) -> list[Callable[[], object]]:
-    """Calls of one probe over each set (the C++ ones: csrc/driver.cpp's read_pass, copy_pass).
+    """Calls of one probe over each set (the C++ ones: csrc/probes.cpp: read_pass, copy_pass).
 
     read_numpy:   np.maximum.reduce (one read; float max vectorises and is cheaper
                   than a float sum, whose pairwise summation is compute bound on one core)

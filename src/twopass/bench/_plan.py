@@ -1,7 +1,7 @@
 """What the benchmark measures: shapes, traffic counts, cache regimes, and the case list.
 
 Everything that says how many bytes an algorithm moves lives in `TRAFFIC` below: the
-passes each algorithm makes in csrc/driver.cpp (described in docs/algorithms.md).
+passes each algorithm makes in csrc/softmax.cpp (described in docs/algorithms.md).
 """
 
 from __future__ import annotations
