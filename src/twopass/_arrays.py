@@ -208,10 +208,10 @@ def from_float32(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float32 to float16/bfloat16, rounding to nearest even (NaN stays NaN)."""
     if dtype == np.float16:
         return a.astype(np.float16)
-    u = np.ascontiguousarray(a).view(np.uint32)
+    u = np.ascontiguousarray(a).view(np.uint32)  # (1-d if `a` is 0-d: reshaped back below)
     r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
-    r[np.isnan(a)] = 0x7FC0
-    return r.view(dtype)
+    r[np.isnan(a).reshape(r.shape)] = 0x7FC0
+    return r.view(dtype).reshape(a.shape)
 
 
 def streaming_stores(y: np.ndarray, x: np.ndarray) -> bool:
