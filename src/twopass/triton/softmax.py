@@ -422,8 +422,9 @@ def _col_split_kernel(
 # ----------------------------------------------------------------------------------
 # Launchers.
 # ----------------------------------------------------------------------------------
-# Tuning knobs; `cfg=` on each launcher overrides them (the tests shrink every threshold
-# so that each path runs on small shapes; the GPU benchmark sweeps some of them).
+# Tuning knobs of the softmax-family launchers (here and in logsumexp.py); `cfg=` on each
+# launcher overrides them (the tests shrink every threshold so that each path runs on small
+# shapes; the GPU benchmark sweeps some of them).
 DEFAULTS: dict[str, Any] = {
     "fused_max_n": 16384,  # longest row kept in registers by _row_fused_kernel
     "fused_elems": 4096,  # elements per program in _row_fused_kernel (ROWS * BLOCK_N) for short rows
