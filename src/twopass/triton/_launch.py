@@ -14,8 +14,9 @@ Hooks for tests and tools (module globals, read at each call):
 - `_TRACE`: set it to a list to record (kernel name, launch parameters) for each launch
   that a launcher plans (e.g. "row_fused", "lse_bwd_col", "ce_split").
 - `_LAUNCH_HOOK`: set it to hook(kernel, grid, args, constexprs, num_warps) to hand every
-  launch to it instead of running it (tools/gpu_bench.py --compile compiles each one for
-  sm_90 offline); with a hook set the launchers accept tensors on any device (e.g. "meta").
+  launch to it instead of running it (`python -m twopass bench --device cuda --compile`
+  compiles each one for sm_90 offline); with a hook set the launchers accept tensors on any
+  device (e.g. "meta").
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Tests set this to a list to see which kernel each call ran, with its parameters.
 _TRACE: list[tuple[str, dict[str, Any]]] | None = None
 
-# Tools set this to compile (offline, for sm_90) what each call would launch, instead of
-# launching it: hook(kernel, grid, args, constexprs, num_warps).
+# The benchmark's --compile sets this to compile (offline, for sm_90) what each call would
+# launch, instead of launching it: hook(kernel, grid, args, constexprs, num_warps).
 _LAUNCH_HOOK = None
 
 

@@ -440,7 +440,8 @@ def _scale_kernel(DX, G, n_rows, n, s_dx, nprog, PER_ROW: tl.constexpr, BLOCK: t
 # Launchers.
 # ----------------------------------------------------------------------------------
 # Tuning knobs; `cfg=` on each launcher overrides them (the tests shrink the tiles and chunks
-# so that every path runs on small shapes; tools/gpu_ce_bench.py --sweep tries others).
+# so that every path runs on small shapes; `python -m twopass bench --cross-entropy
+# --device cuda --sweep` tries others).
 DEFAULTS: dict[str, Any] = {
     "split": None,  # None: split mode with a gradient or when rows are too few; True / False force
     "warps": 8,

@@ -590,14 +590,3 @@ def _softmax_backward(
     dx = torch.empty_like(y, dtype=grad.dtype) if grad.dtype != y.dtype else torch.empty_like(y)
     _run("log_softmax_bwd" if log else "softmax_bwd", y, grad, dx, lay, None, cfg)
     return dx
-
-
-def __getattr__(name: str):
-    # The logsumexp launchers lived here before logsumexp.py: `softmax._logsumexp_forward`
-    # still works for code that imports this module for them (twopass.torch._ops did).
-    # New code takes them from the package (`from .. import triton`) or from logsumexp.py.
-    if name in ("_logsumexp_forward", "_logsumexp_backward"):
-        from . import logsumexp
-
-        return getattr(logsumexp, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
