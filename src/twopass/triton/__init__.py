@@ -17,12 +17,16 @@ The launchers take and return torch tensors on a CUDA device (or on the CPU unde
     scale_grad_(grad, g)                            that gradient times the upstream gradient
                                                     (a no-op read on the device when g == 1)
 
-See `softmax.py` and `cross_entropy.py` for the kernels, their traffic and the special values,
-and docs/cross_entropy.md for the definition of the cross-entropy.
+One module per operation, each with its kernels, their traffic and the special values:
+`softmax.py` (softmax and log_softmax, and the softmax-family kernels that logsumexp's
+forward also runs), `logsumexp.py`, `cross_entropy.py` (docs/cross_entropy.md defines the
+cross-entropy). Shared by all: `_launch.py` (launch, launch hook and trace, `cfg=` merging,
+device caps, checks, tensor layout) and `_common.py` (the kernels' shared @triton.jit helpers).
 """
 
 from .cross_entropy import cross_entropy_forward, scale_grad_
-from .softmax import _logsumexp_backward, _logsumexp_forward, _softmax_backward, _softmax_forward
+from .logsumexp import _logsumexp_backward, _logsumexp_forward
+from .softmax import _softmax_backward, _softmax_forward
 
 __all__ = [
     "_logsumexp_backward",

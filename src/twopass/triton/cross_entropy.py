@@ -42,9 +42,10 @@ Kernels and work division (`_ce_kernel`, two modes chosen by the launcher, `cfg[
   amount of traffic, whatever the number of resident programs (phase-0 loads carry
   evict_last, phase-1 loads and stores evict_first). Phase 1 of a row waits only for phase-0
   items with earlier tickets, i.e. programs already running: no deadlock (the scheme of
-  `softmax._row_split_kernel`, whose `_decode`, `_wait` and `_publish` it reuses). Without a
-  gradient only phase 0 runs and the row's last chunk to finish merges and writes the row's
-  results (used when there are too few rows to fill the GPU with one program per row).
+  `softmax._row_split_kernel`, whose `_decode`, `_wait` and `_publish` it shares, from
+  `_common.py`). Without a gradient only phase 0 runs and the row's last chunk to finish
+  merges and writes the row's results (used when there are too few rows to fill the GPU
+  with one program per row).
   The ticket and arrival counters are the only atomics; partial states are merged in chunk
   order, so results are bitwise reproducible.
 
@@ -93,23 +94,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .softmax import (
-    _LOG2E,
-    _NEG_BIG,
-    _check_tensor,
-    _decode,
-    _device_caps,
-    _hints,
-    _lag,
-    _launch_with,
-    _lse_of,
-    _max_nan,
-    _merged_config,
-    _pow2,
-    _publish,
-    _to,
-    _wait,
-)
+from ._common import _LOG2E, _NEG_BIG, _decode, _lse_of, _max_nan, _publish, _to, _wait
+from ._launch import _check, _device_caps, _hints, _lag, _launch_kernel, _merged_config, _pow2, _trace
 
 __all__ = ["cross_entropy_forward", "scale_grad_"]
 
@@ -454,7 +440,8 @@ def _scale_kernel(DX, G, n_rows, n, s_dx, nprog, PER_ROW: tl.constexpr, BLOCK: t
 # Launchers.
 # ----------------------------------------------------------------------------------
 # Tuning knobs; `cfg=` on each launcher overrides them (the tests shrink the tiles and chunks
-# so that every path runs on small shapes; tools/gpu_ce_bench.py --sweep tries others).
+# so that every path runs on small shapes; `python -m twopass bench --cross-entropy
+# --device cuda --sweep` tries others).
 DEFAULTS: dict[str, Any] = {
     "split": None,  # None: split mode with a gradient or when rows are too few; True / False force
     "warps": 8,
@@ -470,26 +457,6 @@ DEFAULTS: dict[str, Any] = {
     "num_sms": None,  # None: from the device (interpreter: 132)
     "l2_bytes": None,  # None: from the device (interpreter: 50 MB)
 }
-
-# Tests set this to a list to see which mode each call ran, with its parameters.
-_TRACE: list[tuple[str, dict[str, Any]]] | None = None
-# tools/gpu_ce_bench.py --compile sets this to compile what a call would launch instead of
-# launching it: hook(kernel, grid, args, constexprs, num_warps).
-_LAUNCH_HOOK = None
-
-
-def _trace(kernel: str, **params: Any) -> None:
-    if _TRACE is not None:
-        _TRACE.append((kernel, params))
-
-
-# This module's own launch hook, config and checks, over softmax.py's helpers.
-def _launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
-    _launch_with(_LAUNCH_HOOK, kernel, grid, args, meta, num_warps)
-
-
-def _check(x: torch.Tensor, name: str) -> None:
-    _check_tensor(x, name, _LAUNCH_HOOK is not None)
 
 
 def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
@@ -621,7 +588,7 @@ def cross_entropy_forward(
         1.0 - float(label_smoothing), float(label_smoothing) / n, float(z_loss), cap, 1.0 / cap,
         plan["k"], plan["chunk"], plan["lag"],
     )  # fmt: skip
-    _launch(_ce_kernel, grid, args, meta, plan["warps"])
+    _launch_kernel(_ce_kernel, grid, args, meta, plan["warps"])
     return ce, z, lse
 
 
@@ -652,7 +619,7 @@ def scale_grad_(grad: torch.Tensor, g: torch.Tensor, *, cfg: dict[str, Any] | No
     nprog = max(1, min(n_rows, cfg["scale_programs_per_sm"] * sms))
     warps = max(1, min(8, block // 512))
     _trace("scale", per_row=per_row, block=block, nprog=nprog)
-    _launch(
+    _launch_kernel(
         _scale_kernel, nprog, (grad, g, n_rows, n, grad.stride(0), nprog),
         dict(PER_ROW=per_row, BLOCK=block), warps,
     )  # fmt: skip

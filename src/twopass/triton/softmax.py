@@ -1,8 +1,9 @@
-"""Softmax, log_softmax and logsumexp (forward and backward) for CUDA tensors, in Triton.
+"""Softmax and log_softmax (forward and backward) for CUDA tensors, in Triton, and the
+softmax-family kernels that also serve logsumexp's forward (`logsumexp.py`).
 
-Every launcher sees its tensor as (outer, n, inner): `n` is the reduced axis, `outer` the
-dimensions before it and `inner` those after, each group merged into one index with one
-stride. Inputs whose groups do not merge, that are not dense (a slice with gaps, an
+Every launcher sees its tensor as (outer, n, inner) (`_launch.py`): `n` is the reduced axis,
+`outer` the dimensions before it and `inner` those after, each group merged into one index
+with one stride. Inputs whose groups do not merge, that are not dense (a slice with gaps, an
 expanded tensor) or that have no unit-stride axis among (outer, n, inner) are copied to C
 order first (one extra read and write); everything else runs in place in memory, and
 results get the input's strides. The reduction state of a row is the pair (m, s):
@@ -11,7 +12,7 @@ m = max(x), s = sum(exp(x - m)). Pairs merge exactly and in any grouping:
 is fixed by the code, never by timing, so results are bitwise reproducible (no
 floating-point atomics anywhere).
 
-The kernels, chosen by the launcher (`_run`):
+The kernels, chosen by the launcher (`_run`; the op is a constexpr of each kernel):
 
 - `_row_fused_kernel`: the reduced axis has unit stride and a row fits in registers
   (n <= 16384): one program holds ROWS whole rows. Traffic 1R + 1W (backward: y and g
@@ -31,10 +32,8 @@ The kernels, chosen by the launcher (`_run`):
   has unit stride (softmax over dim 0 of a C-contiguous tensor, or over the last dim of a
   transposed one): tiles of [rows of n, BQ contiguous columns], loads coalesced along the
   columns, reduction across the tile's rows; the same two phases when n is long.
-- logsumexp needs phase 0 only: the last chunk to finish a row (its counter says so) merges
-  the row's pairs and writes the result: 1R.
-- `_lse_bwd_row_kernel` / `_lse_bwd_col_kernel`: logsumexp's gradient g * exp(x - lse),
-  element-wise: 1R + 1W.
+- logsumexp (`logsumexp.py`) needs phase 0 only: the last chunk to finish a row (its
+  counter says so) merges the row's pairs and writes the result: 1R.
 
 exp is tl.exp2(x * log2(e)) (ex2.approx on the GPU): relative error about |x| * 2^-24 plus
 2 ulp, inside the conditioning bound (|x_i - lse| + A) * u every float32 softmax pays;
@@ -49,22 +48,28 @@ all -inf chunk gives the pair (-FLT_MAX, 0) and no inf - inf.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = [
-    "_softmax_forward",
-    "_softmax_backward",
-    "_logsumexp_forward",
-    "_logsumexp_backward",
-]
+from ._common import _LOG2E, _NEG_BIG, _decode, _lse_of, _max_nan, _publish, _to, _wait
+from ._launch import (
+    _check,
+    _device_caps,
+    _hints,
+    _lag,
+    _launch_kernel,
+    _merged_config,
+    _norm_dim,
+    _pow2,
+    _prepare,
+    _same_layout,
+    _trace,
+)
 
-_LOG2E = tl.constexpr(1.4426950408889634)
-_NEG_BIG = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: start of a partial max
+__all__ = ["_softmax_forward", "_softmax_backward"]
 
 # Operation codes (constexpr in the kernels).
 _SOFTMAX = tl.constexpr(0)
@@ -73,67 +78,6 @@ _LOGSUMEXP = tl.constexpr(2)
 _SOFTMAX_BWD = tl.constexpr(3)  # dx = y * (g - sum(g * y))
 _LOG_SOFTMAX_BWD = tl.constexpr(4)  # dx = g - exp(y) * sum(g)
 _OPS = {"softmax": 0, "log_softmax": 1, "logsumexp": 2, "softmax_bwd": 3, "log_softmax_bwd": 4}
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-# ----------------------------------------------------------------------------------
-# Shared pieces of the kernels.
-# ----------------------------------------------------------------------------------
-@triton.jit
-def _max_nan(a, b):
-    # max that propagates NaN (PTX max.NaN.f32): a NaN anywhere in the row reaches m.
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
-def _to(v, P):
-    # v in the element type of pointer P: round to nearest even on the GPU (cvt.rn);
-    # Triton's interpreter truncates float32 -> bfloat16 instead (the tests allow for it).
-    return v.to(P.dtype.element_ty)
-
-
-@triton.jit
-def _decode(u, n_groups, lag):
-    """Work unit u -> (phase, group). Units: phase 0 of groups [0, lag), then pairs
-    (phase 0 of group lag + j, phase 1 of group j), then phase 1 of the last lag groups.
-    Phase 1 of a group always comes after its phase 0 (lag >= 1)."""
-    v = u - lag
-    n_pairs = n_groups - lag
-    in_pairs = v < 2 * n_pairs
-    odd = (v % 2) == 1
-    phase = tl.where(u < lag, 0, tl.where(in_pairs, tl.where(odd, 1, 0), 1))
-    group = tl.where(u < lag, u, tl.where(in_pairs, tl.where(odd, v // 2, v // 2 + lag), v - n_pairs))
-    return phase, group
-
-
-@triton.jit
-def _wait(counter, k):
-    # Spin until the k phase-0 items of this group have published their pairs. The
-    # atomic runs on one thread with acquire semantics; the barrier orders every thread's
-    # next loads after it, and those loads bypass L1 (.cg), which is not coherent.
-    while tl.atomic_add(counter, 0, sem="acquire") < k:
-        pass
-    tl.debug_barrier()
-
-
-@triton.jit
-def _publish(counter):
-    # Every thread's partial stores, then one release increment: the barrier plus the
-    # release's cumulativity make the stores visible before the count (CUTLASS's semaphore
-    # pattern). Returns the count before this increment.
-    tl.debug_barrier()
-    return tl.atomic_add(counter, 1, sem="acq_rel")
-
-
-@triton.jit
-def _lse_of(m, s):
-    # log(sum exp) from a merged pair: +inf where the max is +inf (s is NaN there);
-    # an all -inf row has m = -FLT_MAX or -inf and s = 0 or NaN: give -inf.
-    lse = m + tl.log(s)
-    lse = tl.where(m == float("inf"), float("inf"), lse)
-    lse = tl.where((m == float("-inf")) | ((m == _NEG_BIG) & (s == 0.0)), float("-inf"), lse)
-    return lse
 
 
 # ----------------------------------------------------------------------------------
@@ -476,50 +420,11 @@ def _col_split_kernel(
 
 
 # ----------------------------------------------------------------------------------
-# logsumexp backward: dx = g * exp(x - lse), element-wise (1R + 1W, plus the small g, lse).
-# ----------------------------------------------------------------------------------
-@triton.jit
-def _lse_bwd_row_kernel(X, G, LSE, DX, n_rows, n, inner, s_o, s_i, s_n, nb, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    rb = pid // nb
-    b = pid - rb * nb
-    r = rb * ROWS + tl.arange(0, ROWS)  # rows, also their index in the (outer, inner) C-order g and lse
-    rmask = r < n_rows
-    o = r // inner
-    i = r - o * inner
-    g = tl.load(G + r, mask=rmask, other=0.0).to(tl.float32)
-    lse = tl.load(LSE + r, mask=rmask, other=0.0).to(tl.float32)
-    cols = b * BLOCK + tl.arange(0, BLOCK)
-    mask = rmask[:, None] & (cols < n)[None, :]
-    offs = (o * s_o + i * s_i)[:, None] + cols[None, :] * s_n
-    x = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    dx = g[:, None] * tl.exp2((x - lse[:, None]) * _LOG2E)
-    tl.store(DX + offs, _to(dx, DX), mask=mask)
-
-
-@triton.jit
-def _lse_bwd_col_kernel(X, G, LSE, DX, n, Q, s_p, s_n, s_q, so_p, so_q, nqt, nb, TN: tl.constexpr, BQ: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    grp = pid // nb
-    b = pid - grp * nb
-    p = grp // nqt
-    q = (grp - p * nqt) * BQ + tl.arange(0, BQ)
-    qmask = q < Q
-    g = tl.load(G + p * so_p + q * so_q, mask=qmask, other=0.0).to(tl.float32)
-    lse = tl.load(LSE + p * so_p + q * so_q, mask=qmask, other=0.0).to(tl.float32)
-    jj = b * TN + tl.arange(0, TN)
-    mask = (jj < n)[:, None] & qmask[None, :]
-    offs = p * s_p + jj[:, None] * s_n + q[None, :] * s_q
-    x = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    dx = g[None, :] * tl.exp2((x - lse[None, :]) * _LOG2E)
-    tl.store(DX + offs, _to(dx, DX), mask=mask)
-
-
-# ----------------------------------------------------------------------------------
 # Launchers.
 # ----------------------------------------------------------------------------------
-# Tuning knobs; `cfg=` on each launcher overrides them (the tests shrink every threshold
-# so that each path runs on small shapes; the GPU benchmark sweeps some of them).
+# Tuning knobs of the softmax-family launchers (here and in logsumexp.py); `cfg=` on each
+# launcher overrides them (the tests shrink every threshold so that each path runs on small
+# shapes; the GPU benchmark sweeps some of them).
 DEFAULTS: dict[str, Any] = {
     "fused_max_n": 16384,  # longest row kept in registers by _row_fused_kernel
     "fused_elems": 4096,  # elements per program in _row_fused_kernel (ROWS * BLOCK_N) for short rows
@@ -541,182 +446,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# Tests set this to a list to see which kernel each call ran, with its parameters.
-_TRACE: list[tuple[str, dict[str, Any]]] | None = None
-
-
-def _trace(kernel: str, **params: Any) -> None:
-    if _TRACE is not None:
-        _TRACE.append((kernel, params))
-
-
-# tools/gpu_bench.py --compile sets this to compile (offline, for sm_90) what each call
-# would launch, instead of launching it: hook(kernel, grid, args, constexprs, num_warps).
-_LAUNCH_HOOK = None
-
-
-def _launch_with(hook, kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
-    """Launch, or hand the launch to `hook` (a module's _LAUNCH_HOOK) when one is set."""
-    if hook is not None:
-        hook(kernel, grid, args, meta, num_warps)
-        return
-    if args[0].is_cuda:  # launch on the tensors' device (and its current stream)
-        with torch.cuda.device(args[0].device):
-            kernel[(grid,)](*args, **meta, num_warps=num_warps)
-    else:
-        kernel[(grid,)](*args, **meta, num_warps=num_warps)
-
-
-def _launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int) -> None:
-    _launch_with(_LAUNCH_HOOK, kernel, grid, args, meta, num_warps)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _interpreter_numpy_shim() -> None:
-    """Triton's interpreter turns a tensor into an index with int(array of shape (1,)), which
-    NumPy >= 2.4 refuses, so a loop over a run-time bound fails there (triton-lang/triton
-    issue 9171, fixed upstream by squeezing first). Same fix, applied to the interpreter's
-    tensor patch only when interpreting and only while Triton lacks it."""
-    try:
-        from triton.runtime import interpreter
-    except ImportError:  # pragma: no cover
-        return
-    orig = getattr(interpreter, "_patch_lang_tensor", None)
-    if orig is None or getattr(orig, "_twopass_shim", False):
-        return
-
-    def patched(tensor, scope):
-        orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._twopass_shim = True
-    interpreter._patch_lang_tensor = patched
-
-
-if _interpreting():
-    _interpreter_numpy_shim()
-
-
-def _device_caps(x: torch.Tensor, cfg: dict[str, Any]) -> tuple[int, int]:
-    sms, l2 = cfg["num_sms"], cfg["l2_bytes"]
-    if (sms is None or l2 is None) and x.is_cuda:
-        props = torch.cuda.get_device_properties(x.device)
-        sms = sms or props.multi_processor_count
-        l2 = l2 or int(getattr(props, "L2_cache_size", 0)) or 50 * 2**20
-    return sms or 132, l2 or 50 * 2**20
-
-
-def _merged_config(cfg: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
-    if not cfg:
-        return defaults
-    unknown = set(cfg) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}")
-    return {**defaults, **cfg}
-
-
 def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     return _merged_config(cfg, DEFAULTS)
-
-
-def _check_tensor(x: torch.Tensor, name: str, hooked: bool) -> None:
-    """A float tensor the kernels can take: on a CUDA device, or anywhere under the
-    interpreter or a launch hook (`hooked`)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"{name}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
-    if not (x.is_cuda or _interpreting() or hooked):
-        raise ValueError(f"{name}: expected a CUDA tensor (or TRITON_INTERPRET=1), got device {x.device}")
-
-
-def _check(x: torch.Tensor, name: str) -> None:
-    _check_tensor(x, name, _LAUNCH_HOOK is not None)
-
-
-def _norm_dim(dim: int, ndim: int, name: str) -> int:
-    nd = max(ndim, 1)
-    if not -nd <= dim < nd:
-        raise IndexError(f"{name}: dim {dim} out of range for a tensor of {ndim} dimensions")
-    return dim % nd
-
-
-def _merge(shape, stride, dims) -> tuple[int, int] | None:
-    """(size, stride) of the dims merged into one index, or None if they do not merge."""
-    size, st, prev = 1, 0, None
-    for d in dims:
-        if shape[d] == 1:
-            continue
-        if prev is not None and stride[prev] != stride[d] * shape[d]:
-            return None
-        size *= shape[d]
-        st, prev = stride[d], d
-    return size, st
-
-
-def _layout(t: torch.Tensor, dim: int):
-    """t as (outer, n, inner) with strides (s_o, s_n, s_i), or None."""
-    shape, stride = t.shape, t.stride()
-    before = _merge(shape, stride, range(dim))
-    after = _merge(shape, stride, range(dim + 1, t.dim()))
-    if before is None or after is None:
-        return None
-    n = shape[dim]
-    s_n = stride[dim] if n > 1 else 1
-    return before[0], n, after[0], before[1], s_n, after[1]
-
-
-def _dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense (what torch.empty_like keeps the strides of)."""
-    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
-    expected = 1
-    for st, sz in dims:
-        if st != expected:
-            return False
-        expected *= sz
-    return True
-
-
-def _same_layout(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """t with the strides of `like` (a copy when they differ)."""
-    if t.stride() == like.stride() or t.numel() <= 1:
-        return t
-    return torch.empty_like(like, dtype=t.dtype).copy_(t)
-
-
-def _prepare(x: torch.Tensor, dim: int):
-    """x with a usable layout: its dims before and after `dim` merge, and either the
-    reduced axis or one of the others has unit stride. Returns (x, layout)."""
-    lay = _layout(x, dim)
-    if lay is not None:
-        outer, n, inner, s_o, s_n, s_i = lay
-        ok_row = s_n == 1 or n == 1
-        ok_col = (inner > 1 and s_i == 1) or (outer > 1 and s_o == 1)
-        if (ok_row or ok_col) and _dense(x):  # outputs (empty_like) then get x's strides
-            return x, lay
-    # Documented copy: gaps (a sliced view), overlap (expand) or no unit-stride axis.
-    x = x.contiguous()
-    return x, _layout(x, dim)
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
-
-
-def _hints(cfg: dict[str, Any]) -> dict[str, str]:
-    # Phase-0 loads ask L2 to keep the lines (phase 1 reads them again); phase-1 loads and
-    # stores ask it to drop theirs first, so that the output does not evict pending input.
-    if cfg["l2_hints"]:
-        return {"KEEP": "evict_last", "DROP": "evict_first"}
-    return {"KEEP": "", "DROP": ""}
-
-
-def _lag(group_bytes: int, n_groups: int, l2: int, cfg: dict[str, Any]) -> int:
-    lag = int(l2 * cfg["l2_fraction"]) // max(1, group_bytes)
-    return max(1, min(n_groups, lag))
 
 
 def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay, out_lse, cfg) -> None:
@@ -740,7 +471,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
             _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps)
-            _launch(
+            _launch_kernel(
                 _row_fused_kernel, triton.cdiv(n_rows, rows),
                 (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
                 dict(OP=OP, ROWS=rows, BLOCK_N=block_n), warps,
@@ -761,7 +492,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
         items = n_rows * k * (1 if op == "logsumexp" else 2)
         _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, warps=warps)
-        _launch(
+        _launch_kernel(
             _row_split_kernel, items,
             (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i, k, chunk, lag),
             dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), **_hints(cfg)), warps,
@@ -779,7 +510,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         bn = _pow2(n)
         warps = max(1, min(8, bn * bq // 512))
         _trace("col_fused", op=op, bn=bn, bq=bq, warps=warps)
-        _launch(
+        _launch_kernel(
             _col_fused_kernel, n_groups, (x, G, Y, n, Q, s_p, s_n, s_q, so_p, so_q, nqt),
             dict(OP=OP, BN=bn, BQ=bq), warps,
         )  # fmt: skip
@@ -796,7 +527,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
     items = n_groups * k * (1 if op == "logsumexp" else 2)
     warps = max(1, min(8, tn * bq // 512))
     _trace("col_split", op=op, k=k, chunk=chunk, lag=lag, tn=tn, bq=bq, warps=warps)
-    _launch(
+    _launch_kernel(
         _col_split_kernel, items,
         (x, G, Y, part, cnt, n, Q, s_p, s_n, s_q, so_p, so_q, n_groups, nqt, k, chunk, lag),
         dict(OP=OP, TN=tn, BQ=bq, KP=kp, **_hints(cfg)), warps,
@@ -858,87 +589,4 @@ def _softmax_backward(
     grad = _same_layout(y, grad)
     dx = torch.empty_like(y, dtype=grad.dtype) if grad.dtype != y.dtype else torch.empty_like(y)
     _run("log_softmax_bwd" if log else "softmax_bwd", y, grad, dx, lay, None, cfg)
-    return dx
-
-
-def _reduced_shape(shape, dim: int, keepdim: bool) -> tuple[int, ...]:
-    s = list(shape)
-    if keepdim:
-        s[dim] = 1
-    else:
-        del s[dim]
-    return tuple(s)
-
-
-def _logsumexp_forward(x: torch.Tensor, dim: int = -1, keepdim: bool = False, *, cfg: dict[str, Any] | None = None):
-    """log(sum(exp(x))) over `dim`, in one pass over x; result in x's dtype, C order."""
-    name = "twopass.triton.logsumexp"
-    _check(x, name)
-    cfg = _config(cfg)
-    if x.dim() == 0:
-        return _logsumexp_forward(x.reshape(1), 0, False, cfg=cfg).reshape(())
-    dim = _norm_dim(dim, x.dim(), name)
-    out = torch.empty(_reduced_shape(x.shape, dim, keepdim), dtype=x.dtype, device=x.device)
-    if out.numel() == 0:
-        return out
-    if x.shape[dim] == 0:
-        return out.fill_(float("-inf"))
-    x, lay = _prepare(x, dim)
-    outer, _, inner = lay[0], lay[1], lay[2]
-    _run("logsumexp", x, None, None, lay, out.view(outer, inner), cfg)
-    return out
-
-
-def _logsumexp_backward(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    lse: torch.Tensor,
-    dim: int = -1,
-    keepdim: bool = False,
-    *,
-    cfg: dict[str, Any] | None = None,
-):
-    """Gradient of logsumexp wrt x: grad * exp(x - lse), grad and lse of the reduced shape."""
-    name = "twopass.triton.logsumexp_backward"
-    _check(x, name)
-    _check(grad, name)
-    cfg = _config(cfg)
-    if x.dim() == 0:
-        return _logsumexp_backward(grad.reshape(()), x.reshape(1), lse.reshape(()), 0, False, cfg=cfg).reshape(())
-    dim = _norm_dim(dim, x.dim(), name)
-    rshape = _reduced_shape(x.shape, dim, keepdim)
-    if tuple(grad.shape) != rshape or tuple(lse.shape) != rshape:
-        raise ValueError(f"{name}: grad and lse must have shape {rshape}")
-    if x.numel() == 0:
-        return torch.empty_like(x)
-    x, lay = _prepare(x, dim)
-    outer, n, inner, s_o, s_n, s_i = lay
-    g = grad.contiguous().view(outer, inner)
-    lse = lse.contiguous().view(outer, inner)
-    dx = torch.empty_like(x, dtype=grad.dtype) if grad.dtype != x.dtype else torch.empty_like(x)
-    vec = 16 // x.element_size()
-    if s_n == 1 or n == 1:
-        block = min(_pow2(n), 4096)
-        rows = max(1, min(4096 // block, _pow2(outer * inner)))
-        nb = triton.cdiv(n, block)
-        _trace("lse_bwd_row", block=block, rows=rows)
-        _launch(
-            _lse_bwd_row_kernel, triton.cdiv(outer * inner, rows) * nb,
-            (x, g, lse, dx, outer * inner, n, inner, s_o, s_i, s_n, nb),
-            dict(ROWS=rows, BLOCK=block), max(1, min(8, rows * block // 512)),
-        )  # fmt: skip
-        return dx
-    if inner > 1 and s_i == 1:
-        P, Q, s_p, s_q, so_p, so_q = outer, inner, s_o, s_i, inner, 1
-    else:
-        P, Q, s_p, s_q, so_p, so_q = inner, outer, s_i, s_o, 1, inner
-    bq = min(_pow2(Q), cfg["col_bq"] or vec * 32)
-    tn = max(1, min(_pow2(n), cfg["col_tile_elems"] // bq))
-    nqt = triton.cdiv(Q, bq)
-    nb = triton.cdiv(n, tn)
-    _trace("lse_bwd_col", tn=tn, bq=bq)
-    _launch(
-        _lse_bwd_col_kernel, P * nqt * nb, (x, g, lse, dx, n, Q, s_p, s_n, s_q, so_p, so_q, nqt, nb),
-        dict(TN=tn, BQ=bq), max(1, min(8, tn * bq // 512)),
-    )  # fmt: skip
     return dx

@@ -33,7 +33,7 @@ import math
 
 import pytest
 
-from _triton_util import DEV, INTERPRET, load
+from _triton_util import DEV, INTERPRET, cuda_only, load, traced
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
@@ -171,16 +171,6 @@ def run(x, t, w, ref, cfg, *, eps=0.0, zc=0.0, cap=None, grad="new", ignore_inde
         grad=g, cfg=cfg,
     )  # fmt: skip
     return out, g
-
-
-def traced(fn):
-    """The mode each launch of fn ran ("ce_row", "ce_split", "scale")."""
-    K._TRACE = []
-    try:
-        out = fn()
-        return [name for name, _ in K._TRACE], out
-    finally:
-        K._TRACE = None
 
 
 # ----------------------------------------------------------------------------------
@@ -454,9 +444,6 @@ def test_tanh():
 # ----------------------------------------------------------------------------------
 # CUDA only: the default settings on real shapes.
 # ----------------------------------------------------------------------------------
-cuda_only = pytest.mark.skipif(INTERPRET, reason="needs a CUDA device (runs the real kernels)")
-
-
 @cuda_only
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("shape", [(64, 32000), (16, 128256), (3, 256000), (300, 1000)])

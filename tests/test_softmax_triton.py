@@ -1,0 +1,231 @@
+"""The softmax and log_softmax Triton kernels (twopass.triton.softmax) against a float64
+reference, forward and backward.
+
+Without a GPU (CI) they run under Triton's interpreter (TRITON_INTERPRET=1, set by
+_triton_util when no CUDA device is present) on CPU tensors, with every size threshold
+shrunk (`SMALL`) so that each kernel and each branch runs on small shapes: the fused row
+kernel, the split row kernel (several chunks, lag shorter and longer than the batch), the
+fused and the split column kernels, and their backward forms. With a GPU the same tests run
+on the real kernels, plus cases with the default thresholds (`PATH_CASES`) and larger shapes
+(`test_cuda_*`). The same kernels with the logsumexp op: test_logsumexp_triton.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from _triton_util import (
+    CFG,
+    CUDA_LARGE,
+    DEV,
+    DTYPES,
+    LAYOUTS,
+    PATH_CASES,
+    SOFTMAX,
+    SPECIAL_CASES,
+    SPECIAL_IDS,
+    case_id,
+    check_forward,
+    cuda_only,
+    kernels_run,
+    randn,
+    run_fwd,
+    seed_of,
+    special_input,
+    tiny_out,
+    u_of,
+    u_out,
+)
+
+torch = pytest.importorskip("torch")
+K = SOFTMAX
+OPS = ("softmax", "log_softmax")
+
+
+def check_backward(log: bool, g: torch.Tensor, y: torch.Tensor, dx: torch.Tensor, dim: int) -> None:
+    g64, y64 = g.to("cpu", torch.float64), y.to("cpu", torch.float64)
+    if log:
+        ref = g64 - torch.exp(y64) * g64.sum(dim, keepdim=True)
+        scale = g64.abs() + torch.exp(y64) * g64.abs().sum(dim, keepdim=True)
+    else:
+        ref = y64 * (g64 - (g64 * y64).sum(dim, keepdim=True))
+        scale = y64.abs() * (g64.abs() + (g64 * y64).abs().sum(dim, keepdim=True))
+    dx64 = dx.to("cpu", torch.float64)
+    uo = u_out(dx.dtype)
+    bound = 32 * u_of(torch.float32) * scale + uo * ref.abs() + tiny_out(dx.dtype)
+    err = (dx64 - ref).abs()
+    assert not torch.isnan(dx64).any()
+    i = (err - bound).argmax()
+    assert (err <= bound).all(), f"err {err.flatten()[i].item():.3g} > bound {bound.flatten()[i].item():.3g}"
+
+
+# ----------------------------------------------------------------------------------
+# Forward: every path, op, dtype.
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("case", PATH_CASES, ids=case_id)
+def test_forward_paths(case, op, dtype):
+    shape, dim, path, _why, cfg = case
+    x = randn(shape, dtype, seed=seed_of(shape, op))
+    ran = kernels_run(lambda: check_forward(op, x, run_fwd(op, x, dim, cfg), dim))
+    assert ran == [path], (ran, path)
+
+
+# ----------------------------------------------------------------------------------
+# Layouts: transposed, permuted, sliced, expanded, 0-d, empty, n = 1, out=, in place.
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layouts(name, op):
+    make, dim, kind = LAYOUTS[name]
+    x = make()
+    ran = kernels_run(lambda: check_forward(op, x, run_fwd(op, x, dim), dim))
+    assert len(ran) == 1 and ran[0].startswith(kind), ran
+    y = run_fwd(op, x, dim)
+    assert y.shape == x.shape
+
+
+def test_output_strides_follow_input():
+    x = randn((90, 12), torch.float32).t()
+    y = run_fwd("softmax", x, 1)
+    assert y.stride() == x.stride()
+
+
+def test_scalar_and_empty():
+    x = torch.tensor(3.0, device=DEV)
+    assert run_fwd("softmax", x, 0).item() == 1.0
+    assert run_fwd("log_softmax", x, -1).item() == 0.0
+    e = torch.empty((3, 0), device=DEV)
+    assert run_fwd("softmax", e, -1).shape == (3, 0)
+
+
+@pytest.mark.parametrize("n", (50, 300))
+def test_out_poisoned_and_in_place(n):
+    x = randn((5, n), torch.float32)
+    ref = run_fwd("softmax", x, -1)
+    out = torch.full_like(x, float("nan"))  # every element must be written
+    assert run_fwd("softmax", x, -1, out=out) is out
+    assert torch.equal(out, ref)
+    xc = x.clone()
+    run_fwd("softmax", xc, -1, out=xc)  # in place: each chunk is read before it is written
+    assert torch.equal(xc, ref)
+    t = torch.full((n, 5), float("nan"), device=DEV).t()  # other strides: via a temporary
+    run_fwd("softmax", x, -1, out=t)
+    assert torch.equal(t, ref)
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="float64"):
+        run_fwd("softmax", torch.zeros(3, dtype=torch.float64, device=DEV), -1)
+    with pytest.raises(IndexError):
+        run_fwd("softmax", torch.zeros(3, 4, device=DEV), 2)
+    with pytest.raises(ValueError, match="out"):
+        run_fwd("softmax", torch.zeros(3, 4, device=DEV), -1, out=torch.zeros(4, 3, device=DEV))
+    with pytest.raises(ValueError, match="unknown config"):
+        K._softmax_forward(torch.zeros(3, 4, device=DEV), cfg={"nope": 1})
+
+
+# ----------------------------------------------------------------------------------
+# Special values on every path: NaN, +inf, all -inf, some -inf, huge finite values.
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize(**SPECIAL_CASES, ids=SPECIAL_IDS)
+def test_special_values(n, dim, op):
+    x = special_input(n, dim)
+    y = run_fwd(op, x, dim)
+    check_forward(op, x, y, dim)
+    y64 = y.double().cpu()
+    if dim == 0:
+        y64 = y64.t()
+    if op == "softmax":
+        assert torch.isnan(y64[[1, 2, 3, 7]]).all()
+        assert (y64[4, ::3] == 0).all()
+        assert torch.allclose(y64[5], torch.full((n,), 1.0 / n, dtype=torch.float64))
+        assert y64[6, 0] == 1 and (y64[6, 1:] == 0).all()
+    else:
+        assert torch.isnan(y64[[1, 2, 3, 7]]).all()
+        assert torch.isneginf(y64[4, ::3]).all()
+
+
+def test_huge_pair():
+    x = torch.tensor([[3e38, 3e38]], device=DEV)
+    assert torch.equal(run_fwd("softmax", x, -1).cpu(), torch.tensor([[0.5, 0.5]]))
+
+
+# ----------------------------------------------------------------------------------
+# Properties and determinism.
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", (50, 300))
+def test_properties(n):
+    x = randn((6, n), torch.float32)
+    y = run_fwd("softmax", x, -1).double().cpu()
+    assert ((y >= 0) & (y <= 1)).all()
+    assert torch.allclose(y.sum(-1), torch.ones(6, dtype=torch.float64), atol=n * 2e-7)
+    y2 = run_fwd("softmax", x + 1000.0, -1).double().cpu()  # shift invariance
+    assert torch.allclose(y, y2, rtol=1e-3, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", (-1, 0))
+def test_deterministic(dim):
+    x = randn((2, 500) if dim == -1 else (150, 9), torch.float32)  # the split kernels
+    for op in OPS:
+        a, b = run_fwd(op, x, dim), run_fwd(op, x, dim)
+        assert torch.equal(a, b), op
+
+
+# ----------------------------------------------------------------------------------
+# Backward.
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)  # float16: forward tests
+@pytest.mark.parametrize("log", (False, True), ids=("softmax", "log_softmax"))
+@pytest.mark.parametrize("case", PATH_CASES, ids=case_id)
+def test_backward_paths(case, log, dtype):
+    shape, dim, path, _why, cfg = case
+    x = randn(shape, torch.float32, seed=3)
+    y = K._softmax_forward(x, dim, log, cfg=cfg).to(dtype)
+    g = randn(shape, dtype, scale=1.0, seed=4)
+    ran = kernels_run(lambda: check_backward(log, g, y, K._softmax_backward(g, y, dim, log, cfg=cfg), dim))
+    assert ran == [path], (ran, path)
+
+
+def test_backward_mixed_strides():
+    x = randn((90, 12), torch.float32).t()  # y gets these strides, g is contiguous
+    y = K._softmax_forward(x, 1, cfg=CFG)
+    g = randn((12, 90), torch.float32, seed=5)
+    dx = K._softmax_backward(g, y, 1, cfg=CFG)
+    check_backward(False, g, y, dx, 1)
+
+
+def test_backward_matches_autograd():
+    x = randn((4, 300), torch.float64).float()
+    g = randn((4, 300), torch.float32, seed=7)
+    for log in (False, True):
+        xr = x.detach().cpu().double().requires_grad_()
+        fn = torch.log_softmax if log else torch.softmax
+        fn(xr, -1).backward(g.cpu().double())
+        y = K._softmax_forward(x, -1, log, cfg=CFG)
+        dx = K._softmax_backward(g, y, -1, log, cfg=CFG)
+        assert torch.allclose(dx.cpu().double(), xr.grad, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# CUDA only: the default thresholds on shapes at their boundaries.
+# ----------------------------------------------------------------------------------
+@cuda_only
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("shape,dim", CUDA_LARGE)
+def test_cuda_large(shape, dim, dtype):
+    x = randn(shape, dtype)
+    for op in OPS:
+        y = run_fwd(op, x, dim)
+        check_forward(op, x, y, dim)
+        assert torch.equal(y, run_fwd(op, x, dim)), "not deterministic"
+
+
+@cuda_only
+def test_cuda_transposed_large():
+    x = randn((4096, 3000), torch.float32).t()
+    for dim in (0, 1):
+        for op in OPS:
+            check_forward(op, x, run_fwd(op, x, dim), dim)
