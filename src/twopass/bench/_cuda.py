@@ -74,8 +74,9 @@ def open_device(compile_only: bool = False) -> Device:
 
 
 def triton_module(name: str) -> Any:
-    """twopass.triton.<name> (import it only after TRITON_INTERPRET is settled)."""
-    return importlib.import_module(f"twopass.triton.{name}")
+    """twopass.triton.<name>, or the package twopass.triton itself for "" (import it only
+    after TRITON_INTERPRET is settled)."""
+    return importlib.import_module(f"twopass.triton.{name}" if name else "twopass.triton")
 
 
 def time_ms(dev: Device, fn: Callable[[], Any], rep_ms: int = 100, grad_to_none: Any = None) -> float:
