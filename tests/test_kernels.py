@@ -102,7 +102,7 @@ def test_row_blocks_normal_range_boundary(isa, dtype):
 @pytest.mark.parametrize("n", [1, 7, 64, 100, 2049])
 def test_row_blocks_with_special_rows(isa, dtype, op, n):
     """Contiguous rows by three_pass_reload run 256 rows per kernel call
-    (Prims::rows_reload); rows with special values are flagged there and redone by the
+    (rows_reload); rows with special values are flagged there and redone by the
     general path. Special rows at a block's first and last row, side by side, and in
     the last, partial block; 1 and 2 threads (the blocks start where a thread's rows do)."""
     rng = np.random.default_rng(n)
