@@ -18,17 +18,29 @@ namespace tp {
 namespace {
 
 // The ISAs CMakeLists.txt compiles on this architecture.
-const KernelTable* table_for(Isa isa) {
+bool compiled(Isa isa) {
   switch (isa) {
-    case Isa::kScalar: return &tp_scalar::table();
+    case Isa::kScalar: return true;
+    case Isa::kAvx2:
+    case Isa::kAvx512: return TP_HAVE_X86;
+    case Isa::kNeon: return TP_HAVE_ARM64;
+    default: return false;
+  }
+}
+
+// The table of a compiled ISA. Only for an ISA the CPU supports: building an ISA's table
+// runs code compiled for it (an AVX-512 machine's static initialisation would otherwise
+// fault on an AVX2-only CPU with an illegal instruction).
+const KernelTable& table_for(Isa isa) {
+  switch (isa) {
 #if TP_HAVE_X86
-    case Isa::kAvx2: return &tp_avx2::table();
-    case Isa::kAvx512: return &tp_avx512::table();
+    case Isa::kAvx2: return tp_avx2::table();
+    case Isa::kAvx512: return tp_avx512::table();
 #endif
 #if TP_HAVE_ARM64
-    case Isa::kNeon: return &tp_neon::table();
+    case Isa::kNeon: return tp_neon::table();
 #endif
-    default: return nullptr;
+    default: return tp_scalar::table();
   }
 }
 
@@ -53,17 +65,17 @@ bool isa_supported(Isa isa) {
   }
 }
 
-bool isa_compiled(Isa isa) { return table_for(isa) != nullptr; }
+bool isa_compiled(Isa isa) { return compiled(isa); }
 
 int panel_lanes(Isa isa, int dtype_bytes) {
-  const KernelTable* t = table_for(isa);
-  return t ? (dtype_bytes == 4 ? t->lanes_f32 : t->lanes_f64) : 1;
+  if (!compiled(isa) || !isa_supported(isa)) return 1;
+  const KernelTable& t = table_for(isa);
+  return dtype_bytes == 4 ? t.lanes_f32 : t.lanes_f64;
 }
 
 const KernelTable& kernels(Isa isa) {
-  const KernelTable* t = table_for(isa);
-  if (!t || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
-  return *t;
+  if (!compiled(isa) || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
+  return table_for(isa);
 }
 
 }  // namespace tp
