@@ -30,15 +30,21 @@ int dtype_bytes(const nb::dlpack::dtype& dt) {
   throw nb::type_error("twopass: kernels take float32 or float64 arrays");
 }
 
+// `dtype` (codes.h, Dtype): float16 and bfloat16 come as uint16 views of x and y; -1:
+// float32 or float64, from the arrays.
 void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::ndarray<nb::device::cpu> y,
          int64_t outer, int64_t n, int64_t inner, int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n,
-         int threads, bool stream) {
-  const int bytes = dtype_bytes(x.dtype());
-  if (dtype_bytes(y.dtype()) != bytes) throw nb::type_error("twopass: x and y must have the same dtype");
+         int threads, bool stream, int dtype) {
+  const bool half = dtype == (int)tp::Dtype::kFloat16 || dtype == (int)tp::Dtype::kBfloat16;
+  if (half && !(x.dtype() == nb::dtype<uint16_t>() && y.dtype() == nb::dtype<uint16_t>()))
+    throw nb::type_error("twopass: float16 and bfloat16 come as uint16 views of x and y");
+  const int bytes = half ? 2 : dtype_bytes(x.dtype());
+  if (!half && dtype_bytes(y.dtype()) != bytes) throw nb::type_error("twopass: x and y must have the same dtype");
   if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || threads < 1 || outer < 0 || n < 0 || inner < 0)
     throw std::invalid_argument("twopass: bad problem description");
   tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, x.data(), y.data(), outer, n, inner,
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
+  pb.bf16 = dtype == (int)tp::Dtype::kBfloat16;
   nb::gil_scoped_release release;
   tp::run(pb, (tp::Isa)isa, threads, stream);
 }
@@ -119,7 +125,7 @@ NB_MODULE(_core, m) {
   m.doc() = "twopass C++ kernels (private: use the functions of the twopass package)";
   m.def("run", &run, nb::arg("op"), nb::arg("algo"), nb::arg("isa"), nb::arg("x"), nb::arg("y"), nb::arg("outer"),
         nb::arg("n"), nb::arg("inner"), nb::arg("xs_outer"), nb::arg("xs_n"), nb::arg("ys_outer"), nb::arg("ys_n"),
-        nb::arg("threads"), nb::arg("stream"));
+        nb::arg("threads"), nb::arg("stream"), nb::arg("dtype") = -1);
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),
         "Memory-bandwidth probe: one read of a float32 array (returns its maximum).");
   m.def("copy_pass", &copy_pass, nb::arg("x"), nb::arg("y"), nb::arg("isa"), nb::arg("threads"), nb::arg("stream"),
@@ -146,6 +152,9 @@ NB_MODULE(_core, m) {
   codes = nb::dict();
   TP_ALGO_LIST(TP_ADD_CODE)
   m.attr("ALGO_CODES") = codes;
+  codes = nb::dict();
+  TP_DTYPE_LIST(TP_ADD_CODE)
+  m.attr("DTYPE_CODES") = codes;
 #undef TP_ADD_CODE
   // Elements per thread of a batch and per chunk of a row split along its axis (threads.h),
   // which the "auto" rule in _softmax.py must agree with.

@@ -9,8 +9,8 @@
 
 namespace TP_NS {
 
-// softmax_passes.cpp (instantiated for float and double).
-template <class T> tp::SoftmaxKernels<T> softmax_kernels();
+// softmax_passes.cpp (instantiated for float, double, tp::f16 and tp::bf16 storage).
+template <class S> tp::SoftmaxKernels<S> softmax_kernels();
 // cross_entropy_rows.cpp (instantiated for float and double).
 template <class T> tp::CrossEntropyRowKernels<T> cross_entropy_row_kernels();
 // bf16.cpp.

@@ -17,6 +17,8 @@ const tp::KernelTable& table() {
       kUnroll * Vec<double>::W,
       softmax_kernels<float>(),
       softmax_kernels<double>(),
+      softmax_kernels<tp::f16>(),
+      softmax_kernels<tp::bf16>(),
       cross_entropy_row_kernels<float>(),
       cross_entropy_row_kernels<double>(),
       bf16_to_f32,

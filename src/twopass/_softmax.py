@@ -17,15 +17,13 @@ from ._arrays import (
     check_dtype,
     check_out,
     check_threads,
-    from_float32,
     layout,
     normalize_axis,
     out_layout,
     streaming_stores,
-    to_float32,
     to_numpy,
 )
-from ._dispatch import ALGO_CODES, OP_CODES
+from ._dispatch import ALGO_CODES, DTYPE_CODES, OP_CODES
 
 _COMMON_DOC = """
     Parameters
@@ -176,8 +174,9 @@ def compute(
             return out
         return wrap(y.reshape(()) if scalar_input and op != "logsumexp" else y)
 
-    # Compute dtype: float16/bfloat16 are read and written as such, computed in float32.
-    xc = arr if dtype in NATIVE else to_float32(arr)
+    # float16/bfloat16 are read and written as such by the kernels (computed in float32
+    # in registers), passed as uint16 views with their dtype code.
+    xc = arr
     lay = layout(xc, ax)
     if lay is None or (lay[2] == 1 and lay[4] != 1):  # see _arrays' docstring
         xc = np.ascontiguousarray(xc)
@@ -185,7 +184,7 @@ def compute(
     outer, n, inner, xs_outer, xs_n = lay
 
     # The output: straight into `out` when its layout allows, else via a temporary.
-    direct = out_arr is not None and out_arr.dtype == xc.dtype
+    direct = out_arr is not None
     y = out_arr if direct else np.empty(shape, dtype=xc.dtype)
     y3 = out_layout(y, ax, op, keepdims)
     if y3 is None:
@@ -199,16 +198,21 @@ def compute(
         code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
     if stream is None:
         stream = streaming_stores(y, xc)
+    if dtype in NATIVE:
+        args, dtype_code = (xc, y), -1
+    else:
+        args, dtype_code = (xc.view(np.uint16), y.view(np.uint16)), DTYPE_CODES[dtype.name]
     _core.run(
-        OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream)
+        OP_CODES[op], code, isa_code, *args, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream),
+        dtype_code,
     )
 
     if out_arr is not None:
         if not direct:
-            out_arr[...] = y if y.dtype == out_arr.dtype else from_float32(y, out_arr.dtype)
+            out_arr[...] = y
         result = out_arr
     else:
-        result = y if y.dtype == dtype else from_float32(y, dtype)
+        result = y
     if scalar_input and op != "logsumexp":
         result = result.reshape(())
     return wrap(result) if out is None else out
@@ -330,6 +334,11 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     `threads` threads and `isa` (None: the selected one); see above. Runs on every call
     of the fast path: keep it cheap."""
     itemsize = dtype.itemsize
+    if itemsize == 2:
+        # float16/bfloat16: the reload cannot keep exp(x - max) in a 16-bit y, so it
+        # recomputes it (csrc/softmax.cpp, kReloadStores): one read more than two_pass,
+        # as many exps. It only pays in short rows, for its blocks of rows per call.
+        return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
     w, cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
