@@ -202,10 +202,8 @@ def compute(
         args, dtype_code = (xc, y), -1
     else:
         args, dtype_code = (xc.view(np.uint16), y.view(np.uint16)), DTYPE_CODES[dtype.name]
-    _core.run(
-        OP_CODES[op], code, isa_code, *args, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream),
-        dtype_code,
-    )
+    dims = (outer, n, inner, xs_outer, xs_n, ys_outer, ys_n)
+    _core.run(OP_CODES[op], code, isa_code, *args, *dims, nthreads, bool(stream), dtype_code)
 
     if out_arr is not None:
         if not direct:
