@@ -103,9 +103,12 @@ struct KernelTable {
   SoftmaxKernels<bf16> bf16s;
   CrossEntropyRowKernels<float> ce_f32;
   CrossEntropyRowKernels<double> ce_f64;
-  // bfloat16 rows of the cross-entropy, widened to float32 and narrowed back (RNE).
+  // bfloat16 and float16 rows of the cross-entropy, widened to float32 and narrowed
+  // back (RNE), by the softmax kernels' in-register conversions.
   void (*bf16_to_f32)(const uint16_t* a, float* y, int64_t n);
   void (*f32_to_bf16)(const float* a, uint16_t* y, int64_t n);
+  void (*f16_to_f32)(const uint16_t* a, float* y, int64_t n);
+  void (*f32_to_f16)(const float* a, uint16_t* y, int64_t n);
 };
 
 // Domain of the extended-exponent kernels, per element type. Inside it the range

@@ -74,11 +74,13 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
                    std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
                    double weight_total, int64_t ignore_index, double smoothing, double z_coef, double softcap,
                    double s_ce, double s_z, std::optional<nb::ndarray<nb::ndim<2>, nb::device::cpu>> grad, F64Out ce,
-                   F64Out z, F64Out lse, int threads, bool stream, bool bf16) {
-  // bfloat16 logits and gradient come as uint16 views (NumPy has no bfloat16 of its own).
-  if (bf16 && !(x.dtype() == nb::dtype<uint16_t>() && (!grad || grad->dtype() == nb::dtype<uint16_t>())))
-    throw nb::type_error("twopass.cross_entropy: bf16 takes uint16 views of the logits and gradient");
-  const int bytes = bf16 ? 4 : dtype_bytes(x.dtype());
+                   F64Out z, F64Out lse, int threads, bool stream, bool bf16, bool f16) {
+  // bfloat16 and float16 logits and gradient come as uint16 views (NumPy has no bfloat16).
+  const bool half = bf16 || f16;
+  if (bf16 && f16) throw std::invalid_argument("twopass.cross_entropy: bf16 or f16, not both");
+  if (half && !(x.dtype() == nb::dtype<uint16_t>() && (!grad || grad->dtype() == nb::dtype<uint16_t>())))
+    throw nb::type_error("twopass.cross_entropy: bf16 / f16 take uint16 views of the logits and gradient");
+  const int bytes = half ? 4 : dtype_bytes(x.dtype());
   const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
   auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass.cross_entropy: ") + what); };
   if (rows > 0 && n > 1 && x.stride(1) != 1) bad("classes must be contiguous");
@@ -86,14 +88,14 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
       (int64_t)lse.shape(0) != rows)
     bad("per-row arrays must have one entry per row");
   if (weight && (dtype_bytes(weight->dtype()) != bytes || (int64_t)weight->shape(0) != n)) bad("bad weight");
-  if (grad && ((!bf16 && dtype_bytes(grad->dtype()) != bytes) || (int64_t)grad->shape(0) != rows ||
+  if (grad && ((!half && dtype_bytes(grad->dtype()) != bytes) || (int64_t)grad->shape(0) != rows ||
                (int64_t)grad->shape(1) != n || (rows > 0 && n > 1 && grad->stride(1) != 1)))
     bad("bad grad");
   if (threads < 1 || !valid_algo(algo) || !valid_isa(isa)) bad("bad arguments");
   tp::CrossEntropyProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),
                    weight ? weight->data() : nullptr, weight_total, ignore_index, smoothing, z_coef, softcap,
                    s_ce, s_z, grad ? grad->data() : nullptr, grad && rows > 1 ? (int64_t)grad->stride(0) : n,
-                   ce.data(), z.data(), lse.data(), (tp::Algo)algo, stream, bf16};
+                   ce.data(), z.data(), lse.data(), (tp::Algo)algo, stream, bf16, f16};
   nb::gil_scoped_release release;
   tp::cross_entropy(pb, (tp::Isa)isa, threads);
 }
@@ -133,7 +135,8 @@ NB_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy, nb::arg("isa"), nb::arg("algo"), nb::arg("x"), nb::arg("target"),
         nb::arg("weight").none(), nb::arg("weight_total"), nb::arg("ignore_index"), nb::arg("smoothing"),
         nb::arg("z_coef"), nb::arg("softcap"), nb::arg("s_ce"), nb::arg("s_z"), nb::arg("grad").none(),
-        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"), nb::arg("stream"), nb::arg("bf16") = false);
+        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"), nb::arg("stream"), nb::arg("bf16") = false,
+        nb::arg("f16") = false);
   m.def("cross_entropy_grad", &cross_entropy_grad, nb::arg("isa"), nb::arg("x"), nb::arg("lse"), nb::arg("a"),
         nb::arg("c"), nb::arg("b"), nb::arg("target"), nb::arg("weight").none(), nb::arg("grad"), nb::arg("threads"),
         nb::arg("stream"));

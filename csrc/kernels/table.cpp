@@ -23,6 +23,8 @@ const tp::KernelTable& table() {
       cross_entropy_row_kernels<double>(),
       bf16_to_f32,
       f32_to_bf16,
+      f16_to_f32,
+      f32_to_f16,
   };
   return t;
 }
