@@ -66,9 +66,9 @@ template <class S> struct Passes {
   // cost as much as the work. A row whose maximum or sum is not finite (NaN, +inf, all
   // -inf) gets redo[r] = 1 and an unspecified output, for the driver to redo;
   // otherwise redo[r] = 0.
-  // Halves: pass 2 does not store (exp(x - max) rounded to 16 bits would be rounded
-  // again by pass 3); pass 3 recomputes it in float32 instead, the same values a float32
-  // reload would give, at the same traffic (x instead of y read back).
+  // Halves: pass 2 does not store exp(x - max) in y (rounded to 16 bits it would be
+  // rounded again by pass 3) but in a float32 scratch row of up to 2048 elements; longer
+  // rows recompute it in pass 3. Either way the values a float32 reload would give.
   void (*rows_reload)(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                       uint8_t* redo);
 };

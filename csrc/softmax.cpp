@@ -74,6 +74,7 @@ template <class S> struct Algorithms {
   // 16-bit y it would be rounded twice (there, then after scaling), so the halves
   // recompute it from x in the last pass instead (as three_pass_recompute does): the
   // values a float32 reload gives, at the same traffic, with no float32 temporary.
+  // (Blocks of short contiguous rows, Passes::rows_reload, keep it in a float32 row.)
   static constexpr bool kReloadStores = std::is_same_v<S, T>;
   const SoftmaxKernels<S>& kernels;
   Op op;

@@ -425,8 +425,12 @@ template <class S, bool Panel> struct PassKernels {
     using V = Vec<T>;
     using IO = Io<S>;
     // Halves: exp(x - m) is not stored in y, where it would be rounded to 16 bits before
-    // pass 3 rounds again; pass 3 recomputes it (kernel_api.h, rows_reload).
+    // pass 3 rounds again, but in a float32 scratch row when the row fits it (the short
+    // rows this path is for), else recomputed in pass 3 (kernel_api.h, rows_reload).
     constexpr bool kStore = std::is_same_v<S, T>;
+    constexpr int64_t kScratch = kStore ? 1 : 2048;  // floats: 8 KiB on the stack
+    T scratch[kScratch];
+    const bool buffered = !kStore && n <= kScratch;
     using R = typename V::R;
     constexpr int W = V::W, kStep = kUnroll * W;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
@@ -467,6 +471,7 @@ template <class S, bool Panel> struct PassKernels {
             for (int u = 0; u < kUnroll; ++u) {
               const R e = exp(V::sub(IO::load(xr + i + u * W), mv));
               if (kStore && !log) IO::store(yr + i + u * W, e);
+              if (buffered && !log) V::store(scratch + i + u * W, e);
               Ssum[u] = V::add(Ssum[u], e);
             }
         };
@@ -478,6 +483,7 @@ template <class S, bool Panel> struct PassKernels {
           const int k = (int)std::min<int64_t>(W, end - i);
           const R e = Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
           if (kStore && !log) IO::store_partial(yr + i, e, k);
+          if (buffered && !log) V::store_partial(scratch + i, e, k);
           Ssum[0] = V::add(Ssum[0], e);
         }
         for (int u = 1; u < kUnroll; ++u) Ssum[0] = V::add(Ssum[0], Ssum[u]);
@@ -494,7 +500,11 @@ template <class S, bool Panel> struct PassKernels {
         const R c = V::set1((T)(1.0 / s));
         write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), (const S*)nullptr,
                   [&](int64_t j, int k, int) { return V::mul(load_k<S>(yr + j, k, 0), c); });
-      } else {  // halves: y = exp(x - m) * (1/s), recomputed from x
+      } else if (buffered) {  // halves: y = scratch * (1/s), rounded to S once
+        const R c = V::set1((T)(1.0 / s));
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+                  [&](int64_t j, int k, int) { return V::mul(load_k<T>(scratch + j, k, 0), c); });
+      } else {  // halves, longer rows: y = exp(x - m) * (1/s), recomputed from x
         const R c = V::set1((T)(1.0 / s));
         write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
                   [&](int64_t j, int k, int) { return V::mul(Exp<T>::nonpositive(V::sub(load_k<S>(xr + j, k, 0), mv)), c); });
