@@ -48,14 +48,56 @@ def _real(x: Any, name: str) -> Any:
 
 
 def softmax(x: ArrayLike, axis: int | tuple[int, ...] | None = None) -> Any:
-    """``scipy.special.softmax``: ``exp(x) / sum(exp(x))`` over `axis` (None: the whole
-    array, as one row). See `twopass.softmax` for the dtypes and special values."""
+    """``scipy.special.softmax``: ``exp(x) / sum(exp(x))`` over `axis`, without overflow.
+
+    Parameters
+    ----------
+    x : array_like
+        Real values (see `twopass.softmax` for the dtypes); integers and booleans are
+        computed in float64, lists and scalars read with ``np.asarray``.
+    axis : int, tuple of ints or None, default None
+        The axes normalised together; None: the whole array, as one row.
+
+    Returns
+    -------
+    ndarray or scalar
+        Of the shape of `x`, summing to 1 over `axis`; a scalar for a scalar `x`.
+
+    Raises
+    ------
+    TypeError
+        Complex input, or a dtype twopass does not compute.
+    numpy.exceptions.AxisError
+        An axis out of range.
+    """
     return _softmax(_real(x, "softmax"), axis=axis)
 
 
 def log_softmax(x: ArrayLike, axis: int | tuple[int, ...] | None = None) -> Any:
-    """``scipy.special.log_softmax``: ``x - logsumexp(x)`` over `axis` (None: the whole
-    array). Never positive; exactly 0 at a maximum that dominates its row."""
+    """``scipy.special.log_softmax``: ``x - logsumexp(x)`` over `axis`.
+
+    Never positive; exactly 0 at a maximum that dominates its row.
+
+    Parameters
+    ----------
+    x : array_like
+        Real values (see `twopass.log_softmax` for the dtypes); integers and booleans
+        are computed in float64, lists and scalars read with ``np.asarray``.
+    axis : int, tuple of ints or None, default None
+        The axes normalised together; None: the whole array, as one row.
+
+    Returns
+    -------
+    ndarray or scalar
+        Of the shape of `x`; a scalar for a scalar `x`.
+
+    Raises
+    ------
+    TypeError
+        Complex input, or a dtype twopass does not compute.
+    numpy.exceptions.AxisError
+        An axis out of range.
+    """
     return _log_softmax(_real(x, "log_softmax"), axis=axis)
 
 
@@ -94,7 +136,17 @@ def logsumexp(
     Raises
     ------
     TypeError
-        Complex input.
+        Complex input, or a dtype twopass does not compute.
+    numpy.exceptions.AxisError
+        An axis out of range.
+    ValueError
+        `a` and `b` do not broadcast together.
+
+    Examples
+    --------
+    >>> from twopass.scipy import logsumexp
+    >>> logsumexp([1, 2], b=[1, -1], return_sign=True)  # log|e - e^2| and its sign
+    (np.float64(1.5413248546129181), np.float64(-1.0))
     """
     a = _real(a, "logsumexp")
     if b is None:
