@@ -59,14 +59,17 @@ def merge_axes(a: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, int, l
     """(v, ax, perm): `a.transpose(perm)` with the axes `axes` (two or more) merged into
     the one axis `ax` of `v`; the other axes keep their order. A view when the merged
     axes form one stride and the engine can read the result in place; else a copy."""
+    n = math.prod(a.shape[k] for k in axes)
+    first, last = axes[0], axes[-1]
+    if a.flags.c_contiguous and last - first == len(axes) - 1:  # the common case, without the search
+        return a.reshape(a.shape[:first] + (n,) + a.shape[last + 1 :]), first, list(range(a.ndim))
     keep = [k for k in range(a.ndim) if k not in axes]
     red = sorted(axes, key=lambda k: -abs(a.strides[k]))  # memory order: the only one a view can take
-    n = math.prod(a.shape[k] for k in axes)
     if a.size and _mergeable(a, red):
-        first = sum(1 for k in keep if k < axes[0])
+        here = sum(1 for k in keep if k < first)
         # In place of the first reduced axis (C order: SIMD across what follows), else
         # last, else first (e.g. a transposed array): the first the engine reads in place.
-        for p in dict.fromkeys((first, len(keep), 0)):
+        for p in dict.fromkeys((here, len(keep), 0)):
             perm = keep[:p] + red + keep[p:]
             t = a.transpose(perm)
             v = t.reshape(t.shape[:p] + (n,) + t.shape[p + len(red) :])  # a view: see _mergeable
@@ -104,9 +107,10 @@ def call(op: str, x: Any, axis: Any, *, keepdims: bool = False, out: Any = None,
         v, ax, perm = merge_axes(arr, axes)
     r = engine(op, v, axis=ax, keepdims=False, **kwargs)
     if op == "logsumexp":  # the kept axes are in their order: only the reduced ones to restore
-        y = np.expand_dims(r, axes) if keepdims else r
+        y = r.reshape([1 if k in axes else arr.shape[k] for k in range(arr.ndim)]) if keepdims else r
     else:
-        y = r.reshape([arr.shape[k] for k in perm]).transpose(np.argsort(perm))
+        inverse = sorted(range(len(perm)), key=perm.__getitem__)  # (np.argsort costs ~10 us on a list)
+        y = r.reshape([arr.shape[k] for k in perm]).transpose(inverse)
     if out is not None:  # written from the temporary (out may be x itself: x was read)
         o = check_out(out, arr, y.shape, y.dtype, name, in_place_ok=op != "logsumexp")
         o[...] = y
