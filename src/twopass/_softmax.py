@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from . import _core, _dispatch
+from . import _axes, _core, _dispatch
 from ._arrays import (
     NATIVE,
     ArrayT,
@@ -28,13 +29,18 @@ from ._dispatch import ALGO_CODES, DTYPE_CODES, OP_CODES
 _COMMON_DOC = """
     Parameters
     ----------
-    x : array
+    x : array_like
         float32, float64, float16 or bfloat16 values: a NumPy array (bfloat16 as
         ``ml_dtypes.bfloat16``), or any CPU array with DLPack such as a ``torch.Tensor``;
-        the result is of the same kind. float16 and bfloat16 are computed in float32.
-    axis : int, default -1
-        The axis to normalise; negative counts from the end. Any axis is computed in
-        place in memory (no transpose).
+        the result is of the same kind. float16 and bfloat16 are computed in float32;
+        integers and booleans in float64 (as SciPy). Lists and scalars are read with
+        ``np.asarray``; a 0-d NumPy result is returned as a NumPy scalar.
+    axis : int, tuple of ints or None, default -1
+        The axis to normalise; negative counts from the end. Any single axis is computed
+        in place in memory (no transpose). Several axes (None: all) are normalised as one
+        row: in place when they merge into one strided axis of a view (e.g. the trailing
+        axes of a C-contiguous array), else through a copy with them last; `out` is
+        then written from a temporary.
     out : array, optional
         Where to write the result: the shape and dtype of `x`, writable; may be `x`
         itself (in place).
@@ -59,8 +65,13 @@ _RAISES_DOC = """
 
 
 def softmax(
-    x: ArrayT, axis: int = -1, *, out: ArrayT | None = None, algorithm: str = "auto", threads: int | None = None
-) -> ArrayT:
+    x: ArrayT | ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: ArrayT | None = None,
+    algorithm: str = "auto",
+    threads: int | None = None,
+) -> ArrayT | Any:
     """Softmax along `axis`: ``exp(x) / sum(exp(x))``, without overflow.
     {common}
     Returns
@@ -76,12 +87,19 @@ def softmax(
     >>> twopass.softmax(np.array([1.0, 2.0, 3.0], np.float32))
     array([0.09003057, 0.24472849, 0.66524094], dtype=float32)
     """
-    return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    if type(x) is np.ndarray and type(axis) is int and x.ndim and x.dtype in NATIVE:
+        return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    return _axes.call("softmax", x, axis, out=out, algorithm=algorithm, threads=threads, engine=compute)
 
 
 def log_softmax(
-    x: ArrayT, axis: int = -1, *, out: ArrayT | None = None, algorithm: str = "auto", threads: int | None = None
-) -> ArrayT:
+    x: ArrayT | ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: ArrayT | None = None,
+    algorithm: str = "auto",
+    threads: int | None = None,
+) -> ArrayT | Any:
     """Log-softmax along `axis`: ``x - logsumexp(x)``.
 
     The last pass computes no exponential: ``y = (x - max) - log(s)`` with
@@ -100,7 +118,9 @@ def log_softmax(
     >>> twopass.log_softmax(np.array([0.0, 0.0], np.float32))
     array([-0.6931472, -0.6931472], dtype=float32)
     """
-    return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    if type(x) is np.ndarray and type(axis) is int and x.ndim and x.dtype in NATIVE:
+        return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    return _axes.call("log_softmax", x, axis, out=out, algorithm=algorithm, threads=threads, engine=compute)
 
 
 for _f in (softmax, log_softmax):
