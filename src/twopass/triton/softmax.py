@@ -141,7 +141,17 @@ def _row_fused_kernel(
 # is kept per column lane (one rescale per K elements: about 1.1 exp per element).
 # ----------------------------------------------------------------------------------
 # Not specialized on the value 1 (one variant fewer to compile each): nothing gains from it.
-# chunk and n stay specialized: their divisibility by 16 is what proves 16-byte accesses.
+#
+# Vector accesses on any row length: Triton proves a 16-byte access only from divisibility,
+# and a row of odd length (a vocabulary of 50257) starts at an unaligned address. With
+# A = 16 bytes / element size (the launcher passes A = 1 when a pointer itself is not
+# 16-byte aligned), each row is read on a grid that starts at the aligned address just
+# below it: row-local index t in [lo, hi) holds the row, lo = base mod A < A. Loads cover
+# whole vectors ([0, round_up(hi, A)): never past the 16-byte block of a row element, so
+# never a fault) and mask the neighbours' elements out afterwards; phase-1 stores write
+# whole vectors inside the row, and the two partial vectors at its ends separately.
+# Indices: the chunk's origin is a 64-bit scalar; per-element indices are chunk-local
+# 32-bit values, so a row may hold more than 2^31 elements.
 @triton.jit(do_not_specialize=["n_rows", "k", "lag"])
 def _row_split_kernel(
     X,
@@ -154,16 +164,16 @@ def _row_split_kernel(
     inner,
     s_o,
     s_i,
-    s_n,
     so_o,
     so_i,
     k,  # chunks per row
-    chunk,  # elements per chunk (a multiple of K * CW)
+    chunk,  # elements per chunk (a multiple of K * CW), of the aligned grid
     lag,  # rows between a row's phase 0 and its phase 1
     OP: tl.constexpr,
     K: tl.constexpr,
     CW: tl.constexpr,
     KP: tl.constexpr,  # next power of two >= k
+    A: tl.constexpr,  # elements per 16-byte access, or 1 (see above)
     KEEP: tl.constexpr,  # L2 policy of phase-0 loads ("evict_last": keep for phase 1)
     DROP: tl.constexpr,  # of phase-1 loads and stores ("evict_first")
 ):
@@ -179,8 +189,21 @@ def _row_split_kernel(
     o = row64 // inner
     i = row64 - o * inner
     base = o * s_o + i * s_i
+    lo = base % A  # the row's first element on the aligned grid
+    start = c.to(tl.int64) * chunk
+    origin = tl.multiple_of(base - lo + start, A)  # the chunk's first grid element
+    Xc = X + origin
+    Gc = G + origin
+    Yc = Y + origin
+    hi = lo + n
+    # Chunk-local bounds, each clamped to [0, chunk]: the row's elements [v_lo, v_hi); the
+    # whole vectors to load [0, ld_hi) and to store [st_lo, st_hi) (multiples of A).
+    v_lo = _local(lo, start, chunk)
+    v_hi = _local(hi, start, chunk)
+    ld_hi = tl.multiple_of(_local((hi + A - 1) // A * A, start, chunk), A)
+    st_lo = tl.multiple_of(_local((lo + A - 1) // A * A, start, chunk), A)
+    st_hi = tl.multiple_of(_local(hi // A * A, start, chunk), A)
     tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
-    start = c * chunk
     pair = PART + (row64 * KP + c) * 2
     kk = tl.arange(0, KP)
     if phase == 0:
@@ -188,10 +211,10 @@ def _row_split_kernel(
             m = tl.full([CW], _NEG_BIG, tl.float32)
             s = tl.zeros([CW], tl.float32)
             for j in range(0, chunk, K * CW):
-                idx = start + j + tile
-                x = tl.load(X + base + idx * s_n, mask=idx < n, other=float("-inf"), eviction_policy=KEEP).to(
-                    tl.float32
-                )
+                lt = j + tile
+                x = tl.load(Xc + lt, mask=lt < ld_hi, other=float("-inf"), eviction_policy=KEEP).to(tl.float32)
+                if A > 1:
+                    x = tl.where((lt >= v_lo) & (lt < v_hi), x, float("-inf"))
                 m_new = _max_nan(m, tl.reduce(x, 0, _max_nan))
                 e = tl.exp2((x - m_new[None, :]) * _LOG2E)
                 s = s * tl.exp2((m - m_new) * _LOG2E) + tl.sum(e, 0)
@@ -201,14 +224,15 @@ def _row_split_kernel(
         else:
             acc = tl.zeros([K, CW], tl.float32)
             for j in range(0, chunk, K * CW):
-                idx = start + j + tile
-                msk = idx < n
-                g = tl.load(G + base + idx * s_n, mask=msk, other=0.0, eviction_policy=KEEP).to(tl.float32)
+                lt = j + tile
+                msk = lt < ld_hi
+                g = tl.load(Gc + lt, mask=msk, other=0.0, eviction_policy=KEEP).to(tl.float32)
                 if OP == _SOFTMAX_BWD:
-                    yv = tl.load(X + base + idx * s_n, mask=msk, other=0.0, eviction_policy=KEEP)
-                    acc += g * yv.to(tl.float32)
-                else:
-                    acc += g
+                    yv = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=KEEP)
+                    g = g * yv.to(tl.float32)
+                if A > 1:
+                    g = tl.where((lt >= v_lo) & (lt < v_hi), g, 0.0)
+                acc += g
             pm = 0.0
             ps = tl.sum(tl.sum(acc, 0), 0)
         tl.store(pair, pm)
@@ -228,28 +252,50 @@ def _row_split_kernel(
             pms = tl.load(PART + (row64 * KP + kk) * 2, mask=kk < k, other=_NEG_BIG, cache_modifier=".cg")
             M = tl.reduce(pms, 0, _max_nan)
             S = tl.sum(pss * tl.exp2((pms - M) * _LOG2E), 0)
-            r = 1.0 / S
-            log_s = tl.log(S)
         else:
+            M = 0.0
             S = tl.sum(pss, 0)
         for j in range(0, chunk, K * CW):
-            idx = start + j + tile
-            msk = idx < n
-            offs = base + idx * s_n
-            if OP <= _LOG_SOFTMAX:
-                x = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
-                if OP == _SOFTMAX:
-                    y = tl.exp2((x - M) * _LOG2E) * r
-                else:
-                    y = (x - M) - log_s
-            else:
-                yv = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
-                g = tl.load(G + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
-                if OP == _SOFTMAX_BWD:
-                    y = yv * (g - S)
-                else:
-                    y = g - tl.exp2(yv * _LOG2E) * S
-            tl.store(Y + offs, _to(y, Y), mask=msk, eviction_policy=DROP)
+            lt = j + tile
+            y = _phase1_values(Xc, Gc, lt, lt < ld_hi, M, S, OP, DROP)
+            tl.store(Yc + lt, _to(y, Y), mask=(lt >= st_lo) & (lt < st_hi), eviction_policy=DROP)
+        if A > 1:  # the partial vectors at the row's ends (empty in most chunks)
+            ea = tl.arange(0, A)
+            for end in tl.static_range(2):
+                if end == 0:  # the row's first vector
+                    lt = v_lo + ea
+                    msk = lt < tl.minimum(st_lo, v_hi)
+                else:  # its last
+                    lt = tl.maximum(st_hi, st_lo) + ea
+                    msk = lt < v_hi
+                y = _phase1_values(Xc, Gc, lt, msk, M, S, OP, DROP)
+                tl.store(Yc + lt, _to(y, Y), mask=msk, eviction_policy=DROP)
+
+
+@triton.jit
+def _local(v, start, chunk):
+    # A row-grid index as a chunk-local 32-bit one, clamped to [0, chunk].
+    return tl.minimum(tl.maximum(v - start, 0), chunk).to(tl.int32)
+
+
+@triton.jit
+def _phase1_values(Xc, Gc, lt, msk, M, S, OP: tl.constexpr, DROP: tl.constexpr):
+    # Phase 1's result at chunk-local indices lt, from the row's merged statistics: the pair
+    # (M, S) forward, the sum S = sum(g * y) or sum(g) backward.
+    if OP <= _LOG_SOFTMAX:
+        x = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+        if OP == _SOFTMAX:
+            y = tl.exp2((x - M) * _LOG2E) * (1.0 / S)
+        else:
+            y = (x - M) - tl.log(S)
+    else:
+        yv = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+        g = tl.load(Gc + lt, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+        if OP == _SOFTMAX_BWD:
+            y = yv * (g - S)
+        else:
+            y = g - tl.exp2(yv * _LOG2E) * S
+    return y
 
 
 # ----------------------------------------------------------------------------------
@@ -481,21 +527,25 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         cw = min(cfg["split_cw"] or vec * 32 * warps, _pow2(cfg["split_tile_elems"]))
         kt = max(1, _pow2(cfg["split_tile_elems"]) // cw)
         tile = kt * cw
+        # Rows on the aligned grid (see _row_split_kernel) when every pointer is 16-byte
+        # aligned; a row then spans up to A - 1 more grid elements.
+        a = vec if all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
+        span = n + a - 1
         # Chunks: at least chunk_min elements each, but enough of them to give every SM
         # a few programs in each phase when there are few rows; at least one tile each.
-        k = max(triton.cdiv(n, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-        k = max(1, min(k, cfg["k_max"], triton.cdiv(n, tile)))
-        chunk = triton.cdiv(triton.cdiv(n, k), tile) * tile
-        k = triton.cdiv(n, chunk)
+        k = max(triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
+        k = max(1, min(k, cfg["k_max"], triton.cdiv(span, tile)))
+        chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
+        k = triton.cdiv(span, chunk)
         lag = _lag(n * esize * inputs, n_rows, l2, cfg)
         part = torch.empty((n_rows, _pow2(k), 2), dtype=torch.float32, device=x.device)
         cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
         items = n_rows * k * (1 if op == "logsumexp" else 2)
-        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, warps=warps)
+        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, A=a, warps=warps)
         _launch_kernel(
             _row_split_kernel, items,
-            (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i, k, chunk, lag),
-            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), **_hints(cfg)), warps,
+            (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, so_o, so_i, k, chunk, lag),
+            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), A=a, **_hints(cfg)), warps,
         )  # fmt: skip
         return
     # Column kernels: q runs along the unit-stride axis, p along the other one.
