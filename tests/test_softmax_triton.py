@@ -126,15 +126,16 @@ def launches(fn):
         LAUNCH._TRACE = None
 
 
-# Rows of odd length start at unaligned addresses: the split kernel reads them on the
+# Rows of odd length start at unaligned addresses: the row kernels read them on the
 # aligned grid below each row (A = 16 bytes / element size) and writes the partial vectors
 # at the row's ends apart; a pointer that is itself unaligned takes A = 1. Sentinels around
 # the result catch a store outside it.
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("op", (*OPS, "logsumexp", "softmax_bwd", "log_softmax_bwd"))
 @pytest.mark.parametrize("offset", (0, 1), ids=("aligned-ptr", "unaligned-ptr"))
-def test_row_split_unaligned_rows(offset, op, dtype):
-    n, rows = 301, 5  # 5 chunks of 64, the last partial; the rows start at every residue mod 4 and 8
+@pytest.mark.parametrize("n,kernel", [(41, "row_fused"), (301, "row_split")])  # 301: 5 chunks of 64
+def test_unaligned_rows(n, kernel, offset, op, dtype):
+    rows = 9  # the rows start at every residue mod 4 and mod 8
     x = randn((rows * n + offset,), dtype, seed=n)[offset:].view(rows, n)
     a = 16 // x.element_size() if offset == 0 else 1
     if op.endswith("_bwd"):
@@ -157,7 +158,7 @@ def test_row_split_unaligned_rows(offset, op, dtype):
         check_forward(op, x, y, -1)
         assert torch.all(buf[: 16 - offset] == 7.0), "a store before the result"
         assert torch.all(buf[16 - offset + rows * n :] == 7.0), "a store after the result"
-    assert [(nm, p["A"]) for nm, p in ran] == [("row_split", a)], ran
+    assert [(nm, p["A"]) for nm, p in ran] == [(kernel, a)], ran
 
 
 def test_errors():

@@ -99,39 +99,76 @@ def _row_fused_kernel(
     OP: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    A: tl.constexpr,  # elements per 16-byte access when s_n == 1 and the pointers are aligned, else 1
+    SHIFT: tl.constexpr,  # rows may start off the 16-byte grid (else every row start and n are multiples of A)
 ):
+    # Vector accesses (see _row_split_kernel): each row is read on the aligned grid below it,
+    # t in [lo, hi) holding the row; with SHIFT false lo = 0 and n is a multiple of A.
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     rmask = rows < n_rows
     o = rows // inner
     i = rows - o * inner
-    cols = tl.arange(0, BLOCK_N)
-    mask = rmask[:, None] & (cols < n)[None, :]
-    offs = (o * s_o + i * s_i)[:, None] + cols[None, :] * s_n
+    base = o * s_o + i * s_i
+    # (base - lo, not base: Triton drops a hint on an operation that folds away, and base
+    # folds to o * s_o when inner is 1. Without SHIFT, lo is 0.)
+    lo = base % A
+    rb = tl.multiple_of(base - lo, A)
+    hi = lo + n if SHIFT else n
+    ld_hi = tl.multiple_of((hi + A - 1) // A * A, A)
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    offs = rb[:, None] + cols * s_n
+    if SHIFT:
+        ld_hi = ld_hi[:, None]
+        valid = (cols >= lo[:, None]) & (cols < hi[:, None])
+    ld_mask = rmask[:, None] & (cols < ld_hi)
     if OP <= _LOGSUMEXP:
-        x = tl.load(X + offs, mask=mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(X + offs, mask=ld_mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+        if SHIFT:
+            x = tl.where(valid, x, float("-inf"))
         m = tl.reduce(x, 1, _max_nan)
         d = x - m[:, None]  # exact when x is near m; -inf (not NaN) for -inf entries
         e = tl.exp2(d * _LOG2E)
         s = tl.sum(e, 1)
         if OP == _SOFTMAX:
             y = e * (1.0 / s)[:, None]
-            tl.store(Y + offs, _to(y, Y), mask=mask)
         elif OP == _LOG_SOFTMAX:
             y = d - tl.log(s)[:, None]
-            tl.store(Y + offs, _to(y, Y), mask=mask)
         else:
             tl.store(Y + o * so_o + i * so_i, _to(_lse_of(m, s), Y), mask=rmask)
     else:
-        yv = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        g = tl.load(G + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        yv = tl.load(X + offs, mask=ld_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        g = tl.load(G + offs, mask=ld_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if SHIFT:
+            g = tl.where(valid, g, 0.0)
         if OP == _SOFTMAX_BWD:
-            dot = tl.sum(g * yv, 1)
-            dx = yv * (g - dot[:, None])
+            m = tl.zeros([ROWS], tl.float32)
+            s = tl.sum(g * yv, 1)
+            y = yv * (g - s[:, None])
         else:
-            sg = tl.sum(g, 1)
-            dx = g - tl.exp2(yv * _LOG2E) * sg[:, None]
-        tl.store(Y + offs, _to(dx, Y), mask=mask)
+            m = tl.zeros([ROWS], tl.float32)
+            s = tl.sum(g, 1)
+            y = g - tl.exp2(yv * _LOG2E) * s[:, None]
+    if OP != _LOGSUMEXP:
+        if SHIFT:
+            st_lo = tl.multiple_of((lo + A - 1) // A * A, A)
+            st_hi = tl.multiple_of(hi // A * A, A)
+            st_mask = (cols >= st_lo[:, None]) & (cols < st_hi[:, None])
+        else:
+            st_mask = cols < ld_hi
+        tl.store(Y + offs, _to(y, Y), mask=rmask[:, None] & st_mask)
+        if SHIFT:  # the partial vectors at each row's ends
+            ea = tl.arange(0, A)[None, :]
+            for end in tl.static_range(2):
+                if end == 0:
+                    lt = lo[:, None] + ea
+                    msk = lt < tl.minimum(st_lo, hi)[:, None]
+                else:
+                    lt = tl.maximum(st_hi, st_lo)[:, None] + ea
+                    msk = lt < hi[:, None]
+                msk = msk & rmask[:, None]
+                yr = _phase1_values(X + rb[:, None], G + rb[:, None], lt, msk, m[:, None], s[:, None], OP, "")
+                tl.store(Y + rb[:, None] + lt, _to(yr, Y), mask=msk)
 
 
 # ----------------------------------------------------------------------------------
@@ -511,26 +548,27 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         n_rows = outer * inner
         # logsumexp writes its result in C order over (outer, inner): index o*inner + i.
         so_o, so_i = inner, 1
+        # 16-byte accesses (see the kernels): A elements per vector when every pointer is
+        # aligned and the axis has unit stride; SHIFT when rows may start off that grid.
+        a = vec if s_n == 1 and all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
+        shift = a > 1 and any(v % a for v in (n, s_o if outer > 1 else 0, s_i if inner > 1 else 0))
         if n <= cfg["fused_max_n"]:
-            block_n = _pow2(n)
+            block_n = _pow2(n + a - 1 if shift else n)
             rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
-            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps)
+            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, A=a, SHIFT=shift)
             _launch_kernel(
                 _row_fused_kernel, triton.cdiv(n_rows, rows),
                 (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
-                dict(OP=OP, ROWS=rows, BLOCK_N=block_n), warps,
+                dict(OP=OP, ROWS=rows, BLOCK_N=block_n, A=a, SHIFT=shift), warps,
             )  # fmt: skip
             return
         warps = cfg["split_warps"]
         cw = min(cfg["split_cw"] or vec * 32 * warps, _pow2(cfg["split_tile_elems"]))
         kt = max(1, _pow2(cfg["split_tile_elems"]) // cw)
         tile = kt * cw
-        # Rows on the aligned grid (see _row_split_kernel) when every pointer is 16-byte
-        # aligned; a row then spans up to A - 1 more grid elements.
-        a = vec if all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
-        span = n + a - 1
+        span = n + a - 1  # grid elements a row may span
         # Chunks: at least chunk_min elements each, but enough of them to give every SM
         # a few programs in each phase when there are few rows; at least one tile each.
         k = max(triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
