@@ -230,7 +230,7 @@ def test_auto_mode():
     ran, (out, _) = traced(lambda: run(x3, t3, None, ref3, cfg, grad=None))
     assert ran == ["ce_split"]
     check(out, None, ref3)
-    assert traced(lambda: K._plan(8, 299, 4, True, K._config(cfg), x))[1]["split"]
+    assert traced(lambda: K._plan(8, 299, 4, True, K._config(cfg), x, 4))[1]["split"]
 
 
 # ----------------------------------------------------------------------------------
@@ -335,6 +335,33 @@ def test_strided_rows_int32_target():
     out = K.cross_entropy_forward(x, t.to(torch.int32), None, scale_of(ref), grad=g, cfg=MODES["split"])
     check(out, g, ref)
     assert (gbig[:, :1] == 7).all() and (gbig[:, 1 + n :] == 7).all()  # nothing outside the view
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_on_the_aligned_grid(mode, dtype):
+    """Odd C and a row stride of C + 3: the rows start at every offset from a 16-byte
+    boundary, and the kernel reads them as whole vectors from the boundary below (VEC elements
+    each). The gaps between rows hold NaN in the logits (a neighbour's element leaking into a
+    row would make its loss NaN) and a sentinel in the gradient (no store outside a row)."""
+    n = 299
+    x0, t, _ = make(8, n, dtype, seed=5)
+    xbig = torch.full((8, n + 3), float("nan"), dtype=dtype, device=DEV)
+    xbig[:, :n] = x0
+    x = xbig[:, :n]
+    gbig = torch.full((8, n + 3), 7.0, dtype=dtype, device=DEV)
+    g = gbig[:, :n]
+    ref = reference(x, t, eps=0.1)
+    LAUNCH = load("_launch")
+    LAUNCH._TRACE = []
+    try:
+        out = K.cross_entropy_forward(x, t, None, scale_of(ref), label_smoothing=0.1, grad=g, cfg=MODES[mode])
+        params = [p for _, p in LAUNCH._TRACE]
+    finally:
+        LAUNCH._TRACE = None
+    assert [p["VEC"] for p in params] == [16 // x.element_size()]
+    check(out, g, ref, eps=0.1, dtype=dtype)
+    assert (gbig[:, n:] == 7).all()
 
 
 @pytest.mark.parametrize("mode", MODES)

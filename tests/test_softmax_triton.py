@@ -127,8 +127,8 @@ def launches(fn):
 
 
 # Rows of odd length start at unaligned addresses: the row kernels read them on the
-# aligned grid below each row (A = 16 bytes / element size) and writes the partial vectors
-# at the row's ends apart; a pointer that is itself unaligned takes A = 1. Sentinels around
+# aligned grid below each row (VEC = 16 bytes / element size) and writes the partial vectors
+# at the row's ends apart; a pointer that is itself unaligned takes VEC = 1. Sentinels around
 # the result catch a store outside it.
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("op", (*OPS, "logsumexp", "softmax_bwd", "log_softmax_bwd"))
@@ -158,7 +158,7 @@ def test_unaligned_rows(n, kernel, offset, op, dtype):
         check_forward(op, x, y, -1)
         assert torch.all(buf[: 16 - offset] == 7.0), "a store before the result"
         assert torch.all(buf[16 - offset + rows * n :] == 7.0), "a store after the result"
-    assert [(nm, p["A"]) for nm, p in ran] == [(kernel, a)], ran
+    assert [(nm, p["VEC"]) for nm, p in ran] == [(kernel, a)], ran
 
 
 def test_errors():

@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _LOG2E, _NEG_BIG, _decode, _lse_of, _max_nan, _publish, _to, _wait
+from ._common import _LOG2E, _NEG_BIG, _decode, _local, _lse_of, _max_nan, _publish, _to, _wait
 from ._launch import (
     _check,
     _device_caps,
@@ -99,11 +99,11 @@ def _row_fused_kernel(
     OP: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    A: tl.constexpr,  # elements per 16-byte access when s_n == 1 and the pointers are aligned, else 1
-    SHIFT: tl.constexpr,  # rows may start off the 16-byte grid (else every row start and n are multiples of A)
+    VEC: tl.constexpr,  # elements per 16-byte access when s_n == 1 and the pointers are aligned, else 1
+    SHIFT: tl.constexpr,  # rows may start off the 16-byte grid (else every row start and n are multiples of VEC)
 ):
     # Vector accesses (see _row_split_kernel): each row is read on the aligned grid below it,
-    # t in [lo, hi) holding the row; with SHIFT false lo = 0 and n is a multiple of A.
+    # t in [lo, hi) holding the row; with SHIFT false lo = 0 and n is a multiple of VEC.
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     rmask = rows < n_rows
@@ -112,10 +112,10 @@ def _row_fused_kernel(
     base = o * s_o + i * s_i
     # (base - lo, not base: Triton drops a hint on an operation that folds away, and base
     # folds to o * s_o when inner is 1. Without SHIFT, lo is 0.)
-    lo = base % A
-    rb = tl.multiple_of(base - lo, A)
+    lo = base % VEC
+    rb = tl.multiple_of(base - lo, VEC)
     hi = lo + n if SHIFT else n
-    ld_hi = tl.multiple_of((hi + A - 1) // A * A, A)
+    ld_hi = tl.multiple_of((hi + VEC - 1) // VEC * VEC, VEC)
     cols = tl.arange(0, BLOCK_N)[None, :]
     offs = rb[:, None] + cols * s_n
     if SHIFT:
@@ -151,14 +151,14 @@ def _row_fused_kernel(
             y = g - tl.exp2(yv * _LOG2E) * s[:, None]
     if OP != _LOGSUMEXP:
         if SHIFT:
-            st_lo = tl.multiple_of((lo + A - 1) // A * A, A)
-            st_hi = tl.multiple_of(hi // A * A, A)
+            st_lo = tl.multiple_of((lo + VEC - 1) // VEC * VEC, VEC)
+            st_hi = tl.multiple_of(hi // VEC * VEC, VEC)
             st_mask = (cols >= st_lo[:, None]) & (cols < st_hi[:, None])
         else:
             st_mask = cols < ld_hi
         tl.store(Y + offs, _to(y, Y), mask=rmask[:, None] & st_mask)
         if SHIFT:  # the partial vectors at each row's ends
-            ea = tl.arange(0, A)[None, :]
+            ea = tl.arange(0, VEC)[None, :]
             for end in tl.static_range(2):
                 if end == 0:
                     lt = lo[:, None] + ea
@@ -181,10 +181,10 @@ def _row_fused_kernel(
 #
 # Vector accesses on any row length: Triton proves a 16-byte access only from divisibility,
 # and a row of odd length (a vocabulary of 50257) starts at an unaligned address. With
-# A = 16 bytes / element size (the launcher passes A = 1 when a pointer itself is not
+# VEC = 16 bytes / element size (the launcher passes VEC = 1 when a pointer itself is not
 # 16-byte aligned), each row is read on a grid that starts at the aligned address just
-# below it: row-local index t in [lo, hi) holds the row, lo = base mod A < A. Loads cover
-# whole vectors ([0, round_up(hi, A)): never past the 16-byte block of a row element, so
+# below it: row-local index t in [lo, hi) holds the row, lo = base mod VEC < VEC. Loads cover
+# whole vectors ([0, round_up(hi, VEC)): never past the 16-byte block of a row element, so
 # never a fault) and mask the neighbours' elements out afterwards; phase-1 stores write
 # whole vectors inside the row, and the two partial vectors at its ends separately.
 # Indices: the chunk's origin is a 64-bit scalar; per-element indices are chunk-local
@@ -210,7 +210,7 @@ def _row_split_kernel(
     K: tl.constexpr,
     CW: tl.constexpr,
     KP: tl.constexpr,  # next power of two >= k
-    A: tl.constexpr,  # elements per 16-byte access, or 1 (see above)
+    VEC: tl.constexpr,  # elements per 16-byte access, or 1 (see above)
     KEEP: tl.constexpr,  # L2 policy of phase-0 loads ("evict_last": keep for phase 1)
     DROP: tl.constexpr,  # of phase-1 loads and stores ("evict_first")
 ):
@@ -226,20 +226,20 @@ def _row_split_kernel(
     o = row64 // inner
     i = row64 - o * inner
     base = o * s_o + i * s_i
-    lo = base % A  # the row's first element on the aligned grid
+    lo = base % VEC  # the row's first element on the aligned grid
     start = c.to(tl.int64) * chunk
-    origin = tl.multiple_of(base - lo + start, A)  # the chunk's first grid element
+    origin = tl.multiple_of(base - lo + start, VEC)  # the chunk's first grid element
     Xc = X + origin
     Gc = G + origin
     Yc = Y + origin
     hi = lo + n
     # Chunk-local bounds, each clamped to [0, chunk]: the row's elements [v_lo, v_hi); the
-    # whole vectors to load [0, ld_hi) and to store [st_lo, st_hi) (multiples of A).
+    # whole vectors to load [0, ld_hi) and to store [st_lo, st_hi) (multiples of VEC).
     v_lo = _local(lo, start, chunk)
     v_hi = _local(hi, start, chunk)
-    ld_hi = tl.multiple_of(_local((hi + A - 1) // A * A, start, chunk), A)
-    st_lo = tl.multiple_of(_local((lo + A - 1) // A * A, start, chunk), A)
-    st_hi = tl.multiple_of(_local(hi // A * A, start, chunk), A)
+    ld_hi = tl.multiple_of(_local((hi + VEC - 1) // VEC * VEC, start, chunk), VEC)
+    st_lo = tl.multiple_of(_local((lo + VEC - 1) // VEC * VEC, start, chunk), VEC)
+    st_hi = tl.multiple_of(_local(hi // VEC * VEC, start, chunk), VEC)
     tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
     pair = PART + (row64 * KP + c) * 2
     kk = tl.arange(0, KP)
@@ -250,7 +250,7 @@ def _row_split_kernel(
             for j in range(0, chunk, K * CW):
                 lt = j + tile
                 x = tl.load(Xc + lt, mask=lt < ld_hi, other=float("-inf"), eviction_policy=KEEP).to(tl.float32)
-                if A > 1:
+                if VEC > 1:
                     x = tl.where((lt >= v_lo) & (lt < v_hi), x, float("-inf"))
                 m_new = _max_nan(m, tl.reduce(x, 0, _max_nan))
                 e = tl.exp2((x - m_new[None, :]) * _LOG2E)
@@ -267,7 +267,7 @@ def _row_split_kernel(
                 if OP == _SOFTMAX_BWD:
                     yv = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=KEEP)
                     g = g * yv.to(tl.float32)
-                if A > 1:
+                if VEC > 1:
                     g = tl.where((lt >= v_lo) & (lt < v_hi), g, 0.0)
                 acc += g
             pm = 0.0
@@ -296,8 +296,8 @@ def _row_split_kernel(
             lt = j + tile
             y = _phase1_values(Xc, Gc, lt, lt < ld_hi, M, S, OP, DROP)
             tl.store(Yc + lt, _to(y, Y), mask=(lt >= st_lo) & (lt < st_hi), eviction_policy=DROP)
-        if A > 1:  # the partial vectors at the row's ends (empty in most chunks)
-            ea = tl.arange(0, A)
+        if VEC > 1:  # the partial vectors at the row's ends (empty in most chunks)
+            ea = tl.arange(0, VEC)
             for end in tl.static_range(2):
                 if end == 0:  # the row's first vector
                     lt = v_lo + ea
@@ -307,12 +307,6 @@ def _row_split_kernel(
                     msk = lt < v_hi
                 y = _phase1_values(Xc, Gc, lt, msk, M, S, OP, DROP)
                 tl.store(Yc + lt, _to(y, Y), mask=msk, eviction_policy=DROP)
-
-
-@triton.jit
-def _local(v, start, chunk):
-    # A row-grid index as a chunk-local 32-bit one, clamped to [0, chunk].
-    return tl.minimum(tl.maximum(v - start, 0), chunk).to(tl.int32)
 
 
 @triton.jit
@@ -548,7 +542,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         n_rows = outer * inner
         # logsumexp writes its result in C order over (outer, inner): index o*inner + i.
         so_o, so_i = inner, 1
-        # 16-byte accesses (see the kernels): A elements per vector when every pointer is
+        # 16-byte accesses (see the kernels): VEC elements per vector when every pointer is
         # aligned and the axis has unit stride; SHIFT when rows may start off that grid.
         a = vec if s_n == 1 and all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
         shift = a > 1 and any(v % a for v in (n, s_o if outer > 1 else 0, s_i if inner > 1 else 0))
@@ -557,11 +551,11 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
             rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
-            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, A=a, SHIFT=shift)
+            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, VEC=a, SHIFT=shift)
             _launch_kernel(
                 _row_fused_kernel, triton.cdiv(n_rows, rows),
                 (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
-                dict(OP=OP, ROWS=rows, BLOCK_N=block_n, A=a, SHIFT=shift), warps,
+                dict(OP=OP, ROWS=rows, BLOCK_N=block_n, VEC=a, SHIFT=shift), warps,
             )  # fmt: skip
             return
         warps = cfg["split_warps"]
@@ -579,11 +573,11 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         part = torch.empty((n_rows, _pow2(k), 2), dtype=torch.float32, device=x.device)
         cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
         items = n_rows * k * (1 if op == "logsumexp" else 2)
-        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, A=a, warps=warps)
+        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, VEC=a, warps=warps)
         _launch_kernel(
             _row_split_kernel, items,
             (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, so_o, so_i, k, chunk, lag),
-            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), A=a, **_hints(cfg)), warps,
+            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), VEC=a, **_hints(cfg)), warps,
         )  # fmt: skip
         return
     # Column kernels: q runs along the unit-stride axis, p along the other one.
