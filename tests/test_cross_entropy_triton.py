@@ -436,6 +436,38 @@ def test_scale_grad_per_row():
     assert torch.equal(x[keep], ref[keep]) and torch.isnan(x[6]).all()
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("g", ["one", "half", "per-row"])
+def test_backward_copy_one_pass(g, dtype):
+    """The CUDA backward of twopass.torch.cross_entropy (not in place) returns grad * g as a
+    new tensor in one Triton pass: that result is its only (N, C) allocation (no float32
+    temporaries), the stored gradient is unchanged, and g == 1 still gives a copy."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ce_mod = pytest.importorskip("twopass.torch._cross_entropy")
+    x, _, _ = make(8, 299, dtype)
+    gv = {"one": torch.tensor(1.0), "half": torch.tensor(0.5), "per-row": torch.linspace(-2, 2, 8)}[g].to(DEV)
+    before = x.clone()
+    big = []
+
+    class CountBig(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(r.alias_info is not None for r in func._schema.returns):
+                return out  # a view or an in-place op: no new memory
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor) and o.numel() >= x.numel():
+                    big.append(func._schema.name)
+            return out
+
+    with CountBig():
+        dx = ce_mod._grad_times(x, gv, True)
+    assert big == ["aten::empty_like"], big
+    assert torch.equal(x, before)
+    want = (x.double() * (gv.double() if gv.dim() == 0 else gv.double()[:, None])).to(dtype)
+    torch.testing.assert_close(dx, want, rtol=u_out(dtype) * 2, atol=0)
+
+
 # ----------------------------------------------------------------------------------
 # The soft-cap's tanh and its derivative.
 # ----------------------------------------------------------------------------------

@@ -471,32 +471,36 @@ def _ce_kernel(
 
 
 @triton.jit
-def _scale_row(DX, base, n, g, BLOCK: tl.constexpr):
+def _scale_row(DX, OUT, base, obase, n, g, BLOCK: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     for j in range(0, n, BLOCK):
         idx = j + cols
         msk = idx < n
         v = tl.load(DX + base + idx, mask=msk, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        tl.store(DX + base + idx, _to(v * g, DX), mask=msk, eviction_policy="evict_first")
+        tl.store(OUT + obase + idx, _to(v * g, OUT), mask=msk, eviction_policy="evict_first")
 
 
 @triton.jit(do_not_specialize=["n_rows", "nprog"])
-def _scale_kernel(DX, G, n_rows, n, s_dx, nprog, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
-    # A fixed grid striding over the rows (nprog <= n_rows): when g == 1 every program returns
-    # after one load.
+def _scale_kernel(
+    DX, OUT, G, n_rows, n, s_dx, s_out, nprog, PER_ROW: tl.constexpr, COPY: tl.constexpr, BLOCK: tl.constexpr
+):
+    # A fixed grid striding over the rows (nprog <= n_rows). In place (not COPY), a row whose
+    # g is 1 is left alone: when the loss was reduced and g == 1, every program returns after
+    # one load. COPY (OUT = DX * g, another tensor) writes every row.
     pid = tl.program_id(0).to(tl.int64)
     n_iter = (n_rows - 1 - pid) // nprog + 1
     if PER_ROW:
         for i in range(0, n_iter):
             row = pid + i * nprog
             g = tl.load(G + row).to(tl.float32)
-            if g != 1.0:
-                _scale_row(DX, row * s_dx, n, g, BLOCK)
+            if COPY or g != 1.0:
+                _scale_row(DX, OUT, row * s_dx, row * s_out, n, g, BLOCK)
     else:
         g = tl.load(G).to(tl.float32)
-        if g != 1.0:  # the common training step (loss.backward() of a mean or sum): no pass
+        if COPY or g != 1.0:  # the common training step (loss.backward() of a mean or sum): no pass
             for i in range(0, n_iter):
-                _scale_row(DX, (pid + i * nprog) * s_dx, n, g, BLOCK)
+                row = pid + i * nprog
+                _scale_row(DX, OUT, row * s_dx, row * s_out, n, g, BLOCK)
 
 
 # ----------------------------------------------------------------------------------
@@ -664,11 +668,15 @@ def cross_entropy_forward(
     return ce, z, lse
 
 
-def scale_grad_(grad: torch.Tensor, g: torch.Tensor, *, cfg: dict[str, Any] | None = None) -> torch.Tensor:
-    """grad *= g in place and return grad. grad: (N, C), class stride 1. g: a 0-d tensor (the
-    upstream gradient of a "mean" or "sum" loss: read on the device; g == 1 touches nothing)
-    or (N,) (reduction "none": row i times g_i; rows with g_i == 1 are skipped). Float32
-    arithmetic, one rounding to grad's dtype."""
+def scale_grad_(
+    grad: torch.Tensor, g: torch.Tensor, *, out: torch.Tensor | None = None, cfg: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """grad *= g in place and return grad; or, with `out`, out = grad * g (grad unchanged)
+    and return out, in one pass (1R + 1W, no float32 temporary). grad and out: (N, C), class
+    stride 1, the same dtype. g: a 0-d tensor (the upstream gradient of a "mean" or "sum"
+    loss: read on the device; in place, g == 1 touches nothing) or (N,) (reduction "none":
+    row i times g_i; in place, rows with g_i == 1 are skipped). Float32 arithmetic, one
+    rounding to grad's dtype."""
     name = "twopass.triton.scale_grad_"
     _check(grad, name)
     cfg = _config(cfg)
@@ -683,16 +691,22 @@ def scale_grad_(grad: torch.Tensor, g: torch.Tensor, *, cfg: dict[str, Any] | No
         per_row = True
     else:
         raise ValueError(f"{name}: g must be 0-d or ({n_rows},), got shape {tuple(g.shape)}")
+    copy = out is not None and out is not grad
+    if copy:
+        _check(out, name)
+        if out.shape != grad.shape or out.dtype != grad.dtype or (out.stride(1) != 1 and n > 1):
+            raise ValueError(f"{name}: out must have grad's shape and dtype, with class stride 1")
+    dst = out if copy else grad
     if grad.numel() == 0:
-        return grad
+        return dst
     g = g.contiguous()
     sms, _ = _device_caps(grad, cfg)
     block = min(_pow2(n), _pow2(cfg["scale_block"]))
     nprog = max(1, min(n_rows, cfg["scale_programs_per_sm"] * sms))
     warps = max(1, min(8, block // 512))
-    _trace("scale", per_row=per_row, block=block, nprog=nprog)
+    _trace("scale", per_row=per_row, copy=copy, block=block, nprog=nprog)
     _launch_kernel(
-        _scale_kernel, nprog, (grad, g, n_rows, n, grad.stride(0), nprog),
-        dict(PER_ROW=per_row, BLOCK=block), warps,
+        _scale_kernel, nprog, (grad, dst, g, n_rows, n, grad.stride(0), dst.stride(0), nprog),
+        dict(PER_ROW=per_row, COPY=copy, BLOCK=block), warps,
     )  # fmt: skip
-    return grad
+    return dst
