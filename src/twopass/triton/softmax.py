@@ -427,7 +427,9 @@ def _col_split_kernel(
     pmask = (kk < k)[:, None] & qmask[None, :]
     if phase == 0:
         if OP <= _LOGSUMEXP:
-            # Element-wise running pairs over the tile, merged across its rows at the end.
+            # Element-wise running pairs over the tile, merged across its rows at the end. One
+            # exp per element: of the two terms exp(m - m') and exp(x - m'), one is 1 (m' is m
+            # or x), the other exp(-|x - m|). -inf entries add 0; a NaN makes m and s NaN.
             m = tl.full([TN, BQ], _NEG_BIG, tl.float32)
             s = tl.zeros([TN, BQ], tl.float32)
             for j0 in range(0, chunk, TN):
@@ -435,9 +437,10 @@ def _col_split_kernel(
                 msk = (jj < n)[:, None] & qmask[None, :]
                 offs = base + jj.to(tl.int64)[:, None] * s_n + q[None, :] * s_q
                 x = tl.load(X + offs, mask=msk, other=float("-inf"), eviction_policy=KEEP).to(tl.float32)
-                m_new = _max_nan(m, x)
-                s = s * tl.exp2((m - m_new) * _LOG2E) + tl.exp2((x - m_new) * _LOG2E)
-                m = m_new
+                d = x - m
+                e = tl.exp2(-tl.abs(d) * _LOG2E)
+                s = tl.where(d > 0, s * e + 1.0, s + e)
+                m = _max_nan(m, x)
             pm = tl.reduce(m, 0, _max_nan)
             ps = tl.sum(s * tl.exp2((m - pm[None, :]) * _LOG2E), 0)
         else:
