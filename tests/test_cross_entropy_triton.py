@@ -48,7 +48,7 @@ IGNORE = -100
 # Tiles of [4, 32], chunks of 128: C = 299 is 3 tiles per row (the last 43 wide) and 3 chunks;
 # "L2" of 16 KB puts 3 float32 rows (6 bfloat16 rows) between a row's two phases, fewer than
 # the 8 rows of a batch. 2 "SMs": 8 programs per phase make a batch of 3 rows "few rows".
-SMALL = dict(tile_elems=128, cw=32, warps=1, chunk_min=128, k_max=8, num_sms=2, l2_bytes=16384)
+SMALL = dict(tile_elems=128, cw=32, warps=1, chunk_min=128, chunk_max=128, k_max=8, num_sms=2, l2_bytes=16384)
 MODES = {"row": dict(SMALL, split=False), "split": dict(SMALL, split=True)}
 
 

@@ -515,6 +515,7 @@ DEFAULTS: dict[str, Any] = {
     "tile_elems": 8192,  # K * CW: elements per tile (per loop iteration of a program)
     "cw": None,  # columns of a tile; None: 16 bytes * 32 lanes * warps (one 16-byte access each)
     "chunk_min": 16384,  # split mode: elements per chunk at least
+    "chunk_max": 65536,  # split mode: elements per chunk at most, when the rows alone fill the GPU
     "k_max": 64,  # split mode: chunks per row at most
     "programs_per_sm": 4,  # split mode: chunks enough for this many programs per SM and phase
     "l2_fraction": 0.25,  # split mode: data read between a row's two phases, as a fraction of L2
@@ -555,10 +556,11 @@ def _plan(n_rows: int, n: int, esize: int, grad: bool, cfg: dict[str, Any], x: t
     if not split:
         chunk = triton.cdiv(span, tile) * tile
         return dict(split=False, K=kt, CW=cw, VEC=vec, warps=warps, k=1, chunk=chunk, lag=1)
-    # Chunks: at least chunk_min elements, but enough to give every SM a few programs per phase
-    # when there are few rows; at least one tile each.
-    k = max(triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-    k = max(1, min(k, cfg["k_max"], triton.cdiv(span, tile)))
+    # Chunks: at most chunk_max elements (8192 x 128256 with a gradient: 32768 work items on
+    # the one ticket counter, not 131072), but enough to give every SM a few programs per
+    # phase when there are few rows; at least chunk_min elements and one tile each.
+    k = max(triton.cdiv(span, cfg["chunk_max"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
+    k = max(1, min(k, cfg["k_max"], triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(span, tile)))
     chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
     k = triton.cdiv(span, chunk)
     lag = _lag(n * esize, n_rows, l2, cfg)

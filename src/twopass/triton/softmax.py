@@ -139,8 +139,9 @@ def _row_fused_kernel(
     else:
         yv = tl.load(X + offs, mask=ld_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
         g = tl.load(G + offs, mask=ld_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if SHIFT:
+        if SHIFT:  # both: g * y of a neighbour's (or unallocated) element may be inf * 0
             g = tl.where(valid, g, 0.0)
+            yv = tl.where(valid, yv, 0.0)
         if OP == _SOFTMAX_BWD:
             m = tl.zeros([ROWS], tl.float32)
             s = tl.sum(g * yv, 1)
@@ -512,6 +513,7 @@ DEFAULTS: dict[str, Any] = {
     "split_warps": 8,
     "split_cw": None,  # columns of a _row_split_kernel tile; None: 16 bytes * 32 lanes * warps
     "chunk_min": 16384,  # elements per chunk at least (~64 KB of float32)
+    "chunk_max": 65536,  # elements per chunk at most, when the rows alone fill the GPU
     "k_max": 512,  # chunks per row at most (each phase-1 program merges k pairs)
     "programs_per_sm": 4,  # split kernels: chunks enough for this many programs per SM and phase
     "l2_fraction": 0.25,  # data read between a row's two phases, as a fraction of L2
@@ -549,9 +551,12 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         # aligned and the axis has unit stride; SHIFT when rows may start off that grid.
         a = vec if s_n == 1 and all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
         shift = a > 1 and any(v % a for v in (n, s_o if outer > 1 else 0, s_i if inner > 1 else 0))
-        if n <= cfg["fused_max_n"]:
-            block_n = _pow2(n + a - 1 if shift else n)
-            rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
+        block_n = _pow2(n + a - 1 if shift else n)
+        rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
+        # Rows that fit in registers, unless they would give too few programs to fill the
+        # GPU (128 rows of 16384: 128 programs on 132 SMs) and are long enough to split.
+        few = triton.cdiv(n_rows, rows) < cfg["programs_per_sm"] * sms and n >= 2 * _pow2(cfg["split_tile_elems"])
+        if n <= cfg["fused_max_n"] and not few:
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
             _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, VEC=a, SHIFT=shift)
@@ -566,10 +571,11 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         kt = max(1, _pow2(cfg["split_tile_elems"]) // cw)
         tile = kt * cw
         span = n + a - 1  # grid elements a row may span
-        # Chunks: at least chunk_min elements each, but enough of them to give every SM
-        # a few programs in each phase when there are few rows; at least one tile each.
-        k = max(triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-        k = max(1, min(k, cfg["k_max"], triton.cdiv(span, tile)))
+        # Chunks: at most chunk_max elements (few work items, so few tickets on the one
+        # counter), but enough of them to give every SM a few programs in each phase when
+        # there are few rows; at least chunk_min elements and one tile each.
+        k = max(triton.cdiv(span, cfg["chunk_max"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
+        k = max(1, min(k, cfg["k_max"], triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(span, tile)))
         chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
         k = triton.cdiv(span, chunk)
         lag = _lag(n * esize * inputs, n_rows, l2, cfg)
