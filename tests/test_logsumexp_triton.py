@@ -111,6 +111,10 @@ def test_deterministic(dim):
     [
         ((5, 300), -1, "lse_bwd_row", torch.float32, False),
         ((5, 300), -1, "lse_bwd_row", torch.bfloat16, True),
+        # odd rows start off the 16-byte grid: whole vectors, the ends stored apart; 4099 +
+        # the shift spans two blocks of 4096, so a row's last partial vector is in block 1
+        ((5, 301), -1, "lse_bwd_row", torch.float32, False),
+        ((7, 4099), -1, "lse_bwd_row", torch.bfloat16, False),
         ((300, 6), 0, "lse_bwd_col", torch.float32, True),
         ((300, 6), 0, "lse_bwd_col", torch.float16, False),
         ((3, 40, 5), 1, "lse_bwd_col", torch.float32, False),

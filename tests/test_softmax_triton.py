@@ -167,6 +167,28 @@ def test_unaligned_rows(n, kernel, offset, op, dtype):
     assert [(nm, p["VEC"]) for nm, p in ran] == [(kernel, a)], ran
 
 
+def test_torch_layer_strides_match_the_fake(monkeypatch):
+    """twopass.torch's CUDA branch gives the strides its fake implementation promises
+    (torch.empty_like of the input), also for a non-dense input that the kernels compute on
+    a C-order copy: torch.compile plans with the fake's strides. Run here through the
+    interpreter by letting the branch take CPU tensors."""
+    tmod = pytest.importorskip("twopass.torch._softmax")
+    lmod = pytest.importorskip("twopass.torch._logsumexp")
+    monkeypatch.setattr(tmod, "triton_ok", lambda *ts: True)
+    monkeypatch.setattr(lmod, "triton_ok", lambda *ts: True)
+    x = randn((6, 8, 40), torch.float32).permute(2, 0, 1)[:, ::2]  # (40, 3, 8): permuted, with gaps
+    for log in (False, True):
+        y = tmod._softmax(x, 0, log)
+        assert y.stride() == torch.empty_like(x).stride()
+        check_forward("log_softmax" if log else "softmax", x, y, 0)
+        dx = tmod._softmax_backward(torch.ones_like(x), y, 0, log)
+        assert dx.stride() == torch.empty_like(y).stride()
+    lse = lmod._logsumexp(x, 0, False)
+    dx = lmod._logsumexp_backward(torch.ones_like(lse), x, lse, 0, False)
+    assert dx.stride() == torch.empty_like(x).stride()
+    torch.testing.assert_close(dx, torch.softmax(x, 0), rtol=1e-5, atol=1e-7)
+
+
 def test_errors():
     with pytest.raises(TypeError, match="float64"):
         run_fwd("softmax", torch.zeros(3, dtype=torch.float64, device=DEV), -1)

@@ -64,7 +64,7 @@ def _(x: Tensor, dim: int, keepdim: bool) -> Tensor:
 def _logsumexp_backward(grad: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: bool) -> Tensor:
     """grad * exp(x - lse), in float32 arithmetic for float16/bfloat16."""
     if triton_ok(grad, x, lse) and grad.dtype == x.dtype == lse.dtype:
-        return kernels()._logsumexp_backward(grad, x, lse, dim, keepdim)
+        return like(x, kernels()._logsumexp_backward(grad, x, lse, dim, keepdim))
     if x.dim() > 0 and not keepdim:
         grad, lse = grad.unsqueeze(dim), lse.unsqueeze(dim)
     wide = torch.promote_types(x.dtype, torch.float32)

@@ -75,8 +75,8 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 @torch.library.custom_op("twopass::softmax", mutates_args=())
 def _softmax(x: Tensor, dim: int, log: bool) -> Tensor:
-    if triton_ok(x):
-        return kernels()._softmax_forward(x, dim, log)
+    if triton_ok(x):  # (like(): the strides the fake promises, also for a non-dense x)
+        return like(x, kernels()._softmax_forward(x, dim, log))
     if x.device.type == "cpu":
         import twopass
 
@@ -97,7 +97,7 @@ def _(x: Tensor, dim: int, log: bool) -> Tensor:
 def _softmax_backward(grad: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
     """softmax: y * (g - sum(g * y)); log_softmax: g - exp(y) * sum(g)."""
     if triton_ok(grad, y) and grad.dtype == y.dtype:
-        return kernels()._softmax_backward(grad, y, dim, log)
+        return like(y, kernels()._softmax_backward(grad, y, dim, log))
     fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
     return like(y, fn(grad.to(y.dtype), y, dim, y.dtype))
 

@@ -34,7 +34,13 @@ __all__ = ["_logsumexp_forward", "_logsumexp_backward"]
 # logsumexp backward: dx = g * exp(x - lse), element-wise (1R + 1W, plus the small g, lse).
 # ----------------------------------------------------------------------------------
 @triton.jit
-def _lse_bwd_row_kernel(X, G, LSE, DX, n_rows, n, inner, s_o, s_i, s_n, nb, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def _lse_bwd_row_kernel(
+    X, G, LSE, DX, n_rows, n, inner, s_o, s_i, s_n, nb,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr, SHIFT: tl.constexpr,
+):  # fmt: skip
+    # Rows on the 16-byte grid as in softmax._row_fused_kernel: grid index t in [lo, hi)
+    # holds the row; whole vectors are read and written, the partial ones at a row's ends
+    # apart (SHIFT: rows may start off the grid; else lo = 0 and n is a multiple of VEC).
     pid = tl.program_id(0).to(tl.int64)
     rb = pid // nb
     b = pid - rb * nb
@@ -42,14 +48,37 @@ def _lse_bwd_row_kernel(X, G, LSE, DX, n_rows, n, inner, s_o, s_i, s_n, nb, ROWS
     rmask = r < n_rows
     o = r // inner
     i = r - o * inner
+    base = o * s_o + i * s_i
+    lo = base % VEC
+    row0 = tl.multiple_of(base - lo, VEC)
+    hi = lo + n if SHIFT else n
     g = tl.load(G + r, mask=rmask, other=0.0).to(tl.float32)
     lse = tl.load(LSE + r, mask=rmask, other=0.0).to(tl.float32)
-    cols = b * BLOCK + tl.arange(0, BLOCK)
-    mask = rmask[:, None] & (cols < n)[None, :]
-    offs = (o * s_o + i * s_i)[:, None] + cols[None, :] * s_n
-    x = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    dx = g[:, None] * tl.exp2((x - lse[:, None]) * _LOG2E)
-    tl.store(DX + offs, _to(dx, DX), mask=mask)
+    b0 = b * BLOCK
+    cols = b0 + tl.arange(0, BLOCK)[None, :]
+    offs = row0[:, None] + cols * s_n
+    ld_hi = tl.multiple_of((hi + VEC - 1) // VEC * VEC, VEC)
+    if SHIFT:
+        ld_hi = ld_hi[:, None]
+    x = tl.load(X + offs, mask=rmask[:, None] & (cols < ld_hi), other=0.0, eviction_policy="evict_first")
+    dx = g[:, None] * tl.exp2((x.to(tl.float32) - lse[:, None]) * _LOG2E)
+    if SHIFT:
+        st_lo = tl.multiple_of((lo + VEC - 1) // VEC * VEC, VEC)
+        st_hi = tl.multiple_of(hi // VEC * VEC, VEC)
+        tl.store(DX + offs, _to(dx, DX), mask=rmask[:, None] & (cols >= st_lo[:, None]) & (cols < st_hi[:, None]))
+        ea = tl.arange(0, VEC)[None, :]
+        for end in tl.static_range(2):  # the partial vectors at each row's ends, where in this block
+            if end == 0:
+                lt = lo[:, None] + ea
+                msk = lt < tl.minimum(st_lo, hi)[:, None]
+            else:
+                lt = tl.maximum(st_hi, st_lo)[:, None] + ea
+                msk = lt < hi[:, None]
+            msk = msk & rmask[:, None] & (lt >= b0) & (lt < b0 + BLOCK)
+            xe = tl.load(X + row0[:, None] + lt, mask=msk, other=0.0).to(tl.float32)
+            tl.store(DX + row0[:, None] + lt, _to(g[:, None] * tl.exp2((xe - lse[:, None]) * _LOG2E), DX), mask=msk)
+    else:
+        tl.store(DX + offs, _to(dx, DX), mask=rmask[:, None] & (cols < ld_hi))
 
 
 @triton.jit
@@ -121,14 +150,18 @@ def _logsumexp_backward(
     dx = torch.empty_like(x, dtype=grad.dtype) if grad.dtype != x.dtype else torch.empty_like(x)
     vec = 16 // x.element_size()
     if s_n == 1 or n == 1:
-        block = min(_pow2(n), 4096)
+        # 16-byte accesses on the aligned grid (softmax._run has the same rule).
+        a = vec if s_n == 1 and all(t.data_ptr() % 16 == 0 for t in (x, dx)) else 1
+        shift = a > 1 and any(v % a for v in (n, s_o if outer > 1 else 0, s_i if inner > 1 else 0))
+        span = n + a - 1 if shift else n
+        block = min(_pow2(span), 4096)
         rows = max(1, min(4096 // block, _pow2(outer * inner)))
-        nb = triton.cdiv(n, block)
-        _trace("lse_bwd_row", block=block, rows=rows)
+        nb = triton.cdiv(span, block)
+        _trace("lse_bwd_row", block=block, rows=rows, VEC=a, SHIFT=shift)
         _launch_kernel(
             _lse_bwd_row_kernel, triton.cdiv(outer * inner, rows) * nb,
             (x, g, lse, dx, outer * inner, n, inner, s_o, s_i, s_n, nb),
-            dict(ROWS=rows, BLOCK=block), max(1, min(8, rows * block // 512)),
+            dict(ROWS=rows, BLOCK=block, VEC=a, SHIFT=shift), max(1, min(8, rows * block // 512)),
         )  # fmt: skip
         return dx
     if inner > 1 and s_i == 1:
