@@ -13,6 +13,7 @@
 #include "dispatch.h"
 #include "probes.h"
 #include "softmax.h"
+#include "softmax_backward.h"
 #include "threads.h"
 
 namespace nb = nanobind;
@@ -41,6 +42,33 @@ void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
   nb::gil_scoped_release release;
   tp::run(pb, (tp::Isa)isa, threads, stream);
+}
+
+// The eager path of twopass.torch (src/twopass/torch/_eager.py): arrays as addresses
+// (Tensor.data_ptr()) and the layout as plain integers, checked on the Python side
+// against the tensor itself. Converting a tensor to an ndarray (DLPack) here costs
+// more than the kernel on a row of 1024 floats; this call costs about 0.3 us.
+void run_ptr(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int64_t outer, int64_t n, int64_t inner,
+             int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads, bool stream) {
+  if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || (bytes != 4 && bytes != 8) || threads < 1 ||
+      outer < 0 || n < 0 || inner < 0 || !x || !y)
+    throw std::invalid_argument("twopass: bad problem description");
+  tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, (const void*)x, (void*)y, outer, n, inner,
+                 xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
+  nb::gil_scoped_release release;
+  tp::run(pb, (tp::Isa)isa, threads, stream);
+}
+
+// The backward of the same path (softmax_backward.h): rows of a last axis.
+void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx, int64_t rows,
+                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream) {
+  if (!valid_op(op) || !valid_isa(isa) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 || !g ||
+      !y || !gx || (op == (int)tp::Op::kLogSumExp && !lse))
+    throw std::invalid_argument("twopass: bad backward problem");
+  tp::BackwardProblem pb{(tp::Op)op, bytes, (const void*)g, (const void*)y, (const void*)lse, (void*)gx,
+                         rows, n, gs, ys, xs};
+  nb::gil_scoped_release release;
+  tp::run_backward(pb, (tp::Isa)isa, threads, stream);
 }
 
 using F32In = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -120,6 +148,9 @@ NB_MODULE(_core, m) {
   m.def("run", &run, nb::arg("op"), nb::arg("algo"), nb::arg("isa"), nb::arg("x"), nb::arg("y"), nb::arg("outer"),
         nb::arg("n"), nb::arg("inner"), nb::arg("xs_outer"), nb::arg("xs_n"), nb::arg("ys_outer"), nb::arg("ys_n"),
         nb::arg("threads"), nb::arg("stream"));
+  // Positional only: no keyword matching on the per-call path.
+  m.def("run_ptr", &run_ptr);
+  m.def("backward_ptr", &backward_ptr);
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),
         "Memory-bandwidth probe: one read of a float32 array (returns its maximum).");
   m.def("copy_pass", &copy_pass, nb::arg("x"), nb::arg("y"), nb::arg("isa"), nb::arg("threads"), nb::arg("stream"),

@@ -21,6 +21,8 @@ const tp::KernelTable& table() {
       cross_entropy_row_kernels<double>(),
       bf16_to_f32,
       f32_to_bf16,
+      softmax_backward_kernels<float>(),
+      softmax_backward_kernels<double>(),
   };
   return t;
 }
