@@ -67,8 +67,10 @@ def measure(op, shape, dtype, mode, threads, cold, repeats):
     fns = _ops()[op]
     nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
     l3 = twopass.info()["caches"]["L3"]
-    per_set = nbytes * (2 if mode != "fwd" else 1)
-    nsets = max(1, math.ceil(2 * l3 / per_set) + 1) if cold else 1
+    # bytes one call touches (x and y; the backward g, y and gx; both: four arrays), the
+    # two sides alternating: enough sets that 2x the L3 passes between two uses of one
+    per_call = nbytes * {"fwd": 2, "bwd": 3, "fwdbwd": 4}[mode]
+    nsets = max(1, math.ceil(2 * l3 / (2 * per_call)) + 1) if cold else 1
     sets = _inputs(shape, dtype, nsets, op)
     times = ([], [])
     grads = []  # upstream gradients, made once: drawing them would cost more than the op
@@ -85,6 +87,7 @@ def measure(op, shape, dtype, mode, threads, cold, repeats):
                 y = fns[side](xg, t)
                 gs.append((xg, y, _grad_like(y)))
             graphs.append(gs)
+        sets = [(None, t) for _, t in sets]  # x lives on in the graphs (as xg)
 
     def call(side, k):
         x, t = sets[k]

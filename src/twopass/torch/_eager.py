@@ -87,7 +87,36 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
     if (dim == -1 or dim == nd - 1) and x.is_contiguous():  # the common case, inline
         n = x.shape[-1]
         y = _empty_like(x)
-        _softmax_into(x, y, x.numel() // n if n else 0, n, 1, log)
+        size = x.numel()
+        if size:
+            item = _BYTES[x.dtype]
+            threads = _threads()
+            if log:
+                op, algo = _LOG_SOFTMAX, (_RELOAD if n * item < SHORT_ROW_BYTES else _TWO_PASS)
+            else:
+                op = _SOFTMAX
+                algo = (
+                    _RELOAD
+                    if size * item <= _SMALL_SOFTMAX_BYTES
+                    else _ALGO[auto_algorithm("softmax", x.dtype, n, size, threads)]
+                )
+            _run_ptr(
+                op,
+                algo,
+                _ISA,
+                item,
+                x.data_ptr(),
+                y.data_ptr(),
+                size // n,
+                n,
+                1,
+                n,
+                1,
+                n,
+                1,
+                threads,
+                size * item > _L3,
+            )
         return y
     d = _dim(dim, nd)
     y = _empty_like(x)
@@ -105,7 +134,8 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
 
 
 def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: bool) -> None:
-    """The kernel call on contiguous x and y seen as (outer, n, inner)."""
+    """The kernel call on contiguous x and y seen as (outer, n, inner) (the same rules as
+    softmax_forward's inline case)."""
     size = outer * n * inner
     if size == 0:
         return
@@ -176,15 +206,18 @@ def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
     return y
 
 
-def _rows_ok(*ts: Tensor) -> bool:
-    return all(t.is_contiguous() for t in ts)
-
-
 def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
     """grad_x of softmax (y * (g - sum(g * y))) or log_softmax (g - exp(y) * sum(g))."""
     nd = y.dim()
-    d = _dim(dim, nd) if nd else 0
-    if nd and d == nd - 1 and g.dtype == y.dtype and y.dtype in _BYTES and _rows_ok(g, y) and g.shape == y.shape:
+    if (
+        nd
+        and (dim == -1 or dim == nd - 1)
+        and g.dtype == y.dtype
+        and y.dtype in _BYTES
+        and g.is_contiguous()
+        and y.is_contiguous()
+        and g.shape == y.shape
+    ):
         gx = _empty_like(y)
         n = y.shape[-1]
         rows = y.numel() // n if n else 0
@@ -213,13 +246,14 @@ def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
 def logsumexp_backward(g: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: bool) -> Tensor:
     """grad_x of logsumexp: g * exp(x - lse), g and lse broadcast along `dim`."""
     nd = x.dim()
-    d = _dim(dim, nd) if nd else 0
     if (
         nd
-        and d == nd - 1
+        and (dim == -1 or dim == nd - 1)
         and g.dtype == x.dtype == lse.dtype
         and x.dtype in _BYTES
-        and _rows_ok(g, x, lse)
+        and g.is_contiguous()
+        and x.is_contiguous()
+        and lse.is_contiguous()
         and g.numel() == lse.numel()
     ):
         gx = _empty_like(x)
