@@ -80,7 +80,7 @@ void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_
 // a 1x1024 loss many times over). reduction: 0 mean, 1 sum, 2 none. loss and z get the
 // reduced values (one element each) or, for "none", the per-row ones; lse the per-row
 // logsumexp; all in the logits' dtype (0-d tensors made by the caller: creating a tensor
-// from a Python float costs ~2 us).
+// from a Python float costs ~2 us). zl and lse may be 0: not wanted.
 template <class T> void to_rows(const std::vector<double>& v, uintptr_t out) {
   T* o = (T*)out;
   for (size_t i = 0; i < v.size(); ++i) o[i] = (T)v[i];
@@ -92,8 +92,7 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
                                             int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
                                             int threads, bool stream) {
   if (!valid_isa(isa) || !valid_algo(algo) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 ||
-      reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target || !lse)) ||
-      ((reduction != 2 || rows > 0) && (!loss || !zl)))
+      reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) || ((reduction != 2 || rows > 0) && !loss))
     throw std::invalid_argument("twopass.cross_entropy: bad arguments");
   const int64_t* t = (const int64_t*)target;
   double n_valid = 0, wt_sum = 0, weight_total = (double)n;
@@ -119,7 +118,7 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
     nb::gil_scoped_release release;
     if (rows > 0) tp::cross_entropy(pb, (tp::Isa)isa, threads);
   }
-  bytes == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
+  if (lse) bytes == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
   double sc = 0, sz = 0;
   for (int64_t r = 0; r < rows; ++r) sc += ce[r], sz += z[r];
   if (reduction == 2) {
@@ -129,7 +128,7 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
     z.assign(1, reduction == 1 ? sz : sz / n_valid);
   }
   bytes == 4 ? to_rows<float>(ce, loss) : to_rows<double>(ce, loss);
-  bytes == 4 ? to_rows<float>(z, zl) : to_rows<double>(z, zl);
+  if (zl) bytes == 4 ? to_rows<float>(z, zl) : to_rows<double>(z, zl);
 }
 
 using F32In = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;

@@ -104,21 +104,25 @@ def cross_entropy(
     else:
         logits = input.movedim(1, -1).reshape(-1, input.shape[1])
     rows_shape = target.shape
-    target = target.reshape(-1)
+    target = target if target.dim() == 1 else target.reshape(-1)
     opts = (int(ignore_index), reduction, eps, zc, cap)
     need_grad = torch.is_grad_enabled() and input.requires_grad
     if not inplace_backward and _direct_ok(logits, target, weight):
-        # The eager path: no custom op, the kernel straight on the tensors' memory.
+        # The eager path: no custom op, the kernel straight on the tensors' memory; the
+        # z-loss and lse tensors only when asked for (an allocation is ~0.7 us).
+        extras = return_z_loss or return_lse
         if need_grad:
-            loss, z, lse = _ce_apply(logits, target, weight, *opts)
+            out = _ce_apply(logits, target, weight, *opts, extras)
         else:
-            loss, z, lse = _direct(logits, target, weight, *opts, None)
+            out = _direct(logits, target, weight, *opts, None, extras)
+        loss, z, lse = out if extras else (out, None, None)
     elif inplace_backward and need_grad:
         loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)
     else:
         loss, z, lse, _ = torch.ops.twopass.cross_entropy(logits, target, weight, *opts, need_grad)
     if reduction == "none":
-        loss, z = loss.reshape(rows_shape), z.reshape(rows_shape)
+        loss = loss.reshape(rows_shape)
+        z = z if z is None else z.reshape(rows_shape)
     extras = ([z.detach()] if return_z_loss else []) + ([lse.detach().reshape(rows_shape)] if return_lse else [])
     return (loss, *extras) if extras else loss
 
@@ -156,11 +160,11 @@ def _direct_ok(logits, target, weight) -> bool:
     )
 
 
-def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras=True):
     """(loss, z_loss, lse) of float32/float64 CPU (rows, C) logits in one C++ call
     (_core.cross_entropy_ptr: target check, scales, kernel, reduction), the gradient
-    written into `grad` when given. The custom op's CPU implementation runs it too, so
-    both paths give the same values."""
+    written into `grad` when given; the loss alone when not `extras`. The custom op's CPU
+    implementation runs it too, so both paths give the same values."""
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     t = target if target.is_contiguous() else target.contiguous()
     rows, n = x.shape
@@ -168,9 +172,9 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
         if weight.shape[0] != n:
             raise ValueError(f"twopass.cross_entropy: weight has shape {tuple(weight.shape)}, expected ({n},)")
         weight = weight.contiguous()
-    lse = x.new_empty(rows)
     shape = (rows,) if reduction == "none" else ()
-    loss, z = x.new_empty(shape), x.new_empty(shape)
+    loss = x.new_empty(shape)
+    z, lse = (x.new_empty(shape), x.new_empty(rows)) if extras else (None, None)
     _core.cross_entropy_ptr(
         _ISA,
         _RELOAD if grad is not None else _TWO_PASS,  # as twopass.cross_entropy's "auto"
@@ -189,12 +193,12 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
         0 if grad is None else grad.data_ptr(),
         0 if grad is None else grad.stride(0),
         loss.data_ptr(),
-        z.data_ptr(),
-        lse.data_ptr(),
+        z.data_ptr() if extras else 0,
+        lse.data_ptr() if extras else 0,
         torch.get_num_threads(),
         grad is not None and grad.data_ptr() != x.data_ptr() and grad.nbytes > _L3,
     )
-    return loss, z, lse
+    return (loss, z, lse) if extras else loss
 
 
 _REDUCTION = {"mean": 0, "sum": 1, "none": 2}
@@ -206,16 +210,17 @@ class _Eager(torch.autograd.Function):
     of 1), the backward scales it (the custom op's _backward, without the op)."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, cap):
+    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, cap, extras):
         grad = _new_grad(logits)
-        loss, z, lse = _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
-        ctx.mark_non_differentiable(z, lse)
+        out = _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras)
+        if extras:
+            ctx.mark_non_differentiable(*out[1:])
         ctx.set_materialize_grads(False)
         ctx.grad = grad  # not an input or output: kept on ctx, dropped with the graph
-        return loss, z, lse
+        return out
 
     @staticmethod
-    def backward(ctx, g_loss, g_z, g_lse):
+    def backward(ctx, g_loss, *g_extras):
         grad = ctx.grad
         if g_loss is None:
             dx = None
@@ -223,7 +228,7 @@ class _Eager(torch.autograd.Function):
             dx = grad  # the usual step: the stored gradient is the answer (see _backward)
         else:
             dx = torch.ops.twopass.cross_entropy_backward(grad, g_loss)
-        return dx, None, None, None, None, None, None, None
+        return dx, None, None, None, None, None, None, None, None
 
 
 # Function.apply's Python half only matters under functorch, which eager_ok rules out.
