@@ -93,6 +93,17 @@ template <class T> struct CrossEntropyRowKernels {
   void (*gradient)(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream);
 };
 
+// The backward passes of the softmax family over contiguous rows (kernels/softmax_backward.cpp):
+// row r of g, y (or x) and gx starts at r * gs, r * ys (xs), r * xs (gxs).
+template <class T> struct SoftmaxBackwardKernels {
+  // softmax: gx = y * (g - sum(g * y)); log (log_softmax, y its output): gx = g - exp(y) * sum(g).
+  void (*softmax)(const T* g, const T* y, T* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs, bool log,
+                  bool stream);
+  // logsumexp: gx = g[r] * exp(x - lse[r]), g and lse dense per row.
+  void (*logsumexp)(const T* g, const T* x, const T* lse, T* gx, int64_t rows, int64_t n, int64_t xs, int64_t gxs,
+                    bool stream);
+};
+
 // Everything one ISA's build provides (kernels/table.cpp).
 struct KernelTable {
   const char* isa;
@@ -109,6 +120,8 @@ struct KernelTable {
   void (*f32_to_bf16)(const float* a, uint16_t* y, int64_t n);
   void (*f16_to_f32)(const uint16_t* a, float* y, int64_t n);
   void (*f32_to_f16)(const float* a, uint16_t* y, int64_t n);
+  SoftmaxBackwardKernels<float> bwd_f32;
+  SoftmaxBackwardKernels<double> bwd_f64;
 };
 
 // Domain of the extended-exponent kernels, per element type. Inside it the range

@@ -4,7 +4,9 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
+#include <cmath>
 #include <optional>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -13,6 +15,7 @@
 #include "dispatch.h"
 #include "probes.h"
 #include "softmax.h"
+#include "softmax_backward.h"
 #include "threads.h"
 
 namespace nb = nanobind;
@@ -47,6 +50,91 @@ void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::
   pb.bf16 = dtype == (int)tp::Dtype::kBfloat16;
   nb::gil_scoped_release release;
   tp::run(pb, (tp::Isa)isa, threads, stream);
+}
+
+// The eager path of twopass.torch (src/twopass/torch/_eager.py): arrays as addresses
+// (Tensor.data_ptr()) and the layout as plain integers, checked on the Python side
+// against the tensor itself. Converting a tensor to an ndarray (DLPack) here costs
+// more than the kernel on a row of 1024 floats; this call costs about 0.3 us.
+void run_ptr(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int64_t outer, int64_t n, int64_t inner,
+             int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads, bool stream) {
+  if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || (bytes != 4 && bytes != 8) || threads < 1 ||
+      outer < 0 || n < 0 || inner < 0 || !x || !y)
+    throw std::invalid_argument("twopass: bad problem description");
+  tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, (const void*)x, (void*)y, outer, n, inner,
+                 xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
+  nb::gil_scoped_release release;
+  tp::run(pb, (tp::Isa)isa, threads, stream);
+}
+
+// The backward of the same path (softmax_backward.h): rows of a last axis.
+void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx, int64_t rows,
+                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream) {
+  if (!valid_op(op) || !valid_isa(isa) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 || !g ||
+      !y || !gx || (op == (int)tp::Op::kLogSumExp && !lse))
+    throw std::invalid_argument("twopass: bad backward problem");
+  tp::BackwardProblem pb{(tp::Op)op, bytes, (const void*)g, (const void*)y, (const void*)lse, (void*)gx,
+                         rows, n, gs, ys, xs};
+  nb::gil_scoped_release release;
+  tp::run_backward(pb, (tp::Isa)isa, threads, stream);
+}
+
+// The eager path of twopass.torch.cross_entropy (src/twopass/torch/_cross_entropy.py):
+// float32/float64 (rows, n) logits with contiguous rows, int64 targets, everything as
+// addresses. Also does what the NumPy layer does in Python around its kernel call
+// (target check, the reduction's scales, the reduction itself: 40 us there, the time of
+// a 1x1024 loss many times over). reduction: 0 mean, 1 sum, 2 none. loss and z get the
+// reduced values (one element each) or, for "none", the per-row ones; lse the per-row
+// logsumexp; all in the logits' dtype (0-d tensors made by the caller: creating a tensor
+// from a Python float costs ~2 us). zl and lse may be 0: not wanted.
+template <class T> void to_rows(const std::vector<double>& v, uintptr_t out) {
+  T* o = (T*)out;
+  for (size_t i = 0; i < v.size(); ++i) o[i] = (T)v[i];
+}
+
+void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, int64_t n,
+                                            int64_t xs, uintptr_t target, uintptr_t weight, int64_t ignore_index,
+                                            double eps, double zc, double cap, int reduction, uintptr_t grad,
+                                            int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
+                                            int threads, bool stream) {
+  if (!valid_isa(isa) || !valid_algo(algo) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 ||
+      reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) || ((reduction != 2 || rows > 0) && !loss))
+    throw std::invalid_argument("twopass.cross_entropy: bad arguments");
+  const int64_t* t = (const int64_t*)target;
+  double n_valid = 0, wt_sum = 0, weight_total = (double)n;
+  if (weight) {
+    weight_total = 0;
+    for (int64_t j = 0; j < n; ++j) weight_total += bytes == 4 ? (double)((const float*)weight)[j] : ((const double*)weight)[j];
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t v = t[r];
+    if (v == ignore_index) continue;
+    if (v < 0 || v >= n)
+      throw std::invalid_argument("twopass.cross_entropy: target[" + std::to_string(r) + "] = " + std::to_string(v) +
+                                  " is outside [0, " + std::to_string(n) + ") and is not ignore_index");
+    n_valid += 1;
+    wt_sum += !weight ? 1.0 : bytes == 4 ? (double)((const float*)weight)[v] : ((const double*)weight)[v];
+  }
+  const double s_ce = reduction == 0 ? 1.0 / wt_sum : 1.0, s_z = reduction == 0 ? 1.0 / n_valid : 1.0;
+  std::vector<double> ce(rows), z(rows), ls(rows);
+  tp::CrossEntropyProblem pb{bytes, (const void*)x, rows, n, rows > 1 ? xs : n, t, (const void*)weight, weight_total,
+                             ignore_index, eps, zc, cap, s_ce, s_z, (void*)grad, rows > 1 ? gs : n,
+                             ce.data(), z.data(), ls.data(), (tp::Algo)algo, stream};
+  {
+    nb::gil_scoped_release release;
+    if (rows > 0) tp::cross_entropy(pb, (tp::Isa)isa, threads);
+  }
+  if (lse) bytes == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
+  double sc = 0, sz = 0;
+  for (int64_t r = 0; r < rows; ++r) sc += ce[r], sz += z[r];
+  if (reduction == 2) {
+    for (int64_t r = 0; r < rows; ++r) ce[r] += z[r];
+  } else {
+    ce.assign(1, reduction == 1 ? sc + sz : sc / wt_sum + sz / n_valid);
+    z.assign(1, reduction == 1 ? sz : sz / n_valid);
+  }
+  bytes == 4 ? to_rows<float>(ce, loss) : to_rows<double>(ce, loss);
+  if (zl) bytes == 4 ? to_rows<float>(z, zl) : to_rows<double>(z, zl);
 }
 
 using F32In = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -128,6 +216,10 @@ NB_MODULE(_core, m) {
   m.def("run", &run, nb::arg("op"), nb::arg("algo"), nb::arg("isa"), nb::arg("x"), nb::arg("y"), nb::arg("outer"),
         nb::arg("n"), nb::arg("inner"), nb::arg("xs_outer"), nb::arg("xs_n"), nb::arg("ys_outer"), nb::arg("ys_n"),
         nb::arg("threads"), nb::arg("stream"), nb::arg("dtype") = -1);
+  // Positional only: no keyword matching on the per-call path.
+  m.def("run_ptr", &run_ptr);
+  m.def("backward_ptr", &backward_ptr);
+  m.def("cross_entropy_ptr", &cross_entropy_ptr);
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),
         "Memory-bandwidth probe: one read of a float32 array (returns its maximum).");
   m.def("copy_pass", &copy_pass, nb::arg("x"), nb::arg("y"), nb::arg("isa"), nb::arg("threads"), nb::arg("stream"),

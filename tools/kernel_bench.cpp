@@ -2,7 +2,7 @@
 // stays in cache (or, with a batch, a block of rows that does not). The figures in the
 // kernels' comments (pass 1 per element, the fold, rows_reload) come from here.
 //
-//   for k in softmax_passes cross_entropy_rows bf16 table; do
+//   for k in softmax_passes cross_entropy_rows bf16 softmax_backward table; do
 //     g++ -O3 -DNDEBUG -std=c++17 -DTP_ISA_AVX2 -mavx2 -mfma -c csrc/kernels/$k.cpp -o /tmp/kb_$k.o
 //   done
 //   g++ -O3 -std=c++17 -DTP_BENCH_NS=tp_avx2 tools/kernel_bench.cpp /tmp/kb_*.o -o /tmp/kernel_bench

@@ -13,6 +13,8 @@ namespace TP_NS {
 template <class S> tp::SoftmaxKernels<S> softmax_kernels();
 // cross_entropy_rows.cpp (instantiated for float and double).
 template <class T> tp::CrossEntropyRowKernels<T> cross_entropy_row_kernels();
+// softmax_backward.cpp (instantiated for float and double).
+template <class T> tp::SoftmaxBackwardKernels<T> softmax_backward_kernels();
 // bf16.cpp (bfloat16 and float16 rows).
 void bf16_to_f32(const uint16_t* a, float* y, int64_t n);
 void f32_to_bf16(const float* a, uint16_t* y, int64_t n);

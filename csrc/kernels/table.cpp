@@ -25,6 +25,8 @@ const tp::KernelTable& table() {
       f32_to_bf16,
       f16_to_f32,
       f32_to_f16,
+      softmax_backward_kernels<float>(),
+      softmax_backward_kernels<double>(),
   };
   return t;
 }

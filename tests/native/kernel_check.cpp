@@ -16,6 +16,7 @@
 #include "../../csrc/dispatch.h"
 #include "../../csrc/half.h"
 #include "../../csrc/softmax.h"
+#include "../../csrc/softmax_backward.h"
 
 namespace {
 
@@ -278,6 +279,69 @@ template <class T> void run_ce(tp::Isa isa) {
     }
 }
 
+// The backward passes (softmax_backward.h) against the same formulas in double on the
+// same rounded inputs: softmax y (g - sum g y), log_softmax g - exp(y) sum g,
+// logsumexp g exp(x - lse). Error bounds: A u times the magnitudes the formula adds
+// (logsumexp: times 1 + |x - lse|).
+template <class T> void check_backward(tp::Isa isa, tp::Op op, int64_t rows, int64_t n, int threads, std::mt19937_64& rng) {
+  std::normal_distribution<double> nd(0.0, 3.0);
+  std::vector<T> x(rows * n), y(rows * n), g(rows * n), gx(rows * n), lse(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    double m = -INFINITY, s = 0;
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, (double)(x[r * n + j] = (T)nd(rng)));
+    for (int64_t j = 0; j < n; ++j) s += std::exp((double)x[r * n + j] - m);
+    lse[r] = (T)(m + std::log(s));
+    for (int64_t j = 0; j < n; ++j) {
+      const double ls = (double)x[r * n + j] - m - std::log(s);
+      y[r * n + j] = (T)(op == tp::Op::kLogSoftmax ? ls : std::exp(ls));
+      g[r * n + j] = (T)nd(rng);
+    }
+  }
+  const bool lse_op = op == tp::Op::kLogSumExp;
+  tp::BackwardProblem pb{op, (int)sizeof(T), g.data(), lse_op ? x.data() : y.data(), lse.data(), gx.data(),
+                         rows, n, n, n, n};
+  tp::run_backward(pb, isa, threads, false);
+  const double u = unit_roundoff<T>(), A = 16, tiny = 4 * std::numeric_limits<T>::denorm_min();
+  bool ok = true;
+  for (int64_t r = 0; r < rows && ok; ++r) {
+    const T* gr = g.data() + r * n;  // logsumexp: g[r] is the row's upstream gradient
+    const T* yr = y.data() + r * n;
+    double dot = 0, adot = 0, sg = 0, asg = 0;
+    for (int64_t j = 0; j < n; ++j) dot += (double)gr[j] * yr[j], adot += std::fabs((double)gr[j] * yr[j]);
+    for (int64_t j = 0; j < n; ++j) sg += gr[j], asg += std::fabs((double)gr[j]);
+    for (int64_t j = 0; j < n && ok; ++j) {
+      double ref, bound;
+      if (op == tp::Op::kSoftmax) {
+        ref = (double)yr[j] * ((double)gr[j] - dot);
+        bound = std::fabs((double)yr[j]) * (std::fabs((double)gr[j]) + adot);
+      } else if (op == tp::Op::kLogSoftmax) {
+        const double e = std::exp((double)yr[j]);
+        ref = (double)gr[j] - e * sg;
+        bound = std::fabs((double)gr[j]) + e * asg;
+      } else {
+        // x - lse rounds in T: a relative error of |x - lse| u in the exp (as the forward's softmax)
+        const double d = (double)x[r * n + j] - (double)lse[r];
+        ref = (double)g[r] * std::exp(d);
+        bound = std::fabs(ref) * (1 + std::fabs(d));
+      }
+      ok = std::fabs((double)gx[r * n + j] - ref) <= A * u * bound + tiny;
+    }
+  }
+  ++(ok ? passed : failed);
+  if (!ok)
+    std::printf("FAIL backward isa=%d T=f%d op=%d rows=%lld n=%lld threads=%d\n", (int)isa, (int)(8 * sizeof(T)),
+                (int)op, (long long)rows, (long long)n, threads);
+}
+
+template <class T> void run_backward(tp::Isa isa) {
+  std::mt19937_64 rng(11);
+  for (tp::Op op : {tp::Op::kSoftmax, tp::Op::kLogSoftmax, tp::Op::kLogSumExp}) {
+    for (int64_t n = 1; n <= 70; ++n) check_backward<T>(isa, op, 3, n, 1, rng);
+    for (int64_t n : {1023, 1025, 4099, 5000}) check_backward<T>(isa, op, 3, n, 1, rng);
+    check_backward<T>(isa, op, 9, 8191, 2, rng);  // rows split over 2 threads
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -290,6 +354,8 @@ int main() {
     run_half<tp::bf16>(isa);
     run_ce<float>(isa);
     run_ce<double>(isa);
+    run_backward<float>(isa);
+    run_backward<double>(isa);
   }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
+from ._eager import _ISA, _L3, _PLAIN, eager_ok
 
 __all__ = ["cross_entropy"]
 
@@ -102,15 +104,25 @@ def cross_entropy(
     else:
         logits = input.movedim(1, -1).reshape(-1, input.shape[1])
     rows_shape = target.shape
-    target = target.reshape(-1)
+    target = target if target.dim() == 1 else target.reshape(-1)
     opts = (int(ignore_index), reduction, eps, zc, cap)
     need_grad = torch.is_grad_enabled() and input.requires_grad
-    if inplace_backward and need_grad:
+    if not inplace_backward and _direct_ok(logits, target, weight):
+        # The eager path: no custom op, the kernel straight on the tensors' memory; the
+        # z-loss and lse tensors only when asked for (an allocation is ~0.7 us).
+        extras = return_z_loss or return_lse
+        if need_grad:
+            out = _ce_apply(logits, target, weight, *opts, extras)
+        else:
+            out = _direct(logits, target, weight, *opts, None, extras)
+        loss, z, lse = out if extras else (out, None, None)
+    elif inplace_backward and need_grad:
         loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)
     else:
         loss, z, lse, _ = torch.ops.twopass.cross_entropy(logits, target, weight, *opts, need_grad)
     if reduction == "none":
-        loss, z = loss.reshape(rows_shape), z.reshape(rows_shape)
+        loss = loss.reshape(rows_shape)
+        z = z if z is None else z.reshape(rows_shape)
     extras = ([z.detach()] if return_z_loss else []) + ([lse.detach().reshape(rows_shape)] if return_lse else [])
     return (loss, *extras) if extras else loss
 
@@ -126,7 +138,107 @@ def _compute(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad
     return _torch_ops(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad)
 
 
+def _direct_ok(logits, target, weight) -> bool:
+    """The eager path applies: plain float32/float64 CPU logits outside any tracing
+    (_eager.eager_ok), int64 targets, a weight of the logits' dtype or none."""
+    return (
+        eager_ok(logits)
+        and logits.numel() > 0
+        and type(target) in _PLAIN
+        and target.dtype is torch.int64
+        and target.is_cpu
+        and (
+            weight is None
+            or (
+                type(weight) in _PLAIN
+                and weight.is_cpu
+                and weight.dtype is logits.dtype
+                and weight.dim() == 1
+                and not weight.requires_grad
+            )
+        )
+    )
+
+
+def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras=True):
+    """(loss, z_loss, lse) of float32/float64 CPU (rows, C) logits in one C++ call
+    (_core.cross_entropy_ptr: target check, scales, kernel, reduction), the gradient
+    written into `grad` when given; the loss alone when not `extras`. The custom op's CPU
+    implementation runs it too, so both paths give the same values."""
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    t = target if target.is_contiguous() else target.contiguous()
+    rows, n = x.shape
+    if weight is not None:
+        if weight.shape[0] != n:
+            raise ValueError(f"twopass.cross_entropy: weight has shape {tuple(weight.shape)}, expected ({n},)")
+        weight = weight.contiguous()
+    shape = (rows,) if reduction == "none" else ()
+    loss = x.new_empty(shape)
+    z, lse = (x.new_empty(shape), x.new_empty(rows)) if extras else (None, None)
+    _core.cross_entropy_ptr(
+        _ISA,
+        _RELOAD if grad is not None else _TWO_PASS,  # as twopass.cross_entropy's "auto"
+        x.element_size(),
+        x.data_ptr(),
+        rows,
+        n,
+        x.stride(0),
+        t.data_ptr(),
+        0 if weight is None else weight.data_ptr(),
+        ignore_index,
+        eps,
+        zc,
+        cap,
+        _REDUCTION[reduction],
+        0 if grad is None else grad.data_ptr(),
+        0 if grad is None else grad.stride(0),
+        loss.data_ptr(),
+        z.data_ptr() if extras else 0,
+        lse.data_ptr() if extras else 0,
+        torch.get_num_threads(),
+        grad is not None and grad.data_ptr() != x.data_ptr() and grad.nbytes > _L3,
+    )
+    return (loss, z, lse) if extras else loss
+
+
+_REDUCTION = {"mean": 0, "sum": 1, "none": 2}
+_RELOAD, _TWO_PASS = _core.ALGO_CODES["three_pass_reload"], _core.ALGO_CODES["two_pass"]
+
+
+class _Eager(torch.autograd.Function):
+    """The eager path with a gradient: the forward writes it (for an upstream gradient
+    of 1), the backward scales it (the custom op's _backward, without the op)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, cap, extras):
+        grad = _new_grad(logits)
+        out = _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras)
+        if extras:
+            ctx.mark_non_differentiable(*out[1:])
+        ctx.set_materialize_grads(False)
+        ctx.grad = grad  # not an input or output: kept on ctx, dropped with the graph
+        return out
+
+    @staticmethod
+    def backward(ctx, g_loss, *g_extras):
+        grad = ctx.grad
+        if g_loss is None:
+            dx = None
+        elif g_loss.dim() == 0 and not torch.is_grad_enabled() and g_loss.item() == 1.0:
+            dx = grad  # the usual step: the stored gradient is the answer (see _backward)
+        else:
+            dx = torch.ops.twopass.cross_entropy_backward(grad, g_loss)
+        return dx, None, None, None, None, None, None, None, None
+
+
+# Function.apply's Python half only matters under functorch, which eager_ok rules out.
+_ce_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
+
+
 def _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+    if logits.dtype in (torch.float32, torch.float64) and logits.numel() > 0:
+        w = None if weight is None else weight.to(logits.dtype)
+        return _direct(logits, target.to(torch.int64), w, ignore_index, reduction, eps, zc, cap, grad)
     import twopass
 
     x = logits if logits.stride(-1) == 1 else logits.contiguous()

@@ -2,8 +2,11 @@
 
 `torch.ops.twopass.logsumexp(x, dim, keepdim)` is a `torch.library.custom_op` with a fake
 implementation and a backward custom op (`twopass::logsumexp_backward`,
-``grad * exp(x - lse)``). CPU tensors run the C++ kernels (one pass over x); CUDA
-float32, float16 and bfloat16 tensors the Triton kernels; CUDA float64 falls back to torch.
+``grad * exp(x - lse)``). CPU tensors run the C++ kernels (one pass over x; the backward
+over the last dim one fused pass too); CUDA float32, float16 and bfloat16 tensors the
+Triton kernels; CUDA float64 falls back to torch. Outside tracing and compiling, plain
+float32/float64 CPU tensors skip the custom op (`_eager.py`): same kernels, same results,
+torch-like per-call cost.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._eager import eager_ok, logsumexp_apply, logsumexp_backward, logsumexp_forward
 from ._tensors import kernels, like, reduced_shape, triton_ok
 
 __all__ = ["logsumexp"]
@@ -39,6 +43,10 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     TypeError
         Another dtype (CPU). IndexError: `dim` out of range.
     """
+    if eager_ok(x) and type(dim) is int and type(keepdim) is bool and x.dim():
+        if x.requires_grad and torch.is_grad_enabled():
+            return logsumexp_apply(x, dim, keepdim)
+        return logsumexp_forward(x, dim, keepdim)
     return torch.ops.twopass.logsumexp(x, dim, keepdim)
 
 
@@ -46,6 +54,8 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
 def _logsumexp(x: Tensor, dim: int, keepdim: bool) -> Tensor:
     if triton_ok(x):
         return kernels()._logsumexp_forward(x, dim, keepdim)
+    if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64):
+        return logsumexp_forward(x, dim, keepdim)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
         import twopass
 
@@ -65,6 +75,8 @@ def _logsumexp_backward(grad: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim:
     """grad * exp(x - lse), in float32 arithmetic for float16/bfloat16."""
     if triton_ok(grad, x, lse) and grad.dtype == x.dtype == lse.dtype:
         return like(x, kernels()._logsumexp_backward(grad, x, lse, dim, keepdim))
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and grad.device.type == "cpu":
+        return like(x, logsumexp_backward(grad, x, lse, dim, keepdim))
     if x.dim() > 0 and not keepdim:
         grad, lse = grad.unsqueeze(dim), lse.unsqueeze(dim)
     wide = torch.promote_types(x.dtype, torch.float32)

@@ -4,9 +4,13 @@
 implementation (so `torch.compile` traces through it without running it) and a backward
 that is itself a custom op (`twopass::softmax_backward`):
 
-- CPU tensors run the C++ kernels (`twopass.softmax` on the tensor's memory, written
-  straight into the result); the backward uses torch's own CPU kernels
-  (`torch._softmax_backward_data`), whose traffic is already minimal.
+- CPU tensors run the C++ kernels on the tensor's memory, written straight into the
+  result (`_eager.py`); the backward over the last dim runs twopass's fused row kernels
+  (one read of g and y, one write), other dims torch's (`torch._softmax_backward_data`).
+- Outside tracing and compiling, plain float32/float64 CPU tensors skip the custom op:
+  the same kernels through `_eager.py` and a thin `torch.autograd.Function` (only when x
+  needs a gradient), for a per-call cost close to torch's own (`_eager.eager_ok` says
+  when). Results are identical either way.
 - CUDA float32, float16 and bfloat16 tensors run the Triton kernels of
   `twopass.triton.softmax` (imported on first use), forward and backward. CUDA float64
   falls back to torch.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._eager import eager_ok, softmax_apply, softmax_backward, softmax_forward
 from ._tensors import kernels, like, triton_ok
 
 __all__ = ["log_softmax", "softmax"]
@@ -46,6 +51,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     TypeError
         Another dtype (CPU). IndexError: `dim` out of range.
     """
+    if eager_ok(x) and type(dim) is int and x.dim():
+        if x.requires_grad and torch.is_grad_enabled():
+            return softmax_apply(x, dim, False)
+        return softmax_forward(x, dim, False)
     return torch.ops.twopass.softmax(x, dim, False)
 
 
@@ -70,6 +79,10 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     TypeError
         Another dtype (CPU). IndexError: `dim` out of range.
     """
+    if eager_ok(x) and type(dim) is int and x.dim():
+        if x.requires_grad and torch.is_grad_enabled():
+            return softmax_apply(x, dim, True)
+        return softmax_forward(x, dim, True)
     return torch.ops.twopass.softmax(x, dim, True)
 
 
@@ -77,6 +90,8 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 def _softmax(x: Tensor, dim: int, log: bool) -> Tensor:
     if triton_ok(x):  # (like(): the strides the fake promises, also for a non-dense x)
         return like(x, kernels()._softmax_forward(x, dim, log))
+    if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64):
+        return softmax_forward(x, dim, log)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
         import twopass
 
@@ -98,6 +113,8 @@ def _softmax_backward(grad: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
     """softmax: y * (g - sum(g * y)); log_softmax: g - exp(y) * sum(g)."""
     if triton_ok(grad, y) and grad.dtype == y.dtype:
         return like(y, kernels()._softmax_backward(grad, y, dim, log))
+    if y.device.type == "cpu" and grad.device.type == "cpu":
+        return like(y, softmax_backward(grad, y, dim, log))  # twopass's row kernels where they apply
     fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
     return like(y, fn(grad.to(y.dtype), y, dim, y.dtype))
 

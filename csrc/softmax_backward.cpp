@@ -1,0 +1,41 @@
+// The backward driver: rows split evenly over threads, each thread calling the row
+// kernel once on its block (threads.h: no split below kMinPerThread elements each).
+#include "softmax_backward.h"
+
+#include <algorithm>
+
+#include "dispatch.h"
+#include "kernel_api.h"
+#include "threads.h"
+
+namespace tp {
+namespace {
+
+template <class T> void run_typed(const SoftmaxBackwardKernels<T>& k, const BackwardProblem& pb, int threads, bool stream) {
+  const T* g = static_cast<const T*>(pb.g);
+  const T* y = static_cast<const T*>(pb.y);
+  const T* lse = static_cast<const T*>(pb.lse);
+  T* gx = static_cast<T*>(pb.gx);
+  if (pb.rows == 0 || pb.n == 0) return;
+  threads = (int)std::max<int64_t>(1, std::min<int64_t>({threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
+  parallel(threads, [&](int t) {
+    const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
+    if (pb.op == Op::kLogSumExp)
+      k.logsumexp(g + lo, y + lo * pb.ys, lse + lo, gx + lo * pb.xs, hi - lo, pb.n, pb.ys, pb.xs, stream);
+    else
+      k.softmax(g + lo * pb.gs, y + lo * pb.ys, gx + lo * pb.xs, hi - lo, pb.n, pb.gs, pb.ys, pb.xs,
+                pb.op == Op::kLogSoftmax, stream);
+  });
+}
+
+}  // namespace
+
+void run_backward(const BackwardProblem& pb, Isa isa, int threads, bool stream) {
+  const KernelTable& t = kernels(isa);
+  if (pb.dtype_bytes == 4)
+    run_typed<float>(t.bwd_f32, pb, threads, stream);
+  else
+    run_typed<double>(t.bwd_f64, pb, threads, stream);
+}
+
+}  // namespace tp

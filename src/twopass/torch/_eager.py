@@ -1,0 +1,338 @@
+"""The eager CPU path of twopass.torch: the C++ kernels called straight on a tensor's
+memory, without the custom op's dispatch or a DLPack round trip.
+
+`torch.library` custom ops cost ~10 us a call in eager mode, and the NumPy entry adds
+its own checks and conversion: 15x torch's time on a (1, 1024) float32 softmax. Here a
+call is `torch.empty_like` plus one C++ call taking data pointers and the layout as
+integers (`_core.run_ptr`, `_core.backward_ptr`). It is taken only for plain CPU
+float32/float64 tensors outside anything that traces or transforms (`eager_ok`);
+everything else (torch.compile, fx/fake/meta tensors, functorch transforms, dispatch
+modes, subclasses, other devices and dtypes) takes the custom ops, whose CPU
+implementations call the same functions below, so both give identical results.
+
+Threads follow ``torch.get_num_threads()`` (not ``TWOPASS_NUM_THREADS``, which is the
+NumPy entry's default): a torch program sets its thread count once, for every op.
+The backward of softmax, log_softmax and logsumexp over the last dim, with g and the
+saved tensors contiguous, runs twopass's fused row kernels; other layouts take torch's
+own backward kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _core, _dispatch
+from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, auto_algorithm
+
+_BYTES = {torch.float32: 4, torch.float64: 8}
+_PLAIN = (Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
+_OP = dict(_dispatch.OP_CODES)
+_SOFTMAX, _LOG_SOFTMAX, _LSE = _OP["softmax"], _OP["log_softmax"], _OP["logsumexp"]
+_RELOAD = _dispatch.ALGO_CODES["three_pass_reload"]
+_TWO_PASS = _dispatch.ALGO_CODES["two_pass"]
+_ALGO = dict(_dispatch.ALGO_CODES)
+_L3 = _dispatch.cache_sizes()["L3"]
+_run_ptr = _core.run_ptr
+_backward_ptr = _core.backward_ptr
+_threads = torch.get_num_threads
+_empty_like = torch.empty_like
+_is_compiling = torch.compiler.is_compiling
+_functorch_active = torch._C._are_functorch_transforms_active
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_ISA = _dispatch.ISA_CODES[_dispatch.ISA]  # fixed at import (TWOPASS_ISA)
+
+
+def eager_ok(x: object) -> bool:
+    """x is a plain float32/float64 CPU tensor and nothing traces or intercepts the call."""
+    return (
+        type(x) in _PLAIN
+        and x.is_cpu  # type: ignore[attr-defined]
+        and x.dtype in _BYTES  # type: ignore[attr-defined]
+        and x.layout is _STRIDED  # type: ignore[attr-defined]
+        and not _is_compiling()
+        and not _functorch_active()
+        and not _dispatch_modes()
+        and not _function_modes()
+    )
+
+
+def _dim(dim: int, nd: int) -> int:
+    d = dim + nd if dim < 0 else dim
+    if not 0 <= d < nd:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-nd}, {nd - 1}], but got {dim})")
+    return d
+
+
+def _split(x: Tensor, d: int) -> tuple[Tensor, int, int, int]:
+    """(contiguous x, outer, n, inner) of x's shape around dim d."""
+    if not x.is_contiguous():
+        x = x.contiguous()  # what torch's own CPU softmax does with a strided input
+    shape = x.shape
+    n = shape[d]
+    inner = math.prod(shape[d + 1 :]) if d + 1 < len(shape) else 1
+    outer = math.prod(shape[:d]) if d else 1
+    return x, outer, n, inner
+
+
+def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
+    """softmax (log_softmax when `log`) of a float32/float64 CPU tensor with >= 1 dims,
+    into a tensor with the strides of ``torch.empty_like(x)``. Every call of the eager
+    path runs this: each attribute lookup shows on a row of 1024 floats."""
+    nd = x.dim()
+    if (dim == -1 or dim == nd - 1) and x.is_contiguous():  # the common case, inline
+        n = x.shape[-1]
+        y = _empty_like(x)
+        size = x.numel()
+        if size:
+            item = _BYTES[x.dtype]
+            threads = _threads()
+            if log:
+                op, algo = _LOG_SOFTMAX, (_RELOAD if n * item < SHORT_ROW_BYTES else _TWO_PASS)
+            else:
+                op = _SOFTMAX
+                algo = (
+                    _RELOAD
+                    if size * item <= _SMALL_SOFTMAX_BYTES
+                    else _ALGO[auto_algorithm("softmax", x.dtype, n, size, threads)]
+                )
+            _run_ptr(
+                op,
+                algo,
+                _ISA,
+                item,
+                x.data_ptr(),
+                y.data_ptr(),
+                size // n,
+                n,
+                1,
+                n,
+                1,
+                n,
+                1,
+                threads,
+                size * item > _L3,
+            )
+        return y
+    d = _dim(dim, nd)
+    y = _empty_like(x)
+    if y.stride() == x.stride():  # dense in another order (a transpose): both seen in memory order
+        perm = sorted(range(nd), key=lambda i: (-x.stride(i), -x.shape[i]))
+        xp, yp = x.permute(perm), y.permute(perm)
+        if xp.is_contiguous() and yp.is_contiguous():
+            _, outer, n, inner = _split(xp, perm.index(d))
+            _softmax_into(xp, yp, outer, n, inner, log)
+            return y
+    xc, outer, n, inner = _split(x, d)  # overlapping or with gaps: a contiguous copy
+    yc = _empty_like(xc)
+    _softmax_into(xc, yc, outer, n, inner, log)
+    return y.copy_(yc)
+
+
+def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: bool) -> None:
+    """The kernel call on contiguous x and y seen as (outer, n, inner) (the same rules as
+    softmax_forward's inline case)."""
+    size = outer * n * inner
+    if size == 0:
+        return
+    item = _BYTES[x.dtype]
+    threads = _threads()
+    # algorithm="auto" (_softmax.auto_algorithm), with its shortcuts for small calls
+    if log:
+        op, algo = _LOG_SOFTMAX, (_RELOAD if n * item < SHORT_ROW_BYTES else _TWO_PASS)
+    else:
+        op = _SOFTMAX
+        algo = (
+            _RELOAD
+            if size * item <= _SMALL_SOFTMAX_BYTES
+            else _ALGO[auto_algorithm("softmax", x.dtype, n, size, threads)]
+        )
+    row = n * inner
+    _run_ptr(
+        op,
+        algo,
+        _ISA,
+        item,
+        x.data_ptr(),
+        y.data_ptr(),
+        outer,
+        n,
+        inner,
+        row,
+        inner,
+        row,
+        inner,
+        threads,
+        size * item > _L3,
+    )
+
+
+def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
+    """logsumexp of a float32/float64 CPU tensor with >= 1 dims: the two-pass algorithm's
+    first pass alone."""
+    d = _dim(dim, x.dim())
+    x, outer, n, inner = _split(x, d)
+    shape = list(x.shape)
+    if keepdim:
+        shape[d] = 1
+    else:
+        del shape[d]
+    y = x.new_empty(shape)
+    if outer * inner == 0:
+        return y
+    if n == 0:  # the empty sum's log (torch.logsumexp's too); x may have no memory at all
+        return y.fill_(-math.inf)
+    _run_ptr(
+        _LSE,
+        _TWO_PASS,
+        _ISA,
+        _BYTES[x.dtype],
+        x.data_ptr(),
+        y.data_ptr(),
+        outer,
+        n,
+        inner,
+        n * inner,
+        inner,
+        inner,
+        0,
+        _threads(),
+        False,
+    )
+    return y
+
+
+def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
+    """grad_x of softmax (y * (g - sum(g * y))) or log_softmax (g - exp(y) * sum(g))."""
+    nd = y.dim()
+    if (
+        nd
+        and (dim == -1 or dim == nd - 1)
+        and g.dtype == y.dtype
+        and y.dtype in _BYTES
+        and g.is_contiguous()
+        and y.is_contiguous()
+        and g.shape == y.shape
+    ):
+        gx = _empty_like(y)
+        n = y.shape[-1]
+        rows = y.numel() // n if n else 0
+        if rows:
+            _backward_ptr(
+                _LOG_SOFTMAX if log else _SOFTMAX,
+                _ISA,
+                _BYTES[y.dtype],
+                g.data_ptr(),
+                y.data_ptr(),
+                0,
+                gx.data_ptr(),
+                rows,
+                n,
+                n,
+                n,
+                n,
+                _threads(),
+                gx.nbytes > _L3,
+            )
+        return gx
+    fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
+    return fn(g.to(y.dtype), y, dim, y.dtype)
+
+
+def logsumexp_backward(g: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: bool) -> Tensor:
+    """grad_x of logsumexp: g * exp(x - lse), g and lse broadcast along `dim`."""
+    nd = x.dim()
+    if (
+        nd
+        and (dim == -1 or dim == nd - 1)
+        and g.dtype == x.dtype == lse.dtype
+        and x.dtype in _BYTES
+        and g.is_contiguous()
+        and x.is_contiguous()
+        and lse.is_contiguous()
+        and g.numel() == lse.numel()
+    ):
+        gx = _empty_like(x)
+        n = x.shape[-1]
+        rows = x.numel() // n if n else 0
+        if rows:
+            _backward_ptr(
+                _LSE,
+                _ISA,
+                _BYTES[x.dtype],
+                g.data_ptr(),
+                x.data_ptr(),
+                lse.data_ptr(),
+                gx.data_ptr(),
+                rows,
+                n,
+                0,
+                n,
+                n,
+                _threads(),
+                gx.nbytes > _L3,
+            )
+        return gx
+    if nd and not keepdim:
+        g, lse = g.unsqueeze(dim), lse.unsqueeze(dim)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    dx = g.to(wide) * torch.exp(x.to(wide) - lse.to(wide))
+    return dx.to(x.dtype)
+
+
+# Double backward: under create_graph the backward is written in torch operations
+# (differentiable: y is the saved output, which keeps its own grad_fn); otherwise the
+# kernels run.
+def _softmax_grad_ops(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
+    if log:
+        return g - torch.exp(y) * g.sum(dim, keepdim=True)
+    return y * (g - (g * y).sum(dim, keepdim=True))
+
+
+class SoftmaxFunction(torch.autograd.Function):
+    """softmax / log_softmax with the backward above (eager, when x needs a gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int, log: bool) -> Tensor:
+        y = softmax_forward(x, dim, log)
+        ctx.dim, ctx.log = dim, log
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (y,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _softmax_grad_ops(g, y, ctx.dim, ctx.log), None, None
+        return softmax_backward(g, y, ctx.dim, ctx.log), None, None
+
+
+class LogSumExpFunction(torch.autograd.Function):
+    """logsumexp with the backward above (eager, when x needs a gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int, keepdim: bool) -> Tensor:
+        r = logsumexp_forward(x, dim, keepdim)
+        ctx.dim, ctx.keepdim = dim, keepdim
+        ctx.save_for_backward(x, r)
+        return r
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, r = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            if x.dim() and not ctx.keepdim:
+                g, r = g.unsqueeze(ctx.dim), r.unsqueeze(ctx.dim)
+            return g * torch.exp(x - r), None, None
+        return logsumexp_backward(g, x, r, ctx.dim, ctx.keepdim), None, None
+
+
+# Function.apply's Python half unwraps functorch's dead wrappers (a pytree walk, ~4 us
+# a call); eager_ok has already ruled functorch out, so the C half is called directly.
+_c_apply = torch._C._FunctionBase.__dict__["apply"]
+softmax_apply = _c_apply.__get__(None, SoftmaxFunction)
+logsumexp_apply = _c_apply.__get__(None, LogSumExpFunction)

@@ -1,0 +1,336 @@
+"""The eager CPU path of twopass.torch (src/twopass/torch/_eager.py) against the custom
+ops it bypasses (identical values), torch, and the float64 reference: forward,
+gradients (the fused backward kernels of csrc/kernels/softmax_backward.cpp), layouts,
+special values, lengths around the SIMD widths, and when the path must not be taken.
+
+Lengths: 1, and 15/16/17, 63/64/65 around AVX-512's float32 vector and 4-register
+step (16, 64 floats; float64 and AVX2 have 8 and 4 lanes: 7/8/9 are in the list too);
+1000 and 4099 have tails of every width; 5000 rows of floats cross the block in which
+row sums fold into double (16 steps of 64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import twopass.torch as tpt  # noqa: E402 - an import error in twopass fails, never skips
+from twopass import reference  # noqa: E402
+from twopass.torch import _eager  # noqa: E402
+
+F = torch.nn.functional
+LENGTHS = (1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4099, 5000)
+DTYPES = (torch.float32, torch.float64)
+# max |y - ref| / max|ref| per row family, float32 and float64 (a few ulp of the largest entry)
+TOL = {torch.float32: 4e-7 * 8, torch.float64: 1e-15 * 8}
+
+
+def ops_path(name, x, dim):
+    """The custom op, which the eager path bypasses."""
+    op = torch.ops.twopass
+    if name == "logsumexp":
+        return op.logsumexp(x, dim, False)
+    return op.softmax(x, dim, name == "log_softmax")
+
+
+def eager(name, x, dim):
+    return getattr(tpt, name)(x, dim)
+
+
+def ref(name, x, dim):
+    a = x.detach().double().numpy()
+    return torch.from_numpy(np.asarray(getattr(reference, name)(a, dim), dtype=np.float64))
+
+
+def same(a, b):
+    """Bitwise equal, NaN in the same places."""
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+
+def close(y, r, dtype):
+    y = y.double()
+    fin = torch.isfinite(r)
+    assert torch.equal(torch.isnan(y), torch.isnan(r))
+    assert torch.equal(y[~fin & ~torch.isnan(r)], r[~fin & ~torch.isnan(r)])
+    if fin.any():
+        scale = r[fin].abs().max().clamp_min(1e-300)
+        assert float((y[fin] - r[fin]).abs().max() / scale) <= TOL[dtype]
+
+
+def make(shape, dtype, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_forward_same_as_op_and_close_to_reference(name, n, dtype):
+    x = make((3, n), dtype, seed=n)
+    assert _eager.eager_ok(x)
+    y = eager(name, x, -1)
+    assert same(y, ops_path(name, x, -1))
+    close(y, ref(name, x, -1), dtype)
+
+
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+@pytest.mark.parametrize(
+    "layout", ("dim0", "dim1_of_3d", "transposed", "row_slice", "col_step", "misaligned", "expanded")
+)
+def test_layouts(name, layout):
+    base = make((6, 70, 5), torch.float32, seed=1)
+    x, dim = {
+        "dim0": (base[:, :, 0], 0),
+        "dim1_of_3d": (base, 1),
+        "transposed": (base[:, :, 0].t(), -1),
+        "row_slice": (base[:, :33, 1], -1),  # rows of 33 at a stride of 350
+        "col_step": (base[:, ::2, 0], -1),
+        "misaligned": (base.reshape(-1)[1:2071].reshape(30, 69), -1),  # 4 bytes off a vector boundary
+        "expanded": (base[:1, :, 0].expand(4, 70), -1),
+    }[layout]
+    y = eager(name, x, dim)
+    assert same(y, ops_path(name, x, dim))
+    close(y, ref(name, x, dim), torch.float32)
+    if name != "logsumexp":  # torch.empty_like(x)'s strides, as the op's fake function promises
+        assert y.stride() == torch.empty_like(x).stride()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_special_values(dtype):
+    inf, nan = math.inf, math.nan
+    x = torch.tensor(
+        [[1.0, nan, 2.0, 0.0], [1.0, inf, 2.0, 0.0], [-inf] * 4, [0.0, -inf, 3e38, -3e38], [1e-40, -1e-40, 0.0, 5.0]],
+        dtype=dtype,
+    )
+    for name, tfn in (("softmax", torch.softmax), ("log_softmax", torch.log_softmax), ("logsumexp", torch.logsumexp)):
+        y = eager(name, x, -1)
+        assert same(y, ops_path(name, x, -1))
+        torch.testing.assert_close(y, tfn(x, -1), equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_empty_and_scalar(name):
+    for shape in ((3, 0), (0, 5), (0,)):
+        x = torch.empty(shape)
+        y = eager(name, x, -1)
+        r = getattr(torch, name)(x, -1)
+        assert y.shape == r.shape and torch.equal(y, r)
+    x = torch.tensor(2.0)  # 0-d: the custom op's path
+    torch.testing.assert_close(eager(name, x, 0), getattr(torch, name)(x, 0))
+
+
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_dim_errors(name):
+    with pytest.raises(IndexError):
+        eager(name, torch.zeros(2, 3), 2)
+    with pytest.raises(IndexError):
+        eager(name, torch.zeros(2, 3), -3)
+
+
+def _grads(fn, x, dim, g):
+    a = x.detach().clone().requires_grad_()
+    y = fn(a, dim)
+    (d,) = torch.autograd.grad(y, a, g)
+    return y, d
+
+
+def _ref_grad(name, x, dim, g):
+    b = x.detach().double().requires_grad_()
+    (d,) = torch.autograd.grad(getattr(torch, name)(b, dim), b, g.double())
+    return d
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_backward_kernels(name, n, dtype):
+    x = make((4, n), dtype, seed=n)
+    gshape = (4,) if name == "logsumexp" else (4, n)
+    g = make(gshape, dtype, seed=n + 1)
+    y, d = _grads(lambda t, dim: eager(name, t, dim), x, -1, g)
+    assert "Function" in type(y.grad_fn).__name__  # the eager autograd.Function, not the op
+    y2, d2 = _grads(lambda t, dim: ops_path(name, t, dim), x, -1, g)
+    assert same(y, y2) and same(d, d2)
+    r = _ref_grad(name, x, -1, g)
+    # the gradient's error is relative to |g| |y| per row, not to each entry
+    scale = (g.double().abs().max() * (1 if name == "softmax" else 2)).item()
+    assert float((d.double() - r).abs().max()) <= TOL[dtype] * max(scale, 1) * (16 if dtype == torch.float32 else 64)
+
+
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_backward_other_layouts(name):
+    """dim != -1, non-contiguous g or x, keepdim: torch's backward or a copy, same values."""
+    base = make((5, 40, 3), torch.float64, seed=7)
+    for x, dim in ((base[:, :, 0], 0), (base, 1), (base[:, :, 1].t(), -1)):
+        y = eager(name, x, dim)
+        g = make(y.shape, torch.float64, seed=8)
+        g_strided = make(y.shape[::-1], torch.float64, seed=9).t() if y.dim() == 2 else g
+        for gg in (g, g_strided):
+            _, d = _grads(lambda t, dm: eager(name, t, dm), x, dim, gg)
+            r = _ref_grad(name, x, dim, gg)
+            torch.testing.assert_close(d, r, rtol=1e-12, atol=1e-14)
+    x = make((4, 9), torch.float64).requires_grad_()
+    (d,) = torch.autograd.grad(tpt.logsumexp(x, -1, keepdim=True), x, torch.ones(4, 1, dtype=torch.float64))
+    torch.testing.assert_close(d, torch.softmax(x.detach(), -1))
+
+
+def test_backward_special_values():
+    inf, nan = math.inf, math.nan
+    x = torch.tensor([[0.0, -inf, 1.0, 2.0], [1.0, nan, 2.0, 0.0], [-inf] * 4, [3e38, 3e38, 0.0, -3e38]])
+    g = torch.tensor([[1.0, 2.0, -1.0, 0.5], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0], [1.0, -1.0, 0.0, 2.0]])
+    for name in ("softmax", "log_softmax"):
+        _, d = _grads(getattr(tpt, name), x, -1, g)
+        _, r = _grads(getattr(torch, name), x, -1, g)
+        torch.testing.assert_close(d, r, equal_nan=True)
+    _, d = _grads(lambda t, dim: tpt.logsumexp(t, dim), x, -1, g[:, 0])
+    _, r = _grads(lambda t, dim: torch.logsumexp(t, dim), x, -1, g[:, 0])
+    torch.testing.assert_close(d, r, equal_nan=True)
+
+
+def test_gradcheck_and_double_backward_float64():
+    x = make((3, 11), torch.float64).requires_grad_()
+    for fn in (
+        lambda t: tpt.softmax(t, -1),
+        lambda t: tpt.log_softmax(t, -1),
+        lambda t: tpt.logsumexp(t, -1),
+        lambda t: tpt.softmax(t, 0),
+    ):
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_requires_grad_off_and_no_grad():
+    x = make((2, 50), torch.float32)
+    assert tpt.softmax(x, -1).grad_fn is None
+    xg = x.clone().requires_grad_()
+    with torch.no_grad():
+        y = tpt.softmax(xg, -1)
+    assert y.grad_fn is None and not y.requires_grad
+    with torch.inference_mode():
+        assert same(tpt.log_softmax(x, -1), ops_path("log_softmax", x, -1))
+
+
+def test_not_taken_when_tracing_or_transforming():
+    x = make((3, 20), torch.float32)
+    assert not _eager.eager_ok(x.to("meta"))
+    assert not _eager.eager_ok(x.half())
+    assert not _eager.eager_ok(x.to_sparse())
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fx = mode.from_tensor(x)
+        assert not _eager.eager_ok(fx)
+        assert tpt.softmax(fx, -1).shape == (3, 20)  # the op's fake function
+    # vmap: the custom op under functorch (its own rules), values as torch's
+    vm = torch.func.vmap(lambda r: tpt.softmax(r, -1))(x)
+    torch.testing.assert_close(vm, torch.softmax(x, -1))
+    # a subclass takes the op path
+    p = torch.nn.Parameter(x.clone())
+    assert _eager.eager_ok(p)
+
+
+def test_torch_compile_uses_the_op():
+    x = make((4, 33), torch.float32, seed=5)
+
+    def f(t):
+        return tpt.softmax(t, -1).sum() + tpt.logsumexp(t, -1).sum() + tpt.log_softmax(t, 0).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    la, lb = f(a), compiled(b)
+    torch.testing.assert_close(la, lb)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_threads_follow_torch():
+    x = make((64, 4096), torch.float32, seed=9)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs.append((tpt.softmax(x, -1), tpt.logsumexp(x, -1)))
+        # rows split between threads: each row is computed the same way either way
+        assert same(outs[0][0], outs[1][0]) and same(outs[0][1], outs[1][1])
+    finally:
+        torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------
+# cross_entropy
+# ----------------------------------------------------------------------------------
+CE_OPTS = (
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none"},
+    {"label_smoothing": 0.1},
+    {"weight": True},
+    {"ignore_index": 3},
+    {"z_loss": 1e-3, "softcap": 10.0},
+)
+
+
+def _ce_op(
+    x, t, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, grad=False
+):
+    # with the gradient, the kernel's softmax takes another algorithm: compare like with like
+    loss, z, lse, _ = torch.ops.twopass.cross_entropy(
+        x, t, weight, ignore_index, reduction, label_smoothing, z_loss, softcap or 0.0, grad
+    )
+    return loss
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opts", CE_OPTS, ids=lambda o: "-".join(o) or "default")
+@pytest.mark.parametrize("n", (1, 17, 1000))
+def test_cross_entropy_eager(n, opts, dtype):
+    rows = 9
+    x = make((rows, n), dtype, seed=n)
+    t = torch.randint(0, n, (rows,), generator=torch.Generator().manual_seed(n))
+    t[2] = opts.get("ignore_index", -100)
+    opts = dict(opts)
+    if opts.get("weight"):
+        opts["weight"] = torch.rand(n, dtype=dtype, generator=torch.Generator().manual_seed(1)) + 0.5
+    if "ignore_index" in opts and n <= 3:
+        return
+    assert _eager.eager_ok(x)
+    a = x.clone().requires_grad_()
+    loss = tpt.cross_entropy(a, t, **opts)
+    assert same(loss.detach(), _ce_op(x, t, **opts, grad=True))
+    g = torch.ones_like(loss) if loss.dim() else None
+    (d,) = torch.autograd.grad(loss, a, g)
+    # against torch in float64 (the extras have their own tests in test_cross_entropy.py)
+    if "z_loss" not in opts:
+        b = x.detach().clone().double().requires_grad_()
+        w = opts.get("weight")
+        ropts = {**opts, "weight": None if w is None else w.double()}
+        rl = F.cross_entropy(b, t, **ropts)
+        (rd,) = torch.autograd.grad(rl, b, None if g is None else g.double())
+        tol = TOL[dtype] * 64
+        torch.testing.assert_close(loss.double(), rl, rtol=tol, atol=tol)
+        torch.testing.assert_close(d.double(), rd, rtol=tol, atol=tol)
+    # the loss alone, without autograd
+    assert same(tpt.cross_entropy(x, t, **opts), _ce_op(x, t, **opts))
+
+
+def test_cross_entropy_eager_upstream_and_errors():
+    x = make((5, 40), torch.float32)
+    t = torch.tensor([0, 39, 7, -100, 3])
+    a = x.clone().requires_grad_()
+    (d,) = torch.autograd.grad(tpt.cross_entropy(a, t) * 3.0, a)
+    b = x.clone().requires_grad_()
+    (r,) = torch.autograd.grad(F.cross_entropy(b, t) * 3.0, b)
+    torch.testing.assert_close(d, r)
+    with pytest.raises(ValueError, match="outside"):
+        tpt.cross_entropy(x, torch.tensor([0, 40, 1, 2, 3]))
+    with pytest.raises(ValueError):
+        tpt.cross_entropy(x, t, weight=torch.ones(39))
+    # all rows ignored: mean is 0/0 = NaN, as torch
+    assert math.isnan(tpt.cross_entropy(x, torch.full((5,), -100)).item())
+    # (C,) logits and a 0-d target
+    torch.testing.assert_close(tpt.cross_entropy(x[0], t[0]), F.cross_entropy(x[0], t[0]))

@@ -1,0 +1,169 @@
+"""twopass.torch against the torch op it replaces, on CPU tensors: time ratios.
+
+For each op (softmax, log_softmax, logsumexp, cross_entropy), shape, mode and thread
+count it prints twopass.torch's median time over torch's (< 1: twopass is faster):
+
+- fwd: the forward without autograd (x.requires_grad False), output allocation included;
+- bwd: torch.autograd.grad through a graph built once (retain_graph), i.e. the backward
+  alone (for cross_entropy twopass's backward is nearly free: the forward computed it);
+- fwdbwd: the forward with x requiring grad, then the backward.
+
+Timing: the two sides alternate call by call (so drift on a shared machine hits both),
+medians of --repeats calls after warm-up. Hot: the same buffers each call. Cold (shapes
+whose buffers exceed the L2): the inputs cycle through enough sets that more than
+2x the L3 is touched between two uses of a set, so every call reads from memory.
+
+    python tools/torch_cpu_vs_torch.py                  # the default shapes, 1 and 2 threads
+    python tools/torch_cpu_vs_torch.py --shapes 1x1024 4096x4096 --threads 1 --ops softmax
+    python tools/torch_cpu_vs_torch.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import twopass
+import twopass.torch as tpt
+
+SMALL = ["1x1024", "256x1024", "64x4096", "8x32000"]
+BATCHES = ["4096x4096", "32x128256", "64x262144", "65536x64"]
+ROWS = ["1x4096", "1x262144", "1x16777216"]  # the benchmark's quick row sweep
+OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy")
+MODES = ("fwd", "bwd", "fwdbwd")
+
+
+def _ops():
+    return {
+        "softmax": (lambda x, t: tpt.softmax(x, -1), lambda x, t: torch.softmax(x, -1)),
+        "log_softmax": (lambda x, t: tpt.log_softmax(x, -1), lambda x, t: torch.log_softmax(x, -1)),
+        "logsumexp": (lambda x, t: tpt.logsumexp(x, -1), lambda x, t: torch.logsumexp(x, -1)),
+        "cross_entropy": (lambda x, t: tpt.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t)),
+    }
+
+
+def _inputs(shape, dtype, nsets, op):
+    sets = []
+    for _ in range(nsets):
+        x = torch.randn(shape, dtype=dtype) * 3
+        t = torch.randint(0, shape[-1], shape[:-1]) if op == "cross_entropy" else None
+        sets.append((x, t))
+    return sets
+
+
+def _grad_like(y):
+    return torch.randn_like(y) if y.dim() else torch.ones_like(y)
+
+
+def measure(op, shape, dtype, mode, threads, cold, repeats):
+    """(median twopass seconds, median torch seconds)."""
+    torch.set_num_threads(threads)
+    fns = _ops()[op]
+    nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+    l3 = twopass.info()["caches"]["L3"]
+    # bytes one call touches (x and y; the backward g, y and gx; both: four arrays), the
+    # two sides alternating: enough sets that 2x the L3 passes between two uses of one
+    per_call = nbytes * {"fwd": 2, "bwd": 3, "fwdbwd": 4}[mode]
+    nsets = max(1, math.ceil(2 * l3 / (2 * per_call)) + 1) if cold else 1
+    sets = _inputs(shape, dtype, nsets, op)
+    times = ([], [])
+    grads = []  # upstream gradients, made once: drawing them would cost more than the op
+    if mode == "fwdbwd":
+        for x, t in sets:
+            y = fns[1](x, t)
+            grads.append(_grad_like(y) if y.dim() else None)
+    if mode == "bwd":  # one graph per set and side, run backward again and again
+        graphs = []
+        for side in (0, 1):
+            gs = []
+            for x, t in sets:
+                xg = x.detach().requires_grad_(True)
+                y = fns[side](xg, t)
+                gs.append((xg, y, _grad_like(y)))
+            graphs.append(gs)
+        sets = [(None, t) for _, t in sets]  # x lives on in the graphs (as xg)
+
+    def call(side, k):
+        x, t = sets[k]
+        if mode == "fwd":
+            fns[side](x, t)
+        elif mode == "bwd":
+            xg, y, g = graphs[side][k]
+            torch.autograd.grad(y, xg, g, retain_graph=True)
+        else:
+            xg = x.detach().requires_grad_(True)
+            torch.autograd.grad(fns[side](xg, t), xg, grads[k])
+
+    warm = 3 if nbytes > (1 << 22) else 20
+    for i in range(warm):
+        for side in (0, 1):
+            call(side, i % nsets)
+    k = 0
+    for _ in range(repeats):
+        for side in (0, 1):
+            t0 = time.perf_counter()
+            call(side, k)
+            times[side].append(time.perf_counter() - t0)
+        k = (k + 1) % nsets
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="*", default=SMALL + BATCHES + ROWS)
+    ap.add_argument("--ops", nargs="*", default=list(OPS), choices=OPS)
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--repeats", type=int, default=0, help="timed calls per side (default: by size)")
+    ap.add_argument("--no-cold", action="store_true", help="hot only")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    l2 = twopass.info()["caches"]["L2"]
+    rows = []
+    print(f"{'op':14} {'shape':>12} {'mode':7} {'thr':>3} {'cache':5} {'twopass us':>11} {'torch us':>10} {'ratio':>6}")
+    for op in args.ops:
+        for text in args.shapes:
+            shape = tuple(int(s) for s in text.split("x"))
+            nbytes = math.prod(shape) * (4 if dtype == torch.float32 else 8)
+            reps = args.repeats or (200 if nbytes < (1 << 20) else 40 if nbytes < (1 << 26) else 10)
+            for mode in args.modes:
+                for threads in args.threads:
+                    for cold in (False, True) if (nbytes > l2 and not args.no_cold) else (False,):
+                        a, b = measure(op, shape, dtype, mode, threads, cold, reps)
+                        r = a / b
+                        flag = "  <-- slower" if r > 1.0 else ""
+                        label = "cold" if cold else "hot"
+                        print(
+                            f"{op:14} {text:>12} {mode:7} {threads:>3} {label:5} "
+                            f"{a * 1e6:11.1f} {b * 1e6:10.1f} {r:6.2f}{flag}",
+                            flush=True,
+                        )
+                        rows.append(
+                            dict(
+                                op=op,
+                                shape=text,
+                                mode=mode,
+                                threads=threads,
+                                cache=label,
+                                twopass_s=a,
+                                torch_s=b,
+                                ratio=r,
+                            )
+                        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"dtype": args.dtype, "torch": torch.__version__, "results": rows}, f, indent=1)
+    slower = [r for r in rows if r["ratio"] > 1.0]
+    print(f"\n{len(slower)} of {len(rows)} cells slower than torch (ratio > 1.0)")
+
+
+if __name__ == "__main__":
+    main()
