@@ -19,15 +19,16 @@ namespace tp {
 // partial results, merged lane by lane: maxima by max, two-pass sums exactly
 // (ScaledSum), plain sums of exp(x - max) by addition (every chunk used the same max),
 // online sums by rescaling to the larger maximum.
-template <class T> struct AxisSplit {
-  const Passes<T>& P;
-  Group<T> g;
+template <class S> struct AxisSplit {
+  using T = Compute<S>;  // S: storage type of x and y; T: of everything else
+  const Passes<S>& P;
+  Group<S> g;
   int chunks;  // 1 = run inline
 
-  Group<T> chunk(int c) const {
+  Group<S> chunk(int c) const {
     const int64_t len = (g.n + chunks - 1) / chunks;
     const int64_t lo = std::min(g.n, c * len), hi = std::min(g.n, lo + len);
-    Group<T> s = g;
+    Group<S> s = g;
     s.x += lo * g.sx;
     s.y += lo * g.sy;
     s.n = hi - lo;

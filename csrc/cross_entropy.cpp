@@ -46,8 +46,11 @@ template <class T> double huge_row_ce(const T* x, const T* w, int64_t n, int64_t
 template <class T>
 void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T>& passes,
              const CrossEntropyRowKernels<T>& ce, Isa isa, int64_t lo, int64_t hi) {
-  // bfloat16 rows (T = float) are widened into `wide` and their gradient narrowed back.
-  const bool bf16 = pb.bf16;
+  // bfloat16 / float16 rows (T = float) are widened into this thread's float32 row (one
+  // row: in cache) and their gradient narrowed back.
+  const bool half = pb.bf16 || pb.f16;
+  void (*const widen)(const uint16_t*, float*, int64_t) = pb.f16 ? K.f16_to_f32 : K.bf16_to_f32;
+  void (*const narrow)(const float*, uint16_t*, int64_t) = pb.f16 ? K.f32_to_f16 : K.f32_to_bf16;
   const T* x = static_cast<const T*>(pb.x);
   T* grad = static_cast<T*>(pb.grad);
   const uint16_t* xh = static_cast<const uint16_t*>(pb.x);
@@ -55,15 +58,15 @@ void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T
   const T* w = static_cast<const T*>(pb.weight);
   const int64_t n = pb.n;
   const bool capped = pb.softcap > 0;
-  std::vector<T> capbuf(capped || bf16 ? (size_t)n : 0);  // this thread's widened / soft-capped row
+  std::vector<T> capbuf(capped || half ? (size_t)n : 0);  // this thread's widened / soft-capped row
   std::vector<T> pbuf(grad ? (size_t)n : 0);       // and its softmax (stays in cache)
   const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
 
   for (int64_t i = lo; i < hi; ++i) {
-    const T* xr = bf16 ? capbuf.data() : x + i * pb.xs;
-    if (bf16) K.bf16_to_f32(xh + i * pb.xs, reinterpret_cast<float*>(capbuf.data()), n);
-    // bfloat16: the gradient is finished in the scratch row p, then narrowed into gh.
-    T* gr = !grad ? nullptr : bf16 ? pbuf.data() : grad + i * pb.gs;
+    const T* xr = half ? capbuf.data() : x + i * pb.xs;
+    if (half) widen(xh + i * pb.xs, reinterpret_cast<float*>(capbuf.data()), n);
+    // Halves: the gradient is finished in the scratch row p, then narrowed into gh.
+    T* gr = !grad ? nullptr : half ? pbuf.data() : grad + i * pb.gs;
     const int64_t t = pb.target[i];
     const T* src = xr;
     if (capped) {
@@ -105,14 +108,14 @@ void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T
 
     if (ignored) {
       pb.ce[i] = pb.z[i] = 0;
-      if (gr) std::memset(bf16 ? (void*)(gh + i * pb.gs) : (void*)gr, 0, (bf16 ? 2 : sizeof(T)) * n);
+      if (gr) std::memset(half ? (void*)(gh + i * pb.gs) : (void*)gr, 0, (half ? 2 : sizeof(T)) * n);
       continue;
     }
     if (!valid) {  // the Python layer rejects these; stay safe without it
       pb.ce[i] = pb.z[i] = nan;
       if (gr) {
         for (int64_t j = 0; j < n; ++j) gr[j] = (T)nan;
-        if (bf16) K.f32_to_bf16((const float*)gr, gh + i * pb.gs, n);
+        if (half) narrow((const float*)gr, gh + i * pb.gs, n);
       }
       continue;
     }
@@ -134,14 +137,14 @@ void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T
     const double c = pb.s_ce * eps / n, b = pb.s_ce * (1 - eps) * wt;
     const double pt = (double)p[t] * inv_s;
     const double inv_cap = capped ? 1.0 / pb.softcap : 0.0;
-    // bfloat16: gr is a scratch row, narrowed into the output after; grad == x: the
+    // Halves: gr is a scratch row, narrowed into the output after; grad == x: the
     // gradient overwrites the logits just read.
-    const Reuse grad_reuse = bf16 ? Reuse::kReadAgain : pb.grad == pb.x ? Reuse::kInPlace : Reuse::kFinalOutput;
+    const Reuse grad_reuse = half ? Reuse::kReadAgain : pb.grad == pb.x ? Reuse::kInPlace : Reuse::kFinalOutput;
     const bool stream = use_streaming_stores(pb.stream, grad_reuse);
     ce.gradient(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, stream);
     const double dt = capped ? 1 - (xt * inv_cap) * (xt * inv_cap) : 1.0;
     gr[t] = (T)(((A * pt - c * wt) - b) * dt);
-    if (bf16) K.f32_to_bf16((const float*)gr, gh + i * pb.gs, n);
+    if (half) narrow((const float*)gr, gh + i * pb.gs, n);
   }
 }
 

@@ -27,6 +27,7 @@ struct CrossEntropyProblem {
   Algo algo;             // of the softmax inside (two_pass or a max-based one)
   bool stream;           // streaming stores asked for grad (streaming_stores.h)
   bool bf16 = false;     // x and grad hold bfloat16 (dtype_bytes 4: computed in float32)
+  bool f16 = false;      // x and grad hold float16 (likewise; bf16 and f16 exclusive)
 };
 void cross_entropy(const CrossEntropyProblem& pb, Isa isa, int threads);
 

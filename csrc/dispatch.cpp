@@ -51,7 +51,9 @@ bool isa_supported(Isa isa) {
     case Isa::kScalar: return true;
 #if TP_HAVE_X86
     // libgcc's checks include the OS's support for the wider registers (XGETBV).
-    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    // F16C: the float16 kernels' conversions (every AVX2 CPU has it; checked all the same).
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #if defined(TP_AVX512_EMULATE)  // a check build whose AVX-512 intrinsics are emulated in C++
     case Isa::kAvx512: return true;
 #else
@@ -70,7 +72,7 @@ bool isa_compiled(Isa isa) { return compiled(isa); }
 int panel_lanes(Isa isa, int dtype_bytes) {
   if (!compiled(isa) || !isa_supported(isa)) return 1;
   const KernelTable& t = table_for(isa);
-  return dtype_bytes == 4 ? t.lanes_f32 : t.lanes_f64;
+  return dtype_bytes == 8 ? t.lanes_f64 : t.lanes_f32;  // halves compute in float32
 }
 
 const KernelTable& kernels(Isa isa) {

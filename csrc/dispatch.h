@@ -10,6 +10,7 @@ namespace tp {
 bool isa_supported(Isa isa);  // the CPU and OS can run it
 bool isa_compiled(Isa isa);   // this build has it
 // Lanes of one panel call (columns of a non-last axis per group); 1 if not compiled.
+// dtype_bytes 2 (float16, bfloat16): those of float32, their compute type.
 int panel_lanes(Isa isa, int dtype_bytes);
 // The kernel table of an ISA the CPU supports (else std::invalid_argument).
 const KernelTable& kernels(Isa isa);

@@ -10,10 +10,14 @@
 // `lanes` entries. Sums come back in double (the two-pass one as a ScaledSum): the
 // partial sums are folded into double every few thousand elements, so the normaliser
 // of a long row is accurate to about one float32 ulp however long the row.
+// Element types: x and y are of a storage type S (float, double, f16, bf16; half.h);
+// everything else (per-lane parameters, maxima, results of reductions) is of its compute
+// type T = Compute<S> (float for the halves, which are converted in registers).
 #pragma once
 
 #include <cstdint>
 
+#include "half.h"
 #include "scaled_sum.h"
 
 namespace tp {
@@ -28,30 +32,31 @@ template <class T> struct Group {
   int lanes;
 };
 
-// The passes over one group, for one loop shape (rows or panels).
-template <class T> struct Passes {
+// The passes over one group, for one loop shape (rows or panels); S the storage type.
+template <class S> struct Passes {
+  using T = Compute<S>;
   // Pass 1 of the two-pass algorithm: sum of exp(x - shift) as a ScaledSum, per lane,
   // and the maximum of x - shift (one vector max per vector: free while pass 1 waits on
   // memory; the driver measures the sum relative to it, see softmax.cpp). x below
   // shift - Numerics<T>::kAccurate is treated as that bound. shift null: 0.
-  void (*two_pass_sum)(const Group<T>& g, const T* shift, ScaledSum* out, T* max);
+  void (*two_pass_sum)(const Group<S>& g, const T* shift, ScaledSum* out, T* max);
   // Pass 2: y = p(x - shift) * scale * 2^(e(x - shift) - E), exp(x - shift) = p * 2^e.
-  void (*two_pass_write)(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream);
+  void (*two_pass_write)(const Group<S>& g, const T* shift, const T* scale, const T* E, bool stream);
   // Maximum per lane (NaN may or may not propagate: later passes detect it).
-  void (*max)(const Group<T>& g, T* m);
+  void (*max)(const Group<S>& g, T* m);
   // Sum of exp(x - m) per lane.
-  void (*sumexp)(const Group<T>& g, const T* m, double* s);
+  void (*sumexp)(const Group<S>& g, const T* m, double* s);
   // Online pass: running maximum m and sum s of exp(x - m) per lane.
-  void (*online)(const Group<T>& g, double* m, double* s);
+  void (*online)(const Group<S>& g, double* m, double* s);
   // y = exp(x - m), returning the sum of y per lane (three-pass reload, pass 2).
-  void (*exp_store_sum)(const Group<T>& g, const T* m, double* s, bool stream);
+  void (*exp_store_sum)(const Group<S>& g, const T* m, double* s, bool stream);
   // y = exp(x - m) * c (three-pass recompute and online, last pass).
-  void (*exp_scale)(const Group<T>& g, const T* m, const T* c, bool stream);
+  void (*exp_scale)(const Group<S>& g, const T* m, const T* c, bool stream);
   // y = x * c (three-pass reload, pass 3; x is the y of pass 2).
-  void (*scale)(const Group<T>& g, const T* c, bool stream);
+  void (*scale)(const Group<S>& g, const T* c, bool stream);
   // y = (x - hi) - lo: log_softmax's last pass, no exp. hi + lo is the lse split into
   // two T (hi the maximum or the lse rounded to T, lo the rest).
-  void (*log_softmax_write)(const Group<T>& g, const T* hi, const T* lo, bool stream);
+  void (*log_softmax_write)(const Group<S>& g, const T* hi, const T* lo, bool stream);
   // Rows only (null in the panel table): the three-pass reload over `rows` contiguous
   // rows of n elements (row r at x + r*xs, y + r*ys) in one call, softmax (log false;
   // lse[r] = the row's logsumexp when lse is not null) or log_softmax (log true). The
@@ -61,13 +66,17 @@ template <class T> struct Passes {
   // cost as much as the work. A row whose maximum or sum is not finite (NaN, +inf, all
   // -inf) gets redo[r] = 1 and an unspecified output, for the driver to redo;
   // otherwise redo[r] = 0.
-  void (*rows_reload)(const T* x, T* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, T* lse,
+  // Halves: pass 2 does not store exp(x - max) in y (rounded to 16 bits it would be
+  // rounded again by pass 3) but in a float32 scratch row of up to 2048 elements; longer
+  // rows recompute it in pass 3. Either way the values a float32 reload would give.
+  void (*rows_reload)(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                       uint8_t* redo);
 };
 
-// The softmax-family kernels of one element type.
-template <class T> struct SoftmaxKernels {
-  Passes<T> row, panel;
+// The softmax-family kernels of one storage type.
+template <class S> struct SoftmaxKernels {
+  using T = Compute<S>;
+  Passes<S> row, panel;
   // exp(x) = m * 2^e, the (m, e) of one element exactly as two_pass_sum's loop
   // computes it (same instructions, lane 0 of a broadcast vector).
   void (*extexp)(T x, T* m, T* e);
@@ -90,11 +99,16 @@ struct KernelTable {
   int lanes_f32, lanes_f64;  // lanes of one panel call
   SoftmaxKernels<float> f32;
   SoftmaxKernels<double> f64;
+  SoftmaxKernels<f16> f16s;  // float16 and bfloat16 storage, float32 compute
+  SoftmaxKernels<bf16> bf16s;
   CrossEntropyRowKernels<float> ce_f32;
   CrossEntropyRowKernels<double> ce_f64;
-  // bfloat16 rows of the cross-entropy, widened to float32 and narrowed back (RNE).
+  // bfloat16 and float16 rows of the cross-entropy, widened to float32 and narrowed
+  // back (RNE), by the softmax kernels' in-register conversions.
   void (*bf16_to_f32)(const uint16_t* a, float* y, int64_t n);
   void (*f32_to_bf16)(const float* a, uint16_t* y, int64_t n);
+  void (*f16_to_f32)(const uint16_t* a, float* y, int64_t n);
+  void (*f32_to_f16)(const float* a, uint16_t* y, int64_t n);
 };
 
 // Domain of the extended-exponent kernels, per element type. Inside it the range

@@ -30,15 +30,21 @@ int dtype_bytes(const nb::dlpack::dtype& dt) {
   throw nb::type_error("twopass: kernels take float32 or float64 arrays");
 }
 
+// `dtype` (codes.h, Dtype): float16 and bfloat16 come as uint16 views of x and y; -1:
+// float32 or float64, from the arrays.
 void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::ndarray<nb::device::cpu> y,
          int64_t outer, int64_t n, int64_t inner, int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n,
-         int threads, bool stream) {
-  const int bytes = dtype_bytes(x.dtype());
-  if (dtype_bytes(y.dtype()) != bytes) throw nb::type_error("twopass: x and y must have the same dtype");
+         int threads, bool stream, int dtype) {
+  const bool half = dtype == (int)tp::Dtype::kFloat16 || dtype == (int)tp::Dtype::kBfloat16;
+  if (half && !(x.dtype() == nb::dtype<uint16_t>() && y.dtype() == nb::dtype<uint16_t>()))
+    throw nb::type_error("twopass: float16 and bfloat16 come as uint16 views of x and y");
+  const int bytes = half ? 2 : dtype_bytes(x.dtype());
+  if (!half && dtype_bytes(y.dtype()) != bytes) throw nb::type_error("twopass: x and y must have the same dtype");
   if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || threads < 1 || outer < 0 || n < 0 || inner < 0)
     throw std::invalid_argument("twopass: bad problem description");
   tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, x.data(), y.data(), outer, n, inner,
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
+  pb.bf16 = dtype == (int)tp::Dtype::kBfloat16;
   nb::gil_scoped_release release;
   tp::run(pb, (tp::Isa)isa, threads, stream);
 }
@@ -68,11 +74,13 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
                    std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
                    double weight_total, int64_t ignore_index, double smoothing, double z_coef, double softcap,
                    double s_ce, double s_z, std::optional<nb::ndarray<nb::ndim<2>, nb::device::cpu>> grad, F64Out ce,
-                   F64Out z, F64Out lse, int threads, bool stream, bool bf16) {
-  // bfloat16 logits and gradient come as uint16 views (NumPy has no bfloat16 of its own).
-  if (bf16 && !(x.dtype() == nb::dtype<uint16_t>() && (!grad || grad->dtype() == nb::dtype<uint16_t>())))
-    throw nb::type_error("twopass.cross_entropy: bf16 takes uint16 views of the logits and gradient");
-  const int bytes = bf16 ? 4 : dtype_bytes(x.dtype());
+                   F64Out z, F64Out lse, int threads, bool stream, bool bf16, bool f16) {
+  // bfloat16 and float16 logits and gradient come as uint16 views (NumPy has no bfloat16).
+  const bool half = bf16 || f16;
+  if (bf16 && f16) throw std::invalid_argument("twopass.cross_entropy: bf16 or f16, not both");
+  if (half && !(x.dtype() == nb::dtype<uint16_t>() && (!grad || grad->dtype() == nb::dtype<uint16_t>())))
+    throw nb::type_error("twopass.cross_entropy: bf16 / f16 take uint16 views of the logits and gradient");
+  const int bytes = half ? 4 : dtype_bytes(x.dtype());
   const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
   auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass.cross_entropy: ") + what); };
   if (rows > 0 && n > 1 && x.stride(1) != 1) bad("classes must be contiguous");
@@ -80,14 +88,14 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
       (int64_t)lse.shape(0) != rows)
     bad("per-row arrays must have one entry per row");
   if (weight && (dtype_bytes(weight->dtype()) != bytes || (int64_t)weight->shape(0) != n)) bad("bad weight");
-  if (grad && ((!bf16 && dtype_bytes(grad->dtype()) != bytes) || (int64_t)grad->shape(0) != rows ||
+  if (grad && ((!half && dtype_bytes(grad->dtype()) != bytes) || (int64_t)grad->shape(0) != rows ||
                (int64_t)grad->shape(1) != n || (rows > 0 && n > 1 && grad->stride(1) != 1)))
     bad("bad grad");
   if (threads < 1 || !valid_algo(algo) || !valid_isa(isa)) bad("bad arguments");
   tp::CrossEntropyProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, target.data(),
                    weight ? weight->data() : nullptr, weight_total, ignore_index, smoothing, z_coef, softcap,
                    s_ce, s_z, grad ? grad->data() : nullptr, grad && rows > 1 ? (int64_t)grad->stride(0) : n,
-                   ce.data(), z.data(), lse.data(), (tp::Algo)algo, stream, bf16};
+                   ce.data(), z.data(), lse.data(), (tp::Algo)algo, stream, bf16, f16};
   nb::gil_scoped_release release;
   tp::cross_entropy(pb, (tp::Isa)isa, threads);
 }
@@ -119,7 +127,7 @@ NB_MODULE(_core, m) {
   m.doc() = "twopass C++ kernels (private: use the functions of the twopass package)";
   m.def("run", &run, nb::arg("op"), nb::arg("algo"), nb::arg("isa"), nb::arg("x"), nb::arg("y"), nb::arg("outer"),
         nb::arg("n"), nb::arg("inner"), nb::arg("xs_outer"), nb::arg("xs_n"), nb::arg("ys_outer"), nb::arg("ys_n"),
-        nb::arg("threads"), nb::arg("stream"));
+        nb::arg("threads"), nb::arg("stream"), nb::arg("dtype") = -1);
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),
         "Memory-bandwidth probe: one read of a float32 array (returns its maximum).");
   m.def("copy_pass", &copy_pass, nb::arg("x"), nb::arg("y"), nb::arg("isa"), nb::arg("threads"), nb::arg("stream"),
@@ -127,7 +135,8 @@ NB_MODULE(_core, m) {
   m.def("cross_entropy", &cross_entropy, nb::arg("isa"), nb::arg("algo"), nb::arg("x"), nb::arg("target"),
         nb::arg("weight").none(), nb::arg("weight_total"), nb::arg("ignore_index"), nb::arg("smoothing"),
         nb::arg("z_coef"), nb::arg("softcap"), nb::arg("s_ce"), nb::arg("s_z"), nb::arg("grad").none(),
-        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"), nb::arg("stream"), nb::arg("bf16") = false);
+        nb::arg("ce"), nb::arg("z"), nb::arg("lse"), nb::arg("threads"), nb::arg("stream"), nb::arg("bf16") = false,
+        nb::arg("f16") = false);
   m.def("cross_entropy_grad", &cross_entropy_grad, nb::arg("isa"), nb::arg("x"), nb::arg("lse"), nb::arg("a"),
         nb::arg("c"), nb::arg("b"), nb::arg("target"), nb::arg("weight").none(), nb::arg("grad"), nb::arg("threads"),
         nb::arg("stream"));
@@ -146,6 +155,9 @@ NB_MODULE(_core, m) {
   codes = nb::dict();
   TP_ALGO_LIST(TP_ADD_CODE)
   m.attr("ALGO_CODES") = codes;
+  codes = nb::dict();
+  TP_DTYPE_LIST(TP_ADD_CODE)
+  m.attr("DTYPE_CODES") = codes;
 #undef TP_ADD_CODE
   // Elements per thread of a batch and per chunk of a row split along its axis (threads.h),
   // which the "auto" rule in _softmax.py must agree with.

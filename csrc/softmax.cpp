@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 #include "axis_split.h"
@@ -27,9 +28,12 @@
 namespace tp {
 namespace {
 
-template <class T> void fill_lane(const Group<T>& g, int lane, T v) {
-  for (int64_t j = 0; j < g.n; ++j) g.y[lane + j * g.sy] = v;
+template <class S> void fill_lane(const Group<S>& g, int lane, Compute<S> v) {
+  for (int64_t j = 0; j < g.n; ++j) g.y[lane + j * g.sy] = Storage<S>::narrow(v);
 }
+
+// A per-lane result (an lse) into x's storage type, rounded once more for the halves.
+template <class S> void put(S* p, double v) { *p = Storage<S>::narrow((Compute<S>)v); }
 
 // One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
 template <class T> Group<T> lane_of(const Group<T>& g, int l) {
@@ -62,21 +66,29 @@ template <class T> struct MaxFirstLanes {
 };
 
 // One op by one algorithm over groups (kernel_api.h, Group). `chunks` > 1 splits each
-// group along its axis over that many threads (AxisSplit).
-template <class T> struct Algorithms {
-  const SoftmaxKernels<T>& kernels;
+// group along its axis over that many threads (AxisSplit). S: the storage type of x, y
+// and the lse; T: the compute type of everything else.
+template <class S> struct Algorithms {
+  using T = Compute<S>;
+  // The three-pass reload stores exp(x - max) in y for its last pass to scale. In a
+  // 16-bit y it would be rounded twice (there, then after scaling), so the halves
+  // recompute it from x in the last pass instead (as three_pass_recompute does): the
+  // values a float32 reload gives, at the same traffic, with no float32 temporary.
+  // (Blocks of short contiguous rows, Passes::rows_reload, keep it in a float32 row.)
+  static constexpr bool kReloadStores = std::is_same_v<S, T>;
+  const SoftmaxKernels<S>& kernels;
   Op op;
   Algo algo;
   bool stream;  // asked for by the caller; streaming_stores.h decides per pass
   int chunks = 1;
 
-  const Passes<T>& passes_for(const Group<T>& g) const {
+  const Passes<S>& passes_for(const Group<S>& g) const {
     return (g.lanes == 1 && g.sx == 1 && g.sy == 1) ? kernels.row : kernels.panel;
   }
-  AxisSplit<T> split(const Group<T>& g) const { return AxisSplit<T>{passes_for(g), g, chunks}; }
+  AxisSplit<S> split(const Group<S>& g) const { return AxisSplit<S>{passes_for(g), g, chunks}; }
   bool stream_final() const { return use_streaming_stores(stream, Reuse::kFinalOutput); }
 
-  void run(const Group<T>& g, T* lse) const {
+  void run(const Group<S>& g, S* lse) const {
     switch (algo) {
       case Algo::kTwoPass: return two_pass(g, lse, nullptr);
       default: return max_first(g, lse);
@@ -85,8 +97,8 @@ template <class T> struct Algorithms {
 
   // Two-pass (extended exponent). `shift` (one per lane, or null for 0) is the row
   // maximum on a redo of a row outside the accurate domain.
-  void two_pass(const Group<T>& g, T* lse, const T* shift) const {
-    const AxisSplit<T> axis = split(g);
+  void two_pass(const Group<S>& g, S* lse, const T* shift) const {
+    const AxisSplit<S> axis = split(g);
     TwoPassLanes<T> lane;
     axis.two_pass_sum(shift, lane.sum, lane.max);  // shift == nullptr: the common, unshifted kernel
     // Accept a lane when its sum is finite and its largest exponent lies where the
@@ -118,25 +130,25 @@ template <class T> struct Algorithms {
         const double fr = std::frexp(p.S, &ex2);
         lane.scale[l] = (T)(1.0 / fr);
         lane.exp2[l] = (T)(p.E + ex2);
-        if (lse) lse[l] = (T)(base + logs);  // asked for alongside softmax (cross-entropy)
+        if (lse) put(lse + l, base + logs);  // asked for alongside softmax (cross-entropy)
       } else if (op == Op::kLogSumExp) {
-        lse[l] = (T)(base + logs);  // >= the maximum: logs >= 0 and rounding is monotone
+        put(lse + l, base + logs);  // >= the maximum: logs >= 0 and rounding is monotone
       } else {  // log_softmax: y = (x - hi) - lo <= 0 with hi + lo = base + logs; no exp
         split_sum(base, logs, lane.hi[l], lane.lo[l]);
       }
     }
     if (op == Op::kSoftmax)
-      axis.each([&](const Group<T>& c) {
+      axis.each([&](const Group<S>& c) {
         passes_for(c).two_pass_write(c, shift, lane.scale, lane.exp2, stream_final());
       });
     else if (op == Op::kLogSoftmax)
-      axis.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, lane.hi, lane.lo, stream_final()); });
+      axis.each([&](const Group<S>& c) { passes_for(c).log_softmax_write(c, lane.hi, lane.lo, stream_final()); });
     if (!any_redo) return;
     for (int l = 0; l < g.lanes; ++l) {
       if (!lane.redo[l]) continue;
-      const Group<T> one = lane_of(g, l);
+      const Group<S> one = lane_of(g, l);
       const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
-      T* lse1 = lse ? lse + l : nullptr;
+      S* lse1 = lse ? lse + l : nullptr;
       if (s.kind != Special::kNone) {
         write_special(one, lse1, s.kind);
       } else if (!shift) {
@@ -148,15 +160,15 @@ template <class T> struct Algorithms {
     }
   }
 
-  void write_special(const Group<T>& one, T* lse, Special kind) const {
-    if (lse) *lse = special_lse<T>(kind);
+  void write_special(const Group<S>& one, S* lse, Special kind) const {
+    if (lse) *lse = Storage<S>::narrow(special_lse<T>(kind));
     if (op != Op::kLogSumExp) fill_lane(one, 0, kNaN<T>);  // NaN, +inf, or all -inf: the whole row is NaN
   }
 
   // The max-first algorithms: three-pass reload, three-pass recompute, online.
   // A NaN or infinite maximum makes the sum NaN, which sends the lane to the scan.
-  void max_first(const Group<T>& g, T* lse) const {
-    const AxisSplit<T> axis = split(g);
+  void max_first(const Group<S>& g, S* lse) const {
+    const AxisSplit<S> axis = split(g);
     MaxFirstLanes<T> lane;
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
     if (algo == Algo::kOnline) {
@@ -164,14 +176,14 @@ template <class T> struct Algorithms {
       for (int l = 0; l < g.lanes; ++l) lane.max[l] = (T)lane.online_max[l];
     } else {
       axis.max(lane.max);
-      if (algo == Algo::kThreePassReload && op == Op::kSoftmax) {
+      if (algo == Algo::kThreePassReload && op == Op::kSoftmax && kReloadStores) {
         // Pass 2 stores exp(x - max) for pass 3 to read back (streaming_stores.h).
         const bool stream2 = use_streaming_stores(stream, Reuse::kReadAgain);
-        axis.sum([&](const Group<T>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
+        axis.sum([&](const Group<S>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
                  lane.sum);
         stored = true;
       } else {
-        axis.sum([&](const Group<T>& c, double* out) { passes_for(c).sumexp(c, lane.max, out); }, lane.sum);
+        axis.sum([&](const Group<S>& c, double* out) { passes_for(c).sumexp(c, lane.max, out); }, lane.sum);
       }
     }
     bool any_redo = false;
@@ -188,28 +200,28 @@ template <class T> struct Algorithms {
         // it just below): log_at_least_1 keeps log_softmax <= 0 and lse >= the maximum.
         case Op::kSoftmax:
           lane.inv_sum[l] = (T)(1.0 / s);
-          if (lse) lse[l] = (T)((double)lane.max[l] + log_at_least_1(s));
+          if (lse) put(lse + l, (double)lane.max[l] + log_at_least_1(s));
           break;
         case Op::kLogSoftmax: lane.log_sum[l] = (T)log_at_least_1(s); break;
-        case Op::kLogSumExp: lse[l] = (T)((double)lane.max[l] + log_at_least_1(s)); break;
+        case Op::kLogSumExp: put(lse + l, (double)lane.max[l] + log_at_least_1(s)); break;
       }
     }
     if (op == Op::kSoftmax && stored) {
-      axis.each([&](const Group<T>& c) {
-        Group<T> cy = c;  // pass 3 reads what pass 2 wrote
+      axis.each([&](const Group<S>& c) {
+        Group<S> cy = c;  // pass 3 reads what pass 2 wrote
         cy.x = c.y;
         cy.sx = c.sy;
         passes_for(c).scale(cy, lane.inv_sum, use_streaming_stores(stream, Reuse::kInPlace));
       });
     } else if (op == Op::kSoftmax) {
-      axis.each([&](const Group<T>& c) { passes_for(c).exp_scale(c, lane.max, lane.inv_sum, stream_final()); });
+      axis.each([&](const Group<S>& c) { passes_for(c).exp_scale(c, lane.max, lane.inv_sum, stream_final()); });
     } else if (op == Op::kLogSoftmax) {
-      axis.each([&](const Group<T>& c) { passes_for(c).log_softmax_write(c, lane.max, lane.log_sum, stream_final()); });
+      axis.each([&](const Group<S>& c) { passes_for(c).log_softmax_write(c, lane.max, lane.log_sum, stream_final()); });
     }
     if (!any_redo) return;
     for (int l = 0; l < g.lanes; ++l) {
       if (!lane.redo[l]) continue;
-      const Group<T> one = lane_of(g, l);
+      const Group<S> one = lane_of(g, l);
       const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
       if (s.kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
       write_special(one, lse ? lse + l : nullptr, s.kind);
@@ -217,10 +229,10 @@ template <class T> struct Algorithms {
   }
 };
 
-template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Problem& pb, int threads, bool stream) {
-  const T* x = static_cast<const T*>(pb.x);
-  T* y = static_cast<T*>(pb.y);
-  Algorithms<T> alg{kernels, pb.op, pb.algo, stream};
+template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Problem& pb, int threads, bool stream) {
+  const S* x = static_cast<const S*>(pb.x);
+  S* y = static_cast<S*>(pb.y);
+  Algorithms<S> alg{kernels, pb.op, pb.algo, stream};
   // Groups: rows (inner == 1) or panels of up to `lanes` columns of a non-last axis.
   const int max_lanes = pb.inner == 1 ? 1 : pb.panel_lanes;
   const int64_t per_outer = (pb.inner + max_lanes - 1) / max_lanes;
@@ -229,21 +241,21 @@ template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Proble
   const bool lse = pb.op == Op::kLogSumExp;
   auto group_at = [&](int64_t gi) {
     const int64_t o = gi / per_outer, c0 = (gi % per_outer) * max_lanes;
-    Group<T> g;
+    Group<S> g;
     g.x = x + o * pb.xs_outer + c0;
     g.y = lse ? nullptr : y + o * pb.ys_outer + c0;
     g.n = pb.n;
     g.sx = pb.xs_n;
     g.sy = lse ? 1 : pb.ys_n;
     g.lanes = (int)std::min<int64_t>(max_lanes, pb.inner - c0);
-    T* lse_out = lse ? y + o * pb.ys_outer + c0 : pb.lse ? static_cast<T*>(pb.lse) + o * pb.inner + c0 : nullptr;
+    S* lse_out = lse ? y + o * pb.ys_outer + c0 : pb.lse ? static_cast<S*>(pb.lse) + o * pb.inner + c0 : nullptr;
     return std::make_pair(g, lse_out);
   };
   if (pb.n == 0) {  // empty axis: logsumexp is -inf (the empty sum), softmax writes nothing
     if (lse || pb.lse)
       for (int64_t gi = 0; gi < groups; ++gi) {
         auto [g, out] = group_at(gi);
-        for (int l = 0; l < g.lanes; ++l) out[l] = -std::numeric_limits<T>::infinity();
+        for (int l = 0; l < g.lanes; ++l) put(out + l, -std::numeric_limits<double>::infinity());
       }
     return;
   }
@@ -277,7 +289,7 @@ template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Proble
     uint8_t redo[kBlock];
     for (int64_t b = lo; b < hi; b += kBlock) {
       const int64_t k = std::min(kBlock, hi - b);
-      T* lse_out = pb.lse ? static_cast<T*>(pb.lse) + b : nullptr;
+      S* lse_out = pb.lse ? static_cast<S*>(pb.lse) + b : nullptr;
       kernels.row.rows_reload(x + b * pb.xs_outer, y + b * pb.ys_outer, k, pb.n, pb.xs_outer, pb.ys_outer,
                             pb.op == Op::kLogSoftmax, stream, lse_out, redo);
       for (int64_t i = 0; i < k; ++i) {
@@ -293,10 +305,12 @@ template <class T> void run_typed(const SoftmaxKernels<T>& kernels, const Proble
 
 void run(const Problem& pb, Isa isa, int threads, bool stream) {
   const KernelTable& t = kernels(isa);
-  if (pb.dtype_bytes == 4)
-    run_typed<float>(t.f32, pb, threads, stream);
-  else
-    run_typed<double>(t.f64, pb, threads, stream);
+  switch (pb.dtype_bytes) {
+    case 4: return run_typed<float>(t.f32, pb, threads, stream);
+    case 8: return run_typed<double>(t.f64, pb, threads, stream);
+    case 2: return pb.bf16 ? run_typed<bf16>(t.bf16s, pb, threads, stream) : run_typed<f16>(t.f16s, pb, threads, stream);
+    default: throw std::invalid_argument("twopass: unsupported element size");
+  }
 }
 
 }  // namespace tp

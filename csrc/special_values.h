@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "half.h"
+
 namespace tp {
 
 // Per-lane special values: what a row holds decides its result, as in torch. A row
@@ -17,11 +19,11 @@ template <class T> struct LaneScan {
   T max;
 };
 // Scalar scan of one lane; only rows whose fast path failed come here.
-template <class T> LaneScan<T> scan_lane(const T* x, int64_t n, int64_t sx) {
+template <class S, class T = Compute<S>> LaneScan<T> scan_lane(const S* x, int64_t n, int64_t sx) {
   bool nan = false, posinf = false;
   T m = -std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j < n; ++j) {
-    const T v = x[j * sx];
+    const T v = Storage<S>::widen(x[j * sx]);
     if (v != v)
       nan = true;
     else if (v > m)

@@ -80,6 +80,7 @@ SMALL = dict(
     split_warps=1,
     split_cw=16,
     chunk_min=64,
+    chunk_max=64,
     k_max=8,
     col_tile_elems=64,
     col_fused_elems=256,
@@ -115,7 +116,8 @@ PATH_CASES = [
 if not INTERPRET:
     PATH_CASES += [
         ((4096, 1000), -1, "row_fused", "rows of 1000 (not a power of two), 4 per program", None),
-        ((64, 16384), -1, "row_fused", "the longest fused row", None),
+        ((1024, 16384), -1, "row_fused", "the longest fused row", None),
+        ((128, 16384), -1, "row_split", "rows that fit in registers, too few to fill the GPU", None),
         ((40, 16385), -1, "row_split", "3 chunks of 8192 (parallelism), the last of 1 element", None),
         ((3, (1 << 21) + 5), -1, "row_split", "129 chunks of 16384, rows longer than the lag budget", None),
         ((700, 300), 0, "col_split", "strided axis: chunks of rows", None),

@@ -18,8 +18,10 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 
 def test_bad_dtype():
-    for dt in (np.int32, np.int64, np.complex64, np.bool_):
-        with pytest.raises(TypeError, match=np.dtype(dt).name):
+    # Integers and booleans are computed in float64 (test_numpy_conventions.py); complex,
+    # strings and objects are not numbers twopass computes.
+    for dt in (np.complex64, np.complex128, np.str_, np.object_):
+        with pytest.raises(TypeError, match=np.dtype(dt).name if dt is not np.str_ else "<U"):
             twopass.softmax(np.zeros(4, dt))
 
 

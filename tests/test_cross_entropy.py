@@ -166,9 +166,8 @@ def test_half_precision(isa, dtype, reduction):
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("strided", [False, True])
 def test_half_blocks_and_in_place(monkeypatch, dtype, strided):
-    """float16 rows (and bfloat16 ones in odd layouts) go through float32 a block at a
-    time; bfloat16 rows are widened in the kernel; both also when the gradient replaces
-    the logits."""
+    """float16 and bfloat16 rows are widened in the kernel (strided classes go through
+    float32 a block at a time); both also when the gradient replaces the logits."""
     from twopass import _cross_entropy
 
     monkeypatch.setattr(_cross_entropy, "_HALF_BLOCK_BYTES", 3 * 4 * 50)  # 3 rows a block

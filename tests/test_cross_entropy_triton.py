@@ -48,7 +48,7 @@ IGNORE = -100
 # Tiles of [4, 32], chunks of 128: C = 299 is 3 tiles per row (the last 43 wide) and 3 chunks;
 # "L2" of 16 KB puts 3 float32 rows (6 bfloat16 rows) between a row's two phases, fewer than
 # the 8 rows of a batch. 2 "SMs": 8 programs per phase make a batch of 3 rows "few rows".
-SMALL = dict(tile_elems=128, cw=32, warps=1, chunk_min=128, k_max=8, num_sms=2, l2_bytes=16384)
+SMALL = dict(tile_elems=128, cw=32, warps=1, chunk_min=128, chunk_max=128, k_max=8, num_sms=2, l2_bytes=16384)
 MODES = {"row": dict(SMALL, split=False), "split": dict(SMALL, split=True)}
 
 
@@ -230,7 +230,7 @@ def test_auto_mode():
     ran, (out, _) = traced(lambda: run(x3, t3, None, ref3, cfg, grad=None))
     assert ran == ["ce_split"]
     check(out, None, ref3)
-    assert traced(lambda: K._plan(8, 299, 4, True, K._config(cfg), x))[1]["split"]
+    assert traced(lambda: K._plan(8, 299, 4, True, K._config(cfg), x, 4))[1]["split"]
 
 
 # ----------------------------------------------------------------------------------
@@ -337,6 +337,33 @@ def test_strided_rows_int32_target():
     assert (gbig[:, :1] == 7).all() and (gbig[:, 1 + n :] == 7).all()  # nothing outside the view
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_on_the_aligned_grid(mode, dtype):
+    """Odd C and a row stride of C + 3: the rows start at every offset from a 16-byte
+    boundary, and the kernel reads them as whole vectors from the boundary below (VEC elements
+    each). The gaps between rows hold NaN in the logits (a neighbour's element leaking into a
+    row would make its loss NaN) and a sentinel in the gradient (no store outside a row)."""
+    n = 299
+    x0, t, _ = make(8, n, dtype, seed=5)
+    xbig = torch.full((8, n + 3), float("nan"), dtype=dtype, device=DEV)
+    xbig[:, :n] = x0
+    x = xbig[:, :n]
+    gbig = torch.full((8, n + 3), 7.0, dtype=dtype, device=DEV)
+    g = gbig[:, :n]
+    ref = reference(x, t, eps=0.1)
+    LAUNCH = load("_launch")
+    LAUNCH._TRACE = []
+    try:
+        out = K.cross_entropy_forward(x, t, None, scale_of(ref), label_smoothing=0.1, grad=g, cfg=MODES[mode])
+        params = [p for _, p in LAUNCH._TRACE]
+    finally:
+        LAUNCH._TRACE = None
+    assert [p["VEC"] for p in params] == [16 // x.element_size()]
+    check(out, g, ref, eps=0.1, dtype=dtype)
+    assert (gbig[:, n:] == 7).all()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_tiny_rows(mode):
     """C = 1 (loss 0 with eps = 0; a one-element tile and one warp) and C = 2, N = 1."""
@@ -407,6 +434,38 @@ def test_scale_grad_per_row():
     assert torch.equal(x[[0, 4]].view(torch.int32), bits[[0, 4]])  # rows with g_i == 1: untouched
     keep = ~torch.isnan(g)
     assert torch.equal(x[keep], ref[keep]) and torch.isnan(x[6]).all()
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("g", ["one", "half", "per-row"])
+def test_backward_copy_one_pass(g, dtype):
+    """The CUDA backward of twopass.torch.cross_entropy (not in place) returns grad * g as a
+    new tensor in one Triton pass: that result is its only (N, C) allocation (no float32
+    temporaries), the stored gradient is unchanged, and g == 1 still gives a copy."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ce_mod = pytest.importorskip("twopass.torch._cross_entropy")
+    x, _, _ = make(8, 299, dtype)
+    gv = {"one": torch.tensor(1.0), "half": torch.tensor(0.5), "per-row": torch.linspace(-2, 2, 8)}[g].to(DEV)
+    before = x.clone()
+    big = []
+
+    class CountBig(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(r.alias_info is not None for r in func._schema.returns):
+                return out  # a view or an in-place op: no new memory
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor) and o.numel() >= x.numel():
+                    big.append(func._schema.name)
+            return out
+
+    with CountBig():
+        dx = ce_mod._grad_times(x, gv, True)
+    assert big == ["aten::empty_like"], big
+    assert torch.equal(x, before)
+    want = (x.double() * (gv.double() if gv.dim() == 0 else gv.double()[:, None])).to(dtype)
+    torch.testing.assert_close(dx, want, rtol=u_out(dtype) * 2, atol=0)
 
 
 # ----------------------------------------------------------------------------------

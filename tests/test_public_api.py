@@ -12,6 +12,7 @@ import pytest
 
 import twopass
 import twopass.reference
+import twopass.scipy
 
 torch = pytest.importorskip("torch")
 import twopass.torch as tpt  # noqa: E402 - an import error in twopass fails, never skips
@@ -35,6 +36,9 @@ PUBLIC = [
     tpd.logsumexp,
     tpd.cross_entropy,
     tpd.shard_offset,
+    twopass.scipy.softmax,
+    twopass.scipy.log_softmax,
+    twopass.scipy.logsumexp,
 ]
 RAISES = {twopass.info, twopass.reference.softmax, twopass.reference.log_softmax, twopass.reference.logsumexp}
 RAISES |= {tpd.shard_offset}
@@ -64,11 +68,11 @@ def test_doc_examples_run():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     examples = 0
-    for fn in (twopass.softmax, twopass.log_softmax, twopass.logsumexp):
+    for fn in (twopass.softmax, twopass.log_softmax, twopass.logsumexp, twopass.scipy.logsumexp):
         for test in finder.find(fn, _name(fn), globs={}):
             examples += len(test.examples)
             runner.run(test)
-    assert examples >= 3
+    assert examples >= 4
     assert runner.failures == 0
 
 

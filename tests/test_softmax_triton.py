@@ -19,6 +19,7 @@ from _triton_util import (
     CUDA_LARGE,
     DEV,
     DTYPES,
+    LAUNCH,
     LAYOUTS,
     PATH_CASES,
     SOFTMAX,
@@ -113,6 +114,57 @@ def test_out_poisoned_and_in_place(n):
     t = torch.full((n, 5), float("nan"), device=DEV).t()  # other strides: via a temporary
     run_fwd("softmax", x, -1, out=t)
     assert torch.equal(t, ref)
+
+
+def launches(fn):
+    """(the (kernel name, parameters) fn launched, fn's result)."""
+    LAUNCH._TRACE = []
+    try:
+        out = fn()
+        return list(LAUNCH._TRACE), out
+    finally:
+        LAUNCH._TRACE = None
+
+
+# Rows of odd length start at unaligned addresses: the row kernels read them on the
+# aligned grid below each row (VEC = 16 bytes / element size) and writes the partial vectors
+# at the row's ends apart; a pointer that is itself unaligned takes VEC = 1. Sentinels around
+# the result catch a store outside it.
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("op", (*OPS, "logsumexp", "softmax_bwd", "log_softmax_bwd"))
+@pytest.mark.parametrize("offset", (0, 1), ids=("aligned-ptr", "unaligned-ptr"))
+@pytest.mark.parametrize("n,kernel", [(41, "row_fused"), (301, "row_split")])  # 301: 5 chunks of 64
+def test_unaligned_rows(n, kernel, offset, op, dtype):
+    rows = 9  # the rows start at every residue mod 4 and mod 8
+    x = randn((rows * n + offset,), dtype, seed=n)[offset:].view(rows, n)
+    a = 16 // x.element_size() if offset == 0 else 1
+    if op.endswith("_bwd"):
+        log = op == "log_softmax_bwd"
+
+        def nan_padded(t):  # t inside NaN: a neighbour read into a row's sums would show
+            buf = torch.full((t.numel() + 32,), float("nan"), dtype=dtype, device=DEV)
+            buf[16 - offset : 16 - offset + t.numel()] = t.flatten()
+            return buf[16 - offset : 16 - offset + t.numel()].view(rows, n)
+
+        y = nan_padded(SOFTMAX._softmax_forward(x, -1, log, cfg=CFG))
+        g = nan_padded(randn((rows, n), dtype, seed=3))
+        ran, dx = launches(lambda: SOFTMAX._softmax_backward(g, y, -1, log, cfg=CFG))
+        y64, g64 = y.double(), g.double()
+        want = g64 - y64.exp() * g64.sum(-1, keepdim=True) if log else y64 * (g64 - (g64 * y64).sum(-1, keepdim=True))
+        tol = 4 * u_of(dtype) * want.abs().max().item() + 1e-6
+        torch.testing.assert_close(dx.double(), want, rtol=0, atol=tol)
+    elif op == "logsumexp":
+        ran, y = launches(lambda: run_fwd(op, x, -1))
+        check_forward(op, x, y, -1)
+    else:
+        buf = torch.full((rows * n + 32,), 7.0, dtype=dtype, device=DEV)
+        out = buf[16 - offset : 16 - offset + rows * n].view(rows, n)
+        ran, y = launches(lambda: run_fwd(op, x, -1, out=out))
+        assert y is out
+        check_forward(op, x, y, -1)
+        assert torch.all(buf[: 16 - offset] == 7.0), "a store before the result"
+        assert torch.all(buf[16 - offset + rows * n :] == 7.0), "a store after the result"
+    assert [(nm, p["VEC"]) for nm, p in ran] == [(kernel, a)], ran
 
 
 def test_errors():

@@ -11,12 +11,16 @@
 // (whether the loop prefetches ahead, see prefetch_ahead).
 // Parameters are per register u (PerRegister): a broadcast scalar for rows, W lanes for
 // panels.
+// The loops are generic over the storage type S of x and y (float, double, tp::f16,
+// tp::bf16); visitors see vectors of the compute type T = tp::Compute<S> (float for the
+// halves), loaded and stored through Io<S> (simd/io.h), which converts in registers.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
 #include "../kernel_api.h"
+#include "simd/io.h"
 #include "simd/vec.h"
 
 namespace TP_NS {
@@ -41,7 +45,7 @@ template <class T> struct PerRegister {
     for (int u = 0; u < kUnroll; ++u) v[u] = V::load_partial(a + u * V::W, std::clamp(lanes - u * V::W, 0, V::W), fill);
   }
   // Either, by the group's shape.
-  void load(const T* a, const Group<T>& g, bool panel) {
+  template <class S> void load(const T* a, const Group<S>& g, bool panel) {
     if (panel)
       load_lanes(a, g.lanes, 0);
     else
@@ -74,13 +78,15 @@ template <class Vis, class R, class... Ignored> void step_row(Vis& vis, const R 
 // prefetching slowed the max pass from 4.1 to 5.1 ms. Prefetches never fault, so
 // reading past a row's end is harmless.
 constexpr int kPrefetchBytes = 2048;
-template <class T> inline void prefetch_ahead(const T* p) {
-  constexpr int kBytes = kUnroll * Vec<T>::W * (int)sizeof(T);  // one unrolled step
+template <class S> inline void prefetch_ahead(const S* p) {
+  constexpr int kBytes = kUnroll * Vec<tp::Compute<S>>::W * (int)sizeof(S);  // one unrolled step
   for (int b = 0; b < kBytes; b += 64) __builtin_prefetch((const char*)p + kPrefetchBytes + b);
 }
 
 // Reduce a contiguous row (lanes = 1).
-template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
+template <class S, class Vis> void reduce_row(const S* x, int64_t n, Vis& vis) {
+  using T = tp::Compute<S>;
+  using IO = Io<S>;
   using V = Vec<T>;
   constexpr int W = V::W;
   vis.init_out(1);
@@ -91,12 +97,12 @@ template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
     typename V::R v[kUnroll];
     for (; i + kUnroll * W <= end; i += kUnroll * W) {
       if (Vis::kPrefetch) prefetch_ahead(x + i);
-      for (int u = 0; u < kUnroll; ++u) v[u] = V::load(x + i + u * W);
+      for (int u = 0; u < kUnroll; ++u) v[u] = IO::load(x + i + u * W);
       step_row(vis, v);
     }
     if (i < end) {  // tail: masked loads; missing lanes (and whole registers) = kFill
       for (int u = 0; u < kUnroll; ++u)
-        v[u] = V::load_partial(x + i + u * W, (int)std::clamp<int64_t>(end - i - u * W, 0, W), Vis::kFill);
+        v[u] = IO::load_partial(x + i + u * W, (int)std::clamp<int64_t>(end - i - u * W, 0, W), Vis::kFill);
       step_row(vis, v);
     }
     vis.fold_row();
@@ -104,8 +110,9 @@ template <class T, class Vis> void reduce_row(const T* x, int64_t n, Vis& vis) {
 }
 
 // Reduce a panel: lanes contiguous, step sx along the axis.
-template <class T, class Vis> void reduce_panel(const Group<T>& g, Vis& vis) {
-  using V = Vec<T>;
+template <class S, class Vis> void reduce_panel(const Group<S>& g, Vis& vis) {
+  using IO = Io<S>;
+  using V = Vec<tp::Compute<S>>;
   constexpr int W = V::W;
   vis.init_out(g.lanes);
   const int nvec = (g.lanes + W - 1) / W;
@@ -113,11 +120,11 @@ template <class T, class Vis> void reduce_panel(const Group<T>& g, Vis& vis) {
     const int64_t end = std::min(g.n, b + kPanelBlock);
     vis.reset();
     for (int64_t j = b; j < end; ++j) {
-      const T* xj = g.x + j * g.sx;
+      const S* xj = g.x + j * g.sx;
       if (nvec == kUnroll && g.lanes == kUnroll * W) {
-        for (int u = 0; u < kUnroll; ++u) vis.step(u, V::load(xj + u * W));
+        for (int u = 0; u < kUnroll; ++u) vis.step(u, IO::load(xj + u * W));
       } else {
-        for (int u = 0; u < nvec; ++u) vis.step(u, V::load_partial(xj + u * W, std::min(W, g.lanes - u * W), Vis::kFill));
+        for (int u = 0; u < nvec; ++u) vis.step(u, IO::load_partial(xj + u * W, std::min(W, g.lanes - u * W), Vis::kFill));
       }
     }
     vis.fold_panel(g.lanes);
@@ -130,72 +137,74 @@ template <class T, class Vis> void reduce_panel(const Group<T>& g, Vis& vis) {
 // tp::use_streaming_stores (streaming_stores.h). They need vector-aligned addresses, so
 // a partial head is peeled first, and an sfence orders them before whatever the caller
 // stores next (another thread may read y once the pass returns).
-template <class T, class F> void write_row(T* y, int64_t n, bool stream, const T* src, F&& f) {
-  using V = Vec<T>;
+template <class S, class F> void write_row(S* y, int64_t n, bool stream, const S* src, F&& f) {
+  using V = Vec<tp::Compute<S>>;
+  using IO = Io<S>;
   constexpr int W = V::W;
   int64_t i = 0;
-  stream = stream && W > 1 && ((uintptr_t)y % sizeof(T)) == 0;
-  if (stream) {
-    const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(T)) % W);
+  stream = stream && W > 1 && ((uintptr_t)y % sizeof(S)) == 0;
+  if (stream) {  // aligned to W * sizeof(S) bytes: one vector's stored width
+    const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(S)) % W);
     if (mis) {
       const int h = (int)std::min<int64_t>(n, W - mis);
-      V::store_partial(y, f(0, h, 0), h);
+      IO::store_partial(y, f(0, h, 0), h);
       i = h;
     }
     for (; i + kUnroll * W <= n; i += kUnroll * W) {
       if (src) prefetch_ahead(src + i);
-      for (int u = 0; u < kUnroll; ++u) V::stream(y + i + u * W, f(i + u * W, W, u));
+      for (int u = 0; u < kUnroll; ++u) IO::stream(y + i + u * W, f(i + u * W, W, u));
     }
   } else {
     for (; i + kUnroll * W <= n; i += kUnroll * W) {
       if (src) prefetch_ahead(src + i);
-      for (int u = 0; u < kUnroll; ++u) V::store(y + i + u * W, f(i + u * W, W, u));
+      for (int u = 0; u < kUnroll; ++u) IO::store(y + i + u * W, f(i + u * W, W, u));
     }
   }
-  for (; i + W <= n; i += W) V::store(y + i, f(i, W, 0));
-  if (i < n) V::store_partial(y + i, f(i, (int)(n - i), 0), (int)(n - i));
+  for (; i + W <= n; i += W) IO::store(y + i, f(i, W, 0));
+  if (i < n) IO::store_partial(y + i, f(i, (int)(n - i), 0), (int)(n - i));
   if (stream) V::sfence();
 }
 
 // Full or partial (missing lanes = fill) load of k <= W elements.
-template <class T> inline typename Vec<T>::R load_k(const T* p, int k, T fill) {
-  return k == Vec<T>::W ? Vec<T>::load(p) : Vec<T>::load_partial(p, k, fill);
+template <class S> inline typename Vec<tp::Compute<S>>::R load_k(const S* p, int k, tp::Compute<S> fill) {
+  return k == Vec<tp::Compute<S>>::W ? Io<S>::load(p) : Io<S>::load_partial(p, k, fill);
 }
 
 // A map over a contiguous row.
-template <class T, class Vis> void map_row(const T* x, T* y, int64_t n, Vis& vis, bool stream) {
+template <class S, class Vis> void map_row(const S* x, S* y, int64_t n, Vis& vis, bool stream) {
   write_row(y, n, stream, Vis::kPrefetch ? x : nullptr, [&](int64_t i, int k, int u) { return vis.apply(u, load_k(x + i, k, Vis::kFill)); });
 }
 
 // A map over a panel. Normal stores only: streaming stores exist for contiguous rows
 // (write_row), and a panel ignores `stream`.
-template <class T, class Vis> void map_panel(const Group<T>& g, Vis& vis) {
-  using V = Vec<T>;
+template <class S, class Vis> void map_panel(const Group<S>& g, Vis& vis) {
+  using IO = Io<S>;
+  using V = Vec<tp::Compute<S>>;
   constexpr int W = V::W;
   const int nvec = (g.lanes + W - 1) / W;
   const bool full = nvec == kUnroll && g.lanes == kUnroll * W;
   for (int64_t j = 0; j < g.n; ++j) {
-    const T* xj = g.x + j * g.sx;
-    T* yj = g.y + j * g.sy;
+    const S* xj = g.x + j * g.sx;
+    S* yj = g.y + j * g.sy;
     if (full) {
-      for (int u = 0; u < kUnroll; ++u) V::store(yj + u * W, vis.apply(u, V::load(xj + u * W)));
+      for (int u = 0; u < kUnroll; ++u) IO::store(yj + u * W, vis.apply(u, IO::load(xj + u * W)));
     } else {
       for (int u = 0; u < nvec; ++u) {
         const int k = std::min(W, g.lanes - u * W);
-        V::store_partial(yj + u * W, vis.apply(u, V::load_partial(xj + u * W, k, Vis::kFill)), k);
+        IO::store_partial(yj + u * W, vis.apply(u, IO::load_partial(xj + u * W, k, Vis::kFill)), k);
       }
     }
   }
 }
 
 // The loop for a group's shape.
-template <bool Panel, class T, class Vis> void reduce(const Group<T>& g, Vis& vis) {
+template <bool Panel, class S, class Vis> void reduce(const Group<S>& g, Vis& vis) {
   if (Panel)
     reduce_panel(g, vis);
   else
     reduce_row(g.x, g.n, vis);
 }
-template <bool Panel, class T, class Vis> void map(const Group<T>& g, Vis& vis, bool stream) {
+template <bool Panel, class S, class Vis> void map(const Group<S>& g, Vis& vis, bool stream) {
   if (Panel)
     map_panel(g, vis);
   else

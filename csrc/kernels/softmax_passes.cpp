@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "../kernel_api.h"
 #include "../streaming_stores.h"
@@ -331,49 +332,50 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
 // The passes of kernel_api.h (tp::Passes), one instantiation per loop shape: rows
 // (Panel false) or panels.
 // ---------------------------------------------------------------------------------
-template <class T, bool Panel> struct PassKernels {
-  template <bool Shifted> static void two_pass_sum_impl(const Group<T>& g, const T* shift, ScaledSum* out, T* mx) {
+template <class S, bool Panel> struct PassKernels {
+  using T = tp::Compute<S>;  // S: the storage type of x and y (loops.h)
+  template <bool Shifted> static void two_pass_sum_impl(const Group<S>& g, const T* shift, ScaledSum* out, T* mx) {
     TwoPassSumVisitor<T, Shifted> v;
     if (Shifted) v.shift.load(shift, g, Panel);
     v.out = out;
     v.out_max = mx;
     reduce<Panel>(g, v);
   }
-  static void two_pass_sum(const Group<T>& g, const T* shift, ScaledSum* out, T* mx) {
+  static void two_pass_sum(const Group<S>& g, const T* shift, ScaledSum* out, T* mx) {
     shift ? two_pass_sum_impl<true>(g, shift, out, mx) : two_pass_sum_impl<false>(g, shift, out, mx);
   }
   template <bool Shifted>
-  static void two_pass_write_impl(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
+  static void two_pass_write_impl(const Group<S>& g, const T* shift, const T* scale, const T* E, bool stream) {
     TwoPassWriteVisitor<T, Shifted> v;
     if (Shifted) v.shift.load(shift, g, Panel);
     v.scale.load(scale, g, Panel);
     v.E.load(E, g, Panel);
     map<Panel>(g, v, stream);
   }
-  static void two_pass_write(const Group<T>& g, const T* shift, const T* scale, const T* E, bool stream) {
+  static void two_pass_write(const Group<S>& g, const T* shift, const T* scale, const T* E, bool stream) {
     shift ? two_pass_write_impl<true>(g, shift, scale, E, stream)
           : two_pass_write_impl<false>(g, shift, scale, E, stream);
   }
-  static void max(const Group<T>& g, T* m) {
+  static void max(const Group<S>& g, T* m) {
     MaxVisitor<T> v;
     v.out = m;
     reduce<Panel>(g, v);
   }
-  static void sumexp(const Group<T>& g, const T* m, double* s) {
+  static void sumexp(const Group<S>& g, const T* m, double* s) {
     SumExpVisitor<T> v;
     v.mx.load(m, g, Panel);
     v.out = s;
     reduce<Panel>(g, v);
     v.finish(Panel ? g.lanes : 1);
   }
-  static void online(const Group<T>& g, double* m, double* s) {
+  static void online(const Group<S>& g, double* m, double* s) {
     OnlineVisitor<T> v;
     v.out_m = m;
     v.out_s = s;
     reduce<Panel>(g, v);
     v.finish(Panel ? g.lanes : 1);
   }
-  static void exp_store_sum(const Group<T>& g, const T* m, double* s, bool stream) {
+  static void exp_store_sum(const Group<S>& g, const T* m, double* s, bool stream) {
     // Sums are folded per block as in reduce_*: run the map block by block.
     ExpStoreSumVisitor<T> v;
     v.mx.load(m, g, Panel);
@@ -382,7 +384,7 @@ template <class T, bool Panel> struct PassKernels {
     v.init_out(k);
     const int64_t block = Panel ? kPanelBlock : kRowBlock<T, ExpStoreSumVisitor<T>>;
     for (int64_t b = 0; b < g.n; b += block) {
-      Group<T> part = g;
+      Group<S> part = g;
       part.x += b * g.sx;
       part.y += b * g.sy;
       part.n = std::min(block, g.n - b);
@@ -395,18 +397,18 @@ template <class T, bool Panel> struct PassKernels {
     }
     v.finish(k);
   }
-  static void exp_scale(const Group<T>& g, const T* m, const T* c, bool stream) {
+  static void exp_scale(const Group<S>& g, const T* m, const T* c, bool stream) {
     ExpScaleVisitor<T> v;
     v.mx.load(m, g, Panel);
     v.c.load(c, g, Panel);
     map<Panel>(g, v, stream);
   }
-  static void scale(const Group<T>& g, const T* c, bool stream) {
+  static void scale(const Group<S>& g, const T* c, bool stream) {
     ScaleVisitor<T> v;
     v.c.load(c, g, Panel);
     map<Panel>(g, v, stream);
   }
-  static void log_softmax_write(const Group<T>& g, const T* hi, const T* lo, bool stream) {
+  static void log_softmax_write(const Group<S>& g, const T* hi, const T* lo, bool stream) {
     LogSoftmaxWriteVisitor<T> v;
     v.hi.load(hi, g, Panel);
     v.lo.load(lo, g, Panel);
@@ -418,15 +420,23 @@ template <class T, bool Panel> struct PassKernels {
   // driver's bookkeeping) outweigh the work, so the passes are written out here once,
   // constants hoisted out of the row loop. Sums fold into double every block, as in
   // exp_store_sum (plainly: a short row has one block).
-  static void rows_reload(const T* x, T* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, T* lse,
+  static void rows_reload(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                           uint8_t* redo) {
     using V = Vec<T>;
+    using IO = Io<S>;
+    // Halves: exp(x - m) is not stored in y, where it would be rounded to 16 bits before
+    // pass 3 rounds again, but in a float32 scratch row when the row fits it (the short
+    // rows this path is for), else recomputed in pass 3 (kernel_api.h, rows_reload).
+    constexpr bool kStore = std::is_same_v<S, T>;
+    constexpr int64_t kScratch = kStore ? 1 : 2048;  // floats: 8 KiB on the stack
+    T scratch[kScratch];
+    const bool buffered = !kStore && n <= kScratch;
     using R = typename V::R;
     constexpr int W = V::W, kStep = kUnroll * W;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * xs;
-      T* yr = y + r * ys;
+      const S* xr = x + r * xs;
+      S* yr = y + r * ys;
       // Pass 1: the maximum and minimum (a NaN may or may not survive: the sum catches it).
       R M[kUnroll], L[kUnroll];
       for (auto& v : M) v = V::set1(-INFINITY);
@@ -434,14 +444,14 @@ template <class T, bool Panel> struct PassKernels {
       int64_t i = 0;
       for (; i + kStep <= n; i += kStep)
         for (int u = 0; u < kUnroll; ++u) {
-          const R v = V::load(xr + i + u * W);
+          const R v = IO::load(xr + i + u * W);
           M[u] = V::max(M[u], v);
           L[u] = V::min(L[u], v);
         }
       for (; i < n; i += W) {
         const int k = (int)std::min<int64_t>(W, n - i);
-        M[0] = V::max(M[0], load_k<T>(xr + i, k, -INFINITY));
-        L[0] = V::min(L[0], load_k<T>(xr + i, k, INFINITY));
+        M[0] = V::max(M[0], load_k<S>(xr + i, k, -INFINITY));
+        L[0] = V::min(L[0], load_k<S>(xr + i, k, INFINITY));
       }
       for (int u = 1; u < kUnroll; ++u) M[0] = V::max(M[0], M[u]), L[0] = V::min(L[0], L[u]);
       const T m = V::hmax(M[0]);
@@ -454,14 +464,15 @@ template <class T, bool Panel> struct PassKernels {
       double s = 0;
       for (int64_t b = 0; b < n; b += kBlock) {
         const int64_t end = std::min(n, b + kBlock);
-        R S[kUnroll];
-        for (auto& v : S) v = V::set1(0);
+        R Ssum[kUnroll];
+        for (auto& v : Ssum) v = V::set1(0);
         auto body = [&](auto exp) {
           for (i = b; i + kStep <= end; i += kStep)
             for (int u = 0; u < kUnroll; ++u) {
-              const R e = exp(V::sub(V::load(xr + i + u * W), mv));
-              if (!log) V::store(yr + i + u * W, e);
-              S[u] = V::add(S[u], e);
+              const R e = exp(V::sub(IO::load(xr + i + u * W), mv));
+              if (kStore && !log) IO::store(yr + i + u * W, e);
+              if (buffered && !log) V::store(scratch + i + u * W, e);
+              Ssum[u] = V::add(Ssum[u], e);
             }
         };
         if (normal)
@@ -470,30 +481,39 @@ template <class T, bool Panel> struct PassKernels {
           body([](R v) { return Exp<T>::nonpositive(v); });
         for (; i < end; i += W) {  // the tail, on the general exp
           const int k = (int)std::min<int64_t>(W, end - i);
-          const R e = Exp<T>::nonpositive(V::sub(load_k<T>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
-          if (!log) V::store_partial(yr + i, e, k);
-          S[0] = V::add(S[0], e);
+          const R e = Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
+          if (kStore && !log) IO::store_partial(yr + i, e, k);
+          if (buffered && !log) V::store_partial(scratch + i, e, k);
+          Ssum[0] = V::add(Ssum[0], e);
         }
-        for (int u = 1; u < kUnroll; ++u) S[0] = V::add(S[0], S[u]);
-        s += V::hsum_wide(S[0]);
+        for (int u = 1; u < kUnroll; ++u) Ssum[0] = V::add(Ssum[0], Ssum[u]);
+        s += V::hsum_wide(Ssum[0]);
       }
       redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
       if (redo[r]) continue;
       // Pass 3: y *= 1/s (softmax, in place on what pass 2 wrote), y = (x - m) - log s.
       if (log) {
         const R b = V::set1((T)std::log(s));
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const T*)nullptr,
-                  [&](int64_t j, int k, int) { return V::sub(V::sub(load_k<T>(xr + j, k, 0), mv), b); });
-      } else {
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+                  [&](int64_t j, int k, int) { return V::sub(V::sub(load_k<S>(xr + j, k, 0), mv), b); });
+      } else if (kStore) {
         const R c = V::set1((T)(1.0 / s));
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), (const T*)nullptr,
-                  [&](int64_t j, int k, int) { return V::mul(load_k<T>(yr + j, k, 0), c); });
-        if (lse) lse[r] = (T)((double)m + std::log(s));
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), (const S*)nullptr,
+                  [&](int64_t j, int k, int) { return V::mul(load_k<S>(yr + j, k, 0), c); });
+      } else if (buffered) {  // halves: y = scratch * (1/s), rounded to S once
+        const R c = V::set1((T)(1.0 / s));
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+                  [&](int64_t j, int k, int) { return V::mul(load_k<T>(scratch + j, k, 0), c); });
+      } else {  // halves, longer rows: y = exp(x - m) * (1/s), recomputed from x
+        const R c = V::set1((T)(1.0 / s));
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+                  [&](int64_t j, int k, int) { return V::mul(Exp<T>::nonpositive(V::sub(load_k<S>(xr + j, k, 0), mv)), c); });
       }
+      if (!log && lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
     }
   }
 
-  static constexpr tp::Passes<T> table() {
+  static constexpr tp::Passes<S> table() {
     return {two_pass_sum, two_pass_write, max,   sumexp, online, exp_store_sum, exp_scale, scale, log_softmax_write,
             Panel ? nullptr : rows_reload};
   }
@@ -502,10 +522,12 @@ template <class T, bool Panel> struct PassKernels {
 
 }  // namespace
 
-template <class T> tp::SoftmaxKernels<T> softmax_kernels() {
-  return {PassKernels<T, false>::table(), PassKernels<T, true>::table(), extexp_one<T>};
+template <class S> tp::SoftmaxKernels<S> softmax_kernels() {
+  return {PassKernels<S, false>::table(), PassKernels<S, true>::table(), extexp_one<tp::Compute<S>>};
 }
 template tp::SoftmaxKernels<float> softmax_kernels<float>();
 template tp::SoftmaxKernels<double> softmax_kernels<double>();
+template tp::SoftmaxKernels<tp::f16> softmax_kernels<tp::f16>();
+template tp::SoftmaxKernels<tp::bf16> softmax_kernels<tp::bf16>();
 
 }  // namespace TP_NS

@@ -17,10 +17,14 @@ const tp::KernelTable& table() {
       kUnroll * Vec<double>::W,
       softmax_kernels<float>(),
       softmax_kernels<double>(),
+      softmax_kernels<tp::f16>(),
+      softmax_kernels<tp::bf16>(),
       cross_entropy_row_kernels<float>(),
       cross_entropy_row_kernels<double>(),
       bf16_to_f32,
       f32_to_bf16,
+      f16_to_f32,
+      f32_to_f16,
   };
   return t;
 }

@@ -1,4 +1,4 @@
-"""python -m twopass {info, bench, accuracy}"""
+"""python -m twopass {info, bench, accuracy, verify}"""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  info      CPU features, chosen ISA, caches, threads, versions (--json)")
         print("  bench     the benchmark (--quick for a one-minute run; --help for more)")
         print("  accuracy  the accuracy report against an extended-precision reference")
+        print("  verify    --device cuda: the GPU kernels' checks and bars on a GPU, in one command")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "info":
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import accuracy
 
         return accuracy.main(rest)
+    if cmd == "verify":
+        from . import verify
+
+        return verify.main(rest)
     print(f"unknown command {cmd!r}; try: python -m twopass --help", file=sys.stderr)
     return 2
 

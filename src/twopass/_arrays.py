@@ -4,9 +4,10 @@ frameworks (NumPy natively; DLPack producers such as CPU torch tensors, zero-cop
 The C++ core sees a problem as (outer, n, inner) with unit stride across `inner`: a
 softmax over a non-last axis runs in place in memory, vectorised across `inner`.
 Layouts that cannot be described so (e.g. a transposed batch of rows, or rows with a
-non-unit stride along the axis) are copied to C order first; float16 and bfloat16 are
-converted to float32 and back (`to_float32`, `from_float32`). Everything else is
-zero-copy.
+non-unit stride along the axis) are copied to C order first. float16 and bfloat16 go
+to the kernels as they are (uint16 views: they convert in registers and compute in
+float32); only the cross-entropy's float16 path converts blocks of rows with
+`to_float32` / `from_float32`. Everything else is zero-copy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ArrayT = TypeVar("ArrayT", bound=SupportsDLPack)  # results are of the input's k
 
 # The algorithms of the softmax family, by name; their codes are _dispatch.ALGO_CODES.
 ALGORITHMS = ("two_pass", "three_pass_reload", "three_pass_recompute", "online")
-NATIVE = (np.dtype(np.float32), np.dtype(np.float64))  # computed as such; halves through float32
+NATIVE = (np.dtype(np.float32), np.dtype(np.float64))  # computed as such; halves in float32 registers
 
 
 def check_dtype(dtype: np.dtype, name: str) -> None:

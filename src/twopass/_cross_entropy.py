@@ -4,9 +4,9 @@ One C++ call does the rows: per row one read of the logits from memory gives lse
 loss terms, and the gradient (when asked for) is written while the row is still in
 cache. This layer checks arguments, computes the reduction's scales from the targets
 (O(rows)), and reduces the per-row terms in float64. float16 and bfloat16 logits are
-converted to float32 a block of rows at a time, so no (rows x classes) temporary is
-made beyond the gradient itself (bfloat16 rows are widened inside the kernel, one row
-at a time).
+widened inside the kernel one row at a time (into a cached float32 row per thread) and
+their gradient narrowed back, so no (rows x classes) temporary is made; only logits
+whose classes are strided go through float32 a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def cross_entropy(
         s_z=float(s_z),
         threads=nthreads,
     )
-    if dtype.name == "bfloat16" and classes and x.strides[1] == 2 and (g is None or g.strides[1] == 2):
+    if dtype not in NATIVE and classes and x.strides[1] == 2 and (g is None or g.strides[1] == 2):
         # The kernel widens each row in cache and narrows its gradient back (uint16 views).
         stream = g is not None and streaming_stores(g, x)
         _core.cross_entropy(
@@ -195,7 +195,8 @@ def cross_entropy(
             z=z,
             lse=lse,
             stream=stream,
-            bf16=True,
+            bf16=dtype.name == "bfloat16",
+            f16=dtype == np.float16,
             **args,
         )
     elif dtype in NATIVE:
@@ -206,7 +207,7 @@ def cross_entropy(
         _core.cross_entropy(x=xc, target=t, grad=gc, ce=ce, z=z, lse=lse, stream=stream, **args)
         if not direct:
             g[...] = gc
-    else:  # float16 (and odd bfloat16 layouts): blocks of rows through float32
+    else:  # halves with strided classes: blocks of rows through float32
         block = max(1, _HALF_BLOCK_BYTES // max(1, 4 * classes))
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)

@@ -17,10 +17,11 @@ from typing import Any
 from . import _core
 
 # The codes of the C++ core (csrc/codes.h, the one table of them), as {name: code}:
-# instruction sets (worst to best), operations and algorithms.
+# instruction sets (worst to best), operations, algorithms and element types.
 ISA_CODES: dict[str, int] = dict(sorted(_core.ISA_CODES.items(), key=lambda item: item[1]))
 OP_CODES: dict[str, int] = dict(_core.OP_CODES)
 ALGO_CODES: dict[str, int] = dict(_core.ALGO_CODES)
+DTYPE_CODES: dict[str, int] = dict(_core.DTYPE_CODES)  # element types (halves as uint16 views)
 _ALL_ISAS = tuple(ISA_CODES)
 
 

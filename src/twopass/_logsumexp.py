@@ -3,13 +3,24 @@ read of x. It runs on the engine of the softmax family (`_softmax.compute`)."""
 
 from __future__ import annotations
 
-from ._arrays import ArrayT
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _axes
+from ._arrays import NATIVE, ArrayT
 from ._softmax import compute
 
 
 def logsumexp(
-    x: ArrayT, axis: int = -1, *, keepdims: bool = False, out: ArrayT | None = None, threads: int | None = None
-) -> ArrayT:
+    x: ArrayT | ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    keepdims: bool = False,
+    out: ArrayT | None = None,
+    threads: int | None = None,
+) -> ArrayT | Any:
     """``log(sum(exp(x)))`` along `axis`, in one pass over memory.
 
     Computed as ``max + log(sum(exp(x - max)))`` from (mantissa, exponent) pairs, with
@@ -18,14 +29,19 @@ def logsumexp(
 
     Parameters
     ----------
-    x : array
+    x : array_like
         float32, float64, float16 or bfloat16 values: a NumPy array (bfloat16 as
         ``ml_dtypes.bfloat16``), or any CPU array with DLPack such as a ``torch.Tensor``;
-        the result is of the same kind. float16 and bfloat16 are computed in float32.
-    axis : int, default -1
-        The axis to reduce; negative counts from the end.
+        the result is of the same kind. float16 and bfloat16 are computed in float32;
+        integers and booleans in float64 (as SciPy). Lists and scalars are read with
+        ``np.asarray``.
+    axis : int, tuple of ints or None, default -1
+        The axis to reduce; negative counts from the end. Several axes (None: all) are
+        reduced as one row: in place when they merge into one strided axis of a view
+        (e.g. the trailing axes of a C-contiguous array), else through a copy with them
+        last; `out` is then written from a temporary.
     keepdims : bool, default False
-        Keep the reduced axis, with length 1.
+        Keep the reduced axes, with length 1.
     out : array, optional
         Where to write the result: the reduced shape and the dtype of `x`, writable, not
         overlapping `x`.
@@ -35,8 +51,9 @@ def logsumexp(
 
     Returns
     -------
-    array
-        `x`'s shape without `axis` (length 1 with `keepdims`), of `x`'s dtype and kind.
+    array or scalar
+        `x`'s shape without `axis` (length 1 with `keepdims`), of `x`'s dtype and kind;
+        a NumPy scalar where NumPy's reductions give one (a 0-d result, no `out`).
         A row with NaN gives NaN, with +inf (and no NaN) +inf, of only -inf or empty
         -inf.
 
@@ -55,4 +72,7 @@ def logsumexp(
     >>> float(twopass.logsumexp(np.zeros(4, np.float32)))  # log(4)
     1.3862943649291992
     """
-    return compute("logsumexp", x, axis=axis, out=out, keepdims=keepdims, threads=threads)
+    if type(x) is np.ndarray and type(axis) is int and x.dtype in NATIVE:
+        r = compute("logsumexp", x, axis=axis, out=out, keepdims=keepdims, threads=threads)
+        return r[()] if out is None and r.ndim == 0 else r  # NumPy's reductions give a scalar
+    return _axes.call("logsumexp", x, axis, keepdims=keepdims, out=out, threads=threads, engine=compute)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from . import _alloc, _core, _dispatch
+from . import _alloc, _axes, _core, _dispatch
 from ._arrays import (
     NATIVE,
     ArrayT,
@@ -17,26 +18,29 @@ from ._arrays import (
     check_dtype,
     check_out,
     check_threads,
-    from_float32,
     layout,
     normalize_axis,
     out_layout,
     streaming_stores,
-    to_float32,
     to_numpy,
 )
-from ._dispatch import ALGO_CODES, OP_CODES
+from ._dispatch import ALGO_CODES, DTYPE_CODES, OP_CODES
 
 _COMMON_DOC = """
     Parameters
     ----------
-    x : array
+    x : array_like
         float32, float64, float16 or bfloat16 values: a NumPy array (bfloat16 as
         ``ml_dtypes.bfloat16``), or any CPU array with DLPack such as a ``torch.Tensor``;
-        the result is of the same kind. float16 and bfloat16 are computed in float32.
-    axis : int, default -1
-        The axis to normalise; negative counts from the end. Any axis is computed in
-        place in memory (no transpose).
+        the result is of the same kind. float16 and bfloat16 are computed in float32;
+        integers and booleans in float64 (as SciPy). Lists and scalars are read with
+        ``np.asarray``; a 0-d NumPy result is returned as a NumPy scalar.
+    axis : int, tuple of ints or None, default -1
+        The axis to normalise; negative counts from the end. Any single axis is computed
+        in place in memory (no transpose). Several axes (None: all) are normalised as one
+        row: in place when they merge into one strided axis of a view (e.g. the trailing
+        axes of a C-contiguous array), else through a copy with them last; `out` is
+        then written from a temporary.
     out : array, optional
         Where to write the result: the shape and dtype of `x`, writable; may be `x`
         itself (in place).
@@ -61,8 +65,13 @@ _RAISES_DOC = """
 
 
 def softmax(
-    x: ArrayT, axis: int = -1, *, out: ArrayT | None = None, algorithm: str = "auto", threads: int | None = None
-) -> ArrayT:
+    x: ArrayT | ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: ArrayT | None = None,
+    algorithm: str = "auto",
+    threads: int | None = None,
+) -> ArrayT | Any:
     """Softmax along `axis`: ``exp(x) / sum(exp(x))``, without overflow.
     {common}
     Returns
@@ -78,12 +87,19 @@ def softmax(
     >>> twopass.softmax(np.array([1.0, 2.0, 3.0], np.float32))
     array([0.09003057, 0.24472849, 0.66524094], dtype=float32)
     """
-    return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    if type(x) is np.ndarray and type(axis) is int and x.ndim and x.dtype in NATIVE:
+        return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    return _axes.call("softmax", x, axis, out=out, algorithm=algorithm, threads=threads, engine=compute)
 
 
 def log_softmax(
-    x: ArrayT, axis: int = -1, *, out: ArrayT | None = None, algorithm: str = "auto", threads: int | None = None
-) -> ArrayT:
+    x: ArrayT | ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    *,
+    out: ArrayT | None = None,
+    algorithm: str = "auto",
+    threads: int | None = None,
+) -> ArrayT | Any:
     """Log-softmax along `axis`: ``x - logsumexp(x)``.
 
     The last pass computes no exponential: ``y = (x - max) - log(s)`` with
@@ -102,7 +118,9 @@ def log_softmax(
     >>> twopass.log_softmax(np.array([0.0, 0.0], np.float32))
     array([-0.6931472, -0.6931472], dtype=float32)
     """
-    return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    if type(x) is np.ndarray and type(axis) is int and x.ndim and x.dtype in NATIVE:
+        return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
+    return _axes.call("log_softmax", x, axis, out=out, algorithm=algorithm, threads=threads, engine=compute)
 
 
 for _f in (softmax, log_softmax):
@@ -176,8 +194,9 @@ def compute(
             return out
         return wrap(y.reshape(()) if scalar_input and op != "logsumexp" else y)
 
-    # Compute dtype: float16/bfloat16 are read and written as such, computed in float32.
-    xc = arr if dtype in NATIVE else to_float32(arr)
+    # float16/bfloat16 are read and written as such by the kernels (computed in float32
+    # in registers), passed as uint16 views with their dtype code.
+    xc = arr
     lay = layout(xc, ax)
     if lay is None or (lay[2] == 1 and lay[4] != 1):  # see _arrays' docstring
         xc = np.ascontiguousarray(xc)
@@ -185,7 +204,7 @@ def compute(
     outer, n, inner, xs_outer, xs_n = lay
 
     # The output: straight into `out` when its layout allows, else via a temporary.
-    direct = out_arr is not None and out_arr.dtype == xc.dtype
+    direct = out_arr is not None
     y = out_arr if direct else _alloc.empty(shape, xc.dtype)
     y3 = out_layout(y, ax, op, keepdims)
     if y3 is None:
@@ -199,16 +218,19 @@ def compute(
         code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
     if stream is None:
         stream = streaming_stores(y, xc)
-    _core.run(
-        OP_CODES[op], code, isa_code, xc, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, nthreads, bool(stream)
-    )
+    if dtype in NATIVE:
+        args, dtype_code = (xc, y), -1
+    else:
+        args, dtype_code = (xc.view(np.uint16), y.view(np.uint16)), DTYPE_CODES[dtype.name]
+    dims = (outer, n, inner, xs_outer, xs_n, ys_outer, ys_n)
+    _core.run(OP_CODES[op], code, isa_code, *args, *dims, nthreads, bool(stream), dtype_code)
 
     if out_arr is not None:
         if not direct:
-            out_arr[...] = y if y.dtype == out_arr.dtype else from_float32(y, out_arr.dtype)
+            out_arr[...] = y
         result = out_arr
     else:
-        result = y if y.dtype == dtype else from_float32(y, dtype)
+        result = y
     if scalar_input and op != "logsumexp":
         result = result.reshape(())
     return wrap(result) if out is None else out
@@ -330,6 +352,11 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     `threads` threads and `isa` (None: the selected one); see above. Runs on every call
     of the fast path: keep it cheap."""
     itemsize = dtype.itemsize
+    if itemsize == 2:
+        # float16/bfloat16: the reload cannot keep exp(x - max) in a 16-bit y, so it
+        # recomputes it (csrc/softmax.cpp, kReloadStores): one read more than two_pass,
+        # as many exps. It only pays in short rows, for its blocks of rows per call.
+        return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
     w, cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)

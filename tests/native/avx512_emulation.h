@@ -122,3 +122,85 @@ inline __m256 _mm256_castpd_ps(__m256d a) {
   return r;
 }
 inline void _mm_sfence() {}
+
+// The float16/bfloat16 conversions of vec_avx512.h (HalfVec): 16 lanes of 16 bits in a
+// __m256i, integer lanes of 32 bits in a __m512i. float16 goes through the compiler's
+// _Float16 (its own correctly rounded conversion, independent of csrc/half.h); the
+// bfloat16 path is integer arithmetic, emulated lane by lane.
+using __m256i = EmuVec<uint16_t, 16>;
+using __m512i = EmuVec<uint32_t, 16>;
+#define _CMP_UNORD_Q 3
+inline __m256i _mm256_loadu_si256(const __m256i* p) {
+  __m256i r;
+  std::memcpy(r.v, p, sizeof r.v);
+  return r;
+}
+inline void _mm256_storeu_si256(__m256i* p, __m256i a) { std::memcpy(p, a.v, sizeof a.v); }
+inline void _mm256_stream_si256(__m256i* p, __m256i a) {
+  if ((uintptr_t)p % 32) __builtin_trap();  // the real instruction faults when misaligned
+  std::memcpy(p, a.v, sizeof a.v);
+}
+inline __m512 _mm512_cvtph_ps(__m256i a) {
+  __m512 r;
+  for (int i = 0; i < 16; ++i) {
+    _Float16 h;
+    std::memcpy(&h, &a.v[i], 2);
+    r.v[i] = (float)h;
+  }
+  return r;
+}
+inline __m256i _mm512_cvtps_ph(__m512 a, int) {
+  __m256i r;
+  for (int i = 0; i < 16; ++i) {
+    const _Float16 h = (_Float16)a.v[i];
+    std::memcpy(&r.v[i], &h, 2);
+    if (a.v[i] != a.v[i]) r.v[i] |= 0x200;  // the instruction returns a quiet NaN
+  }
+  return r;
+}
+inline __m512i _mm512_set1_epi32(int a) {
+  __m512i r;
+  for (auto& v : r.v) v = (uint32_t)a;
+  return r;
+}
+inline __m512i _mm512_castps_si512(__m512 a) {
+  __m512i r;
+  std::memcpy(r.v, a.v, sizeof r.v);
+  return r;
+}
+inline __m512 _mm512_castsi512_ps(__m512i a) {
+  __m512 r;
+  std::memcpy(r.v, a.v, sizeof r.v);
+  return r;
+}
+inline __m512i _mm512_cvtepu16_epi32(__m256i a) {
+  __m512i r;
+  for (int i = 0; i < 16; ++i) r.v[i] = a.v[i];
+  return r;
+}
+inline __m256i _mm512_cvtepi32_epi16(__m512i a) {  // vpmovdw: truncation
+  __m256i r;
+  for (int i = 0; i < 16; ++i) r.v[i] = (uint16_t)a.v[i];
+  return r;
+}
+inline __m512i _mm512_slli_epi32(__m512i a, unsigned k) {
+  for (auto& v : a.v) v <<= k;
+  return a;
+}
+inline __m512i _mm512_srli_epi32(__m512i a, unsigned k) {
+  for (auto& v : a.v) v >>= k;
+  return a;
+}
+inline __m512i _mm512_add_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x + y; }); }
+inline __m512i _mm512_and_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x & y; }); }
+inline __mmask16 _mm512_cmp_ps_mask(__m512 a, __m512 b, int) {  // _CMP_UNORD_Q only
+  __mmask16 k = 0;
+  for (int i = 0; i < 16; ++i)
+    if (a.v[i] != a.v[i] || b.v[i] != b.v[i]) k |= (__mmask16)(1u << i);
+  return k;
+}
+inline __m512i _mm512_mask_or_epi32(__m512i src, __mmask16 k, __m512i a, __m512i b) {
+  for (int i = 0; i < 16; ++i)
+    if (k >> i & 1) src.v[i] = a.v[i] | b.v[i];
+  return src;
+}

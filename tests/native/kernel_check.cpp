@@ -14,6 +14,7 @@
 #include "../../csrc/codes.h"
 #include "../../csrc/cross_entropy.h"
 #include "../../csrc/dispatch.h"
+#include "../../csrc/half.h"
 #include "../../csrc/softmax.h"
 
 namespace {
@@ -129,6 +130,73 @@ template <class T> void run_all(tp::Isa isa) {
     }
 }
 
+// float16 / bfloat16 (S): x rounded to S runs through the half kernels, and through the
+// float32 kernels widened (exactly); the half result must be the float32 one rounded to
+// S within 1 ulp of S (float32's few-ulp error can move that rounding by one step). NaN
+// where the float32 result is NaN; infinities equal (ulp distance 0 on the same side).
+int64_t half_order(uint16_t b) { return (b & 0x8000u) ? -(int64_t)(b & 0x7FFFu) : (int64_t)b; }
+template <class S> void check_half(tp::Isa isa, tp::Op op, tp::Algo algo, int64_t rows, int64_t n, int64_t inner,
+                                   const std::vector<float>& xs, const char* what, bool stream = false, int threads = 1) {
+  const bool lse = op == tp::Op::kLogSumExp;
+  std::vector<S> x(xs.size());
+  std::vector<float> xw(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) x[i] = tp::Storage<S>::narrow(xs[i]), xw[i] = tp::Storage<S>::widen(x[i]);
+  const size_t ny = lse ? rows * inner : rows * n * inner;
+  std::vector<S> y(ny);
+  std::vector<float> yf(ny);
+  tp::Problem pb{op, algo, 2, x.data(), y.data(), rows, n, inner, n * inner, inner,
+                 lse ? inner : n * inner, inner, tp::panel_lanes(isa, 2)};
+  pb.bf16 = std::is_same_v<S, tp::bf16>;
+  tp::run(pb, isa, threads, stream);
+  tp::Problem pf{op, algo, 4, xw.data(), yf.data(), rows, n, inner, n * inner, inner,
+                 lse ? inner : n * inner, inner, tp::panel_lanes(isa, 4)};
+  tp::run(pf, isa, threads, stream);
+  bool ok = true;
+  for (size_t i = 0; i < ny && ok; ++i) {
+    const bool nan_h = std::isnan(tp::Storage<S>::widen(y[i])), nan_f = std::isnan(yf[i]);
+    ok = (nan_h || nan_f) ? nan_h == nan_f
+                          : std::llabs(half_order(y[i].bits) - half_order(tp::Storage<S>::narrow(yf[i]).bits)) <= 1;
+  }
+  if (ok) ++passed;
+  else {
+    ++failed;
+    std::printf("FAILED isa=%d op=%d algo=%d dtype=%s rows=%lld n=%lld inner=%lld (%s)\n", (int)isa, (int)op, (int)algo,
+                pb.bf16 ? "bf16" : "f16", (long long)rows, (long long)n, (long long)inner, what);
+  }
+}
+
+template <class S> void run_half(tp::Isa isa) {
+  std::mt19937_64 rng(43);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  const tp::Algo algos[] = {tp::Algo::kTwoPass, tp::Algo::kThreePassReload, tp::Algo::kThreePassRecompute,
+                            tp::Algo::kOnline};
+  std::vector<int64_t> lengths;
+  for (int64_t n = 1; n <= 34; ++n) lengths.push_back(n);
+  for (int64_t n : {63, 64, 65, 127, 128, 129, 1025}) lengths.push_back(n);
+  const float inf = INFINITY;
+  const std::vector<std::vector<float>> hard = {
+      {NAN, 1, 2}, {inf, 1, 2}, {-inf, -inf, -inf}, {-inf, 1, 2}, {60000, 60000, -60000}, {-65000, 65000, 0},
+      {3e38f, 3e38f, -3e38f}, {5000, 4990, 1}, {1e-7f, -1e-7f, 6e-8f}};
+  for (tp::Op op : {tp::Op::kSoftmax, tp::Op::kLogSoftmax, tp::Op::kLogSumExp})
+    for (tp::Algo algo : algos) {
+      for (int64_t n : lengths) {
+        std::vector<float> x(3 * n);
+        for (auto& v : x) v = normal(rng);
+        check_half<S>(isa, op, algo, 3, n, 1, x, "random rows");
+        check_half<S>(isa, op, algo, 3, n, 1, x, "random rows, streaming stores", true);
+      }
+      std::vector<float> lx(300001);  // one long row split over two threads
+      for (auto& v : lx) v = normal(rng);
+      check_half<S>(isa, op, algo, 1, (int64_t)lx.size(), 1, lx, "long row, 2 threads", true, 2);
+      for (int64_t inner : {2, 5, 17, 40, 70}) {
+        std::vector<float> x(2 * 37 * inner);
+        for (auto& v : x) v = normal(rng);
+        check_half<S>(isa, op, algo, 2, 37, inner, x, "panels");
+      }
+      for (const auto& row : hard) check_half<S>(isa, op, algo, 1, (int64_t)row.size(), 1, row, "hard row");
+    }
+}
+
 // The fused cross-entropy (csrc/cross_entropy.cpp) against docs/cross_entropy.md in
 // double: loss per row within 32 u (1 + |lse| + |x_t| + cap) max(w), gradient within
 // 32 u (max |ref| of the row + its terms) (1 + cap); mean-reduction scales.
@@ -218,6 +286,8 @@ int main() {
     std::printf("isa %d\n", (int)isa);
     run_all<float>(isa);
     run_all<double>(isa);
+    run_half<tp::f16>(isa);
+    run_half<tp::bf16>(isa);
     run_ce<float>(isa);
     run_ce<double>(isa);
   }

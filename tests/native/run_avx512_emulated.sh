@@ -15,7 +15,7 @@ emulate="-DTP_AVX512_EMULATE -include tests/native/avx512_emulation.h"
 for k in $kernels; do
   $CXX $flags -DTP_ISA_SCALAR -c "csrc/kernels/$k.cpp" -o "$out/scalar_$k.o"
   $CXX $flags -DTP_ISA_AVX512 $emulate -c "csrc/kernels/$k.cpp" -o "$out/avx512_$k.o"
-  $CXX $flags -DTP_ISA_AVX2 -mavx2 -mfma -c "csrc/kernels/$k.cpp" -o "$out/avx2_$k.o"
+  $CXX $flags -DTP_ISA_AVX2 -mavx2 -mfma -mf16c -c "csrc/kernels/$k.cpp" -o "$out/avx2_$k.o"
 done
 # The ISA-independent sources; TP_AVX512_EMULATE makes dispatch.cpp report AVX-512 as supported.
 $CXX $flags -DTP_AVX512_EMULATE tests/native/kernel_check.cpp csrc/dispatch.cpp csrc/softmax.cpp \

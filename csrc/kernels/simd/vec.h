@@ -13,6 +13,8 @@
 //   even), hmax / hsum_wide (horizontal maximum, and sum in double), and the
 //   power-of-two primitives exp.h builds its scaling on: scalef (AVX-512) or
 //   pow2 and any_below (the others).
+// Each vec_<isa>.h also has HalfVec: the 16-bit storage of one Vec<float> (load, store,
+// stream) and its float16 / bfloat16 conversions, which simd/io.h builds Io<S> on.
 #pragma once
 
 #include <cstdint>

@@ -91,4 +91,30 @@ template <> struct Vec<double> {
   static void sfence() { _mm_sfence(); }
 };
 
+// The float16/bfloat16 storage of one Vec<float> (8 lanes of 16 bits) and its
+// conversions: float16 by F16C (-mf16c; the dispatch requires the f16c flag), bfloat16
+// by a 16-bit shift and integer round-to-nearest-even (NaN kept quiet by setting its
+// top mantissa bit), as tp::float_to_bf16 (half.h) does one element at a time.
+struct HalfVec {
+  using H = __m128i;
+  using R = __m256;
+  static H load(const uint16_t* p) { return _mm_loadu_si128((const __m128i*)p); }
+  static void store(uint16_t* p, H h) { _mm_storeu_si128((__m128i*)p, h); }
+  static void stream(uint16_t* p, H h) { _mm_stream_si128((__m128i*)p, h); }
+  static R widen_f16(H h) { return _mm256_cvtph_ps(h); }
+  static H narrow_f16(R v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
+  static R widen_bf16(H h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+  static H narrow_bf16(R v) {
+    const __m256i u = _mm256_castps_si256(v), hi = _mm256_srli_epi32(u, 16);
+    const __m256i odd = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+    // Every lane is <= 0xFFFF: the unsigned-saturating pack is exact. It packs within
+    // 128-bit halves, so the two useful quadwords are gathered into the low half.
+    const __m256i p = _mm256_packus_epi32(r, r);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08));
+  }
+};
+
 }  // namespace TP_NS

@@ -69,4 +69,27 @@ template <> struct Vec<double> {
   static void sfence() { _mm_sfence(); }
 };
 
+// The float16/bfloat16 storage of one Vec<float> (16 lanes of 16 bits) and its
+// conversions, AVX-512F only: float16 by vcvtph2ps / vcvtps2ph (round to nearest
+// even), bfloat16 by a 16-bit shift and integer round-to-nearest-even (NaN kept quiet),
+// narrowed by vpmovdw. (AVX512-BF16's vcvtneps2bf16 would save a few instructions but
+// needs its own dispatch; the integer form is exact and memory-bound anyway.)
+struct HalfVec {
+  using H = __m256i;
+  using R = __m512;
+  static H load(const uint16_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+  static void store(uint16_t* p, H h) { _mm256_storeu_si256((__m256i*)p, h); }
+  static void stream(uint16_t* p, H h) { _mm256_stream_si256((__m256i*)p, h); }
+  static R widen_f16(H h) { return _mm512_cvtph_ps(h); }
+  static H narrow_f16(R v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
+  static R widen_bf16(H h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static H narrow_bf16(R v) {
+    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
+    const __m512i odd = _mm512_and_epi32(hi, _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), hi, _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+  }
+};
+
 }  // namespace TP_NS

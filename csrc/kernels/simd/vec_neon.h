@@ -88,4 +88,24 @@ template <> struct Vec<double> {
   static void sfence() {}
 };
 
+// The float16/bfloat16 storage of one Vec<float> (4 lanes of 16 bits): float16 by
+// fcvtl / fcvtn (round to nearest even under the default FPCR), bfloat16 by a 16-bit
+// shift and integer round-to-nearest-even (NaN kept quiet).
+struct HalfVec {
+  using H = uint16x4_t;
+  using R = float32x4_t;
+  static H load(const uint16_t* p) { return vld1_u16(p); }
+  static void store(uint16_t* p, H h) { vst1_u16(p, h); }
+  static void stream(uint16_t* p, H h) { vst1_u16(p, h); }
+  static R widen_f16(H h) { return vcvt_f32_f16(vreinterpret_f16_u16(h)); }
+  static H narrow_f16(R v) { return vreinterpret_u16_f16(vcvt_f16_f32(v)); }
+  static R widen_bf16(H h) { return vreinterpretq_f32_u32(vshll_n_u16(h, 16)); }
+  static H narrow_bf16(R v) {
+    const uint32x4_t u = vreinterpretq_u32_f32(v), hi = vshrq_n_u32(u, 16);
+    uint32x4_t r = vshrq_n_u32(vaddq_u32(vaddq_u32(u, vdupq_n_u32(0x7FFF)), vandq_u32(hi, vdupq_n_u32(1))), 16);
+    r = vbslq_u32(vceqq_f32(v, v), r, vorrq_u32(hi, vdupq_n_u32(0x40)));  // v != v: NaN
+    return vmovn_u32(r);
+  }
+};
+
 }  // namespace TP_NS

@@ -1,6 +1,7 @@
 // Vec for the portable baseline (TP_ISA_SCALAR). Included by vec.h only.
 #pragma once
 
+#include "../../half.h"
 #include "vec.h"
 
 namespace TP_NS {
@@ -44,6 +45,19 @@ template <class T> struct Vec {
   static T hmax(R a) { return a; }
   static double hsum_wide(R a) { return (double)a; }
   static void sfence() {}
+};
+
+// float16/bfloat16 storage of one element, converted by half.h's scalar code.
+struct HalfVec {
+  using H = uint16_t;
+  using R = float;
+  static H load(const uint16_t* p) { return *p; }
+  static void store(uint16_t* p, H h) { *p = h; }
+  static void stream(uint16_t* p, H h) { *p = h; }
+  static R widen_f16(H h) { return tp::f16_to_float(h); }
+  static H narrow_f16(R v) { return tp::float_to_f16(v); }
+  static R widen_bf16(H h) { return tp::bf16_to_float(h); }
+  static H narrow_bf16(R v) { return tp::float_to_bf16(v); }
 };
 
 }  // namespace TP_NS

@@ -176,7 +176,15 @@ def compile_hook(tmp: Path, hidden_consts: tuple[str, ...] = ()) -> Any:
                     attrs[(i,)] = [["tt.divisibility", 16]]
         for nm in consts:
             sig[nm] = "constexpr"
-        key = (kernel.fn.__name__, tuple(sorted(sig.items())), tuple(sorted(map(str, spec.items()))), warps)
+        # The divisibility attributes are part of the variant: an n divisible by 16 compiles
+        # to other (vector) accesses than one that is not.
+        key = (
+            kernel.fn.__name__,
+            tuple(sorted(sig.items())),
+            tuple(sorted(map(str, spec.items()))),
+            tuple(sorted(i for (i,) in attrs)),
+            warps,
+        )
         if key in seen:
             hook.last.append({**seen[key], "grid": grid})
             return

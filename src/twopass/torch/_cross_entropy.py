@@ -318,6 +318,17 @@ def _(grad, g):
 def _ce_backward(grad: Tensor, g: Tensor) -> Tensor:
     """grad * g as a new tensor: the stored gradient stays valid, so the graph can be
     run backward again (retain_graph, gradcheck). inplace_backward=True avoids the copy."""
+    return _grad_times(grad, g, grad.device.type == "cuda")
+
+
+def _grad_times(grad: Tensor, g: Tensor, triton_kernel: bool) -> Tensor:
+    # On CUDA one Triton pass (1R + 1W, the result the only (N, C) allocation); elsewhere
+    # torch ops in float32 at least.
+    if triton_kernel and grad.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        from ..triton import cross_entropy as k
+
+        out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        return k.scale_grad_(grad if grad.stride(-1) == 1 else grad.contiguous(), g, out=out)
     wide = torch.promote_types(grad.dtype, torch.float32)
     g = g.to(wide) if g.dim() == 0 else g.to(wide)[:, None]
     return (grad.to(wide) * g).to(grad.dtype)

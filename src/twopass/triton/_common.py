@@ -65,6 +65,13 @@ def _publish(counter):
 
 
 @triton.jit
+def _local(v, start, chunk):
+    # A row-grid index as a chunk-local 32-bit one, clamped to [0, chunk] (the row kernels
+    # keep a 64-bit chunk origin and 32-bit element indices, so a row may pass 2^31).
+    return tl.minimum(tl.maximum(v - start, 0), chunk).to(tl.int32)
+
+
+@triton.jit
 def _lse_of(m, s):
     # log(sum exp) from a merged pair: +inf where the max is +inf (s is NaN there);
     # an all -inf row has m = -FLT_MAX or -inf and s = 0 or NaN: give -inf.

@@ -94,7 +94,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _LOG2E, _NEG_BIG, _decode, _lse_of, _max_nan, _publish, _to, _wait
+from ._common import _LOG2E, _NEG_BIG, _decode, _local, _lse_of, _max_nan, _publish, _to, _wait
 from ._launch import _check, _device_caps, _hints, _lag, _launch_kernel, _merged_config, _pow2, _trace
 
 __all__ = ["cross_entropy_forward", "scale_grad_"]
@@ -136,9 +136,9 @@ def _shift(sw, w, dm):
 
 @triton.jit
 def _pass1(
-    X,
-    Wt,
-    xbase,
+    Xr,
+    Wr,
+    lo,
     start,
     chunk,
     n,
@@ -149,28 +149,36 @@ def _pass1(
     WEIGHT: tl.constexpr,
     K: tl.constexpr,
     CW: tl.constexpr,
+    VEC: tl.constexpr,
     POLICY: tl.constexpr,
 ):
-    """(max, sum exp(x' - max), sum w (x' - max), sum w) over x'[start, start + chunk)."""
+    """(max, sum exp(x' - max), sum w (x' - max), sum w) over the row's grid elements
+    [start, start + chunk). Xr: the row's grid origin (class j at grid index lo + j), Wr: the
+    weights shifted the same way. Loads cover whole 16-byte vectors (see _row_bounds)."""
+    Xc = Xr + start
+    Wc = Wr + start
+    v_lo, v_hi, ld_hi, _, _ = _row_bounds(lo, n, start, chunk, VEC)
     tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
     m = tl.full([CW], _NEG_BIG, tl.float32)  # -FLT_MAX, not -inf: no inf - inf on all -inf lanes
     s = tl.zeros([CW], tl.float32)
     sw = tl.zeros([CW], tl.float32)
     wl = tl.zeros([CW], tl.float32)
     for j in range(0, chunk, K * CW):
-        idx = start + j + tile
-        msk = idx < n
-        x = tl.load(X + xbase + idx, mask=msk, other=float("-inf"), eviction_policy=POLICY).to(tl.float32)
+        lt = j + tile
+        x = tl.load(Xc + lt, mask=lt < ld_hi, other=float("-inf"), eviction_policy=POLICY).to(tl.float32)
+        msk = (lt >= v_lo) & (lt < v_hi)
         if CAP:
             th, _ = _tanh(x * inv_cap)
             x = tl.where(msk, cap * th, float("-inf"))
+        elif VEC > 1:
+            x = tl.where(msk, x, float("-inf"))
         # A thread holds K elements of each of its columns: this max and sum stay in registers.
         m_new = _max_nan(m, tl.reduce(x, 0, _max_nan))
         d = x - m_new[None, :]
         s = s * tl.exp2((m - m_new) * _LOG2E) + tl.sum(tl.exp2(d * _LOG2E), 0)
         if SMOOTH:
             if WEIGHT:
-                w = tl.load(Wt + idx, mask=msk, other=0.0)
+                w = tl.load(Wc + lt, mask=msk, other=0.0)
                 wd = tl.where(msk, w * d, 0.0)
             else:
                 w = msk.to(tl.float32)
@@ -183,6 +191,24 @@ def _pass1(
     psw = tl.sum(_shift(sw, wl, m - pm), 0)
     pw = tl.sum(wl, 0)
     return pm, ps, psw, pw
+
+
+@triton.jit
+def _row_bounds(lo, n, start, chunk, VEC: tl.constexpr):
+    """Chunk-local bounds of a row held at grid indices [lo, lo + n), lo < VEC, on the 16-byte
+    grid (VEC elements per vector; VEC = 1 and lo = 0 when the launcher cannot align): the
+    row's elements [v_lo, v_hi); the whole vectors to load, [0, ld_hi) (never past the 16-byte
+    block of a row element, so never a fault; the other rows' elements are masked out after
+    the load); the whole vectors to store, [st_lo, st_hi) (the partial vectors at the row's
+    ends are stored apart). A row of odd length (a vocabulary of 50257) so gets 16-byte
+    accesses, which Triton proves only from divisibility."""
+    hi = lo + n
+    v_lo = _local(lo, start, chunk)
+    v_hi = _local(hi, start, chunk)
+    ld_hi = tl.multiple_of(_local((hi + VEC - 1) // VEC * VEC, start, chunk), VEC)
+    st_lo = tl.multiple_of(_local((lo + VEC - 1) // VEC * VEC, start, chunk), VEC)
+    st_hi = tl.multiple_of(_local(hi // VEC * VEC, start, chunk), VEC)
+    return v_lo, v_hi, ld_hi, st_lo, st_hi
 
 
 @triton.jit
@@ -233,12 +259,34 @@ def _finish(M, S, SW, W, xt, wt, ign, one_m_eps, eps_c, zc, SMOOTH: tl.constexpr
 
 
 @triton.jit
+def _grad_values(
+    Xc, Wc, lt, ld_mask, msk, t_loc, M, log2_s, A, B, T1, ign, cap, inv_cap,
+    CAP: tl.constexpr, SMOOTH: tl.constexpr, WEIGHT: tl.constexpr, POLICY: tl.constexpr,
+):  # fmt: skip
+    """dx at chunk-local indices lt (t_loc: the target's, or -1)."""
+    x = tl.load(Xc + lt, mask=ld_mask, other=0.0, eviction_policy=POLICY).to(tl.float32)
+    if CAP:
+        th, dth = _tanh(x * inv_cap)
+        x = cap * th
+    p = tl.exp2((x - M) * _LOG2E - log2_s)  # x' - M exact near the max, even for huge M
+    dx = A * p
+    if SMOOTH:
+        if WEIGHT:
+            dx -= B * tl.load(Wc + lt, mask=msk, other=0.0)
+        else:
+            dx -= B
+    dx = tl.where(lt == t_loc, dx - T1, dx)
+    if CAP:
+        dx = dx * dth  # d(c tanh(x/c))/dx
+    return tl.where(ign, 0.0, dx)  # ignored rows: 0, even where the logits are NaN
+
+
+@triton.jit
 def _pass2(
-    X,
-    DX,
-    Wt,
-    xbase,
-    dxbase,
+    Xr,
+    DXr,
+    Wr,
+    lo,
     start,
     chunk,
     n,
@@ -256,29 +304,37 @@ def _pass2(
     WEIGHT: tl.constexpr,
     K: tl.constexpr,
     CW: tl.constexpr,
+    VEC: tl.constexpr,
     POLICY: tl.constexpr,
 ):
-    """dx over [start, start + chunk): each tile is read before it is written (in place is safe)."""
+    """dx over the row's grid elements [start, start + chunk) (DXr: the gradient row's grid
+    origin, on the same grid as Xr): each tile is read before it is written (in place is safe)."""
+    Xc = Xr + start
+    DXc = DXr + start
+    Wc = Wr + start
+    v_lo, v_hi, ld_hi, st_lo, st_hi = _row_bounds(lo, n, start, chunk, VEC)
+    t_loc = tl.minimum(tl.maximum(t + lo - start, -1), chunk).to(tl.int32)  # -1 or chunk: not here
     tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
     for j in range(0, chunk, K * CW):
-        idx = start + j + tile
-        msk = idx < n
-        x = tl.load(X + xbase + idx, mask=msk, other=0.0, eviction_policy=POLICY).to(tl.float32)
-        if CAP:
-            th, dth = _tanh(x * inv_cap)
-            x = cap * th
-        p = tl.exp2((x - M) * _LOG2E - log2_s)  # x' - M exact near the max, even for huge M
-        dx = A * p
-        if SMOOTH:
-            if WEIGHT:
-                dx -= B * tl.load(Wt + idx, mask=msk, other=0.0)
+        lt = j + tile
+        msk = (lt >= v_lo) & (lt < v_hi)
+        dx = _grad_values(
+            Xc, Wc, lt, lt < ld_hi, msk, t_loc, M, log2_s, A, B, T1, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, POLICY
+        )
+        tl.store(DXc + lt, _to(dx, DXc), mask=(lt >= st_lo) & (lt < st_hi), eviction_policy=POLICY)
+    if VEC > 1:  # the partial vectors at the row's ends (empty in most chunks)
+        ea = tl.arange(0, VEC)
+        for end in tl.static_range(2):
+            if end == 0:
+                lt = v_lo + ea
+                msk = lt < tl.minimum(st_lo, v_hi)
             else:
-                dx -= B
-        dx = tl.where(idx == t, dx - T1, dx)
-        if CAP:
-            dx = dx * dth  # d(c tanh(x/c))/dx
-        dx = tl.where(ign, 0.0, dx)  # ignored rows: 0, even where the logits are NaN
-        tl.store(DX + dxbase + idx, _to(dx, DX), mask=msk, eviction_policy=POLICY)
+                lt = tl.maximum(st_hi, st_lo) + ea
+                msk = lt < v_hi
+            dx = _grad_values(
+                Xc, Wc, lt, msk, msk, t_loc, M, log2_s, A, B, T1, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, POLICY
+            )
+            tl.store(DXc + lt, _to(dx, DXc), mask=msk, eviction_policy=POLICY)
 
 
 # ----------------------------------------------------------------------------------
@@ -319,6 +375,7 @@ def _ce_kernel(
     K: tl.constexpr,
     CW: tl.constexpr,
     KP: tl.constexpr,
+    VEC: tl.constexpr,  # elements per 16-byte access (rows on the aligned grid), or 1 (see _row_bounds)
     P1: tl.constexpr,  # L2 policy of pass-1 loads ("evict_last" when pass 2 follows)
     P2: tl.constexpr,  # of pass-2 loads and stores ("evict_first")
 ):
@@ -346,11 +403,17 @@ def _ce_kernel(
     # w_t: 0 on ignored rows, NaN for a target out of range (loss and gradient NaN).
     wt = tl.where(valid, wt, tl.where(ign, 0.0, float("nan")))
     xbase = row64 * s_x
+    # The row on the 16-byte grid (_row_bounds): class j at grid index lo + j. The gradient
+    # has the logits' row stride when VEC > 1 (the launcher checks), so the same lo.
+    lo = xbase % VEC
+    Xr = X + tl.multiple_of(xbase - lo, VEC)
+    DXr = DX + tl.multiple_of(row64 * s_dx - lo, VEC)
+    Wr = Wt - lo
     if SPLIT:
-        start = c * chunk
+        start = c.to(tl.int64) * chunk
         if phase == 0:
-            pm, ps, psw, pw = _pass1(X, Wt, xbase, start, chunk, n, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, P1)
-            mine = valid & (t >= start) & (t < start + chunk)
+            pm, ps, psw, pw = _pass1(Xr, Wr, lo, start, chunk, n, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, VEC, P1)
+            mine = valid & (t + lo >= start) & (t + lo < start + chunk)
             tl.store(XT + row64, _target_logit(X, xbase, t, mine, cap, inv_cap, CAP), mask=mine)
             slot = PART + (row64 * KP + c) * 4
             tl.store(slot, pm)
@@ -382,13 +445,13 @@ def _ce_kernel(
             if ZLOSS:
                 A += tl.load(SC + 1) * 2.0 * zc * lse
             _pass2(
-                X, DX, Wt, xbase, row64 * s_dx, start, chunk, n, t, M, log_s * _LOG2E, A, s_ce * eps_c,
-                s_ce * one_m_eps * wt, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, P2,
+                Xr, DXr, Wr, lo, start, chunk, n, t, M, log_s * _LOG2E, A, s_ce * eps_c,
+                s_ce * one_m_eps * wt, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, VEC, P2,
             )  # fmt: skip
     else:
         # x_t first: in place, pass 2 of another warp may overwrite it once pass 1 is done.
         xt = _target_logit(X, xbase, t, valid, cap, inv_cap, CAP)
-        M, S, SW, W = _pass1(X, Wt, xbase, 0, chunk, n, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, P1)
+        M, S, SW, W = _pass1(Xr, Wr, lo, 0, chunk, n, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, VEC, P1)
         ce, z, lse_out, lse, log_s = _finish(M, S, SW, W, xt, wt, ign, one_m_eps, eps_c, zc, SMOOTH, ZLOSS)
         tl.store(CE + row64, ce)
         tl.store(Z + row64, z)
@@ -402,38 +465,42 @@ def _ce_kernel(
             if ZLOSS:
                 A += tl.load(SC + 1) * 2.0 * zc * lse
             _pass2(
-                X, DX, Wt, xbase, row64 * s_dx, 0, chunk, n, t, M, log_s * _LOG2E, A, s_ce * eps_c,
-                s_ce * one_m_eps * wt, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, P2,
+                Xr, DXr, Wr, lo, 0, chunk, n, t, M, log_s * _LOG2E, A, s_ce * eps_c,
+                s_ce * one_m_eps * wt, ign, cap, inv_cap, CAP, SMOOTH, WEIGHT, K, CW, VEC, P2,
             )  # fmt: skip
 
 
 @triton.jit
-def _scale_row(DX, base, n, g, BLOCK: tl.constexpr):
+def _scale_row(DX, OUT, base, obase, n, g, BLOCK: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     for j in range(0, n, BLOCK):
         idx = j + cols
         msk = idx < n
         v = tl.load(DX + base + idx, mask=msk, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        tl.store(DX + base + idx, _to(v * g, DX), mask=msk, eviction_policy="evict_first")
+        tl.store(OUT + obase + idx, _to(v * g, OUT), mask=msk, eviction_policy="evict_first")
 
 
 @triton.jit(do_not_specialize=["n_rows", "nprog"])
-def _scale_kernel(DX, G, n_rows, n, s_dx, nprog, PER_ROW: tl.constexpr, BLOCK: tl.constexpr):
-    # A fixed grid striding over the rows (nprog <= n_rows): when g == 1 every program returns
-    # after one load.
+def _scale_kernel(
+    DX, OUT, G, n_rows, n, s_dx, s_out, nprog, PER_ROW: tl.constexpr, COPY: tl.constexpr, BLOCK: tl.constexpr
+):
+    # A fixed grid striding over the rows (nprog <= n_rows). In place (not COPY), a row whose
+    # g is 1 is left alone: when the loss was reduced and g == 1, every program returns after
+    # one load. COPY (OUT = DX * g, another tensor) writes every row.
     pid = tl.program_id(0).to(tl.int64)
     n_iter = (n_rows - 1 - pid) // nprog + 1
     if PER_ROW:
         for i in range(0, n_iter):
             row = pid + i * nprog
             g = tl.load(G + row).to(tl.float32)
-            if g != 1.0:
-                _scale_row(DX, row * s_dx, n, g, BLOCK)
+            if COPY or g != 1.0:
+                _scale_row(DX, OUT, row * s_dx, row * s_out, n, g, BLOCK)
     else:
         g = tl.load(G).to(tl.float32)
-        if g != 1.0:  # the common training step (loss.backward() of a mean or sum): no pass
+        if COPY or g != 1.0:  # the common training step (loss.backward() of a mean or sum): no pass
             for i in range(0, n_iter):
-                _scale_row(DX, (pid + i * nprog) * s_dx, n, g, BLOCK)
+                row = pid + i * nprog
+                _scale_row(DX, OUT, row * s_dx, row * s_out, n, g, BLOCK)
 
 
 # ----------------------------------------------------------------------------------
@@ -448,6 +515,7 @@ DEFAULTS: dict[str, Any] = {
     "tile_elems": 8192,  # K * CW: elements per tile (per loop iteration of a program)
     "cw": None,  # columns of a tile; None: 16 bytes * 32 lanes * warps (one 16-byte access each)
     "chunk_min": 16384,  # split mode: elements per chunk at least
+    "chunk_max": 65536,  # split mode: elements per chunk at most, when the rows alone fill the GPU
     "k_max": 64,  # split mode: chunks per row at most
     "programs_per_sm": 4,  # split mode: chunks enough for this many programs per SM and phase
     "l2_fraction": 0.25,  # split mode: data read between a row's two phases, as a fraction of L2
@@ -474,8 +542,10 @@ def _tile(n: int, esize: int, cfg: dict[str, Any]) -> tuple[int, int, int]:
     return kt, cw, warps
 
 
-def _plan(n_rows: int, n: int, esize: int, grad: bool, cfg: dict[str, Any], x: torch.Tensor):
-    """Launch parameters: mode, tile, chunks, lag."""
+def _plan(n_rows: int, n: int, esize: int, grad: bool, cfg: dict[str, Any], x: torch.Tensor, vec: int):
+    """Launch parameters: mode, tile, chunks, lag. vec: elements per 16-byte vector of the
+    aligned grid (a row spans up to vec - 1 more grid elements than classes), or 1."""
+    span = n + vec - 1
     kt, cw, warps = _tile(n, esize, cfg)
     tile = kt * cw
     sms, l2 = _device_caps(x, cfg)
@@ -484,15 +554,17 @@ def _plan(n_rows: int, n: int, esize: int, grad: bool, cfg: dict[str, Any], x: t
     if split is None:
         split = grad or (few_rows and n >= 2 * cfg["chunk_min"])
     if not split:
-        return dict(split=False, K=kt, CW=cw, warps=warps, k=1, chunk=triton.cdiv(n, tile) * tile, lag=1)
-    # Chunks: at least chunk_min elements, but enough to give every SM a few programs per phase
-    # when there are few rows; at least one tile each.
-    k = max(triton.cdiv(n, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-    k = max(1, min(k, cfg["k_max"], triton.cdiv(n, tile)))
-    chunk = triton.cdiv(triton.cdiv(n, k), tile) * tile
-    k = triton.cdiv(n, chunk)
+        chunk = triton.cdiv(span, tile) * tile
+        return dict(split=False, K=kt, CW=cw, VEC=vec, warps=warps, k=1, chunk=chunk, lag=1)
+    # Chunks: at most chunk_max elements (8192 x 128256 with a gradient: 32768 work items on
+    # the one ticket counter, not 131072), but enough to give every SM a few programs per
+    # phase when there are few rows; at least chunk_min elements and one tile each.
+    k = max(triton.cdiv(span, cfg["chunk_max"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
+    k = max(1, min(k, cfg["k_max"], triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(span, tile)))
+    chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
+    k = triton.cdiv(span, chunk)
     lag = _lag(n * esize, n_rows, l2, cfg)
-    return dict(split=True, K=kt, CW=cw, warps=warps, k=k, chunk=chunk, lag=lag)
+    return dict(split=True, K=kt, CW=cw, VEC=vec, warps=warps, k=k, chunk=chunk, lag=lag)
 
 
 def cross_entropy_forward(
@@ -555,7 +627,12 @@ def cross_entropy_forward(
     target = target.contiguous()
     weight = weight.contiguous() if weight is not None else None
     scale = scale.contiguous().view(2)
-    plan = _plan(n_rows, n, logits.element_size(), grad is not None, cfg, logits)
+    # The aligned grid when both rows start at the same offset from a 16-byte boundary.
+    aligned = logits.data_ptr() % 16 == 0 and (
+        grad is None or (grad.data_ptr() % 16 == 0 and grad.stride(0) == logits.stride(0))
+    )
+    vec = 16 // logits.element_size() if aligned and (logits.stride(1) == 1 or n == 1) else 1
+    plan = _plan(n_rows, n, logits.element_size(), grad is not None, cfg, logits, vec)
     hints = _hints(cfg)
     has_grad = grad is not None
     if plan["split"]:
@@ -576,6 +653,7 @@ def cross_entropy_forward(
         K=plan["K"],
         CW=plan["CW"],
         KP=kp,
+        VEC=plan["VEC"],
         P1=hints["KEEP"] if has_grad else hints["DROP"],
         P2=hints["DROP"],
     )
@@ -592,11 +670,15 @@ def cross_entropy_forward(
     return ce, z, lse
 
 
-def scale_grad_(grad: torch.Tensor, g: torch.Tensor, *, cfg: dict[str, Any] | None = None) -> torch.Tensor:
-    """grad *= g in place and return grad. grad: (N, C), class stride 1. g: a 0-d tensor (the
-    upstream gradient of a "mean" or "sum" loss: read on the device; g == 1 touches nothing)
-    or (N,) (reduction "none": row i times g_i; rows with g_i == 1 are skipped). Float32
-    arithmetic, one rounding to grad's dtype."""
+def scale_grad_(
+    grad: torch.Tensor, g: torch.Tensor, *, out: torch.Tensor | None = None, cfg: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """grad *= g in place and return grad; or, with `out`, out = grad * g (grad unchanged)
+    and return out, in one pass (1R + 1W, no float32 temporary). grad and out: (N, C), class
+    stride 1, the same dtype. g: a 0-d tensor (the upstream gradient of a "mean" or "sum"
+    loss: read on the device; in place, g == 1 touches nothing) or (N,) (reduction "none":
+    row i times g_i; in place, rows with g_i == 1 are skipped). Float32 arithmetic, one
+    rounding to grad's dtype."""
     name = "twopass.triton.scale_grad_"
     _check(grad, name)
     cfg = _config(cfg)
@@ -611,16 +693,22 @@ def scale_grad_(grad: torch.Tensor, g: torch.Tensor, *, cfg: dict[str, Any] | No
         per_row = True
     else:
         raise ValueError(f"{name}: g must be 0-d or ({n_rows},), got shape {tuple(g.shape)}")
+    copy = out is not None and out is not grad
+    if copy:
+        _check(out, name)
+        if out.shape != grad.shape or out.dtype != grad.dtype or (out.stride(1) != 1 and n > 1):
+            raise ValueError(f"{name}: out must have grad's shape and dtype, with class stride 1")
+    dst = out if copy else grad
     if grad.numel() == 0:
-        return grad
+        return dst
     g = g.contiguous()
     sms, _ = _device_caps(grad, cfg)
     block = min(_pow2(n), _pow2(cfg["scale_block"]))
     nprog = max(1, min(n_rows, cfg["scale_programs_per_sm"] * sms))
     warps = max(1, min(8, block // 512))
-    _trace("scale", per_row=per_row, block=block, nprog=nprog)
+    _trace("scale", per_row=per_row, copy=copy, block=block, nprog=nprog)
     _launch_kernel(
-        _scale_kernel, nprog, (grad, g, n_rows, n, grad.stride(0), nprog),
-        dict(PER_ROW=per_row, BLOCK=block), warps,
+        _scale_kernel, nprog, (grad, dst, g, n_rows, n, grad.stride(0), dst.stride(0), nprog),
+        dict(PER_ROW=per_row, COPY=copy, BLOCK=block), warps,
     )  # fmt: skip
-    return grad
+    return dst

@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _LOG2E, _NEG_BIG, _decode, _lse_of, _max_nan, _publish, _to, _wait
+from ._common import _LOG2E, _NEG_BIG, _decode, _local, _lse_of, _max_nan, _publish, _to, _wait
 from ._launch import (
     _check,
     _device_caps,
@@ -99,39 +99,77 @@ def _row_fused_kernel(
     OP: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    VEC: tl.constexpr,  # elements per 16-byte access when s_n == 1 and the pointers are aligned, else 1
+    SHIFT: tl.constexpr,  # rows may start off the 16-byte grid (else every row start and n are multiples of VEC)
 ):
+    # Vector accesses (see _row_split_kernel): each row is read on the aligned grid below it,
+    # t in [lo, hi) holding the row; with SHIFT false lo = 0 and n is a multiple of VEC.
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     rmask = rows < n_rows
     o = rows // inner
     i = rows - o * inner
-    cols = tl.arange(0, BLOCK_N)
-    mask = rmask[:, None] & (cols < n)[None, :]
-    offs = (o * s_o + i * s_i)[:, None] + cols[None, :] * s_n
+    base = o * s_o + i * s_i
+    # (base - lo, not base: Triton drops a hint on an operation that folds away, and base
+    # folds to o * s_o when inner is 1. Without SHIFT, lo is 0.)
+    lo = base % VEC
+    rb = tl.multiple_of(base - lo, VEC)
+    hi = lo + n if SHIFT else n
+    ld_hi = tl.multiple_of((hi + VEC - 1) // VEC * VEC, VEC)
+    cols = tl.arange(0, BLOCK_N)[None, :]
+    offs = rb[:, None] + cols * s_n
+    if SHIFT:
+        ld_hi = ld_hi[:, None]
+        valid = (cols >= lo[:, None]) & (cols < hi[:, None])
+    ld_mask = rmask[:, None] & (cols < ld_hi)
     if OP <= _LOGSUMEXP:
-        x = tl.load(X + offs, mask=mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(X + offs, mask=ld_mask, other=float("-inf"), eviction_policy="evict_first").to(tl.float32)
+        if SHIFT:
+            x = tl.where(valid, x, float("-inf"))
         m = tl.reduce(x, 1, _max_nan)
         d = x - m[:, None]  # exact when x is near m; -inf (not NaN) for -inf entries
         e = tl.exp2(d * _LOG2E)
         s = tl.sum(e, 1)
         if OP == _SOFTMAX:
             y = e * (1.0 / s)[:, None]
-            tl.store(Y + offs, _to(y, Y), mask=mask)
         elif OP == _LOG_SOFTMAX:
             y = d - tl.log(s)[:, None]
-            tl.store(Y + offs, _to(y, Y), mask=mask)
         else:
             tl.store(Y + o * so_o + i * so_i, _to(_lse_of(m, s), Y), mask=rmask)
     else:
-        yv = tl.load(X + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        g = tl.load(G + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        yv = tl.load(X + offs, mask=ld_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        g = tl.load(G + offs, mask=ld_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if SHIFT:  # both: g * y of a neighbour's (or unallocated) element may be inf * 0
+            g = tl.where(valid, g, 0.0)
+            yv = tl.where(valid, yv, 0.0)
         if OP == _SOFTMAX_BWD:
-            dot = tl.sum(g * yv, 1)
-            dx = yv * (g - dot[:, None])
+            m = tl.zeros([ROWS], tl.float32)
+            s = tl.sum(g * yv, 1)
+            y = yv * (g - s[:, None])
         else:
-            sg = tl.sum(g, 1)
-            dx = g - tl.exp2(yv * _LOG2E) * sg[:, None]
-        tl.store(Y + offs, _to(dx, Y), mask=mask)
+            m = tl.zeros([ROWS], tl.float32)
+            s = tl.sum(g, 1)
+            y = g - tl.exp2(yv * _LOG2E) * s[:, None]
+    if OP != _LOGSUMEXP:
+        if SHIFT:
+            st_lo = tl.multiple_of((lo + VEC - 1) // VEC * VEC, VEC)
+            st_hi = tl.multiple_of(hi // VEC * VEC, VEC)
+            st_mask = (cols >= st_lo[:, None]) & (cols < st_hi[:, None])
+        else:
+            st_mask = cols < ld_hi
+        tl.store(Y + offs, _to(y, Y), mask=rmask[:, None] & st_mask)
+        if SHIFT:  # the partial vectors at each row's ends
+            ea = tl.arange(0, VEC)[None, :]
+            for end in tl.static_range(2):
+                if end == 0:
+                    lt = lo[:, None] + ea
+                    msk = lt < tl.minimum(st_lo, hi)[:, None]
+                else:
+                    lt = tl.maximum(st_hi, st_lo)[:, None] + ea
+                    msk = lt < hi[:, None]
+                msk = msk & rmask[:, None]
+                yr = _phase1_values(X + rb[:, None], G + rb[:, None], lt, msk, m[:, None], s[:, None], OP, "")
+                tl.store(Y + rb[:, None] + lt, _to(yr, Y), mask=msk)
 
 
 # ----------------------------------------------------------------------------------
@@ -141,7 +179,17 @@ def _row_fused_kernel(
 # is kept per column lane (one rescale per K elements: about 1.1 exp per element).
 # ----------------------------------------------------------------------------------
 # Not specialized on the value 1 (one variant fewer to compile each): nothing gains from it.
-# chunk and n stay specialized: their divisibility by 16 is what proves 16-byte accesses.
+#
+# Vector accesses on any row length: Triton proves a 16-byte access only from divisibility,
+# and a row of odd length (a vocabulary of 50257) starts at an unaligned address. With
+# VEC = 16 bytes / element size (the launcher passes VEC = 1 when a pointer itself is not
+# 16-byte aligned), each row is read on a grid that starts at the aligned address just
+# below it: row-local index t in [lo, hi) holds the row, lo = base mod VEC < VEC. Loads cover
+# whole vectors ([0, round_up(hi, VEC)): never past the 16-byte block of a row element, so
+# never a fault) and mask the neighbours' elements out afterwards; phase-1 stores write
+# whole vectors inside the row, and the two partial vectors at its ends separately.
+# Indices: the chunk's origin is a 64-bit scalar; per-element indices are chunk-local
+# 32-bit values, so a row may hold more than 2^31 elements.
 @triton.jit(do_not_specialize=["n_rows", "k", "lag"])
 def _row_split_kernel(
     X,
@@ -154,16 +202,16 @@ def _row_split_kernel(
     inner,
     s_o,
     s_i,
-    s_n,
     so_o,
     so_i,
     k,  # chunks per row
-    chunk,  # elements per chunk (a multiple of K * CW)
+    chunk,  # elements per chunk (a multiple of K * CW), of the aligned grid
     lag,  # rows between a row's phase 0 and its phase 1
     OP: tl.constexpr,
     K: tl.constexpr,
     CW: tl.constexpr,
     KP: tl.constexpr,  # next power of two >= k
+    VEC: tl.constexpr,  # elements per 16-byte access, or 1 (see above)
     KEEP: tl.constexpr,  # L2 policy of phase-0 loads ("evict_last": keep for phase 1)
     DROP: tl.constexpr,  # of phase-1 loads and stores ("evict_first")
 ):
@@ -179,8 +227,21 @@ def _row_split_kernel(
     o = row64 // inner
     i = row64 - o * inner
     base = o * s_o + i * s_i
+    lo = base % VEC  # the row's first element on the aligned grid
+    start = c.to(tl.int64) * chunk
+    origin = tl.multiple_of(base - lo + start, VEC)  # the chunk's first grid element
+    Xc = X + origin
+    Gc = G + origin
+    Yc = Y + origin
+    hi = lo + n
+    # Chunk-local bounds, each clamped to [0, chunk]: the row's elements [v_lo, v_hi); the
+    # whole vectors to load [0, ld_hi) and to store [st_lo, st_hi) (multiples of VEC).
+    v_lo = _local(lo, start, chunk)
+    v_hi = _local(hi, start, chunk)
+    ld_hi = tl.multiple_of(_local((hi + VEC - 1) // VEC * VEC, start, chunk), VEC)
+    st_lo = tl.multiple_of(_local((lo + VEC - 1) // VEC * VEC, start, chunk), VEC)
+    st_hi = tl.multiple_of(_local(hi // VEC * VEC, start, chunk), VEC)
     tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
-    start = c * chunk
     pair = PART + (row64 * KP + c) * 2
     kk = tl.arange(0, KP)
     if phase == 0:
@@ -188,10 +249,10 @@ def _row_split_kernel(
             m = tl.full([CW], _NEG_BIG, tl.float32)
             s = tl.zeros([CW], tl.float32)
             for j in range(0, chunk, K * CW):
-                idx = start + j + tile
-                x = tl.load(X + base + idx * s_n, mask=idx < n, other=float("-inf"), eviction_policy=KEEP).to(
-                    tl.float32
-                )
+                lt = j + tile
+                x = tl.load(Xc + lt, mask=lt < ld_hi, other=float("-inf"), eviction_policy=KEEP).to(tl.float32)
+                if VEC > 1:
+                    x = tl.where((lt >= v_lo) & (lt < v_hi), x, float("-inf"))
                 m_new = _max_nan(m, tl.reduce(x, 0, _max_nan))
                 e = tl.exp2((x - m_new[None, :]) * _LOG2E)
                 s = s * tl.exp2((m - m_new) * _LOG2E) + tl.sum(e, 0)
@@ -201,14 +262,15 @@ def _row_split_kernel(
         else:
             acc = tl.zeros([K, CW], tl.float32)
             for j in range(0, chunk, K * CW):
-                idx = start + j + tile
-                msk = idx < n
-                g = tl.load(G + base + idx * s_n, mask=msk, other=0.0, eviction_policy=KEEP).to(tl.float32)
+                lt = j + tile
+                msk = lt < ld_hi
+                g = tl.load(Gc + lt, mask=msk, other=0.0, eviction_policy=KEEP).to(tl.float32)
                 if OP == _SOFTMAX_BWD:
-                    yv = tl.load(X + base + idx * s_n, mask=msk, other=0.0, eviction_policy=KEEP)
-                    acc += g * yv.to(tl.float32)
-                else:
-                    acc += g
+                    yv = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=KEEP)
+                    g = g * yv.to(tl.float32)
+                if VEC > 1:
+                    g = tl.where((lt >= v_lo) & (lt < v_hi), g, 0.0)
+                acc += g
             pm = 0.0
             ps = tl.sum(tl.sum(acc, 0), 0)
         tl.store(pair, pm)
@@ -228,28 +290,44 @@ def _row_split_kernel(
             pms = tl.load(PART + (row64 * KP + kk) * 2, mask=kk < k, other=_NEG_BIG, cache_modifier=".cg")
             M = tl.reduce(pms, 0, _max_nan)
             S = tl.sum(pss * tl.exp2((pms - M) * _LOG2E), 0)
-            r = 1.0 / S
-            log_s = tl.log(S)
         else:
+            M = 0.0
             S = tl.sum(pss, 0)
         for j in range(0, chunk, K * CW):
-            idx = start + j + tile
-            msk = idx < n
-            offs = base + idx * s_n
-            if OP <= _LOG_SOFTMAX:
-                x = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
-                if OP == _SOFTMAX:
-                    y = tl.exp2((x - M) * _LOG2E) * r
-                else:
-                    y = (x - M) - log_s
-            else:
-                yv = tl.load(X + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
-                g = tl.load(G + offs, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
-                if OP == _SOFTMAX_BWD:
-                    y = yv * (g - S)
-                else:
-                    y = g - tl.exp2(yv * _LOG2E) * S
-            tl.store(Y + offs, _to(y, Y), mask=msk, eviction_policy=DROP)
+            lt = j + tile
+            y = _phase1_values(Xc, Gc, lt, lt < ld_hi, M, S, OP, DROP)
+            tl.store(Yc + lt, _to(y, Y), mask=(lt >= st_lo) & (lt < st_hi), eviction_policy=DROP)
+        if VEC > 1:  # the partial vectors at the row's ends (empty in most chunks)
+            ea = tl.arange(0, VEC)
+            for end in tl.static_range(2):
+                if end == 0:  # the row's first vector
+                    lt = v_lo + ea
+                    msk = lt < tl.minimum(st_lo, v_hi)
+                else:  # its last
+                    lt = tl.maximum(st_hi, st_lo) + ea
+                    msk = lt < v_hi
+                y = _phase1_values(Xc, Gc, lt, msk, M, S, OP, DROP)
+                tl.store(Yc + lt, _to(y, Y), mask=msk, eviction_policy=DROP)
+
+
+@triton.jit
+def _phase1_values(Xc, Gc, lt, msk, M, S, OP: tl.constexpr, DROP: tl.constexpr):
+    # Phase 1's result at chunk-local indices lt, from the row's merged statistics: the pair
+    # (M, S) forward, the sum S = sum(g * y) or sum(g) backward.
+    if OP <= _LOG_SOFTMAX:
+        x = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+        if OP == _SOFTMAX:
+            y = tl.exp2((x - M) * _LOG2E) * (1.0 / S)
+        else:
+            y = (x - M) - tl.log(S)
+    else:
+        yv = tl.load(Xc + lt, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+        g = tl.load(Gc + lt, mask=msk, other=0.0, eviction_policy=DROP).to(tl.float32)
+        if OP == _SOFTMAX_BWD:
+            y = yv * (g - S)
+        else:
+            y = g - tl.exp2(yv * _LOG2E) * S
+    return y
 
 
 # ----------------------------------------------------------------------------------
@@ -350,7 +428,9 @@ def _col_split_kernel(
     pmask = (kk < k)[:, None] & qmask[None, :]
     if phase == 0:
         if OP <= _LOGSUMEXP:
-            # Element-wise running pairs over the tile, merged across its rows at the end.
+            # Element-wise running pairs over the tile, merged across its rows at the end. One
+            # exp per element: of the two terms exp(m - m') and exp(x - m'), one is 1 (m' is m
+            # or x), the other exp(-|x - m|). -inf entries add 0; a NaN makes m and s NaN.
             m = tl.full([TN, BQ], _NEG_BIG, tl.float32)
             s = tl.zeros([TN, BQ], tl.float32)
             for j0 in range(0, chunk, TN):
@@ -358,9 +438,10 @@ def _col_split_kernel(
                 msk = (jj < n)[:, None] & qmask[None, :]
                 offs = base + jj.to(tl.int64)[:, None] * s_n + q[None, :] * s_q
                 x = tl.load(X + offs, mask=msk, other=float("-inf"), eviction_policy=KEEP).to(tl.float32)
-                m_new = _max_nan(m, x)
-                s = s * tl.exp2((m - m_new) * _LOG2E) + tl.exp2((x - m_new) * _LOG2E)
-                m = m_new
+                d = x - m
+                e = tl.exp2(-tl.abs(d) * _LOG2E)
+                s = tl.where(d > 0, s * e + 1.0, s + e)
+                m = _max_nan(m, x)
             pm = tl.reduce(m, 0, _max_nan)
             ps = tl.sum(s * tl.exp2((m - pm[None, :]) * _LOG2E), 0)
         else:
@@ -432,6 +513,7 @@ DEFAULTS: dict[str, Any] = {
     "split_warps": 8,
     "split_cw": None,  # columns of a _row_split_kernel tile; None: 16 bytes * 32 lanes * warps
     "chunk_min": 16384,  # elements per chunk at least (~64 KB of float32)
+    "chunk_max": 65536,  # elements per chunk at most, when the rows alone fill the GPU
     "k_max": 512,  # chunks per row at most (each phase-1 program merges k pairs)
     "programs_per_sm": 4,  # split kernels: chunks enough for this many programs per SM and phase
     "l2_fraction": 0.25,  # data read between a row's two phases, as a fraction of L2
@@ -465,37 +547,46 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         n_rows = outer * inner
         # logsumexp writes its result in C order over (outer, inner): index o*inner + i.
         so_o, so_i = inner, 1
-        if n <= cfg["fused_max_n"]:
-            block_n = _pow2(n)
-            rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
+        # 16-byte accesses (see the kernels): VEC elements per vector when every pointer is
+        # aligned and the axis has unit stride; SHIFT when rows may start off that grid.
+        a = vec if s_n == 1 and all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
+        shift = a > 1 and any(v % a for v in (n, s_o if outer > 1 else 0, s_i if inner > 1 else 0))
+        block_n = _pow2(n + a - 1 if shift else n)
+        rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
+        # Rows that fit in registers, unless they would give too few programs to fill the
+        # GPU (128 rows of 16384: 128 programs on 132 SMs) and are long enough to split.
+        few = triton.cdiv(n_rows, rows) < cfg["programs_per_sm"] * sms and n >= 2 * _pow2(cfg["split_tile_elems"])
+        if n <= cfg["fused_max_n"] and not few:
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
-            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps)
+            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, VEC=a, SHIFT=shift)
             _launch_kernel(
                 _row_fused_kernel, triton.cdiv(n_rows, rows),
                 (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
-                dict(OP=OP, ROWS=rows, BLOCK_N=block_n), warps,
+                dict(OP=OP, ROWS=rows, BLOCK_N=block_n, VEC=a, SHIFT=shift), warps,
             )  # fmt: skip
             return
         warps = cfg["split_warps"]
         cw = min(cfg["split_cw"] or vec * 32 * warps, _pow2(cfg["split_tile_elems"]))
         kt = max(1, _pow2(cfg["split_tile_elems"]) // cw)
         tile = kt * cw
-        # Chunks: at least chunk_min elements each, but enough of them to give every SM
-        # a few programs in each phase when there are few rows; at least one tile each.
-        k = max(triton.cdiv(n, cfg["chunk_min"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-        k = max(1, min(k, cfg["k_max"], triton.cdiv(n, tile)))
-        chunk = triton.cdiv(triton.cdiv(n, k), tile) * tile
-        k = triton.cdiv(n, chunk)
+        span = n + a - 1  # grid elements a row may span
+        # Chunks: at most chunk_max elements (few work items, so few tickets on the one
+        # counter), but enough of them to give every SM a few programs in each phase when
+        # there are few rows; at least chunk_min elements and one tile each.
+        k = max(triton.cdiv(span, cfg["chunk_max"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
+        k = max(1, min(k, cfg["k_max"], triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(span, tile)))
+        chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
+        k = triton.cdiv(span, chunk)
         lag = _lag(n * esize * inputs, n_rows, l2, cfg)
         part = torch.empty((n_rows, _pow2(k), 2), dtype=torch.float32, device=x.device)
         cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
         items = n_rows * k * (1 if op == "logsumexp" else 2)
-        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, warps=warps)
+        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, VEC=a, warps=warps)
         _launch_kernel(
             _row_split_kernel, items,
-            (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i, k, chunk, lag),
-            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), **_hints(cfg)), warps,
+            (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, so_o, so_i, k, chunk, lag),
+            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), VEC=a, **_hints(cfg)), warps,
         )  # fmt: skip
         return
     # Column kernels: q runs along the unit-stride axis, p along the other one.

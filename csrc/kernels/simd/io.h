@@ -1,0 +1,55 @@
+// Loads and stores of a storage type S as vectors of its compute type (Io<S>): float and
+// double as they are (Vec<S>), float16 and bfloat16 converted in registers to and from
+// float32 (the ISA's HalfVec, vec_<isa>.h). The loops (loops.h) read and write through
+// this and nothing else, so one kernel source serves every storage type.
+#pragma once
+
+#include <cstdint>
+
+#include "../../half.h"
+#include "vec.h"
+
+namespace TP_NS {
+
+template <class S> struct Io {  // float, double
+  using T = S;
+  using V = Vec<T>;
+  using R = typename V::R;
+  static R load(const S* p) { return V::load(p); }
+  static R load_partial(const S* p, int n, T fill) { return V::load_partial(p, n, fill); }
+  static void store(S* p, R v) { V::store(p, v); }
+  static void store_partial(S* p, R v, int n) { V::store_partial(p, v, n); }
+  static void stream(S* p, R v) { V::stream(p, v); }
+};
+
+// W lanes of 16 bits per vector of W floats. Tails go through a small buffer (masked
+// 16-bit loads need AVX512-BW, which the AVX-512F build does not assume).
+template <class S, bool kBf16> struct HalfIo {
+  using T = float;
+  using V = Vec<float>;
+  using R = typename V::R;
+  using H = typename HalfVec::H;
+  static constexpr int W = V::W;
+  static const uint16_t* u16(const S* p) { return reinterpret_cast<const uint16_t*>(p); }
+  static uint16_t* u16(S* p) { return reinterpret_cast<uint16_t*>(p); }
+  static R widen(H h) { return kBf16 ? HalfVec::widen_bf16(h) : HalfVec::widen_f16(h); }
+  static H narrow(R v) { return kBf16 ? HalfVec::narrow_bf16(v) : HalfVec::narrow_f16(v); }
+  static R load(const S* p) { return widen(HalfVec::load(u16(p))); }
+  static R load_partial(const S* p, int n, float fill) {
+    uint16_t b[W];
+    const uint16_t f = tp::Storage<S>::narrow(fill).bits;  // fills are 0 or +-inf: exact
+    for (int i = 0; i < W; ++i) b[i] = i < n ? u16(p)[i] : f;
+    return widen(HalfVec::load(b));
+  }
+  static void store(S* p, R v) { HalfVec::store(u16(p), narrow(v)); }
+  static void store_partial(S* p, R v, int n) {
+    uint16_t b[W];
+    HalfVec::store(b, narrow(v));
+    for (int i = 0; i < n; ++i) u16(p)[i] = b[i];
+  }
+  static void stream(S* p, R v) { HalfVec::stream(u16(p), narrow(v)); }
+};
+template <> struct Io<tp::f16> : HalfIo<tp::f16, false> {};
+template <> struct Io<tp::bf16> : HalfIo<tp::bf16, true> {};
+
+}  // namespace TP_NS
