@@ -215,7 +215,7 @@ TINY = _measure.Budget(min_repeat_s=2e-4, per_case_s=0.0, min_repeats=3, max_rep
 def doc(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["--sizes", "1K,4x256", "--threads", "1,2", "--isa", BEST, "--repeats", "3", "--out", str(out), "--no-plots"]
-    assert _cli.main(argv) == 0
+    assert _cli.main([*argv, "--dtypes", "float32"]) == 0
     (path,) = out.glob("bench-*.json")
     d = json.loads(path.read_text())
     d["_path"] = str(path)
@@ -245,6 +245,12 @@ def test_json_schema(doc):
     tp = [r for r in res if r["kind"] == "twopass"]
     # every op x algorithm x shape x thread count was measured
     assert len(tp) == 3 * 4 * 2 * 2
+    assert doc["dtypes"] == ["float32"] and {r["dtype"] for r in doc["results"]} == {"float32"}
+    # and every entry point (twopass.torch and torch's plain call where torch is installed)
+    entries = {r["impl"] for r in res if r["kind"] == "entry"}
+    assert entries == set(doc["config"]["entries"])
+    assert {"twopass plain", "twopass out=fresh"} <= entries
+    assert len([r for r in res if r["kind"] == "entry"]) == len(entries) * 3 * 2 * 2
     for r in doc["results"]:
         assert len(r["times_s"]) == 3 and r["calls_per_repeat"] >= 1
         assert r["p20_s"] <= r["median_s"] <= r["p80_s"]
@@ -264,6 +270,8 @@ def test_bandwidth_bounds_and_ratios_are_positive_and_finite(doc):
         assert all(_finite_positive(v) for v in r["time_ratio"].values()), r
         if r["kind"] == "twopass" and r["algorithm"] == "two_pass":
             assert r["time_ratio"]["twopass two_pass"] == 1.0
+        if r["kind"] in ("twopass", "peer", "entry"):  # every path against every entry point
+            assert set(doc["config"]["entries"]) <= set(r["time_ratio"]), r
         members = _analysis.group_members(res, _analysis.group_key(r))
         if r["kind"] == "twopass" and r is _analysis.auto_record(members, r["isa"]):
             assert r["time_ratio"]["twopass auto"] == 1.0
@@ -289,9 +297,67 @@ def test_peers_compare_against_what_a_plain_call_runs(op, threads):
 
 def test_peers_checked_against_twopass(doc):
     for r in doc["results"]:
-        if r["kind"] == "peer":
+        if r["kind"] in ("peer", "entry"):
             assert r["check"]["ok"], r
             assert isinstance(r["allocates"], bool)
+        if r["kind"] == "entry":
+            assert r["allocates"] and r["algorithm"] == "auto"
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    """The sweep over float32, bfloat16 and float16 (the default dtypes) on one tiny shape."""
+    out = tmp_path_factory.mktemp("bench-halves")
+    argv = ["--sizes", "2x512", "--threads", "1", "--isa", BEST, "--repeats", "2", "--out", str(out), "--no-plots"]
+    assert _cli.main([*argv, "--algorithms", "two_pass,three_pass_reload"]) == 0
+    (path,) = out.glob("bench-*.json")
+    d = json.loads(path.read_text())
+    d["_path"] = str(path)
+    return d
+
+
+def test_every_dtype_has_its_cases_bytes_and_ratios(halves):
+    doc = halves
+    assert doc["dtypes"] == list(_plan.DEFAULT_DTYPES) and doc["dtype"] == "float32"
+    res = _analysis.results(doc["results"])
+    for dtype in _plan.DEFAULT_DTYPES:
+        mine = [r for r in res if r["dtype"] == dtype]
+        tp = [r for r in mine if r["kind"] == "twopass"]
+        assert len(tp) == 3 * 2, dtype  # ops x algorithms
+        for r in mine:
+            # bytes from the dtype's element size: halves move half float32's
+            assert (
+                r["traffic"]["bytes"]
+                == (r["traffic"]["reads"] + r["traffic"]["writes"]) * 1024 * (_plan.ITEMSIZE[dtype])
+            ), r
+            assert _finite_positive(r["gbps"]) and r["time_ratio"], r
+        assert any(b["dtype"] == dtype for b in doc["bounds"])  # probes on the dtype's own buffers
+        entries = {r["impl"]: r for r in mine if r["kind"] == "entry" and r["op"] == "softmax"}
+        assert set(entries) == set(doc["config"]["entries"])
+        if "twopass.torch" in entries and "torch plain" in entries:
+            tt = entries["twopass.torch"]
+            assert _finite_positive(tt["time_ratio"]["torch plain"])  # the ratio the README reports
+    # torch runs every dtype; NumPy and SciPy have no bfloat16 arithmetic: skipped with a note
+    peers = {(r["impl"], r["dtype"]) for r in res if r["kind"] == "peer"}
+    if "torch" in doc["peers"]:
+        assert {("torch", d) for d in _plan.DEFAULT_DTYPES} <= peers
+    if "numpy" in doc["peers"]:
+        assert ("numpy", "bfloat16") not in peers and ("numpy", "float16") in peers
+        assert any("numpy has no bfloat16" in n for n in doc["notes"])
+
+
+def test_report_shows_every_dtype_and_the_entry_table(halves):
+    from rich.console import Console
+
+    from twopass.bench import _report
+
+    console = Console(file=io.StringIO(), width=220)
+    _report.print_report(console, halves)
+    text = console.file.getvalue()
+    for dtype in _plan.DEFAULT_DTYPES:
+        assert f"softmax {dtype}, {BEST}, 1 thread" in text
+        assert f"entry points {dtype}, {BEST}, 1 thread" in text
+    assert "torch/tt" in text and "out=fresh" in text
 
 
 def test_plot_only_redraws(doc, tmp_path):
@@ -320,11 +386,11 @@ def test_out_of_cache_path_with_small_fake_caches():
         repeats=3,
         quick=True,
     )
-    cases = {s: _plan.plan_shape(cfg, s, caches, 4, _measure.PROBES, {}) for s in cfg.shapes}
+    cases = {(s, "float32"): _plan.plan_shape(cfg, s, caches, "float32", _measure.PROBES, {}) for s in cfg.shapes}
     runner = _run.Runner(cfg, TINY, caches, {}, api_overhead_s=0.0, probe_isa=BEST)
     runner.run(cases, lambda what: None)
     bounds = _analysis.annotate(runner.records, caches)
-    assert {k[2] for k in bounds} == {"DRAM", "L3"}
+    assert {k[3] for k in bounds} == {"DRAM", "L3"}
     res = _analysis.results(runner.records)
     soft = [r for r in res if r["op"] == "softmax"]
     assert all(r["level"] == "DRAM" and r["nsets"] == 2 for r in soft)

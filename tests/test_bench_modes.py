@@ -80,7 +80,7 @@ def test_mode_of(argv, mode):
         (["--device", "cuda", "--variants"], "--variants"),  # a cross-entropy option
         (["--cross-entropy", "--isa", "avx2"], "--isa"),
         (["--distributed", "--dtypes", "bfloat16"], "--dtypes"),
-        (["--dtypes", "float64"], "--dtypes"),  # the sweep runs float32
+        (["--algorithms", "two_pass", "--tune"], "--algorithms"),  # a sweep option on --tune
     ],
 )
 def test_options_of_another_mode_are_errors(argv, flag, tmp_path, capsys):
@@ -98,6 +98,8 @@ def test_bad_values_are_errors(tmp_path, capsys):
         ["--distributed", "--worlds", "two"],
         ["--distributed", "--sizes", "4K"],  # a row, not ROWSxCLASSES
         ["--cross-entropy", "--dtypes", "float16"],
+        ["--dtypes", "int8", "--sizes", "1K"],  # the sweep: not a dtype it measures
+        ["--dtypes", "", "--sizes", "1K"],
     ):
         assert _cli.main([*argv, "--out", str(tmp_path)]) == 2, argv
         assert "error:" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, _dispatch
+from . import _alloc, _core, _dispatch
 from ._arrays import (
     NATIVE,
     ArrayT,
@@ -161,7 +161,7 @@ def cross_entropy(
         # Written directly for (C,) and (N, C); through x's copy for (N, C, d1, ...).
         g = rows_of_classes(g_user) if x_user.ndim <= 2 else x if g_user is x_user or _same(g_user, x_user) else None
     if want_grad and g is None:
-        g = np.empty((rows, classes), dtype=dtype)
+        g = _alloc.empty((rows, classes), dtype)
 
     if algo == "auto":
         # The loss alone: two_pass's one-pass logsumexp. With the gradient, the reload

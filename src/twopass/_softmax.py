@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _axes, _core, _dispatch
+from . import _alloc, _axes, _core, _dispatch
 from ._arrays import (
     NATIVE,
     ArrayT,
@@ -205,10 +205,10 @@ def compute(
 
     # The output: straight into `out` when its layout allows, else via a temporary.
     direct = out_arr is not None
-    y = out_arr if direct else np.empty(shape, dtype=xc.dtype)
+    y = out_arr if direct else _alloc.empty(shape, xc.dtype)
     y3 = out_layout(y, ax, op, keepdims)
     if y3 is None:
-        y = np.empty(shape, dtype=xc.dtype)
+        y = _alloc.empty(shape, xc.dtype)
         y3 = out_layout(y, ax, op, keepdims)
         direct = False
     ys_outer, ys_n = y3
@@ -247,10 +247,10 @@ def _fast(
     outer = x.size // n
     nthreads = _dispatch.default_threads() if threads is None else threads
     if op == "logsumexp":
-        y = np.empty(x.shape[:-1] + ((1,) if keepdims else ()), dtype=x.dtype)
+        y = _alloc.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
         code, ys_outer = (0 if algorithm == "auto" else ALGO_CODES[algorithm]), 1
     else:
-        y = np.empty_like(x) if out is None else out
+        y = _alloc.empty(x.shape, x.dtype) if out is None else out
         if algorithm != "auto":
             code = ALGO_CODES[algorithm]
         elif op == "log_softmax":  # _auto_algorithm's rule for it, without the cost of a call

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _measure, _plan
 
-Key = tuple[tuple[int, ...], int, str]  # (shape, threads, level)
+Key = tuple[tuple[int, ...], str, int, str]  # (shape, dtype, threads, level)
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,26 @@ class Bound:
 
 
 def bounds(records: list[dict[str, Any]]) -> dict[Key, Bound]:
-    """Per (shape, threads, level): the fastest read and copy probes run with at most
-    that many threads (a pool's hand-off can cost more than a small in-cache pass)."""
+    """Per (shape, dtype, threads, level): the fastest read and copy probes run with at
+    most that many threads (a pool's hand-off can cost more than a small in-cache pass)."""
     probes = [r for r in records if r["kind"] == "probe"]
-    keys = {(tuple(r["shape"]), r["threads"], r["level"]) for r in probes}
+    keys = {(tuple(r["shape"]), _dtype(r), r["threads"], r["level"]) for r in probes}
     out: dict[Key, Bound] = {}
-    for shape, threads, level in keys:
+    for shape, dtype, threads, level in keys:
         best: dict[str, float] = {}
         nbytes = 0
         for r in probes:
-            if tuple(r["shape"]) == shape and r["level"] == level and r["threads"] <= threads:
+            if tuple(r["shape"]) == shape and _dtype(r) == dtype and r["level"] == level and r["threads"] <= threads:
                 fam = _measure.probe_family(r["impl"])
                 best[fam] = min(best.get(fam, math.inf), r["median_s"])
                 nbytes = r["bytes_moved"] // (1 + _measure.PROBE_TRAFFIC[fam][1])
         if "read" in best and "copy" in best:
-            out[(shape, threads, level)] = Bound(best["read"], best["copy"], nbytes)
+            out[(shape, dtype, threads, level)] = Bound(best["read"], best["copy"], nbytes)
     return out
+
+
+def _dtype(r: dict[str, Any]) -> str:
+    return r.get("dtype", "float32")  # (runs saved before --dtypes: float32)
 
 
 def annotate(records: list[dict[str, Any]], caches: dict[str, int]) -> dict[Key, Bound]:
@@ -84,16 +88,19 @@ def results(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _annotate_one(r: dict[str, Any], bs: dict[Key, Bound], caches: dict[str, int]) -> None:
     shape = tuple(r["shape"])
-    itemsize = 8 if r["dtype"] == "float64" else 4
+    itemsize = _plan.ITEMSIZE[r["dtype"]]
     nbytes = math.prod(shape) * itemsize
-    algo = r["algorithm"] if r["kind"] == "twopass" else _plan.PEER_ALGORITHM
+    if r["kind"] == "entry":  # what algorithm="auto" runs
+        algo = auto_algorithm(r["op"], r["dtype"], shape, r["threads"], r["isa"])
+    else:
+        algo = r["algorithm"] if r["kind"] == "twopass" else _plan.PEER_ALGORITHM
     reads, writes, basis = _plan.traffic(r["op"], algo, shape, itemsize, r["level"], caches, r["threads"])
     moved = (reads + writes) * nbytes
     r["traffic"] = {"reads": reads, "writes": writes, "basis": basis, "bytes": moved}
     r["gbps"] = moved / r["median_s"] / 1e9
     if "kernel" in r:
         r["kernel"]["gbps"] = moved / r["kernel"]["median_s"] / 1e9
-    b = bs.get((shape, r["threads"], r["level"]))
+    b = bs.get((shape, r["dtype"], r["threads"], r["level"]))
     if b is not None:
         t = b.time(reads, writes)
         r["bound_s"] = t
@@ -101,8 +108,8 @@ def _annotate_one(r: dict[str, Any], bs: dict[Key, Bound], caches: dict[str, int
         r["frac_bound"] = t / r["median_s"]
 
 
-def group_key(r: dict[str, Any]) -> tuple[tuple[int, ...], str, int]:
-    return tuple(r["shape"]), r["op"], r["threads"]
+def group_key(r: dict[str, Any]) -> tuple[tuple[int, ...], str, int, str]:
+    return tuple(r["shape"]), r["op"], r["threads"], _dtype(r)
 
 
 def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...], threads: int, isa: str) -> str:
@@ -113,6 +120,8 @@ def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...], threads: int, is
 
     if op == "logsumexp":
         return "two_pass"
+    if _plan.ITEMSIZE[dtype] == 2:  # halves are computed in float32: float32's rule
+        dtype = "float32"
     return _measure.auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape), threads, isa)
 
 
@@ -129,8 +138,8 @@ def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | Non
 
 def ratios(records: list[dict[str, Any]]) -> None:
     """time_ratio[name] = this time / name's time, for twopass two_pass and twopass auto
-    (same ISA; best ISA for peers) and every peer of the group (< 1: faster than that
-    one)."""
+    (same ISA; best ISA for peers and entries), every peer and every entry point of the
+    group (same shape, op, threads and dtype; < 1: faster than that one)."""
     res = results(records)
     groups = sorted({group_key(r) for r in res}, key=str)
     for key in groups:
@@ -140,7 +149,7 @@ def ratios(records: list[dict[str, Any]]) -> None:
         best_base = base[best_isa_] if base else None
         autos = {isa: auto_record(members, isa) for isa in base}
         best_auto = autos.get(best_isa_) if base else None
-        peers = {r["impl"]: r for r in members if r["kind"] == "peer"}
+        peers = {r["impl"]: r for r in members if r["kind"] in ("peer", "entry")}
         for r in members:
             if tuple(r["shape"]) != key[0] or r["threads"] != key[2] or r["op"] != key[1]:
                 continue  # a single-threaded peer shown in a larger group: ratios from its own
@@ -156,11 +165,12 @@ def ratios(records: list[dict[str, Any]]) -> None:
             r["time_ratio"] = ratio
 
 
-def group_members(res: list[dict[str, Any]], key: tuple[tuple[int, ...], str, int]) -> list[dict[str, Any]]:
-    """The results of one (shape, op, threads) group, plus the single-threaded peers
-    (measured once, in the smallest group) when this is a larger group."""
-    shape, op, threads = key
-    same = [r for r in res if tuple(r["shape"]) == shape and r["op"] == op]
+def group_members(res: list[dict[str, Any]], key: tuple) -> list[dict[str, Any]]:
+    """The results of one (shape, op, threads[, dtype]) group, plus the single-threaded
+    peers (measured once, in the smallest group) when this is a larger group. Without a
+    dtype: every dtype's (callers that filtered the records to one)."""
+    shape, op, threads, *rest = key
+    same = [r for r in res if tuple(r["shape"]) == shape and r["op"] == op and (not rest or _dtype(r) == rest[0])]
     members = [r for r in same if r["threads"] == threads]
     have = {r["impl"] for r in members if r["kind"] == "peer"}
     members += [r for r in same if r.get("threading") == "one" and r["threads"] != threads and r["impl"] not in have]

@@ -14,8 +14,9 @@ USAGE = """python -m twopass bench [mode] [options]
 
 modes (one at a time):
   (none)                 the CPU sweep: softmax, log_softmax and logsumexp, rows 1K..64M and
-                         batches, every algorithm, ISA and thread count, against the installed
-                         peers and the memory-bandwidth bound measured on the same buffers
+                         batches, float32, bfloat16 and float16, every algorithm, ISA and thread
+                         count, the entry points (plain call, out=, twopass.torch), against the
+                         installed peers and the memory-bandwidth bound measured on the same buffers
   --tune                 the CPU: does algorithm="auto" lose anywhere, hot or cold?
   --cross-entropy        the fused cross-entropy, forward + backward, against torch (and
                          Liger-Kernel on CUDA); on the CPU, or with --device cuda on the GPU
@@ -25,14 +26,14 @@ modes (one at a time):
                          against two all-reduces: gloo processes on the CPU, nccl with --device cuda
   --plot-only JSON       a saved run's tables again (any mode), and the sweep's plots
 
---quick: a short version of any mode (the sweep: about a minute)."""
+--quick: a short version of any mode (the sweep: a few minutes)."""
 
 # The options each mode reads (argparse dests); any other option given is an error, not
 # silently ignored. "device" is checked apart (cpu or cuda per mode).
 _COMMON = {"quick", "out", "device"}
 MODE_OPTIONS: dict[str, set[str]] = {
     "the CPU sweep": _COMMON
-    | {"threads", "isa", "ops", "algorithms", "sizes", "peers", "repeats", "no_plots", "no_peers"},
+    | {"threads", "isa", "ops", "dtypes", "algorithms", "sizes", "peers", "repeats", "no_plots", "no_peers"},
     "--tune": _COMMON | {"tune", "threads", "isa", "ops", "dtypes", "sizes", "repeats", "tune_out"},
     "--cross-entropy": _COMMON | {"cross_entropy", "threads", "dtypes", "sizes", "repeats", "no_torch_compile"},
     "--device cuda": _COMMON | {"ops", "dtypes", "sizes", "sweep", "compile", "compile_dir"},
@@ -87,8 +88,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtypes",
-        help="dtypes (--tune: float32,float64; --cross-entropy and --device cuda: float32,bfloat16; the sweep "
-        "runs float32)",
+        help="dtypes (the sweep: float32,bfloat16,float16, --quick float32,bfloat16, float64 on request; --tune: "
+        "float32,float64; --cross-entropy and --device cuda: float32,bfloat16)",
     )
     p.add_argument("--algorithms", help=f"twopass algorithms (default: {','.join(_plan.ALGORITHMS)})")
     p.add_argument(
@@ -183,6 +184,12 @@ def resolve(args: argparse.Namespace) -> tuple[_plan.Config, _measure.Budget]:
         shapes = [(n,) for n in rows] + [tuple(b) for b in batches]
     budget = _fixed_repeats(_measure.QUICK if args.quick else _measure.FULL, args.repeats)
     isas.sort(key=supported.index)
+    dtypes = _choose(
+        _split(args.dtypes), _plan.QUICK_DTYPES if args.quick else _plan.DEFAULT_DTYPES, _plan.DTYPES, "--dtypes"
+    )
+    peer_names = _split(args.peers)
+    torch_peer = not args.no_peers and (peer_names is None or "torch" in peer_names)
+    entries = [e for e in _plan.ENTRIES if e != "torch plain" or torch_peer]
     cfg = _plan.Config(
         shapes=shapes,
         ops=ops,
@@ -192,6 +199,8 @@ def resolve(args: argparse.Namespace) -> tuple[_plan.Config, _measure.Budget]:
         peers=not args.no_peers,
         repeats=args.repeats,
         quick=args.quick,
+        dtypes=dtypes,
+        entries=entries,
     )
     return cfg, budget
 
@@ -276,8 +285,9 @@ def run(
     caches = info["caches"]
     peers, notes = _peers.available(peer_names) if cfg.peers else ([], [])
     peer_modes = {p.name: p.threading for p in peers}
-    itemsize = 8 if cfg.dtype == "float64" else 4
-    cases = {s: _plan.plan_shape(cfg, s, caches, itemsize, _measure.PROBES, peer_modes) for s in cfg.shapes}
+    cases = {
+        (s, d): _plan.plan_shape(cfg, s, caches, d, _measure.PROBES, peer_modes) for d in cfg.dtypes for s in cfg.shapes
+    }
     runner = Runner(
         cfg,
         budget,
@@ -293,7 +303,8 @@ def run(
     bs = _analysis.annotate(runner.records, caches)
     return {
         **_report.header("twopass-bench/1", argv, info),
-        "dtype": cfg.dtype,
+        "dtype": cfg.dtypes[0],  # the plots' (the first given)
+        "dtypes": cfg.dtypes,
         "versions": _peers.versions() | {"twopass": info["versions"]["twopass"]},
         "config": {
             "shapes": [list(s) for s in cfg.shapes],
@@ -301,6 +312,8 @@ def run(
             "algorithms": cfg.algorithms,
             "isas": cfg.isas,
             "threads": cfg.threads,
+            "dtypes": cfg.dtypes,
+            "entries": cfg.entries,
             "quick": cfg.quick,
             "budget": budget.__dict__,
         },
@@ -312,6 +325,10 @@ def run(
             "traffic": {f"{op} {a}": list(rw) for (op, a), rw in _plan.TRAFFIC.items()},
             "time_ratio": "this median / that median (< 1: faster than that one)",
             "kernel": "twopass's C++ call alone, timed where the Python layer costs > 3% of a call",
+            "entries": "kind 'entry', algorithm 'auto': twopass plain = twopass.<op>(x) (a fresh output per call); "
+            "twopass out=fresh = out=np.empty(...) per call; twopass.torch = twopass.torch.<op>(tensor, -1); "
+            "torch plain = torch.<op>(tensor, -1) without out= (the 'torch' peer passes out=). The kind "
+            "'twopass' records pass out= a reused buffer",
         },
         "bounds": _report.bounds_table(runner.records, bs),
         "results": runner.records,

@@ -42,7 +42,21 @@ class Peer:
 # ----------------------------------------------------------------------------------
 # NumPy: the plain three-pass softmax, and the max-then-sum logsumexp, with out= buffers.
 # ----------------------------------------------------------------------------------
+def _no_bfloat16(name: str, sets: list[BufferSet]) -> None:
+    if sets[0].x.dtype.name == "bfloat16":
+        # ml_dtypes' bfloat16 has no NumPy ufunc loops of its own: each ufunc would go
+        # through float32 copies, which measures conversions, not the library.
+        raise PeerUnsupported(f"{name} has no bfloat16 arithmetic (ml_dtypes' type only converts)")
+
+
+def _half_note(sets: list[BufferSet], note: str) -> str:
+    if sets[0].x.dtype == np.float16:
+        return f"{note}; float16 ufuncs: every step rounded to float16".lstrip("; ")
+    return note
+
+
 def _numpy(op: str, sets: list[BufferSet], threads: int) -> Prepared:
+    _no_bfloat16("numpy", sets)
     x0 = sets[0].x
     m = np.empty(x0.shape[:-1] + (1,), x0.dtype)  # row maxima
     s = np.empty_like(m)  # row sums
@@ -73,7 +87,7 @@ def _numpy(op: str, sets: list[BufferSet], threads: int) -> Prepared:
 
     fn = {"softmax": softmax, "log_softmax": log_softmax, "logsumexp": logsumexp}[op]
     note = "max-then-sum: m + log(sum(exp(x - m)))" if op == "logsumexp" else "three-pass: max, exp, sum, divide"
-    return Prepared([lambda b=b: fn(b) for b in sets], allocates=False, note=note)
+    return Prepared([lambda b=b: fn(b) for b in sets], allocates=False, note=_half_note(sets, note))
 
 
 # ----------------------------------------------------------------------------------
@@ -82,8 +96,9 @@ def _numpy(op: str, sets: list[BufferSet], threads: int) -> Prepared:
 def _scipy(op: str, sets: list[BufferSet], threads: int) -> Prepared:
     import scipy.special as sp
 
+    _no_bfloat16("scipy", sets)
     fn = getattr(sp, op)
-    return Prepared([lambda b=b: fn(b.x, axis=-1) for b in sets], allocates=True)
+    return Prepared([lambda b=b: fn(b.x, axis=-1) for b in sets], allocates=True, note=_half_note(sets, ""))
 
 
 # ----------------------------------------------------------------------------------
@@ -103,14 +118,24 @@ def _torch_out_ok(op: str) -> bool:
     return r.data_ptr() == y.data_ptr()
 
 
+def tensor(a: np.ndarray) -> Any:
+    """A zero-copy torch view of `a` (bfloat16 through its 16-bit pattern: torch.from_numpy
+    does not know ml_dtypes' type)."""
+    import torch
+
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def _torch(op: str, sets: list[BufferSet], threads: int) -> Prepared:
     import torch
 
     torch.set_num_threads(threads)  # intra-op threads, as twopass's `threads`
     fn = getattr(torch, op)
-    xs = [torch.from_numpy(b.x) for b in sets]  # zero-copy views of the same buffers
+    xs = [tensor(b.x) for b in sets]  # zero-copy views of the same buffers
     if _torch_out_ok(op):
-        ys = [torch.from_numpy(output_of(op, b)) for b in sets]
+        ys = [tensor(output_of(op, b)) for b in sets]
         return Prepared([lambda x=x, y=y: fn(x, -1, out=y) for x, y in zip(xs, ys)], allocates=False)
     return Prepared([lambda x=x: fn(x, -1) for x in xs], allocates=True, note="no out= in this torch")
 
@@ -239,5 +264,12 @@ def to_numpy(result: Any) -> np.ndarray:
     if isinstance(result, np.ndarray):
         return result
     if hasattr(result, "detach"):
-        return result.detach().numpy()
+        import torch
+
+        t = result.detach()
+        if t.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
     return np.asarray(result)

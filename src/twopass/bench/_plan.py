@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 OPS = ("softmax", "log_softmax", "logsumexp")
 ALGORITHMS = ("two_pass", "three_pass_reload", "three_pass_recompute", "online")
@@ -50,6 +50,24 @@ QUICK_BATCHES = ((4096, 4096), (32, 128256))
 QUICK_ALGORITHMS = ("two_pass", "three_pass_reload")
 
 LEVELS = ("L1d", "L2", "L3", "DRAM")
+
+# The dtypes users call. float16 and bfloat16 move half float32's bytes (the kernels
+# compute them in float32); the sweep's default runs the three (--quick: float32 and
+# bfloat16), float64 on request.
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+DEFAULT_DTYPES = ("float32", "bfloat16", "float16")
+QUICK_DTYPES = ("float32", "bfloat16")
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+# Entry points, timed besides twopass's out= call into a reused buffer (kind "entry",
+# algorithm "auto": what a plain call runs):
+#   twopass plain       twopass.<op>(x): a fresh output every call (the page faults of
+#                       its first touch are part of the time, as for users)
+#   twopass out=fresh   twopass.<op>(x, out=np.empty(...)): the user's own fresh buffer
+#   twopass.torch       twopass.torch.<op>(tensor, dim=-1): the path torch users take
+#                       (it allocates; it has no out=)
+#   torch plain         torch.<op>(tensor, -1) without out= (the "torch" peer uses out=)
+ENTRIES = ("twopass plain", "twopass out=fresh", "twopass.torch", "torch plain")
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,7 @@ class Case:
     threads: int
     isa: str = ""
     level: str = ""  # probes: the cache regime they are measured under
+    dtype: str = "float32"
 
 
 @dataclass
@@ -166,33 +185,38 @@ class Config:
     peers: bool
     repeats: int | None  # fixed repeat count, or None: budget by size
     quick: bool
-    dtype: str = "float32"
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    entries: list[str] = field(default_factory=list)  # of ENTRIES
 
 
 def plan_shape(
     cfg: Config,
     shape: tuple[int, ...],
     caches: dict[str, int],
-    itemsize: int,
+    dtype: str,
     probes: Sequence[str],
     peers: dict[str, str],
 ) -> list[Case]:
-    """Every case for one shape, in the order they run: per thread count, the bandwidth
-    probes first (under each cache regime that one of the ops meets: the bound is
-    measured next to what it bounds), then twopass, then the peers.
+    """Every case for one shape and dtype, in the order they run: per thread count, the
+    bandwidth probes first (under each cache regime that one of the ops meets: the bound
+    is measured next to what it bounds), then twopass, its other entry points, then the
+    peers.
 
     peers[name] is the peer's threading: "any" (follows the thread count), "one" (a
     single-threaded library: measured once, in the smallest group) or "own" (its own
     thread pool: measured once, in the largest group)."""
     cases: list[Case] = []
+    itemsize = ITEMSIZE[dtype]
     levels = sorted({cache_level(working_set(shape, itemsize, op), caches) for op in cfg.ops}, key=LEVELS.index)
+    best = cfg.isas[-1]
     for t in cfg.threads:
-        cases += [Case("probe", p, "", "", shape, t, level=lv) for lv in levels for p in probes]
+        cases += [Case("probe", p, "", "", shape, t, level=lv, dtype=dtype) for lv in levels for p in probes]
         for op in cfg.ops:
             for isa in cfg.isas:
-                cases += [Case("twopass", "twopass", op, a, shape, t, isa) for a in cfg.algorithms]
+                cases += [Case("twopass", "twopass", op, a, shape, t, isa, dtype=dtype) for a in cfg.algorithms]
+            cases += [Case("entry", e, op, "auto", shape, t, best, dtype=dtype) for e in cfg.entries]
             for name, mode in peers.items():
                 runs_here = {"any": True, "one": t == min(cfg.threads), "own": t == max(cfg.threads)}[mode]
                 if runs_here:
-                    cases.append(Case("peer", name, op, PEER_ALGORITHM, shape, t))
+                    cases.append(Case("peer", name, op, PEER_ALGORITHM, shape, t, dtype=dtype))
     return cases

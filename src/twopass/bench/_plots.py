@@ -28,6 +28,9 @@ def draw_all(doc: dict[str, Any], outdir: Path, stem: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    # The plots show one dtype: the run's first (float32 by default); the tables show all.
+    dtype = doc["dtype"]
+    doc = doc | {"results": [r for r in doc["results"] if r.get("dtype", "float32") == dtype]}
     paths = []
     threads = min(doc["config"]["threads"])
     for isa in doc["config"]["isas"]:
@@ -63,7 +66,7 @@ def throughput(doc: dict[str, Any], isa: str, threads: int, path: Path) -> Path 
     if not ops:
         return None
     caches = doc["machine"]["caches"]
-    itemsize = 8 if doc["dtype"] == "float64" else 4
+    itemsize = _plan.ITEMSIZE[doc["dtype"]]
     fig, axes = plt.subplots(
         2, len(ops), figsize=(6.2 * len(ops), 8.4), squeeze=False, sharex="col", height_ratios=(3, 1.6)
     )

@@ -42,7 +42,8 @@ def levels_text(caches: dict[str, int]) -> str:
 def print_report(console: Any, doc: dict[str, Any]) -> None:
 
     caches = doc["machine"]["caches"]
-    console.rule(f"twopass bench: {doc['machine']['cpu']}, {doc['dtype']}, {doc['date']}")
+    dtypes = doc.get("dtypes", [doc["dtype"]])
+    console.rule(f"twopass bench: {doc['machine']['cpu']}, {', '.join(dtypes)}, {doc['date']}")
     console.print(levels_text(caches))
     console.print(f"twopass per-call overhead of the Python layer: {doc['api_overhead_s'] * 1e6:.1f} us")
 
@@ -51,12 +52,16 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
     res = _analysis.results(doc["results"])
     isas = doc["config"]["isas"]
     best = _analysis.best_isa(isas)
-    for threads in doc["config"]["threads"]:
-        for op in doc["config"]["ops"]:
-            for isa in sorted(isas, key=lambda i: i != best):
-                table = _result_table(res, op, isa, threads, doc, with_peers=isa == best)
-                if table.row_count:
-                    console.print(table)
+    for dtype in dtypes:
+        for threads in doc["config"]["threads"]:
+            for op in doc["config"]["ops"]:
+                for isa in sorted(isas, key=lambda i: i != best):
+                    table = _result_table(res, op, isa, threads, doc, dtype, with_peers=isa == best)
+                    if table.row_count:
+                        console.print(table)
+            table = _entry_table(res, dtype, threads, doc)
+            if table.row_count:
+                console.print(table)
     console.print(f"[dim]{BOUND_TEXT}[/dim]")
     console.print(
         "[dim]algorithm columns: GB/s and % of the bound. Peer columns: peer time / twopass time, "
@@ -64,10 +69,20 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
         "caches, ISA and threads; > 1: twopass is faster); * the peer allocates its output; "
         "¹ a single-threaded library, measured at 1 thread. 3p = three_pass, ort = onnxruntime.[/dim]"
     )
+    console.print(f"[dim]{ENTRY_TEXT}[/dim]")
     for line in summary_lines(doc):
         console.print(line)
     for note in doc["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+ENTRY_TEXT = (
+    "entry points: 'out=' = twopass.<op>(x, out=y) into a reused y (GB/s, % of bound); the next columns are "
+    "times over that one (> 1: slower): plain = twopass.<op>(x) (a fresh output per call), out=fresh = "
+    "out=np.empty(...) per call, tp.torch = twopass.torch.<op>(t, -1), torch plain = torch.<op>(t, -1); "
+    "torch/tt = torch plain time / twopass.torch time (> 1: twopass.torch is faster); torch/out= = "
+    "torch.<op>(t, -1, out=) time / twopass's out= time."
+)
 
 
 def _bandwidth_table(doc: dict[str, Any]) -> Any:
@@ -76,30 +91,34 @@ def _bandwidth_table(doc: dict[str, Any]) -> Any:
 
     threads = doc["config"]["threads"]
     table = Table(title="Bandwidth probes (the bound's inputs), GB/s: read / copy (R+W) / write", title_justify="left")
-    for col in ("shape", "regime", "sets", *(f"{t} thread{'s' if t > 1 else ''}" for t in threads)):
+    for col in ("shape", "dtype", "regime", "sets", *(f"{t} thread{'s' if t > 1 else ''}" for t in threads)):
         table.add_column(col, justify="right")
-    by_key = {(tuple(b["shape"]), b["level"], b["threads"]): b for b in doc["bounds"]}
+    by_key = {(tuple(b["shape"]), b.get("dtype", "float32"), b["level"], b["threads"]): b for b in doc["bounds"]}
     order = [tuple(s) for s in doc["config"]["shapes"]]
-    keys = sorted({(k[0], k[1]) for k in by_key}, key=lambda k: (order.index(k[0]), _plan.LEVELS.index(k[1])))
-    for shape, level in keys:
+    dtypes = doc.get("dtypes", [doc["dtype"]])
+    keys = sorted(
+        {k[:3] for k in by_key},
+        key=lambda k: (dtypes.index(k[1]) if k[1] in dtypes else 99, order.index(k[0]), _plan.LEVELS.index(k[2])),
+    )
+    for shape, dtype, level in keys:
         cells = []
         for t in threads:
-            b = by_key.get((shape, level, t))
-            keys = ("read_gbps", "copy_gbps", "write_gbps")
-            cells.append("-" if b is None else " / ".join(_fmt_gbps(b[k]) for k in keys))
-        nsets = max(b["nsets"] for k, b in by_key.items() if k[:2] == (shape, level))
-        table.add_row(_plan.format_shape(shape), level, str(nsets), *cells)
+            b = by_key.get((shape, dtype, level, t))
+            names = ("read_gbps", "copy_gbps", "write_gbps")
+            cells.append("-" if b is None else " / ".join(_fmt_gbps(b[k]) for k in names))
+        nsets = max(b["nsets"] for k, b in by_key.items() if k[:3] == (shape, dtype, level))
+        table.add_row(_plan.format_shape(shape), dtype, level, str(nsets), *cells)
     return table
 
 
 def _result_table(
-    res: list[dict[str, Any]], op: str, isa: str, threads: int, doc: dict[str, Any], with_peers: bool
+    res: list[dict[str, Any]], op: str, isa: str, threads: int, doc: dict[str, Any], dtype: str, with_peers: bool
 ) -> Any:
     from rich.table import Table
 
     algos = doc["config"]["algorithms"]
     peer_names = [p for p in doc["peers"] if with_peers]
-    title = f"{op} {doc['dtype']}, {isa}, {threads} thread{'s' if threads > 1 else ''}"
+    title = f"{op} {dtype}, {isa}, {threads} thread{'s' if threads > 1 else ''}"
     table = Table(title=title, title_justify="left")
     table.add_column("shape", justify="right")
     table.add_column("fits", justify="left")
@@ -108,7 +127,7 @@ def _result_table(
     for p in peer_names:
         table.add_column(SHORT.get(p, p), justify="right")
     for shape in doc["config"]["shapes"]:
-        members = _analysis.group_members(res, (tuple(shape), op, threads))
+        members = _analysis.group_members(res, (tuple(shape), op, threads, dtype))
         tp = {r["algorithm"]: r for r in members if r["kind"] == "twopass" and r["isa"] == isa}
         if not tp:
             continue
@@ -117,10 +136,54 @@ def _result_table(
         row = [_plan.format_shape(tuple(shape)), level]
         row += [_cell(tp.get(a)) for a in algos]
         for p in peer_names:
-            r = next((m for m in members if m["impl"] == p), None)
+            r = next((m for m in members if m["impl"] == p and m["kind"] == "peer"), None)
             row.append(_peer_cell(r, base, threads))
         table.add_row(*row)
     return table
+
+
+def _entry_table(res: list[dict[str, Any]], dtype: str, threads: int, doc: dict[str, Any]) -> Any:
+    """The entry points of one dtype and thread count: twopass's out= call, then each
+    other path's time over it, and torch against twopass.torch (plain and out=)."""
+    from rich.table import Table
+
+    best = _analysis.best_isa(doc["config"]["isas"])
+    entries = doc["config"].get("entries", [])
+    title = f"entry points {dtype}, {best}, {threads} thread{'s' if threads > 1 else ''}"
+    table = Table(title=title, title_justify="left")
+    cols = ["op", "shape", "fits", "out=", *(SHORT_ENTRY.get(e, e) for e in entries), "torch/tt", "torch/out="]
+    for c in cols:
+        table.add_column(c, justify="right")
+    if not entries:
+        return table
+    for op in doc["config"]["ops"]:
+        for shape in doc["config"]["shapes"]:
+            members = _analysis.group_members(res, (tuple(shape), op, threads, dtype))
+            base = _analysis.auto_record(members, best)
+            if base is None:
+                continue
+            by = {m["impl"]: m for m in members if m["kind"] in ("entry", "peer") and m["threads"] == threads}
+            row = [op, _plan.format_shape(tuple(shape)), base["level"], _cell(base)]
+            for name in entries:
+                r = by.get(name)
+                row.append("-" if r is None else f"{r['median_s'] / base['median_s']:.2f}x")
+            tt, tp, torch_out = by.get("twopass.torch"), by.get("torch plain"), by.get("torch")
+            row.append(_vs(tp, tt))
+            row.append(_vs(torch_out if torch_out and torch_out["kind"] == "peer" else None, base))
+            table.add_row(*row)
+    return table
+
+
+SHORT_ENTRY = {"twopass plain": "plain", "twopass out=fresh": "out=fresh", "twopass.torch": "tp.torch"}
+
+
+def _vs(other: dict[str, Any] | None, ours: dict[str, Any] | None) -> str:
+    """other's time / ours (> 1: ours is faster), coloured."""
+    if other is None or ours is None:
+        return "-"
+    ratio = other["median_s"] / ours["median_s"]
+    colour = "green" if ratio >= 1 else "red"
+    return f"[{colour}]{ratio:.2f}x[/{colour}]"
 
 
 def _cell(r: dict[str, Any] | None) -> str:
@@ -167,7 +230,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             vs = f"{reload['median_s'] / r['median_s']:.2f}x the speed of three_pass_reload, " if reload else ""
             frac = f"{r['frac_bound']:.0%} of its bound" if "frac_bound" in r else "no bound"
             lines.append(
-                f"softmax {_plan.format_shape(tuple(r['shape']))} (out of cache), {r['threads']}t, {best}: "
+                f"softmax {r['dtype']} {_plan.format_shape(tuple(r['shape']))} (out of cache), "
+                f"{r['threads']}t, {best}: "
                 f"two_pass {r['gbps']:.1f} GB/s, {vs}{frac}"
             )
     wins = losses = 0
@@ -180,9 +244,8 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             wins += 1
         else:
             losses += 1
-            worst.append(
-                (ratio, f"{r['impl']} {r['op']} {_plan.format_shape(tuple(r['shape']))} {r['threads']}t ({ratio:.2f}x)")
-            )
+            shape = _plan.format_shape(tuple(r["shape"]))
+            worst.append((ratio, f"{r['impl']} {r['op']} {r['dtype']} {shape} {r['threads']}t ({ratio:.2f}x)"))
     if wins + losses:
         lines.append(
             f"twopass (algorithm='auto') faster than the peer in {wins} of {wins + losses} comparisons"
@@ -192,18 +255,23 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def group_eq(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a["shape"] == b["shape"] and a["op"] == b["op"] and a["threads"] == b["threads"]
+    return (
+        a["shape"] == b["shape"]
+        and a["op"] == b["op"]
+        and a["threads"] == b["threads"]
+        and a.get("dtype") == b.get("dtype")
+    )
 
 
 def bounds_table(records: list[dict[str, Any]], bs: dict[Key, Bound]) -> list[dict[str, Any]]:
     """The bounds as JSON rows, with the regime's buffer-set count."""
     nsets = {
-        (tuple(r["shape"]), r["threads"], r["level"]): r["nsets"]
+        (tuple(r["shape"]), r.get("dtype", "float32"), r["threads"], r["level"]): r["nsets"]
         for r in records
         if r["kind"] == "probe" and r["impl"].startswith("copy")
     }
     return [
-        {"shape": list(k[0]), "threads": k[1], "level": k[2], "nsets": nsets.get(k, 1), **b.as_dict()}
+        {"shape": list(k[0]), "dtype": k[1], "threads": k[2], "level": k[3], "nsets": nsets.get(k, 1), **b.as_dict()}
         for k, b in bs.items()
     ]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +31,12 @@ class Runner:
     records: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def run(self, cases_by_shape: dict[tuple[int, ...], list[Case]], advance: Callable[[str], None]) -> None:
-        for shape, cases in cases_by_shape.items():
-            bufs = Buffers(shape, np.dtype(self.cfg.dtype))
+    def run(
+        self, cases_by_shape: dict[tuple[tuple[int, ...], str], list[Case]], advance: Callable[[str], None]
+    ) -> None:
+        """cases_by_shape: the cases of each (shape, dtype), run on that pair's buffers."""
+        for (shape, dtype), cases in cases_by_shape.items():
+            bufs = Buffers(shape, _dtype(dtype))
             refs: dict[str, np.ndarray] = {}  # twopass two_pass results: what peers are checked against
             for case in cases:
                 advance(_describe(case))
@@ -60,6 +64,8 @@ class Runner:
         base = _base_record(case, bufs, reg, ws)
         if case.kind == "twopass":
             return self._twopass(case, sets, base)
+        if case.kind == "entry":
+            return self._entry(case, sets, base, refs)
         return self._peer(case, sets, base, refs)
 
     def _probe(self, case: Case, bufs: Buffers) -> dict[str, Any]:
@@ -82,6 +88,24 @@ class Runner:
             kcalls = _measure.kernel_calls(case.op, case.algorithm, case.isa, case.threads, sets)
             if kcalls is not None:
                 rec["kernel"] = _measure.measure(kcalls, self.budget).as_dict()
+        return rec
+
+    def _entry(
+        self, case: Case, sets: list[BufferSet], rec: dict[str, Any], refs: dict[str, np.ndarray]
+    ) -> dict[str, Any] | None:
+        """twopass's other entry points (_plan.ENTRIES), and torch's plain call."""
+        try:
+            calls, allocates = _entry_calls(case.impl, case.op, case.threads, sets)
+        except ImportError as e:
+            self._note(f"{case.impl} skipped: {e}")
+            return None
+        with _default_threads(case.threads):  # twopass.torch takes twopass's default
+            check = _check(case.op, _peers.to_numpy(calls[0]()), self._reference(case, sets[0], refs), sets[0].x)
+            timing = _measure.measure(calls, self.budget)
+        rec.update(timing.as_dict())
+        rec.update(allocates=allocates, check=check)
+        if not check["ok"]:
+            self._note(f"{case.impl} {case.op} {_plan.format_shape(case.shape)}: {_check_text(check)}")
         return rec
 
     def _peer(
@@ -115,6 +139,58 @@ class Runner:
             self.notes.append(text)
 
 
+def _dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+@contextlib.contextmanager
+def _default_threads(threads: int) -> Iterator[None]:
+    """twopass's default thread count set to `threads` for the calls that cannot pass it
+    (twopass.torch): the bench swaps _dispatch.default_threads, as TWOPASS_NUM_THREADS
+    would set it for a process."""
+    from twopass import _dispatch
+
+    saved = _dispatch.default_threads
+    _dispatch.default_threads = lambda: threads  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _dispatch.default_threads = saved
+
+
+def _entry_calls(name: str, op: str, threads: int, sets: list[BufferSet]) -> tuple[list[Callable[[], Any]], bool]:
+    """(calls, allocates) of one entry point over each set (_plan.ENTRIES)."""
+    import twopass
+
+    fn = getattr(twopass, op)
+    if name == "twopass plain":
+        return [lambda s=s: fn(s.x, threads=threads) for s in sets], True
+    if name == "twopass out=fresh":
+
+        def fresh(s: BufferSet) -> np.ndarray:
+            y = _measure.output_of(op, s)
+            return fn(s.x, out=np.empty(y.shape, y.dtype), threads=threads)
+
+        return [lambda s=s: fresh(s) for s in sets], True
+    import torch  # ImportError: the case is skipped with a note
+
+    xs = [_peers.tensor(s.x) for s in sets]
+    if name == "twopass.torch":
+        import twopass.torch as tt
+
+        tfn = getattr(tt, op)
+        return [lambda x=x: tfn(x, -1) for x in xs], True
+    if name == "torch plain":
+        torch.set_num_threads(threads)
+        tfn = getattr(torch, op)
+        return [lambda x=x: tfn(x, -1) for x in xs], True
+    raise ValueError(f"unknown entry point {name!r}; known: {', '.join(_plan.ENTRIES)}")
+
+
 def _base_record(case: Case, bufs: Buffers, reg: Regime, ws: int) -> dict[str, Any]:
     return {
         "kind": case.kind,
@@ -134,9 +210,9 @@ def _base_record(case: Case, bufs: Buffers, reg: Regime, ws: int) -> dict[str, A
 def _describe(case: Case) -> str:
     shape = _plan.format_shape(case.shape)
     if case.kind == "probe":
-        return f"{shape} {case.threads}t probe {case.impl} ({case.level})"
+        return f"{shape} {case.dtype} {case.threads}t probe {case.impl} ({case.level})"
     what = f"{case.algorithm} {case.isa}" if case.kind == "twopass" else case.impl
-    return f"{shape} {case.threads}t {case.op} {what}"
+    return f"{shape} {case.dtype} {case.threads}t {case.op} {what}"
 
 
 def _check_text(check: dict[str, Any]) -> str:
@@ -151,7 +227,7 @@ def _check_text(check: dict[str, Any]) -> str:
 
 # Peers are checked against twopass's result; a disagreement is then settled against
 # float64 (which of the two is off, and by how much).
-_CHECK_TOLERANCE = 1e-3
+_CHECK_TOLERANCE = {"float64": 1e-3, "float32": 1e-3, "float16": 4e-3, "bfloat16": 3e-2}  # halves: a few ulp
 _CHECK_POINTS = 1_000_000  # compare at most this many sampled elements
 
 
@@ -165,7 +241,7 @@ def _check(op: str, got: np.ndarray, ref: np.ndarray, x: np.ndarray) -> dict[str
     idx = np.arange(0, ref.size, step)
     r = ref.reshape(-1)[idx].astype(np.float64)
     err = _rel_err(op, got.reshape(-1)[idx], r)
-    out: dict[str, Any] = {"ok": bool(err < _CHECK_TOLERANCE), "rel_err": err}
+    out: dict[str, Any] = {"ok": bool(err < _CHECK_TOLERANCE.get(got.dtype.name, 1e-3)), "rel_err": err}
     if not out["ok"]:
         exact = _float64_at(op, x, idx)
         out["rel_err_float64"] = {
