@@ -157,7 +157,9 @@ def _pass1(
     weights shifted the same way. Loads cover whole 16-byte vectors (see _row_bounds)."""
     Xc = Xr + start
     Wc = Wr + start
-    v_lo, v_hi, ld_hi, _, _ = _row_bounds(lo, n, start, chunk, VEC)
+    # (no `_` for the unused bounds: the loop below assigns `_` a tensor, and Triton keeps
+    # one type per name across a loop)
+    v_lo, v_hi, ld_hi, st_lo_unused, st_hi_unused = _row_bounds(lo, n, start, chunk, VEC)
     tile = tl.arange(0, K)[:, None] * CW + tl.arange(0, CW)[None, :]
     m = tl.full([CW], _NEG_BIG, tl.float32)  # -FLT_MAX, not -inf: no inf - inf on all -inf lanes
     s = tl.zeros([CW], tl.float32)
