@@ -56,13 +56,15 @@ void run(int op, int algo, int isa, nb::ndarray<nb::ro, nb::device::cpu> x, nb::
 // (Tensor.data_ptr()) and the layout as plain integers, checked on the Python side
 // against the tensor itself. Converting a tensor to an ndarray (DLPack) here costs
 // more than the kernel on a row of 1024 floats; this call costs about 0.3 us.
+// bytes 2: float16, or bfloat16 when `bf16`.
 void run_ptr(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int64_t outer, int64_t n, int64_t inner,
-             int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads, bool stream) {
-  if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || (bytes != 4 && bytes != 8) || threads < 1 ||
-      outer < 0 || n < 0 || inner < 0 || !x || !y)
+             int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads, bool stream, bool bf16) {
+  if (!valid_op(op) || !valid_algo(algo) || !valid_isa(isa) || (bytes != 2 && bytes != 4 && bytes != 8) ||
+      threads < 1 || outer < 0 || n < 0 || inner < 0 || !x || !y)
     throw std::invalid_argument("twopass: bad problem description");
   tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, (const void*)x, (void*)y, outer, n, inner,
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
+  pb.bf16 = bytes == 2 && bf16;
   nb::gil_scoped_release release;
   tp::run(pb, (tp::Isa)isa, threads, stream);
 }

@@ -216,7 +216,7 @@ def test_requires_grad_off_and_no_grad():
 def test_not_taken_when_tracing_or_transforming():
     x = make((3, 20), torch.float32)
     assert not _eager.eager_ok(x.to("meta"))
-    assert not _eager.eager_ok(x.half())
+    assert not _eager.eager_ok(x.to(torch.int32))  # another dtype (the halves are taken: forward kernels)
     assert not _eager.eager_ok(x.to_sparse())
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -334,3 +334,53 @@ def test_cross_entropy_eager_upstream_and_errors():
     assert math.isnan(tpt.cross_entropy(x, torch.full((5,), -100)).item())
     # (C,) logits and a 0-d target
     torch.testing.assert_close(tpt.cross_entropy(x[0], t[0]), F.cross_entropy(x[0], t[0]))
+
+
+# float16/bfloat16: the forward kernels read and write the halves (float32 inside); the
+# eager path takes them too, with the algorithm the custom op (and the NumPy entry) takes.
+HALF_TOL = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # 1 ulp of a row's largest |value|
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("n", (1, 9, 17, 65, 1000, 4099))
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+@pytest.mark.parametrize("dim", (-1, 0))
+def test_halves_eager_same_as_op_and_close(name, n, dtype, dim):
+    x = make((3, n), dtype, seed=n)
+    x[1, n // 2] = -math.inf  # a -inf entry in a finite row
+    assert _eager.eager_ok(x)
+    y = eager(name, x, dim)
+    assert y.dtype == dtype
+    assert same(y, ops_path(name, x, dim))
+    r = ref(name, x, dim)
+    yd = y.double()
+    assert torch.equal(torch.isinf(yd), torch.isinf(r))
+    fin = torch.isfinite(r)
+    assert float((yd[fin] - r[fin]).abs().max() / r[fin].abs().max().clamp_min(1e-300)) <= HALF_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_halves_eager_gradient(name, dtype):
+    """The halves' backward is torch's (float32 inside), after the eager forward."""
+    w = torch.linspace(-1, 1, 300, dtype=torch.float64)
+    x = make((4, 300), dtype, seed=2).requires_grad_()
+    y = eager(name, x, -1).double()
+    (gx,) = torch.autograd.grad(y.sum() if name == "logsumexp" else (y * w).sum(), x)
+    x64 = x.detach().double().requires_grad_()
+    y64 = getattr(torch, name)(x64, -1)
+    (want,) = torch.autograd.grad(y64.sum() if name == "logsumexp" else (y64 * w).sum(), x64)
+    assert gx.dtype == dtype
+    assert float((gx.double() - want).abs().max() / want.abs().max()) <= 4 * HALF_TOL[dtype]
+
+
+def test_cross_entropy_halves_stay_off_the_eager_kernels():
+    # cross_entropy's eager C++ path takes float32/float64 only; halves keep the custom op
+    x = make((4, 50), torch.bfloat16, seed=3)
+    t = torch.tensor([0, 3, 49, 7])
+    from twopass.torch import _cross_entropy as ce
+
+    assert _eager.eager_ok(x) and not ce._direct_ok(x, t, None)
+    got = tpt.cross_entropy(x, t)
+    want = F.cross_entropy(x.double(), t)
+    assert abs(float(got) - float(want)) <= 2.0**-7 * abs(float(want)) + 1e-3

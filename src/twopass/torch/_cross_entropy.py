@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
-from ._eager import _ISA, _L3, _PLAIN, eager_ok
+from ._eager import _BYTES, _ISA, _L3, _PLAIN, eager_ok
 
 __all__ = ["cross_entropy"]
 
@@ -143,6 +143,7 @@ def _direct_ok(logits, target, weight) -> bool:
     (_eager.eager_ok), int64 targets, a weight of the logits' dtype or none."""
     return (
         eager_ok(logits)
+        and logits.dtype in _BYTES
         and logits.numel() > 0
         and type(target) in _PLAIN
         and target.dtype is torch.int64

@@ -5,7 +5,7 @@ memory, without the custom op's dispatch or a DLPack round trip.
 its own checks and conversion: 15x torch's time on a (1, 1024) float32 softmax. Here a
 call is `torch.empty_like` plus one C++ call taking data pointers and the layout as
 integers (`_core.run_ptr`, `_core.backward_ptr`). It is taken only for plain CPU
-float32/float64 tensors outside anything that traces or transforms (`eager_ok`);
+float32/float64 (and, forward, float16/bfloat16) tensors outside anything that traces or transforms (`eager_ok`);
 everything else (torch.compile, fx/fake/meta tensors, functorch transforms, dispatch
 modes, subclasses, other devices and dtypes) takes the custom ops, whose CPU
 implementations call the same functions below, so both give identical results.
@@ -27,7 +27,9 @@ from torch import Tensor
 from .. import _core, _dispatch
 from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, auto_algorithm
 
-_BYTES = {torch.float32: 4, torch.float64: 8}
+_BYTES = {torch.float32: 4, torch.float64: 8}  # the backward kernels and cross-entropy's
+# The forward kernels also read and write the halves (computing in float32).
+_FWD_BYTES = {**_BYTES, torch.float16: 2, torch.bfloat16: 2}
 _PLAIN = (Tensor, torch.nn.Parameter)
 _STRIDED = torch.strided
 _OP = dict(_dispatch.OP_CODES)
@@ -48,11 +50,12 @@ _ISA = _dispatch.ISA_CODES[_dispatch.ISA]  # fixed at import (TWOPASS_ISA)
 
 
 def eager_ok(x: object) -> bool:
-    """x is a plain float32/float64 CPU tensor and nothing traces or intercepts the call."""
+    """x is a plain float32/float64/float16/bfloat16 CPU tensor and nothing traces or
+    intercepts the call (cross-entropy's path asks for float32/float64 itself)."""
     return (
         type(x) in _PLAIN
         and x.is_cpu  # type: ignore[attr-defined]
-        and x.dtype in _BYTES  # type: ignore[attr-defined]
+        and x.dtype in _FWD_BYTES  # type: ignore[attr-defined]
         and x.layout is _STRIDED  # type: ignore[attr-defined]
         and not _is_compiling()
         and not _functorch_active()
@@ -80,7 +83,7 @@ def _split(x: Tensor, d: int) -> tuple[Tensor, int, int, int]:
 
 
 def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
-    """softmax (log_softmax when `log`) of a float32/float64 CPU tensor with >= 1 dims,
+    """softmax (log_softmax when `log`) of a float32/float64/float16/bfloat16 CPU tensor with >= 1 dims,
     into a tensor with the strides of ``torch.empty_like(x)``. Every call of the eager
     path runs this: each attribute lookup shows on a row of 1024 floats."""
     nd = x.dim()
@@ -89,17 +92,9 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
         y = _empty_like(x)
         size = x.numel()
         if size:
-            item = _BYTES[x.dtype]
+            item = _FWD_BYTES[x.dtype]
             threads = _threads()
-            if log:
-                op, algo = _LOG_SOFTMAX, (_RELOAD if n * item < SHORT_ROW_BYTES else _TWO_PASS)
-            else:
-                op = _SOFTMAX
-                algo = (
-                    _RELOAD
-                    if size * item <= _SMALL_SOFTMAX_BYTES
-                    else _ALGO[auto_algorithm("softmax", x.dtype, n, size, threads)]
-                )
+            op, algo = _algorithm(log, x.dtype, item, n, size, threads)
             _run_ptr(
                 op,
                 algo,
@@ -116,6 +111,7 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
                 1,
                 threads,
                 size * item > _L3,
+                x.dtype is torch.bfloat16,
             )
         return y
     d = _dim(dim, nd)
@@ -139,18 +135,9 @@ def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: boo
     size = outer * n * inner
     if size == 0:
         return
-    item = _BYTES[x.dtype]
+    item = _FWD_BYTES[x.dtype]
     threads = _threads()
-    # algorithm="auto" (_softmax.auto_algorithm), with its shortcuts for small calls
-    if log:
-        op, algo = _LOG_SOFTMAX, (_RELOAD if n * item < SHORT_ROW_BYTES else _TWO_PASS)
-    else:
-        op = _SOFTMAX
-        algo = (
-            _RELOAD
-            if size * item <= _SMALL_SOFTMAX_BYTES
-            else _ALGO[auto_algorithm("softmax", x.dtype, n, size, threads)]
-        )
+    op, algo = _algorithm(log, x.dtype, item, n, size, threads)
     row = n * inner
     _run_ptr(
         op,
@@ -168,11 +155,26 @@ def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: boo
         inner,
         threads,
         size * item > _L3,
+        x.dtype is torch.bfloat16,
     )
 
 
+def _algorithm(log: bool, dtype: torch.dtype, item: int, n: int, size: int, threads: int) -> tuple[int, int]:
+    """(op, algorithm) codes: algorithm="auto" (_softmax.auto_algorithm), with the NumPy
+    path's shortcuts for small float32/float64 calls, so that both give the same bits."""
+    if item == 2:
+        return (_LOG_SOFTMAX if log else _SOFTMAX), _ALGO[
+            auto_algorithm("log_softmax" if log else "softmax", dtype, n, size, threads)
+        ]
+    if log:
+        return _LOG_SOFTMAX, (_RELOAD if n * item < SHORT_ROW_BYTES else _TWO_PASS)
+    if size * item <= _SMALL_SOFTMAX_BYTES:
+        return _SOFTMAX, _RELOAD
+    return _SOFTMAX, _ALGO[auto_algorithm("softmax", dtype, n, size, threads)]
+
+
 def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
-    """logsumexp of a float32/float64 CPU tensor with >= 1 dims: the two-pass algorithm's
+    """logsumexp of a float32/float64/float16/bfloat16 CPU tensor with >= 1 dims: the two-pass algorithm's
     first pass alone."""
     d = _dim(dim, x.dim())
     x, outer, n, inner = _split(x, d)
@@ -190,7 +192,7 @@ def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
         _LSE,
         _TWO_PASS,
         _ISA,
-        _BYTES[x.dtype],
+        _FWD_BYTES[x.dtype],
         x.data_ptr(),
         y.data_ptr(),
         outer,
@@ -202,6 +204,7 @@ def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
         0,
         _threads(),
         False,
+        x.dtype is torch.bfloat16,
     )
     return y
 

@@ -5,7 +5,7 @@ implementation and a backward custom op (`twopass::logsumexp_backward`,
 ``grad * exp(x - lse)``). CPU tensors run the C++ kernels (one pass over x; the backward
 over the last dim one fused pass too); CUDA float32, float16 and bfloat16 tensors the
 Triton kernels; CUDA float64 falls back to torch. Outside tracing and compiling, plain
-float32/float64 CPU tensors skip the custom op (`_eager.py`): same kernels, same results,
+float32/float64/float16/bfloat16 CPU tensors skip the custom op (`_eager.py`): same kernels, same results,
 torch-like per-call cost.
 """
 
@@ -54,7 +54,7 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
 def _logsumexp(x: Tensor, dim: int, keepdim: bool) -> Tensor:
     if triton_ok(x):
         return kernels()._logsumexp_forward(x, dim, keepdim)
-    if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64):
+    if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return logsumexp_forward(x, dim, keepdim)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
         import twopass

@@ -7,7 +7,7 @@ that is itself a custom op (`twopass::softmax_backward`):
 - CPU tensors run the C++ kernels on the tensor's memory, written straight into the
   result (`_eager.py`); the backward over the last dim runs twopass's fused row kernels
   (one read of g and y, one write), other dims torch's (`torch._softmax_backward_data`).
-- Outside tracing and compiling, plain float32/float64 CPU tensors skip the custom op:
+- Outside tracing and compiling, plain float32/float64/float16/bfloat16 CPU tensors skip the custom op:
   the same kernels through `_eager.py` and a thin `torch.autograd.Function` (only when x
   needs a gradient), for a per-call cost close to torch's own (`_eager.eager_ok` says
   when). Results are identical either way.
@@ -90,7 +90,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 def _softmax(x: Tensor, dim: int, log: bool) -> Tensor:
     if triton_ok(x):  # (like(): the strides the fake promises, also for a non-dense x)
         return like(x, kernels()._softmax_forward(x, dim, log))
-    if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64):
+    if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return softmax_forward(x, dim, log)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
         import twopass
