@@ -164,12 +164,14 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
     per = dtype.itemsize // 4
     for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
         _with_caches(monkeypatch, L2=l2, L3=l3)
-        cache = int(min(w / 2 * l3, 16 * w * l2)) * per
+        mesh = l3 > 128 * l2 and w <= 2  # a many-core mesh L3: a quarter of the L2 counts
+        cache = (l2 // 4 if mesh else int(min(w / 2 * l3, 16 * w * l2))) * per
+        stream_row = (l2 // 4 if mesh else w * w * l2) * per
         n = cache // (2 * dtype.itemsize)  # one row whose x and y fill the cache
         beyond = "three_pass_reload" if w >= 4 else "two_pass"
         assert _softmax.auto_algorithm("softmax", dtype, n, n, 1, isa) == "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == beyond
-        n = w * w * l2 * per // (2 * dtype.itemsize)  # rows streamed from memory: by the row
+        n = stream_row // (2 * dtype.itemsize)  # rows streamed from memory: by the row
         rows = 4 * cache // (2 * n * dtype.itemsize) + 1
         assert _softmax.auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
@@ -193,7 +195,17 @@ def test_auto_on_a_large_shared_l3(monkeypatch):
     """The case of the issue: a float32 row of 2^24 (x and y 128 MiB) on a Xeon with a
     300 MiB L3 and 2 MiB of L2 per core ran cold 1.4x faster with two_pass."""
     _with_caches(monkeypatch, L2=2 << 20, L3=300 << 20)
-    assert _softmax.auto_algorithm("softmax", np.dtype(np.float32), 1 << 24, 1 << 24, 1, "avx512") == "two_pass"
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert _softmax.auto_algorithm("softmax", f32, 1 << 24, 1 << 24, 1, "avx512") == "two_pass"
+    # and the rows that fit the L3 but not the L2 (480 MiB L3, `bench --tune`): 256K..4M
+    # and 32x128256 two_pass; 16K and 4096x4096 (rows of 32 KiB) the reload
+    _with_caches(monkeypatch, L2=2 << 20, L3=480 << 20)
+    for dtype in (f32, f64):
+        for n in (1 << 18, 1 << 20, 1 << 22):
+            assert _softmax.auto_algorithm("softmax", dtype, n, n, 1, "avx512") == "two_pass"
+        assert _softmax.auto_algorithm("softmax", dtype, 1 << 14, 1 << 14, 1, "avx512") == "three_pass_reload"
+        assert _softmax.auto_algorithm("softmax", dtype, 4096, 4096 * 4096, 1, "avx512") == "three_pass_reload"
+    assert _softmax.auto_algorithm("softmax", f32, 128256, 32 * 128256, 1, "avx512") == "two_pass"
 
 
 def test_auto_splits_rows_with_two_pass(monkeypatch):

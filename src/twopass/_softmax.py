@@ -310,7 +310,8 @@ def _fast_out_ok(x: np.ndarray, out: Any) -> bool:
 # (`python -m twopass bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2;
 # README, "algorithm"):
 # - the reload while the call's x and y fit the cache a core can count on,
-#   min(w/2 x L3, 16 w x L2). A server's L3 is shared by dozens of cores and tenants,
+#   min(w/2 x L3, 16 w x L2), a quarter of the L2 on a many-core mesh L3 (mesh_l3).
+#   A server's L3 is shared by dozens of cores and tenants,
 #   so its size says little about what one core keeps or how fast it reads it back (a
 #   float32 row of 2^24, x and y 128 MiB, on a Xeon with a 300 MiB L3 ran cold 1.4x
 #   faster with two_pass): the private L2 bounds what is counted on;
@@ -343,8 +344,22 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int]:
     caches = _dispatch.cache_sizes()
     per_byte = itemsize // 4  # elements at float32's size
     cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"])) * per_byte
-    limits = _limits[itemsize, isa] = (w, cache, w * w * caches["L2"] * per_byte, cache // 2 if w >= 4 else 0)
+    stream_row = w * w * caches["L2"] * per_byte
+    if mesh_l3(caches) and w <= 2:
+        # A many-core server L3 (a mesh: 300-480 MiB over 2 MiB L2s) serves one core at
+        # about its DRAM bandwidth: the reload's passes 2 and 3 only gain from the private
+        # L2. Sapphire-Rapids-class VM, 480 MiB L3, AVX-512 (`bench --tune --quick`): rows
+        # of 256K..4M floats, x + y 2..32 MiB, ran 1.1-1.4x faster with two_pass, hot and
+        # cold; rows of 16K and 4096x4096 (rows of 32 KiB) faster with the reload.
+        cache = stream_row = caches["L2"] // 4 * per_byte
+    limits = _limits[itemsize, isa] = (w, cache, stream_row, cache // 2 if w >= 4 else 0)
     return limits
+
+
+def mesh_l3(caches: dict[str, int]) -> bool:
+    """The last-level cache is a many-core server's shared mesh (more than 128 L2s of it)
+    rather than a core complex's (Zen: 32 MiB over 512 KiB-1 MiB L2s, 32-64 of them)."""
+    return caches["L3"] > 128 * caches["L2"]
 
 
 def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
