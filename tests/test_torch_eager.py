@@ -255,8 +255,11 @@ def test_threads_follow_torch():
         for t in (1, 2):
             torch.set_num_threads(t)
             outs.append((tpt.softmax(x, -1), tpt.logsumexp(x, -1)))
-        # rows split between threads: each row is computed the same way either way
-        assert same(outs[0][0], outs[1][0]) and same(outs[0][1], outs[1][1])
+        # logsumexp: rows split between threads, each computed the same way either way
+        assert same(outs[0][1], outs[1][1])
+        # softmax: auto may pick another algorithm for 2 threads (the cache a core counts
+        # on, e.g. on a many-core L3): the same values to rounding, not the same bits
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=4e-7 * 8, atol=0)
     finally:
         torch.set_num_threads(old)
 
