@@ -87,32 +87,10 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
     into a tensor with the strides of ``torch.empty_like(x)``. Every call of the eager
     path runs this: each attribute lookup shows on a row of 1024 floats."""
     nd = x.dim()
-    if (dim == -1 or dim == nd - 1) and x.is_contiguous():  # the common case, inline
-        n = x.shape[-1]
+    if (dim == -1 or dim == nd - 1) and x.is_contiguous():  # the common case: rows of n
         y = _empty_like(x)
-        size = x.numel()
-        if size:
-            item = _FWD_BYTES[x.dtype]
-            threads = _threads()
-            op, algo = _algorithm(log, x.dtype, item, n, size, threads)
-            _run_ptr(
-                op,
-                algo,
-                _ISA,
-                item,
-                x.data_ptr(),
-                y.data_ptr(),
-                size // n,
-                n,
-                1,
-                n,
-                1,
-                n,
-                1,
-                threads,
-                size * item > _L3,
-                x.dtype is torch.bfloat16,
-            )
+        n = x.shape[-1]
+        _softmax_into(x, y, x.numel() // n if n else 0, n, 1, log)
         return y
     d = _dim(dim, nd)
     y = _empty_like(x)
@@ -130,8 +108,7 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
 
 
 def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: bool) -> None:
-    """The kernel call on contiguous x and y seen as (outer, n, inner) (the same rules as
-    softmax_forward's inline case)."""
+    """The kernel call on contiguous x and y seen as (outer, n, inner)."""
     size = outer * n * inner
     if size == 0:
         return
