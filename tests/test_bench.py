@@ -357,7 +357,9 @@ def test_report_shows_every_dtype_and_the_entry_table(halves):
     for dtype in _plan.DEFAULT_DTYPES:
         assert f"softmax {dtype}, {BEST}, 1 thread" in text
         assert f"entry points {dtype}, {BEST}, 1 thread" in text
+        assert f"roofline {dtype}, {BEST}, 1 thread" in text
     assert "torch/tt" in text and "out=fresh" in text
+    assert "compute floor" in text and "% of roof" in text
 
 
 def test_plot_only_redraws(doc, tmp_path):
@@ -398,6 +400,42 @@ def test_out_of_cache_path_with_small_fake_caches():
     assert (soft[0]["traffic"]["reads"], soft[0]["traffic"]["writes"]) == (1, 1)
     assert all(r["level"] == "L3" and r["nsets"] == 1 for r in res if r["op"] == "logsumexp")
     assert all(_finite_positive(r["frac_bound"]) for r in res)
+    # the roofline: a compute floor from the same kernel in the (pretend 4 KiB) L2, per
+    # element, scaled to the 4096 elements; the roof is the higher floor
+    for r in res:
+        assert _finite_positive(r["compute_floor_s"]) and _finite_positive(r["frac_roof"])
+        assert r["roof_s"] == max(r["bound_s"], r["compute_floor_s"])
+        assert r["roof_by"] == ("compute" if r["compute_floor_s"] > r["bound_s"] else "memory")
+    small = {k[4] for k in runner.floors}
+    assert small == {(256,)}, "a 1024-float row does not fit half of 4 KiB with its y: one row of 256"
+
+
+def test_compute_floor_shape_keeps_the_row_length_and_fits_half_the_l2():
+    l2 = 1 << 20
+    assert _measure.compute_floor_shape((4096, 4096), 4, l2) == (16, 4096)  # x + y of 16 rows: 512 KiB
+    assert _measure.compute_floor_shape((32, 128256), 4, l2) == (65536,)  # a row longer than fits: one shorter row
+    assert _measure.compute_floor_shape((1 << 24,), 2, l2) == (131072,)
+    assert _measure.compute_floor_shape((1000,), 4, l2) == (1000,)
+    assert _measure.compute_floor_shape((3, 10), 8, l2) == (3, 10)  # never more rows than the shape has
+    for shape, size in (((4096, 4096), 4), ((65536, 64), 8), ((1 << 26,), 2)):
+        small = _measure.compute_floor_shape(shape, size, l2)
+        assert 2 * math.prod(small) * size <= l2 // 2
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_kernel_call_of_halves_matches_public_path(dtype):
+    """Halves run through run_ptr (raw pointers): the same bits as the public path."""
+    b = _measure.Buffers((3, 100), _run._dtype(dtype))
+    sets = b.get(1)
+    for op in ("softmax", "logsumexp"):
+        calls = _measure.kernel_calls(op, "two_pass", BEST, 1, sets)
+        assert calls is not None
+        out = _measure.output_of(op, sets[0])
+        out[...] = 0
+        calls[0]()
+        kw = {} if op == "logsumexp" else {"algorithm": "two_pass"}
+        want = getattr(twopass, op)(sets[0].x, **kw)
+        np.testing.assert_array_equal(out.view(np.uint16), np.asarray(want).view(np.uint16))
 
 
 def test_measure_cycles_through_sets():

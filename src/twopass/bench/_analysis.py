@@ -11,6 +11,12 @@ and an implementation that must move R reads and W writes of the array takes at 
 "fraction of bound" is t_bound / t_measured (1.0 = at the speed of memory); "GB/s" is
 (R + W) * array bytes / t_measured. Peers are charged twopass's two-pass traffic for the
 op (the least any implementation here needs), so their numbers compare directly.
+
+The roofline. t_bound is the memory floor; the compute floor t_compute is the same
+kernel (op, algorithm, ISA, dtype) timed hot on a buffer of the same row length that
+stays in the L2, per element, times the elements, over the threads the call runs on. A
+call takes at least max(t_bound, t_compute) (loads fully overlapped with arithmetic);
+"fraction of roof" is that over t_measured.
 """
 
 from __future__ import annotations
@@ -106,6 +112,11 @@ def _annotate_one(r: dict[str, Any], bs: dict[Key, Bound], caches: dict[str, int
         r["bound_s"] = t
         r["bound_gbps"] = moved / t / 1e9 if t > 0 else None
         r["frac_bound"] = t / r["median_s"]
+    if "compute_floor_s" in r:  # the roofline: the higher of the two floors, and the share reached
+        roof = max(r.get("bound_s", 0.0), r["compute_floor_s"])
+        r["roof_s"] = roof
+        r["roof_by"] = "compute" if r["compute_floor_s"] > r.get("bound_s", 0.0) else "memory"
+        r["frac_roof"] = roof / r["median_s"]
 
 
 def group_key(r: dict[str, Any]) -> tuple[tuple[int, ...], str, int, str]:

@@ -235,25 +235,30 @@ def kernel_calls(
     the per-call overhead is not counted. Built against `_core.run`'s argument list
     (csrc/module.cpp) and checked to give bit-identical results to the public path.
 
-    None only where it does not apply (more than 2 dimensions, rows that are not
-    C-contiguous, or float16/bfloat16). A failing call raises its exception; a result that differs from the
+    None only where it does not apply (more than 2 dimensions, or rows that are not
+    C-contiguous). A failing call raises its exception; a result that differs from the
     public path's raises KernelMismatch: a benchmark of a call that computes something
     else would mean nothing."""
     from twopass import _core, _dispatch
 
     x0 = sets[0].x
-    if x0.ndim > 2 or not x0.flags.c_contiguous or x0.dtype not in (np.float32, np.float64):
-        return None  # (halves: the public path converts; there is no bare kernel call to time)
+    if x0.ndim > 2 or not x0.flags.c_contiguous or x0.dtype.itemsize not in (2, 4, 8):
+        return None
     rows, n = math.prod(x0.shape[:-1]), x0.shape[-1]
     lse = op == "logsumexp"
     ys_outer, ys_n = (1, 0) if lse else (n, 1)
-    args = (OP_CODES[op], ALGO_CODES[algorithm], _dispatch.isa_code(isa))
+    codes = (OP_CODES[op], ALGO_CODES[algorithm], _dispatch.isa_code(isa))
     l3 = _dispatch.cache_sizes()["L3"]
+    bf16 = x0.dtype.name == "bfloat16"  # halves: run_ptr, the raw-pointer form of run
 
     def call(s: BufferSet) -> None:
         y = output_of(op, s)
         stream = y.nbytes > l3  # the public path's rule for a distinct output
-        _core.run(*args, s.x, y, rows, n, 1, n, 1, ys_outer, ys_n, threads, stream)
+        if x0.dtype.itemsize == 2:
+            xp, yp = s.x.ctypes.data, y.ctypes.data
+            _core.run_ptr(*codes, 2, xp, yp, rows, n, 1, n, 1, ys_outer, ys_n, threads, stream, bf16)
+        else:
+            _core.run(*codes, s.x, y, rows, n, 1, n, 1, ys_outer, ys_n, threads, stream)
 
     expect = compute(op, x0, algorithm=algorithm, threads=threads, isa=isa)
     call(sets[0])
@@ -268,6 +273,21 @@ def kernel_calls(
             f"{expect.flat[i]!r}); has csrc/module.cpp's run() argument list changed?"
         )
     return [lambda s=s: call(s) for s in sets]
+
+
+# ----------------------------------------------------------------------------------
+# The compute floor: the same kernel on data that stays in the L2.
+# ----------------------------------------------------------------------------------
+def compute_floor_shape(shape: tuple[int, ...], itemsize: int, l2: int) -> tuple[int, ...]:
+    """A shape with `shape`'s row length whose x and y fill at most half the L2 (the other
+    half: the kernel's other traffic and the neighbours' lines): whole rows when a row
+    fits, else one row of as many elements as fit. Per-row costs then weigh as in `shape`
+    wherever a row fits, and a long row's per-element cost is the same at any length."""
+    cap = max(1, l2 // 2 // (2 * itemsize))  # elements of x (x and y together: half the L2)
+    n = shape[-1]
+    if n >= cap or len(shape) == 1:
+        return (min(n, cap),)
+    return (max(1, min(math.prod(shape[:-1]), cap // n)), n)
 
 
 def api_overhead_s(isa: str) -> float:

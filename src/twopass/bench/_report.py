@@ -62,7 +62,11 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
             table = _entry_table(res, dtype, threads, doc)
             if table.row_count:
                 console.print(table)
+            table = _roofline_table(res, dtype, threads, doc)
+            if table.row_count:
+                console.print(table)
     console.print(f"[dim]{BOUND_TEXT}[/dim]")
+    console.print(f"[dim]{ROOF_TEXT}[/dim]")
     console.print(
         "[dim]algorithm columns: GB/s and % of the bound. Peer columns: peer time / twopass time, "
         "twopass as a plain call runs it (algorithm='auto': two_pass or three_pass_reload by the "
@@ -171,6 +175,51 @@ def _entry_table(res: list[dict[str, Any]], dtype: str, threads: int, doc: dict[
             row.append(_vs(tp, tt))
             row.append(_vs(torch_out if torch_out and torch_out["kind"] == "peer" else None, base))
             table.add_row(*row)
+    return table
+
+
+ROOF_TEXT = (
+    "roofline: memory floor = the bound above; compute floor = the same kernel (op, algorithm, ISA, dtype) timed "
+    "hot on a buffer of the same row length that stays in the L2, per element, x elements / threads the call runs "
+    "on; roof = the higher of the two ('by'); % = roof / time (100% = neither memory nor arithmetic left idle). "
+    "Rows: the algorithm auto takes, and two_pass when auto takes another."
+)
+
+
+def _roofline_table(res: list[dict[str, Any]], dtype: str, threads: int, doc: dict[str, Any]) -> Any:
+    """Per op and shape, on the best ISA: the algorithm auto takes (and two_pass), its
+    time against its memory and compute floors, and the share of the higher one it reaches."""
+    from rich.table import Table
+
+    best = _analysis.best_isa(doc["config"]["isas"])
+    title = f"roofline {dtype}, {best}, {threads} thread{'s' if threads > 1 else ''} (ms)"
+    table = Table(title=title, title_justify="left")
+    for c in ("op", "shape", "fits", "algorithm", "time", "memory floor", "compute floor", "by", "% of roof"):
+        table.add_column(c, justify="right")
+    for op in doc["config"]["ops"]:
+        for shape in doc["config"]["shapes"]:
+            members = _analysis.group_members(res, (tuple(shape), op, threads, dtype))
+            tp = {r["algorithm"]: r for r in members if r["kind"] == "twopass" and r["isa"] == best}
+            auto = _analysis.auto_record(members, best)
+            if auto is None:
+                continue
+            rows = [auto] + [tp[a] for a in ("two_pass",) if a in tp and tp[a] is not auto]
+            for r in rows:
+                if "roof_s" not in r:
+                    continue
+                frac = r["frac_roof"]
+                colour = "green" if frac >= 0.9 else "yellow" if frac >= 0.7 else "red"
+                table.add_row(
+                    op,
+                    _plan.format_shape(tuple(shape)),
+                    r["level"],
+                    SHORT.get(r["algorithm"], r["algorithm"]) + (" (auto)" if r is auto else ""),
+                    f"{r['median_s'] * 1e3:.3g}",
+                    "-" if "bound_s" not in r else f"{r['bound_s'] * 1e3:.3g}",
+                    f"{r['compute_floor_s'] * 1e3:.3g}",
+                    r["roof_by"],
+                    f"[{colour}]{frac:.0%}[/{colour}]",
+                )
     return table
 
 

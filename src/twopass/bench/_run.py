@@ -30,6 +30,7 @@ class Runner:
     probe_isa: str
     records: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    floors: dict[tuple, float] = field(default_factory=dict)  # compute floors, s per element
 
     def run(
         self, cases_by_shape: dict[tuple[tuple[int, ...], str], list[Case]], advance: Callable[[str], None]
@@ -84,11 +85,30 @@ class Runner:
         timing = _measure.measure(calls, self.budget)  # twopass failing in its own benchmark: an error
         rec.update(timing.as_dict())
         rec["allocates"] = False
+        rec["compute_floor_s"] = self._compute_floor_s(case, sets[0].x.dtype) * sets[0].x.size / _threads_used(case)
         if self.api_overhead_s > _KERNEL_WHEN_OVERHEAD_ABOVE * timing.median_s:
             kcalls = _measure.kernel_calls(case.op, case.algorithm, case.isa, case.threads, sets)
             if kcalls is not None:
                 rec["kernel"] = _measure.measure(kcalls, self.budget).as_dict()
         return rec
+
+    def _compute_floor_s(self, case: Case, dtype: np.dtype) -> float:
+        """Seconds per element of this op, algorithm and ISA on data that stays in the L2
+        (_measure.compute_floor_shape; one thread, hot; the bare kernel call, or where there
+        is none the public call less the Python layer's cost): what the arithmetic alone
+        costs. Memoised: every shape with the same row length shares it."""
+        small = _measure.compute_floor_shape(case.shape, dtype.itemsize, self.caches["L2"])
+        key = (case.op, case.algorithm, case.isa, dtype.name, small)
+        if key not in self.floors:
+            sets = Buffers(small, dtype).get(1)
+            calls = _measure.kernel_calls(case.op, case.algorithm, case.isa, 1, sets)
+            overhead = 0.0
+            if calls is None:
+                calls = _measure.twopass_calls(case.op, case.algorithm, case.isa, 1, sets)
+                overhead = self.api_overhead_s
+            t = _measure.measure(calls, self.budget).median_s
+            self.floors[key] = max(t - overhead, 0.0) / math.prod(small)
+        return self.floors[key]
 
     def _entry(
         self, case: Case, sets: list[BufferSet], rec: dict[str, Any], refs: dict[str, np.ndarray]
@@ -137,6 +157,19 @@ class Runner:
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+
+def _threads_used(case: Case) -> int:
+    """The threads the kernel runs this call on (csrc/threads.h: a batch splits by rows
+    with at least MIN_PER_THREAD elements each; one row splits along its axis in chunks
+    of at least MIN_PER_CHUNK)."""
+    from twopass import _core
+
+    n = case.shape[-1]
+    rows = math.prod(case.shape[:-1])
+    if rows == 1:
+        return max(1, min(case.threads, n // _core.MIN_PER_CHUNK))
+    return max(1, min(case.threads, rows * n // _core.MIN_PER_THREAD))
 
 
 def _dtype(name: str) -> np.dtype:
