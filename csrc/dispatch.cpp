@@ -69,6 +69,8 @@ bool isa_supported(Isa isa) {
 
 bool isa_compiled(Isa isa) { return compiled(isa); }
 
+int prefetch_bytes = 2048;
+
 int panel_lanes(Isa isa, int dtype_bytes) {
   if (!compiled(isa) || !isa_supported(isa)) return 1;
   const KernelTable& t = table_for(isa);

@@ -24,6 +24,12 @@ namespace tp {
 
 constexpr int kMaxLanes = 64;  // 4 vectors of 16 floats: one panel call
 
+// How far ahead of its loads an exp-heavy pass prefetches its row (loops.h,
+// prefetch_ahead), in bytes. Set once, before any kernel runs (the Python layer, from
+// TWOPASS_PREFETCH_BYTES or its default; dispatch.cpp): the best distance follows the
+// memory latency and one core's bandwidth, which differ from machine to machine.
+extern int prefetch_bytes;
+
 template <class T> struct Group {
   const T* x;
   T* y;

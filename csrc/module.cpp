@@ -234,6 +234,11 @@ NB_MODULE(_core, m) {
   m.def("cross_entropy_grad", &cross_entropy_grad, nb::arg("isa"), nb::arg("x"), nb::arg("lse"), nb::arg("a"),
         nb::arg("c"), nb::arg("b"), nb::arg("target"), nb::arg("weight").none(), nb::arg("grad"), nb::arg("threads"),
         nb::arg("stream"));
+  m.def("set_prefetch_bytes", [](int bytes) {
+    if (bytes < 0 || bytes > (1 << 20)) throw std::invalid_argument("twopass: prefetch distance out of [0, 1 MiB]");
+    tp::prefetch_bytes = bytes;
+  });
+  m.def("prefetch_bytes", [] { return tp::prefetch_bytes; });
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
 

@@ -90,6 +90,42 @@ def test_isa_env_forces_scalar():
     assert r.stdout.strip() == "scalar"
 
 
+def test_prefetch_env_sets_the_distance_and_rejects_bad_values():
+    code = "import twopass; print(twopass.info()['prefetch_bytes'])"
+    for value, want in (("0", 0), ("4096", 4096), ("", 8192)):
+        env = dict(os.environ, TWOPASS_PREFETCH_BYTES=value)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert int(r.stdout) == want
+    for bad in ("lots", "-64", str(2 << 20)):
+        env = dict(os.environ, TWOPASS_PREFETCH_BYTES=bad)
+        r = subprocess.run([sys.executable, "-c", "import twopass"], env=env, capture_output=True, text=True)
+        assert r.returncode != 0 and "TWOPASS_PREFETCH_BYTES" in r.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["two_pass", "three_pass_reload"])
+def test_results_do_not_depend_on_the_prefetch_distance(algorithm):
+    """Prefetches move data, never values: every distance gives the same bits (rows
+    that span several prefetch steps, a batch whose next row is prefetched)."""
+    from twopass import _core
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((37, 3001)) * 4).astype(np.float32)
+    saved = _core.prefetch_bytes()
+    kw = {op: {} if op == "logsumexp" else {"algorithm": algorithm} for op in OPS}
+    try:
+        got = []
+        for d in (0, 64, 8192, 1 << 20):
+            _core.set_prefetch_bytes(d)
+            got.append([getattr(twopass, op)(x, **kw[op]) for op in OPS])
+        for g in got[1:]:
+            for a, b in zip(got[0], g):
+                np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match="prefetch distance"):
+            _core.set_prefetch_bytes(-1)
+    finally:
+        _core.set_prefetch_bytes(saved)
+
+
 def test_transposed_and_strided_views():
     rng = np.random.default_rng(2)
     base = rng.standard_normal((40, 60)).astype(np.float32)

@@ -69,19 +69,35 @@ template <class Vis, class R, class... Ignored> void step_row(Vis& vis, const R 
   for (int u = 0; u < kUnroll; ++u) vis.step(u, v[u]);
 }
 
-// Software prefetch, kPrefetchBytes ahead of a row's loads, for the visitors that
-// compute an exp per element (Vis::kPrefetch). Those loops are compute-bound on AVX2
-// and slow enough that the hardware prefetchers alone leave DRAM latency exposed: out
-// of cache, pass 1 ran ~15% slower than in cache (two_pass_sum over 2^24 floats, one
-// thread: 7.1 ms without, 6.2 ms with; 2 KB was the best of 256 B .. 8 KB). The cheap
-// visitors (max, scale, log_softmax_write) run at memory speed on the hardware prefetchers alone;
-// prefetching slowed the max pass from 4.1 to 5.1 ms. Prefetches never fault, so
-// reading past a row's end is harmless.
-constexpr int kPrefetchBytes = 2048;
+// Software prefetch, tp::prefetch_bytes ahead of a row's loads (kernel_api.h; default and
+// measurements in src/twopass/_dispatch.py), for the visitors that compute an exp per
+// element (Vis::kPrefetch). Their loops are slow enough that the hardware prefetchers
+// alone leave DRAM latency exposed: out of cache, pass 1 ran ~15% slower than in cache
+// (two_pass_sum over 2^24 floats, AVX2, one thread: 7.1 ms without, 6.2 ms with). The
+// cheap visitors (max, scale, log_softmax_write) run at memory speed on the hardware
+// prefetchers alone; prefetching slowed the max pass from 4.1 to 5.1 ms. Prefetches
+// never fault, so reading past a row's end is harmless.
 template <class S> inline void prefetch_ahead(const S* p) {
   constexpr int kBytes = kUnroll * Vec<tp::Compute<S>>::W * (int)sizeof(S);  // one unrolled step
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch((const char*)p + kPrefetchBytes + b);
+  const char* ahead = (const char*)p + tp::prefetch_bytes;
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(ahead + b);
 }
+
+// The next row of a batch, prefetched a few lines per step of the passes over the
+// current row, so memory stays busy while those passes compute in cache. Spread, not
+// issued at once: a core has a few dozen misses in flight, so a whole row requested in
+// one short pass would queue behind them rather than overlap. kLines per step, over the
+// (up to) three passes of a reload, covers a row by about two thirds of the way through.
+template <class S> struct RowPrefetch {
+  static constexpr int kStepBytes = kUnroll * Vec<tp::Compute<S>>::W * (int)sizeof(S);
+  static constexpr int kLines = (kStepBytes / 64 + 1) / 2 > 0 ? (kStepBytes / 64 + 1) / 2 : 1;
+  const char* p;
+  const char* end;
+  RowPrefetch(const S* row, int64_t n) : p((const char*)row), end(row ? (const char*)(row + n) : nullptr) {}
+  inline void step() {
+    for (int k = 0; k < kLines && p < end; ++k, p += 64) __builtin_prefetch(p, 0, 2);  // into the L2
+  }
+};
 
 // Reduce a contiguous row (lanes = 1).
 template <class S, class Vis> void reduce_row(const S* x, int64_t n, Vis& vis) {

@@ -424,30 +424,37 @@ template <class S, bool Panel> struct PassKernels {
                           uint8_t* redo) {
     using V = Vec<T>;
     using IO = Io<S>;
-    // Halves: exp(x - m) is not stored in y, where it would be rounded to 16 bits before
-    // pass 3 rounds again, but in a float32 scratch row when the row fits it (the short
-    // rows this path is for), else recomputed in pass 3 (kernel_api.h, rows_reload).
+    // exp(x - m) goes to a scratch row on the stack when the row fits it (the short rows
+    // this path is for): y is then written once, by pass 3, with streaming stores where
+    // the output is out of cache, so y costs one write and no read-for-ownership. Longer
+    // rows store exp in y (float, double) or, for halves, where a 16-bit y would round
+    // exp before pass 3 rounds again, recompute it in pass 3 (kernel_api.h, rows_reload).
     constexpr bool kStore = std::is_same_v<S, T>;
-    constexpr int64_t kScratch = kStore ? 1 : 2048;  // floats: 8 KiB on the stack
+    constexpr int64_t kScratch = (16 << 10) / sizeof(T);  // 16 KiB: with x's row, in the L1
     T scratch[kScratch];
-    const bool buffered = !kStore && n <= kScratch;
+    const bool buffered = n <= kScratch;
     using R = typename V::R;
     constexpr int W = V::W, kStep = kUnroll * W;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     for (int64_t r = 0; r < rows; ++r) {
       const S* xr = x + r * xs;
       S* yr = y + r * ys;
+      // The next row, fetched while the passes compute on this one in cache: otherwise
+      // memory idles through passes 2 and 3 and pass 1 of every row waits on it.
+      RowPrefetch<S> next(r + 1 < rows ? xr + xs : nullptr, n);
       // Pass 1: the maximum and minimum (a NaN may or may not survive: the sum catches it).
       R M[kUnroll], L[kUnroll];
       for (auto& v : M) v = V::set1(-INFINITY);
       for (auto& v : L) v = V::set1(INFINITY);
       int64_t i = 0;
-      for (; i + kStep <= n; i += kStep)
+      for (; i + kStep <= n; i += kStep) {
+        next.step();
         for (int u = 0; u < kUnroll; ++u) {
           const R v = IO::load(xr + i + u * W);
           M[u] = V::max(M[u], v);
           L[u] = V::min(L[u], v);
         }
+      }
       for (; i < n; i += W) {
         const int k = (int)std::min<int64_t>(W, n - i);
         M[0] = V::max(M[0], load_k<S>(xr + i, k, -INFINITY));
@@ -467,13 +474,15 @@ template <class S, bool Panel> struct PassKernels {
         R Ssum[kUnroll];
         for (auto& v : Ssum) v = V::set1(0);
         auto body = [&](auto exp) {
-          for (i = b; i + kStep <= end; i += kStep)
+          for (i = b; i + kStep <= end; i += kStep) {
+            next.step();
             for (int u = 0; u < kUnroll; ++u) {
               const R e = exp(V::sub(IO::load(xr + i + u * W), mv));
-              if (kStore && !log) IO::store(yr + i + u * W, e);
               if (buffered && !log) V::store(scratch + i + u * W, e);
+              if (kStore && !buffered && !log) IO::store(yr + i + u * W, e);
               Ssum[u] = V::add(Ssum[u], e);
             }
+          }
         };
         if (normal)
           body([](R v) { return Exp<T>::normal_range(v); });
@@ -482,8 +491,8 @@ template <class S, bool Panel> struct PassKernels {
         for (; i < end; i += W) {  // the tail, on the general exp
           const int k = (int)std::min<int64_t>(W, end - i);
           const R e = Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
-          if (kStore && !log) IO::store_partial(yr + i, e, k);
           if (buffered && !log) V::store_partial(scratch + i, e, k);
+          if (kStore && !buffered && !log) IO::store_partial(yr + i, e, k);
           Ssum[0] = V::add(Ssum[0], e);
         }
         for (int u = 1; u < kUnroll; ++u) Ssum[0] = V::add(Ssum[0], Ssum[u]);
@@ -495,15 +504,24 @@ template <class S, bool Panel> struct PassKernels {
       if (log) {
         const R b = V::set1((T)std::log(s));
         write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
-                  [&](int64_t j, int k, int) { return V::sub(V::sub(load_k<S>(xr + j, k, 0), mv), b); });
+                  [&](int64_t j, int k, int u) {
+                    if (u == 0) next.step();
+                    return V::sub(V::sub(load_k<S>(xr + j, k, 0), mv), b);
+                  });
+      } else if (buffered) {  // y = scratch * (1/s), rounded to S once
+        const R c = V::set1((T)(1.0 / s));
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+                  [&](int64_t j, int k, int u) {
+                    if (u == 0) next.step();
+                    return V::mul(load_k<T>(scratch + j, k, 0), c);
+                  });
       } else if (kStore) {
         const R c = V::set1((T)(1.0 / s));
         write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), (const S*)nullptr,
-                  [&](int64_t j, int k, int) { return V::mul(load_k<S>(yr + j, k, 0), c); });
-      } else if (buffered) {  // halves: y = scratch * (1/s), rounded to S once
-        const R c = V::set1((T)(1.0 / s));
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
-                  [&](int64_t j, int k, int) { return V::mul(load_k<T>(scratch + j, k, 0), c); });
+                  [&](int64_t j, int k, int u) {
+                    if (u == 0) next.step();
+                    return V::mul(load_k<S>(yr + j, k, 0), c);
+                  });
       } else {  // halves, longer rows: y = exp(x - m) * (1/s), recomputed from x
         const R c = V::set1((T)(1.0 / s));
         write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,

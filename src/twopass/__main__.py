@@ -22,6 +22,7 @@ def _info(argv: list[str]) -> int:
     print(f"available:    {', '.join(info['isa_supported'])}")
     print(f"caches:       {caches}")
     print(f"threads:      {info['threads']}")
+    print(f"prefetch:     {info['prefetch_bytes']} bytes ahead")
     print("versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     return 0
 

@@ -2,7 +2,8 @@
 
 All run-time choices live here: the ISA is detected once at import (the C++ core asks
 the CPU), `TWOPASS_ISA` may force a lower one, `TWOPASS_NUM_THREADS` sets the default
-thread count. `info()` reports all of it.
+thread count, `TWOPASS_PREFETCH_BYTES` the kernels' software-prefetch distance.
+`info()` reports all of it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,30 @@ def _select_isa() -> str:
 
 
 ISA = _select_isa()
+
+# How far ahead of their loads the exp-heavy passes prefetch (csrc/kernels/loops.h). The
+# best distance grows with one core's memory bandwidth times its latency: 2 KiB was best
+# on a Zen 3 (AVX2, compute-bound, where it matters least: 8-16 KiB were within 3%
+# there); on a Zen 5 with AVX-512, 8 KiB took a 2^24-float softmax from 5.18 to 4.78 ms
+# and a 4096x4096 one from 4.81 to 3.78 ms (cold, one thread).
+DEFAULT_PREFETCH_BYTES = 8192
+
+
+def _select_prefetch_bytes() -> int:
+    env = os.environ.get("TWOPASS_PREFETCH_BYTES", "").strip()
+    if not env:
+        return DEFAULT_PREFETCH_BYTES
+    try:
+        n = int(env)
+    except ValueError:
+        raise RuntimeError(f"TWOPASS_PREFETCH_BYTES={env!r} is not an integer") from None
+    if not 0 <= n <= 1 << 20:
+        raise RuntimeError(f"TWOPASS_PREFETCH_BYTES={env!r} must be in 0 .. 1048576 (bytes)")
+    return n
+
+
+PREFETCH_BYTES = _select_prefetch_bytes()
+_core.set_prefetch_bytes(PREFETCH_BYTES)
 
 
 def isa_code(isa: str | None) -> int:
@@ -131,7 +156,8 @@ def info() -> dict[str, Any]:
         ``cpu`` (model), ``machine``, ``cpu_features`` (the SIMD flags that matter),
         ``isa`` (the instruction set the kernels run), ``isa_forced`` (by
         ``TWOPASS_ISA``), ``isa_supported`` (compiled and runnable here, worst to best),
-        ``caches`` (bytes per level), ``threads`` (the default thread count), and
+        ``caches`` (bytes per level), ``threads`` (the default thread count),
+        ``prefetch_bytes`` (the kernels' software-prefetch distance), and
         ``versions`` of twopass and its companions.
     """
     import numpy as np
@@ -149,6 +175,7 @@ def info() -> dict[str, Any]:
         "isa_forced": os.environ.get("TWOPASS_ISA") or None,
         "caches": dict(cache_sizes()),
         "threads": default_threads(),
+        "prefetch_bytes": _core.prefetch_bytes(),
         "versions": {
             "twopass": __version__,
             "python": sys.version.split()[0],
