@@ -100,13 +100,14 @@ template <class T> struct CrossEntropyRowKernels {
 };
 
 // The backward passes of the softmax family over contiguous rows (kernels/softmax_backward.cpp):
-// row r of g, y (or x) and gx starts at r * gs, r * ys (xs), r * xs (gxs).
-template <class T> struct SoftmaxBackwardKernels {
+// row r of g, y (or x) and gx starts at r * gs, r * ys (xs), r * xs (gxs). Every array
+// of storage type S (halves computed in float32, as the forward).
+template <class S> struct SoftmaxBackwardKernels {
   // softmax: gx = y * (g - sum(g * y)); log (log_softmax, y its output): gx = g - exp(y) * sum(g).
-  void (*softmax)(const T* g, const T* y, T* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs, bool log,
+  void (*softmax)(const S* g, const S* y, S* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs, bool log,
                   bool stream);
   // logsumexp: gx = g[r] * exp(x - lse[r]), g and lse dense per row.
-  void (*logsumexp)(const T* g, const T* x, const T* lse, T* gx, int64_t rows, int64_t n, int64_t xs, int64_t gxs,
+  void (*logsumexp)(const S* g, const S* x, const S* lse, S* gx, int64_t rows, int64_t n, int64_t xs, int64_t gxs,
                     bool stream);
 };
 
@@ -128,6 +129,8 @@ struct KernelTable {
   void (*f32_to_f16)(const float* a, uint16_t* y, int64_t n);
   SoftmaxBackwardKernels<float> bwd_f32;
   SoftmaxBackwardKernels<double> bwd_f64;
+  SoftmaxBackwardKernels<f16> bwd_f16;
+  SoftmaxBackwardKernels<bf16> bwd_bf16;
 };
 
 // Domain of the extended-exponent kernels, per element type. Inside it the range

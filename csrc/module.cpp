@@ -71,12 +71,12 @@ void run_ptr(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int
 
 // The backward of the same path (softmax_backward.h): rows of a last axis.
 void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx, int64_t rows,
-                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream) {
-  if (!valid_op(op) || !valid_isa(isa) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 || !g ||
-      !y || !gx || (op == (int)tp::Op::kLogSumExp && !lse))
+                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream, bool bf16) {
+  if (!valid_op(op) || !valid_isa(isa) || (bytes != 2 && bytes != 4 && bytes != 8) || threads < 1 || rows < 0 ||
+      n < 0 || !g || !y || !gx || (op == (int)tp::Op::kLogSumExp && !lse))
     throw std::invalid_argument("twopass: bad backward problem");
   tp::BackwardProblem pb{(tp::Op)op, bytes, (const void*)g, (const void*)y, (const void*)lse, (void*)gx,
-                         rows, n, gs, ys, xs};
+                         rows, n, gs, ys, xs, bytes == 2 && bf16};
   nb::gil_scoped_release release;
   tp::run_backward(pb, (tp::Isa)isa, threads, stream);
 }

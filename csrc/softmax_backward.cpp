@@ -12,6 +12,7 @@ namespace tp {
 namespace {
 
 template <class T> void run_typed(const SoftmaxBackwardKernels<T>& k, const BackwardProblem& pb, int threads, bool stream) {
+  // T: the storage type
   const T* g = static_cast<const T*>(pb.g);
   const T* y = static_cast<const T*>(pb.y);
   const T* lse = static_cast<const T*>(pb.lse);
@@ -32,10 +33,11 @@ template <class T> void run_typed(const SoftmaxBackwardKernels<T>& k, const Back
 
 void run_backward(const BackwardProblem& pb, Isa isa, int threads, bool stream) {
   const KernelTable& t = kernels(isa);
-  if (pb.dtype_bytes == 4)
-    run_typed<float>(t.bwd_f32, pb, threads, stream);
-  else
-    run_typed<double>(t.bwd_f64, pb, threads, stream);
+  switch (pb.dtype_bytes) {
+    case 2: return pb.bf16 ? run_typed<bf16>(t.bwd_bf16, pb, threads, stream) : run_typed<f16>(t.bwd_f16, pb, threads, stream);
+    case 4: return run_typed<float>(t.bwd_f32, pb, threads, stream);
+    default: return run_typed<double>(t.bwd_f64, pb, threads, stream);
+  }
 }
 
 }  // namespace tp

@@ -364,12 +364,17 @@ def test_halves_eager_same_as_op_and_close(name, n, dtype, dim):
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
-def test_halves_eager_gradient(name, dtype):
-    """The halves' backward is torch's (float32 inside), after the eager forward."""
+def test_halves_eager_gradient(name, dtype, monkeypatch):
+    """The halves' backward runs the fused row kernels too (float32 inside, one rounding
+    on the write), after the eager forward."""
+    calls = []
+    real = _eager._backward_ptr
+    monkeypatch.setattr(_eager, "_backward_ptr", lambda *a: calls.append(a[2]) or real(*a))
     w = torch.linspace(-1, 1, 300, dtype=torch.float64)
     x = make((4, 300), dtype, seed=2).requires_grad_()
     y = eager(name, x, -1).double()
     (gx,) = torch.autograd.grad(y.sum() if name == "logsumexp" else (y * w).sum(), x)
+    assert calls == [2], "the kernel, on 2-byte elements"
     x64 = x.detach().double().requires_grad_()
     y64 = getattr(torch, name)(x64, -1)
     (want,) = torch.autograd.grad(y64.sum() if name == "logsumexp" else (y64 * w).sum(), x64)
@@ -387,3 +392,56 @@ def test_cross_entropy_halves_stay_off_the_eager_kernels():
     got = tpt.cross_entropy(x, t)
     want = F.cross_entropy(x.double(), t)
     assert abs(float(got) - float(want)) <= 2.0**-7 * abs(float(want)) + 1e-3
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
+def test_halves_backward_kernels_round_once(name, n, dtype):
+    """Every SIMD tail: the halves' backward equals the formula computed in float64 from
+    the same half inputs (g, y or x, lse), rounded once to the half, within one ulp of
+    the half (the kernel sums in float32 lanes folded into double)."""
+    x = make((3, n), dtype, seed=n)
+    y = eager(name, x, -1)
+    g = make(y.shape, dtype, seed=n + 2)
+    fn = {
+        "softmax": lambda: _eager.softmax_backward(g, y, -1, False),
+        "log_softmax": lambda: _eager.softmax_backward(g, y, -1, True),
+        "logsumexp": lambda: _eager.logsumexp_backward(g, x, y, -1, False),
+    }[name]
+    gx = fn()
+    assert gx.dtype == dtype and gx.shape == x.shape
+    g64, y64, x64 = g.double(), y.double(), x.double()
+    if name == "softmax":
+        want = y64 * (g64 - (g64 * y64).sum(-1, keepdim=True))
+    elif name == "log_softmax":
+        want = g64 - torch.exp(y64) * g64.sum(-1, keepdim=True)
+    else:
+        want = g64[:, None] * torch.exp(x64 - y64[:, None])
+    err = (gx.double() - want).abs() / want.abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    assert float(err.max()) <= 2 * HALF_TOL[dtype]
+
+
+def test_large_outputs_on_huge_pages_behave_as_tensors():
+    """Outputs from _alloc.HUGE_THRESHOLD bytes up come from a 2 MiB-aligned mapping
+    (where THP is in madvise mode): same values as the custom op, an ordinary
+    contiguous tensor that outlives everything but itself, forward and backward."""
+    from twopass import _alloc
+
+    rows = _alloc.HUGE_THRESHOLD // (4 * 4096)
+    x = make((rows, 4096), torch.float32, seed=11)
+    y = eager("softmax", x, -1)
+    assert same(y, ops_path("softmax", x, -1))
+    assert y.is_contiguous() and y.dtype == torch.float32 and y.shape == x.shape
+    if _alloc.ENABLED:
+        assert y.data_ptr() % _alloc.HUGE_PAGE == 0
+    g = make(y.shape, torch.float32, seed=12)
+    gx = _eager.softmax_backward(g, y, -1, False)
+    assert gx.shape == x.shape and gx.is_contiguous()
+    want = y.double() * (g.double() - (g.double() * y.double()).sum(-1, keepdim=True))
+    assert float((gx.double() - want).abs().max()) <= 1e-6
+    z = y[:2].clone()
+    del y  # the mapping goes with the last reference; the clone is its own memory
+    torch.testing.assert_close(z, eager("softmax", x[:2], -1), rtol=4e-6, atol=0)  # (auto may take another algorithm)
+    half = eager("log_softmax", x.to(torch.bfloat16).repeat(2, 1), -1)
+    assert half.dtype == torch.bfloat16 and same(half, ops_path("log_softmax", x.to(torch.bfloat16).repeat(2, 1), -1))

@@ -6,6 +6,8 @@
 //   softmax:     gx = y * (g - sum(g * y))
 //   log_softmax: gx = g - exp(y) * sum(g)
 //   logsumexp:   gx = g_r * exp(x - lse_r)      (no reduction: one pass)
+// Storage types as in the forward (loops.h): float16 and bfloat16 rows are widened in
+// registers, computed in float32 and rounded once (to nearest even) on the write.
 #include <algorithm>
 #include <cmath>
 
@@ -18,9 +20,11 @@
 namespace TP_NS {
 namespace {
 
-// sum_j a_j * b_j (b null: sum_j a_j): kUnroll registers in T, folded into double every
-// block of 16 steps, so a long row keeps about one ulp of the sum.
-template <class T> double row_dot(const T* a, const T* b, int64_t n) {
+// sum_j a_j * b_j (b null: sum_j a_j): kUnroll registers in the compute type, folded
+// into double every block of 16 steps, so a long row keeps about one ulp of the sum.
+template <class S> double row_dot(const S* a, const S* b, int64_t n) {
+  using T = tp::Compute<S>;
+  using IO = Io<S>;
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int W = V::W;
@@ -33,11 +37,11 @@ template <class T> double row_dot(const T* a, const T* b, int64_t n) {
     int64_t i = s;
     for (; i + kUnroll * W <= end; i += kUnroll * W)
       for (int u = 0; u < kUnroll; ++u)
-        acc[u] = b ? V::fma(V::load(a + i + u * W), V::load(b + i + u * W), acc[u]) : V::add(acc[u], V::load(a + i + u * W));
+        acc[u] = b ? V::fma(IO::load(a + i + u * W), IO::load(b + i + u * W), acc[u]) : V::add(acc[u], IO::load(a + i + u * W));
     for (; i < end; i += W) {
       const int k = (int)std::min<int64_t>(W, end - i);
-      const R av = V::load_partial(a + i, k, 0);
-      acc[0] = b ? V::fma(av, V::load_partial(b + i, k, 0), acc[0]) : V::add(acc[0], av);
+      const R av = load_k<S>(a + i, k, 0);
+      acc[0] = b ? V::fma(av, load_k<S>(b + i, k, 0), acc[0]) : V::add(acc[0], av);
     }
     for (int u = 1; u < kUnroll; ++u) acc[0] = V::add(acc[0], acc[u]);
     total += V::hsum_wide(acc[0]);
@@ -45,53 +49,57 @@ template <class T> double row_dot(const T* a, const T* b, int64_t n) {
   return total;
 }
 
-template <class T>
-void softmax_backward_rows(const T* g, const T* y, T* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs,
+template <class S>
+void softmax_backward_rows(const S* g, const S* y, S* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs,
                            bool log, bool stream) {
+  using T = tp::Compute<S>;
   using V = Vec<T>;
   using R = typename V::R;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* gr = g + r * gs;
-    const T* yr = y + r * ys;
-    T* out = gx + r * xs;
+    const S* gr = g + r * gs;
+    const S* yr = y + r * ys;
+    S* out = gx + r * xs;
     if (log) {
-      const R s = V::set1((T)row_dot<T>(gr, nullptr, n));
+      const R s = V::set1((T)row_dot<S>(gr, nullptr, n));
       // exp(y) with y <= 0: the kernels' exp (exp.h), -inf giving 0, NaN staying NaN.
-      write_row(out, n, stream, (const T*)nullptr, [&](int64_t i, int k, int) {
-        const R e = Exp<T>::nonpositive(load_k<T>(yr + i, k, 0));
-        return V::sub(load_k<T>(gr + i, k, 0), V::mul(e, s));
+      write_row(out, n, stream, (const S*)nullptr, [&](int64_t i, int k, int) {
+        const R e = Exp<T>::nonpositive(load_k<S>(yr + i, k, 0));
+        return V::sub(load_k<S>(gr + i, k, 0), V::mul(e, s));
       });
     } else {
-      const R s = V::set1((T)row_dot<T>(gr, yr, n));
-      write_row(out, n, stream, (const T*)nullptr, [&](int64_t i, int k, int) {
-        return V::mul(load_k<T>(yr + i, k, 0), V::sub(load_k<T>(gr + i, k, 0), s));
+      const R s = V::set1((T)row_dot<S>(gr, yr, n));
+      write_row(out, n, stream, (const S*)nullptr, [&](int64_t i, int k, int) {
+        return V::mul(load_k<S>(yr + i, k, 0), V::sub(load_k<S>(gr + i, k, 0), s));
       });
     }
   }
 }
 
-template <class T>
-void logsumexp_backward_rows(const T* g, const T* x, const T* lse, T* gx, int64_t rows, int64_t n, int64_t xs,
+template <class S>
+void logsumexp_backward_rows(const S* g, const S* x, const S* lse, S* gx, int64_t rows, int64_t n, int64_t xs,
                              int64_t gxs, bool stream) {
+  using T = tp::Compute<S>;
   using V = Vec<T>;
   using R = typename V::R;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * xs;
-    const R gv = V::set1(g[r]), lv = V::set1(lse[r]);
+    const S* xr = x + r * xs;
+    const R gv = V::set1(tp::Storage<S>::widen(g[r])), lv = V::set1(tp::Storage<S>::widen(lse[r]));
     // x - lse <= 0 (lse is never below the row's maximum); a NaN or +inf lse gives NaN,
     // as torch's exp(x - lse) does.
     write_row(gx + r * gxs, n, stream, xr, [&](int64_t i, int k, int) {
-      return V::mul(gv, Exp<T>::nonpositive(V::sub(load_k<T>(xr + i, k, 0), lv)));
+      return V::mul(gv, Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, 0), lv)));
     });
   }
 }
 
 }  // namespace
 
-template <class T> tp::SoftmaxBackwardKernels<T> softmax_backward_kernels() {
-  return {softmax_backward_rows<T>, logsumexp_backward_rows<T>};
+template <class S> tp::SoftmaxBackwardKernels<S> softmax_backward_kernels() {
+  return {softmax_backward_rows<S>, logsumexp_backward_rows<S>};
 }
 template tp::SoftmaxBackwardKernels<float> softmax_backward_kernels<float>();
 template tp::SoftmaxBackwardKernels<double> softmax_backward_kernels<double>();
+template tp::SoftmaxBackwardKernels<tp::f16> softmax_backward_kernels<tp::f16>();
+template tp::SoftmaxBackwardKernels<tp::bf16> softmax_backward_kernels<tp::bf16>();
 
 }  // namespace TP_NS

@@ -27,6 +27,8 @@ const tp::KernelTable& table() {
       f32_to_f16,
       softmax_backward_kernels<float>(),
       softmax_backward_kernels<double>(),
+      softmax_backward_kernels<tp::f16>(),
+      softmax_backward_kernels<tp::bf16>(),
   };
   return t;
 }
