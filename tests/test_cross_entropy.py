@@ -552,3 +552,40 @@ def test_legacy_size_average_and_reduce():
         with pytest.warns(DeprecationWarning):
             np_loss = twopass.cross_entropy(x.numpy(), t.numpy(), None, size_average, -100, reduce)
         np.testing.assert_allclose(np_loss, ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_eager_gradient_becomes_grad_without_a_copy_and_retain_graph_is_safe():
+    """The eager path's gradient is saved for backward (not held on ctx), so the leaf's
+    .grad is that very buffer (no (N, C) copy); with retain_graph, the accumulation
+    into it is caught by the saved tensor's version check instead of corrupting the
+    second backward."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 500, generator=g, dtype=torch.float32, requires_grad=True)
+    t = torch.randint(0, 500, (64,), generator=g)
+    seen = []  # the address only: a reference held here would force the copy
+
+    def new_grad(logits, real=tpt._cross_entropy._new_grad):
+        grad = real(logits)
+        seen.append(grad.data_ptr())
+        return grad
+
+    tpt._cross_entropy._new_grad, saved = new_grad, tpt._cross_entropy._new_grad
+    try:
+        tpt.cross_entropy(x, t).backward()
+    finally:
+        tpt._cross_entropy._new_grad = saved
+    assert seen == [x.grad.data_ptr()]
+    want = torch.autograd.grad(F.cross_entropy(x.double(), t), x)[0]
+    torch.testing.assert_close(x.grad.double(), want.double(), rtol=1e-5, atol=1e-7)
+    x.grad = None
+    loss = tpt.cross_entropy(x, t)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    try:
+        loss.backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+    else:
+        torch.testing.assert_close(x.grad, 2 * first)

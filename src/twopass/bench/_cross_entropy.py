@@ -9,8 +9,11 @@ step's loss), medians of repeats after a warm-up, in one process:
 - torch eager: `torch.nn.functional.cross_entropy`; torch.compile of the same (inductor;
   reported as unavailable, with the error, when it fails to build); Liger-Kernel needs a
   CUDA device: n/a here;
-- the bound: one read and one write of the logits at the streaming-copy bandwidth,
-  measured in the same run over buffers of the same size.
+- the bound (memory floor): one read and one write of the logits at the streaming-copy
+  bandwidth, measured in the same run over buffers of the same size;
+- the compute floor: the in-place step per row on rows that stay in the L2 (the
+  difference between k rows and 1 row, which cancels the per-call cost; one thread),
+  times the rows over the threads. "% of roof" = max(the two floors) / time.
 Peak extra memory per variant (beyond the inputs) is measured in a fresh subprocess
 from the process's peak resident size (Linux: VmHWM, reset through
 /proc/self/clear_refs), since torch's CPU allocator is not traced; where that fails,
@@ -131,6 +134,26 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(ts))
 
 
+def _compute_floor_s(shape: tuple[int, int], dtype: str, threads: int, repeats: int) -> float:
+    """The in-place forward + backward's arithmetic alone: per row on rows that stay in
+    the L2, (t(k rows) - t(1 row)) / (k - 1), one thread (twopass.torch follows
+    torch.get_num_threads()), times the rows / threads."""
+    import torch
+
+    from twopass import _dispatch
+
+    rows, n = shape
+    item = 4 if dtype == "float32" else 8 if dtype == "float64" else 2
+    k = max(2, _dispatch.cache_sizes()["L2"] // (n * item))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = [_median_s(_inplace_step(*_inputs((r, n), dtype)), 3 * repeats) for r in (1, k)]
+    finally:
+        torch.set_num_threads(saved)
+    return max(times[1] - times[0], 0.0) / (k - 1) * rows / min(threads, rows)
+
+
 def _copy_bound_s(nbytes: int, threads: int, repeats: int) -> float:
     """Streaming copy of a buffer of `nbytes` (one read + one write), as in the sweep."""
     from twopass import _core, _dispatch
@@ -201,7 +224,16 @@ def run(
                     x, t = _inputs(shape, dtype)
                     logit_bytes = x.numel() * x.element_size()
                     bound = _copy_bound_s(logit_bytes, th, repeats)
-                    row = {"threads": th, "shape": list(shape), "dtype": dtype, "bound_s": bound, "variants": {}}
+                    compute = _compute_floor_s(shape, dtype, th, repeats)
+                    roof = max(bound, compute)
+                    row = {
+                        "threads": th,
+                        "shape": list(shape),
+                        "dtype": dtype,
+                        "bound_s": bound,
+                        "compute_floor_s": compute,
+                        "variants": {},
+                    }
                     for v in variants:
                         advance(f"{th}t {shape[0]}x{shape[1]} {dtype} {v}")
                         try:
@@ -218,7 +250,12 @@ def run(
                                 mem = _peak_extra_bytes(v, shape, dtype, th)
                             except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
                                 notes.append(f"peak memory of {v} {shape[0]}x{shape[1]} {dtype} not measured: {e}")
-                        row["variants"][v] = {"median_s": s, "of_bound": bound / s, "peak_extra_bytes": mem}
+                        row["variants"][v] = {
+                            "median_s": s,
+                            "of_bound": bound / s,
+                            "of_roof": roof / s,
+                            "peak_extra_bytes": mem,
+                        }
                     rows.append(row)
                     del x, t
     doc = _report.header("twopass-bench-ce/1", argv, twopass.info())
@@ -227,6 +264,8 @@ def run(
             "step": "forward + backward of the mean cross-entropy, 1/7 of the rows ignored",
             "bound": "one read + one write of the logits at the streaming-copy bandwidth of the same run",
             "of_bound": "bound time / measured time (1 = at the bound)",
+            "compute_floor_s": "the in-place step's time per row on rows in the L2 (1 thread) x rows / threads",
+            "of_roof": "max(bound, compute floor) / measured time",
             "peak_extra_bytes": "peak resident size during one step minus before it, fresh process",
         },
         results=rows,
@@ -240,7 +279,8 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     tab = Table(title="cross-entropy, forward + backward (CPU)")
-    for c in ("threads", "shape", "dtype", "bound ms", *VARIANTS, "twopass vs torch", "extra memory MB"):
+    cols = ("threads", "shape", "dtype", "bound ms", "compute ms", *VARIANTS, "inplace % of roof", "twopass vs torch")
+    for c in (*cols, "extra memory MB"):
         tab.add_column(c, justify="right")
     for r in doc["results"]:
         v = r["variants"]
@@ -249,7 +289,7 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
             e = v.get(k)
             return "n/a" if not e else f"{e['median_s'] * 1e3:.1f} ms ({e['of_bound']:.0%})"
 
-        tp, to = v.get("twopass"), v.get("torch")
+        tp, to, ti = v.get("twopass"), v.get("torch"), v.get("twopass_inplace")
         ratio = f"{to['median_s'] / tp['median_s']:.1f}x" if tp and to else "n/a"
         mem = " / ".join(
             "-" if not v.get(k) or v[k].get("peak_extra_bytes") is None else f"{v[k]['peak_extra_bytes'] / 2**20:.0f}"
@@ -260,11 +300,17 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
             "x".join(map(str, r["shape"])),
             r["dtype"],
             f"{r['bound_s'] * 1e3:.1f}",
+            "-" if "compute_floor_s" not in r else f"{r['compute_floor_s'] * 1e3:.1f}",
             *(cell(k) for k in VARIANTS),
+            "-" if not ti or "of_roof" not in ti else f"{ti['of_roof']:.0%}",
             ratio,
             mem,
         )
     console.print(tab)
-    console.print("extra memory: twopass / twopass_inplace / torch eager; (%) = share of the one-read-one-write bound")
+    console.print(
+        "extra memory: twopass / twopass_inplace / torch eager; (%) = share of the one-read-one-write bound; "
+        "compute = the in-place step's arithmetic (rows in the L2, 1 thread, scaled); "
+        "% of roof = max(bound, compute) / the in-place time"
+    )
     for n in doc.get("notes", []):
         console.print(f"note: {n}")

@@ -217,12 +217,16 @@ class _Eager(torch.autograd.Function):
         if extras:
             ctx.mark_non_differentiable(*out[1:])
         ctx.set_materialize_grads(False)
-        ctx.grad = grad  # not an input or output: kept on ctx, dropped with the graph
+        # Saved, not kept as a ctx attribute: autograd releases saved tensors once this
+        # node has run (without retain_graph), before the leaf's AccumulateGrad, which
+        # can then take the returned gradient as .grad instead of copying it (a fresh
+        # (N, C) buffer: 2048x32000 float32, 1 thread, 213 -> see the README).
+        ctx.save_for_backward(grad)
         return out
 
     @staticmethod
     def backward(ctx, g_loss, *g_extras):
-        grad = ctx.grad
+        (grad,) = ctx.saved_tensors
         if g_loss is None:
             dx = None
         elif g_loss.dim() == 0 and not torch.is_grad_enabled() and g_loss.item() == 1.0:
