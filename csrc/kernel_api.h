@@ -72,9 +72,10 @@ template <class S> struct Passes {
   // cost as much as the work. A row whose maximum or sum is not finite (NaN, +inf, all
   // -inf) gets redo[r] = 1 and an unspecified output, for the driver to redo;
   // otherwise redo[r] = 0.
-  // Halves: pass 2 does not store exp(x - max) in y (rounded to 16 bits it would be
-  // rounded again by pass 3) but in a float32 scratch row of up to 2048 elements; longer
-  // rows recompute it in pass 3. Either way the values a float32 reload would give.
+  // Pass 2 keeps exp(x - max) in a 16 KiB scratch row (not in y: written once, by pass 3,
+  // y needs no read-for-ownership; a 16-bit y would also round it twice). Longer rows:
+  // float and double store it in y, halves recompute it in pass 3. Either way the values
+  // a float32 reload would give.
   void (*rows_reload)(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                       uint8_t* redo);
 };
