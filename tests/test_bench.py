@@ -574,3 +574,38 @@ def test_kernel_call_errors_propagate(monkeypatch):
 def test_probe_calls_reject_unknown_probes():
     with pytest.raises(ValueError, match="unknown probe"):
         _measure.probe_calls("copy_magic", _measure.Buffers((8,)).get(1), 1, BEST)
+
+
+def test_prefetch_summary_picks_the_distance_fastest_over_all_cells():
+    cells = [
+        {"median_s": {"2048": 2.0, "8192": 1.0}},  # (JSON keys come back as strings)
+        {"median_s": {"2048": 1.0, "8192": 1.2}},
+    ]
+    cells = [{"median_s": {int(k): v for k, v in c["median_s"].items()}} for c in cells]
+    s = _tune.prefetch_summary(cells, current=2048)
+    assert s["over_fastest"][2048] == pytest.approx(math.sqrt(2.0 * 1.0))
+    assert s["over_fastest"][8192] == pytest.approx(math.sqrt(1.0 * 1.2))
+    assert s["best"] == 8192 and s["current_over_best"] == pytest.approx(math.sqrt(2.0) / math.sqrt(1.2))
+    assert _tune.prefetch_summary([], 2048) == {}
+
+
+def test_prefetch_cells_time_every_distance_and_restore_the_one_in_use(tmp_path):
+    from rich.console import Console
+
+    from twopass import _core
+
+    before = _core.prefetch_bytes()
+    caches = {"L1d": 1 << 10, "L2": 4 << 10, "L3": 24 << 10}
+    cells = _tune.prefetch_cells(
+        BEST, [1], TINY, caches, lambda what: None, rounds=2, shapes=[(2, 1024)], distances=(0, 4096)
+    )
+    assert _core.prefetch_bytes() == before
+    assert [(c["op"], c["shape"], c["threads"]) for c in cells] == [(op, [2, 1024], 1) for op in _tune.PREFETCH_OPS]
+    assert all(
+        set(c["median_s"]) == {0, 4096} and all(_finite_positive(v) for v in c["median_s"].values()) for c in cells
+    )
+    doc = _tune.document([], isa=BEST, argv=[], shapes=[], dtypes=[], ops=[], threads=[1], budget=TINY, prefetch=cells)
+    console = Console(file=io.StringIO(), width=160)
+    _tune.print_report(console, doc)
+    text = console.file.getvalue()
+    assert "software-prefetch distance" in text and "prefetch distance: best" in text

@@ -17,7 +17,8 @@ modes (one at a time):
                          batches, float32, bfloat16 and float16, every algorithm, ISA and thread
                          count, the entry points (plain call, out=, twopass.torch), against the
                          installed peers and the memory-bandwidth bound measured on the same buffers
-  --tune                 the CPU: does algorithm="auto" lose anywhere, hot or cold?
+  --tune                 the CPU: does algorithm="auto" lose anywhere, hot or cold? and which
+                         software-prefetch distance suits this machine
   --cross-entropy        the fused cross-entropy, forward + backward, against torch (and
                          Liger-Kernel on CUDA); on the CPU, or with --device cuda on the GPU
   --device cuda          the Triton kernels: softmax, log_softmax, logsumexp (and backward)
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         help="only that: does algorithm='auto' lose? softmax and log_softmax, float32 and float64, rows 1K..64M "
         "and the batches, hot (same buffers) and cold (buffers cycled over > 2x L3): two_pass, three_pass_reload "
         "and auto, alternating, and auto / the faster of the two per cell (--quick: 8 shapes, ~3 minutes; "
-        "full: ~15-20 minutes)",
+        "full: ~15-20 minutes); then two_pass at 2-32 KiB prefetch distances (TWOPASS_PREFETCH_BYTES), cold",
     )
     modes.add_argument(
         "--cross-entropy",
@@ -393,9 +394,13 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
     caches = _dispatch.cache_sizes()
     t0 = time.perf_counter()
     load_before = _report.load_warning(console)
-    with _report.progress(console, len(dtypes) * len(shapes) * len(threads) * len(ops) * 2, width=56) as advance:
+    steps = len(dtypes) * len(shapes) * len(threads) * len(ops) * 2
+    prefetch_steps = 0 if args.sizes else len(_tune.PREFETCH_SHAPES) * len(threads) * len(_tune.PREFETCH_OPS)
+    with _report.progress(console, steps + prefetch_steps, width=56) as advance:
         rounds = _tune.TUNE_ROUNDS if args.quick else _tune.FULL_ROUNDS
         cells = _tune.run(shapes, dtypes, ops, threads, isa, budget, caches, advance, rounds)
+        # the prefetch distance: not when --sizes asks for particular cells
+        prefetch = [] if args.sizes else _tune.prefetch_cells(isa, threads, budget, caches, advance, rounds)
     doc = _tune.document(
         cells,
         isa=isa,
@@ -408,6 +413,7 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
         rounds=rounds,
         elapsed_s=time.perf_counter() - t0,
         load_average={"before": load_before, "after": _report.loadavg()},
+        prefetch=prefetch,
     )
     _tune.print_report(console, doc)
     if args.tune_out:

@@ -29,6 +29,13 @@ rounds more than the others' does not repeat there, a real loss does. The table 
 the second measurement; the JSON keeps the first too (`first_auto_over_best`), and the
 summary counts the cells rechecked.
 
+Then the software-prefetch distance (TWOPASS_PREFETCH_BYTES): the passes that prefetch
+(two_pass softmax, log_softmax and logsumexp), cold, on `PREFETCH_SHAPES`, at each of
+`PREFETCH_DISTANCES` in alternating rounds; per distance the geometric mean of its time
+over the fastest distance's, cell by cell. The best distance and what it would gain over
+the one in use are printed: the library's default is a constant (twopass._dispatch), this
+says whether this machine wants another.
+
 The results go to a JSON file beside the other benchmark results (nothing is written into
 the package).
 """
@@ -66,6 +73,10 @@ QUICK_SHAPES: tuple[tuple[int, ...], ...] = tuple((1 << k,) for k in (10, 14, 18
 # run ~5 minutes with 3 rounds.
 FULL_BUDGET = _measure.FULL
 QUICK_BUDGET = _measure.QUICK
+
+PREFETCH_DISTANCES = (2048, 4096, 8192, 16384, 32768)
+PREFETCH_SHAPES: tuple[tuple[int, ...], ...] = ((4096, 4096), (1 << 24,))
+PREFETCH_OPS = ("softmax", "log_softmax", "logsumexp")
 
 SHORT = {"two_pass": "2p", "three_pass_reload": "3r", "either": "=", "neither": "?"}
 
@@ -251,6 +262,64 @@ def run(
     return cells
 
 
+def prefetch_cells(
+    isa: str,
+    threads: Sequence[int],
+    budget: _measure.Budget,
+    caches: dict[str, int],
+    advance: Callable[[str], None],
+    rounds: int = TUNE_ROUNDS,
+    shapes: Sequence[tuple[int, ...]] = PREFETCH_SHAPES,
+    distances: Sequence[int] = PREFETCH_DISTANCES,
+) -> list[dict[str, Any]]:
+    """Per (shape, threads, op): the median over `rounds` alternating rounds of each
+    distance's time, two_pass, float32, cold. The distance in use is restored after."""
+    from twopass import _core
+
+    saved = _core.prefetch_bytes()
+    cells: list[dict[str, Any]] = []
+    try:
+        for shape in shapes:
+            bufs = _measure.Buffers(tuple(shape), np.dtype(np.float32))
+            for t in threads:
+                for op in PREFETCH_OPS:
+                    advance(f"prefetch {op} {_plan.format_shape(tuple(shape))} {t}t")
+                    ws = _plan.working_set(tuple(shape), 4, op)
+                    calls = _measure.twopass_calls(op, "two_pass", isa, t, bufs.get(cold_nsets(ws, caches["L3"])))
+                    per: dict[int, list[float]] = {d: [] for d in distances}
+                    for r in range(rounds):
+                        k = r % len(distances)
+                        for d in list(distances[k:]) + list(distances[:k]):
+                            _core.set_prefetch_bytes(d)
+                            per[d].append(_measure.measure(calls, budget).median_s)
+                    med = {d: float(np.median(v)) for d, v in per.items()}
+                    cells.append({"shape": list(shape), "threads": t, "op": op, "median_s": med})
+            del bufs
+            gc.collect()
+    finally:
+        _core.set_prefetch_bytes(saved)
+    return cells
+
+
+def prefetch_summary(cells: Sequence[dict[str, Any]], current: int) -> dict[str, Any]:
+    """Per distance, the geometric mean over cells of time / the cell's fastest time;
+    the best distance, and the current one's mean over the best's."""
+    if not cells:
+        return {}
+    distances = [int(d) for d in cells[0]["median_s"]]
+    rel = {
+        d: float(np.exp(np.mean([np.log(c["median_s"][d] / min(c["median_s"].values())) for c in cells])))
+        for d in distances
+    }
+    best = min(rel, key=rel.get)
+    return {
+        "over_fastest": rel,
+        "best": best,
+        "current": current,
+        "current_over_best": rel[current] / rel[best] if current in rel else None,
+    }
+
+
 def document(
     cells: list[dict[str, Any]],
     *,
@@ -265,8 +334,10 @@ def document(
     max_rounds: int = MAX_ROUNDS,
     elapsed_s: float | None = None,
     load_average: dict[str, float | None] | None = None,
+    prefetch: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     import twopass
+    from twopass import _core
 
     return {
         **_report.header("twopass-tune/2", argv, twopass.info()),
@@ -300,6 +371,7 @@ def document(
         },
         "summary": summary(cells),
         "results": cells,
+        "prefetch": {"cells": prefetch or [], "summary": prefetch_summary(prefetch or [], _core.prefetch_bytes())},
         "elapsed_s": elapsed_s,
         "load_average": load_average,
     }
@@ -390,3 +462,37 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
     console.print(summary_line(s))
     for text in s["over_text"]:
         console.print(f"  {text}", highlight=False)
+    pf = doc.get("prefetch", {})
+    if pf.get("cells"):
+        console.print(_prefetch_table(pf["cells"]))
+        ps = pf["summary"]
+        gain = ps["current_over_best"]
+        advice = ""
+        if gain and gain > 1.02:
+            advice = f", {gain:.3f} x the best's time: set TWOPASS_PREFETCH_BYTES={ps['best']}"
+        console.print(
+            f"prefetch distance: best {ps['best']} bytes (geometric mean over the cells: "
+            + ", ".join(f"{d}: {v:.3f}" for d, v in ps["over_fastest"].items())
+            + f" x the fastest); in use {ps['current']}"
+            + advice
+        )
+
+
+def _prefetch_table(cells: Sequence[dict[str, Any]]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    distances = list(cells[0]["median_s"])
+    table = Table(
+        title="software-prefetch distance: two_pass float32, cold, ms per call (bold: the fastest)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("shape", "threads", "op", *(f"{int(d) // 1024} KiB" for d in distances)):
+        table.add_column(col, justify="right")
+    for c in cells:
+        best = min(c["median_s"], key=c["median_s"].get)
+        row = [_plan.format_shape(tuple(c["shape"])), str(c["threads"]), c["op"]]
+        row += [f"[bold]{_ms(v)}[/]" if d == best else _ms(v) for d, v in c["median_s"].items()]
+        table.add_row(*row)
+    return table
