@@ -5,11 +5,13 @@
 #include <nanobind/stl/optional.h>
 
 #include <cmath>
+#include <cstdio>
 #include <optional>
 #include <vector>
 #include <stdexcept>
 #include <string>
 
+#include "c_api.h"
 #include "codes.h"
 #include "cross_entropy.h"
 #include "dispatch.h"
@@ -65,7 +67,6 @@ void run_ptr(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int
   tp::Problem pb{(tp::Op)op, (tp::Algo)algo, bytes, (const void*)x, (void*)y, outer, n, inner,
                  xs_outer, xs_n, ys_outer, ys_n, tp::panel_lanes((tp::Isa)isa, bytes)};
   pb.bf16 = bytes == 2 && bf16;
-  nb::gil_scoped_release release;
   tp::run(pb, (tp::Isa)isa, threads, stream);
 }
 
@@ -77,7 +78,6 @@ void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_
     throw std::invalid_argument("twopass: bad backward problem");
   tp::BackwardProblem pb{(tp::Op)op, bytes, (const void*)g, (const void*)y, (const void*)lse, (void*)gx,
                          rows, n, gs, ys, xs, bytes == 2 && bf16};
-  nb::gil_scoped_release release;
   tp::run_backward(pb, (tp::Isa)isa, threads, stream);
 }
 
@@ -94,14 +94,17 @@ template <class T> void to_rows(const std::vector<double>& v, uintptr_t out) {
   for (size_t i = 0; i < v.size(); ++i) o[i] = (T)v[i];
 }
 
-void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, int64_t n,
-                                            int64_t xs, uintptr_t target, uintptr_t weight, int64_t ignore_index,
-                                            double eps, double zc, double cap, int reduction, uintptr_t grad,
-                                            int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
-                                            int threads, bool stream) {
-  if (!valid_isa(isa) || !valid_algo(algo) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 ||
-      reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) || ((reduction != 2 || rows > 0) && !loss))
+// half (twopass.jax): 1 float16, 2 bfloat16 logits and grad (bytes 2), computed in
+// float32, with float32 weight, loss, zl and lse.
+void cross_entropy_rows(int isa, int algo, int bytes, int half, uintptr_t x, int64_t rows, int64_t n, int64_t xs,
+                        uintptr_t target, uintptr_t weight, int64_t ignore_index, double eps, double zc, double cap,
+                        int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
+                        int threads, bool stream) {
+  if (!valid_isa(isa) || !valid_algo(algo) || (half ? bytes != 2 || half > 2 : bytes != 4 && bytes != 8) ||
+      threads < 1 || rows < 0 || n < 0 || reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) ||
+      ((reduction != 2 || rows > 0) && !loss))
     throw std::invalid_argument("twopass.cross_entropy: bad arguments");
+  if (half) bytes = 4;  // the compute type: weight and results
   const int64_t* t = (const int64_t*)target;
   double n_valid = 0, wt_sum = 0, weight_total = (double)n;
   if (weight) {
@@ -121,11 +124,8 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
   std::vector<double> ce(rows), z(rows), ls(rows);
   tp::CrossEntropyProblem pb{bytes, (const void*)x, rows, n, rows > 1 ? xs : n, t, (const void*)weight, weight_total,
                              ignore_index, eps, zc, cap, s_ce, s_z, (void*)grad, rows > 1 ? gs : n,
-                             ce.data(), z.data(), ls.data(), (tp::Algo)algo, stream};
-  {
-    nb::gil_scoped_release release;
-    if (rows > 0) tp::cross_entropy(pb, (tp::Isa)isa, threads);
-  }
+                             ce.data(), z.data(), ls.data(), (tp::Algo)algo, stream, half == 2, half == 1};
+  if (rows > 0) tp::cross_entropy(pb, (tp::Isa)isa, threads);
   if (lse) bytes == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
   double sc = 0, sz = 0;
   for (int64_t r = 0; r < rows; ++r) sc += ce[r], sz += z[r];
@@ -138,6 +138,71 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
   bytes == 4 ? to_rows<float>(ce, loss) : to_rows<double>(ce, loss);
   if (zl) bytes == 4 ? to_rows<float>(z, zl) : to_rows<double>(z, zl);
 }
+
+// The Python entries of the three above: the same calls with the GIL released.
+void run_ptr_py(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int64_t outer, int64_t n,
+                int64_t inner, int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads,
+                bool stream, bool bf16) {
+  nb::gil_scoped_release release;
+  run_ptr(op, algo, isa, bytes, x, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, threads, stream, bf16);
+}
+
+void backward_ptr_py(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx,
+                     int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream, bool bf16) {
+  nb::gil_scoped_release release;
+  backward_ptr(op, isa, bytes, g, y, lse, gx, rows, n, gs, ys, xs, threads, stream, bf16);
+}
+
+void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, int64_t n, int64_t xs,
+                       uintptr_t target, uintptr_t weight, int64_t ignore_index, double eps, double zc, double cap,
+                       int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
+                       int threads, bool stream) {
+  nb::gil_scoped_release release;
+  cross_entropy_rows(isa, algo, bytes, 0, x, rows, n, xs, target, weight, ignore_index, eps, zc, cap, reduction,
+                     grad, gs, loss, zl, lse, threads, stream);
+}
+
+// The same three behind the C table of c_api.h: exceptions become an error message.
+template <class F> int c_call(char* err, size_t err_len, F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    if (err_len) std::snprintf(err, err_len, "%s", e.what());
+  } catch (...) {
+    if (err_len) std::snprintf(err, err_len, "twopass: unknown C++ exception");
+  }
+  return -1;
+}
+
+const tp_c_api kCApi = {
+    TP_C_API_VERSION,
+    [](int op, int algo, int isa, int bytes, const void* x, void* y, int64_t outer, int64_t n, int64_t inner,
+       int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads, int stream, int bf16, char* err,
+       size_t err_len) {
+      return c_call(err, err_len, [&] {
+        run_ptr(op, algo, isa, bytes, (uintptr_t)x, (uintptr_t)y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n,
+                threads, stream != 0, bf16 != 0);
+      });
+    },
+    [](int op, int isa, int bytes, const void* g, const void* y, const void* lse, void* gx, int64_t rows, int64_t n,
+       int64_t gs, int64_t ys, int64_t xs, int threads, int stream, int bf16, char* err, size_t err_len) {
+      return c_call(err, err_len, [&] {
+        backward_ptr(op, isa, bytes, (uintptr_t)g, (uintptr_t)y, (uintptr_t)lse, (uintptr_t)gx, rows, n, gs, ys, xs,
+                     threads, stream != 0, bf16 != 0);
+      });
+    },
+    [](int isa, int algo, int bytes, int half, const void* x, int64_t rows, int64_t n, int64_t xs,
+       const int64_t* target, const void* weight, int64_t ignore_index, double eps, double zc, double cap,
+       int reduction, void* grad, int64_t gs, void* loss, void* zl, void* lse, int threads, int stream, char* err,
+       size_t err_len) {
+      return c_call(err, err_len, [&] {
+        cross_entropy_rows(isa, algo, bytes, half, (uintptr_t)x, rows, n, xs, (uintptr_t)target, (uintptr_t)weight,
+                           ignore_index, eps, zc, cap, reduction, (uintptr_t)grad, gs, (uintptr_t)loss,
+                           (uintptr_t)zl, (uintptr_t)lse, threads, stream != 0);
+      });
+    },
+};
 
 using F32In = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using F32Out = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -219,9 +284,11 @@ NB_MODULE(_core, m) {
         nb::arg("n"), nb::arg("inner"), nb::arg("xs_outer"), nb::arg("xs_n"), nb::arg("ys_outer"), nb::arg("ys_n"),
         nb::arg("threads"), nb::arg("stream"), nb::arg("dtype") = -1);
   // Positional only: no keyword matching on the per-call path.
-  m.def("run_ptr", &run_ptr);
-  m.def("backward_ptr", &backward_ptr);
+  m.def("run_ptr", &run_ptr_py);
+  m.def("backward_ptr", &backward_ptr_py);
   m.def("cross_entropy_ptr", &cross_entropy_ptr);
+  // The address of the C table (c_api.h), for twopass.jax's FFI handlers.
+  m.def("c_api", [] { return (uintptr_t)&kCApi; });
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),
         "Memory-bandwidth probe: one read of a float32 array (returns its maximum).");
   m.def("copy_pass", &copy_pass, nb::arg("x"), nb::arg("y"), nb::arg("isa"), nb::arg("threads"), nb::arg("stream"),
