@@ -78,4 +78,6 @@ def cross_entropy(
     raises an error when the computation runs (XLA's runtime error). Returns the loss
     in the logits' dtype: 0-d, or the target's shape for reduction="none".
     """
-    return _ops.cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, threads)
+    return _ops.cross_entropy(
+        logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, threads
+    )
