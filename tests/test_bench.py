@@ -337,6 +337,8 @@ def test_every_dtype_has_its_cases_bytes_and_ratios(halves):
         if "twopass.torch" in entries and "torch plain" in entries:
             tt = entries["twopass.torch"]
             assert _finite_positive(tt["time_ratio"]["torch plain"])  # the ratio the README reports
+        if "twopass.jax" in entries and "jax" in doc["peers"]:
+            assert _finite_positive(entries["twopass.jax"]["time_ratio"]["jax"])
     # torch runs every dtype; NumPy and SciPy have no bfloat16 arithmetic: skipped with a note
     peers = {(r["impl"], r["dtype"]) for r in res if r["kind"] == "peer"}
     if "torch" in doc["peers"]:
@@ -359,6 +361,8 @@ def test_report_shows_every_dtype_and_the_entry_table(halves):
         assert f"entry points {dtype}, {BEST}, 1 thread" in text
         assert f"roofline {dtype}, {BEST}, 1 thread" in text
     assert "torch/tt" in text and "out=fresh" in text
+    if "twopass.jax" in halves["config"]["entries"]:  # jax installed: twopass.jax against jax.nn
+        assert "jax/tj" in text and "tp.jax" in text
     assert "compute floor" in text and "% of roof" in text
 
 

@@ -150,6 +150,12 @@ def check_options(args: argparse.Namespace, mode: str) -> None:
         raise ValueError(f"{flags}: not an option of {mode} (python -m twopass bench --help)")
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _split(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -190,7 +196,9 @@ def resolve(args: argparse.Namespace) -> tuple[_plan.Config, _measure.Budget]:
     )
     peer_names = _split(args.peers)
     torch_peer = not args.no_peers and (peer_names is None or "torch" in peer_names)
-    entries = [e for e in _plan.ENTRIES if e != "torch plain" or torch_peer]
+    # twopass.jax is timed where jax.nn is: with the jax peer, when jax is installed
+    jax_peer = not args.no_peers and (peer_names is None or "jax" in peer_names) and _installed("jax")
+    entries = [e for e in _plan.ENTRIES if (e != "torch plain" or torch_peer) and (e != "twopass.jax" or jax_peer)]
     cfg = _plan.Config(
         shapes=shapes,
         ops=ops,
@@ -328,7 +336,8 @@ def run(
             "kernel": "twopass's C++ call alone, timed where the Python layer costs > 3% of a call",
             "entries": "kind 'entry', algorithm 'auto': twopass plain = twopass.<op>(x) (a fresh output per call); "
             "twopass out=fresh = out=np.empty(...) per call; twopass.torch = twopass.torch.<op>(tensor, -1); "
-            "torch plain = torch.<op>(tensor, -1) without out= (the 'torch' peer passes out=). The kind "
+            "torch plain = torch.<op>(tensor, -1) without out= (the 'torch' peer passes out=); twopass.jax = "
+            "jax.jit(twopass.jax.<op>)(array, axis=-1) (the 'jax' peer: jax.nn.<op> under jit). The kind "
             "'twopass' records pass out= a reused buffer",
         },
         "bounds": _report.bounds_table(runner.records, bs),

@@ -67,7 +67,9 @@ ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 #   twopass.torch       twopass.torch.<op>(tensor, dim=-1): the path torch users take
 #                       (it allocates; it has no out=)
 #   torch plain         torch.<op>(tensor, -1) without out= (the "torch" peer uses out=)
-ENTRIES = ("twopass plain", "twopass out=fresh", "twopass.torch", "torch plain")
+#   twopass.jax         jax.jit(twopass.jax.<op>)(array, axis=-1), block_until_ready: the
+#                       path JAX users take, against the "jax" peer (jax.nn under jit)
+ENTRIES = ("twopass plain", "twopass out=fresh", "twopass.torch", "torch plain", "twopass.jax")
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ ENTRY_TEXT = (
     "times over that one (> 1: slower): plain = twopass.<op>(x) (a fresh output per call), out=fresh = "
     "out=np.empty(...) per call, tp.torch = twopass.torch.<op>(t, -1), torch plain = torch.<op>(t, -1); "
     "torch/tt = torch plain time / twopass.torch time (> 1: twopass.torch is faster); torch/out= = "
-    "torch.<op>(t, -1, out=) time / twopass's out= time."
+    "torch.<op>(t, -1, out=) time / twopass's out= time; tp.jax = jax.jit(twopass.jax.<op>)(a, axis=-1), "
+    "jax/tj = jax.nn.<op> time (jit) / twopass.jax time (> 1: twopass.jax is faster)."
 )
 
 
@@ -156,6 +157,7 @@ def _entry_table(res: list[dict[str, Any]], dtype: str, threads: int, doc: dict[
     title = f"entry points {dtype}, {best}, {threads} thread{'s' if threads > 1 else ''}"
     table = Table(title=title, title_justify="left")
     cols = ["op", "shape", "fits", "out=", *(SHORT_ENTRY.get(e, e) for e in entries), "torch/tt", "torch/out="]
+    cols += ["jax/tj"] if "twopass.jax" in entries else []
     for c in cols:
         table.add_column(c, justify="right")
     if not entries:
@@ -174,6 +176,9 @@ def _entry_table(res: list[dict[str, Any]], dtype: str, threads: int, doc: dict[
             tt, tp, torch_out = by.get("twopass.torch"), by.get("torch plain"), by.get("torch")
             row.append(_vs(tp, tt))
             row.append(_vs(torch_out if torch_out and torch_out["kind"] == "peer" else None, base))
+            if "twopass.jax" in entries:
+                jax_nn = by.get("jax")
+                row.append(_vs(jax_nn if jax_nn and jax_nn["kind"] == "peer" else None, by.get("twopass.jax")))
             table.add_row(*row)
     return table
 
@@ -223,7 +228,12 @@ def _roofline_table(res: list[dict[str, Any]], dtype: str, threads: int, doc: di
     return table
 
 
-SHORT_ENTRY = {"twopass plain": "plain", "twopass out=fresh": "out=fresh", "twopass.torch": "tp.torch"}
+SHORT_ENTRY = {
+    "twopass plain": "plain",
+    "twopass out=fresh": "out=fresh",
+    "twopass.torch": "tp.torch",
+    "twopass.jax": "tp.jax",
+}
 
 
 def _vs(other: dict[str, Any] | None, ours: dict[str, Any] | None) -> str:

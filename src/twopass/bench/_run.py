@@ -209,6 +209,8 @@ def _entry_calls(name: str, op: str, threads: int, sets: list[BufferSet]) -> tup
             return fn(s.x, out=np.empty(y.shape, y.dtype), threads=threads)
 
         return [lambda s=s: fresh(s) for s in sets], True
+    if name == "twopass.jax":
+        return _jax_calls(op, threads, sets), True
     import torch  # ImportError: the case is skipped with a note
 
     xs = [_peers.tensor(s.x) for s in sets]
@@ -222,6 +224,20 @@ def _entry_calls(name: str, op: str, threads: int, sets: list[BufferSet]) -> tup
         tfn = getattr(torch, op)
         return [lambda x=x: tfn(x, -1) for x in xs], True
     raise ValueError(f"unknown entry point {name!r}; known: {', '.join(_plan.ENTRIES)}")
+
+
+def _jax_calls(op: str, threads: int, sets: list[BufferSet]) -> list[Callable[[], Any]]:
+    """twopass.jax.<op> under jit on device copies of the sets, as the "jax" peer runs
+    jax.nn (its threads fixed when traced, as a JAX program would)."""
+    import jax  # ImportError: the case is skipped with a note
+    import jax.numpy as jnp
+
+    import twopass.jax as tj
+
+    fn = getattr(tj, op)
+    jitted = jax.jit(lambda x: fn(x, axis=-1, threads=threads))
+    xs = [jnp.asarray(s.x) for s in sets]
+    return [lambda x=x: jitted(x).block_until_ready() for x in xs]
 
 
 def _base_record(case: Case, bufs: Buffers, reg: Regime, ws: int) -> dict[str, Any]:

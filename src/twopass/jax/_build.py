@@ -4,8 +4,8 @@ The handlers (jax_ffi.cpp, next to this file) include jaxlib's FFI headers
 (`jax.ffi.include_dir()`), so they cannot be built with the extension without making
 jaxlib a build requirement of twopass. Instead the first call of a `twopass.jax`
 function compiles them with the system's C++ compiler (`$CXX`, else c++, g++ or
-clang++; a few seconds) into a per-user cache, keyed by the sources, the jaxlib version
-and the compiler, and later processes load the cached library. The handlers call the
+clang++; a few seconds) into a per-user cache, keyed by the sources and the jaxlib
+version, and later processes load the cached library. The handlers call the
 kernels of `twopass._core` through its C table (c_api.h, `_core.c_api()`), which they
 receive at load time: no kernel is compiled twice, and the shim only depends on the C
 ABI of the table, checked by its version.
@@ -93,12 +93,12 @@ def command(output: Path) -> list[str]:
 
 
 def library_path() -> Path:
-    """Where the cached library for these sources, this jaxlib and compiler lives."""
+    """Where the cached library for these sources and this jaxlib lives (not keyed by the
+    compiler: a library built once keeps loading without one)."""
     h = hashlib.sha256()
     for src in _SOURCES:
         h.update(src.read_bytes())
     h.update(_jaxlib_version().encode())
-    h.update(" ".join(compiler()).encode())
     return cache_dir() / f"jax_ffi-{__version__}-jaxlib{_jaxlib_version()}-{h.hexdigest()[:16]}.so"
 
 
