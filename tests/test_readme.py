@@ -12,7 +12,7 @@ missing:
     # needs: processes   several processes (torch.distributed with more than one rank):
                          never run here; tests/test_distributed.py covers those paths
 A block that imports torch (`import torch`, `twopass.torch`) is skipped only when torch
-is not installed. Nothing else is skipped: a block that raises fails its test.
+is not installed; one that imports jax (`import jax`, `twopass.jax`), when jax is not. Nothing else is skipped: a block that raises fails its test.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _MARKER = re.compile(r"^#\s*needs:\s*([\w, ]+)$")
 _USES_TORCH = re.compile(r"^\s*(import torch\b|from torch\b|import twopass\.torch\b|from twopass\.torch\b)", re.M)
+_USES_JAX = re.compile(r"^\s*(import jax\b|from jax\b|import twopass\.jax\b|from twopass\.jax\b)", re.M)
 _KNOWN_NEEDS = {"cuda", "processes"}
 
 
@@ -52,6 +53,8 @@ def _skip_reason(code: str) -> str | None:
     has_torch = importlib.util.find_spec("torch") is not None
     if (_USES_TORCH.search(code) or "cuda" in needs) and not has_torch:
         return "needs torch, which is not installed"
+    if _USES_JAX.search(code) and importlib.util.find_spec("jax") is None:
+        return "needs jax, which is not installed"
     if "cuda" in needs:
         import torch
 
