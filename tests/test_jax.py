@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -297,3 +299,35 @@ def test_cached_library_is_keyed_by_jaxlib_and_sources():
     path = _build.library_path()
     assert path.exists() and path.parent == _build.cache_dir()
     assert _build._jaxlib_version() in path.name and twopass.__version__ in path.name
+
+
+def test_default_config_without_x64():
+    """JAX's default (no x64): float32 everywhere, int32 targets."""
+    with jax.enable_x64(False):
+        x = jnp.asarray(random((5, 40), "float32", seed=41))
+        t = jnp.arange(5) % 40
+        assert t.dtype == jnp.int32
+        y = jax.jit(tpj.softmax)(x)
+        assert y.dtype == jnp.float32
+        check_values("softmax", np.asarray(x), y)
+        g = jax.jit(jax.grad(lambda a: tpj.cross_entropy(a, t, label_smoothing=0.1)))(x)
+        with jax.enable_x64(True):
+            x64 = jnp.asarray(np.asarray(x), jnp.float64)
+            gref = jax.grad(lambda a: ce_formula(a, jnp.asarray(np.asarray(t)), eps=0.1))(x64)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(gref), rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    axis_seed=st.integers(0, 2),
+    op=st.sampled_from(OPS),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_property_any_shape_and_axis(shape, axis_seed, op, dtype, seed):
+    axis = axis_seed % len(shape) - len(shape) * (seed % 2)  # non-negative or negative
+    x = random(tuple(shape), dtype, seed=seed, scale=8.0)
+    with jax.enable_x64(True):
+        y = call(op, jnp.asarray(x), axis)
+    check_values(op, x, y, axis)

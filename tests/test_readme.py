@@ -12,7 +12,8 @@ missing:
     # needs: processes   several processes (torch.distributed with more than one rank):
                          never run here; tests/test_distributed.py covers those paths
 A block that imports torch (`import torch`, `twopass.torch`) is skipped only when torch
-is not installed; one that imports jax (`import jax`, `twopass.jax`), when jax is not. Nothing else is skipped: a block that raises fails its test.
+is not installed; one that imports jax (`import jax`, `twopass.jax`), when jax is not.
+Nothing else is skipped: a block that raises fails its test.
 """
 
 from __future__ import annotations
