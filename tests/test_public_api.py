@@ -5,6 +5,7 @@ every argument annotated and named in the docstring; the doc examples run as wri
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import inspect
 import re
 
@@ -40,6 +41,10 @@ PUBLIC = [
     twopass.scipy.log_softmax,
     twopass.scipy.logsumexp,
 ]
+if importlib.util.find_spec("jax") is not None:
+    import twopass.jax as tpj
+
+    PUBLIC += [tpj.softmax, tpj.log_softmax, tpj.logsumexp, tpj.cross_entropy]
 RAISES = {twopass.info, twopass.reference.softmax, twopass.reference.log_softmax, twopass.reference.logsumexp}
 RAISES |= {tpd.shard_offset}
 

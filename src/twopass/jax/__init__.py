@@ -31,26 +31,91 @@ __all__ = ["cross_entropy", "log_softmax", "logsumexp", "softmax"]
 
 
 def softmax(x: Any, axis: Any = -1, *, algorithm: str = "auto", threads: int | None = None) -> Any:
-    """``jax.nn.softmax(x, axis)``: exp(x) / sum(exp(x)) along `axis`.
+    """Softmax along `axis`, as ``jax.nn.softmax(x, axis)``, as an XLA FFI call.
 
-    axis: an int, a tuple of ints (one logical row) or None (every axis); default -1, as
-    jax.nn. `algorithm` and `threads` as in `twopass.softmax` (fixed at trace time).
-    No `where=`. Returns an array of x's shape and dtype.
+    Parameters
+    ----------
+    x : array_like
+        float32, float64 (with x64), float16 or bfloat16; integers become JAX's default
+        float. A JAX array or tracer (inside jit, grad, vmap) or anything jnp.asarray takes.
+    axis : int, tuple of ints or None, default -1
+        The axis (negative counts from the end), several axes as one logical row, or None
+        for every axis (as jax.nn).
+    algorithm : str, keyword-only
+        "auto" or a name from `twopass.ALGORITHMS`, fixed when traced.
+    threads : int, optional, keyword-only
+        Kernel threads, fixed when traced (default: TWOPASS_NUM_THREADS, else the CPUs
+        this process may use).
+
+    Returns
+    -------
+    jax.Array
+        exp(x) / sum(exp(x)), x's shape and dtype. Special values as jax.nn.
+
+    Raises
+    ------
+    TypeError
+        A complex or other unsupported dtype.
+    ValueError
+        An axis out of range or repeated; an unknown algorithm; threads < 1.
+    RuntimeError
+        On first use, when the FFI handlers cannot be built (no C++ compiler).
     """
     return _ops.softmax_family(x, axis, False, algorithm, threads)
 
 
 def log_softmax(x: Any, axis: Any = -1, *, algorithm: str = "auto", threads: int | None = None) -> Any:
-    """``jax.nn.log_softmax(x, axis)``: x - logsumexp(x) along `axis` (see `softmax`)."""
+    """log_softmax along `axis`, as ``jax.nn.log_softmax(x, axis)``, as an XLA FFI call.
+
+    Parameters
+    ----------
+    x : array_like
+        As for `softmax`.
+    axis : int, tuple of ints or None, default -1
+        As for `softmax`.
+    algorithm : str, keyword-only
+        "auto" or a name from `twopass.ALGORITHMS`, fixed when traced.
+    threads : int, optional, keyword-only
+        As for `softmax`.
+
+    Returns
+    -------
+    jax.Array
+        x - logsumexp(x), x's shape and dtype (never positive).
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As `softmax`.
+    """
     return _ops.softmax_family(x, axis, True, algorithm, threads)
 
 
 def logsumexp(a: Any, axis: Any = None, keepdims: bool = False, *, threads: int | None = None) -> Any:
-    """``jax.nn.logsumexp(a, axis, keepdims=keepdims)``: log(sum(exp(a))) along `axis`.
+    """log(sum(exp(a))) along `axis`, as ``jax.nn.logsumexp(a, axis, keepdims=keepdims)``.
 
-    axis: an int, a tuple of ints or None (every axis, jax.nn's default). One pass over
-    the data (the two-pass algorithm's first). No `b=`, `return_sign=` or `where=`.
-    An empty axis gives -inf. Returns an array of a's dtype.
+    One pass over the data (the two-pass algorithm's first), as an XLA FFI call.
+
+    Parameters
+    ----------
+    a : array_like
+        As `x` of `softmax`.
+    axis : int, tuple of ints or None, default None
+        The reduced axes; None: every axis (jax.nn's default).
+    keepdims : bool, default False
+        Keep the reduced axes with length 1.
+    threads : int, optional, keyword-only
+        As for `softmax`.
+
+    Returns
+    -------
+    jax.Array
+        a's dtype; -inf for an empty axis. No `b=`, `return_sign=` or `where=`.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As `softmax`.
     """
     return _ops.logsumexp(a, axis, keepdims, threads)
 
@@ -67,16 +132,48 @@ def cross_entropy(
     softcap: float | None = None,
     threads: int | None = None,
 ) -> Any:
-    """Cross-entropy of logits against class indices, as `twopass.cross_entropy`
-    (torch's definition plus z-loss and soft-capping: docs/cross_entropy.md).
+    """Cross-entropy of logits against class indices, as `twopass.cross_entropy`.
 
-    logits: (C,), (N, C) or (N, C, d1, ..., dK), the class axis being 1 (0 for (C,));
-    target: integers of shape (), (N,) or (N, d1, ..., dK), in [0, C) or `ignore_index`;
-    weight: optional (C,) class weights. The gradient with respect to the logits is the
-    kernel's, computed with the loss in the same pass over the logits; there is no
-    gradient for `weight` (zero). A target outside [0, C) that is not `ignore_index`
-    raises an error when the computation runs (XLA's runtime error). Returns the loss
-    in the logits' dtype: 0-d, or the target's shape for reduction="none".
+    torch's definition plus z-loss and soft-capping (docs/cross_entropy.md), as an XLA FFI
+    call; differentiable with respect to the logits, the gradient computed by the kernel
+    in the same pass as the loss.
+
+    Parameters
+    ----------
+    logits : array_like
+        float32, float64 (with x64), float16 or bfloat16: shape (C,), (N, C) or
+        (N, C, d1, ..., dK), the class axis being 1 (0 for (C,)).
+    target : array_like of int
+        Class indices in [0, C) or `ignore_index`: shape (), (N,) or (N, d1, ..., dK).
+    weight : array_like, optional
+        (C,) class weights (no gradient flows to them).
+    ignore_index : int, default -100, keyword-only
+        Targets with this value count for nothing.
+    reduction : {"mean", "sum", "none"}, default "mean", keyword-only
+        As torch.
+    label_smoothing : float in [0, 1], default 0.0, keyword-only
+    z_loss : float >= 0, default 0.0, keyword-only
+        Coefficient of lse**2 added per row.
+    softcap : float > 0, optional, keyword-only
+        Replaces the logits by softcap * tanh(logits / softcap) first.
+    threads : int, optional, keyword-only
+        As for `softmax`.
+
+    Returns
+    -------
+    jax.Array
+        The loss in the logits' dtype: 0-d, or the target's shape for "none".
+
+    Raises
+    ------
+    TypeError
+        Unsupported logits dtype; targets that are not integers.
+    ValueError
+        Shapes that do not match; an unknown reduction; options out of range.
+    RuntimeError
+        On first use, when the FFI handlers cannot be built. A target outside [0, C) that
+        is not `ignore_index` is found when the computation runs: XLA raises its runtime
+        error then.
     """
     return _ops.cross_entropy(
         logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, threads
