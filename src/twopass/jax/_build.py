@@ -11,8 +11,8 @@ receive at load time: no kernel is compiled twice, and the shim only depends on 
 ABI of the table, checked by its version.
 
 The cache is `$TWOPASS_CACHE_DIR`, else `$XDG_CACHE_HOME/twopass`, else
-`~/.cache/twopass`. `$TWOPASS_JAX_FFI` may name a prebuilt library instead (e.g. built
-once with the same command on a machine that has a compiler).
+`~/.cache/twopass`. `$TWOPASS_JAX_FFI` may name a prebuilt library instead (built by
+`python -m twopass.jax OUTPUT` on a machine with a compiler and the same jaxlib).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def compiler() -> list[str]:
     raise RuntimeError(
         "twopass.jax compiles its XLA FFI handlers once, on first use, and needs a C++17 compiler for it: "
         "none found (set CXX, or install g++ or clang++). Alternatively point TWOPASS_JAX_FFI at a library "
-        "built by `python -m twopass.jax._build` on a machine with a compiler and the same jaxlib."
+        "built by `python -m twopass.jax OUTPUT` on a machine with a compiler and the same jaxlib."
     )
 
 
@@ -141,10 +141,3 @@ def load() -> ctypes.CDLL:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
         _lib = lib
         return lib
-
-
-if __name__ == "__main__":  # python -m twopass.jax._build [OUTPUT]: build (and print) the library
-    import sys
-
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else library_path()
-    print(build(out))
