@@ -177,6 +177,21 @@ def test_grads_match_jax_nn(op, dtype, axis):
     np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(ref, np.float64), rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_half_grads_against_float64(op, dtype, axis):
+    """The halves' backward (the fused kernels over the last axis, jnp on others) against
+    float64 gradients at the same point: within a few ulps of the half at the largest."""
+    x = jnp.asarray(random((8, 50), dtype, seed=14, scale=2.0))
+    w = random(jax.eval_shape(lambda a: NN[op](a, axis=axis), x).shape, "float64", seed=15)
+    g = jax.grad(lambda a: jnp.sum(call(op, a, axis).astype(jnp.float32) * w.astype(np.float32)))(x)
+    ref = jax.grad(lambda a: jnp.sum(NN[op](a, axis=axis) * w))(x.astype(jnp.float64))
+    assert g.dtype == x.dtype
+    atol = 8 * float(jnp.finfo(dtype).eps) * float(jnp.max(jnp.abs(ref)))
+    np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(ref), rtol=0, atol=atol)
+
+
 # ----------------------------------------------------------------------------------
 # vmap
 # ----------------------------------------------------------------------------------
