@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "c_api.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -44,6 +46,23 @@ ffi::Error result_of(int rc, const char* err) {
   return rc == 0 ? ffi::Error::Success() : ffi::Error::InvalidArgument(err);
 }
 
+// XLA maps a large output afresh on every call, on 4 KiB pages: the kernel's first
+// touch of each page faults (4096x4096 float32: 16384 faults, most of a softmax's time).
+// As src/twopass/_alloc.py does for the NumPy outputs, an output of at least `huge`
+// bytes (0: off; set where THP is in madvise mode) gets its 2 MiB-aligned interior
+// marked MADV_HUGEPAGE before it is written, and normal stores: the faults' zeroing has
+// just brought the lines into cache (src/twopass/torch/_eager.py, _FRESH_STORES).
+// Returns whether it did, i.e. whether streaming stores are off.
+bool huge_pages(void* p, size_t bytes, int64_t huge) {
+  if (huge <= 0 || (int64_t)bytes < huge) return false;
+#ifdef MADV_HUGEPAGE
+  const uintptr_t page = 2u << 20, a = ((uintptr_t)p + page - 1) & ~(page - 1),
+                  b = ((uintptr_t)p + bytes) & ~(page - 1);
+  if (b > a) madvise((void*)a, b - a, MADV_HUGEPAGE);
+#endif
+  return true;
+}
+
 int64_t prod(ffi::AnyBuffer::Dimensions d, size_t from, size_t to) {
   int64_t p = 1;
   for (size_t i = from; i < to; ++i) p *= d[i];
@@ -52,7 +71,7 @@ int64_t prod(ffi::AnyBuffer::Dimensions d, size_t from, size_t to) {
 
 // softmax, log_softmax (y the shape of x) and logsumexp (y without the axis).
 ffi::Error softmax_impl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t op, int64_t lse_op, int64_t algo,
-                        int64_t isa, int64_t axis, int64_t threads, int64_t l3) {
+                        int64_t isa, int64_t axis, int64_t threads, int64_t l3, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(x.element_type(), &e) || y->element_type() != x.element_type()) return fail("unsupported dtype");
@@ -63,7 +82,8 @@ ffi::Error softmax_impl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t
   if (outer * inner == 0) return ffi::Error::Success();
   if (n == 0) return fail("empty axis (handled in Python)");
   const bool lse = op == lse_op;
-  const bool stream = !lse && (int64_t)x.size_bytes() > l3;
+  const bool stream =
+      !lse && !huge_pages(y->untyped_data(), y->size_bytes(), huge) && (int64_t)x.size_bytes() > l3;
   char err[512] = "";
   const int rc = g_api->run((int)op, (int)algo, (int)isa, e.bytes, x.untyped_data(), y->untyped_data(), outer, n,
                             inner, n * inner, inner, lse ? inner : n * inner, lse ? 0 : inner, (int)threads, stream,
@@ -73,7 +93,7 @@ ffi::Error softmax_impl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t
 
 // softmax / log_softmax backward over rows of the last axis: gx from g and y.
 ffi::Error softmax_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result<ffi::AnyBuffer> gx, int64_t op,
-                                 int64_t isa, int64_t threads, int64_t l3) {
+                                 int64_t isa, int64_t threads, int64_t l3, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(y.element_type(), &e) || g.element_type() != y.element_type() ||
@@ -85,14 +105,16 @@ ffi::Error softmax_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result
   char err[512] = "";
   const int rc = g_api->backward((int)op, (int)isa, e.bytes, g.untyped_data(), y.untyped_data(), nullptr,
                                  gx->untyped_data(), rows, n, n, n, n, (int)threads,
-                                 (int64_t)gx->size_bytes() > l3, e.half == 2, err, sizeof err);
+                                 !huge_pages(gx->untyped_data(), gx->size_bytes(), huge) &&
+                                     (int64_t)gx->size_bytes() > l3,
+                                 e.half == 2, err, sizeof err);
   return result_of(rc, err);
 }
 
 // logsumexp backward over rows of the last axis: gx = g * exp(x - lse), g and lse per row.
 ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyBuffer lse,
                                    ffi::Result<ffi::AnyBuffer> gx, int64_t op, int64_t isa, int64_t threads,
-                                   int64_t l3) {
+                                   int64_t l3, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   const auto d = x.dimensions();
@@ -105,7 +127,9 @@ ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyB
   char err[512] = "";
   const int rc = g_api->backward((int)op, (int)isa, e.bytes, g.untyped_data(), x.untyped_data(), lse.untyped_data(),
                                  gx->untyped_data(), rows, n, 0, n, n, (int)threads,
-                                 (int64_t)gx->size_bytes() > l3, e.half == 2, err, sizeof err);
+                                 !huge_pages(gx->untyped_data(), gx->size_bytes(), huge) &&
+                                     (int64_t)gx->size_bytes() > l3,
+                                 e.half == 2, err, sizeof err);
   return result_of(rc, err);
 }
 
@@ -117,7 +141,7 @@ ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyB
 ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyBuffer weight, ffi::AnyBuffer* grad,
                               ffi::AnyBuffer* loss, int64_t isa, int64_t algo, int64_t ignore_index, double eps,
                               double zc, double cap, int64_t reduction, int64_t has_weight, int64_t threads,
-                              int64_t l3) {
+                              int64_t l3, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(x.element_type(), &e)) return fail("cross_entropy: unsupported dtype");
@@ -131,7 +155,8 @@ ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyB
   if (has_weight && (int64_t)weight.element_count() != (wstride ? batch * n : n))
     return fail("cross_entropy: weight of one entry per class");
   const int64_t lsize = e.half ? 4 : e.bytes, per_loss = reduction == 2 ? rows : 1;
-  const bool stream = grad && (int64_t)grad->size_bytes() > l3;
+  const bool stream =
+      grad && !huge_pages(grad->untyped_data(), grad->size_bytes(), huge) && (int64_t)grad->size_bytes() > l3;
   std::vector<int64_t> t64(tt == ffi::DataType::S32 ? rows : 0);
   char err[512] = "";
   for (int64_t b = 0; b < batch; ++b) {
@@ -156,17 +181,18 @@ ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyB
 ffi::Error cross_entropy_loss(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyBuffer weight,
                               ffi::Result<ffi::AnyBuffer> loss, int64_t isa, int64_t algo, int64_t ignore_index,
                               double eps, double zc, double cap, int64_t reduction, int64_t has_weight,
-                              int64_t threads, int64_t l3) {
+                              int64_t threads, int64_t l3, int64_t huge) {
   return cross_entropy_impl(x, target, weight, nullptr, &*loss, isa, algo, ignore_index, eps, zc, cap, reduction,
-                            has_weight, threads, l3);
+                            has_weight, threads, l3, huge);
 }
 
 ffi::Error cross_entropy_with_grad(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyBuffer weight,
                                    ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad, int64_t isa,
                                    int64_t algo, int64_t ignore_index, double eps, double zc, double cap,
-                                   int64_t reduction, int64_t has_weight, int64_t threads, int64_t l3) {
+                                   int64_t reduction, int64_t has_weight, int64_t threads, int64_t l3,
+                                   int64_t huge) {
   return cross_entropy_impl(x, target, weight, &*grad, &*loss, isa, algo, ignore_index, eps, zc, cap, reduction,
-                            has_weight, threads, l3);
+                            has_weight, threads, l3, huge);
 }
 
 }  // namespace
@@ -194,7 +220,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax, softmax_impl,
                                   .Attr<int64_t>("isa")
                                   .Attr<int64_t>("axis")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("l3"));
+                                  .Attr<int64_t>("l3")
+                                  .Attr<int64_t>("huge"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax_backward, softmax_backward_impl,
                               ffi::Ffi::Bind()
@@ -204,7 +231,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax_backward, softmax_backward_impl,
                                   .Attr<int64_t>("op")
                                   .Attr<int64_t>("isa")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("l3"));
+                                  .Attr<int64_t>("l3")
+                                  .Attr<int64_t>("huge"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_logsumexp_backward, logsumexp_backward_impl,
                               ffi::Ffi::Bind()
@@ -215,7 +243,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_logsumexp_backward, logsumexp_backward_impl
                                   .Attr<int64_t>("op")
                                   .Attr<int64_t>("isa")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("l3"));
+                                  .Attr<int64_t>("l3")
+                                  .Attr<int64_t>("huge"));
 
 #define TP_CE_ATTRS                   \
   .Attr<int64_t>("isa")               \
@@ -227,7 +256,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_logsumexp_backward, logsumexp_backward_impl
       .Attr<int64_t>("reduction")     \
       .Attr<int64_t>("has_weight")    \
       .Attr<int64_t>("threads")       \
-      .Attr<int64_t>("l3")
+      .Attr<int64_t>("l3")            \
+      .Attr<int64_t>("huge")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_cross_entropy, cross_entropy_loss,
                               ffi::Ffi::Bind()

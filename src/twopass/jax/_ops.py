@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _dispatch
+from .. import _alloc, _dispatch
 from .._arrays import check_algorithm, check_threads
 from .._cross_entropy import check_options
 from .._dispatch import ALGO_CODES, OP_CODES
@@ -33,7 +33,9 @@ def _ffi(target: str, out: Any) -> Any:
 
 
 def _common() -> dict[str, Any]:
-    return {"isa": _i(_dispatch.ISA_CODES[_dispatch.ISA]), "l3": _i(_L3)}
+    # huge: outputs from this many bytes get 2 MiB pages (csrc/jax_ffi.cpp, huge_pages)
+    huge = _alloc.HUGE_THRESHOLD if _alloc.ENABLED else 0
+    return {"isa": _i(_dispatch.ISA_CODES[_dispatch.ISA]), "l3": _i(_L3), "huge": _i(huge)}
 
 
 def as_float(x: Any, name: str) -> jax.Array:
