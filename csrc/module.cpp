@@ -9,10 +9,12 @@
 #include <vector>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "codes.h"
 #include "cross_entropy.h"
 #include "dispatch.h"
+#include "half.h"
 #include "probes.h"
 #include "softmax.h"
 #include "softmax_backward.h"
@@ -82,31 +84,56 @@ void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_
 }
 
 // The eager path of twopass.torch.cross_entropy (src/twopass/torch/_cross_entropy.py):
-// float32/float64 (rows, n) logits with contiguous rows, int64 targets, everything as
-// addresses. Also does what the NumPy layer does in Python around its kernel call
-// (target check, the reduction's scales, the reduction itself: 40 us there, the time of
-// a 1x1024 loss many times over). reduction: 0 mean, 1 sum, 2 none. loss and z get the
-// reduced values (one element each) or, for "none", the per-row ones; lse the per-row
-// logsumexp; all in the logits' dtype (0-d tensors made by the caller: creating a tensor
+// float32/float64/float16/bfloat16 (bytes 2: bfloat16 when `bf16`) (rows, n) logits with
+// contiguous rows, int64 targets, everything as addresses. Also does what the NumPy
+// layer does in Python around its kernel call (target check, the reduction's scales, the
+// reduction itself: 40 us there, the time of a 1x1024 loss many times over).
+// reduction: 0 mean, 1 sum, 2 none. loss and z get the reduced values (one element
+// each) or, for "none", the per-row ones, in the logits' dtype; lse the per-row
+// logsumexp, in the compute dtype (float32 for the halves, as the NumPy layer's); the
+// weight is of the compute dtype too (0-d tensors made by the caller: creating a tensor
 // from a Python float costs ~2 us). zl and lse may be 0: not wanted.
-template <class T> void to_rows(const std::vector<double>& v, uintptr_t out) {
-  T* o = (T*)out;
-  for (size_t i = 0; i < v.size(); ++i) o[i] = (T)v[i];
+template <class S> S round_once(double v) {
+  if constexpr (std::is_same_v<S, tp::Compute<S>>) {
+    return (S)v;
+  } else {
+    // To float32 rounded to odd, then to S: one rounding of v, as NumPy's float64 ->
+    // float16 / bfloat16 (float32 keeps more than 2 bits beyond S's).
+    float f = (float)v;
+    if (std::isfinite(v) && (double)f != v) {
+      if (std::fabs((double)f) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+      f = tp::bits_to_float(tp::float_to_bits(f) | 1u);
+    }
+    return tp::Storage<S>::narrow(f);
+  }
+}
+template <class S> void to_rows(const std::vector<double>& v, uintptr_t out) {
+  S* o = (S*)out;
+  for (size_t i = 0; i < v.size(); ++i) o[i] = round_once<S>(v[i]);
+}
+// Calls f with a null pointer of the logits' storage type.
+template <class F> void with_dtype(int bytes, bool bf16, F&& f) {
+  if (bytes == 2)
+    bf16 ? f((tp::bf16*)nullptr) : f((tp::f16*)nullptr);
+  else
+    bytes == 4 ? f((float*)nullptr) : f((double*)nullptr);
 }
 
 void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, int64_t n,
                                             int64_t xs, uintptr_t target, uintptr_t weight, int64_t ignore_index,
                                             double eps, double zc, double cap, int reduction, uintptr_t grad,
                                             int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
-                                            int threads, bool stream) {
-  if (!valid_isa(isa) || !valid_algo(algo) || (bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 ||
-      reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) || ((reduction != 2 || rows > 0) && !loss))
+                                            int threads, bool stream, bool bf16) {
+  if (!valid_isa(isa) || !valid_algo(algo) || (bytes != 2 && bytes != 4 && bytes != 8) || threads < 1 || rows < 0 ||
+      n < 0 || reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) || ((reduction != 2 || rows > 0) && !loss))
     throw std::invalid_argument("twopass.cross_entropy: bad arguments");
   const int64_t* t = (const int64_t*)target;
+  // The weight and lse are of the compute type: double for float64, float otherwise.
+  auto w_at = [&](int64_t j) { return bytes == 8 ? ((const double*)weight)[j] : (double)((const float*)weight)[j]; };
   double n_valid = 0, wt_sum = 0, weight_total = (double)n;
   if (weight) {
     weight_total = 0;
-    for (int64_t j = 0; j < n; ++j) weight_total += bytes == 4 ? (double)((const float*)weight)[j] : ((const double*)weight)[j];
+    for (int64_t j = 0; j < n; ++j) weight_total += w_at(j);
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t v = t[r];
@@ -115,18 +142,19 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
       throw std::invalid_argument("twopass.cross_entropy: target[" + std::to_string(r) + "] = " + std::to_string(v) +
                                   " is outside [0, " + std::to_string(n) + ") and is not ignore_index");
     n_valid += 1;
-    wt_sum += !weight ? 1.0 : bytes == 4 ? (double)((const float*)weight)[v] : ((const double*)weight)[v];
+    wt_sum += !weight ? 1.0 : w_at(v);
   }
   const double s_ce = reduction == 0 ? 1.0 / wt_sum : 1.0, s_z = reduction == 0 ? 1.0 / n_valid : 1.0;
   std::vector<double> ce(rows), z(rows), ls(rows);
-  tp::CrossEntropyProblem pb{bytes, (const void*)x, rows, n, rows > 1 ? xs : n, t, (const void*)weight, weight_total,
-                             ignore_index, eps, zc, cap, s_ce, s_z, (void*)grad, rows > 1 ? gs : n,
-                             ce.data(), z.data(), ls.data(), (tp::Algo)algo, stream};
+  tp::CrossEntropyProblem pb{bytes == 8 ? 8 : 4, (const void*)x, rows, n, rows > 1 ? xs : n, t, (const void*)weight,
+                             weight_total, ignore_index, eps, zc, cap, s_ce, s_z, (void*)grad, rows > 1 ? gs : n,
+                             ce.data(), z.data(), ls.data(), (tp::Algo)algo, stream, bytes == 2 && bf16,
+                             bytes == 2 && !bf16};
   {
     nb::gil_scoped_release release;
     if (rows > 0) tp::cross_entropy(pb, (tp::Isa)isa, threads);
   }
-  if (lse) bytes == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
+  if (lse) bytes == 8 ? to_rows<double>(ls, lse) : to_rows<float>(ls, lse);
   double sc = 0, sz = 0;
   for (int64_t r = 0; r < rows; ++r) sc += ce[r], sz += z[r];
   if (reduction == 2) {
@@ -135,8 +163,11 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
     ce.assign(1, reduction == 1 ? sc + sz : sc / wt_sum + sz / n_valid);
     z.assign(1, reduction == 1 ? sz : sz / n_valid);
   }
-  bytes == 4 ? to_rows<float>(ce, loss) : to_rows<double>(ce, loss);
-  if (zl) bytes == 4 ? to_rows<float>(z, zl) : to_rows<double>(z, zl);
+  with_dtype(bytes, bf16, [&](auto* type) {
+    using S = std::remove_pointer_t<decltype(type)>;
+    to_rows<S>(ce, loss);
+    if (zl) to_rows<S>(z, zl);
+  });
 }
 
 using F32In = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
