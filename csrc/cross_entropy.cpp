@@ -7,10 +7,12 @@
 // and it is not the logits themselves: streaming_stores.h). A row of the
 // large-vocabulary losses this is for (32K-256K classes) fits in L2 or L3, so the
 // logits are read from memory once.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cross_entropy.h"
@@ -24,81 +26,94 @@
 namespace tp {
 namespace {
 
+// x as a double, whatever its storage type.
+template <class S> double wide(S v) { return (double)Storage<S>::widen(v); }
+
 // The loss of a row whose target logit is large (|x_t| >= 1024, e.g. logits near
 // FLT_MAX): lse - x_t would cancel in the rounded lse, so it is summed relative to the
 // row maximum m instead, in double (a slow path for absurd logits; it runs before an
 // in-place gradient overwrites the row). When |x_t| is small, a large lse makes
 // lse - x_t large and its rounding relatively small, so the fast formula is kept.
-template <class T> double huge_row_ce(const T* x, const T* w, int64_t n, int64_t t, double eps, double W, double wt) {
+template <class L, class T>
+double huge_row_ce(const L* x, const T* w, int64_t n, int64_t t, double eps, double W, double wt) {
   double m = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, (double)x[j]);
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, wide(x[j]));
   double s = 0, swd = 0;
   for (int64_t j = 0; j < n; ++j) {
-    s += std::exp((double)x[j] - m);
-    if (eps > 0) swd += (w ? (double)w[j] : 1.0) * (m - (double)x[j]);
+    s += std::exp(wide(x[j]) - m);
+    if (eps > 0) swd += (w ? (double)w[j] : 1.0) * (m - wide(x[j]));
   }
   const double rel = std::log(s);  // lse = m + rel
-  double ce = (1 - eps) * wt * (rel + (m - (double)x[t]));
+  double ce = (1 - eps) * wt * (rel + (m - wide(x[t])));
   if (eps > 0) ce += eps / n * (W * rel + swd);
   return ce;
 }
 
-template <class T>
-void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T>& passes,
-             const CrossEntropyRowKernels<T>& ce, Isa isa, int64_t lo, int64_t hi) {
-  // bfloat16 / float16 rows (T = float) are widened into this thread's float32 row (one
-  // row: in cache) and their gradient narrowed back.
-  const bool half = pb.bf16 || pb.f16;
-  void (*const widen)(const uint16_t*, float*, int64_t) = pb.f16 ? K.f16_to_f32 : K.bf16_to_f32;
-  void (*const narrow)(const float*, uint16_t*, int64_t) = pb.f16 ? K.f32_to_f16 : K.f32_to_bf16;
-  const T* x = static_cast<const T*>(pb.x);
-  T* grad = static_cast<T*>(pb.grad);
-  const uint16_t* xh = static_cast<const uint16_t*>(pb.x);
-  uint16_t* gh = static_cast<uint16_t*>(pb.grad);
+// The kernels of a storage type.
+template <class S> const SoftmaxKernels<S>& softmax_kernels(const KernelTable& K);
+template <> const SoftmaxKernels<float>& softmax_kernels(const KernelTable& K) { return K.f32; }
+template <> const SoftmaxKernels<double>& softmax_kernels(const KernelTable& K) { return K.f64; }
+template <> const SoftmaxKernels<f16>& softmax_kernels(const KernelTable& K) { return K.f16s; }
+template <> const SoftmaxKernels<bf16>& softmax_kernels(const KernelTable& K) { return K.bf16s; }
+template <class S> const CrossEntropyRowKernels<S>& ce_kernels(const KernelTable& K);
+template <> const CrossEntropyRowKernels<float>& ce_kernels(const KernelTable& K) { return K.ce_f32; }
+template <> const CrossEntropyRowKernels<double>& ce_kernels(const KernelTable& K) { return K.ce_f64; }
+template <> const CrossEntropyRowKernels<f16>& ce_kernels(const KernelTable& K) { return K.ce_f16; }
+template <> const CrossEntropyRowKernels<bf16>& ce_kernels(const KernelTable& K) { return K.ce_bf16; }
+
+// Rows of logits and gradient of storage type S (float16 and bfloat16 read and written by
+// the kernels, converted in registers), computed in T: scratch rows, weights and the
+// soft-capped logits are of T.
+template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, Isa isa, int64_t lo, int64_t hi) {
+  using T = Compute<S>;
+  constexpr bool kHalf = !std::is_same_v<S, T>;
+  const CrossEntropyRowKernels<S>& ce = ce_kernels<S>(K);
+  const S* x = static_cast<const S*>(pb.x);
+  S* grad = static_cast<S*>(pb.grad);
   const T* w = static_cast<const T*>(pb.weight);
   const int64_t n = pb.n;
   const bool capped = pb.softcap > 0;
-  std::vector<T> capbuf(capped || half ? (size_t)n : 0);  // this thread's widened / soft-capped row
-  std::vector<T> pbuf(grad ? (size_t)n : 0);       // and its softmax (stays in cache)
+  std::vector<T> capbuf(capped || kHalf ? (size_t)n : 0);  // this thread's soft-capped (or widened) row
+  std::vector<T> pbuf(grad ? (size_t)n : 0);               // and its softmax (stays in cache)
   const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
 
-  for (int64_t i = lo; i < hi; ++i) {
-    const T* xr = half ? capbuf.data() : x + i * pb.xs;
-    if (half) widen(xh + i * pb.xs, reinterpret_cast<float*>(capbuf.data()), n);
-    // Halves: the gradient is finished in the scratch row p, then narrowed into gh.
-    T* gr = !grad ? nullptr : half ? pbuf.data() : grad + i * pb.gs;
+  // One row, its logits src of type L: S, or T when soft-capped into capbuf.
+  auto row = [&](int64_t i, const auto* src) {
+    using L = std::remove_cv_t<std::remove_pointer_t<decltype(src)>>;
+    const Passes<L>& passes = softmax_kernels<L>(K).row;
+    S* gr = grad ? grad + i * pb.gs : nullptr;
     const int64_t t = pb.target[i];
-    const T* src = xr;
-    if (capped) {
-      ce.softcap(xr, capbuf.data(), n, (T)pb.softcap);
-      src = capbuf.data();
-    }
     const bool ignored = t == pb.ignore_index;
     const bool valid = !ignored && t >= 0 && t < n;
     // Read before the softmax may overwrite the row (in-place gradient).
-    const double xt = valid ? (double)src[t] : 0.0;
-    const double wx = valid && eps > 0 ? ce.dot(src, w, n) : 0.0;
+    const double xt = valid ? wide(src[t]) : 0.0;
+    const double wx = valid && eps > 0 ? ce_kernels<L>(K).dot(src, w, n) : 0.0;
     // |x_t| >= 1024: lse - x_t may cancel in the rounded lse; see huge_row_ce.
     const bool huge = valid && !(std::fabs(xt) < 1024);
     const double ce_huge = huge ? huge_row_ce(src, w, n, t, eps, pb.weight_total, w ? (double)w[t] : 1.0) : 0.0;
 
-    // p = exp(x - lse) * inv_s: either straight from the three-pass reload's stored
-    // exponentials (inv_s = 1 / their sum, folded into the gradient's scale: one pass
-    // fewer), or from the generic driver, which also handles rows of special values.
+    // p = exp(x - lse) * inv_s: either from the reload's two passes (inv_s = 1 / the
+    // exponentials' sum, folded into the gradient's scale: one pass fewer), or from the
+    // generic driver in T, which also handles rows of special values.
     T* p = pbuf.data();
     double lse = 0, inv_s = 1;
     bool done = false;
     if (gr && pb.algo == Algo::kThreePassReload) {
       T m;
       double s;
-      passes.max(Group<T>{src, nullptr, n, 1, 1, 1}, &m);
+      passes.max(Group<L>{src, nullptr, n, 1, 1, 1}, &m);
       const bool stream_p = use_streaming_stores(pb.stream, Reuse::kReadAgain);  // p is read again
-      passes.exp_store_sum(Group<T>{src, p, n, 1, 1, 1}, &m, &s, stream_p);
+      passes.exp_store_sum_wide(src, p, n, m, &s, stream_p);
       if ((done = std::isfinite(s) && s > 0 && std::isfinite(m))) lse = (double)m + std::log(s), inv_s = 1 / s;
     }
     if (!done) {
+      const T* xw = reinterpret_cast<const T*>(src);
+      if constexpr (!std::is_same_v<L, T>) {  // a half row: the driver runs in T
+        ce.widen(src, capbuf.data(), n);
+        xw = capbuf.data();
+      }
       T lse_t;
-      Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), src, gr ? (void*)p : (void*)&lse_t,
+      Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), xw, gr ? (void*)p : (void*)&lse_t,
                  1, n, 1, n, 1, n, 1, 1};
       if (gr) sp.lse = &lse_t;
       run(sp, isa, 1, use_streaming_stores(pb.stream, Reuse::kReadAgain));  // p is read again
@@ -108,16 +123,13 @@ void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T
 
     if (ignored) {
       pb.ce[i] = pb.z[i] = 0;
-      if (gr) std::memset(half ? (void*)(gh + i * pb.gs) : (void*)gr, 0, (half ? 2 : sizeof(T)) * n);
-      continue;
+      if (gr) std::memset((void*)gr, 0, sizeof(S) * n);
+      return;
     }
     if (!valid) {  // the Python layer rejects these; stay safe without it
       pb.ce[i] = pb.z[i] = nan;
-      if (gr) {
-        for (int64_t j = 0; j < n; ++j) gr[j] = (T)nan;
-        if (half) narrow((const float*)gr, gh + i * pb.gs, n);
-      }
-      continue;
+      if (gr) std::fill(gr, gr + n, Storage<S>::narrow((T)nan));
+      return;
     }
     const double wt = w ? (double)w[t] : 1.0;
     double ce_i;
@@ -130,21 +142,28 @@ void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, const Passes<T
     if (lse == INFINITY) ce_i = nan;  // a +inf logit: the softmax is NaN, as in torch
     pb.ce[i] = ce_i;
     pb.z[i] = pb.z_coef > 0 ? pb.z_coef * lse * lse : 0.0;
-    if (!gr) continue;
+    if (!gr) return;
 
     // dx'_j = A p_j - c w_j - [j == t] b, times the soft-cap's derivative.
     const double A = pb.s_ce * ((1 - eps) * wt + eps / n * pb.weight_total) + pb.s_z * 2 * pb.z_coef * lse;
     const double c = pb.s_ce * eps / n, b = pb.s_ce * (1 - eps) * wt;
     const double pt = (double)p[t] * inv_s;
     const double inv_cap = capped ? 1.0 / pb.softcap : 0.0;
-    // Halves: gr is a scratch row, narrowed into the output after; grad == x: the
-    // gradient overwrites the logits just read.
-    const Reuse grad_reuse = half ? Reuse::kReadAgain : pb.grad == pb.x ? Reuse::kInPlace : Reuse::kFinalOutput;
-    const bool stream = use_streaming_stores(pb.stream, grad_reuse);
-    ce.gradient(p, gr, capped ? src : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, stream);
+    // grad == x: the gradient overwrites the logits just read.
+    const bool stream = use_streaming_stores(pb.stream, pb.grad == pb.x ? Reuse::kInPlace : Reuse::kFinalOutput);
+    ce.gradient(p, gr, capped ? capbuf.data() : nullptr, w, n, (T)(A * inv_s), (T)c, (T)inv_cap, stream);
     const double dt = capped ? 1 - (xt * inv_cap) * (xt * inv_cap) : 1.0;
-    gr[t] = (T)(((A * pt - c * wt) - b) * dt);
-    if (half) narrow((const float*)gr, gh + i * pb.gs, n);
+    gr[t] = Storage<S>::narrow((T)(((A * pt - c * wt) - b) * dt));
+  };
+
+  for (int64_t i = lo; i < hi; ++i) {
+    const S* xr = x + i * pb.xs;
+    if (capped) {
+      ce.softcap(xr, capbuf.data(), n, (T)pb.softcap);
+      row(i, (const T*)capbuf.data());
+    } else {
+      row(i, xr);
+    }
   }
 }
 
@@ -197,10 +216,14 @@ void cross_entropy(const CrossEntropyProblem& pb, Isa isa, int threads) {
   threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
   parallel(threads, [&](int t) {
     const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
-    if (pb.dtype_bytes == 4)
-      ce_rows<float>(pb, K, K.f32.row, K.ce_f32, isa, lo, hi);
+    if (pb.bf16)
+      ce_rows<bf16>(pb, K, isa, lo, hi);
+    else if (pb.f16)
+      ce_rows<f16>(pb, K, isa, lo, hi);
+    else if (pb.dtype_bytes == 4)
+      ce_rows<float>(pb, K, isa, lo, hi);
     else
-      ce_rows<double>(pb, K, K.f64.row, K.ce_f64, isa, lo, hi);
+      ce_rows<double>(pb, K, isa, lo, hi);
   });
 }
 

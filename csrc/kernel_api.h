@@ -78,6 +78,10 @@ template <class S> struct Passes {
   // a float32 reload would give.
   void (*rows_reload)(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                       uint8_t* redo);
+  // Rows only (null in the panel table): exp_store_sum of one contiguous row into y of
+  // the compute type, *s = the sum (the cross-entropy's softmax scratch row: for halves
+  // float32, so exp is rounded once, by the gradient's write).
+  void (*exp_store_sum_wide)(const S* x, T* y, int64_t n, T m, double* s, bool stream);
 };
 
 // The softmax-family kernels of one storage type.
@@ -90,14 +94,20 @@ template <class S> struct SoftmaxKernels {
 };
 
 // Row helpers of the fused cross-entropy (cross_entropy.cpp; docs/cross_entropy.md).
-template <class T> struct CrossEntropyRowKernels {
+// Logits x and gradient y of the storage type S; weights w, the softmax p, the
+// soft-capped logits xc and the scalars of its compute type T (float for the halves).
+template <class S> struct CrossEntropyRowKernels {
+  using T = Compute<S>;
   // y = cap * tanh(x / cap): the soft-capped logits.
-  void (*softcap)(const T* x, T* y, int64_t n, T cap);
+  void (*softcap)(const S* x, T* y, int64_t n, T cap);
+  // y = x, widened (the rows the generic softmax driver takes over, in T).
+  void (*widen)(const S* x, T* y, int64_t n);
   // sum_j x_j * w_j, or sum_j x_j when w is null (the label-smoothing term).
-  double (*dot)(const T* x, const T* w, int64_t n);
+  double (*dot)(const S* x, const T* w, int64_t n);
   // y_j = (a * p_j - c * w_j) * (1 - (xc_j * inv_cap)^2): the gradient from the softmax
-  // p; w null means w_j = 1, xc null means no soft-cap; `stream`: non-temporal stores.
-  void (*gradient)(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream);
+  // p, rounded once to S; w null means w_j = 1, xc null means no soft-cap; `stream`:
+  // non-temporal stores.
+  void (*gradient)(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream);
 };
 
 // The backward passes of the softmax family over contiguous rows (kernels/softmax_backward.cpp):
@@ -122,12 +132,8 @@ struct KernelTable {
   SoftmaxKernels<bf16> bf16s;
   CrossEntropyRowKernels<float> ce_f32;
   CrossEntropyRowKernels<double> ce_f64;
-  // bfloat16 and float16 rows of the cross-entropy, widened to float32 and narrowed
-  // back (RNE), by the softmax kernels' in-register conversions.
-  void (*bf16_to_f32)(const uint16_t* a, float* y, int64_t n);
-  void (*f32_to_bf16)(const float* a, uint16_t* y, int64_t n);
-  void (*f16_to_f32)(const uint16_t* a, float* y, int64_t n);
-  void (*f32_to_f16)(const float* a, uint16_t* y, int64_t n);
+  CrossEntropyRowKernels<f16> ce_f16;
+  CrossEntropyRowKernels<bf16> ce_bf16;
   SoftmaxBackwardKernels<float> bwd_f32;
   SoftmaxBackwardKernels<double> bwd_f64;
   SoftmaxBackwardKernels<f16> bwd_f16;

@@ -163,6 +163,51 @@ def test_half_precision(isa, dtype, reduction):
     check(x, t, loss, grad, weight=w, eps=0.05, reduction=reduction, out_dtype=dtype)
 
 
+HALF_TAILS = (*range(1, 71), 1000, 4099)  # every SIMD tail of 8 and 16 lanes, unrolled by 4
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("opts", [{}, {"weight": True, "eps": 0.1, "zc": 1e-3, "cap": 4.0}], ids=["plain", "all"])
+def test_half_tails_against_float64(isa, dtype, opts):
+    """Half rows are read and their gradient written by the kernels (float32 inside):
+    for every tail length, against float64 on the same half inputs, the gradient within
+    one ulp of the half at the row's largest |gradient|, lse within float32's accuracy
+    and the loss within one rounding to the half of it. Rows: a plain one, one with -inf
+    entries, an ignored one, and (full options) the in-place gradient bit for bit."""
+    rng = np.random.default_rng(12)
+    eps_h = float(ml_dtypes.finfo(dtype).eps)
+    u = unit_roundoff(np.float32)
+    for c in HALF_TAILS:
+        x = (rng.standard_normal((3, c)) * 4).astype(dtype)
+        t = rng.integers(0, c, 3)
+        if c > 2:
+            x[1, (t[1] + 1) % c] = -np.inf
+        t[2] = -100
+        w = rng.uniform(0.5, 1.5, c).astype(np.float32) if opts.get("weight") else None
+        o = {k: v for k, v in opts.items() if k != "weight"}
+        loss, lse, grad = call(x, t, weight=w, reduction="none", return_lse=True, return_grad=True, isa=isa, **o)
+        assert loss.dtype == grad.dtype == dtype and lse.dtype == np.float32
+        ref_loss, _, ref_lse, ref_grad = reference(x, t, weight=w, reduction="none", **o)
+        g = grad.astype(np.float64)
+        rowmax = np.max(np.abs(ref_grad), axis=1, keepdims=True)
+        err = np.abs(g - ref_grad)
+        assert np.all(err <= eps_h * rowmax), (c, float(np.max(err / np.maximum(rowmax, 1e-300))))
+        assert np.all(g[2] == 0)
+        cap = o.get("cap") or 0
+        np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=float(np.max(16 * u * (1 + np.abs(ref_lse) + cap))))
+        xt = np.abs(x.astype(np.float64)[np.arange(3), np.where(t >= 0, t, 0)])
+        lb = eps_h / 2 * np.abs(ref_loss) + 16 * u * (1 + np.abs(ref_lse) + xt)
+        lb = lb * (1 + cap) * (1 + 2 * (o.get("zc") or 0) * np.abs(ref_lse) ** 2) * (1.5 if w is not None else 1)
+        np.testing.assert_array_less(np.abs(loss.astype(np.float64) - ref_loss), lb + 1e-30)
+        if opts:
+            xi = x.copy()
+            li = call(xi, t, weight=w, reduction="none", grad_out=xi, isa=isa, **o)[0]
+            f32 = np.float32
+            np.testing.assert_array_equal(li.astype(f32), loss.astype(f32))
+            np.testing.assert_array_equal(xi.astype(f32), grad.astype(f32))
+
+
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("strided", [False, True])
 def test_half_blocks_and_in_place(monkeypatch, dtype, strided):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+import twopass  # noqa: E402
 import twopass.torch as tpt  # noqa: E402 - an import error in twopass fails, never skips
 from twopass import reference  # noqa: E402
 from twopass.torch import _eager  # noqa: E402
@@ -382,16 +383,35 @@ def test_halves_eager_gradient(name, dtype, monkeypatch):
     assert float((gx.double() - want).abs().max() / want.abs().max()) <= 4 * HALF_TOL[dtype]
 
 
-def test_cross_entropy_halves_stay_off_the_eager_kernels():
-    # cross_entropy's eager C++ path takes float32/float64 only; halves keep the custom op
-    x = make((4, 50), torch.bfloat16, seed=3)
-    t = torch.tensor([0, 3, 49, 7])
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("opts", CE_OPTS, ids=lambda o: "-".join(o) or "default")
+def test_cross_entropy_halves_eager(opts, dtype):
+    """Halves take cross_entropy's eager C++ path too (the kernels read and write them,
+    float32 inside), with the custom op's dtypes (loss and z of the logits' dtype, lse
+    float32) and values, bit for bit."""
     from twopass.torch import _cross_entropy as ce
 
-    assert _eager.eager_ok(x) and not ce._direct_ok(x, t, None)
-    got = tpt.cross_entropy(x, t)
-    want = F.cross_entropy(x.double(), t)
-    assert abs(float(got) - float(want)) <= 2.0**-7 * abs(float(want)) + 1e-3
+    x = make((9, 301), dtype, seed=3)
+    t = torch.randint(0, 301, (9,), generator=torch.Generator().manual_seed(3))
+    t[2] = opts.get("ignore_index", -100)
+    opts = dict(opts)
+    if opts.get("weight"):
+        opts["weight"] = (torch.rand(301, generator=torch.Generator().manual_seed(1)) + 0.5).to(dtype)
+    assert ce._direct_ok(x, t, opts.get("weight"))
+    a = x.clone().requires_grad_()
+    loss, z, lse = tpt.cross_entropy(a, t, **opts, return_z_loss=True, return_lse=True)
+    g = torch.ones_like(loss) if loss.dim() else None
+    (d,) = torch.autograd.grad(loss, a, g)
+    args = (opts.get("weight"), opts.get("ignore_index", -100), opts.get("reduction", "mean"))
+    args += (opts.get("label_smoothing", 0.0), opts.get("z_loss", 0.0), opts.get("softcap", 0.0))
+    ref_loss, ref_z, ref_lse, ref_grad = torch.ops.twopass.cross_entropy(x, t, *args, True)
+    assert loss.dtype == z.dtype == d.dtype == dtype and lse.dtype == torch.float32
+    for got, want in ((loss, ref_loss), (z, ref_z), (lse, ref_lse), (d, ref_grad)):
+        assert same(got.detach(), want)
+    # and the NumPy entry, which rounds the float64 loss to the half once, as the eager path
+    w = opts.get("weight")
+    npo = {**opts, "weight": None if w is None else w.float()}
+    assert same(loss.detach(), twopass.cross_entropy(x, t, **npo))
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)

@@ -1,7 +1,9 @@
 // The row helpers of the fused cross-entropy (kernel_api.h, CrossEntropyRowKernels)
 // for one ISA: compiled once per ISA (CMakeLists.txt), in namespace TP_NS. Rows only:
 // logits are contiguous rows, and each row is in cache when these run
-// (cross_entropy.cpp), so they are plain loops.
+// (cross_entropy.cpp), so they are plain loops. Logits and gradient are of the storage
+// type S (loops.h), converted in registers; the scratch rows (softmax, soft-capped
+// logits) and the weights are of the compute type T.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,16 +37,28 @@ template <class T> struct SoftcapVisitor {
   }
 };
 
-template <class T> void ce_softcap(const T* x, T* y, int64_t n, T cap) {
+template <class S, class T = tp::Compute<S>> void ce_softcap(const S* x, T* y, int64_t n, T cap) {
   SoftcapVisitor<T> v;
   v.cap = Vec<T>::set1(cap);
   v.inv = Vec<T>::set1(T(1) / cap);
   map_row(x, y, n, v, false);
 }
 
+// The row widened to T (rows the generic softmax driver redoes in T: cross_entropy.cpp).
+template <class T> struct WidenVisitor {
+  static constexpr T kFill = 0;
+  static constexpr bool kPrefetch = false;
+  inline typename Vec<T>::R apply(int, typename Vec<T>::R x) { return x; }
+};
+template <class S, class T = tp::Compute<S>> void ce_widen(const S* x, T* y, int64_t n) {
+  WidenVisitor<T> v;
+  map_row(x, y, n, v, false);
+}
+
 // sum_j x_j * w_j (w null: sum_j x_j): T registers folded into double every block, so
 // long rows keep ~1 ulp. 0 * -inf = NaN, as torch's (x * w).sum() gives.
-template <class T> double ce_dot(const T* x, const T* w, int64_t n) {
+template <class S, class T = tp::Compute<S>> double ce_dot(const S* x, const T* w, int64_t n) {
+  using IO = Io<S>;
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int W = V::W;
@@ -57,10 +71,10 @@ template <class T> double ce_dot(const T* x, const T* w, int64_t n) {
     int64_t i = b;
     for (; i + kUnroll * W <= end; i += kUnroll * W)
       for (int u = 0; u < kUnroll; ++u)
-        acc[u] = w ? V::fma(V::load(x + i + u * W), V::load(w + i + u * W), acc[u]) : V::add(acc[u], V::load(x + i + u * W));
+        acc[u] = w ? V::fma(IO::load(x + i + u * W), V::load(w + i + u * W), acc[u]) : V::add(acc[u], IO::load(x + i + u * W));
     for (; i < end; i += W) {
       const int k = (int)std::min<int64_t>(W, end - i);
-      const R xv = V::load_partial(x + i, k, 0);
+      const R xv = load_k<S>(x + i, k, 0);
       acc[0] = w ? V::fma(xv, V::load_partial(w + i, k, 0), acc[0]) : V::add(acc[0], xv);
     }
     for (int u = 1; u < kUnroll; ++u) acc[0] = V::add(acc[0], acc[u]);
@@ -71,10 +85,11 @@ template <class T> double ce_dot(const T* x, const T* w, int64_t n) {
 
 // The gradient from the softmax p: y_j = (a * p_j - c * w_j) * d_j, with w_j = 1 when w
 // is null and d_j = 1 - (xc_j / cap)^2 (the soft-cap's derivative, from the capped
-// logits xc) when xc is not null. p is a cached scratch row; y is the output, written
-// with streaming stores when `stream` (the caller applies tp::use_streaming_stores).
-template <class T, bool Weighted, bool Capped>
-void ce_gradient_impl(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
+// logits xc) when xc is not null. p is a cached scratch row; y is the output, rounded
+// once to S and written with streaming stores when `stream` (the caller applies
+// tp::use_streaming_stores).
+template <class S, bool Weighted, bool Capped, class T>
+void ce_gradient_impl(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
   using V = Vec<T>;
   using R = typename V::R;
   const R av = V::set1(a), cv = V::set1(c), iv = V::set1(inv_cap), one = V::set1(1);
@@ -88,22 +103,24 @@ void ce_gradient_impl(const T* p, T* y, const T* xc, const T* w, int64_t n, T a,
     return g;
   });
 }
-template <class T>
-void ce_gradient(const T* p, T* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
+template <class S, class T = tp::Compute<S>>
+void ce_gradient(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
   if (w)
-    xc ? ce_gradient_impl<T, true, true>(p, y, xc, w, n, a, c, inv_cap, stream)
-       : ce_gradient_impl<T, true, false>(p, y, xc, w, n, a, c, inv_cap, stream);
+    xc ? ce_gradient_impl<S, true, true>(p, y, xc, w, n, a, c, inv_cap, stream)
+       : ce_gradient_impl<S, true, false>(p, y, xc, w, n, a, c, inv_cap, stream);
   else
-    xc ? ce_gradient_impl<T, false, true>(p, y, xc, w, n, a, c, inv_cap, stream)
-       : ce_gradient_impl<T, false, false>(p, y, xc, w, n, a, c, inv_cap, stream);
+    xc ? ce_gradient_impl<S, false, true>(p, y, xc, w, n, a, c, inv_cap, stream)
+       : ce_gradient_impl<S, false, false>(p, y, xc, w, n, a, c, inv_cap, stream);
 }
 
 }  // namespace
 
-template <class T> tp::CrossEntropyRowKernels<T> cross_entropy_row_kernels() {
-  return {ce_softcap<T>, ce_dot<T>, ce_gradient<T>};
+template <class S> tp::CrossEntropyRowKernels<S> cross_entropy_row_kernels() {
+  return {ce_softcap<S>, ce_widen<S>, ce_dot<S>, ce_gradient<S>};
 }
 template tp::CrossEntropyRowKernels<float> cross_entropy_row_kernels<float>();
 template tp::CrossEntropyRowKernels<double> cross_entropy_row_kernels<double>();
+template tp::CrossEntropyRowKernels<tp::f16> cross_entropy_row_kernels<tp::f16>();
+template tp::CrossEntropyRowKernels<tp::bf16> cross_entropy_row_kernels<tp::bf16>();
 
 }  // namespace TP_NS

@@ -11,14 +11,8 @@ namespace TP_NS {
 
 // softmax_passes.cpp (instantiated for float, double, tp::f16 and tp::bf16 storage).
 template <class S> tp::SoftmaxKernels<S> softmax_kernels();
-// cross_entropy_rows.cpp (instantiated for float and double).
-template <class T> tp::CrossEntropyRowKernels<T> cross_entropy_row_kernels();
-// softmax_backward.cpp (instantiated for float and double).
-template <class T> tp::SoftmaxBackwardKernels<T> softmax_backward_kernels();
-// bf16.cpp (bfloat16 and float16 rows).
-void bf16_to_f32(const uint16_t* a, float* y, int64_t n);
-void f32_to_bf16(const float* a, uint16_t* y, int64_t n);
-void f16_to_f32(const uint16_t* a, float* y, int64_t n);
-void f32_to_f16(const float* a, uint16_t* y, int64_t n);
+// cross_entropy_rows.cpp and softmax_backward.cpp (likewise).
+template <class S> tp::CrossEntropyRowKernels<S> cross_entropy_row_kernels();
+template <class S> tp::SoftmaxBackwardKernels<S> softmax_backward_kernels();
 
 }  // namespace TP_NS

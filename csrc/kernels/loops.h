@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../kernel_api.h"
 #include "simd/io.h"
@@ -153,7 +154,7 @@ template <class S, class Vis> void reduce_panel(const Group<S>& g, Vis& vis) {
 // tp::use_streaming_stores (streaming_stores.h). They need vector-aligned addresses, so
 // a partial head is peeled first, and an sfence orders them before whatever the caller
 // stores next (another thread may read y once the pass returns).
-template <class S, class F> void write_row(S* y, int64_t n, bool stream, const S* src, F&& f) {
+template <class S, class Src, class F> void write_row(S* y, int64_t n, bool stream, const Src* src, F&& f) {
   using V = Vec<tp::Compute<S>>;
   using IO = Io<S>;
   constexpr int W = V::W;
@@ -186,8 +187,10 @@ template <class S> inline typename Vec<tp::Compute<S>>::R load_k(const S* p, int
   return k == Vec<tp::Compute<S>>::W ? Io<S>::load(p) : Io<S>::load_partial(p, k, fill);
 }
 
-// A map over a contiguous row.
-template <class S, class Vis> void map_row(const S* x, S* y, int64_t n, Vis& vis, bool stream) {
+// A map over a contiguous row; x and y may differ in storage type when they share the
+// compute type (a half row mapped into a float32 scratch row).
+template <class SX, class SY, class Vis> void map_row(const SX* x, SY* y, int64_t n, Vis& vis, bool stream) {
+  static_assert(std::is_same_v<tp::Compute<SX>, tp::Compute<SY>>);
   write_row(y, n, stream, Vis::kPrefetch ? x : nullptr, [&](int64_t i, int k, int u) { return vis.apply(u, load_k(x + i, k, Vis::kFill)); });
 }
 

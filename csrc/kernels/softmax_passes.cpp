@@ -375,8 +375,9 @@ template <class S, bool Panel> struct PassKernels {
     reduce<Panel>(g, v);
     v.finish(Panel ? g.lanes : 1);
   }
-  static void exp_store_sum(const Group<S>& g, const T* m, double* s, bool stream) {
-    // Sums are folded per block as in reduce_*: run the map block by block.
+  // Sums are folded per block as in reduce_*: the map runs block by block, map_block(b,
+  // len, v) over elements [b, b + len) of every lane.
+  template <class F> static void exp_store_sum_blocks(const Group<S>& g, const T* m, double* s, F&& map_block) {
     ExpStoreSumVisitor<T> v;
     v.mx.load(m, g, Panel);
     v.out = s;
@@ -384,18 +385,28 @@ template <class S, bool Panel> struct PassKernels {
     v.init_out(k);
     const int64_t block = Panel ? kPanelBlock : kRowBlock<T, ExpStoreSumVisitor<T>>;
     for (int64_t b = 0; b < g.n; b += block) {
-      Group<S> part = g;
-      part.x += b * g.sx;
-      part.y += b * g.sy;
-      part.n = std::min(block, g.n - b);
       v.reset();
-      map<Panel>(part, v, stream);
+      map_block(b, std::min(block, g.n - b), v);
       if (Panel)
         v.fold_panel(g.lanes);
       else
         v.fold_row();
     }
     v.finish(k);
+  }
+  static void exp_store_sum(const Group<S>& g, const T* m, double* s, bool stream) {
+    exp_store_sum_blocks(g, m, s, [&](int64_t b, int64_t len, ExpStoreSumVisitor<T>& v) {
+      Group<S> part = g;
+      part.x += b * g.sx;
+      part.y += b * g.sy;
+      part.n = len;
+      map<Panel>(part, v, stream);
+    });
+  }
+  static void exp_store_sum_wide(const S* x, T* y, int64_t n, T m, double* s, bool stream) {
+    exp_store_sum_blocks(Group<S>{x, nullptr, n, 1, 1, 1}, &m, s, [&](int64_t b, int64_t len, ExpStoreSumVisitor<T>& v) {
+      map_row(x + b, y + b, len, v, stream);
+    });
   }
   static void exp_scale(const Group<S>& g, const T* m, const T* c, bool stream) {
     ExpScaleVisitor<T> v;
@@ -533,7 +544,7 @@ template <class S, bool Panel> struct PassKernels {
 
   static constexpr tp::Passes<S> table() {
     return {two_pass_sum, two_pass_write, max,   sumexp, online, exp_store_sum, exp_scale, scale, log_softmax_write,
-            Panel ? nullptr : rows_reload};
+            Panel ? nullptr : rows_reload, Panel ? nullptr : exp_store_sum_wide};
   }
 };
 

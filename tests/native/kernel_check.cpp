@@ -200,14 +200,21 @@ template <class S> void run_half(tp::Isa isa) {
 
 // The fused cross-entropy (csrc/cross_entropy.cpp) against docs/cross_entropy.md in
 // double: loss per row within 32 u (1 + |lse| + |x_t| + cap) max(w), gradient within
-// 32 u (max |ref| of the row + its terms) (1 + cap); mean-reduction scales.
-template <class T> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double eps, double zc, double cap, bool weighted,
+// 32 u (max |ref| of the row + its terms) (1 + cap); mean-reduction scales. Storage S:
+// float16 / bfloat16 logits and gradient (computed in T = float32) add the gradient's
+// one rounding to S (hu relative, half its smallest subnormal absolute).
+template <class S> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double eps, double zc, double cap, bool weighted,
                                  bool stream, tp::Algo algo, std::mt19937_64& rng) {
+  using T = tp::Compute<S>;
+  using St = tp::Storage<S>;
+  constexpr bool kF16 = std::is_same_v<S, tp::f16>, kBf16 = std::is_same_v<S, tp::bf16>;
+  const double hu = kF16 ? 0x1p-11 : kBf16 ? 0x1p-8 : 0.0, htiny = kF16 ? 0x1p-25 : 0.0;
   std::normal_distribution<double> normal(0.0, 4.0);
   std::uniform_real_distribution<double> unif(0.5, 2.0);
-  std::vector<T> x(rows * n), g(rows * n), w(n);
+  std::vector<S> x(rows * n), g(rows * n);
+  std::vector<T> w(n);
   std::vector<int64_t> t(rows);
-  for (auto& v : x) v = (T)normal(rng);
+  for (auto& v : x) v = St::narrow((T)normal(rng));
   for (auto& v : w) v = (T)unif(rng);
   for (int64_t i = 0; i < rows; ++i) t[i] = i == 1 ? -100 : (int64_t)(rng() % n);
   double W = 0, swt = 0;
@@ -217,15 +224,16 @@ template <class T> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double ep
   const double s_ce = 1 / swt, s_z = 1.0 / (rows - 1);
   std::vector<double> ce(rows), z(rows), lse(rows);
   tp::CrossEntropyProblem pb{(int)sizeof(T), x.data(), rows, n, n, t.data(), weighted ? w.data() : nullptr, W, -100, eps, zc,
-                   cap, s_ce, s_z, g.data(), n, ce.data(), z.data(), lse.data(), algo, stream};
+                   cap, s_ce, s_z, g.data(), n, ce.data(), z.data(), lse.data(), algo, stream, kBf16, kF16};
   tp::cross_entropy(pb, isa, 2);
+  auto gx = [&](int64_t k) { return (double)St::widen(g[k]); };
   const double u = unit_roundoff<T>();
   bool ok = true;
   for (int64_t i = 0; i < rows && ok; ++i) {
     std::vector<double> xc(n);
     double m = -INFINITY;
     for (int64_t j = 0; j < n; ++j) {
-      const double v = (double)x[i * n + j];
+      const double v = (double)St::widen(x[i * n + j]);
       xc[j] = cap > 0 ? cap * std::tanh(v / cap) : v;
       m = std::max(m, xc[j]);
     }
@@ -235,7 +243,7 @@ template <class T> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double ep
     const double wmax = weighted ? 2.0 : 1.0;
     if (t[i] < 0) {
       ok = ce[i] == 0 && z[i] == 0;
-      for (int64_t j = 0; j < n && ok; ++j) ok = g[i * n + j] == 0;
+      for (int64_t j = 0; j < n && ok; ++j) ok = gx(i * n + j) == 0;
       continue;
     }
     const int64_t ti = t[i];
@@ -255,13 +263,14 @@ template <class T> void check_ce(tp::Isa isa, int64_t rows, int64_t n, double ep
     }
     const double terms = (s_ce * wmax + s_z * 2 * zc * std::fabs(L));
     for (int64_t j = 0; j < n && ok; ++j)
-      ok = std::fabs(g[i * n + j] - ref[j]) <= 32 * u * (rmax + std::fabs(ref[j]) + terms) * (1 + cap);
+      ok = std::fabs(gx(i * n + j) - ref[j]) <=
+           32 * u * (rmax + std::fabs(ref[j]) + terms) * (1 + cap) + hu * std::fabs(ref[j]) + htiny;
   }
   if (ok) ++passed;
   else {
     ++failed;
-    std::printf("FAILED cross_entropy isa=%d dtype=f%d rows=%lld n=%lld eps=%g zc=%g cap=%g w=%d stream=%d algo=%d\n",
-                (int)isa, (int)(8 * sizeof(T)), (long long)rows, (long long)n, eps, zc, cap, (int)weighted, (int)stream,
+    std::printf("FAILED cross_entropy isa=%d dtype=%s rows=%lld n=%lld eps=%g zc=%g cap=%g w=%d stream=%d algo=%d\n",
+                (int)isa, kF16 ? "f16" : kBf16 ? "bf16" : sizeof(T) == 4 ? "f32" : "f64", (long long)rows, (long long)n, eps, zc, cap, (int)weighted, (int)stream,
                 (int)algo);
   }
 }
@@ -354,6 +363,8 @@ int main() {
     run_half<tp::bf16>(isa);
     run_ce<float>(isa);
     run_ce<double>(isa);
+    run_ce<tp::f16>(isa);
+    run_ce<tp::bf16>(isa);
     run_backward<float>(isa);
     run_backward<double>(isa);
   }

@@ -10,7 +10,7 @@ out=build/avx512-emulated-check${SANITIZE:+-asan}
 mkdir -p "$out"
 CXX=${CXX:-g++}
 flags="-O2 -std=c++17 -pthread${SANITIZE:+ -fsanitize=address -fno-omit-frame-pointer}"
-kernels="softmax_passes cross_entropy_rows bf16 softmax_backward table"  # csrc/kernels/*.cpp: once per ISA
+kernels="softmax_passes cross_entropy_rows softmax_backward table"  # csrc/kernels/*.cpp: once per ISA
 emulate="-DTP_AVX512_EMULATE -include tests/native/avx512_emulation.h"
 for k in $kernels; do
   $CXX $flags -DTP_ISA_SCALAR -c "csrc/kernels/$k.cpp" -o "$out/scalar_$k.o"

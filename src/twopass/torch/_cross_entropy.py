@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
-from ._eager import _BYTES, _ISA, _L3, _PLAIN, _new_like, eager_ok
+from ._eager import _ISA, _L3, _PLAIN, _new_like, eager_ok
 
 __all__ = ["cross_entropy"]
 
@@ -139,11 +139,10 @@ def _compute(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad
 
 
 def _direct_ok(logits, target, weight) -> bool:
-    """The eager path applies: plain float32/float64 CPU logits outside any tracing
-    (_eager.eager_ok), int64 targets, a weight of the logits' dtype or none."""
+    """The eager path applies: plain float32/float64/float16/bfloat16 CPU logits outside
+    any tracing (_eager.eager_ok), int64 targets, a weight of the logits' dtype or none."""
     return (
         eager_ok(logits)
-        and logits.dtype in _BYTES
         and logits.numel() > 0
         and type(target) in _PLAIN
         and target.dtype is torch.int64
@@ -162,20 +161,22 @@ def _direct_ok(logits, target, weight) -> bool:
 
 
 def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras=True):
-    """(loss, z_loss, lse) of float32/float64 CPU (rows, C) logits in one C++ call
-    (_core.cross_entropy_ptr: target check, scales, kernel, reduction), the gradient
-    written into `grad` when given; the loss alone when not `extras`. The custom op's CPU
-    implementation runs it too, so both paths give the same values."""
+    """(loss, z_loss, lse) of float32/float64/float16/bfloat16 CPU (rows, C) logits in
+    one C++ call (_core.cross_entropy_ptr: target check, scales, kernel, reduction), the
+    gradient written into `grad` when given; the loss alone when not `extras`. The
+    custom op's CPU implementation runs it too, so both paths give the same values.
+    Halves are computed in float32: their weight is converted to it, lse is float32."""
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     t = target if target.is_contiguous() else target.contiguous()
     rows, n = x.shape
+    ctype = torch.float64 if x.dtype is torch.float64 else torch.float32
     if weight is not None:
         if weight.shape[0] != n:
             raise ValueError(f"twopass.cross_entropy: weight has shape {tuple(weight.shape)}, expected ({n},)")
-        weight = weight.contiguous()
+        weight = weight.to(ctype).contiguous()
     shape = (rows,) if reduction == "none" else ()
     loss = x.new_empty(shape)
-    z, lse = (x.new_empty(shape), x.new_empty(rows)) if extras else (None, None)
+    z, lse = (x.new_empty(shape), x.new_empty(rows, dtype=ctype)) if extras else (None, None)
     _core.cross_entropy_ptr(
         _ISA,
         _RELOAD if grad is not None else _TWO_PASS,  # as twopass.cross_entropy's "auto"
@@ -198,6 +199,7 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
         lse.data_ptr() if extras else 0,
         torch.get_num_threads(),
         grad is not None and grad.data_ptr() != x.data_ptr() and grad.nbytes > _L3,
+        x.dtype is torch.bfloat16,
     )
     return (loss, z, lse) if extras else loss
 
@@ -241,9 +243,8 @@ _ce_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
 
 
 def _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
-    if logits.dtype in (torch.float32, torch.float64) and logits.numel() > 0:
-        w = None if weight is None else weight.to(logits.dtype)
-        return _direct(logits, target.to(torch.int64), w, ignore_index, reduction, eps, zc, cap, grad)
+    if logits.numel() > 0:
+        return _direct(logits, target.to(torch.int64), weight, ignore_index, reduction, eps, zc, cap, grad)
     import twopass
 
     x = logits if logits.stride(-1) == 1 else logits.contiguous()

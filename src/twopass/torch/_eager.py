@@ -28,10 +28,9 @@ from torch import Tensor
 from .. import _alloc, _core, _dispatch
 from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, auto_algorithm
 
-_BYTES = {torch.float32: 4, torch.float64: 8}  # cross-entropy's kernels
-# The softmax family's kernels, forward and backward, also read and write the halves
-# (computing in float32).
-_FWD_BYTES = {**_BYTES, torch.float16: 2, torch.bfloat16: 2}
+# Every kernel (the softmax family forward and backward, the cross-entropy) also reads
+# and writes the halves, computing in float32.
+_FWD_BYTES = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 _PLAIN = (Tensor, torch.nn.Parameter)
 _STRIDED = torch.strided
 _OP = dict(_dispatch.OP_CODES)
@@ -71,7 +70,7 @@ def _new_like(t: Tensor) -> Tensor:
 
 def eager_ok(x: object) -> bool:
     """x is a plain float32/float64/float16/bfloat16 CPU tensor and nothing traces or
-    intercepts the call (cross-entropy's path asks for float32/float64 itself)."""
+    intercepts the call."""
     return (
         type(x) in _PLAIN
         and x.is_cpu  # type: ignore[attr-defined]
