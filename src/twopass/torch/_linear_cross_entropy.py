@@ -241,9 +241,11 @@ def _loop(h, w, t, b, ignore_index, reduction, eps, zc, cap, chunk, grads, g_row
     return loss, lse, gh, gw, gb
 
 
-def _mean_scale(t: Tensor, ignore_index: int, dtype) -> Tensor:
-    """1 / (rows not ignored), on the device (0/0 = NaN when all are ignored, as torch)."""
-    return 1 / (t != ignore_index).sum().to(dtype)
+def _mean_scales(t: Tensor, ignore_index: int, dtype) -> tuple[Tensor, Tensor]:
+    """1 / (rows not ignored) for the loss (NaN when all are ignored, 0/0, as torch) and
+    for the gradients (which are all 0 then, as torch's), on the device."""
+    n = (t != ignore_index).sum().to(dtype)
+    return 1 / n, 1 / n.clamp(min=1)
 
 
 # ----------------------------------------------------------------------------------
@@ -265,12 +267,12 @@ def _lce(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     loss, lse, gh, gw, gb = _loop(h, w, t, b, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk, grads)
     if reduction == "mean":
-        scale = _mean_scale(t, ignore_index, loss.dtype if loss.dtype == torch.float64 else torch.float32)
+        scale, g_scale = _mean_scales(t, ignore_index, loss.dtype if loss.dtype == torch.float64 else torch.float32)
         loss = loss * scale
         if grads:
             for g in (gh, gw, gb):
                 if g is not None:
-                    g.mul_(scale.to(g.dtype))
+                    g.mul_(g_scale.to(g.dtype))
     return (
         loss.to(h.dtype).contiguous(),
         lse.contiguous(),
