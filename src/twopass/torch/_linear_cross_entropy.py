@@ -224,7 +224,7 @@ def _loop(h, w, t, b, ignore_index, reduction, eps, zc, cap, chunk, grads, g_row
         else:
             torch.addmm(b, hc, wt, out=x)
         loss, _, lse = ce(x, t[s:e], None, ignore_index, red, eps, zc, cap, x if grads else None)
-        losses.append(loss)
+        losses.append(loss.to(wide))  # (the chunks' sums added in float32 at least)
         lses.append(lse)
         if not grads:
             continue
