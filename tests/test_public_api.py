@@ -31,6 +31,7 @@ PUBLIC = [
     tpt.log_softmax,
     tpt.logsumexp,
     tpt.cross_entropy,
+    tpt.linear_cross_entropy,
     tpd.softmax,
     tpd.log_softmax,
     tpd.logsumexp,
