@@ -36,6 +36,7 @@ PUBLIC = [
     tpd.log_softmax,
     tpd.logsumexp,
     tpd.cross_entropy,
+    tpd.linear_cross_entropy,
     tpd.shard_offset,
     twopass.scipy.softmax,
     twopass.scipy.log_softmax,

@@ -7,6 +7,7 @@
     z    = tpd.log_softmax(x_shard, dim=-1, group=group)
     lse  = tpd.logsumexp(x_shard, dim=-1, group=group)      # whole-row result, the same on every rank
     loss = tpd.cross_entropy(logits_shard, target, vocab_start=start, group=group)
+    loss = tpd.linear_cross_entropy(hidden, head_weight_shard, target, vocab_start=start, group=group)
 
 One collective per forward
 --------------------------
@@ -76,7 +77,16 @@ Backward
   rank that owns the target.
 - softmax and log_softmax: one all-reduce (SUM) of a per-row scalar, sum_j g_j y_j for softmax and
   sum_j g_j for log_softmax, over the whole row; so every rank of the group must run backward.
+- linear_cross_entropy: the logits recomputed chunk by chunk (the second of its four matmuls
+  per chunk), and one all-reduce (SUM) of the input's gradient, the input being replicated.
 Double backward is not supported, nor torch.compile (the collectives run eagerly).
+
+linear_cross_entropy's memory per rank: one (chunk, V_r) logits buffer in the forward; in
+the backward that buffer and the chunk's gradient (two chunk-sized buffers; float16/bfloat16
+add a float32 copy of the chunk), plus the gradients of the input and of the shard. Measured
+(python tools/lce_dist_memory.py: 2 gloo ranks, N=2048, H=512,
+V=32000, float32, default budget): 215 MB peak extra per rank, against 250 MB for
+tpd.cross_entropy on the shard's whole (N, V_r) logits (125 MB of logits) and its gradient.
 
 On CUDA tensors (NCCL) the forward reads a few flags back to the host (whether a shard takes
 the exact path; which rows are ignored), a small synchronisation; on the CPU (gloo) these
