@@ -11,13 +11,17 @@ Variants:
 - on CUDA also liger (Liger-Kernel's LigerFusedLinearCrossEntropyLoss) and cce (Cut
   Cross-Entropy's linear_cross_entropy), when installed.
 
-Each variant runs in a fresh subprocess, with its inputs allocated first: one warm-up step
+Memory: each variant in a fresh subprocess, its inputs allocated first, one warm-up step
 on a small shape (imports, thread pools; torch_compile warms up on the full shape, its
 kernels being built for it), then one full step whose peak extra memory is measured
 (CPU: the peak resident size minus the resident size before it, VmHWM reset through
 /proc/self/clear_refs, since torch's CPU allocator is not traced; CUDA:
-torch.cuda.max_memory_allocated minus the allocated bytes before), then `repeats` timed
-steps (median). The extra memory includes the gradients of h and W (the same for all).
+torch.cuda.max_memory_allocated minus the allocated bytes before). The extra memory
+includes the gradients of h and W (the same for all).
+
+Time: in this process, the same inputs, one warm-up step per variant, then `repeats`
+rounds in which every variant takes one step in turn (round-robin, so that a change in
+the machine's load falls on all of them alike); median and minimum per variant.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ else:
     before = status("VmRSS:")
     fn()
     peak = status("VmHWM:") - before
-ts = []
+ts = [0.0]
 for _ in range({repeats}):
     if dev == "cuda":
         torch.cuda.synchronize()
@@ -175,6 +179,36 @@ def measure(variant: str, shape, dtype: str, threads: int, repeats: int, device:
     return json.loads(lines[-1])
 
 
+def _time_round_robin(results: dict[str, Any], shape, dtype: str, threads: int, repeats: int, device: str) -> None:
+    """Adds median_s, min_s and times_s to each available variant's entry of `results`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    h, w, t = _inputs(shape, dtype, device)
+    steps = {}
+    for v, r in results.items():
+        if r is not None:
+            steps[v] = _step(v, h, w, t)
+            steps[v]()  # warm-up (torch_compile: its build)
+
+    def timed(fn):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    for _ in range(repeats):
+        for v, fn in steps.items():
+            times[v].append(timed(fn))
+    for v, ts in times.items():
+        ts = sorted(ts)
+        results[v].update(median_s=ts[len(ts) // 2], min_s=ts[0], times_s=ts)
+
+
 def run(
     console: Any,
     argv: list[str],
@@ -200,21 +234,22 @@ def run(
                     for v in variants:
                         advance(f"{th}t {'x'.join(map(str, shape))} {dtype} {v}")
                         try:
-                            r = measure(v, shape, dtype, th, repeats, device)
+                            r = measure(v, shape, dtype, th, 0, device)
                         except (RuntimeError, subprocess.SubprocessError, ValueError) as e:
                             r = {"unavailable": f"failed: {e}"}
                         if "unavailable" in r:
                             if f"{v}: {r['unavailable']}" not in notes:
                                 notes.append(f"{v}: {r['unavailable']}")
                             r = None
-                        row["variants"][v] = r
+                        row["variants"][v] = r and {"peak_extra_bytes": r["peak_extra_bytes"]}
+                    _time_round_robin(row["variants"], shape, dtype, th, repeats, device)
                     rows.append(row)
     doc = _report.header("twopass-bench-lce/1", argv, twopass.info())
     doc.update(
         device=device,
         definitions={
             "step": "forward + backward of the mean cross-entropy of h @ W.T, h (N, H) and W (V, H) requiring grad",
-            "median_s": f"median of {repeats} steps after the measured one, fresh process per variant",
+            "median_s": f"median of {repeats} steps, the variants taking turns in one process (min_s: the fastest)",
             "peak_extra_bytes": "peak memory during one step minus before it (CPU: resident size; CUDA: allocated)",
         },
         results=rows,
@@ -236,15 +271,20 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
 
         def cell(k, v=v):
             e = v.get(k)
-            return "n/a" if not e else f"{e['median_s']:.3g} / {e['peak_extra_bytes'] / 2**20:.0f}"
+            if not e:
+                return "n/a"
+            return f"{e['median_s']:.3g} ({e['min_s']:.3g}) / {e['peak_extra_bytes'] / 2**20:.0f}"
 
         tp, tc = v.get("twopass"), v.get("torch_chunked")
         ratio = "n/a"
         if tp and tc:
             mem = tp["peak_extra_bytes"] / tc["peak_extra_bytes"]
-            ratio = f"time {tp['median_s'] / tc['median_s']:.2f}x, memory {mem:.2f}x"
+            ratio = f"time {tp['median_s'] / tc['median_s']:.2f}x ({tp['min_s'] / tc['min_s']:.2f}x), memory {mem:.2f}x"
         tab.add_row(str(r["threads"]), "x".join(map(str, r["shape"])), r["dtype"], *(cell(k) for k in variants), ratio)
     console.print(tab)
-    console.print("s = median seconds per step; MB = peak extra memory of one step (MiB), gradients included")
+    console.print(
+        "s = median seconds per step (fastest in brackets), variants in turn; MB = peak extra memory of one "
+        "step (MiB, fresh process), gradients included"
+    )
     for n in doc.get("notes", []):
         console.print(f"note: {n}")
