@@ -217,6 +217,18 @@ def test_retain_graph_and_all_ignored():
     assert torch.equal(ws.grad, torch.zeros_like(ws))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_rows(reduction):
+    """No tokens: torch's values (mean 0/0 = NaN, sum 0, "none" empty) and zero gradients."""
+    x, w, b, t = make(lead=(0,), dtype=torch.float64)
+    ws = w.clone().requires_grad_()
+    loss = tpt.linear_cross_entropy(x, ws, t, b, reduction=reduction)
+    ref, _ = reference(x, w, b, t, reduction=reduction)
+    torch.testing.assert_close(loss, ref, equal_nan=True)
+    loss.sum().backward()
+    assert torch.equal(ws.grad, torch.zeros_like(w))
+
+
 def test_module():
     """LinearCrossEntropy holds the head's parameters and gives the function's result."""
     torch.manual_seed(0)

@@ -234,11 +234,10 @@ def _loop(h, w, t, b, ignore_index, reduction, eps, zc, cap, chunk, grads, g_row
         gw.addmm_(x.t(), hc)
         if gb is not None:
             gb += x.sum(0, dtype=wide)
+    if not lses:  # no rows
+        return h.new_zeros((0,) if reduction == "none" else (), dtype=wide), h.new_empty(0, dtype=wide), gh, gw, gb
     loss = torch.cat(losses) if reduction == "none" else torch.stack(losses).sum()
-    lse = torch.cat(lses) if lses else h.new_empty(0, dtype=wide)
-    if not lses and reduction != "none":
-        loss = h.new_zeros(())
-    return loss, lse, gh, gw, gb
+    return loss, torch.cat(lses), gh, gw, gb
 
 
 def _mean_scales(t: Tensor, ignore_index: int, dtype) -> tuple[Tensor, Tensor]:
