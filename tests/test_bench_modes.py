@@ -61,6 +61,7 @@ def _one_json(out: Path, stem: str) -> dict:
         (["--device", "cuda", "--cross-entropy"], "--cross-entropy --device cuda"),
         (["--distributed"], "--distributed"),
         (["--distributed", "--device", "cuda"], "--distributed"),
+        (["--linear-cross-entropy", "--threads", "1,2", "--sizes", "64x16x100"], "--linear-cross-entropy"),
         (["--plot-only", "x.json"], "--plot-only"),
     ],
 )
@@ -185,6 +186,24 @@ def test_cross_entropy_on_the_cpu(tmp_path):
         # peak memory measured, or the note says why not
         assert v[k]["peak_extra_bytes"] is not None or any(k in n for n in d["notes"])
     assert _cli.main(["--plot-only", d["_path"]]) == 0
+
+
+def test_linear_cross_entropy_on_the_cpu(tmp_path):
+    """--linear-cross-entropy: every CPU variant timed and its peak memory measured in its
+    own process (torch.compile left out here), the ratio to torch's chunked form printed."""
+    pytest.importorskip("torch")
+    argv = ["--linear-cross-entropy", "--sizes", "64x16x300", "--dtypes", "float32", "--threads", "1",
+            "--repeats", "1", "--no-torch-compile", "--out", str(tmp_path)]  # fmt: skip
+    assert _cli.main(argv) == 0
+    d = _one_json(tmp_path, "bench-lce")
+    (row,) = d["results"]
+    v = row["variants"]
+    assert set(v) == {"twopass", "torch", "torch_chunked"}
+    for k in v:
+        assert v[k]["median_s"] >= v[k]["min_s"] > 0 and v[k]["peak_extra_bytes"] >= 0
+    assert _cli.main(["--plot-only", d["_path"]]) == 0
+    with pytest.raises(ValueError, match="NxHxV"):
+        _cli._linear_cross_entropy(None, _cli.parser().parse_args(["--linear-cross-entropy", "--sizes", "64x16"]), [])
 
 
 def test_plot_only_rejects_what_is_not_a_results_file(tmp_path, capsys):

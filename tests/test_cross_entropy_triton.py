@@ -554,3 +554,30 @@ def test_torch_wrapper_triton_path_matches_cpu(reduction):
     for a, b in zip(cpu, tri):
         torch.testing.assert_close(b.double(), a.double(), rtol=2e-5, atol=2e-6)
     torch.testing.assert_close(g_tri, g_cpu, rtol=2e-5, atol=2e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_cross_entropy_triton_chunks(reduction, dtype):
+    """twopass.torch.linear_cross_entropy's CUDA path: its chunk loop with the Triton kernel
+    in place on each chunk (under the interpreter on CPU tensors; on a GPU, the real
+    function) gives the loss, lse and gradients of the CPU path (the C++ kernel) on the same
+    inputs, the upstream gradient per row for "none"."""
+    lce = pytest.importorskip("twopass.torch._linear_cross_entropy")
+    ce_mod = pytest.importorskip("twopass.torch._cross_entropy")
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(37, 16, generator=gen).to(dtype)
+    w = (torch.randn(300, 16, generator=gen) / 2).to(dtype)
+    b = torch.randn(300, generator=gen).to(dtype)
+    t = torch.randint(0, 300, (37,), generator=gen)
+    t[::6] = IGNORE
+    g = torch.rand(37, generator=gen) + 0.5 if reduction == "none" else None
+    opts = (IGNORE, reduction, 0.1, 1e-3, 5.0, 16, True)
+    cpu = lce._loop(h, w, t, b, *opts, g_rows=g)
+    if INTERPRET:
+        tri = lce._loop(h, w, t, b, *opts, g_rows=g, ce=ce_mod._triton)
+    else:
+        tri = lce._loop(*(a.to(DEV) for a in (h, w, t, b)), *opts, g_rows=None if g is None else g.to(DEV))
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for a, c in zip(cpu, tri):
+        torch.testing.assert_close(c.cpu().double(), a.double(), **tol)

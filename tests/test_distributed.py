@@ -430,6 +430,51 @@ def case_vocab_start_and_errors(rank, world):
     assert _Count.n == n0
 
 
+def case_linear_cross_entropy(rank, world):
+    """The head's weight (and bias) sharded by rows, uneven, rank 1's empty: the loss and the
+    gradients of input, weight shard and bias shard against the unsharded float64 graph;
+    one all-gather forward, one all-reduce (of grad_input) backward."""
+    total, hdim = 37, 8
+    g = torch.Generator().manual_seed(21)
+    w64 = torch.randn(total, hdim, generator=g, dtype=torch.float64)
+    b64 = torch.randn(total, generator=g, dtype=torch.float64)
+    h64 = torch.randn(2, 9, hdim, generator=g, dtype=torch.float64)
+    target = torch.randint(0, total, (2, 9), generator=g)
+    target[0, 3] = target[1, 0] = -100
+    sizes = _sizes(total, world, empty=world > 1)
+    start = sum(sizes[:rank])
+    for dtype in (torch.float64, torch.float32):
+        for reduction, kw in (
+            ("mean", {}),
+            ("sum", {"label_smoothing": 0.1, "z_loss": 1e-3, "softcap": 4.0}),
+            ("none", {"label_smoothing": 0.1, "z_loss": 1e-3}),
+        ):
+            h = h64.to(dtype).clone().requires_grad_()
+            w = w64[start : start + sizes[rank]].to(dtype).clone().requires_grad_()
+            b = b64[start : start + sizes[rank]].to(dtype).clone().requires_grad_()
+            opts = dict(reduction=reduction, vocab_start=start, chunk_size=4, **kw)
+            loss, n = _counted(tpd.linear_cross_entropy, h, w, target, b, **opts)
+            _expect_count("linear_cross_entropy forward", n, 1, world)
+            refs = [a.to(dtype).double().clone().requires_grad_() for a in (h64, w64, b64)]
+            logits = F.linear(*refs)
+            ref, _ = _ce_reference(
+                logits.reshape(-1, total), target.reshape(-1), None, -100, "none",
+                kw.get("label_smoothing", 0.0), kw.get("z_loss", 0.0), kw.get("softcap"),
+            )  # fmt: skip
+            valid = target.reshape(-1) != -100
+            ref = {"mean": ref.sum() / valid.sum(), "sum": ref.sum(), "none": ref.view(target.shape)}[reduction]
+            what = f"linear_cross_entropy {dtype} {reduction} {kw}"
+            _check(what, loss, ref, _log_bound(ref, dtype) * 4)
+            up = _data(ref.shape, seed=5) if reduction == "none" else torch.tensor(1.5, dtype=torch.float64)
+            _, n = _counted(loss.backward, up.to(dtype))
+            _expect_count("linear_cross_entropy backward", n, 1, world)
+            gh, gw, gb = torch.autograd.grad(ref, refs, up)
+            _check(what + " grad input", h.grad, gh, _grad_bound(gh, dtype) * 4)
+            mine = slice(start, start + sizes[rank])
+            _check(what + " grad weight", w.grad, gw[mine], (_grad_bound(gw, dtype) * 4)[mine])
+            _check(what + " grad bias", b.grad, gb[mine], (_grad_bound(gb, dtype) * 4)[mine])
+
+
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
 
 

@@ -21,6 +21,9 @@ modes (one at a time):
                          software-prefetch distance suits this machine
   --cross-entropy        the fused cross-entropy, forward + backward, against torch (and
                          Liger-Kernel on CUDA); on the CPU, or with --device cuda on the GPU
+  --linear-cross-entropy the vocabulary head fused with its loss (N x H x V), forward + backward:
+                         time and peak memory against torch unfused, chunked and compiled (and
+                         Liger-Kernel, Cut Cross-Entropy with --device cuda)
   --device cuda          the Triton kernels: softmax, log_softmax, logsumexp (and backward)
                          against torch, in GB/s and %% of the HBM floor (measured copy bandwidth)
   --distributed          vocabulary-parallel cross_entropy and logsumexp (twopass.torch.distributed)
@@ -41,6 +44,8 @@ MODE_OPTIONS: dict[str, set[str]] = {
     "--cross-entropy --device cuda": _COMMON
     | {"cross_entropy", "dtypes", "sizes", "variants", "sweep", "compile", "compile_dir", "no_torch_compile"},
     "--distributed": _COMMON | {"distributed", "worlds", "sizes", "repeats"},
+    "--linear-cross-entropy": _COMMON
+    | {"linear_cross_entropy", "threads", "dtypes", "sizes", "repeats", "no_torch_compile"},
     "--plot-only": {"plot_only", "out", "no_plots"},
 }
 
@@ -71,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
         help="the fused cross-entropy (forward + backward) against torch eager and compiled, with memory",
     )
     modes.add_argument(
+        "--linear-cross-entropy",
+        action="store_true",
+        help="linear + cross-entropy (forward + backward): twopass.torch.linear_cross_entropy against torch "
+        "unfused, torch's chunked form and torch.compile (and on CUDA Liger-Kernel and Cut Cross-Entropy): "
+        "time and peak memory, one fresh process per variant",
+    )
+    modes.add_argument(
         "--distributed",
         action="store_true",
         help="vocabulary-parallel cross_entropy and logsumexp over torch.distributed, twopass (one all-gather) "
@@ -96,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sizes",
         help="rows N (e.g. 4K,16M) and batches RxN (e.g. 4096x4096); --cross-entropy and --distributed: "
-        "ROWSxCLASSES (default: each mode's shapes)",
+        "ROWSxCLASSES, --linear-cross-entropy NxHxV (default: each mode's shapes)",
     )
     p.add_argument(
         "--peers", help=f"peers to run (default: every installed one of {','.join(p.name for p in _peers.PEERS)})"
@@ -133,6 +145,8 @@ def mode_of(args: argparse.Namespace) -> str:
         return "--tune"
     if args.distributed:
         return "--distributed"
+    if args.linear_cross_entropy:
+        return "--linear-cross-entropy"
     if args.cross_entropy:
         return "--cross-entropy --device cuda" if args.device == "cuda" else "--cross-entropy"
     return "--device cuda" if args.device == "cuda" else "the CPU sweep"
@@ -257,6 +271,8 @@ def main(argv: list[str]) -> int:
             return _cuda_mode(console, args, argv, cross_entropy=args.cross_entropy)
         if mode == "--distributed":
             return _distributed(console, args, argv)
+        if mode == "--linear-cross-entropy":
+            return _linear_cross_entropy(console, args, argv)
         cfg, budget = resolve(args)
     except ImportError as e:  # torch or triton missing: a precondition, said plainly
         console.print(f"[red]error:[/red] {mode_of(args)} needs a package that is not installed: {e}")
@@ -358,6 +374,7 @@ def _plot_only(console: Any, path: Path, args: argparse.Namespace) -> int:
         "twopass-bench-cuda": "_softmax_cuda",
         "twopass-bench-ce-cuda": "_cross_entropy_cuda",
         "twopass-bench-distributed": "_distributed",
+        "twopass-bench-lce": "_linear_cross_entropy",
     }
     if schema == "twopass-bench-compile":
         from ._cuda import print_compile_report
@@ -478,6 +495,41 @@ def _cross_entropy_cpu(console: Any, args: argparse.Namespace, argv: list[str]) 
         torch_compile=not args.no_torch_compile,
     )
     return _finish(console, doc, args, "bench-ce", ce.print_report)
+
+
+def _linear_cross_entropy(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
+    from . import _linear_cross_entropy as lce
+
+    cuda = args.device == "cuda"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device here")
+    threads = [1] if cuda else _threads(args)
+    dtypes = _choose(_split(args.dtypes), lce.CUDA_DTYPES if cuda else lce.DTYPES, lce.DTYPES, "--dtypes")
+    default = lce.CUDA_SHAPES if cuda else lce.QUICK_SHAPES if args.quick else lce.SHAPES
+    if args.sizes:
+        texts = [s.lower().split("x") for s in _split(args.sizes) or []]
+        if not texts or any(len(p) != 3 for p in texts):
+            raise ValueError("--sizes: NxHxV shapes, e.g. 8192x1024x32000")
+        shapes = [tuple(_plan._parse_count(p.strip()) for p in parts) for parts in texts]
+    else:
+        shapes = [tuple(s) for s in default]
+    repeats = args.repeats or 3
+    if repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    doc = lce.run(
+        console,
+        argv,
+        shapes=shapes,
+        dtypes=dtypes,
+        threads=threads,
+        repeats=repeats,
+        device=args.device,
+        torch_compile=not args.no_torch_compile,
+    )
+    return _finish(console, doc, args, "bench-lce", lce.print_report)
 
 
 def _cuda_mode(console: Any, args: argparse.Namespace, argv: list[str], cross_entropy: bool) -> int:

@@ -7,6 +7,7 @@
     z    = tpd.log_softmax(x_shard, dim=-1, group=group)
     lse  = tpd.logsumexp(x_shard, dim=-1, group=group)      # whole-row result, the same on every rank
     loss = tpd.cross_entropy(logits_shard, target, vocab_start=start, group=group)
+    loss = tpd.linear_cross_entropy(hidden, head_weight_shard, target, vocab_start=start, group=group)
 
 One collective per forward
 --------------------------
@@ -76,7 +77,16 @@ Backward
   rank that owns the target.
 - softmax and log_softmax: one all-reduce (SUM) of a per-row scalar, sum_j g_j y_j for softmax and
   sum_j g_j for log_softmax, over the whole row; so every rank of the group must run backward.
+- linear_cross_entropy: the logits recomputed chunk by chunk (the second of its four matmuls
+  per chunk), and one all-reduce (SUM) of the input's gradient, the input being replicated.
 Double backward is not supported, nor torch.compile (the collectives run eagerly).
+
+linear_cross_entropy's memory per rank: one (chunk, V_r) logits buffer in the forward; in
+the backward that buffer and the chunk's gradient (two chunk-sized buffers; float16/bfloat16
+add a float32 copy of the chunk), plus the gradients of the input and of the shard. Measured
+(python tools/lce_dist_memory.py: 2 gloo ranks, N=2048, H=512,
+V=32000, float32, default budget): 215 MB peak extra per rank, against 250 MB for
+tpd.cross_entropy on the shard's whole (N, V_r) logits (125 MB of logits) and its gradient.
 
 On CUDA tensors (NCCL) the forward reads a few flags back to the host (whether a shard takes
 the exact path; which rows are ignored), a small synchronisation; on the CPU (gloo) these
@@ -95,7 +105,7 @@ from torch import Tensor
 import twopass
 from twopass._cross_entropy import check_options, check_target_shape, legacy_reduction
 
-__all__ = ["cross_entropy", "log_softmax", "logsumexp", "shard_offset", "softmax"]
+__all__ = ["cross_entropy", "linear_cross_entropy", "log_softmax", "logsumexp", "shard_offset", "softmax"]
 
 # A shard whose local |logsumexp| reaches this is sent as (row maximum, lse(x - max)): below it a
 # float32 lse carries the pair to 2^-20 absolute, the rounding level of the unsharded computation.
@@ -258,6 +268,79 @@ def cross_entropy(
     opts = (int(ignore_index), reduction, float(label_smoothing), float(z_loss), softcap, int(vocab_start), group)
     loss, z = _CrossEntropy.apply(logits, target, weight, *opts)
     return (loss, z) if return_z_loss else loss
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    vocab_start: int | None = None,
+    group: dist.ProcessGroup | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Vocabulary-parallel ``cross_entropy(linear(input, weight, bias), target)``: the
+    weight sharded by rows (classes) across the ranks, no rank holding more than one chunk
+    of its logits.
+
+    Forward: the rows (tokens) in chunks (as `twopass.torch.linear_cross_entropy`, the same
+    budget); per chunk this rank's logits h_c @ W_r.T (+ b_r), their per-row statistics
+    (as `cross_entropy`'s), the buffer reused; then ONE all-gather of the statistics of all
+    rows, merged into the loss on every rank. Backward: the chunks again, the logits
+    recomputed once (as Cut Cross-Entropy does), their gradient from the merged lse, then
+    grad_W_r += dlogits.T @ h_c, grad_b_r += dlogits.sum(0) and this rank's part of
+    grad_h = dlogits @ W_r; the parts are summed by one all-reduce, so every rank gets the
+    whole gradient of its (replicated) input.
+
+    Parameters
+    ----------
+    input : Tensor
+        (..., H), the same on every rank.
+    weight : Tensor
+        (V_r, H): this rank's rows of the head, classes vocab_start .. vocab_start + V_r - 1
+        (uneven and empty shards allowed); the input's dtype and device.
+    target : Tensor of int
+        Global class indices or `ignore_index`, ``input.shape[:-1]``, the same on every rank.
+    bias : Tensor, optional
+        (V_r,): this rank's slice.
+    ignore_index, reduction, label_smoothing, z_loss, softcap
+        As `twopass.torch.linear_cross_entropy` (docs/cross_entropy.md).
+    vocab_start : int, optional
+        This shard's first class; when None, `shard_offset` computes it (one more all-gather).
+    group : ProcessGroup, optional
+        The ranks that hold the shards (default: the world).
+    chunk_size : int, optional
+        Rows per chunk (default: the budget of `twopass.torch.linear_cross_entropy`).
+
+    Returns
+    -------
+    Tensor
+        The loss, the same on every rank: 0-d, or ``input.shape[:-1]`` for "none".
+
+    Raises
+    ------
+    ValueError
+        Shapes, dtypes or options that do not fit; on the CPU a non-ignored target no rank
+        owns (on every rank, after the collective).
+    """
+    from ._linear_cross_entropy import _check, _chunk_rows
+
+    name = "twopass.torch.distributed.linear_cross_entropy"
+    eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
+    _check(name, input, weight, target, bias)
+    if vocab_start is None:
+        vocab_start = shard_offset(weight.shape[0], group=group, device=input.device)
+    h = input.reshape(-1, input.shape[-1])
+    chunk = _chunk_rows(name, chunk_size, max(1, weight.shape[0]), input.element_size(), max(1, h.shape[0]))
+    opts = (int(ignore_index), reduction, eps, zc, cap or None, int(vocab_start), group, chunk)
+    loss = _LinearCrossEntropy.apply(h, weight, bias, target.reshape(-1), *opts)
+    return loss.view(target.shape) if reduction == "none" else loss
 
 
 def shard_offset(size: int, *, group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> int:
@@ -496,6 +579,103 @@ def _fused_grad(x, lse, a, c, b, target, w) -> Tensor:
     return out
 
 
+def _shard_stats(x, t, w, ignore_index, eps, vocab_start):
+    """This shard's per-row statistics of (rows, C_r) logits x' (the compute dtype): the
+    columns for the all-gather [c, d, x'_t if owned, owned, (w_t if owned), (sum_j w_j (x'_j - c))],
+    and (idx, owned, valid): the target's local index (0 where not owned), whether this rank
+    owns it, whether the row counts."""
+    rows, n_cls = x.shape
+    c, d, xc = _local_pair(x, 1)
+    valid = t != ignore_index
+    local = t - vocab_start
+    owned = valid & (local >= 0) & (local < n_cls)
+    idx = torch.where(owned, local, 0)
+    if n_cls:
+        x_t = x.gather(1, idx[:, None]).squeeze(1).masked_fill(~owned, 0.0)
+    else:
+        x_t = x.new_zeros(rows)
+    cols = [c.view(-1), d.view(-1), x_t, owned.to(x.dtype)]
+    if w is not None:
+        cols.append(w[idx].masked_fill(~owned, 0.0) if n_cls else x.new_zeros(rows))
+    if eps > 0:  # sum_j w_j (x'_j - c) of this shard: around c, so that it overflows no sooner than x'
+        cols.append(xc.sum(1) if w is None else torch.mv(xc, w))
+    return cols, idx, owned, valid
+
+
+def _loss_from_stats(s, rows, t, valid, weighted, eps, zc, reduction, shape):
+    """The merge of the gathered (world, k, rows + 1) statistics (header column: class count,
+    weight sum) into the loss: (loss, z_out, shifted, any_ignored, saved), `saved` the
+    per-row float64 values the gradient needs: (ref, g, lse, w_t, s_ce, s_z, n_tot, w_tot)."""
+    ref, g = _merge(s[:, 0, :rows], s[:, 1, :rows])
+    n_tot, w_tot = s[:, 0, rows].sum(), s[:, 1, rows].sum()
+    x_t = s[:, 2, :rows].sum(0)  # only the owner's entry is non-zero
+    owners = s[:, 3, :rows].sum(0)
+    w_t = s[:, 4, :rows].sum(0) if weighted else valid.double()
+    bad = valid & (owners != 1)
+    # One read-back for the flags the rest needs (free on the CPU).
+    shifted, any_ignored, any_bad = (bool(v) for v in torch.stack((ref.any(), (~valid).any(), bad.any())).tolist())
+    if any_bad and s.device.type == "cpu":
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"cross_entropy: target {int(t[i])} (row {i}) is outside [0, {int(n_tot)}) and is not ignore_index"
+        )
+    g = g.masked_fill((g == math.inf) | bad, math.nan)  # +inf in the row (or a bad target): NaN
+    lse = ref + g
+
+    ce = torch.zeros_like(lse)
+    if eps < 1:
+        ce = (1 - eps) * w_t * ((ref - x_t) + g)
+    if eps > 0:
+        # W lse - sum_j w_j x'_j = W G - sum_r (sum_j w_j (x'_j - c_r) + W_r (c_r - ref)), all near ref
+        w_sum = s[:, -1, :rows] + s[:, 1, rows, None] * (s[:, 0, :rows] - ref)
+        ce = ce + (eps / n_tot) * (w_tot * g - w_sum.sum(0))
+    ce = ce.masked_fill(~valid, 0.0)  # ignored rows: 0, even when their logits are NaN
+    z = (zc * lse.square()).masked_fill(~valid, 0.0) if zc > 0 else torch.zeros_like(lse)
+    if reduction == "mean":
+        s_ce, s_z = 1.0 / w_t.sum(), 1.0 / valid.sum().double()  # 0/0 = NaN when all are ignored
+        z_out = z.sum() * s_z if zc > 0 else z.sum()
+        loss = ce.sum() * s_ce + (z_out if zc > 0 else 0.0)
+    else:
+        s_ce = s_z = torch.ones((), dtype=torch.float64, device=s.device)
+        z_out = z.sum() if reduction == "sum" else z.view(shape)
+        loss = (ce + z).sum() if reduction == "sum" else (ce + z).view(shape)
+    return loss, z_out, shifted, any_ignored, (ref, g, lse, w_t, s_ce, s_z, n_tot, w_tot)
+
+
+def _row_coefficients(up, valid, eps, zc, saved):
+    """Per row, float64: A (of p_j), B (of w_j) and T (at the target), times the upstream
+    gradient `up` (0-d, or one per row), 0 on ignored rows (docs/cross_entropy.md, Gradient):
+    A = s_ce ((1 - eps) w_t + (eps / C) W) + s_z 2 zc lse,  B = s_ce eps / C,  T = s_ce (1 - eps) w_t."""
+    ref, g, lse, w_t, s_ce, s_z, n_tot, w_tot = saved
+    g_ce, g_z = up * s_ce, up * s_z
+    a = g_ce * ((1 - eps) * w_t + (eps / n_tot) * w_tot)
+    if zc > 0:
+        a = a + g_z * (2 * zc) * lse
+    a = a.masked_fill(~valid, 0.0)
+    b = (g_ce * (eps / n_tot)).expand(valid.shape).masked_fill(~valid, 0.0)
+    t = (g_ce * (1 - eps) * w_t).expand(valid.shape).masked_fill(~valid, 0.0)
+    return a, b, t
+
+
+def _shard_grad(x, w, idx, owned, valid, ref, g, a, b, t, eps, softcap, shifted, any_ignored):
+    """dx = (A p_j - B w_j - [j == target] T) (1 - (x'_j / c)^2 with softcap) of the
+    (rows, C_r) shard x' (the compute dtype), in torch operations; a new tensor."""
+    dx = _centered(x, ref[:, None], g[:, None], shifted).exp_().mul_(a.to(x.dtype)[:, None])
+    if eps > 0:
+        bx = b.to(x.dtype)[:, None]
+        if w is None:
+            dx.sub_(bx)
+        else:
+            dx.addcmul_(bx, w[None, :], value=-1.0)
+    if dx.shape[1]:
+        dx.scatter_add_(1, idx[:, None], -t.masked_fill(~owned, 0.0).to(x.dtype)[:, None])
+    if any_ignored:
+        dx.masked_fill_(~valid[:, None], 0.0)  # also where an ignored row's logits are NaN or +inf
+    if softcap is not None:
+        dx.mul_(1.0 - (x / softcap).square())  # d(c tanh(x / c))/dx = 1 - (x' / c)^2
+    return dx
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, softcap, vocab_start, group):
@@ -510,100 +690,125 @@ class _CrossEntropy(torch.autograd.Function):
 
         # Local statistics, one column per row plus a header column (this shard's class count
         # and weight sum), packed into one (k, rows + 1) tensor for the single all-gather.
-        c, d, xc = _local_pair(x, 1)
-        valid = t != ignore_index
-        local = t - vocab_start
-        owned = valid & (local >= 0) & (local < n_cls)
-        idx = torch.where(owned, local, 0)
-        if n_cls:
-            x_t = x.gather(1, idx[:, None]).squeeze(1).masked_fill(~owned, 0.0)
-        else:
-            x_t = x.new_zeros(rows)
-        cols = [c.view(-1), d.view(-1), x_t, owned.to(x.dtype)]
-        w_r = float(n_cls) if w is None else w.sum()
-        if w is not None:
-            cols.append(w[idx].masked_fill(~owned, 0.0) if n_cls else x.new_zeros(rows))
-        if eps > 0:  # sum_j w_j (x'_j - c) of this shard: around c, so that it overflows no sooner than x'
-            cols.append(xc.sum(1) if w is None else torch.mv(xc, w))
+        cols, idx, owned, valid = _shard_stats(x, t, w, ignore_index, eps, vocab_start)
         packed = x.new_zeros((len(cols), rows + 1))
         packed[:, :rows] = torch.stack(cols)
-        packed[0, rows], packed[1, rows] = n_cls, w_r
+        packed[0, rows], packed[1, rows] = n_cls, float(n_cls) if w is None else w.sum()
 
         s = _all_gather(packed, group, world).double()  # (world, k, rows + 1)
-        ref, g = _merge(s[:, 0, :rows], s[:, 1, :rows])
-        n_tot, w_tot = s[:, 0, rows].sum(), s[:, 1, rows].sum()
-        x_t = s[:, 2, :rows].sum(0)  # only the owner's entry is non-zero
-        owners = s[:, 3, :rows].sum(0)
-        w_t = s[:, 4, :rows].sum(0) if w is not None else valid.double()
-        bad = valid & (owners != 1)
-        # One read-back for the flags the rest needs (free on the CPU).
-        shifted, any_ignored, any_bad = (bool(v) for v in torch.stack((ref.any(), (~valid).any(), bad.any())).tolist())
-        if any_bad and x.device.type == "cpu":
-            i = int(bad.nonzero()[0])
-            raise ValueError(
-                f"cross_entropy: target {int(t[i])} (row {i}) is outside [0, {int(n_tot)}) and is not ignore_index"
-            )
-        g = g.masked_fill((g == math.inf) | bad, math.nan)  # +inf in the row (or a bad target): NaN
-        lse = ref + g
-
-        ce = torch.zeros_like(lse)
-        if eps < 1:
-            ce = (1 - eps) * w_t * ((ref - x_t) + g)
-        if eps > 0:
-            # W lse - sum_j w_j x'_j = W G - sum_r (sum_j w_j (x'_j - c_r) + W_r (c_r - ref)), all near ref
-            w_sum = s[:, -1, :rows] + s[:, 1, rows, None] * (s[:, 0, :rows] - ref)
-            ce = ce + (eps / n_tot) * (w_tot * g - w_sum.sum(0))
-        ce = ce.masked_fill(~valid, 0.0)  # ignored rows: 0, even when their logits are NaN
-        z = (zc * lse.square()).masked_fill(~valid, 0.0) if zc > 0 else torch.zeros_like(lse)
-        if reduction == "mean":
-            s_ce, s_z = 1.0 / w_t.sum(), 1.0 / valid.sum().double()  # 0/0 = NaN when all are ignored
-            z_out = z.sum() * s_z if zc > 0 else z.sum()
-            loss = ce.sum() * s_ce + (z_out if zc > 0 else 0.0)
-        else:
-            s_ce = s_z = torch.ones((), dtype=torch.float64, device=x.device)
-            z_out = z.sum() if reduction == "sum" else z.view(target.shape)
-            loss = (ce + z).sum() if reduction == "sum" else (ce + z).view(target.shape)
-
+        loss, z_out, shifted, any_ignored, saved = _loss_from_stats(
+            s, rows, t, valid, w is not None, eps, zc, reduction, target.shape
+        )
         z_out = z_out.to(logits.dtype)
         ctx.mark_non_differentiable(z_out)
-        ctx.opts = (reduction, eps, zc, softcap, shifted, any_ignored, n_tot, w_tot, logits.dtype, logits.shape)
-        ctx.save_for_backward(x, w, idx, owned, valid, ref, g, lse, w_t, s_ce, s_z)
+        ctx.opts = (reduction, eps, zc, softcap, shifted, any_ignored, logits.dtype, logits.shape)
+        ctx.save_for_backward(x, w, idx, owned, valid, *saved[:6])
+        ctx.totals = saved[6:]
         return loss.to(logits.dtype), z_out
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_z: Tensor):
-        # Local: dx'_j = A p_j - B w_j - [j == t] T, with p = exp(x' - lse), per row
-        #   A = s_ce ((1 - eps) w_t + (eps / C) W) + s_z 2 zc lse,  B = s_ce eps / C,  T = s_ce (1 - eps) w_t
-        # all times the upstream gradient (docs/cross_entropy.md, Gradient).
-        x, w, idx, owned, valid, ref, g, lse, w_t, s_ce, s_z = ctx.saved_tensors
-        reduction, eps, zc, softcap, shifted, any_ignored, n_tot, w_tot, dtype, shape = ctx.opts
+        # Local: the gradient of this rank's shard, all times the upstream gradient.
+        x, w, idx, owned, valid, *saved = ctx.saved_tensors
+        reduction, eps, zc, softcap, shifted, any_ignored, dtype, shape = ctx.opts
+        saved = (*saved, *ctx.totals)
         up = grad.double().reshape(-1) if reduction == "none" else grad.double()
-        g_ce, g_z = up * s_ce, up * s_z
-        a = g_ce * ((1 - eps) * w_t + (eps / n_tot) * w_tot)
-        if zc > 0:
-            a = a + g_z * (2 * zc) * lse
-        a = a.masked_fill(~valid, 0.0)
+        a, b, t = _row_coefficients(up, valid, eps, zc, saved)
+        ref, g = saved[0], saved[1]
         if x.device.type == "cpu" and softcap is None and not shifted and _fused_ok(x, w):
             # The C++ kernel: exp(x - lse) in cache, the gradient written once (streamed).
-            b = (g_ce * (eps / n_tot)).expand(valid.shape).masked_fill(~valid, 0.0)
-            onehot = (g_ce * (1 - eps) * w_t).expand(valid.shape).masked_fill(~owned, 0.0)
+            onehot = t.masked_fill(~owned, 0.0)
             tloc = torch.where(owned, idx, -1).masked_fill(~valid, -2)
             dx = _fused_grad(x, g, a, b, onehot, tloc, w)
-            return dx.to(dtype).view(shape), None, None, None, None, None, None, None, None, None
-        a = a.to(x.dtype)
-
-        dx = _centered(x, ref[:, None], g[:, None], shifted).exp_().mul_(a[:, None])
-        if eps > 0:
-            b = (g_ce * (eps / n_tot)).expand(valid.shape).masked_fill(~valid, 0.0).to(x.dtype)[:, None]
-            if w is None:
-                dx.sub_(b)
-            else:
-                dx.addcmul_(b, w[None, :], value=-1.0)
-        if dx.shape[1]:
-            onehot = (g_ce * (1 - eps) * w_t).masked_fill(~owned, 0.0).to(x.dtype)
-            dx.scatter_add_(1, idx[:, None], -onehot[:, None])
-        if any_ignored:
-            dx.masked_fill_(~valid[:, None], 0.0)  # also where an ignored row's logits are NaN or +inf
-        if softcap is not None:
-            dx.mul_(1.0 - (x / softcap).square())  # d(c tanh(x / c))/dx = 1 - (x' / c)^2
+        else:
+            dx = _shard_grad(x, w, idx, owned, valid, ref, g, a, b, t, eps, softcap, shifted, any_ignored)
         return dx.to(dtype).view(shape), None, None, None, None, None, None, None, None, None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The chunk loop of linear_cross_entropy: forward (statistics, one all-gather, the loss)
+    and backward (the logits recomputed, the gradients; one all-reduce of grad_h)."""
+
+    @staticmethod
+    def _chunks(h, w, b, softcap, chunk):
+        """(start, stop, x') per chunk: this rank's soft-capped logits in the compute dtype,
+        in one reused buffer (plus its float32 copy for float16/bfloat16)."""
+        rows = h.shape[0]
+        buf = h.new_empty((min(chunk, rows), w.shape[0]))
+        for s in range(0, rows, chunk):
+            e = min(rows, s + chunk)
+            x = buf[: e - s]
+            if b is None:
+                torch.mm(h[s:e], w.t(), out=x)
+            else:
+                torch.addmm(b, h[s:e], w.t(), out=x)
+            x = _wide(x)
+            if softcap is not None:
+                x = x.div_(softcap).tanh_().mul_(softcap)
+            yield s, e, x
+
+    @staticmethod
+    def forward(ctx, h, w, b, t, ignore_index, reduction, eps, zc, softcap, vocab_start, group, chunk):
+        world = _world(group)
+        rows, n_cls = h.shape[0], w.shape[0]
+        t = t.to(h.device)
+        wide = torch.promote_types(h.dtype, torch.float32)
+        packed = None
+        valid_all = t != ignore_index
+        for s, e, x in _LinearCrossEntropy._chunks(h, w, b, softcap, chunk):
+            cols, _, _, _ = _shard_stats(x, t[s:e], None, ignore_index, eps, vocab_start)
+            if packed is None:
+                packed = x.new_zeros((len(cols), rows + 1))
+            packed[:, s:e] = torch.stack(cols)
+        if packed is None:  # no rows
+            packed = h.new_zeros((4 + (eps > 0), rows + 1), dtype=wide)
+        packed[0, rows], packed[1, rows] = n_cls, float(n_cls)
+
+        st = _all_gather(packed, group, world).double()  # (world, k, rows + 1): the one collective
+        loss, _, shifted, any_ignored, saved = _loss_from_stats(
+            st, rows, t, valid_all, False, eps, zc, reduction, t.shape
+        )
+        ctx.opts = (ignore_index, reduction, eps, zc, softcap, vocab_start, group, chunk, shifted, any_ignored)
+        ctx.save_for_backward(h, w, b, t, *saved[:6])
+        ctx.totals = saved[6:]
+        return loss.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, w, b, t, *saved = ctx.saved_tensors
+        ignore_index, reduction, eps, zc, softcap, vocab_start, group, chunk, shifted, any_ignored = ctx.opts
+        saved = (*saved, *ctx.totals)
+        valid = t != ignore_index
+        up = grad.double().reshape(-1) if reduction == "none" else grad.double()
+        a, bb, tt = _row_coefficients(up, valid, eps, zc, saved)
+        ref, g = saved[0], saved[1]
+        local = t - vocab_start
+        owned = valid & (local >= 0) & (local < w.shape[0])
+        idx = torch.where(owned, local, 0)
+        gh = torch.empty_like(h, memory_format=torch.contiguous_format)
+        gw = torch.zeros_like(w, memory_format=torch.contiguous_format)
+        gb = None if b is None else torch.zeros(w.shape[0], dtype=_wide(h[:0]).dtype, device=h.device)
+        for s, e, x in _LinearCrossEntropy._chunks(h, w, b, softcap, chunk):
+            r = slice(s, e)
+            dx = _shard_grad(
+                x,
+                None,
+                idx[r],
+                owned[r],
+                valid[r],
+                ref[r],
+                g[r],
+                a[r],
+                bb[r],
+                tt[r],
+                eps,
+                softcap,
+                shifted,
+                any_ignored,
+            ).to(h.dtype)
+            torch.mm(dx, w, out=gh[r])
+            gw.addmm_(dx.t(), h[r])
+            if gb is not None:
+                gb += dx.sum(0, dtype=gb.dtype)
+        gh = _all_reduce_sum(gh, group, _world(group))  # the input is replicated: its gradient is the sum
+        return gh, gw, None if gb is None else gb.to(h.dtype), None, None, None, None, None, None, None, None, None
