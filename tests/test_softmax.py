@@ -159,22 +159,28 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
     """softmax takes the reload while x and y fit min(w/2 L3, 16 w L2) (float64 counted
     per element at float32's size), and beyond it while one row's x and y fit w^2 L2,
     w the exp's weight for the dtype and ISA; two_pass otherwise, on one thread at any
-    size where the exp dominates (w >= 4). The crossovers move with the caches."""
+    size where the exp dominates (w >= 4). Where the exp is cheapest (w = 1) the cache is
+    the L2 and beyond it two_pass, but in short rows. The crossovers move with the caches."""
     w = _softmax.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
     per = dtype.itemsize // 4
     for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
         _with_caches(monkeypatch, L2=l2, L3=l3)
         mesh = l3 > 128 * l2 and w <= 2  # a many-core mesh L3: a quarter of the L2 counts
-        cache = (l2 // 4 if mesh else int(min(w / 2 * l3, 16 * w * l2))) * per
-        stream_row = (l2 // 4 if mesh else w * w * l2) * per
+        cache = (l2 // 4 if mesh else l2 if w == 1 else int(min(w / 2 * l3, 16 * w * l2))) * per
+        stream_row = (l2 // 4 if mesh else 0 if w == 1 else w * w * l2) * per
+        if stream_row == 0:  # w = 1: rows beyond the cache take two_pass, short ones the reload
+            rows = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
+            assert _softmax.auto_algorithm("softmax", dtype, 4096, rows * 4096, 1, isa) == "two_pass"
+            assert _softmax.auto_algorithm("softmax", dtype, 64, rows * 4096, 1, isa) == "three_pass_reload"
         n = cache // (2 * dtype.itemsize)  # one row whose x and y fill the cache
         beyond = "three_pass_reload" if w >= 4 else "two_pass"
         assert _softmax.auto_algorithm("softmax", dtype, n, n, 1, isa) == "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == beyond
-        n = stream_row // (2 * dtype.itemsize)  # rows streamed from memory: by the row
-        rows = 4 * cache // (2 * n * dtype.itemsize) + 1
-        assert _softmax.auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
-        assert _softmax.auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
+        if stream_row:
+            n = stream_row // (2 * dtype.itemsize)  # rows streamed from memory: by the row
+            rows = 4 * cache // (2 * n * dtype.itemsize) + 1
+            assert _softmax.auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
+            assert _softmax.auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
         # 2 threads streaming rows: memory-bound where the exp is cheapest, except short rows
         many = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
         want = "two_pass" if w == 1 else "three_pass_reload"
@@ -211,8 +217,9 @@ def test_auto_on_a_large_shared_l3(monkeypatch):
 def test_auto_splits_rows_with_two_pass(monkeypatch):
     """A row that 2 threads split along its axis takes two_pass (a parallel region per
     pass), unless the exp dominates (w >= 4) and it fits half the cache; the same row
-    on one thread, or rows one per thread, follow the cache rule."""
-    _with_caches(monkeypatch, L2=1 << 20, L3=32 << 20)
+    on one thread, or rows one per thread, follow the cache rule (an 8 MiB L2 here, so
+    that x and y of the row, 4 MiB, fit it)."""
+    _with_caches(monkeypatch, L2=8 << 20, L3=32 << 20)
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     n = 2 * _softmax._MIN_PER_CHUNK
     assert _softmax.auto_algorithm("softmax", f32, n, n, 1, "avx512") == "three_pass_reload"

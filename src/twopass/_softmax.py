@@ -327,7 +327,15 @@ def _fast_out_ok(x: np.ndarray, out: Any) -> bool:
 # - a row that several threads split along its axis: each pass is a parallel region of
 #   its own, so two_pass, unless w >= 4 and x and y fit half the cache above (float64
 #   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
-EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 2, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
+#
+# Where the exp is cheapest (w = 1: AVX-512, float32 and float64), since the exp-heavy
+# passes prefetch 8 KiB ahead (TWOPASS_PREFETCH_BYTES) two_pass overlaps memory with its
+# arithmetic well enough that, out of the L2, the reload wins only in short rows (Zen 5
+# VM, 1 MiB L2, 32 MiB L3, `bench --tune --quick`, cold, reload / two_pass: float32 rows
+# of 256K 1.13-1.30, 1M 1.41, 4096x4096 1.15-1.37, 32x128256 1.28; float64 1M 1.23-1.39,
+# 4096x4096 1.03-1.04): the reload while x and y fit the L2, then two_pass. (A mesh L3
+# keeps its measured rule below: 4096x4096 with the reload; not re-measured since.)
+EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 1, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
 _SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
 _RELOAD_CODE, _TWO_PASS_CODE = ALGO_CODES["three_pass_reload"], ALGO_CODES["two_pass"]
 SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
@@ -345,6 +353,8 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int]:
     per_byte = itemsize // 4  # elements at float32's size
     cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"])) * per_byte
     stream_row = w * w * caches["L2"] * per_byte
+    if w == 1:  # see above: the L2 only, and beyond it two_pass but in short rows
+        cache, stream_row = caches["L2"] * per_byte, 0
     if mesh_l3(caches) and w <= 2:
         # A many-core server L3 (a mesh: 300-480 MiB over 2 MiB L2s) serves one core at
         # about its DRAM bandwidth: the reload's passes 2 and 3 only gain from the private
@@ -381,8 +391,10 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
         return "three_pass_reload" if row <= split_row else "two_pass"
     if 2 * size * itemsize <= cache:
         return "three_pass_reload"
+    if w == 1 and n * itemsize < SHORT_ROW_BYTES:  # the reload's row blocks save per-row costs
+        return "three_pass_reload"
     if several:
-        if w == 1 and n * itemsize >= SHORT_ROW_BYTES:
+        if w == 1:
             return "two_pass"
     elif w >= 4:
         return "three_pass_reload"
