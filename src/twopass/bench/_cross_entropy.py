@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _report
+from . import _plan, _report
 
 SHAPES = ((2048, 32000), (1024, 128256))
 QUICK_SHAPES = ((2048, 32000),)
@@ -143,8 +143,7 @@ def _compute_floor_s(shape: tuple[int, int], dtype: str, threads: int, repeats: 
     from twopass import _dispatch
 
     rows, n = shape
-    item = 4 if dtype == "float32" else 8 if dtype == "float64" else 2
-    k = max(2, _dispatch.cache_sizes()["L2"] // (n * item))
+    k = max(2, _dispatch.cache_sizes()["L2"] // (n * _plan.ITEMSIZE[dtype]))
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
