@@ -263,12 +263,18 @@ template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Proble
   threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinPerThread));
   if (threads > 1 && groups < threads) {
     // Few long groups: split each along the axis; partial sums merge exactly.
-    alg.chunks = (int)std::max<int64_t>(1, std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerChunk));
-    for (int64_t gi = 0; gi < groups; ++gi) {
-      auto [g, out] = group_at(gi);
-      alg.run(g, out);
+    const int chunks = (int)std::min<int64_t>(threads, pb.n * std::min<int64_t>(pb.inner, max_lanes) / kMinPerChunk);
+    if (chunks > 1) {
+      alg.chunks = chunks;
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        auto [g, out] = group_at(gi);
+        alg.run(g, out);
+      }
+      return;
     }
-    return;
+    // Too short to split: one thread per group, on the same row paths as one thread (a
+    // float32 row of 128K on 2 threads took the generic reload, 1.25x slower cold).
+    threads = (int)groups;
   }
   // Contiguous rows by the three-pass reload (what algorithm="auto" takes for short
   // rows): blocks of rows per kernel call (Passes::rows_reload), which saves a call and

@@ -160,13 +160,14 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
     per element at float32's size), and beyond it while one row's x and y fit w^2 L2,
     w the exp's weight for the dtype and ISA; two_pass otherwise, on one thread at any
     size where the exp dominates (w >= 4). Where the exp is cheapest (w = 1) the cache is
-    the L2 and beyond it two_pass, but in short rows. The crossovers move with the caches."""
+    the L3 on one thread and the L2 on several, and beyond it two_pass, but in short rows.
+    The crossovers move with the caches."""
     w = _softmax.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
     per = dtype.itemsize // 4
     for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
         _with_caches(monkeypatch, L2=l2, L3=l3)
         mesh = l3 > 128 * l2 and w <= 2  # a many-core mesh L3: a quarter of the L2 counts
-        cache = (l2 // 4 if mesh else l2 if w == 1 else int(min(w / 2 * l3, 16 * w * l2))) * per
+        cache = (l2 // 4 if mesh else l3 if w == 1 else int(min(w / 2 * l3, 16 * w * l2))) * per
         stream_row = (l2 // 4 if mesh else 0 if w == 1 else w * w * l2) * per
         if stream_row == 0:  # w = 1: rows beyond the cache take two_pass, short ones the reload
             rows = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
@@ -186,6 +187,11 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
         want = "two_pass" if w == 1 else "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, 4096, many * 4096, 2, isa) == want
         assert _softmax.auto_algorithm("softmax", dtype, 64, many * 4096, 2, isa) == "three_pass_reload"
+        if w == 1 and not mesh:  # several threads count on the L2 only
+            fit = l2 * per // (2 * 4096 * dtype.itemsize)  # rows of 4096 whose x and y fill the L2
+            assert _softmax.auto_algorithm("softmax", dtype, 4096, fit * 4096, 2, isa) == "three_pass_reload"
+            assert _softmax.auto_algorithm("softmax", dtype, 4096, 2 * fit * 4096, 2, isa) == "two_pass"
+            assert _softmax.auto_algorithm("softmax", dtype, 4096, 2 * fit * 4096, 1, isa) == "three_pass_reload"
 
 
 def test_auto_small_calls_skip_the_rule():

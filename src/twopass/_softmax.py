@@ -328,41 +328,46 @@ def _fast_out_ok(x: np.ndarray, out: Any) -> bool:
 #   its own, so two_pass, unless w >= 4 and x and y fit half the cache above (float64
 #   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
 #
-# Where the exp is cheapest (w = 1: AVX-512, float32 and float64), since the exp-heavy
-# passes prefetch 8 KiB ahead (TWOPASS_PREFETCH_BYTES) two_pass overlaps memory with its
-# arithmetic well enough that, out of the L2, the reload wins only in short rows (Zen 5
-# VM, 1 MiB L2, 32 MiB L3, `bench --tune --quick`, cold, reload / two_pass: float32 rows
-# of 256K 1.13-1.30, 1M 1.41, 4096x4096 1.15-1.37, 32x128256 1.28; float64 1M 1.23-1.39,
-# 4096x4096 1.03-1.04): the reload while x and y fit the L2, then two_pass. (A mesh L3
-# keeps its measured rule below: 4096x4096 with the reload; not re-measured since.)
+# Where the exp is cheapest (w = 1: AVX-512, float32 and float64), the exp-heavy passes
+# prefetch 8 KiB ahead (TWOPASS_PREFETCH_BYTES) and the reload fuses its max pass into
+# its exp pass block by block (csrc/kernels/softmax_passes.cpp, fused_max_exp), so both
+# overlap memory with arithmetic: on one thread the reload then wins hot and stays level
+# cold while the call's x and y fit the L3 (Zen 5 VM, 1 MiB L2, 32 MiB L3, `bench --tune`,
+# reload / two_pass, hot / cold: float32 rows of 64K-128K 0.85 / 0.83, 256K 0.88 / 0.99,
+# 1M 0.86 / 1.04, 4M 0.91 / 1.08, 32x128256 0.81 / 1.05; float64 rows of 256K 0.78 /
+# 0.81, 4M 0.90 / 0.90, 32x128256 0.77 / 0.81). Several threads together are bound by
+# memory, where two_pass's 2 transfers per element beat the reload's 3-4: the reload
+# while x and y fit the L2 (float32 32x128256 on 2 threads: 0.88 hot, 1.19 cold).
+# Beyond, two_pass but in short rows. (A mesh L3 keeps its measured rule below.)
 EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 1, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
 _SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
 _RELOAD_CODE, _TWO_PASS_CODE = ALGO_CODES["three_pass_reload"], ALGO_CODES["two_pass"]
 SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
 _MIN_PER_THREAD = _core.MIN_PER_THREAD  # elements per thread of a batch (csrc/threads.h)
 _MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along its axis
-_limits: dict[tuple[int, str | None], tuple[int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
+_limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
-def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int]:
-    """(w, cache, streamed row, split row): the exp's weight, and the x + y bytes up to
-    which softmax takes the reload."""
+def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, int]:
+    """(w, cache, cache on several threads, streamed row, split row): the exp's weight,
+    and the x + y bytes up to which softmax takes the reload."""
     name = isa or _dispatch.ISA
     w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
     caches = _dispatch.cache_sizes()
     per_byte = itemsize // 4  # elements at float32's size
     cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"])) * per_byte
     stream_row = w * w * caches["L2"] * per_byte
-    if w == 1:  # see above: the L2 only, and beyond it two_pass but in short rows
-        cache, stream_row = caches["L2"] * per_byte, 0
+    several = cache
+    if w == 1:  # see above: the L3 on one thread, the L2 on several; beyond, two_pass but in short rows
+        cache, several, stream_row = caches["L3"] * per_byte, caches["L2"] * per_byte, 0
     if mesh_l3(caches) and w <= 2:
         # A many-core server L3 (a mesh: 300-480 MiB over 2 MiB L2s) serves one core at
         # about its DRAM bandwidth: the reload's passes 2 and 3 only gain from the private
         # L2. Sapphire-Rapids-class VM, 480 MiB L3, AVX-512 (`bench --tune --quick`): rows
         # of 256K..4M floats, x + y 2..32 MiB, ran 1.1-1.4x faster with two_pass, hot and
         # cold; rows of 16K and 4096x4096 (rows of 32 KiB) faster with the reload.
-        cache = stream_row = caches["L2"] // 4 * per_byte
-    limits = _limits[itemsize, isa] = (w, cache, stream_row, cache // 2 if w >= 4 else 0)
+        cache = several = stream_row = caches["L2"] // 4 * per_byte
+    limits = _limits[itemsize, isa] = (w, cache, several, stream_row, cache // 2 if w >= 4 else 0)
     return limits
 
 
@@ -384,12 +389,14 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
-    w, cache, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
+    w, cache, cache_several, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
     row = 2 * n * itemsize  # x and y of one row
-    several = threads > 1 and size >= 2 * _MIN_PER_THREAD  # the driver runs several threads
+    # The driver runs several threads (csrc/softmax.cpp, run_typed): on rows, or on a row
+    # split along its axis; a shorter single row runs on one.
+    several = threads > 1 and size >= 2 * _MIN_PER_THREAD and (size >= 2 * n or n >= 2 * _MIN_PER_CHUNK)
     if several and n >= 2 * _MIN_PER_CHUNK and size // n < threads:  # ... on one row, split along its axis
         return "three_pass_reload" if row <= split_row else "two_pass"
-    if 2 * size * itemsize <= cache:
+    if 2 * size * itemsize <= (cache_several if several else cache):
         return "three_pass_reload"
     if w == 1 and n * itemsize < SHORT_ROW_BYTES:  # the reload's row blocks save per-row costs
         return "three_pass_reload"
