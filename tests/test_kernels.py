@@ -120,6 +120,48 @@ def test_row_blocks_with_special_rows(isa, dtype, op, n):
         assert_close(op, x, y)
 
 
+# Rows longer than rows_reload's 16 KiB scratch row (float32 4096, float64 2048
+# elements): softmax's reload fuses its max pass into its exp pass block by block (1024
+# float32 / 512 float64 elements on AVX-512), each block's exp relative to the running
+# maximum, rescaled by its own factor in pass 3. Rows whose maximum moves between
+# blocks, special values in the first, a middle and the last block, -inf blocks before
+# the first finite one, and factors that underflow.
+FUSED_ROWS = {
+    "random": lambda n, rng: rng.standard_normal(n) * 4,
+    "ascending": lambda n, rng: np.sort(rng.standard_normal(n) * 4),
+    "descending": lambda n, rng: np.sort(rng.standard_normal(n) * 4)[::-1],
+    "max_in_last_block": lambda n, rng: np.where(np.arange(n) == n - 3, 150.0, rng.standard_normal(n)),
+    "steps_of_60": lambda n, rng: 60.0 * (np.arange(n) // 700) + rng.standard_normal(n),
+    "leading_minus_inf": lambda n, rng: np.where(np.arange(n) < 2500, -np.inf, rng.standard_normal(n)),
+    "minus_inf_blocks_then_nan": lambda n, rng: np.where(np.arange(n) < 2500, -np.inf, np.where(np.arange(n) == 2600, np.nan, 1.0)),
+    "nan_in_first_block": lambda n, rng: np.where(np.arange(n) == 5, np.nan, np.where(np.arange(n) < 100, -np.inf, 0.5)),
+    "nan_in_last_block": lambda n, rng: np.where(np.arange(n) == n - 1, np.nan, rng.standard_normal(n)),
+    "inf_in_middle": lambda n, rng: np.where(np.arange(n) == n // 2, np.inf, rng.standard_normal(n)),
+    "all_minus_inf": lambda n, rng: np.full(n, -np.inf),
+    "huge_in_middle": lambda n, rng: np.where(np.arange(n) == n // 2, 3e38, rng.standard_normal(n)),
+    "subnormal_outputs": lambda n, rng: np.linspace(-110.0, 0.0, n)[::-1],
+}
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(FUSED_ROWS))
+def test_reload_fused_long_rows(isa, dtype, case):
+    rng = np.random.default_rng(len(case))
+    for n in (4097, 10_007, 70_001):
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = FUSED_ROWS[case](n, rng).astype(dtype)
+        xb = np.stack([x, x[::-1].copy(), rng.standard_normal(n).astype(dtype)])  # a batch: row blocks, next-row prefetch
+        for threads in (1, 2):
+            assert_close("softmax", x, run("softmax", x, algorithm="three_pass_reload", isa=isa, threads=threads))
+            assert_close("softmax", xb, run("softmax", xb, algorithm="three_pass_reload", isa=isa, threads=threads))
+        # misaligned output, streaming stores on and off (pass 3 rewrites y in place)
+        buf = np.empty(n + 1, dtype)
+        for stream in (False, True):
+            run("softmax", x, out=buf[1:], algorithm="three_pass_reload", isa=isa, stream=stream, threads=1)
+            assert_close("softmax", x, buf[1:])
+
+
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
