@@ -63,8 +63,8 @@ def _new_like(t: Tensor) -> Tensor:
     4096x4096 float32 softmax backward took (1 thread, Zen 5 VM); on huge pages, 8 ms.
     The tensor holds its NumPy buffer (torch.from_numpy), which unmaps when it dies."""
     nbytes = t.numel() * t.element_size()
-    if nbytes < _HUGE:
-        return _empty_like(t, memory_format=torch.contiguous_format)
+    if nbytes < _HUGE:  # (a contiguous t's empty_like is contiguous: memory_format costs ~0.15 us)
+        return _empty_like(t) if t.is_contiguous() else _empty_like(t, memory_format=torch.contiguous_format)
     return _from_numpy(_alloc.empty(nbytes, np.uint8)).view(t.dtype).view(t.shape)
 
 
@@ -107,9 +107,19 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
     path runs this: each attribute lookup shows on a row of 1024 floats."""
     nd = x.dim()
     if (dim == -1 or dim == nd - 1) and x.is_contiguous():  # the common case: rows of n
-        y = _new_like(x)
-        n = x.shape[-1]
-        _softmax_into(x, y, x.numel() // n if n else 0, n, 1, log)
+        dt = x.dtype
+        item = _FWD_BYTES[dt]
+        size = x.numel()
+        y = _empty_like(x) if size * item < _HUGE else _new_like(x)  # (see _new_like)
+        if size:
+            n = x.shape[-1]
+            threads = _threads()
+            if item != 2 and not log and size * item <= _SMALL_SOFTMAX_BYTES:
+                op, algo = _SOFTMAX, _RELOAD  # _algorithm's answer, without the call
+            else:
+                op, algo = _algorithm(log, dt, item, n, size, threads)
+            _run_ptr(op, algo, _ISA, item, x.data_ptr(), y.data_ptr(), size // n, n, 1, n, 1, n, 1, threads, False,
+                     dt is torch.bfloat16)  # normal stores: y is fresh (_FRESH_STORES)
         return y
     d = _dim(dim, nd)
     y = _empty_like(x)
