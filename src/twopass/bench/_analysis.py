@@ -131,9 +131,13 @@ def auto_algorithm(op: str, dtype: str, shape: tuple[int, ...], threads: int, is
 
     if op == "logsumexp":
         return "two_pass"
-    if _plan.ITEMSIZE[dtype] == 2:  # halves are computed in float32: float32's rule
-        dtype = "float32"
-    return _measure.auto_algorithm(op, np.dtype(dtype), shape[-1], math.prod(shape), threads, isa)
+    if dtype == "bfloat16":  # (NumPy knows the name once ml_dtypes registers its type)
+        import ml_dtypes
+
+        np_dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        np_dtype = np.dtype(dtype)
+    return _measure.auto_algorithm(op, np_dtype, shape[-1], math.prod(shape), threads, isa)
 
 
 def auto_record(members: list[dict[str, Any]], isa: str) -> dict[str, Any] | None:
