@@ -44,7 +44,33 @@ const KernelTable& table_for(Isa isa) {
   }
 }
 
+#if TP_HAVE_X86 && defined(TP_HAVE_AVX512_BF16)
+// The AVX-512 table with the bfloat16 kernels of the AVX512-BF16 build.
+const KernelTable& avx512_with_bf16() {
+  static const KernelTable t = [] {
+    KernelTable m = tp_avx512::table();
+    const KernelTable& b = tp_avx512bf16::table();
+    m.bf16s = b.bf16s;
+    m.ce_bf16 = b.ce_bf16;
+    m.bwd_bf16 = b.bwd_bf16;
+    return m;
+  }();
+  return t;
+}
+#endif
+
 }  // namespace
+
+bool avx512_bf16_supported() {
+#if TP_HAVE_X86 && defined(TP_HAVE_AVX512_BF16)
+  return isa_supported(Isa::kAvx512) && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+
+bool use_avx512_bf16 = false;
 
 bool isa_supported(Isa isa) {
   switch (isa) {
@@ -79,6 +105,9 @@ int panel_lanes(Isa isa, int dtype_bytes) {
 
 const KernelTable& kernels(Isa isa) {
   if (!compiled(isa) || !isa_supported(isa)) throw std::invalid_argument("twopass: instruction set not available on this CPU");
+#if TP_HAVE_X86 && defined(TP_HAVE_AVX512_BF16)
+  if (isa == Isa::kAvx512 && use_avx512_bf16) return avx512_with_bf16();
+#endif
   return table_for(isa);
 }
 

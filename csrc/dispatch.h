@@ -14,5 +14,10 @@ bool isa_compiled(Isa isa);   // this build has it
 int panel_lanes(Isa isa, int dtype_bytes);
 // The kernel table of an ISA the CPU supports (else std::invalid_argument).
 const KernelTable& kernels(Isa isa);
+// bfloat16 on AVX-512 by AVX512-BF16's conversion: this build has it and the CPU runs it.
+bool avx512_bf16_supported();
+// Whether the AVX-512 table takes those bfloat16 kernels (only if supported; set from
+// Python: TWOPASS_AVX512_BF16, default on).
+extern bool use_avx512_bf16;
 
 }  // namespace tp

@@ -163,4 +163,5 @@ template <> struct Numerics<double> {
 namespace tp_scalar { const tp::KernelTable& table(); }
 namespace tp_avx2 { const tp::KernelTable& table(); }
 namespace tp_avx512 { const tp::KernelTable& table(); }
+namespace tp_avx512bf16 { const tp::KernelTable& table(); }  // built where the compiler has -mavx512bf16
 namespace tp_neon { const tp::KernelTable& table(); }

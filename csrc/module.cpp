@@ -331,6 +331,12 @@ NB_MODULE(_core, m) {
     tp::prefetch_bytes = bytes;
   });
   m.def("prefetch_bytes", [] { return tp::prefetch_bytes; });
+  m.def("avx512_bf16_supported", &tp::avx512_bf16_supported);
+  m.def("set_avx512_bf16", [](bool on) {
+    if (on && !tp::avx512_bf16_supported()) throw std::invalid_argument("twopass: AVX512-BF16 not available");
+    tp::use_avx512_bf16 = on;
+  });
+  m.def("avx512_bf16", [] { return tp::use_avx512_bf16; });
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
 

@@ -224,3 +224,58 @@ def test_property_within_one_ulp(dtype, op, algorithm, n, scale, seed):
     if op == "softmax":  # rows sum to 1 within the rounding of n terms to the dtype
         eps = float(ml_dtypes.finfo(dtype).eps)
         assert np.all(np.abs(y.astype(np.float64).sum(-1) - 1) <= n * eps / 2 + 1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# AVX512-BF16: where the CPU has it, bfloat16 outputs on AVX-512 are narrowed by
+# vcvtneps2bf16 (with the integer rounding for vectors holding a subnormal, which the
+# instruction flushes). Both must give the same bits, for every kernel that writes
+# bfloat16: the softmax family, the fused cross-entropy and the softmax backward.
+# ----------------------------------------------------------------------------------
+@pytest.mark.skipif(not twopass._core.avx512_bf16_supported(), reason="CPU or build lacks AVX512-BF16")
+def test_avx512_bf16_instruction_gives_the_integer_rounding_bits():
+    import torch
+
+    import twopass.torch as tpt
+
+    rng = np.random.default_rng(5)
+    rows = [
+        rng.standard_normal(3001) * 4,
+        np.linspace(0.0, -110.0, 3001),  # outputs down through the subnormals to 0
+        rng.uniform(-95, 0, 3001),
+        np.where(np.arange(3001) % 3 == 0, -np.inf, rng.standard_normal(3001)),  # masked
+        np.where(np.arange(3001) == 7, np.nan, 1.0),
+        np.where(np.arange(3001) == 9, np.inf, 1.0),
+        np.full(3001, -np.inf),
+        np.full(3001, 3e38),
+    ]
+    x = np.stack(rows).astype(ml_dtypes.bfloat16)
+    xt = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    target = torch.tensor(rng.integers(0, 3001, len(rows)))
+    g = torch.randn(xt.shape, dtype=torch.float32).to(torch.bfloat16)
+
+    def outputs():
+        out = {}
+        for op in OPS:
+            for algorithm in twopass.ALGORITHMS:
+                out[op, algorithm] = run(op, x, algorithm=algorithm, isa="avx512", threads=1).view(np.uint16)
+        logits = xt[:3].clone().requires_grad_(True)  # finite rows: a gradient to compare
+        tpt.cross_entropy(logits, target[:3]).backward()
+        out["ce_grad"] = logits.grad.view(torch.int16).numpy().copy()
+        for log in (False, True):
+            y = (tpt.log_softmax if log else tpt.softmax)(xt[:4], -1)
+            out["bwd", log] = torch.ops.twopass.softmax_backward(g[:4], y, -1, log).view(torch.int16).numpy().copy()
+        return out
+
+    was = twopass._core.avx512_bf16()
+    try:
+        twopass._core.set_avx512_bf16(False)
+        integer = outputs()
+        twopass._core.set_avx512_bf16(True)
+        instruction = outputs()
+    finally:
+        twopass._core.set_avx512_bf16(was)
+    subnormal = (integer["softmax", "two_pass"] & 0x7F80 == 0) & (integer["softmax", "two_pass"] & 0x7F != 0)
+    assert subnormal.sum() > 100  # the case the instruction flushes is exercised
+    for key in integer:
+        np.testing.assert_array_equal(instruction[key], integer[key], err_msg=str(key))

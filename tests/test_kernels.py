@@ -133,8 +133,12 @@ FUSED_ROWS = {
     "max_in_last_block": lambda n, rng: np.where(np.arange(n) == n - 3, 150.0, rng.standard_normal(n)),
     "steps_of_60": lambda n, rng: 60.0 * (np.arange(n) // 700) + rng.standard_normal(n),
     "leading_minus_inf": lambda n, rng: np.where(np.arange(n) < 2500, -np.inf, rng.standard_normal(n)),
-    "minus_inf_blocks_then_nan": lambda n, rng: np.where(np.arange(n) < 2500, -np.inf, np.where(np.arange(n) == 2600, np.nan, 1.0)),
-    "nan_in_first_block": lambda n, rng: np.where(np.arange(n) == 5, np.nan, np.where(np.arange(n) < 100, -np.inf, 0.5)),
+    "minus_inf_blocks_then_nan": lambda n, rng: np.where(
+        np.arange(n) < 2500, -np.inf, np.where(np.arange(n) == 2600, np.nan, 1.0)
+    ),
+    "nan_in_first_block": lambda n, rng: np.where(
+        np.arange(n) == 5, np.nan, np.where(np.arange(n) < 100, -np.inf, 0.5)
+    ),
     "nan_in_last_block": lambda n, rng: np.where(np.arange(n) == n - 1, np.nan, rng.standard_normal(n)),
     "inf_in_middle": lambda n, rng: np.where(np.arange(n) == n // 2, np.inf, rng.standard_normal(n)),
     "all_minus_inf": lambda n, rng: np.full(n, -np.inf),
@@ -151,7 +155,9 @@ def test_reload_fused_long_rows(isa, dtype, case):
     for n in (4097, 10_007, 70_001):
         with np.errstate(over="ignore", invalid="ignore"):
             x = FUSED_ROWS[case](n, rng).astype(dtype)
-        xb = np.stack([x, x[::-1].copy(), rng.standard_normal(n).astype(dtype)])  # a batch: row blocks, next-row prefetch
+        xb = np.stack(
+            [x, x[::-1].copy(), rng.standard_normal(n).astype(dtype)]
+        )  # a batch: row blocks, next-row prefetch
         for threads in (1, 2):
             assert_close("softmax", x, run("softmax", x, algorithm="three_pass_reload", isa=isa, threads=threads))
             assert_close("softmax", xb, run("softmax", xb, algorithm="three_pass_reload", isa=isa, threads=threads))

@@ -9,8 +9,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _axes
-from ._arrays import NATIVE, ArrayT
-from ._softmax import compute
+from ._arrays import ArrayT
+from ._softmax import _FAST_DTYPES, compute
 
 
 def logsumexp(
@@ -72,7 +72,7 @@ def logsumexp(
     >>> float(twopass.logsumexp(np.zeros(4, np.float32)))  # log(4)
     1.3862943649291992
     """
-    if type(x) is np.ndarray and type(axis) is int and x.dtype in NATIVE:
+    if type(x) is np.ndarray and type(axis) is int and x.dtype in _FAST_DTYPES:
         r = compute("logsumexp", x, axis=axis, out=out, keepdims=keepdims, threads=threads)
         return r[()] if out is None and r.ndim == 0 else r  # NumPy's reductions give a scalar
     return _axes.call("logsumexp", x, axis, keepdims=keepdims, out=out, threads=threads, engine=compute)

@@ -154,12 +154,12 @@ def compute(
         and (axis == -1 or axis == x.ndim - 1)
         and x.ndim
         and x.size
-        and x.dtype in NATIVE
+        and x.dtype in _FAST_DTYPES
         and x.flags.c_contiguous
         and type(algorithm) is str
         and (algorithm == "auto" or algorithm in ALGO_CODES)
         and (threads is None or (type(threads) is int and threads >= 1))
-        and (out is None or (op != "logsumexp" and _fast_out_ok(x, out)))
+        and (out is None or _fast_out_ok(x, out, op, keepdims))
     ):
         return _fast(op, x, keepdims, out, algorithm, threads)  # the common calls, without the general checks below
     name = f"twopass.{op}"
@@ -168,6 +168,8 @@ def compute(
     arr, wrap = to_numpy(x, name)
     dtype = arr.dtype
     check_dtype(dtype, name)
+    if dtype not in _FAST_DTYPES:  # bfloat16, seen for the first time
+        _FAST_DTYPES[dtype] = DTYPE_CODES[dtype.name]
     scalar_input = arr.ndim == 0
     arr0 = arr
     if scalar_input:  # a 0-d array is a row of one; results and out keep shape ()
@@ -239,20 +241,23 @@ def compute(
 def _fast(
     op: str, x: np.ndarray, keepdims: bool, out: np.ndarray | None, algorithm: str, threads: int | None
 ) -> np.ndarray:
-    """compute() for a non-empty C-contiguous float32/float64 NumPy array over its last
-    axis, `out` None or a fitting C-contiguous array (_fast_out_ok), `threads` None or
-    a positive int: the same C++ call as the general path, with ~1.5 us of Python
-    instead of ~5 (what decides rows of a few thousand elements)."""
+    """compute() for a non-empty C-contiguous float32/float64/float16/bfloat16 NumPy
+    array over its last axis, `out` None or a fitting C-contiguous array (_fast_out_ok),
+    `threads` None or a positive int: the same C++ call as the general path, with ~1.5 us
+    of Python instead of ~5 (what decides rows of a few thousand elements)."""
     n = x.shape[-1]
     outer = x.size // n
     nthreads = _dispatch.default_threads() if threads is None else threads
+    dtype_code = _FAST_DTYPES[x.dtype]
     if op == "logsumexp":
-        y = _alloc.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype)
+        y = _alloc.empty(x.shape[:-1] + ((1,) if keepdims else ()), x.dtype) if out is None else out
         code, ys_outer = (0 if algorithm == "auto" else ALGO_CODES[algorithm]), 1
     else:
         y = _alloc.empty(x.shape, x.dtype) if out is None else out
         if algorithm != "auto":
             code = ALGO_CODES[algorithm]
+        elif dtype_code >= 0:  # the halves' own rule
+            code = ALGO_CODES[auto_algorithm(op, x.dtype, n, x.size, nthreads)]
         elif op == "log_softmax":  # _auto_algorithm's rule for it, without the cost of a call
             code = _RELOAD_CODE if n * x.itemsize < SHORT_ROW_BYTES else _TWO_PASS_CODE
         elif x.nbytes <= _SMALL_SOFTMAX_BYTES:
@@ -261,12 +266,13 @@ def _fast(
             code = ALGO_CODES[auto_algorithm(op, x.dtype, n, x.size, nthreads)]
         ys_outer = n
     stream = streaming_stores(y, x)
+    xa, ya = (x, y) if dtype_code < 0 else (x.view(np.uint16), y.view(np.uint16))  # halves as uint16 views
     _core.run(
         OP_CODES[op],
         code,
         _dispatch.isa_code(None),
-        x,
-        y,
+        xa,
+        ya,
         outer,
         n,
         1,
@@ -276,16 +282,24 @@ def _fast(
         1 if op != "logsumexp" else 0,
         nthreads,
         stream,
+        dtype_code,
     )
     return y
 
 
-def _fast_out_ok(x: np.ndarray, out: Any) -> bool:
-    """`out` is x itself, or a writable C-contiguous array of x's shape and dtype that
-    does not overlap x: what the general path would accept and write directly."""
+def _fast_out_ok(x: np.ndarray, out: Any, op: str, keepdims: bool) -> bool:
+    """`out` is x itself (not for logsumexp), or a writable C-contiguous array of the
+    result's shape and x's dtype that does not overlap x: what the general path would
+    accept and write directly."""
+    if op == "logsumexp":
+        shape = x.shape[:-1] + ((1,) if keepdims else ())
+        if out is x:
+            return False
+    else:
+        shape = x.shape
     return (
         type(out) is np.ndarray
-        and out.shape == x.shape
+        and out.shape == shape
         and out.dtype == x.dtype
         and out.flags.c_contiguous
         and out.flags.writeable
@@ -342,6 +356,12 @@ def _fast_out_ok(x: np.ndarray, out: Any) -> bool:
 EXP_WEIGHT = {(4, "avx512"): 1, (8, "avx512"): 1, (4, "simd"): 2, (8, "simd"): 4, (4, "scalar"): 8, (8, "scalar"): 8}
 _SMALL_SOFTMAX_BYTES = 1 << 16  # x of a softmax below this: x and y fit any cache counted on (>= 128 KiB)
 _RELOAD_CODE, _TWO_PASS_CODE = ALGO_CODES["three_pass_reload"], ALGO_CODES["two_pass"]
+
+
+# The dtypes compute()'s fast path takes, with the dtype code _core.run gets (-1: computed
+# as itself; halves: passed as uint16 views). ml_dtypes' bfloat16 joins on its first call
+# through the general path (importing ml_dtypes here would cost every import of twopass).
+_FAST_DTYPES: dict[np.dtype, int] = {**{dt: -1 for dt in NATIVE}, np.dtype(np.float16): DTYPE_CODES["float16"]}
 SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
 _MIN_PER_THREAD = _core.MIN_PER_THREAD  # elements per thread of a batch (csrc/threads.h)
 _MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along its axis

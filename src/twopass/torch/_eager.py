@@ -118,8 +118,24 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
                 op, algo = _SOFTMAX, _RELOAD  # _algorithm's answer, without the call
             else:
                 op, algo = _algorithm(log, dt, item, n, size, threads)
-            _run_ptr(op, algo, _ISA, item, x.data_ptr(), y.data_ptr(), size // n, n, 1, n, 1, n, 1, threads, False,
-                     dt is torch.bfloat16)  # normal stores: y is fresh (_FRESH_STORES)
+            _run_ptr(
+                op,
+                algo,
+                _ISA,
+                item,
+                x.data_ptr(),
+                y.data_ptr(),
+                size // n,
+                n,
+                1,
+                n,
+                1,
+                n,
+                1,
+                threads,
+                False,
+                dt is torch.bfloat16,
+            )  # normal stores: y is fresh (_FRESH_STORES)
         return y
     d = _dim(dim, nd)
     y = _empty_like(x)
