@@ -67,15 +67,16 @@ template <class S> struct Passes {
   // rows of n elements (row r at x + r*xs, y + r*ys) in one call, softmax (log false;
   // lse[r] = the row's logsumexp when lse is not null) or log_softmax (log true). The
   // arithmetic of max, exp_store_sum and scale (or max, sumexp and log_softmax_write)
-  // row by row (the per-block double sums are added plainly, without compensation),
-  // without a call and the driver's bookkeeping per row: for rows of 64 floats those
+  // row by row (the per-block double sums compensated), without a call and the
+  // driver's bookkeeping per row: for rows of 64 floats those
   // cost as much as the work. A row whose maximum or sum is not finite (NaN, +inf, all
   // -inf) gets redo[r] = 1 and an unspecified output, for the driver to redo;
   // otherwise redo[r] = 0.
-  // Pass 2 keeps exp(x - max) in a 16 KiB scratch row (not in y: written once, by pass 3,
-  // y needs no read-for-ownership; a 16-bit y would also round it twice). Longer rows:
-  // float and double store it in y, halves recompute it in pass 3. Either way the values
-  // a float32 reload would give.
+  // Pass 2 keeps exp(x - max) in a scratch row of kReloadScratchBytes (not in y: written
+  // once, by pass 3, y needs no read-for-ownership; a 16-bit y would also round it
+  // twice). Longer rows: float and double fuse passes 1 and 2 block by block and store
+  // exp in y, halves recompute it in pass 3. Either way the values a float32 reload
+  // would give.
   void (*rows_reload)(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                       uint8_t* redo);
   // Rows only (null in the panel table): exp_store_sum of one contiguous row into y of
@@ -123,6 +124,9 @@ template <class S> struct SoftmaxBackwardKernels {
 };
 
 // Everything one ISA's build provides (kernels/table.cpp).
+// rows_reload's scratch row (on the stack): with x's row, in the L1.
+constexpr int64_t kReloadScratchBytes = 16 << 10;
+
 struct KernelTable {
   const char* isa;
   int lanes_f32, lanes_f64;  // lanes of one panel call

@@ -360,4 +360,5 @@ NB_MODULE(_core, m) {
   // which the "auto" rule in _softmax.py must agree with.
   m.attr("MIN_PER_THREAD") = tp::kMinPerThread;
   m.attr("MIN_PER_CHUNK") = tp::kMinPerChunk;
+  m.attr("RELOAD_SCRATCH_BYTES") = tp::kReloadScratchBytes;
 }

@@ -538,7 +538,7 @@ template <class S, bool Panel> struct PassKernels {
     // rows store exp in y (float, double) or, for halves, where a 16-bit y would round
     // exp before pass 3 rounds again, recompute it in pass 3 (kernel_api.h, rows_reload).
     constexpr bool kStore = std::is_same_v<S, T>;
-    constexpr int64_t kScratch = (16 << 10) / sizeof(T);  // 16 KiB: with x's row, in the L1
+    constexpr int64_t kScratch = tp::kReloadScratchBytes / sizeof(T);
     T scratch[kScratch];
     const bool buffered = n <= kScratch;
     using R = typename V::R;
