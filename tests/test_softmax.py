@@ -236,6 +236,21 @@ def test_auto_splits_rows_with_two_pass(monkeypatch):
     assert _softmax.auto_algorithm("softmax", f64, 16 * n, 16 * n, 2, "avx2") == "two_pass"
 
 
+def test_auto_halves_reload_rows_that_fit_its_scratch_row():
+    """float16/bfloat16 softmax: the reload (exp once, kept in float32) while a row fits
+    the reload's scratch row, two_pass beyond (the reload would recompute exp); their
+    log_softmax follows the short-row rule."""
+    import ml_dtypes
+
+    n = _softmax._RELOAD_SCRATCH_BYTES // 4
+    for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+        for threads in (1, 2):
+            assert _softmax.auto_algorithm("softmax", dtype, n, 64 * n, threads) == "three_pass_reload"
+            assert _softmax.auto_algorithm("softmax", dtype, n + 1, 64 * (n + 1), threads) == "two_pass"
+            assert _softmax.auto_algorithm("log_softmax", dtype, n, 64 * n, threads) == "two_pass"
+            assert _softmax.auto_algorithm("log_softmax", dtype, 100, 6400, threads) == "three_pass_reload"
+
+
 def test_auto_log_softmax_takes_two_pass_beyond_short_rows():
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         short = _softmax.SHORT_ROW_BYTES // dtype.itemsize

@@ -365,6 +365,7 @@ _FAST_DTYPES: dict[np.dtype, int] = {**{dt: -1 for dt in NATIVE}, np.dtype(np.fl
 SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (log_softmax; softmax, w = 1)
 _MIN_PER_THREAD = _core.MIN_PER_THREAD  # elements per thread of a batch (csrc/threads.h)
 _MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along its axis
+_RELOAD_SCRATCH_BYTES = _core.RELOAD_SCRATCH_BYTES  # the reload's scratch row for short rows (rows_reload)
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
@@ -403,9 +404,16 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     of the fast path: keep it cheap."""
     itemsize = dtype.itemsize
     if itemsize == 2:
-        # float16/bfloat16: the reload cannot keep exp(x - max) in a 16-bit y, so it
-        # recomputes it (csrc/softmax.cpp, kReloadStores): one read more than two_pass,
-        # as many exps. It only pays in short rows, for its blocks of rows per call.
+        # float16/bfloat16, computed in float32 and bound by that arithmetic: softmax's
+        # reload keeps exp(x - max) in its float32 scratch row where the row fits it
+        # (rows_reload), so it computes exp once; longer rows cannot keep it in a 16-bit
+        # y, so there it recomputes it (csrc/softmax.cpp, kReloadStores): one read more
+        # than two_pass, as many exps. Zen 5 VM, 1 and 2 threads, hot and cold, reload /
+        # two_pass: rows of 2048-4096 0.68-1.02 (256x2048 0.68-0.88), rows of 8192 and
+        # 128256 1.03-1.20. log_softmax computes exp once either way: the reload only in
+        # short rows, for its blocks of rows per call (4096x4096: 1.01-1.14).
+        if op == "softmax" and n * 4 <= _RELOAD_SCRATCH_BYTES:
+            return "three_pass_reload"
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
