@@ -69,8 +69,21 @@ def test_batches_of_cached_rows_move_each_byte_once():
     f4 = 4
     assert _plan.traffic("softmax", "three_pass_reload", (4096, 4096), f4, "DRAM", CACHES, 1)[:2] == (1, 1)
     assert _plan.traffic("logsumexp", "three_pass_reload", (4096, 4096), f4, "DRAM", CACHES, 2)[:2] == (1, 0)
-    assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), f4, "DRAM", CACHES, 1)[:2] == (3, 2)
     assert _plan.traffic("softmax", "three_pass_reload", (4096,), f4, "L1d", CACHES, 1)[:2] == (3, 2)
+
+
+def test_reload_traffic_beyond_its_scratch_row():
+    """Rows longer than the reload's scratch row: float32 and float64 fuse its first two
+    passes (2R + 2W), halves recompute exp in the last pass (3R + 1W)."""
+    import twopass
+
+    assert _plan.RELOAD_SCRATCH_BYTES == twopass._core.RELOAD_SCRATCH_BYTES
+    assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), 4, "DRAM", CACHES, 1)[:2] == (2, 2)
+    assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), 8, "DRAM", CACHES, 1)[:2] == (2, 2)
+    assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), 2, "DRAM", CACHES, 1)[:2] == (3, 1)
+    assert _plan.traffic("softmax", "three_pass_reload", (32, 128256), 4, "L3", CACHES, 1)[:2] == (2, 2)
+    assert _plan.traffic("softmax", "three_pass_reload", (4096,), 2, "L1d", CACHES, 1)[:2] == (3, 2)
+    assert _plan.traffic("log_softmax", "three_pass_reload", (1 << 24,), 4, "DRAM", CACHES, 1)[:2] == (3, 1)
 
 
 def test_cold_nsets_touch_twice_the_l3_between_uses():

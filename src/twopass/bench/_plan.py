@@ -16,6 +16,7 @@ ALGORITHMS = ("two_pass", "three_pass_reload", "three_pass_recompute", "online")
 # (reads, writes) of the whole row per call: the passes each algorithm makes over memory.
 #   softmax   two_pass:             pass 1 sum of (m, e) pairs (R); pass 2 y = m/S * 2^(e-E) (R+W)
 #             three_pass_reload:    max (R); y = exp(x - max), s += y (R+W); y *= 1/s in place (R+W)
+#                                   (rows beyond its scratch row: see traffic())
 #             three_pass_recompute: max (R); s = sum exp(x - max) (R); y = exp(x - max)/s (R+W)
 #             online:               running (max, sum) (R); y = exp(x - max)/s (R+W)
 #   log_softmax passes are the same except that no algorithm stores exp: the max-first ones
@@ -37,6 +38,7 @@ TRAFFIC: dict[tuple[str, str], tuple[int, int]] = {
 }
 # A batch whose rows stay in cache between passes moves each byte once from DRAM:
 # 1R + 1W (logsumexp 1R), whatever the algorithm.
+RELOAD_SCRATCH_BYTES = 16 << 10  # csrc/kernel_api.h kReloadScratchBytes (_core.RELOAD_SCRATCH_BYTES; tested equal)
 FUSED_TRAFFIC: dict[str, tuple[int, int]] = {"softmax": (1, 1), "log_softmax": (1, 1), "logsumexp": (1, 0)}
 # Peers are charged the least traffic twopass needs for the op (its two-pass count), so
 # their GB/s and fraction of the bound compare directly with twopass's two_pass.
@@ -119,6 +121,11 @@ def traffic(
     row_ws = working_set(shape[-1:], itemsize, op)
     if level == "DRAM" and rows > 1 and row_ws * min(threads, rows) <= caches["L3"] // 2:
         return (*FUSED_TRAFFIC[op], "row in cache")
+    if (op, algorithm) == ("softmax", "three_pass_reload") and shape[-1] * max(itemsize, 4) > RELOAD_SCRATCH_BYTES:
+        # Rows longer than the reload's float32/float64 scratch row: float32 and float64
+        # fuse its first two passes (x read once, exp stored in y, rescaled by pass 3),
+        # halves recompute exp in pass 3 instead of storing it (docs/algorithms.md).
+        return (2, 2, "passes") if itemsize >= 4 else (3, 1, "passes")
     return (*TRAFFIC[(op, algorithm)], "passes")
 
 
