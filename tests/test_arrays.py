@@ -102,6 +102,22 @@ def test_prefetch_env_sets_the_distance_and_rejects_bad_values():
         assert r.returncode != 0 and "TWOPASS_PREFETCH_BYTES" in r.stderr
 
 
+def test_avx512_bf16_env_switches_the_instruction_off_and_rejects_bad_values():
+    from twopass import _core
+
+    code = "import twopass; print(twopass.info()['avx512_bf16'])"
+    for value, want in (("0", False), ("", _core.avx512_bf16_supported()), ("1", _core.avx512_bf16_supported())):
+        env = dict(os.environ, TWOPASS_AVX512_BF16=value)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert r.stdout.strip() == str(want)
+    env = dict(os.environ, TWOPASS_AVX512_BF16="yes")
+    r = subprocess.run([sys.executable, "-c", "import twopass"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "TWOPASS_AVX512_BF16" in r.stderr
+    if not _core.avx512_bf16_supported():
+        with pytest.raises(ValueError, match="AVX512-BF16"):
+            _core.set_avx512_bf16(True)
+
+
 @pytest.mark.parametrize("algorithm", ["two_pass", "three_pass_reload"])
 def test_results_do_not_depend_on_the_prefetch_distance(algorithm):
     """Prefetches move data, never values: every distance gives the same bits (rows
