@@ -456,71 +456,103 @@ template <class S, bool Panel> struct PassKernels {
   // and again from cache (cold float32 rows of 64K-128K: the reload 1.05-1.2x slower than
   // two_pass before). Out: m, the row's maximum, and s = sum exp(x - m).
   static void fused_max_exp(const S* xr, S* yr, int64_t n, RowPrefetch<S>& next, T* block_refs, T& m, double& s) {
-    using V = Vec<T>;
-    using IO = Io<S>;
-    using R = typename V::R;
-    constexpr int W = V::W, kStep = kUnroll * W;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     T run = -INFINITY;
     CompensatedSum sum;  // float64 rows add many block sums
     for (int64_t b = 0, blk = 0; b < n; b += kBlock, ++blk) {
       const int64_t end = std::min(n, b + kBlock);
-      R M[kUnroll], L[kUnroll];
-      for (auto& v : M) v = V::set1(-INFINITY);
-      for (auto& v : L) v = V::set1(INFINITY);
-      int64_t i = b;
-      for (; i + kStep <= end; i += kStep) {
-        prefetch_ahead(xr + i);
-        next.step();
-        for (int u = 0; u < kUnroll; ++u) {
-          const R v = IO::load(xr + i + u * W);
-          M[u] = V::max(M[u], v);
-          L[u] = V::min(L[u], v);
-        }
-      }
-      for (; i < end; i += W) {
-        const int k = (int)std::min<int64_t>(W, end - i);
-        M[0] = V::max(M[0], load_k<S>(xr + i, k, -INFINITY));
-        L[0] = V::min(L[0], load_k<S>(xr + i, k, INFINITY));
-      }
-      for (int u = 1; u < kUnroll; ++u) M[0] = V::max(M[0], M[u]), L[0] = V::min(L[0], L[u]);
-      const T mb = V::hmax(M[0]);
-      if (mb > run) {  // (exp(-inf) = 0 for the first finite block: s is 0 or NaN before it)
-        sum.scale(exp_of_difference(run, mb));
-        run = mb;
+      const Range range = max_min<true>(xr, b, end, next);
+      if (range.max > run) {  // (exp(-inf) = 0 for the first finite block: s is 0 or NaN before it)
+        sum.scale(exp_of_difference(run, range.max));
+        run = range.max;
       }
       block_refs[blk] = run;
       // Before any finite element the block holds -inf and NaN only: exp(x - lowest) is 0
       // for -inf and keeps NaN, which the sum then carries to the redo.
-      const R mv = V::set1(run > -INFINITY ? run : std::numeric_limits<T>::lowest());
-      const bool normal = -V::hmax(V::sub(V::set1(0), L[0])) - run >= tp::Numerics<T>::kNormalMin;
-      R Ssum[kUnroll];
-      for (auto& v : Ssum) v = V::set1(0);
-      auto body = [&](auto exp) {  // the block is in the L1 now
-        for (i = b; i + kStep <= end; i += kStep) {
-          next.step();
-          for (int u = 0; u < kUnroll; ++u) {
-            const R e = exp(V::sub(IO::load(xr + i + u * W), mv));
-            IO::store(yr + i + u * W, e);
-            Ssum[u] = V::add(Ssum[u], e);
-          }
-        }
-      };
-      if (normal)
-        body([](R v) { return Exp<T>::normal_range(v); });
-      else
-        body([](R v) { return Exp<T>::nonpositive(v); });
-      for (; i < end; i += W) {
-        const int k = (int)std::min<int64_t>(W, end - i);
-        const R e = Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, -INFINITY), mv));
-        IO::store_partial(yr + i, e, k);
-        Ssum[0] = V::add(Ssum[0], e);
-      }
-      for (int u = 1; u < kUnroll; ++u) Ssum[0] = V::add(Ssum[0], Ssum[u]);
-      sum.add(V::hsum_wide(Ssum[0]));
+      const T shift = run > -INFINITY ? run : std::numeric_limits<T>::lowest();
+      sum.add(exp_sum(xr, b, end, shift, range.min - run >= tp::Numerics<T>::kNormalMin, next,
+                      [&](int64_t i, typename Vec<T>::R e, int k) { store_k(yr + i, e, k); }));
     }
     m = run;
     s = sum.value();
+  }
+
+  // The maximum and minimum of x[b, end) (a NaN may or may not survive: the sums catch
+  // it). Prefetching `kAhead` when the pass also computes exps (fused_max_exp); the
+  // plain max pass runs on the hardware prefetchers (loops.h, prefetch_ahead).
+  struct Range {
+    T max, min;
+  };
+  template <bool kAhead> static Range max_min(const S* x, int64_t b, int64_t end, RowPrefetch<S>& next) {
+    using V = Vec<T>;
+    using R = typename V::R;
+    constexpr int W = V::W, kStep = kUnroll * W;
+    R M[kUnroll], L[kUnroll];
+    for (auto& v : M) v = V::set1(-INFINITY);
+    for (auto& v : L) v = V::set1(INFINITY);
+    int64_t i = b;
+    for (; i + kStep <= end; i += kStep) {
+      if (kAhead) prefetch_ahead(x + i);
+      next.step();
+      for (int u = 0; u < kUnroll; ++u) {
+        const R v = Io<S>::load(x + i + u * W);
+        M[u] = V::max(M[u], v);
+        L[u] = V::min(L[u], v);
+      }
+    }
+    for (; i < end; i += W) {
+      const int k = (int)std::min<int64_t>(W, end - i);
+      M[0] = V::max(M[0], load_k<S>(x + i, k, -INFINITY));
+      L[0] = V::min(L[0], load_k<S>(x + i, k, INFINITY));
+    }
+    for (int u = 1; u < kUnroll; ++u) M[0] = V::max(M[0], M[u]), L[0] = V::min(L[0], L[u]);
+    return {V::hmax(M[0]), -V::hmax(V::sub(V::set1(0), L[0]))};
+  }
+
+  // sum exp(x - shift) over x[b, end), each vector of exps handed to store(i, e, k) (k
+  // lanes from element i). `normal`: every x - shift lies in [kNormalMin, 0] (the common
+  // row: no -inf, a range under 87 for float32), so the exp needs no clamp and no care
+  // for subnormal results (one row in cache, one core: 4K floats 0.40 -> 0.37 ns per
+  // element, 256K floats 0.45 -> 0.42).
+  template <class Store>
+  static double exp_sum(const S* x, int64_t b, int64_t end, T shift, bool normal, RowPrefetch<S>& next, Store&& store) {
+    using V = Vec<T>;
+    using R = typename V::R;
+    constexpr int W = V::W, kStep = kUnroll * W;
+    const R mv = V::set1(shift);
+    R Ssum[kUnroll];
+    for (auto& v : Ssum) v = V::set1(0);
+    int64_t i = b;
+    auto body = [&](auto exp) {
+      for (; i + kStep <= end; i += kStep) {
+        next.step();
+        for (int u = 0; u < kUnroll; ++u) {
+          const R e = exp(V::sub(Io<S>::load(x + i + u * W), mv));
+          store(i + u * W, e, W);
+          Ssum[u] = V::add(Ssum[u], e);
+        }
+      }
+    };
+    if (normal)
+      body([](R v) { return Exp<T>::normal_range(v); });
+    else
+      body([](R v) { return Exp<T>::nonpositive(v); });
+    for (; i < end; i += W) {  // the tail, on the general exp
+      const int k = (int)std::min<int64_t>(W, end - i);
+      const R e = Exp<T>::nonpositive(V::sub(load_k<S>(x + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
+      store(i, e, k);
+      Ssum[0] = V::add(Ssum[0], e);
+    }
+    for (int u = 1; u < kUnroll; ++u) Ssum[0] = V::add(Ssum[0], Ssum[u]);
+    return V::hsum_wide(Ssum[0]);
+  }
+
+  // A full (k = W) or partial store of k lanes.
+  template <class D> static void store_k(D* p, typename Vec<T>::R v, int k) {
+    if (k == Vec<T>::W)
+      Io<D>::store(p, v);
+    else
+      Io<D>::store_partial(p, v, k);
   }
 
   // The three-pass reload over a block of contiguous rows in one call (kernel_api.h). For
@@ -531,7 +563,6 @@ template <class S, bool Panel> struct PassKernels {
   static void rows_reload(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                           uint8_t* redo) {
     using V = Vec<T>;
-    using IO = Io<S>;
     // exp(x - m) goes to a scratch row on the stack when the row fits it (the short rows
     // this path is for): y is then written once, by pass 3, with streaming stores where
     // the output is out of cache, so y costs one write and no read-for-ownership. Longer
@@ -542,7 +573,6 @@ template <class S, bool Panel> struct PassKernels {
     T scratch[kScratch];
     const bool buffered = n <= kScratch;
     using R = typename V::R;
-    constexpr int W = V::W, kStep = kUnroll * W;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     // Longer rows of float or double softmax fuse passes 1 and 2 block by block (see
     // fused_max_exp): one factor per block for pass 3.
@@ -574,60 +604,17 @@ template <class S, bool Panel> struct PassKernels {
         if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
         continue;
       }
-      // Pass 1: the maximum and minimum (a NaN may or may not survive: the sum catches it).
-      R M[kUnroll], L[kUnroll];
-      for (auto& v : M) v = V::set1(-INFINITY);
-      for (auto& v : L) v = V::set1(INFINITY);
-      int64_t i = 0;
-      for (; i + kStep <= n; i += kStep) {
-        next.step();
-        for (int u = 0; u < kUnroll; ++u) {
-          const R v = IO::load(xr + i + u * W);
-          M[u] = V::max(M[u], v);
-          L[u] = V::min(L[u], v);
-        }
-      }
-      for (; i < n; i += W) {
-        const int k = (int)std::min<int64_t>(W, n - i);
-        M[0] = V::max(M[0], load_k<S>(xr + i, k, -INFINITY));
-        L[0] = V::min(L[0], load_k<S>(xr + i, k, INFINITY));
-      }
-      for (int u = 1; u < kUnroll; ++u) M[0] = V::max(M[0], M[u]), L[0] = V::min(L[0], L[u]);
-      m = V::hmax(M[0]);
+      // Pass 1: the maximum and minimum; pass 2: exp(x - m), kept in the scratch row
+      // (softmax) and summed, block by block.
+      const Range range = max_min<false>(xr, 0, n, next);
+      m = range.max;
       const R mv = V::set1(m);
-      // Every exp(x - m) normal (the common row: no -inf, a range under 87 for float32):
-      // the exp needs no clamp and no care for subnormal results (one row in cache, one
-      // core: 4K floats 0.40 -> 0.37 ns per element, 256K floats 0.45 -> 0.42).
-      const bool normal = -V::hmax(V::sub(V::set1(0), L[0])) - m >= tp::Numerics<T>::kNormalMin;
-      // Pass 2: exp(x - m), stored (softmax) and summed.
+      const bool normal = range.min - m >= tp::Numerics<T>::kNormalMin;
       CompensatedSum sum;
-      for (int64_t b = 0; b < n; b += kBlock) {
-        const int64_t end = std::min(n, b + kBlock);
-        R Ssum[kUnroll];
-        for (auto& v : Ssum) v = V::set1(0);
-        auto body = [&](auto exp) {
-          for (i = b; i + kStep <= end; i += kStep) {
-            next.step();
-            for (int u = 0; u < kUnroll; ++u) {
-              const R e = exp(V::sub(IO::load(xr + i + u * W), mv));
-              if (buffered && !log) V::store(scratch + i + u * W, e);
-              Ssum[u] = V::add(Ssum[u], e);
-            }
-          }
-        };
-        if (normal)
-          body([](R v) { return Exp<T>::normal_range(v); });
-        else
-          body([](R v) { return Exp<T>::nonpositive(v); });
-        for (; i < end; i += W) {  // the tail, on the general exp
-          const int k = (int)std::min<int64_t>(W, end - i);
-          const R e = Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
-          if (buffered && !log) V::store_partial(scratch + i, e, k);
-          Ssum[0] = V::add(Ssum[0], e);
-        }
-        for (int u = 1; u < kUnroll; ++u) Ssum[0] = V::add(Ssum[0], Ssum[u]);
-        sum.add(V::hsum_wide(Ssum[0]));
-      }
+      for (int64_t b = 0; b < n; b += kBlock)
+        sum.add(exp_sum(xr, b, std::min(n, b + kBlock), m, normal, next, [&](int64_t i, R e, int k) {
+          if (buffered && !log) store_k(scratch + i, e, k);
+        }));
       s = sum.value();
       redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
       if (redo[r]) continue;
