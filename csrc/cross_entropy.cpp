@@ -201,8 +201,7 @@ void cross_entropy_grad(const CrossEntropyGradProblem& pb, Isa isa, int threads)
   const KernelTable& K = kernels(isa);
   if (pb.rows == 0 || pb.n == 0) return;
   threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
-  parallel(threads, [&](int t) {
-    const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
+  parallel_ranges(pb.rows, threads, pb.rows * pb.n, [&](int64_t lo, int64_t hi) {
     if (pb.dtype_bytes == 4)
       ce_grad_rows<float>(pb, K.f32.row, K.ce_f32, lo, hi);
     else
@@ -214,8 +213,7 @@ void cross_entropy(const CrossEntropyProblem& pb, Isa isa, int threads) {
   const KernelTable& K = kernels(isa);
   if (pb.rows == 0) return;
   threads = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
-  parallel(threads, [&](int t) {
-    const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
+  parallel_ranges(pb.rows, threads, pb.rows * pb.n, [&](int64_t lo, int64_t hi) {
     if (pb.bf16)
       ce_rows<bf16>(pb, K, isa, lo, hi);
     else if (pb.f16)

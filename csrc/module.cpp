@@ -331,6 +331,11 @@ NB_MODULE(_core, m) {
     tp::prefetch_bytes = bytes;
   });
   m.def("prefetch_bytes", [] { return tp::prefetch_bytes; });
+  m.def("set_spin_us", [](int us) {
+    if (us < 0 || us > 1000000) throw std::invalid_argument("twopass: spin time out of [0, 1 s]");
+    tp::spin_microseconds = us;
+  });
+  m.def("spin_us", [] { return tp::spin_microseconds.load(); });
   m.def("avx512_bf16_supported", &tp::avx512_bf16_supported);
   m.def("set_avx512_bf16", [](bool on) {
     if (on && !tp::avx512_bf16_supported()) throw std::invalid_argument("twopass: AVX512-BF16 not available");

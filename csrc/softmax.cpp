@@ -282,8 +282,7 @@ template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Proble
   // Rows it flags (special values) take the general path.
   const bool row_blocks = pb.inner == 1 && pb.xs_n == 1 && pb.ys_n == 1 && !lse &&
                           pb.algo == Algo::kThreePassReload && kernels.row.rows_reload;
-  parallel(threads, [&](int t) {
-    const int64_t lo = groups * t / threads, hi = groups * (t + 1) / threads;
+  parallel_ranges(groups, threads, total, [&](int64_t lo, int64_t hi) {
     if (!row_blocks) {
       for (int64_t gi = lo; gi < hi; ++gi) {
         auto [g, out] = group_at(gi);

@@ -19,8 +19,7 @@ template <class T> void run_typed(const SoftmaxBackwardKernels<T>& k, const Back
   T* gx = static_cast<T*>(pb.gx);
   if (pb.rows == 0 || pb.n == 0) return;
   threads = (int)std::max<int64_t>(1, std::min<int64_t>({threads, pb.rows, pb.rows * pb.n / kMinPerThread}));
-  parallel(threads, [&](int t) {
-    const int64_t lo = pb.rows * t / threads, hi = pb.rows * (t + 1) / threads;
+  parallel_ranges(pb.rows, threads, pb.rows * pb.n, [&](int64_t lo, int64_t hi) {
     if (pb.op == Op::kLogSumExp)
       k.logsumexp(g + lo, y + lo * pb.ys, lse + lo, gx + lo * pb.xs, hi - lo, pb.n, pb.ys, pb.xs, stream);
     else

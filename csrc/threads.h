@@ -1,30 +1,63 @@
-// Threads: run f(0..n-1) on n threads (the caller's is one of them), and the work sizes
-// below which splitting does not pay. Header-only: f is inlined at each call site.
+// Threads: run f(0..n-1) over n threads (the caller's is one of them), and the work sizes
+// below which splitting does not pay. f is inlined at each call site; the workers are a
+// pool kept between calls (thread_pool.cpp).
 //
-// Threads are spawned per call: the driver only goes parallel when each thread has
-// enough work that thread starts (~20 us each) are noise: kMinPerThread elements for a
-// batch split by rows (one start), kMinPerChunk for a row split along its axis (one
-// start per pass; measured: a 64K-256K row was slower on 2 threads than on 1 with 32K).
+// Every f(t) runs exactly once, but not necessarily on its own thread: the caller and
+// the workers claim the indices in turn, so a worker that is slow to wake leaves its
+// share to the others instead of holding the call up. Starting threads per call cost
+// ~30 us each on a 2-core VM (a 64x1024 float32 softmax: 22 us on one thread, 89 us on
+// two), more than the work of most batches that fit in the cache.
+// kMinPerThread elements for a batch split by rows, kMinPerChunk for a row split along
+// its axis (one parallel region per pass; a 64K-256K row was slower on 2 threads than on
+// 1 with 32K).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
-#include <thread>
-#include <vector>
+#include <type_traits>
 
 namespace tp {
 
+// fn(ctx, i) for every i in [0, n), on the calling thread and up to threads - 1 of the
+// pool's workers; an exception from any of them is rethrown here (the first one), after
+// all have finished. `wake`: wake workers that sleep (else only those still spinning
+// after a recent call help).
+void parallel_for_each(int n, int threads, void (*fn)(void*, int), void* ctx, bool wake = true);
+
+// f(i) for i in [0, n) on up to n threads.
 template <class F> inline void parallel(int n, F&& f) {
   if (n <= 1) {
-    f(0);
+    if (n == 1) f(0);
     return;
   }
-  std::vector<std::thread> pool;
-  pool.reserve(n - 1);
-  for (int t = 1; t < n; ++t) pool.emplace_back([&f, t] { f(t); });
-  f(0);
-  for (auto& th : pool) th.join();
+  using Fn = std::remove_reference_t<F>;
+  parallel_for_each(n, n, [](void* c, int i) { (*static_cast<Fn*>(c))(i); },
+                    const_cast<void*>(static_cast<const void*>(&f)));
+}
+
+// f(lo, hi) over consecutive ranges covering [0, count), on up to `threads` threads: a
+// few ranges per thread, so that one that starts late (a worker waking from sleep)
+// leaves more of them to the others. `elements`: the job's size, which decides whether
+// sleeping workers are worth waking (kWakeElements: ~0.3 ms of work on one thread).
+constexpr int kRangesPerThread = 4;
+constexpr int64_t kWakeElements = int64_t{1} << 20;
+template <class F> inline void parallel_ranges(int64_t count, int threads, int64_t elements, F&& f) {
+  const int64_t ranges = std::min<int64_t>(count, (int64_t)threads * kRangesPerThread);
+  if (threads <= 1 || ranges <= 1) {
+    if (count > 0) f(int64_t{0}, count);
+    return;
+  }
+  auto piece = [&](int i) { f(count * i / ranges, count * (i + 1) / ranges); };
+  using Fn = decltype(piece);
+  parallel_for_each((int)ranges, threads, [](void* c, int i) { (*static_cast<Fn*>(c))(i); }, &piece,
+                    elements >= kWakeElements);
 }
 constexpr int64_t kMinPerThread = 1 << 15;
 constexpr int64_t kMinPerChunk = 1 << 18;
+
+// How long the pool's workers spin after a job, waiting for the next, before they sleep
+// (TWOPASS_SPIN_US, src/twopass/_dispatch.py).
+extern std::atomic<int> spin_microseconds;
 
 }  // namespace tp

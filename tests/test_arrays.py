@@ -102,6 +102,80 @@ def test_prefetch_env_sets_the_distance_and_rejects_bad_values():
         assert r.returncode != 0 and "TWOPASS_PREFETCH_BYTES" in r.stderr
 
 
+def test_spin_env_sets_the_wait_and_rejects_bad_values():
+    code = "import twopass; print(twopass.info()['spin_us'])"
+    for value, want in (("0", 0), ("50", 50), ("", 200)):
+        env = dict(os.environ, TWOPASS_SPIN_US=value)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert int(r.stdout) == want
+    for bad in ("long", "-1", "2000000"):
+        env = dict(os.environ, TWOPASS_SPIN_US=bad)
+        r = subprocess.run([sys.executable, "-c", "import twopass"], env=env, capture_output=True, text=True)
+        assert r.returncode != 0 and "TWOPASS_SPIN_US" in r.stderr
+
+
+@pytest.mark.parametrize("spin_us", [0, 200])
+def test_worker_pool_gives_the_bits_of_one_thread(spin_us):
+    """Multi-threaded calls run on a pool of workers kept between calls
+    (csrc/thread_pool.cpp): spinning or asleep (spin 0, and pauses between calls),
+    woken or not (small and large jobs), with several Python threads calling at once
+    (one job at a time takes the pool, the others their own threads), a call gives the
+    bits it gives alone. (Thread counts may differ from each other: "auto" and the
+    split of a long row follow the count.)"""
+    import threading
+    import time
+
+    from twopass import _core
+
+    rng = np.random.default_rng(11)
+    shapes = [(64, 1024), (3, 70001), (1200, 1000), (1, 1 << 20)]  # rows, ranges, a long row split
+    xs = [(rng.standard_normal(s) * 3).astype(np.float32) for s in shapes]
+    counts = (1, 2, 3, 4)
+    want = {(i, op, t): getattr(twopass, op)(x, threads=t) for i, x in enumerate(xs) for op in OPS for t in counts}
+    saved = _core.spin_us()
+    _core.set_spin_us(spin_us)
+    errors = []
+
+    def caller(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        for _ in range(20):
+            i = int(r.integers(len(xs)))
+            op = OPS[int(r.integers(len(OPS)))]
+            t = int(r.integers(1, 5))
+            got = getattr(twopass, op)(xs[i], threads=t)
+            if not np.array_equal(got, want[i, op, t]):
+                errors.append((i, op))
+            if r.random() < 0.2:
+                time.sleep(0.002)  # the workers fall asleep (spin 0: always)
+
+    try:
+        caller(0)
+        threads = [threading.Thread(target=caller, args=(s,)) for s in range(1, 4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        _core.set_spin_us(saved)
+    assert errors == []
+
+
+def test_worker_pool_survives_fork():
+    """A forked child has none of its parent's worker threads: it starts its own."""
+    import multiprocessing as mp
+
+    x = np.random.default_rng(2).standard_normal((512, 1024)).astype(np.float32)
+    want = twopass.softmax(x, threads=2)  # (and the parent's pool exists)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as p:
+        got = p.apply(_softmax_two_threads, (x,))
+    np.testing.assert_array_equal(got, want)
+
+
+def _softmax_two_threads(x):
+    return twopass.softmax(x, threads=2)
+
+
 def test_avx512_bf16_env_switches_the_instruction_off_and_rejects_bad_values():
     from twopass import _core
 

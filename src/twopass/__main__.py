@@ -23,6 +23,7 @@ def _info(argv: list[str]) -> int:
     print(f"caches:       {caches}")
     print(f"threads:      {info['threads']}")
     print(f"prefetch:     {info['prefetch_bytes']} bytes ahead")
+    print(f"spin:         {info['spin_us']} us (idle worker threads, before they sleep)")
     bf16_instr = info["avx512_bf16"] and info["isa"] == "avx512"
     print(f"bfloat16:     {'AVX512-BF16 conversion' if bf16_instr else 'integer rounding'}")
     print("versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))

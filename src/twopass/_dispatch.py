@@ -3,6 +3,7 @@
 All run-time choices live here: the ISA is detected once at import (the C++ core asks
 the CPU), `TWOPASS_ISA` may force a lower one, `TWOPASS_NUM_THREADS` sets the default
 thread count, `TWOPASS_PREFETCH_BYTES` the kernels' software-prefetch distance,
+`TWOPASS_SPIN_US` how long idle worker threads wait for the next call before sleeping,
 `TWOPASS_AVX512_BF16=0` keeps bfloat16 off AVX512-BF16's conversion instruction.
 `info()` reports all of it.
 """
@@ -73,6 +74,30 @@ def _select_prefetch_bytes() -> int:
 
 PREFETCH_BYTES = _select_prefetch_bytes()
 _core.set_prefetch_bytes(PREFETCH_BYTES)
+
+# Multi-threaded calls run on a pool of worker threads kept between calls
+# (csrc/thread_pool.cpp), which spin this long after a call before they sleep: a call
+# that finds them awake starts in well under a microsecond, one that wakes them pays the
+# system's wake-up latency (the caller starts on its own share meanwhile). Starting
+# threads per call, as before the pool, cost ~30 us each on a 2-core VM.
+DEFAULT_SPIN_US = 200
+
+
+def _select_spin_us() -> int:
+    env = os.environ.get("TWOPASS_SPIN_US", "").strip()
+    if not env:
+        return DEFAULT_SPIN_US
+    try:
+        n = int(env)
+    except ValueError:
+        raise RuntimeError(f"TWOPASS_SPIN_US={env!r} is not an integer") from None
+    if not 0 <= n <= 1_000_000:
+        raise RuntimeError(f"TWOPASS_SPIN_US={env!r} must be in 0 .. 1000000 (microseconds)")
+    return n
+
+
+SPIN_US = _select_spin_us()
+_core.set_spin_us(SPIN_US)
 
 
 def _select_avx512_bf16() -> bool:
@@ -171,7 +196,8 @@ def info() -> dict[str, Any]:
         ``isa`` (the instruction set the kernels run), ``isa_forced`` (by
         ``TWOPASS_ISA``), ``isa_supported`` (compiled and runnable here, worst to best),
         ``caches`` (bytes per level), ``threads`` (the default thread count),
-        ``prefetch_bytes`` (the kernels' software-prefetch distance), ``avx512_bf16``
+        ``prefetch_bytes`` (the kernels' software-prefetch distance), ``spin_us`` (how
+        long idle worker threads wait for work before sleeping), ``avx512_bf16``
         (bfloat16 narrowed by AVX512-BF16's instruction), and ``versions`` of twopass
         and its companions.
     """
@@ -191,6 +217,7 @@ def info() -> dict[str, Any]:
         "caches": dict(cache_sizes()),
         "threads": default_threads(),
         "prefetch_bytes": _core.prefetch_bytes(),
+        "spin_us": _core.spin_us(),
         "avx512_bf16": _core.avx512_bf16(),
         "versions": {
             "twopass": __version__,

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <stdexcept>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "../../csrc/half.h"
 #include "../../csrc/softmax.h"
 #include "../../csrc/softmax_backward.h"
+#include "../../csrc/threads.h"
 
 namespace {
 
@@ -351,9 +354,61 @@ template <class T> void run_backward(tp::Isa isa) {
   }
 }
 
+void expect(bool ok, const char* what) {
+  if (ok) {
+    ++passed;
+  } else {
+    ++failed;
+    std::printf("FAILED thread pool: %s\n", what);
+  }
+}
+
+// The worker pool (csrc/thread_pool.cpp): every index runs exactly once, with workers
+// spinning or asleep, from concurrent callers, nested, and with an exception.
+void check_thread_pool() {
+  auto once_each = [](int n, int threads) {
+    std::vector<std::atomic<int>> hits(n);
+    tp::parallel_ranges(n, threads, int64_t{1} << 30, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) hits[i].fetch_add(1);
+    });
+    bool ok = true;
+    for (auto& h : hits) ok &= h.load() == 1;
+    return ok;
+  };
+  for (int threads : {2, 3, 8})
+    for (int n : {1, 2, 5, 64, 1000}) expect(once_each(n, threads), "every index once");
+  tp::spin_microseconds = 0;  // the workers sleep between jobs: woken or not, nothing is lost
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  expect(once_each(1000, 4), "every index once, workers asleep");
+  tp::parallel_ranges(1000, 4, 1, [](int64_t, int64_t) {});  // a small job: no wake
+  expect(once_each(1000, 4), "every index once after a small job");
+  tp::spin_microseconds = 200;
+  std::vector<std::thread> callers;  // one job at a time: the others start threads of their own
+  std::atomic<int> good{0};
+  for (int c = 0; c < 4; ++c)
+    callers.emplace_back([&] {
+      for (int r = 0; r < 50; ++r) good += once_each(97, 2);
+    });
+  for (auto& t : callers) t.join();
+  expect(good == 200, "concurrent callers");
+  std::atomic<int> inner{0};
+  tp::parallel(3, [&](int) { tp::parallel(3, [&](int) { inner.fetch_add(1); }); });
+  expect(inner == 9, "nested calls");
+  bool thrown = false;
+  try {
+    tp::parallel(4, [](int i) {
+      if (i == 2) throw std::runtime_error("index 2");
+    });
+  } catch (const std::runtime_error&) {
+    thrown = true;
+  }
+  expect(thrown && once_each(100, 4), "an exception reaches the caller, the pool goes on");
+}
+
 }  // namespace
 
 int main() {
+  check_thread_pool();
   for (tp::Isa isa : {tp::Isa::kScalar, tp::Isa::kAvx2, tp::Isa::kAvx512, tp::Isa::kNeon}) {
     if (!tp::isa_compiled(isa) || !tp::isa_supported(isa)) continue;
     std::printf("isa %d\n", (int)isa);

@@ -19,5 +19,5 @@ for k in $kernels; do
 done
 # The ISA-independent sources; TP_AVX512_EMULATE makes dispatch.cpp report AVX-512 as supported.
 $CXX $flags -DTP_AVX512_EMULATE tests/native/kernel_check.cpp csrc/dispatch.cpp csrc/softmax.cpp \
-  csrc/cross_entropy.cpp csrc/softmax_backward.cpp "$out"/scalar_*.o "$out"/avx512_*.o "$out"/avx2_*.o -o "$out/kernel_check"
+  csrc/cross_entropy.cpp csrc/softmax_backward.cpp csrc/thread_pool.cpp "$out"/scalar_*.o "$out"/avx512_*.o "$out"/avx2_*.o -o "$out/kernel_check"
 "$out/kernel_check"
