@@ -34,18 +34,20 @@ template <class S> struct AxisSplit {
     s.n = hi - lo;
     return s;
   }
+  // One parallel region over the chunks; small rows do not wake sleeping workers.
+  template <class F> void on_chunks(F&& f) const { parallel(chunks, f, g.n * g.lanes >= kWakeElements); }
   template <class F> void each(F&& f) const {
     if (chunks == 1)
       f(g);
     else
-      parallel(chunks, [&](int c) { f(chunk(c)); });
+      on_chunks([&](int c) { f(chunk(c)); });
   }
   // Reductions: per-chunk partial results in `parts`, merged lane by lane.
   void two_pass_sum(const T* shift, ScaledSum* out, T* mx) const {
     if (chunks == 1) return P.two_pass_sum(g, shift, out, mx);
     std::vector<ScaledSum> parts((size_t)chunks * kMaxLanes);
     std::vector<T> maxes((size_t)chunks * kMaxLanes);
-    parallel(chunks, [&](int c) {
+    on_chunks([&](int c) {
       P.two_pass_sum(chunk(c), shift, &parts[(size_t)c * kMaxLanes], &maxes[(size_t)c * kMaxLanes]);
     });
     for (int l = 0; l < g.lanes; ++l) {
@@ -61,7 +63,7 @@ template <class S> struct AxisSplit {
   void max(T* out) const {
     if (chunks == 1) return P.max(g, out);
     std::vector<T> parts((size_t)chunks * kMaxLanes);
-    parallel(chunks, [&](int c) { P.max(chunk(c), &parts[(size_t)c * kMaxLanes]); });
+    on_chunks([&](int c) { P.max(chunk(c), &parts[(size_t)c * kMaxLanes]); });
     for (int l = 0; l < g.lanes; ++l) {
       out[l] = -std::numeric_limits<T>::infinity();
       for (int c = 0; c < chunks; ++c) {
@@ -74,7 +76,7 @@ template <class S> struct AxisSplit {
   template <class F> void sum(F&& f, double* out) const {
     if (chunks == 1) return f(g, out);
     std::vector<double> parts((size_t)chunks * kMaxLanes);
-    parallel(chunks, [&](int c) { f(chunk(c), &parts[(size_t)c * kMaxLanes]); });
+    on_chunks([&](int c) { f(chunk(c), &parts[(size_t)c * kMaxLanes]); });
     for (int l = 0; l < g.lanes; ++l) {
       out[l] = 0;
       for (int c = 0; c < chunks; ++c) out[l] += parts[(size_t)c * kMaxLanes + l];
@@ -83,7 +85,7 @@ template <class S> struct AxisSplit {
   void online(double* m, double* s) const {
     if (chunks == 1) return P.online(g, m, s);
     std::vector<double> pm((size_t)chunks * kMaxLanes), ps((size_t)chunks * kMaxLanes);
-    parallel(chunks, [&](int c) { P.online(chunk(c), &pm[(size_t)c * kMaxLanes], &ps[(size_t)c * kMaxLanes]); });
+    on_chunks([&](int c) { P.online(chunk(c), &pm[(size_t)c * kMaxLanes], &ps[(size_t)c * kMaxLanes]); });
     for (int l = 0; l < g.lanes; ++l) {
       m[l] = -INFINITY, s[l] = 0;
       for (int c = 0; c < chunks; ++c) online_merge(m[l], s[l], pm[(size_t)c * kMaxLanes + l], ps[(size_t)c * kMaxLanes + l]);
