@@ -38,7 +38,7 @@
 
 namespace tp {
 
-std::atomic<int> spin_microseconds{200};
+std::atomic<int> spin_microseconds{50};
 
 namespace {
 

@@ -79,8 +79,13 @@ _core.set_prefetch_bytes(PREFETCH_BYTES)
 # (csrc/thread_pool.cpp), which spin this long after a call before they sleep: a call
 # that finds them awake starts in well under a microsecond, one that wakes them pays the
 # system's wake-up latency (the caller starts on its own share meanwhile). Starting
-# threads per call, as before the pool, cost ~30 us each on a 2-core VM.
-DEFAULT_SPIN_US = 200
+# threads per call, as before the pool, cost ~30 us each on a 2-core VM. Spinning longer
+# keeps back-to-back NumPy calls fast but takes a core from whatever runs next: in a
+# torch loop (cross-entropy forward + backward of 8x32000, 2 threads, Zen 5 VM) a call
+# took 100-123 us with 0, 118-146 with 50, 158-205 with 200 (threads started per call:
+# 145-152); a float32 softmax of 64x1024 on 2 threads, back to back, 17-19 us with 0,
+# 10-12 with 50 and 20 (one thread: 15-22).
+DEFAULT_SPIN_US = 50
 
 
 def _select_spin_us() -> int:
