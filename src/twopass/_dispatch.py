@@ -59,20 +59,22 @@ ISA = _select_isa()
 DEFAULT_PREFETCH_BYTES = 8192
 
 
-def _select_prefetch_bytes() -> int:
-    env = os.environ.get("TWOPASS_PREFETCH_BYTES", "").strip()
+def _env_int(name: str, default: int, hi: int, unit: str) -> int:
+    """An integer setting from the environment variable `name`, in 0 .. hi; `default`
+    when unset. A bad value stops the import: a setting silently ignored is worse."""
+    env = os.environ.get(name, "").strip()
     if not env:
-        return DEFAULT_PREFETCH_BYTES
+        return default
     try:
         n = int(env)
     except ValueError:
-        raise RuntimeError(f"TWOPASS_PREFETCH_BYTES={env!r} is not an integer") from None
-    if not 0 <= n <= 1 << 20:
-        raise RuntimeError(f"TWOPASS_PREFETCH_BYTES={env!r} must be in 0 .. 1048576 (bytes)")
+        raise RuntimeError(f"{name}={env!r} is not an integer") from None
+    if not 0 <= n <= hi:
+        raise RuntimeError(f"{name}={env!r} must be in 0 .. {hi} ({unit})")
     return n
 
 
-PREFETCH_BYTES = _select_prefetch_bytes()
+PREFETCH_BYTES = _env_int("TWOPASS_PREFETCH_BYTES", DEFAULT_PREFETCH_BYTES, 1 << 20, "bytes")
 _core.set_prefetch_bytes(PREFETCH_BYTES)
 
 # Multi-threaded calls run on a pool of worker threads kept between calls
@@ -86,22 +88,7 @@ _core.set_prefetch_bytes(PREFETCH_BYTES)
 # 145-152); a float32 softmax of 64x1024 on 2 threads, back to back, 17-19 us with 0,
 # 10-12 with 50 and 20 (one thread: 15-22).
 DEFAULT_SPIN_US = 50
-
-
-def _select_spin_us() -> int:
-    env = os.environ.get("TWOPASS_SPIN_US", "").strip()
-    if not env:
-        return DEFAULT_SPIN_US
-    try:
-        n = int(env)
-    except ValueError:
-        raise RuntimeError(f"TWOPASS_SPIN_US={env!r} is not an integer") from None
-    if not 0 <= n <= 1_000_000:
-        raise RuntimeError(f"TWOPASS_SPIN_US={env!r} must be in 0 .. 1000000 (microseconds)")
-    return n
-
-
-SPIN_US = _select_spin_us()
+SPIN_US = _env_int("TWOPASS_SPIN_US", DEFAULT_SPIN_US, 1_000_000, "microseconds")
 _core.set_spin_us(SPIN_US)
 
 
