@@ -147,9 +147,11 @@ def test_fast_path_keeps_the_errors():
 # ----------------------------------------------------------------------------------
 # algorithm="auto": the rule of _softmax.auto_algorithm, from cache sizes, ISA and threads.
 # ----------------------------------------------------------------------------------
-def _with_caches(monkeypatch, **sizes: int) -> None:
+def _with_caches(monkeypatch, half_width: bool = False, **sizes: int) -> None:
+    """These caches, and AVX2 at full width (256-bit units) unless `half_width`."""
     caches = dict(_dispatch.cache_sizes(), **sizes)
     monkeypatch.setattr(_dispatch, "cache_sizes", lambda: caches)
+    monkeypatch.setattr(_dispatch, "avx2_half_width", lambda: half_width)
     monkeypatch.setattr(_softmax, "_limits", {})
 
 
@@ -192,6 +194,42 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
             assert _softmax.auto_algorithm("softmax", dtype, 4096, fit * 4096, 2, isa) == "three_pass_reload"
             assert _softmax.auto_algorithm("softmax", dtype, 4096, 2 * fit * 4096, 2, isa) == "two_pass"
             assert _softmax.auto_algorithm("softmax", dtype, 4096, 2 * fit * 4096, 1, isa) == "three_pass_reload"
+
+
+def test_half_width_avx2_is_told_by_the_cpu_model():
+    """AMD Zen and Zen+ (family 17h below model 30h) and Hygon Dhyana split 256-bit
+    instructions in two; Zen 2 on, and Intel, do not."""
+    split = _dispatch.splits_256bit_ops
+    assert split("AuthenticAMD", 0x17, 0x01) and split("AuthenticAMD", 0x17, 0x18)
+    assert split("HygonGenuine", 0x18, 0x00)
+    assert not split("AuthenticAMD", 0x17, 0x31)  # Zen 2
+    assert not split("AuthenticAMD", 0x19, 0x01)  # Zen 3
+    assert not split("GenuineIntel", 0x06, 0x55)
+    assert not split("GenuineIntel", 0x17, 0x01)
+
+
+def test_auto_on_half_width_avx2(monkeypatch):
+    """Where AVX2 runs at half width the exp weighs twice as much (float32 w = 4, float64
+    8), so the reload's one exp per element wins further (Zen 1 VM, 512 KiB L2, 8 MiB L3):
+    float32 on one thread at every size; on 2 threads a row split along its axis up to
+    x and y of half the cache (1M), two_pass beyond; float64 the reload everywhere. A
+    full-width AVX2 on the same caches keeps two_pass for long rows."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    _with_caches(monkeypatch, half_width=True, L2=512 << 10, L3=8 << 20)
+    assert (_softmax.exp_weight(4, "avx2"), _softmax.exp_weight(8, "avx2")) == (4, 8)
+    assert (_softmax.exp_weight(4, "avx512"), _softmax.exp_weight(4, "scalar")) == (1, 8)
+    reload = "three_pass_reload"
+    for n in (1 << 16, 1 << 20, 1 << 22, 1 << 26):
+        assert _softmax.auto_algorithm("softmax", f32, n, n, 1, "avx2") == reload
+        assert _softmax.auto_algorithm("softmax", f32, n, n, 2, "avx2") == (reload if n <= 1 << 20 else "two_pass")
+        for threads in (1, 2):
+            assert _softmax.auto_algorithm("softmax", f64, n, n, threads, "avx2") == reload
+    for rows, n in ((4096, 4096), (64, 262144), (32, 128256)):
+        for threads in (1, 2):
+            assert _softmax.auto_algorithm("softmax", f32, n, rows * n, threads, "avx2") == reload
+    _with_caches(monkeypatch, half_width=False, L2=512 << 10, L3=8 << 20)
+    assert _softmax.auto_algorithm("softmax", f32, 1 << 26, 1 << 26, 1, "avx2") == "two_pass"
+    assert _softmax.auto_algorithm("softmax", f64, 1 << 26, 1 << 26, 2, "avx2") == "two_pass"
 
 
 def test_auto_small_calls_skip_the_rule():

@@ -20,6 +20,8 @@ def _info(argv: list[str]) -> int:
     print(f"features:     {' '.join(info['cpu_features'])}")
     print(f"ISA:          {info['isa']}" + (" (forced by TWOPASS_ISA)" if info["isa_forced"] else ""))
     print(f"available:    {', '.join(info['isa_supported'])}")
+    if info["avx2_half_width"]:
+        print("              (256-bit AVX instructions run as two 128-bit halves here)")
     print(f"caches:       {caches}")
     print(f"threads:      {info['threads']}")
     print(f"prefetch:     {info['prefetch_bytes']} bytes ahead")

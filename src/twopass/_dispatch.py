@@ -178,6 +178,33 @@ def _cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, flags
 
 
+def splits_256bit_ops(vendor: str, family: int, model: int) -> bool:
+    """Whether a core runs each 256-bit AVX instruction as two 128-bit halves: AMD's Zen
+    and Zen+ (family 17h, models below 30h; Zen 2 from 30h has 256-bit units) and Hygon's
+    Dhyana (family 18h), from /proc/cpuinfo's vendor_id, cpu family and model."""
+    zen1 = vendor == "AuthenticAMD" and family == 0x17 and model < 0x30
+    return zen1 or (vendor == "HygonGenuine" and family == 0x18)
+
+
+@cache
+def avx2_half_width() -> bool:
+    """This CPU's AVX2 runs at half width (splits_256bit_ops): its exp costs twice as many
+    cycles per element as on a core with 256-bit units, which moves auto's crossovers
+    (_softmax.exp_weight). False where /proc/cpuinfo does not say."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("vendor_id", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            if len(fields) == 3:
+                break
+        return splits_256bit_ops(fields["vendor_id"], int(fields["cpu family"]), int(fields["model"]))
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def info() -> dict[str, Any]:
     """What twopass sees and chose on this machine (`python -m twopass info` prints it).
 
@@ -190,7 +217,8 @@ def info() -> dict[str, Any]:
         ``caches`` (bytes per level), ``threads`` (the default thread count),
         ``prefetch_bytes`` (the kernels' software-prefetch distance), ``spin_us`` (how
         long idle worker threads wait for work before sleeping), ``avx512_bf16``
-        (bfloat16 narrowed by AVX512-BF16's instruction), and ``versions`` of twopass
+        (bfloat16 narrowed by AVX512-BF16's instruction), ``avx2_half_width`` (256-bit
+        instructions run as two halves: AMD Zen and Zen+), and ``versions`` of twopass
         and its companions.
     """
     import numpy as np
@@ -211,6 +239,7 @@ def info() -> dict[str, Any]:
         "prefetch_bytes": _core.prefetch_bytes(),
         "spin_us": _core.spin_us(),
         "avx512_bf16": _core.avx512_bf16(),
+        "avx2_half_width": avx2_half_width(),
         "versions": {
             "twopass": __version__,
             "python": sys.version.split()[0],

@@ -319,7 +319,8 @@ def _fast_out_ok(x: np.ndarray, out: Any, op: str, keepdims: bool) -> bool:
 #
 # softmax. w = EXP_WEIGHT[dtype, ISA] is how much one exp per element weighs against
 # the traffic, relative to float32 on AVX-512 (float64 has half the lanes and a 2.5x
-# longer polynomial; AVX2 half the lanes and no vscalef). Sizes below count elements at
+# longer polynomial; AVX2 half the lanes and no vscalef; twice that again where AVX2
+# runs at half width: exp_weight). Sizes below count elements at
 # float32's 8 bytes of x and y (float64 is measured per element, not per byte). Then
 # (`python -m twopass bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2;
 # README, "algorithm"):
@@ -340,7 +341,9 @@ def _fast_out_ok(x: np.ndarray, out: Any, op: str, keepdims: bool) -> bool:
 #   any size (float64 on AVX2, 2^24 and 2^26: 1.07x and 1.10x);
 # - a row that several threads split along its axis: each pass is a parallel region of
 #   its own, so two_pass, unless w >= 4 and x and y fit half the cache above (float64
-#   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot).
+#   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot), or the exp outweighs memory on
+#   every thread, w >= 4 per thread (float64 on a half-width AVX2, w = 8, 2 threads:
+#   the reload 1.15x faster from 4M to 64M).
 #
 # Where the exp is cheapest (w = 1: AVX-512, float32 and float64), the exp-heavy passes
 # prefetch 8 KiB ahead (TWOPASS_PREFETCH_BYTES) and the reload fuses its max pass into
@@ -369,11 +372,22 @@ _RELOAD_SCRATCH_BYTES = _core.RELOAD_SCRATCH_BYTES  # the reload's scratch row f
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
+def exp_weight(itemsize: int, isa: str | None) -> int:
+    """EXP_WEIGHT for the dtype and ISA (None: the selected one), doubled for AVX2 on a
+    core that runs 256-bit instructions as two halves (AMD Zen and Zen+): each vector op,
+    the exp's included, costs two. Zen 1 VM (AVX2, 512 KiB L2, 8 MiB L3, `bench --tune`,
+    reload / two_pass, float32 softmax): one thread 0.65-0.86 at every size up to 64M; 2
+    threads on a split row 0.68-0.89 up to 1M and 0.95-1.14 beyond; float64 on 2 threads
+    0.86 from 4M to 64M. So w = 4 for float32 there, as for float64 on a full-width core."""
+    name = isa or _dispatch.ISA
+    w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
+    return 2 * w if name == "avx2" and _dispatch.avx2_half_width() else w
+
+
 def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, int]:
     """(w, cache, cache on several threads, streamed row, split row): the exp's weight,
     and the x + y bytes up to which softmax takes the reload."""
-    name = isa or _dispatch.ISA
-    w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
+    w = exp_weight(itemsize, isa)
     caches = _dispatch.cache_sizes()
     per_byte = itemsize // 4  # elements at float32's size
     cache = int(min(w / 2 * caches["L3"], 16 * w * caches["L2"])) * per_byte
@@ -423,7 +437,8 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     # split along its axis; a shorter single row runs on one.
     several = threads > 1 and size >= 2 * _MIN_PER_THREAD and (size >= 2 * n or n >= 2 * _MIN_PER_CHUNK)
     if several and n >= 2 * _MIN_PER_CHUNK and size // n < threads:  # ... on one row, split along its axis
-        return "three_pass_reload" if row <= split_row else "two_pass"
+        # (the exp outweighs what all the threads' memory traffic saves: w >= 4 per thread)
+        return "three_pass_reload" if row <= split_row or w >= 4 * threads else "two_pass"
     if 2 * size * itemsize <= (cache_several if several else cache):
         return "three_pass_reload"
     if w == 1 and n * itemsize < SHORT_ROW_BYTES:  # the reload's row blocks save per-row costs
