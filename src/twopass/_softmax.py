@@ -376,9 +376,10 @@ def exp_weight(itemsize: int, isa: str | None) -> int:
     """EXP_WEIGHT for the dtype and ISA (None: the selected one), doubled for AVX2 on a
     core that runs 256-bit instructions as two halves (AMD Zen and Zen+): each vector op,
     the exp's included, costs two. Zen 1 VM (AVX2, 512 KiB L2, 8 MiB L3, `bench --tune`,
-    reload / two_pass, float32 softmax): one thread 0.65-0.86 at every size up to 64M; 2
-    threads on a split row 0.68-0.89 up to 1M and 0.95-1.14 beyond; float64 on 2 threads
-    0.86 from 4M to 64M. So w = 4 for float32 there, as for float64 on a full-width core."""
+    reload / two_pass, float32 softmax): one thread 0.65-0.91 at every size up to 64M; 2
+    threads on a split row 0.69-0.74 up to 1M and 0.95-1.16 beyond; float64 on 2 threads
+    0.86-0.87 from 4M to 64M. So w = 4 for float32 there, as for float64 on a full-width
+    core."""
     name = isa or _dispatch.ISA
     w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
     return 2 * w if name == "avx2" and _dispatch.avx2_half_width() else w
