@@ -110,10 +110,9 @@ struct HalfVec {
     __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
-    // Every lane is <= 0xFFFF: the unsigned-saturating pack is exact. It packs within
-    // 128-bit halves, so the two useful quadwords are gathered into the low half.
-    const __m256i p = _mm256_packus_epi32(r, r);
-    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08));
+    // Every lane is <= 0xFFFF: the unsigned-saturating pack of the two 128-bit halves is
+    // exact (cheaper than a 256-bit pack and a cross-lane permute on a half-width core).
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   }
 };
 
