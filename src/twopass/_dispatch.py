@@ -163,19 +163,22 @@ def cache_sizes() -> dict[str, int]:
 
 
 @cache
-def _cpu_model_and_flags() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key in ("flags", "Features") and not flags:
-                flags = value.split()
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return model, flags
+    return fields
+
+
+def _cpu_model_and_flags() -> tuple[str, list[str]]:
+    fields = _cpuinfo()
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return model, (fields.get("flags") or fields.get("Features") or "").split()
 
 
 def splits_256bit_ops(vendor: str, family: int, model: int) -> bool:
@@ -191,17 +194,10 @@ def avx2_half_width() -> bool:
     """This CPU's AVX2 runs at half width (splits_256bit_ops): its exp costs twice as many
     cycles per element as on a core with 256-bit units, which moves auto's crossovers
     (_softmax.exp_weight). False where /proc/cpuinfo does not say."""
-    fields: dict[str, str] = {}
+    fields = _cpuinfo()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("vendor_id", "cpu family", "model") and key not in fields:
-                fields[key] = value.strip()
-            if len(fields) == 3:
-                break
         return splits_256bit_ops(fields["vendor_id"], int(fields["cpu family"]), int(fields["model"]))
-    except (OSError, KeyError, ValueError):
+    except (KeyError, ValueError):
         return False
 
 
