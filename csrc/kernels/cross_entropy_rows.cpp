@@ -93,7 +93,7 @@ void ce_gradient_impl(const T* p, S* y, const T* xc, const T* w, int64_t n, T a,
   using V = Vec<T>;
   using R = typename V::R;
   const R av = V::set1(a), cv = V::set1(c), iv = V::set1(inv_cap), one = V::set1(1);
-  write_row(y, n, stream, (const T*)nullptr, [&](int64_t i, int k, int) {
+  write_row(y, n, stream, Reads{{p, w, xc}}, (const T*)nullptr, [&](int64_t i, int k, int) {
     R g = V::mul(av, load_k<T>(p + i, k, 0));
     g = Weighted ? V::sub(g, V::mul(cv, load_k<T>(w + i, k, 0))) : V::sub(g, cv);
     if (Capped) {

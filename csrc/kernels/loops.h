@@ -161,18 +161,30 @@ inline bool stores_just_ahead(const void* y, const void* x) {
   return d != 0 && d <= 256;
 }
 
+// The rows (up to three; null for none) that a write_row's f reads: streaming stores
+// just ahead of one of them modulo 4 KiB (stores_just_ahead) become normal stores.
+struct Reads {
+  const void* rows[3] = {};
+  bool aliased_by(const void* y) const {
+    for (const void* r : rows)
+      if (r && stores_just_ahead(y, r)) return true;
+    return false;
+  }
+};
+
 // Write a contiguous row y[0..n) from f(i, k, u): the vector of elements i..i+k (k <= W
-// lanes; u the unrolled register it stands for); `src` (may be null) is the row f
-// reads, prefetched ahead. `stream`: streaming stores, which the caller decides by
-// tp::use_streaming_stores (streaming_stores.h). They need vector-aligned addresses, so
-// a partial head is peeled first, and an sfence orders them before whatever the caller
-// stores next (another thread may read y once the pass returns).
-template <class S, class Src, class F> void write_row(S* y, int64_t n, bool stream, const Src* src, F&& f) {
+// lanes; u the unrolled register it stands for); f reads the rows `reads`, and
+// `prefetch` (may be null) is the one to prefetch ahead. `stream`: streaming stores,
+// which the caller decides by tp::use_streaming_stores (streaming_stores.h). They need
+// vector-aligned addresses, so a partial head is peeled first, and an sfence orders
+// them before whatever the caller stores next (another thread may read y once the pass
+// returns).
+template <class S, class P, class F> void write_row(S* y, int64_t n, bool stream, Reads reads, const P* prefetch, F&& f) {
   using V = Vec<tp::Compute<S>>;
   using IO = Io<S>;
   constexpr int W = V::W;
   int64_t i = 0;
-  stream = stream && W > 1 && ((uintptr_t)y % sizeof(S)) == 0 && !(src && stores_just_ahead(y, src));
+  stream = stream && W > 1 && ((uintptr_t)y % sizeof(S)) == 0 && !reads.aliased_by(y);
   if (stream) {  // aligned to W * sizeof(S) bytes: one vector's stored width
     const int64_t mis = (int64_t)(((uintptr_t)y / sizeof(S)) % W);
     if (mis) {
@@ -181,12 +193,12 @@ template <class S, class Src, class F> void write_row(S* y, int64_t n, bool stre
       i = h;
     }
     for (; i + kUnroll * W <= n; i += kUnroll * W) {
-      if (src) prefetch_ahead(src + i);
+      if (prefetch) prefetch_ahead(prefetch + i);
       for (int u = 0; u < kUnroll; ++u) IO::stream(y + i + u * W, f(i + u * W, W, u));
     }
   } else {
     for (; i + kUnroll * W <= n; i += kUnroll * W) {
-      if (src) prefetch_ahead(src + i);
+      if (prefetch) prefetch_ahead(prefetch + i);
       for (int u = 0; u < kUnroll; ++u) IO::store(y + i + u * W, f(i + u * W, W, u));
     }
   }
@@ -204,9 +216,7 @@ template <class S> inline typename Vec<tp::Compute<S>>::R load_k(const S* p, int
 // compute type (a half row mapped into a float32 scratch row).
 template <class SX, class SY, class Vis> void map_row(const SX* x, SY* y, int64_t n, Vis& vis, bool stream) {
   static_assert(std::is_same_v<tp::Compute<SX>, tp::Compute<SY>>);
-  // (write_row checks the 4 KiB aliasing of y and the row it prefetches; x is checked
-  // here whether or not the visitor prefetches it)
-  write_row(y, n, stream && !stores_just_ahead(y, x), Vis::kPrefetch ? x : nullptr,
+  write_row(y, n, stream, Reads{{x}}, Vis::kPrefetch ? x : nullptr,
             [&](int64_t i, int k, int u) { return vis.apply(u, load_k(x + i, k, Vis::kFill)); });
 }
 

@@ -62,13 +62,13 @@ void softmax_backward_rows(const S* g, const S* y, S* gx, int64_t rows, int64_t 
     if (log) {
       const R s = V::set1((T)row_dot<S>(gr, nullptr, n));
       // exp(y) with y <= 0: the kernels' exp (exp.h), -inf giving 0, NaN staying NaN.
-      write_row(out, n, stream, (const S*)nullptr, [&](int64_t i, int k, int) {
+      write_row(out, n, stream, Reads{{yr, gr}}, (const S*)nullptr, [&](int64_t i, int k, int) {
         const R e = Exp<T>::nonpositive(load_k<S>(yr + i, k, 0));
         return V::sub(load_k<S>(gr + i, k, 0), V::mul(e, s));
       });
     } else {
       const R s = V::set1((T)row_dot<S>(gr, yr, n));
-      write_row(out, n, stream, (const S*)nullptr, [&](int64_t i, int k, int) {
+      write_row(out, n, stream, Reads{{yr, gr}}, (const S*)nullptr, [&](int64_t i, int k, int) {
         return V::mul(load_k<S>(yr + i, k, 0), V::sub(load_k<S>(gr + i, k, 0), s));
       });
     }
@@ -86,7 +86,7 @@ void logsumexp_backward_rows(const S* g, const S* x, const S* lse, S* gx, int64_
     const R gv = V::set1(tp::Storage<S>::widen(g[r])), lv = V::set1(tp::Storage<S>::widen(lse[r]));
     // x - lse <= 0 (lse is never below the row's maximum); a NaN or +inf lse gives NaN,
     // as torch's exp(x - lse) does.
-    write_row(gx + r * gxs, n, stream, xr, [&](int64_t i, int k, int) {
+    write_row(gx + r * gxs, n, stream, Reads{{xr}}, xr, [&](int64_t i, int k, int) {
       return V::mul(gv, Exp<T>::nonpositive(V::sub(load_k<S>(xr + i, k, 0), lv)));
     });
   }

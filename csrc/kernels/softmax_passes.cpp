@@ -596,7 +596,7 @@ template <class S, bool Panel> struct PassKernels {
         if (redo[r]) continue;
         // Pass 3: y *= exp(ref - m) / s, the factor of y's block (1/s where ref = m).
         for (int64_t k = 0; k < blocks; ++k) block_refs[k] = (T)(exp_of_difference(block_refs[k], m) / s);
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), (const S*)nullptr,
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), Reads{{yr}}, (const S*)nullptr,
                   [&](int64_t j, int k, int u) {
                     if (u == 0) next.step();
                     return V::mul(load_k<S>(yr + j, k, 0), V::set1(block_refs[j / kBlock]));
@@ -621,21 +621,21 @@ template <class S, bool Panel> struct PassKernels {
       // Pass 3: y *= 1/s (softmax, in place on what pass 2 wrote), y = (x - m) - log s.
       if (log) {
         const R b = V::set1((T)std::log(s));
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), Reads{{xr}}, (const S*)nullptr,
                   [&](int64_t j, int k, int u) {
                     if (u == 0) next.step();
                     return V::sub(V::sub(load_k<S>(xr + j, k, 0), mv), b);
                   });
       } else if (buffered) {  // y = scratch * (1/s), rounded to S once
         const R c = V::set1((T)(1.0 / s));
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), Reads{{scratch}}, (const S*)nullptr,
                   [&](int64_t j, int k, int u) {
                     if (u == 0) next.step();
                     return V::mul(load_k<T>(scratch + j, k, 0), c);
                   });
       } else {  // halves, longer rows: y = exp(x - m) * (1/s), recomputed from x
         const R c = V::set1((T)(1.0 / s));
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), (const S*)nullptr,
+        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), Reads{{xr}}, (const S*)nullptr,
                   [&](int64_t j, int k, int) { return V::mul(Exp<T>::nonpositive(V::sub(load_k<S>(xr + j, k, 0), mv)), c); });
       }
       if (!log && lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));

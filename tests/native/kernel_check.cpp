@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -354,12 +355,12 @@ template <class T> void run_backward(tp::Isa isa) {
   }
 }
 
-void expect(bool ok, const char* what) {
+void expect(bool ok, const std::string& what) {
   if (ok) {
     ++passed;
   } else {
     ++failed;
-    std::printf("FAILED thread pool: %s\n", what);
+    std::printf("FAILED %s\n", what.c_str());
   }
 }
 
@@ -376,12 +377,12 @@ void check_thread_pool() {
     return ok;
   };
   for (int threads : {2, 3, 8})
-    for (int n : {1, 2, 5, 64, 1000}) expect(once_each(n, threads), "every index once");
+    for (int n : {1, 2, 5, 64, 1000}) expect(once_each(n, threads), "thread pool: every index once");
   tp::spin_microseconds = 0;  // the workers sleep between jobs: woken or not, nothing is lost
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  expect(once_each(1000, 4), "every index once, workers asleep");
+  expect(once_each(1000, 4), "thread pool: every index once, workers asleep");
   tp::parallel_ranges(1000, 4, 1, [](int64_t, int64_t) {});  // a small job: no wake
-  expect(once_each(1000, 4), "every index once after a small job");
+  expect(once_each(1000, 4), "thread pool: every index once after a small job");
   tp::spin_microseconds = 200;
   std::vector<std::thread> callers;  // one job at a time: the others start threads of their own
   std::atomic<int> good{0};
@@ -390,10 +391,10 @@ void check_thread_pool() {
       for (int r = 0; r < 50; ++r) good += once_each(97, 2);
     });
   for (auto& t : callers) t.join();
-  expect(good == 200, "concurrent callers");
+  expect(good == 200, "thread pool: concurrent callers");
   std::atomic<int> inner{0};
   tp::parallel(3, [&](int) { tp::parallel(3, [&](int) { inner.fetch_add(1); }); });
-  expect(inner == 9, "nested calls");
+  expect(inner == 9, "thread pool: nested calls");
   bool thrown = false;
   try {
     tp::parallel(4, [](int i) {
@@ -402,7 +403,7 @@ void check_thread_pool() {
   } catch (const std::runtime_error&) {
     thrown = true;
   }
-  expect(thrown && once_each(100, 4), "an exception reaches the caller, the pool goes on");
+  expect(thrown && once_each(100, 4), "thread pool: an exception reaches the caller, the pool goes on");
 }
 
 // Every bfloat16 bit pattern through a map kernel that changes no value (scale by 1,
@@ -420,13 +421,8 @@ void check_bf16_round_trip(tp::Isa isa) {
     int64_t bad = 0;
     for (uint32_t b = 0; b < x.size(); ++b)
       bad += y[b].bits != tp::float_to_bf16(tp::bf16_to_float((uint16_t)b) * one);
-    if (bad == 0) {
-      ++passed;
-    } else {
-      ++failed;
-      std::printf("FAILED isa %d bf16 round trip (stream %d): %lld patterns changed\n", (int)isa, (int)stream,
-                  (long long)bad);
-    }
+    expect(bad == 0, "isa " + std::to_string((int)isa) + " bf16 round trip (stream " + std::to_string(stream) +
+                         "): " + std::to_string(bad) + " patterns changed");
   }
 }
 
