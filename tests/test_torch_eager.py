@@ -131,6 +131,34 @@ def test_dim_errors(name):
         eager(name, torch.zeros(2, 3), -3)
 
 
+@pytest.mark.parametrize("dtype", (torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64), ids=str)
+def test_other_dtypes(dtype):
+    """Integers and bool: logsumexp as torch's (in the default float dtype); softmax,
+    log_softmax and cross_entropy refuse them (torch has no kernel for them either)
+    rather than read their bits as floats."""
+    x = (torch.arange(15).reshape(3, 5) % 4).to(dtype)
+    if dtype.is_complex:
+        with pytest.raises(TypeError):
+            tpt.logsumexp(x, -1)
+    else:
+        y = tpt.logsumexp(x, -1)
+        r = torch.logsumexp(x, -1)
+        assert y.dtype == r.dtype == torch.get_default_dtype()
+        torch.testing.assert_close(y, r)
+    for fn in (tpt.softmax, tpt.log_softmax):
+        with pytest.raises(TypeError, match="unsupported dtype"):
+            fn(x, -1)
+    with pytest.raises(TypeError, match="unsupported logits dtype"):
+        tpt.cross_entropy(x, torch.tensor([0, 1, 2]))
+
+
+def test_cross_entropy_target_shape_errors():
+    x = torch.zeros(5, 40)
+    for t in (torch.zeros(4, dtype=torch.int64), torch.zeros(5, 1, dtype=torch.int64), torch.tensor(0)):
+        with pytest.raises(ValueError, match="target has shape"):
+            tpt.cross_entropy(x, t)
+
+
 def _grads(fn, x, dim, g):
     a = x.detach().clone().requires_grad_()
     y = fn(a, dim)

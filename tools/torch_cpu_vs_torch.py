@@ -16,6 +16,7 @@ whose buffers exceed the L2): the inputs cycle through enough sets that more tha
     python tools/torch_cpu_vs_torch.py                  # the default shapes, 1 and 2 threads
     python tools/torch_cpu_vs_torch.py --shapes 1x1024 4096x4096 --threads 1 --ops softmax
     python tools/torch_cpu_vs_torch.py --json out.json
+    python tools/torch_cpu_vs_torch.py --dtype bfloat16 --threads 1   # the halves too
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main(argv=None):
     ap.add_argument("--ops", nargs="*", default=list(OPS), choices=OPS)
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2])
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"))
     ap.add_argument("--repeats", type=int, default=0, help="timed calls per side (default: by size)")
     ap.add_argument("--no-cold", action="store_true", help="hot only")
     ap.add_argument("--json", help="also write the results here")
@@ -132,7 +133,7 @@ def main(argv=None):
     for op in args.ops:
         for text in args.shapes:
             shape = tuple(int(s) for s in text.split("x"))
-            nbytes = math.prod(shape) * (4 if dtype == torch.float32 else 8)
+            nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
             reps = args.repeats or (200 if nbytes < (1 << 20) else 40 if nbytes < (1 << 26) else 10)
             for mode in args.modes:
                 for threads in args.threads:

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
-from ._eager import _ISA, _L3, _PLAIN, _new_like, eager_ok
+from ._eager import _FWD_BYTES as _BYTES
+from ._eager import _ISA, _L3, _PLAIN, _new_like, _threads, eager_ok
 
 __all__ = ["cross_entropy"]
 
@@ -93,13 +94,17 @@ def cross_entropy(
         not `ignore_index`.
     """
     name = "twopass.torch.cross_entropy"
-    reduction = legacy_reduction(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = legacy_reduction(size_average, reduce, reduction)
     eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
-    check_target_shape(name, tuple(input.shape), tuple(target.shape))
+    nd = input.dim()
+    # (the common (N, C) logits with (N,) targets checked inline: ~1.5 us a call)
+    if not (nd == 2 and target.dim() == 1 and target.shape[0] == input.shape[0]):
+        check_target_shape(name, tuple(input.shape), tuple(target.shape))
     # Rows of classes: (C,) is one row; (N, C, d1.., dK) moves the class axis last (a copy).
-    if input.dim() == 1:
+    if nd == 1:
         logits = input.unsqueeze(0)
-    elif input.dim() == 2:
+    elif nd == 2:
         logits = input
     else:
         logits = input.movedim(1, -1).reshape(-1, input.shape[1])
@@ -166,9 +171,13 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
     gradient written into `grad` when given; the loss alone when not `extras`. The
     custom op's CPU implementation runs it too, so both paths give the same values.
     Halves are computed in float32: their weight is converted to it, lse is float32."""
-    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    rows, n = logits.shape
+    if logits.is_contiguous():  # (the usual case, without two stride() calls)
+        x, xs = logits, n
+    else:
+        x = logits if logits.stride(-1) == 1 else logits.contiguous()
+        xs = x.stride(0)
     t = target if target.is_contiguous() else target.contiguous()
-    rows, n = x.shape
     ctype = torch.float64 if x.dtype is torch.float64 else torch.float32
     if weight is not None:
         if weight.shape[0] != n:
@@ -180,11 +189,11 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
     _core.cross_entropy_ptr(
         _ISA,
         _RELOAD if grad is not None else _TWO_PASS,  # as twopass.cross_entropy's "auto"
-        x.element_size(),
+        _BYTES[x.dtype],
         x.data_ptr(),
         rows,
         n,
-        x.stride(0),
+        xs,
         t.data_ptr(),
         0 if weight is None else weight.data_ptr(),
         ignore_index,
@@ -197,7 +206,7 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
         loss.data_ptr(),
         z.data_ptr() if extras else 0,
         lse.data_ptr() if extras else 0,
-        torch.get_num_threads(),
+        _threads(),
         grad is not None and grad.data_ptr() != x.data_ptr() and grad.nbytes > _L3,
         x.dtype is torch.bfloat16,
     )
@@ -243,6 +252,11 @@ _ce_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
 
 
 def _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
+    if logits.dtype not in _BYTES:  # (the kernels would read other dtypes' bits as floats)
+        raise TypeError(
+            f"twopass.torch.cross_entropy: unsupported logits dtype {logits.dtype}; "
+            "expected float32, float64, float16 or bfloat16"
+        )
     if logits.numel() > 0:
         return _direct(logits, target.to(torch.int64), weight, ignore_index, reduction, eps, zc, cap, grad)
     import twopass

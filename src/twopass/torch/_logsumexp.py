@@ -47,6 +47,9 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             return logsumexp_apply(x, dim, keepdim)
         return logsumexp_forward(x, dim, keepdim)
+    if isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex()):
+        # integers and bool, as torch.logsumexp takes them: in the default float dtype
+        return logsumexp(x.to(torch.get_default_dtype()), dim, keepdim)
     return torch.ops.twopass.logsumexp(x, dim, keepdim)
 
 

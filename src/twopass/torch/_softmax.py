@@ -93,6 +93,11 @@ def _softmax(x: Tensor, dim: int, log: bool) -> Tensor:
     if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return softmax_forward(x, dim, log)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
+        if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"twopass.torch.{'log_softmax' if log else 'softmax'}: unsupported dtype {x.dtype}; "
+                "expected float32, float64, float16 or bfloat16"
+            )
         import twopass
 
         out = torch.empty_like(x)
