@@ -419,8 +419,9 @@ def case_vocab_start_and_errors(rank, world):
     ):
         with pytest.raises(err):
             tpd.cross_entropy(xs, target, vocab_start=start, **kwargs)
-    with pytest.raises(TypeError):
-        tpd.cross_entropy(xs, target.double(), vocab_start=start)
+    for bad in (target.double(), target > 0):  # not class indices
+        with pytest.raises(TypeError):
+            tpd.cross_entropy(xs, bad, vocab_start=start)
     with pytest.raises(ValueError):
         tpd.cross_entropy(xs, target[:-1], vocab_start=start)
     with pytest.raises(IndexError):

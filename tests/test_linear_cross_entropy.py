@@ -282,6 +282,9 @@ def test_errors():
         f(x, w.double(), t)
     with pytest.raises(ValueError, match="chunk_size"):
         f(x, w, t, chunk_size=0)
+    for bad in (t.float(), t > 0):  # not class indices
+        with pytest.raises(ValueError, match="integer targets"):
+            f(x, w, bad)
     with pytest.raises(ValueError, match="reduction"):
         f(x, w, t, reduction="avg")
     with pytest.raises(ValueError, match="label_smoothing"):

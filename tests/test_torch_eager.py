@@ -152,11 +152,20 @@ def test_other_dtypes(dtype):
         tpt.cross_entropy(x, torch.tensor([0, 1, 2]))
 
 
-def test_cross_entropy_target_shape_errors():
+def test_cross_entropy_target_errors():
     x = torch.zeros(5, 40)
     for t in (torch.zeros(4, dtype=torch.int64), torch.zeros(5, 1, dtype=torch.int64), torch.tensor(0)):
         with pytest.raises(ValueError, match="target has shape"):
             tpt.cross_entropy(x, t)
+    # float and bool targets are not class indices (they were cast to them: 0.7 -> 0)
+    for t in (torch.tensor([0.7, 1, 2, 3, 4]), torch.ones(5, dtype=torch.bool)):
+        for inplace in (False, True):
+            with pytest.raises(TypeError, match="integer class indices"):
+                tpt.cross_entropy(x.clone().requires_grad_(inplace), t, inplace_backward=inplace)
+    # other integer dtypes are indices as int64 ones are
+    t = torch.tensor([0, 39, 7, 1, 3])
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        torch.testing.assert_close(tpt.cross_entropy(x, t.to(dtype)), tpt.cross_entropy(x, t))
 
 
 def _grads(fn, x, dim, g):

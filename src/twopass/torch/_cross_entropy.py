@@ -88,6 +88,8 @@ def cross_entropy(
 
     Raises
     ------
+    TypeError
+        A target not of integers (float or bool); on the CPU, logits of another dtype.
     ValueError
         Shapes that do not match as above; an unknown `reduction`; `label_smoothing`,
         `z_loss` or `softcap` out of range; on the CPU, a target outside [0, C) that is
@@ -121,10 +123,18 @@ def cross_entropy(
         else:
             out = _direct(logits, target, weight, *opts, None, extras)
         loss, z, lse = out if extras else (out, None, None)
-    elif inplace_backward and need_grad:
-        loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)
     else:
-        loss, z, lse, _ = torch.ops.twopass.cross_entropy(logits, target, weight, *opts, need_grad)
+        # (the eager path takes int64 targets only; the others are checked here, once:
+        # a float or bool target would otherwise be cast to indices)
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype is torch.bool:
+            raise TypeError(
+                f"{name}: target must hold integer class indices, got dtype {target.dtype} "
+                "(class probabilities as targets are not supported)"
+            )
+        if inplace_backward and need_grad:
+            loss, z, lse, _ = _InPlace.apply(logits, target, weight, *opts)
+        else:
+            loss, z, lse, _ = torch.ops.twopass.cross_entropy(logits, target, weight, *opts, need_grad)
     if reduction == "none":
         loss = loss.reshape(rows_shape)
         z = z if z is None else z.reshape(rows_shape)

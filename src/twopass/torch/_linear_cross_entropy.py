@@ -175,7 +175,8 @@ def _check(name, input, weight, target, bias) -> None:
         raise ValueError(f"{name}: target has shape {tuple(target.shape)}, expected {tuple(input.shape[:-1])}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{name}: bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-    if not input.dtype.is_floating_point or target.dtype.is_floating_point or target.is_complex():
+    bad_target = target.dtype.is_floating_point or target.is_complex() or target.dtype is torch.bool
+    if not input.dtype.is_floating_point or bad_target:
         raise ValueError(f"{name}: floating-point input and integer targets expected")
     for x in (weight, bias):
         if x is not None and (x.dtype != input.dtype or x.device != input.device):

@@ -251,7 +251,12 @@ def cross_entropy(
     name = "twopass.torch.distributed.cross_entropy"
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise TypeError(f"{name}: input must be a floating-point tensor, got {_typename(input)}")
-    if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex():
+    if (
+        not isinstance(target, Tensor)
+        or target.dtype.is_floating_point
+        or target.is_complex()
+        or target.dtype is torch.bool
+    ):
         raise TypeError(f"{name}: target must be an integer tensor, got {_typename(target)}")
     check_target_shape(name, tuple(input.shape), tuple(target.shape))
     logits = input.movedim(1, -1) if input.dim() > 2 else input  # the class axis last
