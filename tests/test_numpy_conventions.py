@@ -130,6 +130,25 @@ def test_integers_and_booleans_in_float64(op, dtype):
 
 
 @pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [">f4", ">f8", "<f4", "<f8"])
+def test_byte_swapped_floats(op, dtype):
+    """Floats in the other byte order are read as numbers (a native copy), as SciPy does,
+    with one axis and several."""
+    x = np.random.default_rng(4).standard_normal((3, 37)).astype(dtype)
+    native = x.astype(np.dtype(dtype).newbyteorder("="))
+    for axis in (-1, (0, 1)):
+        y = getattr(twopass, op)(x, axis=axis)
+        np.testing.assert_array_equal(y, getattr(twopass, op)(native, axis=axis))
+    t = np.array([0, 36, 5])
+    np.testing.assert_array_equal(twopass.cross_entropy(x, t), twopass.cross_entropy(native, t))
+
+
+def test_cross_entropy_ignore_index_must_be_an_integer():
+    with pytest.raises(TypeError, match="ignore_index must be an integer"):
+        twopass.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 1]), ignore_index=1.5)
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_float32_and_halves_keep_their_dtype(op):
     import ml_dtypes
 

@@ -39,6 +39,12 @@ def check_dtype(dtype: np.dtype, name: str) -> None:
         raise TypeError(f"{name}: unsupported dtype {dtype}; expected float32, float64, float16 or bfloat16")
 
 
+def native_order(a: np.ndarray) -> np.ndarray:
+    """a, or a copy in the machine's byte order when its floats are byte-swapped ('>f4' on
+    x86): the kernels read memory as native floats."""
+    return a.astype(a.dtype.newbyteorder("=")) if a.dtype.kind == "f" and not a.dtype.isnative else a
+
+
 def is_half(dtype: np.dtype) -> bool:
     return dtype == np.float16 or dtype.name == "bfloat16"
 

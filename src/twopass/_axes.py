@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import _identity, check_out, layout, to_numpy
+from ._arrays import _identity, check_out, layout, native_order, to_numpy
 
 
 def normalize_axes(axis: Any, ndim: int, name: str) -> tuple[int, ...]:
@@ -87,6 +87,7 @@ def call(op: str, x: Any, axis: Any, *, keepdims: bool = False, out: Any = None,
     arr, wrap = to_numpy(x, name)
     if arr.dtype.kind in "biu":  # as SciPy: integers and booleans in float64
         arr = arr.astype(np.float64)
+    arr = native_order(arr)
     numpy_in = wrap is _identity  # NumPy in: 0-d results become scalars
     if isinstance(axis, (tuple, list)) or axis is None:
         axes = normalize_axes(axis, arr.ndim, name) if arr.ndim else (0,)

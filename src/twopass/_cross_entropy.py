@@ -25,6 +25,7 @@ from ._arrays import (
     check_dtype,
     check_threads,
     from_float32,
+    native_order,
     streaming_stores,
     to_float32,
     to_numpy,
@@ -114,6 +115,7 @@ def cross_entropy(
     name = "twopass.cross_entropy"
     reduction = legacy_reduction(size_average, reduce, reduction)
     x, wrap = to_numpy(input, name)
+    x = native_order(x)
     dtype = x.dtype
     check_dtype(dtype, name)
     t, _ = to_numpy(target, name)
@@ -121,7 +123,10 @@ def cross_entropy(
         raise TypeError(f"{name}: target must hold integer class indices, got dtype {t.dtype}")
     check_target_shape(name, tuple(x.shape), tuple(t.shape))
     eps, zc, cap = check_options(name, reduction, label_smoothing, z_loss, softcap)
-    ignore_index = operator.index(ignore_index)
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{name}: ignore_index must be an integer, got {type(ignore_index).__name__}") from None
     algo = check_algorithm(algorithm, name)
     nthreads = check_threads(threads, name)
 

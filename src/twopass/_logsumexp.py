@@ -33,8 +33,8 @@ def logsumexp(
         float32, float64, float16 or bfloat16 values: a NumPy array (bfloat16 as
         ``ml_dtypes.bfloat16``), or any CPU array with DLPack such as a ``torch.Tensor``;
         the result is of the same kind. float16 and bfloat16 are computed in float32;
-        integers and booleans in float64 (as SciPy). Lists and scalars are read with
-        ``np.asarray``.
+        integers and booleans in float64 (as SciPy); byte-swapped floats (``'>f4'`` on
+        x86) as a native copy. Lists and scalars are read with ``np.asarray``.
     axis : int, tuple of ints or None, default -1
         The axis to reduce; negative counts from the end. Several axes (None: all) are
         reduced as one row: in place when they merge into one strided axis of a view

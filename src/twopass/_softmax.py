@@ -33,8 +33,9 @@ _COMMON_DOC = """
         float32, float64, float16 or bfloat16 values: a NumPy array (bfloat16 as
         ``ml_dtypes.bfloat16``), or any CPU array with DLPack such as a ``torch.Tensor``;
         the result is of the same kind. float16 and bfloat16 are computed in float32;
-        integers and booleans in float64 (as SciPy). Lists and scalars are read with
-        ``np.asarray``; a 0-d NumPy result is returned as a NumPy scalar.
+        integers and booleans in float64 (as SciPy); byte-swapped floats (``'>f4'`` on
+        x86) as a native copy. Lists and scalars are read with ``np.asarray``; a 0-d
+        NumPy result is returned as a NumPy scalar.
     axis : int, tuple of ints or None, default -1
         The axis to normalise; negative counts from the end. Any single axis is computed
         in place in memory (no transpose). Several axes (None: all) are normalised as one
