@@ -74,9 +74,9 @@ template <class S> struct Passes {
   // otherwise redo[r] = 0.
   // Pass 2 keeps exp(x - max) in a scratch row of kReloadScratchBytes (not in y: written
   // once, by pass 3, y needs no read-for-ownership; a 16-bit y would also round it
-  // twice). Longer rows: float and double fuse passes 1 and 2 block by block and store
-  // exp in y, halves recompute it in pass 3. Either way the values a float32 reload
-  // would give.
+  // twice). Longer rows fuse passes 1 and 2 block by block and store exp in y (float,
+  // double) or in a float32 row per thread (halves, up to kWideRowElements; beyond,
+  // they recompute exp in pass 3). Either way the values a float32 reload would give.
   void (*rows_reload)(const S* x, S* y, int64_t rows, int64_t n, int64_t xs, int64_t ys, bool log, bool stream, S* lse,
                       uint8_t* redo);
   // Rows only (null in the panel table): exp_store_sum of one contiguous row into y of
@@ -126,6 +126,9 @@ template <class S> struct SoftmaxBackwardKernels {
 // Everything one ISA's build provides (kernels/table.cpp).
 // rows_reload's scratch row (on the stack): with x's row, in the L1.
 constexpr int64_t kReloadScratchBytes = 16 << 10;
+// Longer float16/bfloat16 rows keep exp in a float32 row per thread up to this many
+// elements (4 MiB: a row the caches can still hold; longer ones recompute exp).
+constexpr int64_t kWideRowElements = int64_t{1} << 20;
 
 struct KernelTable {
   const char* isa;

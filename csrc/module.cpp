@@ -366,4 +366,5 @@ NB_MODULE(_core, m) {
   m.attr("MIN_PER_THREAD") = tp::kMinPerThread;
   m.attr("MIN_PER_CHUNK") = tp::kMinPerChunk;
   m.attr("RELOAD_SCRATCH_BYTES") = tp::kReloadScratchBytes;
+  m.attr("RELOAD_WIDE_ROW_ELEMENTS") = tp::kWideRowElements;
 }

@@ -78,6 +78,7 @@ def test_reload_traffic_beyond_its_scratch_row():
     import twopass
 
     assert _plan.RELOAD_SCRATCH_BYTES == twopass._core.RELOAD_SCRATCH_BYTES
+    assert _plan.RELOAD_WIDE_ROW == twopass._core.RELOAD_WIDE_ROW_ELEMENTS
     assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), 4, "DRAM", CACHES, 1)[:2] == (2, 2)
     assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), 8, "DRAM", CACHES, 1)[:2] == (2, 2)
     assert _plan.traffic("softmax", "three_pass_reload", (1 << 24,), 2, "DRAM", CACHES, 1)[:2] == (3, 1)

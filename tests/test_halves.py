@@ -105,10 +105,12 @@ def test_tails(op, isa, algorithm, dtype):
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 def test_reload_scratch_row_and_beyond(op, isa, dtype):
-    # The reload's row blocks keep exp(x - max) in a float32 row of up to 2048 elements
-    # and recompute it beyond: both sides of that bound, and a special row among them.
+    # The reload's row blocks keep exp(x - max) in a float32 row: the stack's up to 4096
+    # elements, a per-thread row up to 2^20, and recompute it beyond: both sides of those
+    # bounds, and a special row among them.
     rng = np.random.default_rng(11)
-    for n in (2047, 2048, 2049, 4099):
+    wide = twopass._core.RELOAD_WIDE_ROW_ELEMENTS
+    for n in (2047, 2048, 2049, 4096, 4097, 4099, wide, wide + 1):
         x = (rng.standard_normal((3, n)) * 4).astype(dtype)
         x[1, 5] = np.inf
         assert_half_close(op, x, run(op, x, algorithm="three_pass_reload", isa=isa, threads=1))

@@ -169,6 +169,37 @@ def test_reload_fused_long_rows(isa, dtype, case):
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@pytest.mark.parametrize("case", sorted(FUSED_ROWS))
+def test_reload_fused_long_rows_halves(isa, dtype, case):
+    """float16/bfloat16 rows beyond the scratch row keep the fused pass's exp in a float32
+    row of the thread's (rows_reload's wide row): float32's reload values, rounded once,
+    bit for bit; rows growing from call to call, a batch over 2 threads, misaligned output."""
+    import ml_dtypes
+
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(np.float16)
+    rng = np.random.default_rng(len(case))
+
+    def same(y, want):
+        y, want = np.asarray(y), np.asarray(want).astype(dt)
+        np.testing.assert_array_equal(np.isnan(y.astype(np.float32)), np.isnan(want.astype(np.float32)))
+        ok = ~np.isnan(want.astype(np.float32))
+        np.testing.assert_array_equal(y.view(np.uint16)[ok], want.view(np.uint16)[ok])
+
+    for n in (4097, 10_007, 70_001):
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = FUSED_ROWS[case](n, rng).astype(dt)
+        xb = np.stack([x, x[::-1].copy(), rng.standard_normal(n).astype(dt)])
+        for threads in (1, 2):
+            y = run("softmax", xb, algorithm="three_pass_reload", isa=isa, threads=threads)
+            same(y, run("softmax", xb.astype(np.float32), algorithm="three_pass_reload", isa=isa, threads=threads))
+        buf = np.empty(n + 1, dt)
+        for stream in (False, True):
+            run("softmax", x, out=buf[1:], algorithm="three_pass_reload", isa=isa, stream=stream, threads=1)
+            same(buf[1:], run("softmax", x.astype(np.float32), algorithm="three_pass_reload", isa=isa, threads=1))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", OPS)

@@ -275,19 +275,26 @@ def test_auto_splits_rows_with_two_pass(monkeypatch):
     assert _softmax.auto_algorithm("softmax", f64, big, big, 2, "avx2") == "two_pass"
 
 
-def test_auto_halves_reload_rows_that_fit_its_scratch_row():
+def test_auto_halves_reload_rows_that_keep_exp_in_float32():
     """float16/bfloat16 softmax: the reload (exp once, kept in float32) while a row fits
-    the reload's scratch row, two_pass beyond (the reload would recompute exp); their
-    log_softmax follows the short-row rule."""
+    the reload's scratch row; up to its per-thread wide row, float32's rule (the same
+    arithmetic); two_pass beyond it and on a row split over threads (the reload would
+    recompute exp). Their log_softmax follows the short-row rule."""
     import ml_dtypes
 
     n = _softmax._RELOAD_SCRATCH_BYTES // 4
+    wide = _softmax._RELOAD_WIDE_ROW
+    f32 = np.dtype(np.float32)
     for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
         for threads in (1, 2):
             assert _softmax.auto_algorithm("softmax", dtype, n, 64 * n, threads) == "three_pass_reload"
-            assert _softmax.auto_algorithm("softmax", dtype, n + 1, 64 * (n + 1), threads) == "two_pass"
+            for m, rows in ((n + 1, 64), (32000, 8), (128256, 32), (wide, 4)):
+                want = _softmax.auto_algorithm("softmax", f32, m, rows * m, threads)
+                assert _softmax.auto_algorithm("softmax", dtype, m, rows * m, threads) == want
+            assert _softmax.auto_algorithm("softmax", dtype, wide + 1, 4 * (wide + 1), threads) == "two_pass"
             assert _softmax.auto_algorithm("log_softmax", dtype, n, 64 * n, threads) == "two_pass"
             assert _softmax.auto_algorithm("log_softmax", dtype, 100, 6400, threads) == "three_pass_reload"
+        assert _softmax.auto_algorithm("softmax", dtype, wide, wide, 2) == "two_pass"  # one row, split
 
 
 def test_auto_log_softmax_takes_two_pass_beyond_short_rows():

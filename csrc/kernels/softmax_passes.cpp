@@ -340,6 +340,15 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
   }
 };
 
+// The float32 row in which the reload keeps a half row's exp beyond its stack scratch
+// row: one per thread (the pool's workers live on), grown to the longest row it has
+// served, at most kWideRowElements (kernel_api.h).
+inline float* wide_row(int64_t n) {
+  thread_local std::vector<float> row;
+  if ((int64_t)row.size() < n) row.resize((size_t)n);
+  return row.data();
+}
+
 // ---------------------------------------------------------------------------------
 // The passes of kernel_api.h (tp::Passes), one instantiation per loop shape: rows
 // (Panel false) or panels.
@@ -455,7 +464,7 @@ template <class S, bool Panel> struct PassKernels {
   // once, while the exps compute, rather than once by a max pass with nothing to overlap
   // and again from cache (cold float32 rows of 64K-128K: the reload 1.05-1.2x slower than
   // two_pass before). Out: m, the row's maximum, and s = sum exp(x - m).
-  static void fused_max_exp(const S* xr, S* yr, int64_t n, RowPrefetch<S>& next, T* block_refs, T& m, double& s) {
+  static void fused_max_exp(const S* xr, T* yr, int64_t n, RowPrefetch<S>& next, T* block_refs, T& m, double& s) {
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     T run = -INFINITY;
     CompensatedSum sum;  // float64 rows add many block sums
@@ -567,16 +576,20 @@ template <class S, bool Panel> struct PassKernels {
     // this path is for): y is then written once, by pass 3, with streaming stores where
     // the output is out of cache, so y costs one write and no read-for-ownership. Longer
     // rows store exp in y (float, double) or, for halves, where a 16-bit y would round
-    // exp before pass 3 rounds again, recompute it in pass 3 (kernel_api.h, rows_reload).
+    // exp before pass 3 rounds again, in a float32 row of the thread's own (wide_row)
+    // up to kWideRowElements, and beyond recompute it in pass 3 (kernel_api.h,
+    // rows_reload).
     constexpr bool kStore = std::is_same_v<S, T>;
     constexpr int64_t kScratch = tp::kReloadScratchBytes / sizeof(T);
     T scratch[kScratch];
     const bool buffered = n <= kScratch;
     using R = typename V::R;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
-    // Longer rows of float or double softmax fuse passes 1 and 2 block by block (see
-    // fused_max_exp): one factor per block for pass 3.
-    const bool fused = kStore && !buffered && !log;
+    T* wide = nullptr;
+    if constexpr (!kStore) wide = !buffered && !log && n <= tp::kWideRowElements ? wide_row(n) : nullptr;
+    // Longer rows of softmax fuse passes 1 and 2 block by block (see fused_max_exp),
+    // storing exp in y or the wide row: one factor per block for pass 3.
+    const bool fused = (kStore || wide) && !buffered && !log;
     const int64_t blocks = (n + kBlock - 1) / kBlock;
     constexpr int64_t kStackBlocks = 256;
     T block_refs_stack[kStackBlocks];
@@ -591,15 +604,28 @@ template <class S, bool Panel> struct PassKernels {
       T m;
       double s;
       if (fused) {
-        fused_max_exp(xr, yr, n, next, block_refs, m, s);
+        T* e = nullptr;  // where pass 2 keeps exp: y itself (S = T) or the wide row
+        if constexpr (kStore) e = yr;
+        else e = wide;
+        fused_max_exp(xr, e, n, next, block_refs, m, s);
         redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
         if (redo[r]) continue;
-        // Pass 3: y *= exp(ref - m) / s, the factor of y's block (1/s where ref = m).
+        // Pass 3: y = e * exp(ref - m) / s, the factor of e's block (1/s where ref = m).
         for (int64_t k = 0; k < blocks; ++k) block_refs[k] = (T)(exp_of_difference(block_refs[k], m) / s);
-        write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kInPlace), Reads{{yr}}, (const S*)nullptr,
+        const tp::Reuse reuse = kStore ? tp::Reuse::kInPlace : tp::Reuse::kFinalOutput;
+        write_row(yr, n, tp::use_streaming_stores(stream, reuse), Reads{{e}}, (const S*)nullptr,
                   [&](int64_t j, int k, int u) {
                     if (u == 0) next.step();
-                    return V::mul(load_k<S>(yr + j, k, 0), V::set1(block_refs[j / kBlock]));
+                    const int64_t blk = j / kBlock;
+                    R f = V::set1(block_refs[blk]);
+                    if ((j + k - 1) / kBlock != blk) {
+                      // A vector across two blocks: streaming stores peel a head to align
+                      // y, which shifts the vectors off the block boundaries.
+                      T lanes[V::W];
+                      for (int l = 0; l < V::W; ++l) lanes[l] = block_refs[std::min(blocks - 1, (j + l) / kBlock)];
+                      f = V::load(lanes);
+                    }
+                    return V::mul(load_k<T>(e + j, k, 0), f);
                   });
         if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
         continue;

@@ -370,6 +370,8 @@ SHORT_ROW_BYTES = 2048  # rows shorter than this take the reload's row blocks (l
 _MIN_PER_THREAD = _core.MIN_PER_THREAD  # elements per thread of a batch (csrc/threads.h)
 _MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along its axis
 _RELOAD_SCRATCH_BYTES = _core.RELOAD_SCRATCH_BYTES  # the reload's scratch row for short rows (rows_reload)
+_RELOAD_WIDE_ROW = _core.RELOAD_WIDE_ROW_ELEMENTS  # halves' longer rows: exp in a float32 row up to this
+_FLOAT32 = np.dtype(np.float32)
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
@@ -421,15 +423,24 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     itemsize = dtype.itemsize
     if itemsize == 2:
         # float16/bfloat16, computed in float32 and bound by that arithmetic: softmax's
-        # reload keeps exp(x - max) in its float32 scratch row where the row fits it
-        # (rows_reload), so it computes exp once; longer rows cannot keep it in a 16-bit
-        # y, so there it recomputes it (csrc/softmax.cpp, kReloadStores): one read more
-        # than two_pass, as many exps. Zen 5 VM, 1 and 2 threads, hot and cold, reload /
-        # two_pass: rows of 2048-4096 0.68-1.02 (256x2048 0.68-0.88), rows of 8192 and
-        # 128256 1.03-1.20. log_softmax computes exp once either way: the reload only in
-        # short rows, for its blocks of rows per call (4096x4096: 1.01-1.14).
-        if op == "softmax" and n * 4 <= _RELOAD_SCRATCH_BYTES:
-            return "three_pass_reload"
+        # reload keeps exp(x - max) in a float32 row (rows_reload: its stack scratch row,
+        # beyond it a row per thread up to _RELOAD_WIDE_ROW elements), so it computes exp
+        # once, as float32's reload does, and float32's rule applies (the halves move half
+        # its bytes). Zen 1 VM, one thread, rows of 8192-2^20, ns per element, reload
+        # before (exp recomputed in pass 3) / after / two_pass: bfloat16 3.14-3.19 /
+        # 1.73-2.00 / 2.81-2.85, float16 2.69-2.78 / 1.61-1.95 / 2.46-2.49, hot and cold
+        # alike. A row split along its axis over threads runs the general reload, which
+        # recomputes exp: two_pass there, and beyond the wide row. (Before the wide row,
+        # Zen 5 VM: rows of 2048-4096 in the scratch row 0.68-1.02 of two_pass's time,
+        # rows of 8192 and 128256 recomputing 1.03-1.20.) log_softmax computes exp once
+        # either way: the reload only in short rows, for its blocks of rows per call
+        # (4096x4096: 1.01-1.14).
+        if op == "softmax":
+            if n * 4 <= _RELOAD_SCRATCH_BYTES:
+                return "three_pass_reload"
+            split = threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads
+            if n <= _RELOAD_WIDE_ROW and not split:
+                return auto_algorithm(op, _FLOAT32, n, size, threads, isa)
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"

@@ -39,6 +39,7 @@ TRAFFIC: dict[tuple[str, str], tuple[int, int]] = {
 # A batch whose rows stay in cache between passes moves each byte once from DRAM:
 # 1R + 1W (logsumexp 1R), whatever the algorithm.
 RELOAD_SCRATCH_BYTES = 16 << 10  # csrc/kernel_api.h kReloadScratchBytes (_core.RELOAD_SCRATCH_BYTES; tested equal)
+RELOAD_WIDE_ROW = 1 << 20  # csrc/kernel_api.h kWideRowElements (_core.RELOAD_WIDE_ROW_ELEMENTS; tested equal)
 FUSED_TRAFFIC: dict[str, tuple[int, int]] = {"softmax": (1, 1), "log_softmax": (1, 1), "logsumexp": (1, 0)}
 # Peers are charged the least traffic twopass needs for the op (its two-pass count), so
 # their GB/s and fraction of the bound compare directly with twopass's two_pass.
@@ -123,9 +124,13 @@ def traffic(
         return (*FUSED_TRAFFIC[op], "row in cache")
     if (op, algorithm) == ("softmax", "three_pass_reload") and shape[-1] * max(itemsize, 4) > RELOAD_SCRATCH_BYTES:
         # Rows longer than the reload's float32/float64 scratch row: float32 and float64
-        # fuse its first two passes (x read once, exp stored in y, rescaled by pass 3),
-        # halves recompute exp in pass 3 instead of storing it (docs/algorithms.md).
-        return (2, 2, "passes") if itemsize >= 4 else (3, 1, "passes")
+        # fuse its first two passes (x read once, exp stored in y, rescaled by pass 3);
+        # halves store exp in a float32 row of the thread's, which the caches hold (x
+        # read once, y written once), and beyond RELOAD_WIDE_ROW recompute exp in pass 3
+        # (docs/algorithms.md).
+        if itemsize >= 4:
+            return (2, 2, "passes")
+        return (1, 1, "passes") if shape[-1] <= RELOAD_WIDE_ROW else (3, 1, "passes")
     return (*TRAFFIC[(op, algorithm)], "passes")
 
 
