@@ -416,6 +416,12 @@ def mesh_l3(caches: dict[str, int]) -> bool:
     return caches["L3"] > 128 * caches["L2"]
 
 
+def _split_row(n: int, size: int, threads: int) -> bool:
+    """The driver splits rows along their axis over the threads (csrc/softmax.cpp,
+    run_typed): fewer rows than threads, each long enough for two chunks."""
+    return threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads
+
+
 def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
     """The algorithm algorithm="auto" takes for `size` elements in rows of `n` on
     `threads` threads and `isa` (None: the selected one); see above. Runs on every call
@@ -438,8 +444,7 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
         if op == "softmax":
             if n * 4 <= _RELOAD_SCRATCH_BYTES:
                 return "three_pass_reload"
-            split = threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads
-            if n <= _RELOAD_WIDE_ROW and not split:
+            if n <= _RELOAD_WIDE_ROW and not _split_row(n, size, threads):
                 return auto_algorithm(op, _FLOAT32, n, size, threads, isa)
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
@@ -449,7 +454,7 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     # The driver runs several threads (csrc/softmax.cpp, run_typed): on rows, or on a row
     # split along its axis; a shorter single row runs on one.
     several = threads > 1 and size >= 2 * _MIN_PER_THREAD and (size >= 2 * n or n >= 2 * _MIN_PER_CHUNK)
-    if several and n >= 2 * _MIN_PER_CHUNK and size // n < threads:  # ... on one row, split along its axis
+    if _split_row(n, size, threads):  # ... on one row, split along its axis
         # (the exp outweighs what all the threads' memory traffic saves: w >= 4 per thread)
         return "three_pass_reload" if row <= split_row or w >= 4 * threads else "two_pass"
     if 2 * size * itemsize <= (cache_several if several else cache):

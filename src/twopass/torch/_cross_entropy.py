@@ -26,6 +26,7 @@ from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
 from ._eager import _FWD_BYTES as _BYTES
 from ._eager import _ISA, _L3, _PLAIN, _new_like, _threads, eager_ok
+from ._tensors import class_indices
 
 __all__ = ["cross_entropy"]
 
@@ -126,7 +127,7 @@ def cross_entropy(
     else:
         # (the eager path takes int64 targets only; the others are checked here, once:
         # a float or bool target would otherwise be cast to indices)
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype is torch.bool:
+        if not class_indices(target):
             raise TypeError(
                 f"{name}: target must hold integer class indices, got dtype {target.dtype} "
                 "(class probabilities as targets are not supported)"

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from .._cross_entropy import check_options
 from ._cross_entropy import _compute
+from ._tensors import class_indices
 
 __all__ = ["LinearCrossEntropy", "linear_cross_entropy"]
 
@@ -175,8 +176,7 @@ def _check(name, input, weight, target, bias) -> None:
         raise ValueError(f"{name}: target has shape {tuple(target.shape)}, expected {tuple(input.shape[:-1])}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{name}: bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-    bad_target = target.dtype.is_floating_point or target.is_complex() or target.dtype is torch.bool
-    if not input.dtype.is_floating_point or bad_target:
+    if not input.dtype.is_floating_point or not class_indices(target):
         raise ValueError(f"{name}: floating-point input and integer targets expected")
     for x in (weight, bias):
         if x is not None and (x.dtype != input.dtype or x.device != input.device):

@@ -37,3 +37,10 @@ def reduced_shape(shape: torch.Size, dim: int, keepdim: bool) -> list[int]:
     else:
         del s[d]
     return s
+
+
+def class_indices(t: Tensor) -> bool:
+    """t's dtype holds class indices: an integer type (not float, complex or bool, which
+    a cast would silently turn into indices)."""
+    dt = t.dtype
+    return not (dt.is_floating_point or dt.is_complex or dt is torch.bool)

@@ -104,6 +104,7 @@ from torch import Tensor
 
 import twopass
 from twopass._cross_entropy import check_options, check_target_shape, legacy_reduction
+from twopass.torch._tensors import class_indices
 
 __all__ = ["cross_entropy", "linear_cross_entropy", "log_softmax", "logsumexp", "shard_offset", "softmax"]
 
@@ -251,12 +252,7 @@ def cross_entropy(
     name = "twopass.torch.distributed.cross_entropy"
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise TypeError(f"{name}: input must be a floating-point tensor, got {_typename(input)}")
-    if (
-        not isinstance(target, Tensor)
-        or target.dtype.is_floating_point
-        or target.is_complex()
-        or target.dtype is torch.bool
-    ):
+    if not isinstance(target, Tensor) or not class_indices(target):
         raise TypeError(f"{name}: target must be an integer tensor, got {_typename(target)}")
     check_target_shape(name, tuple(input.shape), tuple(target.shape))
     logits = input.movedim(1, -1) if input.dim() > 2 else input  # the class axis last
