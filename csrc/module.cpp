@@ -23,6 +23,10 @@
 
 namespace nb = nanobind;
 
+namespace tp {
+void bind_torch_eager(nb::module_& m);  // torch_eager.cpp
+}
+
 namespace {
 
 // Codes from Python (codes.h): dense, 0 .. count - 1.
@@ -312,6 +316,7 @@ NB_MODULE(_core, m) {
   m.def("run_ptr", &run_ptr_py);
   m.def("backward_ptr", &backward_ptr_py);
   m.def("cross_entropy_ptr", &cross_entropy_ptr);
+  tp::bind_torch_eager(m);  // eager_init, eager_rows
   // The address of the C table (c_api.h), for twopass.jax's FFI handlers.
   m.def("c_api", [] { return (uintptr_t)&kCApi; });
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),

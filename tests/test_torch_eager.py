@@ -406,8 +406,16 @@ def test_halves_eager_gradient(name, dtype, monkeypatch):
     """The halves' backward runs the fused row kernels too (float32 inside, one rounding
     on the write), after the eager forward."""
     calls = []
-    real = _eager._backward_ptr
+    real, real_fast = _eager._backward_ptr, _eager.eager_backward
+
+    def fast(g, y, dim, log):  # the C++ path of small softmax / log_softmax backwards
+        gx = real_fast(g, y, dim, log)
+        if gx is not None:
+            calls.append(y.element_size())
+        return gx
+
     monkeypatch.setattr(_eager, "_backward_ptr", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(_eager, "eager_backward", fast)
     w = torch.linspace(-1, 1, 300, dtype=torch.float64)
     x = make((4, 300), dtype, seed=2).requires_grad_()
     y = eager(name, x, -1).double()
@@ -502,3 +510,121 @@ def test_large_outputs_on_huge_pages_behave_as_tensors():
     torch.testing.assert_close(z, eager("softmax", x[:2], -1), rtol=4e-6, atol=0)  # (auto may take another algorithm)
     half = eager("log_softmax", x.to(torch.bfloat16).repeat(2, 1), -1)
     assert half.dtype == torch.bfloat16 and same(half, ops_path("log_softmax", x.to(torch.bfloat16).repeat(2, 1), -1))
+
+
+# The common small case in one C++ call (csrc/torch_eager.cpp, _eager.eager_rows and
+# eager_backward): taken exactly where the Python path would run the same kernel, with
+# the same algorithm, so the same bits; None everywhere else.
+ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _fast_lengths(dtype):
+    """Row lengths either side of each algorithm boundary the C++ path restates, within
+    its byte limit (_SMALL_SOFTMAX_BYTES): log_softmax's SHORT_ROW_BYTES (in float32
+    for the halves), the halves' softmax scratch row (RELOAD_SCRATCH_BYTES)."""
+    from twopass import _core
+    from twopass._softmax import SHORT_ROW_BYTES
+
+    unit = 4 if dtype.itemsize == 2 else dtype.itemsize
+    short, scratch = SHORT_ROW_BYTES // unit, _core.RELOAD_SCRATCH_BYTES // 4
+    return sorted({1, 7, 33, short - 1, short, short + 1, scratch - 1, scratch, scratch + 1})
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", ("softmax", "log_softmax"))
+def test_fast_path_same_bits_as_python_path(name, dtype):
+    from twopass._softmax import _SMALL_SOFTMAX_BYTES
+
+    log = name == "log_softmax"
+    for n in _fast_lengths(dtype):
+        for rows in (1, 3):
+            x = make((rows, n), dtype, seed=n + rows)
+            y = _eager.eager_rows(x, -1, log)
+            fits = rows * n * dtype.itemsize <= _SMALL_SOFTMAX_BYTES
+            halves_beyond_scratch = dtype.itemsize == 2 and not log and n * 4 > 16 << 10
+            assert (y is not None) == (fits and not halves_beyond_scratch), (n, rows)
+            want = _eager.softmax_forward(x, -1, log)  # the Python path: its own algorithm choice
+            got = eager(name, x, -1)
+            assert same(got, want), (n, rows)
+            if y is not None:
+                assert same(y, want) and y.is_contiguous()
+
+
+def test_fast_path_declines_what_python_handles():
+    x = make((4, 50), torch.float32)
+    rows = _eager.eager_rows
+    assert rows(x, -1, False) is not None and rows(x, 1, False) is not None
+    declined = [
+        (x, 0),  # not the last dim
+        (x, 2),  # out of range: Python raises the IndexError
+        (x, True),  # a bool is not an int here
+        (x, np.int64(-1)),
+        (x.t().contiguous().t(), -1),  # not contiguous
+        (x[:, ::2], -1),
+        (x.to(torch.int32), -1),
+        (x.to("meta"), -1),
+        (x.to_sparse(), -1),
+        (torch.tensor(1.0), 0),  # 0-d
+        (make((17, 1024), torch.float32), -1),  # beyond _SMALL_SOFTMAX_BYTES
+        (x.clone().requires_grad_(), -1),  # the autograd Function's path
+        (x.as_subclass(_Sub), -1),  # a subclass: the custom op's path
+        ("not a tensor", -1),
+    ]
+    for t, dim in declined:
+        assert rows(t, dim, False) is None, (t.shape if isinstance(t, torch.Tensor) else t, dim)
+    p = torch.nn.Parameter(x.clone())
+    assert rows(p, -1, False) is None  # needs a gradient
+    with torch.no_grad():
+        assert same(rows(p, -1, False), tpt.softmax(x, -1))
+    with torch.inference_mode():
+        assert rows(x, -1, True) is not None
+    # anything that intercepts calls
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Fm(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Dm(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    for mode in (Fm(), Dm()):
+        with mode:
+            assert rows(x, -1, False) is None
+            assert same(tpt.softmax(x, -1), torch.ops.twopass.softmax(x, -1, False))
+    seen = []
+    torch.func.vmap(lambda r: seen.append(rows(r, -1, False)) or r)(x)
+    assert seen == [None]
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", ("softmax", "log_softmax"))
+def test_fast_backward_same_bits(name, dtype):
+    log = name == "log_softmax"
+    for n in (1, 17, 1000):
+        x = make((3, n), dtype, seed=n)
+        y = eager(name, x, -1)
+        g = make(y.shape, dtype, seed=n + 1)
+        gx = _eager.eager_backward(g, y, -1, log)
+        assert gx is not None and same(gx, _eager.softmax_backward(g, y, -1, log))
+        a = x.clone().requires_grad_()
+        (d,) = torch.autograd.grad(eager(name, a, -1), a, g)  # the autograd Function's backward
+        assert same(d, gx)
+    y = eager(name, make((4, 30), dtype), -1)
+    g = make((4, 30), dtype, seed=3)
+    back = _eager.eager_backward
+    for gg, yy, dim in (
+        (g.double() if dtype != torch.float64 else g.float(), y, -1),  # dtypes differ
+        (g[:2], y[:2].t().contiguous().t(), -1),  # y not contiguous
+        (g.t().contiguous().t(), y, -1),
+        (g[:, :29], y[:, :29].contiguous(), 0),  # not the last dim
+        (g.reshape(2, 60), y.reshape(2, 60)[:, :30], -1),  # (y not contiguous)
+        (g.reshape(1, 4, 30), y, -1),  # shapes differ
+    ):
+        assert back(gg, yy, dim, log) is None

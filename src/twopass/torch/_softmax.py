@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._eager import eager_ok, softmax_apply, softmax_backward, softmax_forward
+from ._eager import _is_compiling, eager_ok, eager_rows, softmax_apply, softmax_backward, softmax_forward
 from ._tensors import kernels, like, triton_ok
 
 __all__ = ["log_softmax", "softmax"]
@@ -51,10 +51,14 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     TypeError
         Another dtype (CPU). IndexError: `dim` out of range.
     """
-    if eager_ok(x) and type(dim) is int and x.dim():
-        if x.requires_grad and torch.is_grad_enabled():
-            return softmax_apply(x, dim, False)
-        return softmax_forward(x, dim, False)
+    if not _is_compiling():
+        y = eager_rows(x, dim, False)  # the common small case, in C++ (None: not taken)
+        if y is not None:
+            return y
+        if eager_ok(x) and type(dim) is int and x.dim():
+            if x.requires_grad and torch.is_grad_enabled():
+                return softmax_apply(x, dim, False)
+            return softmax_forward(x, dim, False)
     return torch.ops.twopass.softmax(x, dim, False)
 
 
@@ -79,10 +83,14 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     TypeError
         Another dtype (CPU). IndexError: `dim` out of range.
     """
-    if eager_ok(x) and type(dim) is int and x.dim():
-        if x.requires_grad and torch.is_grad_enabled():
-            return softmax_apply(x, dim, True)
-        return softmax_forward(x, dim, True)
+    if not _is_compiling():
+        y = eager_rows(x, dim, True)  # the common small case, in C++ (None: not taken)
+        if y is not None:
+            return y
+        if eager_ok(x) and type(dim) is int and x.dim():
+            if x.requires_grad and torch.is_grad_enabled():
+                return softmax_apply(x, dim, True)
+            return softmax_forward(x, dim, True)
     return torch.ops.twopass.softmax(x, dim, True)
 
 

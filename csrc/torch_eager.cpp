@@ -1,0 +1,252 @@
+// twopass.torch's eager softmax / log_softmax of a small CPU tensor over its last dim,
+// in one C++ call (src/twopass/torch/_eager.py, eager_rows). It does what eager_ok and
+// softmax_forward do there, reading the tensor's attributes through the Python C API:
+// on a slow core those Python checks and reads cost ~6 us a call, more than torch's
+// whole softmax of 1x1024 floats. Torch is not linked: Python hands over, once, the
+// objects compared against (torch.Tensor, the dtypes, ...) and the functions called
+// (torch.empty_like, the checks for transforms and modes). Anything else returns None
+// and takes the Python path, which gives the same bits (same kernel, same algorithm).
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+
+#include "codes.h"
+#include "dispatch.h"
+#include "kernel_api.h"
+#include "softmax.h"
+#include "softmax_backward.h"
+
+namespace nb = nanobind;
+
+namespace tp {
+namespace {
+
+constexpr int kDtypes = 4;  // float32, float64, float16, bfloat16 (codes.h order)
+constexpr int kItem[kDtypes] = {4, 8, 2, 2};
+
+struct Torch {
+  PyObject* tensor = nullptr;  // torch.Tensor; nullptr until eager_init
+  PyObject* parameter = nullptr;
+  PyObject* dtypes[kDtypes] = {};
+  PyObject* strided = nullptr;
+  PyObject* empty_like = nullptr;
+  PyObject* checks[3] = {};  // functorch transforms, dispatch modes, function modes: all must be falsy
+  PyObject* grad_enabled = nullptr;
+  PyObject* num_threads = nullptr;
+  PyObject *s_dtype, *s_is_cpu, *s_layout, *s_requires_grad, *s_shape, *s_is_contiguous, *s_data_ptr;
+  int isa = 0;
+  int64_t max_bytes = 0;        // larger tensors take the Python path (its algorithm rule)
+  int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
+} T;
+
+// A new reference, released on scope exit.
+struct Ref {
+  PyObject* p;
+  explicit Ref(PyObject* o) : p(o) {
+    if (!p) throw nb::python_error();
+  }
+  ~Ref() { Py_XDECREF(p); }
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  PyObject* release() {
+    PyObject* o = p;
+    p = nullptr;
+    return o;
+  }
+};
+
+bool truthy(PyObject* o) {
+  const int v = PyObject_IsTrue(o);
+  if (v < 0) throw nb::python_error();
+  return v;
+}
+
+int64_t address(PyObject* t) {
+  Ref p(PyObject_CallMethodNoArgs(t, T.s_data_ptr));
+  const long long a = PyLong_AsLongLong(p.p);
+  if (a == -1 && PyErr_Occurred()) throw nb::python_error();
+  return a;
+}
+
+PyObject* keep(nb::handle h) {
+  Py_INCREF(h.ptr());  // for the module's life
+  return h.ptr();
+}
+
+void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::handle strided, nb::handle empty_like,
+                nb::tuple checks, nb::handle grad_enabled, nb::handle num_threads, int isa, int64_t max_bytes,
+                int64_t short_row_bytes) {
+  if (dtypes.size() != kDtypes || checks.size() != 3 || isa < 0 || isa >= kIsaCount)
+    throw std::invalid_argument("twopass eager_init: bad arguments");
+  T.parameter = keep(parameter);
+  for (int i = 0; i < kDtypes; ++i) T.dtypes[i] = keep(dtypes[i]);
+  T.strided = keep(strided);
+  T.empty_like = keep(empty_like);
+  for (int i = 0; i < 3; ++i) T.checks[i] = keep(checks[i]);
+  T.grad_enabled = keep(grad_enabled);
+  T.num_threads = keep(num_threads);
+  T.s_dtype = PyUnicode_InternFromString("dtype");
+  T.s_is_cpu = PyUnicode_InternFromString("is_cpu");
+  T.s_layout = PyUnicode_InternFromString("layout");
+  T.s_requires_grad = PyUnicode_InternFromString("requires_grad");
+  T.s_shape = PyUnicode_InternFromString("shape");
+  T.s_is_contiguous = PyUnicode_InternFromString("is_contiguous");
+  T.s_data_ptr = PyUnicode_InternFromString("data_ptr");
+  T.isa = isa;
+  T.max_bytes = max_bytes;
+  T.short_row_bytes = short_row_bytes;
+  T.tensor = keep(tensor);  // last: set means ready
+}
+
+bool plain(PyObject* t) {
+  const PyObject* type = (PyObject*)Py_TYPE(t);
+  return T.tensor && (type == T.tensor || type == T.parameter);
+}
+
+// The attributes of a tensor the kernels can take as rows of its last dim.
+struct Rows {
+  int dt = 0;  // codes.h's Dtype
+  int64_t n = 0, size = 1;
+};
+
+// t (a plain tensor) is a contiguous CPU tensor of a kernel dtype and at most max_bytes,
+// and `dim` its last dim; shape, when given, gets t.shape (a new reference).
+bool rows_of(PyObject* t, long dim, Rows& r, PyObject** shape_out = nullptr) {
+  {
+    Ref dtype(PyObject_GetAttr(t, T.s_dtype));
+    while (r.dt < kDtypes && dtype.p != T.dtypes[r.dt]) ++r.dt;
+    if (r.dt == kDtypes) return false;
+  }
+  {
+    Ref cpu(PyObject_GetAttr(t, T.s_is_cpu));
+    Ref layout(PyObject_GetAttr(t, T.s_layout));
+    if (cpu.p != Py_True || layout.p != T.strided) return false;
+  }
+  Ref shape(PyObject_GetAttr(t, T.s_shape));
+  if (!PyTuple_Check(shape.p)) return false;
+  const Py_ssize_t nd = PyTuple_GET_SIZE(shape.p);
+  if (nd == 0 || (dim != -1 && dim != nd - 1)) return false;  // (Python raises for a bad dim)
+  for (Py_ssize_t i = 0; i < nd; ++i) {
+    const long long s = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.p, i));
+    if (s < 0) {
+      PyErr_Clear();
+      return false;
+    }
+    r.n = s;
+    r.size *= s;
+    if (r.size * kItem[r.dt] > T.max_bytes) return false;
+  }
+  Ref contiguous(PyObject_CallMethodNoArgs(t, T.s_is_contiguous));
+  if (contiguous.p != Py_True) return false;
+  if (shape_out) *shape_out = shape.release();
+  return true;
+}
+
+bool small_dim(PyObject* d, long& dim) {
+  if (!PyLong_CheckExact(d)) return false;
+  dim = PyLong_AsLong(d);
+  if (dim == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  return true;
+}
+
+int threads() {
+  Ref t(PyObject_CallNoArgs(T.num_threads));
+  const long v = PyLong_AsLong(t.p);
+  if (v < 1) throw std::runtime_error("twopass: torch.get_num_threads() < 1");
+  return (int)v;
+}
+
+// Below this many elements the kernel runs holding the GIL: it takes less than releasing
+// and taking it back (~0.2 us on the Zen 1 VM).
+constexpr int64_t kGilElements = 4096;
+
+// softmax / log_softmax of x over `dim` (eager_ok's and softmax_forward's work), or None.
+nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
+  PyObject* x = xh.ptr();
+  long dim = 0;
+  if (!plain(x) || !small_dim(dim_h.ptr(), dim)) return nb::none();
+  for (PyObject* check : T.checks) {
+    Ref r(PyObject_CallNoArgs(check));
+    if (truthy(r.p)) return nb::none();
+  }
+  {
+    Ref grad(PyObject_GetAttr(x, T.s_requires_grad));
+    if (grad.p == Py_True) {
+      Ref on(PyObject_CallNoArgs(T.grad_enabled));
+      if (truthy(on.p)) return nb::none();  // the autograd Function's path
+    }
+  }
+  Rows r;
+  if (!rows_of(x, dim, r)) return nb::none();
+  // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes:
+  // float32/float64 softmax the reload (_SMALL_SOFTMAX_BYTES); log_softmax the reload in
+  // rows shorter than SHORT_ROW_BYTES (float32's for the halves); the halves' softmax the
+  // reload within its scratch row, and beyond it whatever auto_algorithm says.
+  const int item = kItem[r.dt];
+  Algo algo = Algo::kThreePassReload;
+  if (log) {
+    if (r.n * (item == 2 ? 4 : item) >= T.short_row_bytes) algo = Algo::kTwoPass;
+  } else if (item == 2 && r.n * 4 > kReloadScratchBytes) {
+    return nb::none();
+  }
+  Ref y(PyObject_CallOneArg(T.empty_like, x));  // contiguous, as x
+  if (r.size) {
+    Problem pb{log ? Op::kLogSoftmax : Op::kSoftmax, algo, item, (const void*)address(x), (void*)address(y.p),
+               r.size / r.n, r.n, 1, r.n, 1, r.n, 1, panel_lanes((Isa)T.isa, item)};
+    pb.bf16 = r.dt == (int)Dtype::kBfloat16;
+    const int nt = threads();
+    if (r.size < kGilElements) {
+      run(pb, (Isa)T.isa, nt, false);  // normal stores: y is fresh (_eager._FRESH_STORES)
+    } else {
+      nb::gil_scoped_release release;
+      run(pb, (Isa)T.isa, nt, false);
+    }
+  }
+  return nb::steal(y.release());
+}
+
+// The backward of softmax / log_softmax over the last dim (softmax_backward's fused row
+// kernels), or None: g and y of one dtype and shape, contiguous.
+nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle dim_h, bool log) {
+  PyObject *g = gh.ptr(), *y = yh.ptr();
+  long dim = 0;
+  if (!plain(g) || !plain(y) || !small_dim(dim_h.ptr(), dim)) return nb::none();
+  Rows rg, ry;
+  PyObject *gs = nullptr, *ys = nullptr;
+  if (!rows_of(y, dim, ry, &ys)) return nb::none();
+  Ref y_shape(ys);
+  if (!rows_of(g, dim, rg, &gs)) return nb::none();
+  Ref g_shape(gs);
+  if (rg.dt != ry.dt) return nb::none();
+  const int same = PyObject_RichCompareBool(gs, ys, Py_EQ);
+  if (same < 0) throw nb::python_error();
+  if (!same) return nb::none();
+  Ref gx(PyObject_CallOneArg(T.empty_like, y));
+  if (ry.size) {
+    const int64_t n = ry.n;
+    BackwardProblem pb{log ? Op::kLogSoftmax : Op::kSoftmax, kItem[ry.dt], (const void*)address(g),
+                       (const void*)address(y), nullptr, (void*)address(gx.p), ry.size / n, n, n, n, n,
+                       ry.dt == (int)Dtype::kBfloat16};
+    const int nt = threads();
+    if (ry.size < kGilElements) {
+      run_backward(pb, (Isa)T.isa, nt, false);  // (_FRESH_STORES)
+    } else {
+      nb::gil_scoped_release release;
+      run_backward(pb, (Isa)T.isa, nt, false);
+    }
+  }
+  return nb::steal(gx.release());
+}
+
+}  // namespace
+
+void bind_torch_eager(nb::module_& m) {
+  m.def("eager_init", &eager_init);
+  m.def("eager_rows", &eager_rows);
+  m.def("eager_backward", &eager_backward);
+}
+
+}  // namespace tp
