@@ -487,6 +487,21 @@ def test_halves_backward_kernels_round_once(name, n, dtype):
     assert float(err.max()) <= 2 * HALF_TOL[dtype]
 
 
+@pytest.mark.parametrize("n", ("wide", "wide+3"))
+def test_float16_softmax_backward_both_sides_of_the_wide_row(n):
+    """float16's softmax backward widens g and y once into a float32 row per thread up
+    to RELOAD_WIDE_ROW_ELEMENTS, and converts them twice beyond: both round once."""
+    from twopass import _core
+
+    n = _core.RELOAD_WIDE_ROW_ELEMENTS + (3 if n == "wide+3" else 0)
+    y = eager("softmax", make((1, n), torch.float16, seed=4), -1)
+    g = make((1, n), torch.float16, seed=5)
+    gx = _eager.softmax_backward(g, y, -1, False)
+    g64, y64 = g.double(), y.double()
+    want = y64 * (g64 - (g64 * y64).sum(-1, keepdim=True))
+    assert float(((gx.double() - want).abs() / want.abs().max()).max()) <= 2 * HALF_TOL[torch.float16]
+
+
 def test_large_outputs_on_huge_pages_behave_as_tensors():
     """Outputs from _alloc.HUGE_THRESHOLD bytes up come from a 2 MiB-aligned mapping
     (where THP is in madvise mode): same values as the custom op, an ordinary

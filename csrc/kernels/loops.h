@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "../kernel_api.h"
 #include "simd/io.h"
@@ -205,6 +206,16 @@ template <class S, class P, class F> void write_row(S* y, int64_t n, bool stream
   for (; i + W <= n; i += W) IO::store(y + i, f(i, W, 0));
   if (i < n) IO::store_partial(y + i, f(i, (int)(n - i), 0), (int)(n - i));
   if (stream) V::sfence();
+}
+
+// A float32 row of the calling thread's own, for a half row widened once: the reload's
+// exp beyond its stack scratch row (softmax_passes.cpp), float16 g and y in the backward
+// (softmax_backward.cpp). One per thread (the pool's workers live on), grown to the
+// longest row it has served, at most 2 * kWideRowElements (kernel_api.h).
+inline float* wide_row(int64_t n) {
+  thread_local std::vector<float> row;
+  if ((int64_t)row.size() < n) row.resize((size_t)n);
+  return row.data();
 }
 
 // Full or partial (missing lanes = fill) load of k <= W elements.

@@ -10,6 +10,7 @@
 // registers, computed in float32 and rounded once (to nearest even) on the write.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "../kernel_api.h"
 #include "exp.h"
@@ -22,7 +23,9 @@ namespace {
 
 // sum_j a_j * b_j (b null: sum_j a_j): kUnroll registers in the compute type, folded
 // into double every block of 16 steps, so a long row keeps about one ulp of the sum.
-template <class S> double row_dot(const S* a, const S* b, int64_t n) {
+// With kKeep, a and b widened to the compute type are also stored in wa and wb.
+template <class S, bool kKeep = false>
+double row_dot(const S* a, const S* b, int64_t n, tp::Compute<S>* wa = nullptr, tp::Compute<S>* wb = nullptr) {
   using T = tp::Compute<S>;
   using IO = Io<S>;
   using V = Vec<T>;
@@ -36,18 +39,39 @@ template <class S> double row_dot(const S* a, const S* b, int64_t n) {
     for (auto& r : acc) r = V::set1(0);
     int64_t i = s;
     for (; i + kUnroll * W <= end; i += kUnroll * W)
-      for (int u = 0; u < kUnroll; ++u)
-        acc[u] = b ? V::fma(IO::load(a + i + u * W), IO::load(b + i + u * W), acc[u]) : V::add(acc[u], IO::load(a + i + u * W));
+      for (int u = 0; u < kUnroll; ++u) {
+        const R av = IO::load(a + i + u * W);
+        if (!b) {
+          acc[u] = V::add(acc[u], av);
+          continue;
+        }
+        const R bv = IO::load(b + i + u * W);
+        if constexpr (kKeep) V::store(wa + i + u * W, av), V::store(wb + i + u * W, bv);
+        acc[u] = V::fma(av, bv, acc[u]);
+      }
     for (; i < end; i += W) {
       const int k = (int)std::min<int64_t>(W, end - i);
       const R av = load_k<S>(a + i, k, 0);
-      acc[0] = b ? V::fma(av, load_k<S>(b + i, k, 0), acc[0]) : V::add(acc[0], av);
+      if (!b) {
+        acc[0] = V::add(acc[0], av);
+        continue;
+      }
+      const R bv = load_k<S>(b + i, k, 0);
+      if constexpr (kKeep) V::store_partial(wa + i, av, k), V::store_partial(wb + i, bv, k);
+      acc[0] = V::fma(av, bv, acc[0]);
     }
     for (int u = 1; u < kUnroll; ++u) acc[0] = V::add(acc[0], acc[u]);
     total += V::hsum_wide(acc[0]);
   }
   return total;
 }
+
+// float16's softmax backward widens g and y once, into float32 rows of the thread's
+// (wide_row), which the write pass reads: F16C's vcvtph2ps is the backward's bottleneck
+// on a core that splits 256-bit ops (Zen 1 VM, one thread, hot, into a reused output:
+// 256x1024 and 8x32000 0.72 -> 0.52-0.54 ns per element, torch 0.64; 32x128256, whose
+// float32 rows leave the L2, 0.80 -> 0.71). bfloat16 widens by a shift: not needed.
+template <class S> constexpr bool kWidenOnce = std::is_same_v<S, tp::f16>;
 
 template <class S>
 void softmax_backward_rows(const S* g, const S* y, S* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs,
@@ -67,6 +91,17 @@ void softmax_backward_rows(const S* g, const S* y, S* gx, int64_t rows, int64_t 
         return V::sub(load_k<S>(gr + i, k, 0), V::mul(e, s));
       });
     } else {
+      if constexpr (kWidenOnce<S>) {
+        if (n <= tp::kWideRowElements) {
+          T* wg = wide_row(2 * n);
+          T* wy = wg + n;
+          const R s = V::set1((T)row_dot<S, true>(gr, yr, n, wg, wy));
+          write_row(out, n, stream, Reads{{wy, wg}}, (const T*)nullptr, [&](int64_t i, int k, int) {
+            return V::mul(load_k<T>(wy + i, k, 0), V::sub(load_k<T>(wg + i, k, 0), s));
+          });
+          continue;
+        }
+      }
       const R s = V::set1((T)row_dot<S>(gr, yr, n));
       write_row(out, n, stream, Reads{{yr, gr}}, (const S*)nullptr, [&](int64_t i, int k, int) {
         return V::mul(load_k<S>(yr + i, k, 0), V::sub(load_k<S>(gr + i, k, 0), s));

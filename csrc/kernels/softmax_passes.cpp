@@ -340,15 +340,6 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
   }
 };
 
-// The float32 row in which the reload keeps a half row's exp beyond its stack scratch
-// row: one per thread (the pool's workers live on), grown to the longest row it has
-// served, at most kWideRowElements (kernel_api.h).
-inline float* wide_row(int64_t n) {
-  thread_local std::vector<float> row;
-  if ((int64_t)row.size() < n) row.resize((size_t)n);
-  return row.data();
-}
-
 // ---------------------------------------------------------------------------------
 // The passes of kernel_api.h (tp::Passes), one instantiation per loop shape: rows
 // (Panel false) or panels.
