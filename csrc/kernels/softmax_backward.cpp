@@ -71,7 +71,13 @@ double row_dot(const S* a, const S* b, int64_t n, tp::Compute<S>* wa = nullptr, 
 // on a core that splits 256-bit ops (Zen 1 VM, one thread, hot, into a reused output:
 // 256x1024 and 8x32000 0.72 -> 0.52-0.54 ns per element, torch 0.64; 32x128256, whose
 // float32 rows leave the L2, 0.80 -> 0.71). bfloat16 widens by a shift: not needed.
+// AVX-512 and NEON convert at full width in one instruction: there (unmeasured) the
+// rows are converted twice, as before.
+#if defined(TP_ISA_AVX2) || defined(TP_ISA_SCALAR)
 template <class S> constexpr bool kWidenOnce = std::is_same_v<S, tp::f16>;
+#else
+template <class S> constexpr bool kWidenOnce = false;
+#endif
 
 template <class S>
 void softmax_backward_rows(const S* g, const S* y, S* gx, int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs,
