@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -224,5 +226,80 @@ void cross_entropy(const CrossEntropyProblem& pb, Isa isa, int threads) {
       ce_rows<double>(pb, K, isa, lo, hi);
   });
 }
+
+namespace {
+
+// A float64 value in S, rounded once.
+template <class S> S round_once(double v) {
+  if constexpr (std::is_same_v<S, Compute<S>>) {
+    return (S)v;
+  } else {
+    // To float32 rounded to odd, then to S: one rounding of v, as NumPy's float64 ->
+    // float16 / bfloat16 (float32 keeps more than 2 bits beyond S's).
+    float f = (float)v;
+    if (std::isfinite(v) && (double)f != v) {
+      if (std::fabs((double)f) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+      f = bits_to_float(float_to_bits(f) | 1u);
+    }
+    return Storage<S>::narrow(f);
+  }
+}
+template <class S> void to_rows(const std::vector<double>& v, uintptr_t out) {
+  S* o = (S*)out;
+  for (size_t i = 0; i < v.size(); ++i) o[i] = round_once<S>(v[i]);
+}
+
+}  // namespace
+
+void cross_entropy_rows(int isa, int algo, int bytes, int half, uintptr_t x, int64_t rows, int64_t n, int64_t xs,
+                        uintptr_t target, uintptr_t weight, int64_t ignore_index, double eps, double zc, double cap,
+                        int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
+                        int threads, bool stream, bool half_loss) {
+  if (isa < 0 || isa >= kIsaCount || algo < 0 || algo >= kAlgoCount ||
+      (half ? bytes != 2 || half > 2 : bytes != 4 && bytes != 8) || threads < 1 || rows < 0 || n < 0 || reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) ||
+      ((reduction != 2 || rows > 0) && !loss))
+    throw std::invalid_argument("twopass.cross_entropy: bad arguments");
+  const int compute = half ? 4 : bytes;  // the compute type's size: weight, lse (and loss, z but with half_loss)
+  const int64_t* t = (const int64_t*)target;
+  auto w_at = [&](int64_t j) { return compute == 4 ? (double)((const float*)weight)[j] : ((const double*)weight)[j]; };
+  double n_valid = 0, wt_sum = 0, weight_total = (double)n;
+  if (weight) {
+    weight_total = 0;
+    for (int64_t j = 0; j < n; ++j) weight_total += w_at(j);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t v = t[r];
+    if (v == ignore_index) continue;
+    if (v < 0 || v >= n)
+      throw std::invalid_argument("twopass.cross_entropy: target[" + std::to_string(r) + "] = " + std::to_string(v) +
+                                  " is outside [0, " + std::to_string(n) + ") and is not ignore_index");
+    n_valid += 1;
+    wt_sum += !weight ? 1.0 : w_at(v);
+  }
+  const double s_ce = reduction == 0 ? 1.0 / wt_sum : 1.0, s_z = reduction == 0 ? 1.0 / n_valid : 1.0;
+  std::vector<double> ce(rows), z(rows), ls(rows);
+  CrossEntropyProblem pb{compute, (const void*)x, rows, n, rows > 1 ? xs : n, t, (const void*)weight,
+                             weight_total, ignore_index, eps, zc, cap, s_ce, s_z, (void*)grad, rows > 1 ? gs : n,
+                             ce.data(), z.data(), ls.data(), (Algo)algo, stream, half == 2, half == 1};
+  if (rows > 0) cross_entropy(pb, (Isa)isa, threads);
+  if (lse) compute == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
+  double sc = 0, sz = 0;
+  for (int64_t r = 0; r < rows; ++r) sc += ce[r], sz += z[r];
+  if (reduction == 2) {
+    for (int64_t r = 0; r < rows; ++r) ce[r] += z[r];
+  } else {
+    ce.assign(1, reduction == 1 ? sc + sz : sc / wt_sum + sz / n_valid);
+    z.assign(1, reduction == 1 ? sz : sz / n_valid);
+  }
+  auto put = [&](const std::vector<double>& v, uintptr_t out) {
+    if (half && half_loss)
+      half == 2 ? to_rows<bf16>(v, out) : to_rows<f16>(v, out);
+    else
+      compute == 4 ? to_rows<float>(v, out) : to_rows<double>(v, out);
+  };
+  put(ce, loss);
+  if (zl) put(z, zl);
+}
+
 
 }  // namespace tp

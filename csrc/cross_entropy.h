@@ -47,4 +47,21 @@ struct CrossEntropyGradProblem {
 };
 void cross_entropy_grad(const CrossEntropyGradProblem& pb, Isa isa, int threads);
 
+// The row-level entry of the eager paths (twopass.torch, the C table of c_api.h that
+// twopass.jax's FFI handlers call): (rows, n) logits with contiguous rows, int64
+// targets, everything as addresses. Also does what the NumPy layer does in Python
+// around its kernel call (target check, the reduction's scales, the reduction itself:
+// 40 us there, the time of a 1x1024 loss many times over). reduction: 0 mean, 1 sum,
+// 2 none. loss and z get the reduced values (one element each) or, for "none", the
+// per-row ones; lse the per-row logsumexp. float32/float64 logits (half 0, bytes 4 or
+// 8): everything in their dtype. float16 (half 1) / bfloat16 (half 2) logits and grad
+// (bytes 2): computed in float32, the weight and lse float32, loss and z float32
+// (twopass.jax) or, with half_loss, in the logits' dtype rounded once (twopass.torch,
+// as its custom op). zl and lse may be 0: not wanted. Throws std::invalid_argument for
+// bad arguments and for a target outside [0, n) that is not ignore_index.
+void cross_entropy_rows(int isa, int algo, int bytes, int half, uintptr_t x, int64_t rows, int64_t n, int64_t xs,
+                        uintptr_t target, uintptr_t weight, int64_t ignore_index, double eps, double zc, double cap,
+                        int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
+                        int threads, bool stream, bool half_loss);
+
 }  // namespace tp

@@ -86,88 +86,8 @@ void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_
   tp::run_backward(pb, (tp::Isa)isa, threads, stream);
 }
 
-// The eager path of twopass.torch.cross_entropy (src/twopass/torch/_cross_entropy.py)
-// and twopass.jax's: (rows, n) logits with contiguous rows, int64 targets, everything as
-// addresses. Also does what the NumPy layer does in Python around its kernel call
-// (target check, the reduction's scales, the reduction itself: 40 us there, the time of
-// a 1x1024 loss many times over). reduction: 0 mean, 1 sum, 2 none. loss and z get the
-// reduced values (one element each) or, for "none", the per-row ones; lse the per-row
-// logsumexp. float32/float64 logits (half 0, bytes 4 or 8): everything in their dtype.
-// float16 (half 1) / bfloat16 (half 2) logits and grad (bytes 2): computed in float32,
-// the weight and lse float32, loss and z float32 (twopass.jax) or, with half_loss, in
-// the logits' dtype rounded once (twopass.torch, as its custom op). 0-d tensors are made
-// by the caller (creating a tensor from a Python float costs ~2 us); zl and lse may be
-// 0: not wanted.
-template <class S> S round_once(double v) {
-  if constexpr (std::is_same_v<S, tp::Compute<S>>) {
-    return (S)v;
-  } else {
-    // To float32 rounded to odd, then to S: one rounding of v, as NumPy's float64 ->
-    // float16 / bfloat16 (float32 keeps more than 2 bits beyond S's).
-    float f = (float)v;
-    if (std::isfinite(v) && (double)f != v) {
-      if (std::fabs((double)f) > std::fabs(v)) f = std::nextafter(f, 0.0f);
-      f = tp::bits_to_float(tp::float_to_bits(f) | 1u);
-    }
-    return tp::Storage<S>::narrow(f);
-  }
-}
-template <class S> void to_rows(const std::vector<double>& v, uintptr_t out) {
-  S* o = (S*)out;
-  for (size_t i = 0; i < v.size(); ++i) o[i] = round_once<S>(v[i]);
-}
-
-void cross_entropy_rows(int isa, int algo, int bytes, int half, uintptr_t x, int64_t rows, int64_t n, int64_t xs,
-                        uintptr_t target, uintptr_t weight, int64_t ignore_index, double eps, double zc, double cap,
-                        int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
-                        int threads, bool stream, bool half_loss) {
-  if (!valid_isa(isa) || !valid_algo(algo) || (half ? bytes != 2 || half > 2 : bytes != 4 && bytes != 8) ||
-      threads < 1 || rows < 0 || n < 0 || reduction < 0 || reduction > 2 || (rows > 0 && (!x || !target)) ||
-      ((reduction != 2 || rows > 0) && !loss))
-    throw std::invalid_argument("twopass.cross_entropy: bad arguments");
-  const int compute = half ? 4 : bytes;  // the compute type's size: weight, lse (and loss, z but with half_loss)
-  const int64_t* t = (const int64_t*)target;
-  auto w_at = [&](int64_t j) { return compute == 4 ? (double)((const float*)weight)[j] : ((const double*)weight)[j]; };
-  double n_valid = 0, wt_sum = 0, weight_total = (double)n;
-  if (weight) {
-    weight_total = 0;
-    for (int64_t j = 0; j < n; ++j) weight_total += w_at(j);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t v = t[r];
-    if (v == ignore_index) continue;
-    if (v < 0 || v >= n)
-      throw std::invalid_argument("twopass.cross_entropy: target[" + std::to_string(r) + "] = " + std::to_string(v) +
-                                  " is outside [0, " + std::to_string(n) + ") and is not ignore_index");
-    n_valid += 1;
-    wt_sum += !weight ? 1.0 : w_at(v);
-  }
-  const double s_ce = reduction == 0 ? 1.0 / wt_sum : 1.0, s_z = reduction == 0 ? 1.0 / n_valid : 1.0;
-  std::vector<double> ce(rows), z(rows), ls(rows);
-  tp::CrossEntropyProblem pb{compute, (const void*)x, rows, n, rows > 1 ? xs : n, t, (const void*)weight,
-                             weight_total, ignore_index, eps, zc, cap, s_ce, s_z, (void*)grad, rows > 1 ? gs : n,
-                             ce.data(), z.data(), ls.data(), (tp::Algo)algo, stream, half == 2, half == 1};
-  if (rows > 0) tp::cross_entropy(pb, (tp::Isa)isa, threads);
-  if (lse) compute == 4 ? to_rows<float>(ls, lse) : to_rows<double>(ls, lse);
-  double sc = 0, sz = 0;
-  for (int64_t r = 0; r < rows; ++r) sc += ce[r], sz += z[r];
-  if (reduction == 2) {
-    for (int64_t r = 0; r < rows; ++r) ce[r] += z[r];
-  } else {
-    ce.assign(1, reduction == 1 ? sc + sz : sc / wt_sum + sz / n_valid);
-    z.assign(1, reduction == 1 ? sz : sz / n_valid);
-  }
-  auto put = [&](const std::vector<double>& v, uintptr_t out) {
-    if (half && half_loss)
-      half == 2 ? to_rows<tp::bf16>(v, out) : to_rows<tp::f16>(v, out);
-    else
-      compute == 4 ? to_rows<float>(v, out) : to_rows<double>(v, out);
-  };
-  put(ce, loss);
-  if (zl) put(z, zl);
-}
-
-// The Python entries of the three above: the same calls with the GIL released.
+// The Python entries of the two above and of tp::cross_entropy_rows (cross_entropy.h):
+// the same calls with the GIL released.
 void run_ptr_py(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int64_t outer, int64_t n,
                 int64_t inner, int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads,
                 bool stream, bool bf16) {
@@ -187,7 +107,7 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
                        int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
                        int threads, bool stream, bool bf16) {
   nb::gil_scoped_release release;
-  cross_entropy_rows(isa, algo, bytes, bytes == 2 ? (bf16 ? 2 : 1) : 0, x, rows, n, xs, target, weight, ignore_index,
+  tp::cross_entropy_rows(isa, algo, bytes, bytes == 2 ? (bf16 ? 2 : 1) : 0, x, rows, n, xs, target, weight, ignore_index,
                      eps, zc, cap, reduction, grad, gs, loss, zl, lse, threads, stream, true);
 }
 
@@ -226,7 +146,7 @@ const tp_c_api kCApi = {
        int reduction, void* grad, int64_t gs, void* loss, void* zl, void* lse, int threads, int stream, char* err,
        size_t err_len) {
       return c_call(err, err_len, [&] {
-        cross_entropy_rows(isa, algo, bytes, half, (uintptr_t)x, rows, n, xs, (uintptr_t)target, (uintptr_t)weight,
+        tp::cross_entropy_rows(isa, algo, bytes, half, (uintptr_t)x, rows, n, xs, (uintptr_t)target, (uintptr_t)weight,
                            ignore_index, eps, zc, cap, reduction, (uintptr_t)grad, gs, (uintptr_t)loss,
                            (uintptr_t)zl, (uintptr_t)lse, threads, stream != 0, false);
       });

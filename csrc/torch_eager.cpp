@@ -9,8 +9,10 @@
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "codes.h"
+#include "cross_entropy.h"
 #include "dispatch.h"
 #include "kernel_api.h"
 #include "softmax.h"
@@ -28,12 +30,14 @@ struct Torch {
   PyObject* tensor = nullptr;  // torch.Tensor; nullptr until eager_init
   PyObject* parameter = nullptr;
   PyObject* dtypes[kDtypes] = {};
+  PyObject* int64 = nullptr;  // cross_entropy's targets
   PyObject* strided = nullptr;
   PyObject* empty_like = nullptr;
   PyObject* checks[3] = {};  // functorch transforms, dispatch modes, function modes: all must be falsy
   PyObject* grad_enabled = nullptr;
   PyObject* num_threads = nullptr;
-  PyObject *s_dtype, *s_is_cpu, *s_layout, *s_requires_grad, *s_shape, *s_is_contiguous, *s_data_ptr;
+  PyObject *s_dtype, *s_is_cpu, *s_layout, *s_requires_grad, *s_shape, *s_is_contiguous, *s_data_ptr, *s_new_empty;
+  PyObject* scalars[kDtypes] = {};  // a 0-d tensor of each dtype: empty_like's model for a loss
   int isa = 0;
   int64_t max_bytes = 0;        // larger tensors take the Python path (its algorithm rule)
   int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
@@ -73,13 +77,15 @@ PyObject* keep(nb::handle h) {
   return h.ptr();
 }
 
-void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::handle strided, nb::handle empty_like,
+void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::tuple scalars, nb::handle int64,
+                nb::handle strided, nb::handle empty_like,
                 nb::tuple checks, nb::handle grad_enabled, nb::handle num_threads, int isa, int64_t max_bytes,
                 int64_t short_row_bytes) {
-  if (dtypes.size() != kDtypes || checks.size() != 3 || isa < 0 || isa >= kIsaCount)
+  if (dtypes.size() != kDtypes || scalars.size() != kDtypes || checks.size() != 3 || isa < 0 || isa >= kIsaCount)
     throw std::invalid_argument("twopass eager_init: bad arguments");
   T.parameter = keep(parameter);
-  for (int i = 0; i < kDtypes; ++i) T.dtypes[i] = keep(dtypes[i]);
+  for (int i = 0; i < kDtypes; ++i) T.dtypes[i] = keep(dtypes[i]), T.scalars[i] = keep(scalars[i]);
+  T.int64 = keep(int64);
   T.strided = keep(strided);
   T.empty_like = keep(empty_like);
   for (int i = 0; i < 3; ++i) T.checks[i] = keep(checks[i]);
@@ -92,6 +98,7 @@ void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::h
   T.s_shape = PyUnicode_InternFromString("shape");
   T.s_is_contiguous = PyUnicode_InternFromString("is_contiguous");
   T.s_data_ptr = PyUnicode_InternFromString("data_ptr");
+  T.s_new_empty = PyUnicode_InternFromString("new_empty");
   T.isa = isa;
   T.max_bytes = max_bytes;
   T.short_row_bytes = short_row_bytes;
@@ -111,7 +118,7 @@ struct Rows {
 
 // t (a plain tensor) is a contiguous CPU tensor of a kernel dtype and at most max_bytes,
 // and `dim` its last dim; shape, when given, gets t.shape (a new reference).
-bool rows_of(PyObject* t, long dim, Rows& r, PyObject** shape_out = nullptr) {
+bool rows_of(PyObject* t, long dim, Rows& r, int64_t max_bytes, PyObject** shape_out = nullptr) {
   {
     Ref dtype(PyObject_GetAttr(t, T.s_dtype));
     while (r.dt < kDtypes && dtype.p != T.dtypes[r.dt]) ++r.dt;
@@ -134,7 +141,7 @@ bool rows_of(PyObject* t, long dim, Rows& r, PyObject** shape_out = nullptr) {
     }
     r.n = s;
     r.size *= s;
-    if (r.size * kItem[r.dt] > T.max_bytes) return false;
+    if (r.size * kItem[r.dt] > max_bytes) return false;
   }
   Ref contiguous(PyObject_CallMethodNoArgs(t, T.s_is_contiguous));
   if (contiguous.p != Py_True) return false;
@@ -159,6 +166,22 @@ int threads() {
   return (int)v;
 }
 
+// Something traces or intercepts calls: functorch transforms, dispatch or function modes.
+bool intercepted() {
+  for (PyObject* check : T.checks) {
+    Ref r(PyObject_CallNoArgs(check));
+    if (truthy(r.p)) return true;
+  }
+  return false;
+}
+
+bool needs_grad(PyObject* t) {
+  Ref grad(PyObject_GetAttr(t, T.s_requires_grad));
+  if (grad.p != Py_True) return false;
+  Ref on(PyObject_CallNoArgs(T.grad_enabled));
+  return truthy(on.p);
+}
+
 // Below this many elements the kernel runs holding the GIL: it takes less than releasing
 // and taking it back (~0.2 us on the Zen 1 VM).
 constexpr int64_t kGilElements = 4096;
@@ -168,19 +191,9 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   PyObject* x = xh.ptr();
   long dim = 0;
   if (!plain(x) || !small_dim(dim_h.ptr(), dim)) return nb::none();
-  for (PyObject* check : T.checks) {
-    Ref r(PyObject_CallNoArgs(check));
-    if (truthy(r.p)) return nb::none();
-  }
-  {
-    Ref grad(PyObject_GetAttr(x, T.s_requires_grad));
-    if (grad.p == Py_True) {
-      Ref on(PyObject_CallNoArgs(T.grad_enabled));
-      if (truthy(on.p)) return nb::none();  // the autograd Function's path
-    }
-  }
+  if (intercepted() || needs_grad(x)) return nb::none();  // (the autograd Function's path)
   Rows r;
-  if (!rows_of(x, dim, r)) return nb::none();
+  if (!rows_of(x, dim, r, T.max_bytes)) return nb::none();
   // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes:
   // float32/float64 softmax the reload (_SMALL_SOFTMAX_BYTES); log_softmax the reload in
   // rows shorter than SHORT_ROW_BYTES (float32's for the halves); the halves' softmax the
@@ -216,9 +229,9 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle dim_h, bool l
   if (!plain(g) || !plain(y) || !small_dim(dim_h.ptr(), dim)) return nb::none();
   Rows rg, ry;
   PyObject *gs = nullptr, *ys = nullptr;
-  if (!rows_of(y, dim, ry, &ys)) return nb::none();
+  if (!rows_of(y, dim, ry, T.max_bytes, &ys)) return nb::none();
   Ref y_shape(ys);
-  if (!rows_of(g, dim, rg, &gs)) return nb::none();
+  if (!rows_of(g, dim, rg, T.max_bytes, &gs)) return nb::none();
   Ref g_shape(gs);
   if (rg.dt != ry.dt) return nb::none();
   const int same = PyObject_RichCompareBool(gs, ys, Py_EQ);
@@ -241,12 +254,68 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle dim_h, bool l
   return nb::steal(gx.release());
 }
 
+// twopass.torch.cross_entropy's loss without a gradient (_cross_entropy._direct's work
+// with no weight, grad or extras), or None: (rows, n) logits, contiguous, and (rows,)
+// int64 targets. reduction: 0 mean, 1 sum, 2 none (cross_entropy_rows).
+nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h, int reduction, double eps, double zc,
+                               double cap) {
+  PyObject *x = xh.ptr(), *t = th.ptr();
+  if (!plain(x) || !plain(t) || !PyLong_CheckExact(ignore_h.ptr()) || intercepted() || needs_grad(x))
+    return nb::none();
+  const long long ignore_index = PyLong_AsLongLong(ignore_h.ptr());
+  if (ignore_index == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return nb::none();
+  }
+  Rows r;
+  PyObject* xs = nullptr;
+  if (!rows_of(x, -1, r, INT64_MAX, &xs)) return nb::none();
+  Ref x_shape(xs);
+  if (PyTuple_GET_SIZE(xs) != 2 || r.size == 0) return nb::none();
+  const int64_t n = r.n, rows = r.size / n;
+  {
+    Ref dtype(PyObject_GetAttr(t, T.s_dtype));
+    Ref cpu(PyObject_GetAttr(t, T.s_is_cpu));
+    Ref layout(PyObject_GetAttr(t, T.s_layout));
+    if (dtype.p != T.int64 || cpu.p != Py_True || layout.p != T.strided) return nb::none();
+  }
+  Ref t_shape(PyObject_GetAttr(t, T.s_shape));
+  if (!PyTuple_Check(t_shape.p) || PyTuple_GET_SIZE(t_shape.p) != 1 ||
+      PyLong_AsLongLong(PyTuple_GET_ITEM(t_shape.p, 0)) != rows)
+    return nb::none();
+  {
+    Ref contiguous(PyObject_CallMethodNoArgs(t, T.s_is_contiguous));
+    if (contiguous.p != Py_True) return nb::none();
+  }
+  // The loss in the logits' dtype: 0-d (torch.empty_like of a 0-d tensor: 1.1 us less
+  // than x.new_empty(()) on the Zen 1 VM), or per row for "none" (the target's shape).
+  Ref loss(reduction == 2 ? PyObject_CallMethodOneArg(x, T.s_new_empty, t_shape.p)
+                          : PyObject_CallOneArg(T.empty_like, T.scalars[r.dt]));
+  const int item = kItem[r.dt];
+  const int half = item != 2 ? 0 : r.dt == (int)Dtype::kBfloat16 ? 2 : 1;
+  const uintptr_t xa = (uintptr_t)address(x), ta = (uintptr_t)address(t), la = (uintptr_t)address(loss.p);
+  const int nt = threads();
+  auto call = [&] {
+    // two_pass: a loss alone is logsumexp's single pass (_direct's choice without grad)
+    cross_entropy_rows(T.isa, (int)Algo::kTwoPass, item, half, xa, rows, n, n, ta, 0, ignore_index, eps, zc, cap,
+                       reduction, 0, n, la, 0, 0, nt, false, true);
+  };
+  if (r.size < kGilElements) {
+    call();
+  } else {
+    nb::gil_scoped_release release;
+    call();
+  }
+  return nb::steal(loss.release());
+}
+
 }  // namespace
 
 void bind_torch_eager(nb::module_& m) {
   m.def("eager_init", &eager_init);
   m.def("eager_rows", &eager_rows);
   m.def("eager_backward", &eager_backward);
+  m.def("eager_cross_entropy", &eager_cross_entropy);
 }
 
 }  // namespace tp

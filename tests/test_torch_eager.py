@@ -643,3 +643,51 @@ def test_fast_backward_same_bits(name, dtype):
         (g.reshape(1, 4, 30), y, -1),  # shapes differ
     ):
         assert back(gg, yy, dim, log) is None
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
+def test_fast_cross_entropy_same_bits_and_declines(dtype, reduction):
+    """The loss without a gradient in one C++ call (_core.eager_cross_entropy): the bits
+    of _direct (the Python path, which the custom op runs too), None where that call
+    does not apply."""
+    from twopass.torch import _cross_entropy as ce
+
+    fast = ce._eager_loss
+    code = ce._REDUCTION[reduction]
+    for rows, n, opts in ((1, 1024, (0.0, 0.0, 0.0)), (5, 33, (0.1, 1e-4, 0.0)), (3, 5000, (0.0, 0.0, 30.0))):
+        x = make((rows, n), dtype, seed=rows)
+        t = torch.randint(0, n, (rows,), generator=torch.Generator().manual_seed(n))
+        t[-1] = -100
+        loss = fast(x, t, -100, code, *opts)
+        want = ce._direct(x, t, None, -100, reduction, *opts, None, False)
+        assert loss is not None and same(loss, want), (rows, n, opts)
+        assert loss.shape == ((rows,) if reduction == "none" else ())
+    x = make((4, 30), dtype)
+    t = torch.tensor([0, 29, 7, -100])
+    assert fast(x, t, -100, code, 0.0, 0.0, 0.0) is not None
+    for xx, tt, ignore in (
+        (x.clone().requires_grad_(), t, -100),  # the autograd Function's path
+        (x.t().contiguous().t(), t, -100),  # not contiguous
+        (x[:, ::2], t, -100),
+        (x[0], t[0], -100),  # (C,) logits: the Python path's reshapes
+        (x.reshape(2, 2, 30).transpose(1, 2), t.reshape(2, 2), -100),  # (N, C, d)
+        (x, t.to(torch.int32), -100),
+        (x, t.float(), -100),  # Python raises the TypeError
+        (x, t[:3], -100),  # Python raises the ValueError
+        (x, t.reshape(4, 1), -100),
+        (x, torch.stack([t, t], 1)[:, 0], -100),  # target not contiguous
+        (x, t, np.int64(-100)),  # Python converts
+        (x, t, True),
+        (x.to("meta"), t, -100),
+        (x[:0], t[:0], -100),  # no rows
+        (x.as_subclass(_Sub), t, -100),
+        (x, t.as_subclass(_Sub), -100),
+    ):
+        assert fast(xx, tt, ignore, code, 0.0, 0.0, 0.0) is None
+    with torch.no_grad():
+        assert same(
+            fast(x.clone().requires_grad_(), t, -100, code, 0.0, 0.0, 0.0), fast(x, t, -100, code, 0.0, 0.0, 0.0)
+        )
+    with pytest.raises(ValueError, match="outside"):
+        fast(x, torch.tensor([0, 30, 1, 2]), -100, code, 0.0, 0.0, 0.0)

@@ -4,7 +4,10 @@ memory, without the custom op's dispatch or a DLPack round trip.
 `torch.library` custom ops cost ~10 us a call in eager mode, and the NumPy entry adds
 its own checks and conversion: 15x torch's time on a (1, 1024) float32 softmax. Here a
 call is `torch.empty_like` plus one C++ call taking data pointers and the layout as
-integers (`_core.run_ptr`, `_core.backward_ptr`). It is taken only for plain CPU
+integers (`_core.run_ptr`, `_core.backward_ptr`); the most common small case, softmax
+or log_softmax over the last dim of at most 64 KiB and its backward, is a single C++
+call that reads the tensor itself (`eager_rows`, `eager_backward`,
+csrc/torch_eager.cpp). It is taken only for plain CPU
 float32/float64/float16/bfloat16 tensors outside anything that traces or transforms (`eager_ok`);
 everything else (torch.compile, fx/fake/meta tensors, functorch transforms, dispatch
 modes, subclasses, other devices and dtypes) takes the custom ops, whose CPU
@@ -64,6 +67,8 @@ _core.eager_init(
     Tensor,
     torch.nn.Parameter,
     (torch.float32, torch.float64, torch.float16, torch.bfloat16),  # codes.h's dtype order
+    tuple(torch.empty((), dtype=d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
+    torch.int64,  # cross_entropy's targets (eager_cross_entropy, _cross_entropy.py)
     _STRIDED,
     _empty_like,
     (_functorch_active, _dispatch_modes, _function_modes),
