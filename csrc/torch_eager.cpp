@@ -36,7 +36,8 @@ struct Torch {
   PyObject* checks[3] = {};  // functorch transforms, dispatch modes, function modes: all must be falsy
   PyObject* grad_enabled = nullptr;
   PyObject* num_threads = nullptr;
-  PyObject *s_dtype, *s_is_cpu, *s_layout, *s_requires_grad, *s_shape, *s_is_contiguous, *s_data_ptr, *s_new_empty;
+  PyObject *s_dtype, *s_is_cpu, *s_layout, *s_requires_grad, *s_shape, *s_is_contiguous, *s_data_ptr, *s_new_empty,
+      *s_is_neg;
   PyObject* scalars[kDtypes] = {};  // a 0-d tensor of each dtype: empty_like's model for a loss
   int isa = 0;
   int64_t max_bytes = 0;        // larger tensors take the Python path (its algorithm rule)
@@ -97,6 +98,7 @@ void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::t
   T.s_requires_grad = PyUnicode_InternFromString("requires_grad");
   T.s_shape = PyUnicode_InternFromString("shape");
   T.s_is_contiguous = PyUnicode_InternFromString("is_contiguous");
+  T.s_is_neg = PyUnicode_InternFromString("is_neg");
   T.s_data_ptr = PyUnicode_InternFromString("data_ptr");
   T.s_new_empty = PyUnicode_InternFromString("new_empty");
   T.isa = isa;
@@ -145,6 +147,10 @@ bool rows_of(PyObject* t, long dim, Rows& r, int64_t max_bytes, PyObject** shape
   }
   Ref contiguous(PyObject_CallMethodNoArgs(t, T.s_is_contiguous));
   if (contiguous.p != Py_True) return false;
+  // A negative view (torch._neg_view, or a complex tensor's conj().imag of one element)
+  // holds -t in memory: torch resolves it, the kernels would not.
+  Ref neg(PyObject_CallMethodNoArgs(t, T.s_is_neg));
+  if (neg.p != Py_False) return false;
   if (shape_out) *shape_out = shape.release();
   return true;
 }

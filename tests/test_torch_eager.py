@@ -691,3 +691,22 @@ def test_fast_cross_entropy_same_bits_and_declines(dtype, reduction):
         )
     with pytest.raises(ValueError, match="outside"):
         fast(x, torch.tensor([0, 30, 1, 2]), -100, code, 0.0, 0.0, 0.0)
+
+
+def test_negative_views_are_resolved():
+    """A negative view holds -x in memory (torch._neg_view; a complex tensor's
+    conj().imag, contiguous when it has one element): neither fast path reads it raw."""
+    x = make((3, 7), torch.float32, seed=6)
+    v = torch._neg_view(x)
+    assert v.is_neg() and v.is_contiguous()
+    assert _eager.eager_rows(v, -1, False) is None and not _eager.eager_ok(v)
+    for name in ("softmax", "log_softmax", "logsumexp"):
+        torch.testing.assert_close(eager(name, v, -1), getattr(torch, name)(-x, -1))
+    t = torch.tensor([0, 6, 3])
+    torch.testing.assert_close(tpt.cross_entropy(v, t), F.cross_entropy(-x, t))
+    im = torch.tensor([[1.0 + 2.5j]]).conj().imag  # -2.5, stored as 2.5
+    assert im.is_neg() and im.is_contiguous()
+    torch.testing.assert_close(tpt.logsumexp(im, -1), torch.tensor([-2.5]))
+    g = make((3, 7), torch.float32, seed=7)
+    y = tpt.softmax(x, -1)
+    assert _eager.eager_backward(torch._neg_view(g), y, -1, False) is None

@@ -95,8 +95,8 @@ def _new_like(t: Tensor) -> Tensor:
 
 
 def eager_ok(x: object) -> bool:
-    """x is a plain float32/float64/float16/bfloat16 CPU tensor and nothing traces or
-    intercepts the call."""
+    """x is a plain float32/float64/float16/bfloat16 CPU tensor, not a negative view, and
+    nothing traces or intercepts the call."""
     return (
         type(x) in _PLAIN
         and x.is_cpu  # type: ignore[attr-defined]
@@ -106,6 +106,7 @@ def eager_ok(x: object) -> bool:
         and not _functorch_active()
         and not _dispatch_modes()
         and not _function_modes()
+        and not x.is_neg()  # type: ignore[attr-defined] # (a negative view holds -x: the op resolves it)
     )
 
 
