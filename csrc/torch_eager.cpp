@@ -227,28 +227,36 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   return nb::steal(y.release());
 }
 
-// The backward of softmax / log_softmax over the last dim (softmax_backward's fused row
-// kernels), or None: g and y of one dtype and shape, contiguous.
-nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle dim_h, bool log) {
-  PyObject *g = gh.ptr(), *y = yh.ptr();
+// The backward over the last dim with the fused row kernels (softmax_backward and
+// logsumexp_backward's), or None. op: softmax or log_softmax (g and y of one dtype and
+// shape, lse None) or logsumexp (y is its input x; g and lse one value per row, of
+// x's dtype); everything contiguous.
+nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::handle dim_h, int op) {
+  PyObject *g = gh.ptr(), *y = yh.ptr(), *lse = lse_h.ptr();
+  const bool per_row = op == (int)Op::kLogSumExp;
   long dim = 0;
-  if (!plain(g) || !plain(y) || !small_dim(dim_h.ptr(), dim)) return nb::none();
-  Rows rg, ry;
+  if (!plain(g) || !plain(y) || (per_row && !plain(lse)) || !small_dim(dim_h.ptr(), dim) || op < 0 || op >= kOpCount)
+    return nb::none();
+  Rows rg, ry, rl;
   PyObject *gs = nullptr, *ys = nullptr;
   if (!rows_of(y, dim, ry, T.max_bytes, &ys)) return nb::none();
   Ref y_shape(ys);
-  if (!rows_of(g, dim, rg, T.max_bytes, &gs)) return nb::none();
+  if (!rows_of(g, -1, rg, T.max_bytes, &gs)) return nb::none();
   Ref g_shape(gs);
   if (rg.dt != ry.dt) return nb::none();
-  const int same = PyObject_RichCompareBool(gs, ys, Py_EQ);
-  if (same < 0) throw nb::python_error();
-  if (!same) return nb::none();
+  const int64_t n = ry.n, rows = n ? ry.size / n : 0;
+  if (per_row) {
+    if (!rows_of(lse, -1, rl, T.max_bytes) || rl.dt != ry.dt || rl.size != rows || rg.size != rows) return nb::none();
+  } else {
+    const int same = PyObject_RichCompareBool(gs, ys, Py_EQ);
+    if (same < 0) throw nb::python_error();
+    if (!same) return nb::none();
+  }
   Ref gx(PyObject_CallOneArg(T.empty_like, y));
-  if (ry.size) {
-    const int64_t n = ry.n;
-    BackwardProblem pb{log ? Op::kLogSoftmax : Op::kSoftmax, kItem[ry.dt], (const void*)address(g),
-                       (const void*)address(y), nullptr, (void*)address(gx.p), ry.size / n, n, n, n, n,
-                       ry.dt == (int)Dtype::kBfloat16};
+  if (rows) {
+    BackwardProblem pb{(Op)op, kItem[ry.dt], (const void*)address(g), (const void*)address(y),
+                       per_row ? (const void*)address(lse) : nullptr, (void*)address(gx.p), rows, n,
+                       per_row ? 0 : n, n, n, ry.dt == (int)Dtype::kBfloat16};
     const int nt = threads();
     if (ry.size < kGilElements) {
       run_backward(pb, (Isa)T.isa, nt, false);  // (_FRESH_STORES)
@@ -320,7 +328,8 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
 void bind_torch_eager(nb::module_& m) {
   m.def("eager_init", &eager_init);
   m.def("eager_rows", &eager_rows);
-  m.def("eager_backward", &eager_backward);
+  m.def("eager_backward", &eager_backward, nb::arg("g"), nb::arg("y"), nb::arg("lse").none(), nb::arg("dim"),
+        nb::arg("op"));
   m.def("eager_cross_entropy", &eager_cross_entropy);
 }
 

@@ -408,8 +408,8 @@ def test_halves_eager_gradient(name, dtype, monkeypatch):
     calls = []
     real, real_fast = _eager._backward_ptr, _eager.eager_backward
 
-    def fast(g, y, dim, log):  # the C++ path of small softmax / log_softmax backwards
-        gx = real_fast(g, y, dim, log)
+    def fast(g, y, lse, dim, op):  # the C++ path of small backwards
+        gx = real_fast(g, y, lse, dim, op)
         if gx is not None:
             calls.append(y.element_size())
         return gx
@@ -618,6 +618,10 @@ class _Sub(torch.Tensor):
     pass
 
 
+def _op(log):
+    return _eager._LOG_SOFTMAX if log else _eager._SOFTMAX
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("name", ("softmax", "log_softmax"))
 def test_fast_backward_same_bits(name, dtype):
@@ -626,7 +630,7 @@ def test_fast_backward_same_bits(name, dtype):
         x = make((3, n), dtype, seed=n)
         y = eager(name, x, -1)
         g = make(y.shape, dtype, seed=n + 1)
-        gx = _eager.eager_backward(g, y, -1, log)
+        gx = _eager.eager_backward(g, y, None, -1, _op(log))
         assert gx is not None and same(gx, _eager.softmax_backward(g, y, -1, log))
         a = x.clone().requires_grad_()
         (d,) = torch.autograd.grad(eager(name, a, -1), a, g)  # the autograd Function's backward
@@ -642,7 +646,7 @@ def test_fast_backward_same_bits(name, dtype):
         (g.reshape(2, 60), y.reshape(2, 60)[:, :30], -1),  # (y not contiguous)
         (g.reshape(1, 4, 30), y, -1),  # shapes differ
     ):
-        assert back(gg, yy, dim, log) is None
+        assert back(gg, yy, None, dim, _op(log)) is None
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
@@ -709,4 +713,32 @@ def test_negative_views_are_resolved():
     torch.testing.assert_close(tpt.logsumexp(im, -1), torch.tensor([-2.5]))
     g = make((3, 7), torch.float32, seed=7)
     y = tpt.softmax(x, -1)
-    assert _eager.eager_backward(torch._neg_view(g), y, -1, False) is None
+    assert _eager.eager_backward(torch._neg_view(g), y, None, -1, _op(False)) is None
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_fast_logsumexp_backward_same_bits(dtype):
+    back = _eager.eager_backward
+    for n, keepdim in ((1, False), (17, True), (1000, False)):
+        x = make((3, n), dtype, seed=n)
+        r = tpt.logsumexp(x, -1, keepdim=keepdim)
+        g = make(r.shape, dtype, seed=n + 1)
+        gx = back(g, x, r, -1, _eager._LSE)
+        assert gx is not None and same(gx, _eager.logsumexp_backward(g, x, r, -1, keepdim))
+        a = x.clone().requires_grad_()
+        (d,) = torch.autograd.grad(tpt.logsumexp(a, -1, keepdim=keepdim), a, g)  # the Function's backward
+        assert same(d, gx)
+    x = make((4, 30), dtype)
+    r = tpt.logsumexp(x, -1)
+    g = make((4,), dtype, seed=2)
+    other = torch.float64 if dtype != torch.float64 else torch.float32
+    for gg, xx, rr in (
+        (g.to(other), x, r),  # dtypes differ
+        (g, x, r.to(other)),
+        (g[:3], x, r),  # not one per row
+        (g, x, r[:3]),
+        (g, x, None),
+        (torch.stack([g, g], 1)[:, 0], x, r),  # g not contiguous
+        (g, x[:, ::2], r),
+    ):
+        assert back(gg, xx, rr, -1, _eager._LSE) is None

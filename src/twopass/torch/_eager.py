@@ -5,7 +5,8 @@ memory, without the custom op's dispatch or a DLPack round trip.
 its own checks and conversion: 15x torch's time on a (1, 1024) float32 softmax. Here a
 call is `torch.empty_like` plus one C++ call taking data pointers and the layout as
 integers (`_core.run_ptr`, `_core.backward_ptr`); the most common small case, softmax
-or log_softmax over the last dim of at most 64 KiB and its backward, is a single C++
+or log_softmax over the last dim of at most 64 KiB, and the backwards (logsumexp's
+too), is a single C++
 call that reads the tensor itself (`eager_rows`, `eager_backward`,
 csrc/torch_eager.cpp). It is taken only for plain CPU
 float32/float64/float16/bfloat16 tensors outside anything that traces or transforms (`eager_ok`);
@@ -79,7 +80,7 @@ _core.eager_init(
     SHORT_ROW_BYTES,
 )
 eager_rows = _core.eager_rows
-eager_backward = _core.eager_backward  # the same for the backward (softmax_backward's)
+eager_backward = _core.eager_backward  # the same for the backwards (softmax_ and logsumexp_backward's)
 
 
 def _new_like(t: Tensor) -> Tensor:
@@ -364,7 +365,7 @@ class SoftmaxFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _softmax_grad_ops(g, y, ctx.dim, ctx.log), None, None
-        gx = eager_backward(g, y, ctx.dim, ctx.log)
+        gx = eager_backward(g, y, None, ctx.dim, _LOG_SOFTMAX if ctx.log else _SOFTMAX)
         return (softmax_backward(g, y, ctx.dim, ctx.log) if gx is None else gx), None, None
 
 
@@ -385,7 +386,8 @@ class LogSumExpFunction(torch.autograd.Function):
             if x.dim() and not ctx.keepdim:
                 g, r = g.unsqueeze(ctx.dim), r.unsqueeze(ctx.dim)
             return g * torch.exp(x - r), None, None
-        return logsumexp_backward(g, x, r, ctx.dim, ctx.keepdim), None, None
+        gx = eager_backward(g, x, r, ctx.dim, _LSE)
+        return (logsumexp_backward(g, x, r, ctx.dim, ctx.keepdim) if gx is None else gx), None, None
 
 
 # Function.apply's Python half unwraps functorch's dead wrappers (a pytree walk, ~4 us
