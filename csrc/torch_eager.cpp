@@ -192,12 +192,13 @@ bool needs_grad(PyObject* t) {
 // and taking it back (~0.2 us on the Zen 1 VM).
 constexpr int64_t kGilElements = 4096;
 
-// softmax / log_softmax of x over `dim` (eager_ok's and softmax_forward's work), or None.
+// softmax / log_softmax of x over `dim` (eager_ok's and softmax_forward's work); False
+// where x needs a gradient and everything else holds; None where the path is not taken.
 nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   PyObject* x = xh.ptr();
   long dim = 0;
   if (!plain(x) || !small_dim(dim_h.ptr(), dim)) return nb::none();
-  if (intercepted() || needs_grad(x)) return nb::none();  // (the autograd Function's path)
+  if (intercepted()) return nb::none();
   Rows r;
   if (!rows_of(x, dim, r, T.max_bytes)) return nb::none();
   // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes:
@@ -211,6 +212,9 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   } else if (item == 2 && r.n * 4 > kReloadScratchBytes) {
     return nb::none();
   }
+  // Everything holds but x needs a gradient: the eager autograd Function's path, whose
+  // forward calls this again (grad mode off), without eager_ok's checks in Python.
+  if (needs_grad(x)) return nb::bool_(false);
   Ref y(PyObject_CallOneArg(T.empty_like, x));  // contiguous, as x
   if (r.size) {
     Problem pb{log ? Op::kLogSoftmax : Op::kSoftmax, algo, item, (const void*)address(x), (void*)address(y.p),

@@ -581,14 +581,15 @@ def test_fast_path_declines_what_python_handles():
         (x.to_sparse(), -1),
         (torch.tensor(1.0), 0),  # 0-d
         (make((17, 1024), torch.float32), -1),  # beyond _SMALL_SOFTMAX_BYTES
-        (x.clone().requires_grad_(), -1),  # the autograd Function's path
         (x.as_subclass(_Sub), -1),  # a subclass: the custom op's path
         ("not a tensor", -1),
     ]
     for t, dim in declined:
         assert rows(t, dim, False) is None, (t.shape if isinstance(t, torch.Tensor) else t, dim)
     p = torch.nn.Parameter(x.clone())
-    assert rows(p, -1, False) is None  # needs a gradient
+    assert rows(p, -1, False) is False  # needs a gradient: the autograd Function's path
+    assert rows(x.clone().requires_grad_(), -1, True) is False
+    assert rows(x.clone().requires_grad_(), 0, True) is None
     with torch.no_grad():
         assert same(rows(p, -1, False), tpt.softmax(x, -1))
     with torch.inference_mode():

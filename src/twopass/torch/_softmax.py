@@ -54,7 +54,7 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     if not _is_compiling():
         y = eager_rows(x, dim, False)  # the common small case, in C++ (None: not taken)
         if y is not None:
-            return y
+            return softmax_apply(x, dim, False) if y is False else y
         if eager_ok(x) and type(dim) is int and x.dim():
             if x.requires_grad and torch.is_grad_enabled():
                 return softmax_apply(x, dim, False)
@@ -86,7 +86,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     if not _is_compiling():
         y = eager_rows(x, dim, True)  # the common small case, in C++ (None: not taken)
         if y is not None:
-            return y
+            return softmax_apply(x, dim, True) if y is False else y
         if eager_ok(x) and type(dim) is int and x.dim():
             if x.requires_grad and torch.is_grad_enabled():
                 return softmax_apply(x, dim, True)
