@@ -40,7 +40,8 @@ struct Torch {
       *s_is_neg;
   PyObject* scalars[kDtypes] = {};  // a 0-d tensor of each dtype: empty_like's model for a loss
   int isa = 0;
-  int64_t max_bytes = 0;        // larger tensors take the Python path (its algorithm rule)
+  int64_t max_bytes = 0;           // larger forwards take the Python path (its algorithm rule)
+  int64_t backward_max_bytes = 0;  // larger backwards take it too (their outputs on huge pages)
   int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
 } T;
 
@@ -81,6 +82,7 @@ PyObject* keep(nb::handle h) {
 void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::tuple scalars, nb::handle int64,
                 nb::handle strided, nb::handle empty_like,
                 nb::tuple checks, nb::handle grad_enabled, nb::handle num_threads, int isa, int64_t max_bytes,
+                int64_t backward_max_bytes,
                 int64_t short_row_bytes) {
   if (dtypes.size() != kDtypes || scalars.size() != kDtypes || checks.size() != 3 || isa < 0 || isa >= kIsaCount)
     throw std::invalid_argument("twopass eager_init: bad arguments");
@@ -103,6 +105,7 @@ void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::t
   T.s_new_empty = PyUnicode_InternFromString("new_empty");
   T.isa = isa;
   T.max_bytes = max_bytes;
+  T.backward_max_bytes = backward_max_bytes;
   T.short_row_bytes = short_row_bytes;
   T.tensor = keep(tensor);  // last: set means ready
 }
@@ -243,14 +246,14 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
     return nb::none();
   Rows rg, ry, rl;
   PyObject *gs = nullptr, *ys = nullptr;
-  if (!rows_of(y, dim, ry, T.max_bytes, &ys)) return nb::none();
+  if (!rows_of(y, dim, ry, T.backward_max_bytes, &ys)) return nb::none();
   Ref y_shape(ys);
-  if (!rows_of(g, -1, rg, T.max_bytes, &gs)) return nb::none();
+  if (!rows_of(g, -1, rg, T.backward_max_bytes, &gs)) return nb::none();
   Ref g_shape(gs);
   if (rg.dt != ry.dt) return nb::none();
   const int64_t n = ry.n, rows = n ? ry.size / n : 0;
   if (per_row) {
-    if (!rows_of(lse, -1, rl, T.max_bytes) || rl.dt != ry.dt || rl.size != rows || rg.size != rows) return nb::none();
+    if (!rows_of(lse, -1, rl, T.backward_max_bytes) || rl.dt != ry.dt || rl.size != rows || rg.size != rows) return nb::none();
   } else {
     const int same = PyObject_RichCompareBool(gs, ys, Py_EQ);
     if (same < 0) throw nb::python_error();

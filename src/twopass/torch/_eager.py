@@ -77,6 +77,10 @@ _core.eager_init(
     _threads,
     _ISA,
     _SMALL_SOFTMAX_BYTES,
+    # the backwards have no algorithm to choose: every size below _new_like's huge pages
+    # (saves the Python checks, ~3 us; through autograd at 64x4096, ~210 us a call on the
+    # Zen 1 VM, within its noise)
+    _HUGE - 1 if _HUGE < math.inf else 2**62,
     SHORT_ROW_BYTES,
 )
 eager_rows = _core.eager_rows
