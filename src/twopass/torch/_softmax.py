@@ -10,7 +10,8 @@ that is itself a custom op (`twopass::softmax_backward`):
 - Outside tracing and compiling, plain float32/float64/float16/bfloat16 CPU tensors skip the custom op:
   the same kernels through `_eager.py` and a thin `torch.autograd.Function` (only when x
   needs a gradient), for a per-call cost close to torch's own (`_eager.eager_ok` says
-  when). Results are identical either way.
+  when); the common small case (last dim, contiguous, at most 64 KiB) is one C++ call
+  (`_eager.eager_rows`). Results are identical either way.
 - CUDA float32, float16 and bfloat16 tensors run the Triton kernels of
   `twopass.triton.softmax` (imported on first use), forward and backward. CUDA float64
   falls back to torch.
