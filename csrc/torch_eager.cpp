@@ -275,14 +275,16 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
   return nb::steal(gx.release());
 }
 
-// twopass.torch.cross_entropy's loss without a gradient (_cross_entropy._direct's work
-// with no weight, grad or extras), or None: (rows, n) logits, contiguous, and (rows,)
-// int64 targets. reduction: 0 mean, 1 sum, 2 none (cross_entropy_rows).
+// twopass.torch.cross_entropy's loss (_cross_entropy._direct's work with no weight or
+// extras, and the checks of _direct_ok), or None: (rows, n) logits, contiguous, and
+// (rows,) int64 targets. reduction: 0 mean, 1 sum, 2 none (cross_entropy_rows).
+// with_grad (from the autograd Function's forward): (loss, gradient for an upstream
+// gradient of 1), for logits of at most max_bytes. Without it, where x needs a gradient
+// and everything else holds: False (the caller then takes that Function).
 nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h, int reduction, double eps, double zc,
-                               double cap) {
+                               double cap, bool with_grad) {
   PyObject *x = xh.ptr(), *t = th.ptr();
-  if (!plain(x) || !plain(t) || !PyLong_CheckExact(ignore_h.ptr()) || intercepted() || needs_grad(x))
-    return nb::none();
+  if (!plain(x) || !plain(t) || !PyLong_CheckExact(ignore_h.ptr()) || intercepted()) return nb::none();
   const long long ignore_index = PyLong_AsLongLong(ignore_h.ptr());
   if (ignore_index == -1 && PyErr_Occurred()) {
     PyErr_Clear();
@@ -308,18 +310,28 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
     Ref contiguous(PyObject_CallMethodNoArgs(t, T.s_is_contiguous));
     if (contiguous.p != Py_True) return nb::none();
   }
+  const int item = kItem[r.dt];
+  const bool small = r.size * item <= T.max_bytes;  // (a gradient of it: no streaming stores)
+  if (!with_grad && needs_grad(x)) {
+    if (small) return nb::bool_(false);
+    return nb::none();
+  }
+  if (with_grad && !small) return nb::none();
   // The loss in the logits' dtype: 0-d (torch.empty_like of a 0-d tensor: 1.1 us less
   // than x.new_empty(()) on the Zen 1 VM), or per row for "none" (the target's shape).
   Ref loss(reduction == 2 ? PyObject_CallMethodOneArg(x, T.s_new_empty, t_shape.p)
                           : PyObject_CallOneArg(T.empty_like, T.scalars[r.dt]));
-  const int item = kItem[r.dt];
+  Ref grad(with_grad ? PyObject_CallOneArg(T.empty_like, x) : Py_NewRef(Py_None));
   const int half = item != 2 ? 0 : r.dt == (int)Dtype::kBfloat16 ? 2 : 1;
   const uintptr_t xa = (uintptr_t)address(x), ta = (uintptr_t)address(t), la = (uintptr_t)address(loss.p);
+  const uintptr_t ga = with_grad ? (uintptr_t)address(grad.p) : 0;
   const int nt = threads();
+  // _direct's algorithms: a loss alone is logsumexp's single pass (two_pass), with the
+  // gradient the reload.
+  const Algo algo = with_grad ? Algo::kThreePassReload : Algo::kTwoPass;
   auto call = [&] {
-    // two_pass: a loss alone is logsumexp's single pass (_direct's choice without grad)
-    cross_entropy_rows(T.isa, (int)Algo::kTwoPass, item, half, xa, rows, n, n, ta, 0, ignore_index, eps, zc, cap,
-                       reduction, 0, n, la, 0, 0, nt, false, true);
+    cross_entropy_rows(T.isa, (int)algo, item, half, xa, rows, n, n, ta, 0, ignore_index, eps, zc, cap, reduction, ga,
+                       n, la, 0, 0, nt, false, true);
   };
   if (r.size < kGilElements) {
     call();
@@ -327,6 +339,7 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
     nb::gil_scoped_release release;
     call();
   }
+  if (with_grad) return nb::make_tuple(nb::steal(loss.release()), nb::steal(grad.release()));
   return nb::steal(loss.release());
 }
 

@@ -664,15 +664,14 @@ def test_fast_cross_entropy_same_bits_and_declines(dtype, reduction):
         x = make((rows, n), dtype, seed=rows)
         t = torch.randint(0, n, (rows,), generator=torch.Generator().manual_seed(n))
         t[-1] = -100
-        loss = fast(x, t, -100, code, *opts)
+        loss = fast(x, t, -100, code, *opts, False)
         want = ce._direct(x, t, None, -100, reduction, *opts, None, False)
         assert loss is not None and same(loss, want), (rows, n, opts)
         assert loss.shape == ((rows,) if reduction == "none" else ())
     x = make((4, 30), dtype)
     t = torch.tensor([0, 29, 7, -100])
-    assert fast(x, t, -100, code, 0.0, 0.0, 0.0) is not None
+    assert fast(x, t, -100, code, 0.0, 0.0, 0.0, False) is not None
     for xx, tt, ignore in (
-        (x.clone().requires_grad_(), t, -100),  # the autograd Function's path
         (x.t().contiguous().t(), t, -100),  # not contiguous
         (x[:, ::2], t, -100),
         (x[0], t[0], -100),  # (C,) logits: the Python path's reshapes
@@ -689,13 +688,14 @@ def test_fast_cross_entropy_same_bits_and_declines(dtype, reduction):
         (x.as_subclass(_Sub), t, -100),
         (x, t.as_subclass(_Sub), -100),
     ):
-        assert fast(xx, tt, ignore, code, 0.0, 0.0, 0.0) is None
+        assert fast(xx, tt, ignore, code, 0.0, 0.0, 0.0, False) is None
     with torch.no_grad():
         assert same(
-            fast(x.clone().requires_grad_(), t, -100, code, 0.0, 0.0, 0.0), fast(x, t, -100, code, 0.0, 0.0, 0.0)
+            fast(x.clone().requires_grad_(), t, -100, code, 0.0, 0.0, 0.0, False),
+            fast(x, t, -100, code, 0.0, 0.0, 0.0, False),
         )
     with pytest.raises(ValueError, match="outside"):
-        fast(x, torch.tensor([0, 30, 1, 2]), -100, code, 0.0, 0.0, 0.0)
+        fast(x, torch.tensor([0, 30, 1, 2]), -100, code, 0.0, 0.0, 0.0, False)
 
 
 def test_negative_views_are_resolved():
@@ -766,3 +766,33 @@ def test_fast_paths_from_several_python_threads():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(work, range(8)))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
+def test_fast_cross_entropy_with_gradient(dtype, reduction):
+    """Logits that need a gradient: the C++ call answers False (small logits) so that the
+    autograd Function is taken, whose forward gets loss and gradient from it: the bits
+    of _direct with a gradient buffer."""
+    from twopass.torch import _cross_entropy as ce
+
+    fast, code = ce._eager_loss, ce._REDUCTION[reduction]
+    for rows, n, opts in ((1, 1024, (0.0, 0.0, 0.0)), (5, 33, (0.1, 1e-4, 30.0))):
+        x = make((rows, n), dtype, seed=n)
+        t = torch.randint(0, n, (rows,), generator=torch.Generator().manual_seed(rows))
+        assert fast(x.clone().requires_grad_(), t, -100, code, *opts, False) is False
+        loss, grad = fast(x, t, -100, code, *opts, True)
+        want_grad = torch.empty_like(x)
+        want = ce._direct(x, t, None, -100, reduction, *opts, want_grad, False)
+        assert same(loss, want) and same(grad, want_grad)
+        a = x.clone().requires_grad_()
+        got = tpt.cross_entropy(
+            a, t, reduction=reduction, label_smoothing=opts[0], z_loss=opts[1], softcap=opts[2] or None
+        )
+        assert "Eager" in type(got.grad_fn).__name__ and same(got.detach(), want)
+        (d,) = torch.autograd.grad(got, a, torch.ones_like(got))
+        assert same(d, want_grad)
+    big = make((3, 40000), dtype)  # beyond 64 KiB: the Python forward, with its own checks
+    t = torch.tensor([0, 1, 2])
+    assert fast(big.clone().requires_grad_(), t, -100, code, 0.0, 0.0, 0.0, False) is None
+    assert fast(big, t, -100, code, 0.0, 0.0, 0.0, True) is None
