@@ -4,13 +4,10 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
-#include <cmath>
 #include <cstdio>
 #include <optional>
-#include <vector>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "c_api.h"
 #include "codes.h"

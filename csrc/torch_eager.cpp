@@ -17,6 +17,7 @@
 #include "kernel_api.h"
 #include "softmax.h"
 #include "softmax_backward.h"
+#include "threads.h"
 
 namespace nb = nanobind;
 
@@ -36,14 +37,42 @@ struct Torch {
   PyObject* checks[3] = {};  // functorch transforms, dispatch modes, function modes: all must be falsy
   PyObject* grad_enabled = nullptr;
   PyObject* num_threads = nullptr;
-  PyObject *s_dtype, *s_is_cpu, *s_layout, *s_requires_grad, *s_shape, *s_is_contiguous, *s_data_ptr, *s_new_empty,
-      *s_is_neg;
+  PyObject *s_is_contiguous, *s_data_ptr, *s_new_empty, *s_is_neg;
   PyObject* scalars[kDtypes] = {};  // a 0-d tensor of each dtype: empty_like's model for a loss
   int isa = 0;
   int64_t max_bytes = 0;           // larger forwards take the Python path (its algorithm rule)
   int64_t backward_max_bytes = 0;  // larger backwards take it too (their outputs on huge pages)
   int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
 } T;
+
+// A tensor property (dtype, shape, ...) read by calling its getter directly: the same
+// function PyObject_GetAttr ends in, without the lookup through the type's dict (~40 ns
+// each on the Zen 1 VM, five a call). Falls back to PyObject_GetAttr where torch.Tensor
+// and torch.nn.Parameter do not resolve the name to one C getter.
+struct Property {
+  PyObject* name = nullptr;
+  getter get = nullptr;
+  void* closure = nullptr;
+
+  void init(const char* s, PyObject* tensor, PyObject* parameter) {
+    name = PyUnicode_InternFromString(s);
+    PyObject* a = PyObject_GetAttr(tensor, name);
+    PyObject* b = PyObject_GetAttr(parameter, name);
+    if (a && a == b && Py_IS_TYPE(a, &PyGetSetDescr_Type)) {
+      const PyGetSetDef* def = ((PyGetSetDescrObject*)a)->d_getset;
+      get = def->get, closure = def->closure;
+    }
+    PyErr_Clear();
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+  }
+  // A new reference, or nullptr with a Python error set.
+  PyObject* of(PyObject* t) const { return get ? get(t, closure) : PyObject_GetAttr(t, name); }
+};
+
+struct Properties {
+  Property dtype, is_cpu, layout, requires_grad, shape;
+} P;
 
 // A new reference, released on scope exit.
 struct Ref {
@@ -94,11 +123,11 @@ void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::t
   for (int i = 0; i < 3; ++i) T.checks[i] = keep(checks[i]);
   T.grad_enabled = keep(grad_enabled);
   T.num_threads = keep(num_threads);
-  T.s_dtype = PyUnicode_InternFromString("dtype");
-  T.s_is_cpu = PyUnicode_InternFromString("is_cpu");
-  T.s_layout = PyUnicode_InternFromString("layout");
-  T.s_requires_grad = PyUnicode_InternFromString("requires_grad");
-  T.s_shape = PyUnicode_InternFromString("shape");
+  P.dtype.init("dtype", tensor.ptr(), parameter.ptr());
+  P.is_cpu.init("is_cpu", tensor.ptr(), parameter.ptr());
+  P.layout.init("layout", tensor.ptr(), parameter.ptr());
+  P.requires_grad.init("requires_grad", tensor.ptr(), parameter.ptr());
+  P.shape.init("shape", tensor.ptr(), parameter.ptr());
   T.s_is_contiguous = PyUnicode_InternFromString("is_contiguous");
   T.s_is_neg = PyUnicode_InternFromString("is_neg");
   T.s_data_ptr = PyUnicode_InternFromString("data_ptr");
@@ -125,16 +154,22 @@ struct Rows {
 // and `dim` its last dim; shape, when given, gets t.shape (a new reference).
 bool rows_of(PyObject* t, long dim, Rows& r, int64_t max_bytes, PyObject** shape_out = nullptr) {
   {
-    Ref dtype(PyObject_GetAttr(t, T.s_dtype));
+    Ref dtype(P.dtype.of(t));
     while (r.dt < kDtypes && dtype.p != T.dtypes[r.dt]) ++r.dt;
     if (r.dt == kDtypes) return false;
   }
   {
-    Ref cpu(PyObject_GetAttr(t, T.s_is_cpu));
-    Ref layout(PyObject_GetAttr(t, T.s_layout));
+    Ref cpu(P.is_cpu.of(t));
+    Ref layout(P.layout.of(t));
     if (cpu.p != Py_True || layout.p != T.strided) return false;
   }
-  Ref shape(PyObject_GetAttr(t, T.s_shape));
+  // (a nested tensor is strided but has no shape: None, and the Python path's TypeError)
+  PyObject* s = P.shape.of(t);
+  if (!s) {
+    PyErr_Clear();
+    return false;
+  }
+  Ref shape(s);
   if (!PyTuple_Check(shape.p)) return false;
   const Py_ssize_t nd = PyTuple_GET_SIZE(shape.p);
   if (nd == 0 || (dim != -1 && dim != nd - 1)) return false;  // (Python raises for a bad dim)
@@ -168,7 +203,10 @@ bool small_dim(PyObject* d, long& dim) {
   return true;
 }
 
-int threads() {
+// torch.get_num_threads(), asked only where the kernels could split `elements` over
+// more than one (threads.h: below 2 * kMinPerThread they run on one; ~0.2 us a call).
+int threads(int64_t elements) {
+  if (elements < 2 * kMinPerThread) return 1;
   Ref t(PyObject_CallNoArgs(T.num_threads));
   const long v = PyLong_AsLong(t.p);
   if (v < 1) throw std::runtime_error("twopass: torch.get_num_threads() < 1");
@@ -185,7 +223,7 @@ bool intercepted() {
 }
 
 bool needs_grad(PyObject* t) {
-  Ref grad(PyObject_GetAttr(t, T.s_requires_grad));
+  Ref grad(P.requires_grad.of(t));
   if (grad.p != Py_True) return false;
   Ref on(PyObject_CallNoArgs(T.grad_enabled));
   return truthy(on.p);
@@ -223,7 +261,7 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
     Problem pb{log ? Op::kLogSoftmax : Op::kSoftmax, algo, item, (const void*)address(x), (void*)address(y.p),
                r.size / r.n, r.n, 1, r.n, 1, r.n, 1, panel_lanes((Isa)T.isa, item)};
     pb.bf16 = r.dt == (int)Dtype::kBfloat16;
-    const int nt = threads();
+    const int nt = threads(r.size);
     if (r.size < kGilElements) {
       run(pb, (Isa)T.isa, nt, false);  // normal stores: y is fresh (_eager._FRESH_STORES)
     } else {
@@ -264,7 +302,7 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
     BackwardProblem pb{(Op)op, kItem[ry.dt], (const void*)address(g), (const void*)address(y),
                        per_row ? (const void*)address(lse) : nullptr, (void*)address(gx.p), rows, n,
                        per_row ? 0 : n, n, n, ry.dt == (int)Dtype::kBfloat16};
-    const int nt = threads();
+    const int nt = threads(ry.size);
     if (ry.size < kGilElements) {
       run_backward(pb, (Isa)T.isa, nt, false);  // (_FRESH_STORES)
     } else {
@@ -297,12 +335,17 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
   if (PyTuple_GET_SIZE(xs) != 2 || r.size == 0) return nb::none();
   const int64_t n = r.n, rows = r.size / n;
   {
-    Ref dtype(PyObject_GetAttr(t, T.s_dtype));
-    Ref cpu(PyObject_GetAttr(t, T.s_is_cpu));
-    Ref layout(PyObject_GetAttr(t, T.s_layout));
+    Ref dtype(P.dtype.of(t));
+    Ref cpu(P.is_cpu.of(t));
+    Ref layout(P.layout.of(t));
     if (dtype.p != T.int64 || cpu.p != Py_True || layout.p != T.strided) return nb::none();
   }
-  Ref t_shape(PyObject_GetAttr(t, T.s_shape));
+  PyObject* ts = P.shape.of(t);
+  if (!ts) {
+    PyErr_Clear();
+    return nb::none();
+  }
+  Ref t_shape(ts);
   if (!PyTuple_Check(t_shape.p) || PyTuple_GET_SIZE(t_shape.p) != 1 ||
       PyLong_AsLongLong(PyTuple_GET_ITEM(t_shape.p, 0)) != rows)
     return nb::none();
@@ -325,7 +368,7 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
   const int half = item != 2 ? 0 : r.dt == (int)Dtype::kBfloat16 ? 2 : 1;
   const uintptr_t xa = (uintptr_t)address(x), ta = (uintptr_t)address(t), la = (uintptr_t)address(loss.p);
   const uintptr_t ga = with_grad ? (uintptr_t)address(grad.p) : 0;
-  const int nt = threads();
+  const int nt = threads(r.size);
   // _direct's algorithms: a loss alone is logsumexp's single pass (two_pass), with the
   // gradient the reload.
   const Algo algo = with_grad ? Algo::kThreePassReload : Algo::kTwoPass;

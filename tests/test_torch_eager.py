@@ -152,6 +152,31 @@ def test_other_dtypes(dtype):
         tpt.cross_entropy(x, torch.tensor([0, 1, 2]))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # (nested tensors are a prototype)
+@pytest.mark.parametrize("kind", ("nested", "sparse_coo", "sparse_csr"))
+def test_non_strided_tensors_refused(kind):
+    """Sparse and nested tensors get a TypeError naming the op and the layout, from the
+    C++ fast path and the Python path alike (a nested tensor is 'strided' but has no
+    shape: it raised torch's internal "doesn't support sizes" error), with or without a
+    gradient; a strided target with them too."""
+    dense = torch.randn(4, 5)
+    if kind == "nested":
+        x = torch.nested.nested_tensor([torch.randn(5), torch.randn(3)])
+    else:
+        x = dense.to_sparse() if kind == "sparse_coo" else dense.to_sparse_csr()
+    t = torch.tensor([0, 1, 2, 3])
+    for grad in (False, True):
+        xg = x.detach().requires_grad_(grad)
+        for fn in (tpt.softmax, tpt.log_softmax, tpt.logsumexp):
+            with pytest.raises(TypeError, match=f"{fn.__name__}: {kind} tensors are not supported"):
+                fn(xg, -1)
+        with pytest.raises(TypeError, match=f"cross_entropy: {kind} tensors are not supported"):
+            tpt.cross_entropy(xg, t[: x.size(0)])
+    nested_t = torch.nested.nested_tensor([torch.tensor([0, 1]), torch.tensor([2, 3])])
+    with pytest.raises(TypeError, match="cross_entropy: nested tensors are not supported"):
+        tpt.cross_entropy(dense, nested_t)
+
+
 def test_cross_entropy_target_errors():
     x = torch.zeros(5, 40)
     for t in (torch.zeros(4, dtype=torch.int64), torch.zeros(5, 1, dtype=torch.int64), torch.tensor(0)):

@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
 from ._eager import _FWD_BYTES as _BYTES
-from ._eager import _ISA, _L3, _PLAIN, _is_compiling, _new_like, _threads, eager_ok
+from ._eager import _ISA, _L3, _PLAIN, _is_compiling, _new_like, _threads, check_strided, eager_ok
 from ._tensors import class_indices
 
 __all__ = ["cross_entropy"]
@@ -107,6 +107,7 @@ def cross_entropy(
             return (
                 _ce_apply(input, target, None, ignore_index, reduction, eps, zc, cap, False) if loss is False else loss
             )
+    check_strided(name.removeprefix("twopass.torch."), input, target)
     nd = input.dim()
     # (the common (N, C) logits with (N,) targets checked inline: ~1.5 us a call)
     if not (nd == 2 and target.dim() == 1 and target.shape[0] == input.shape[0]):

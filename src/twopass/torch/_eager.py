@@ -4,15 +4,15 @@ memory, without the custom op's dispatch or a DLPack round trip.
 `torch.library` custom ops cost ~10 us a call in eager mode, and the NumPy entry adds
 its own checks and conversion: 15x torch's time on a (1, 1024) float32 softmax. Here a
 call is `torch.empty_like` plus one C++ call taking data pointers and the layout as
-integers (`_core.run_ptr`, `_core.backward_ptr`); the most common small case, softmax
-or log_softmax over the last dim of at most 64 KiB, and the backwards (logsumexp's
-too), is a single C++
-call that reads the tensor itself (`eager_rows`, `eager_backward`,
-csrc/torch_eager.cpp). It is taken only for plain CPU
-float32/float64/float16/bfloat16 tensors outside anything that traces or transforms (`eager_ok`);
-everything else (torch.compile, fx/fake/meta tensors, functorch transforms, dispatch
-modes, subclasses, other devices and dtypes) takes the custom ops, whose CPU
-implementations call the same functions below, so both give identical results.
+integers (`_core.run_ptr`, `_core.backward_ptr`). The most common small cases are a
+single C++ call that reads the tensor itself (csrc/torch_eager.cpp): softmax and
+log_softmax over the last dim of at most 64 KiB (`eager_rows`), the backwards of
+softmax, log_softmax and logsumexp (`eager_backward`) and the cross-entropy without
+class weights (`eager_cross_entropy`). The eager path is taken only for plain CPU
+float32/float64/float16/bfloat16 tensors outside anything that traces or transforms
+(`eager_ok`); everything else (torch.compile, fx/fake/meta tensors, functorch
+transforms, dispatch modes, subclasses, other devices and dtypes) takes the custom ops,
+whose CPU implementations call the same functions below, so both give identical results.
 
 Threads follow ``torch.get_num_threads()`` (not ``TWOPASS_NUM_THREADS``, which is the
 NumPy entry's default): a torch program sets its thread count once, for every op.
@@ -60,15 +60,18 @@ _HUGE = _alloc.HUGE_THRESHOLD if _alloc.ENABLED else math.inf
 _from_numpy = torch.from_numpy
 
 # The common small case in one C++ call (csrc/torch_eager.cpp): a plain CPU tensor of at
-# most _SMALL_SOFTMAX_BYTES, normalised over its last dim, outside autograd and anything
-# that intercepts calls. It returns None for anything else. It does eager_ok's checks and
-# softmax_forward's work (same kernel and algorithm, so the same bits) without the Python
-# attribute reads: a 1x1024 float32 softmax, one thread, Zen 1 VM, 10.6 -> X us (torch 5.9).
+# most _SMALL_SOFTMAX_BYTES, normalised over its last dim, outside anything that
+# intercepts calls. It returns False when only autograd stands in the way (a tensor that
+# needs grad: the caller applies the autograd Function directly) and None for anything
+# else. It does eager_ok's checks and softmax_forward's work (same kernel and algorithm,
+# so the same bits) without the Python attribute reads: a 1x1024 float32 softmax, one
+# thread, Zen 1 VM, 10.2 -> 8.5 us (torch 5.6).
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # codes.h's order
 _core.eager_init(
     Tensor,
     torch.nn.Parameter,
-    (torch.float32, torch.float64, torch.float16, torch.bfloat16),  # codes.h's dtype order
-    tuple(torch.empty((), dtype=d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
+    _DTYPES,
+    tuple(torch.empty((), dtype=d) for d in _DTYPES),
     torch.int64,  # cross_entropy's targets (eager_cross_entropy, _cross_entropy.py)
     _STRIDED,
     _empty_like,
@@ -107,12 +110,24 @@ def eager_ok(x: object) -> bool:
         and x.is_cpu  # type: ignore[attr-defined]
         and x.dtype in _FWD_BYTES  # type: ignore[attr-defined]
         and x.layout is _STRIDED  # type: ignore[attr-defined]
+        and not x.is_nested  # type: ignore[attr-defined] # (strided layout, but no sizes)
         and not _is_compiling()
         and not _functorch_active()
         and not _dispatch_modes()
         and not _function_modes()
         and not x.is_neg()  # type: ignore[attr-defined] # (a negative view holds -x: the op resolves it)
     )
+
+
+def check_strided(name: str, *tensors: object) -> None:
+    """TypeError for a sparse, nested or other non-strided tensor: the kernels read strided
+    memory, and torch's own errors from deep inside the path do not say what went wrong."""
+    for t in tensors:
+        if isinstance(t, Tensor) and (t.layout is not _STRIDED or t.is_nested):
+            nested = t.is_nested
+            kind = "nested" if nested else str(t.layout).removeprefix("torch.")
+            hint = "call it on each component" if nested else "convert with .to_dense()"
+            raise TypeError(f"twopass.torch.{name}: {kind} tensors are not supported ({hint})")
 
 
 def _dim(dim: int, nd: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._eager import eager_ok, logsumexp_apply, logsumexp_backward, logsumexp_forward
+from ._eager import check_strided, eager_ok, logsumexp_apply, logsumexp_backward, logsumexp_forward
 from ._tensors import kernels, like, reduced_shape, triton_ok
 
 __all__ = ["logsumexp"]
@@ -47,6 +47,7 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             return logsumexp_apply(x, dim, keepdim)
         return logsumexp_forward(x, dim, keepdim)
+    check_strided("logsumexp", x)
     if isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex()):
         # integers and bool, as torch.logsumexp takes them: in the default float dtype
         return logsumexp(x.to(torch.get_default_dtype()), dim, keepdim)

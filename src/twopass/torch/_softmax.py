@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._eager import _is_compiling, eager_ok, eager_rows, softmax_apply, softmax_backward, softmax_forward
+from ._eager import _is_compiling, check_strided, eager_ok, eager_rows, softmax_apply, softmax_backward, softmax_forward
 from ._tensors import kernels, like, triton_ok
 
 __all__ = ["log_softmax", "softmax"]
@@ -60,6 +60,7 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
             if x.requires_grad and torch.is_grad_enabled():
                 return softmax_apply(x, dim, False)
             return softmax_forward(x, dim, False)
+    check_strided("softmax", x)
     return torch.ops.twopass.softmax(x, dim, False)
 
 
@@ -92,6 +93,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
             if x.requires_grad and torch.is_grad_enabled():
                 return softmax_apply(x, dim, True)
             return softmax_forward(x, dim, True)
+    check_strided("log_softmax", x)
     return torch.ops.twopass.softmax(x, dim, True)
 
 
