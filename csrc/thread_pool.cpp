@@ -147,7 +147,13 @@ void run_on_new_threads(Job& j) {
   for (auto& t : threads) t.join();
 }
 
+// This thread's team (TeamScope), or null for the pool.
+thread_local TeamRun team_run = nullptr;
+
 }  // namespace
+
+TeamScope::TeamScope(TeamRun run) : saved_(team_run) { team_run = run; }
+TeamScope::~TeamScope() { team_run = saved_; }
 
 void parallel_for_each(int n, int threads, void (*fn)(void*, int), void* ctx, bool wake) {
   Job j;
@@ -155,6 +161,15 @@ void parallel_for_each(int n, int threads, void (*fn)(void*, int), void* ctx, bo
   j.ctx = ctx;
   j.n = n;
   j.helpers = std::max(0, std::min(n, threads) - 1);
+  if (const TeamRun run = team_run; run && j.helpers > 0) {
+    // Every member claims indices as the pool's workers do; `wake` does not apply: the
+    // team's owner runs its own ops on it whatever their size, so its workers are
+    // usually spinning. A nested call from fn takes the pool.
+    TeamScope pool_inside(nullptr);
+    run([](void* job) { static_cast<Job*>(job)->work(); }, &j, (unsigned)(j.helpers + 1), 0);
+    if (j.error) std::rethrow_exception(j.error);
+    return;
+  }
   Pool* p = pool();
   if (p->busy.test_and_set()) {
     run_on_new_threads(j);

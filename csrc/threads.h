@@ -61,6 +61,25 @@ template <class F> inline void parallel_ranges(int64_t count, int threads, int64
 constexpr int64_t kMinPerThread = 1 << 13;
 constexpr int64_t kMinPerChunk = 1 << 15;
 
+// Another runtime's thread team, used instead of the pool by the parallel calls of one
+// thread while a TeamScope lives: twopass.torch runs on torch's OpenMP team
+// (torch_eager.cpp). Torch's OpenMP workers spin after each torch op, and beside them the
+// pool's workers waited for a core: 2 cores, 2 threads, a torch op before each call, a
+// 256x1024 float32 logsumexp took 426 us against 322 on one thread. TeamRun has
+// GOMP_parallel's contract: fn(data) on `threads` threads (the caller's one of them),
+// returning when all have.
+using TeamRun = void (*)(void (*fn)(void*), void* data, unsigned threads, unsigned flags);
+class TeamScope {
+ public:
+  explicit TeamScope(TeamRun run);  // null: the pool, as without a scope
+  ~TeamScope();
+  TeamScope(const TeamScope&) = delete;
+  TeamScope& operator=(const TeamScope&) = delete;
+
+ private:
+  TeamRun saved_;
+};
+
 // How long the pool's workers spin after a job, waiting for the next, before they sleep
 // (TWOPASS_SPIN_US, src/twopass/_dispatch.py).
 extern std::atomic<int> spin_microseconds;

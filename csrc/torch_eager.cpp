@@ -6,6 +6,7 @@
 // objects compared against (torch.Tensor, the dtypes, ...) and the functions called
 // (torch.empty_like, the checks for transforms and modes). Anything else returns None
 // and takes the Python path, which gives the same bits (same kernel, same algorithm).
+#include <dlfcn.h>
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
@@ -43,7 +44,25 @@ struct Torch {
   int64_t max_bytes = 0;           // larger forwards take the Python path (its algorithm rule)
   int64_t backward_max_bytes = 0;  // larger backwards take it too (their outputs on huge pages)
   int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
+  TeamRun team = nullptr;       // torch's OpenMP team (threads.h), or null: the pool
+  const char* team_library = nullptr;
 } T;
+
+// torch's OpenMP runtime, already in the process when torch's parallel backend is
+// OpenMP: its GOMP_parallel (GNU's libgomp, as in torch's x86 wheels; Intel's and LLVM's
+// runtimes export it too). RTLD_NOLOAD: found by soname, never loaded here.
+void find_openmp() {
+  for (const char* name : {"libgomp.so.1", "libiomp5.so", "libomp.so"}) {
+    void* lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) continue;
+    if (void* f = dlsym(lib, "GOMP_parallel")) {
+      T.team = reinterpret_cast<TeamRun>(f);
+      T.team_library = name;
+      return;  // (the handle stays open: the runtime lives as long as torch)
+    }
+    dlclose(lib);
+  }
+}
 
 // A tensor property (dtype, shape, ...) read by calling its getter directly: the same
 // function PyObject_GetAttr ends in, without the lookup through the type's dict (~40 ns
@@ -108,11 +127,12 @@ PyObject* keep(nb::handle h) {
   return h.ptr();
 }
 
-void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::tuple scalars, nb::handle int64,
+// Returns the OpenMP runtime whose team the calls run on (`openmp`: torch's parallel
+// backend is OpenMP), or None.
+nb::object eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::tuple scalars, nb::handle int64,
                 nb::handle strided, nb::handle empty_like,
                 nb::tuple checks, nb::handle grad_enabled, nb::handle num_threads, int isa, int64_t max_bytes,
-                int64_t backward_max_bytes,
-                int64_t short_row_bytes) {
+                int64_t backward_max_bytes, int64_t short_row_bytes, bool openmp) {
   if (dtypes.size() != kDtypes || scalars.size() != kDtypes || checks.size() != 3 || isa < 0 || isa >= kIsaCount)
     throw std::invalid_argument("twopass eager_init: bad arguments");
   T.parameter = keep(parameter);
@@ -136,7 +156,11 @@ void eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::t
   T.max_bytes = max_bytes;
   T.backward_max_bytes = backward_max_bytes;
   T.short_row_bytes = short_row_bytes;
+  T.team = nullptr, T.team_library = nullptr;
+  if (openmp) find_openmp();
   T.tensor = keep(tensor);  // last: set means ready
+  if (T.team_library) return nb::str(T.team_library);
+  return nb::none();
 }
 
 bool plain(PyObject* t) {
@@ -262,6 +286,7 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
                r.size / r.n, r.n, 1, r.n, 1, r.n, 1, panel_lanes((Isa)T.isa, item)};
     pb.bf16 = r.dt == (int)Dtype::kBfloat16;
     const int nt = threads(r.size);
+    TeamScope team(T.team);
     if (r.size < kGilElements) {
       run(pb, (Isa)T.isa, nt, false);  // normal stores: y is fresh (_eager._FRESH_STORES)
     } else {
@@ -303,6 +328,7 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
                        per_row ? (const void*)address(lse) : nullptr, (void*)address(gx.p), rows, n,
                        per_row ? 0 : n, n, n, ry.dt == (int)Dtype::kBfloat16};
     const int nt = threads(ry.size);
+    TeamScope team(T.team);
     if (ry.size < kGilElements) {
       run_backward(pb, (Isa)T.isa, nt, false);  // (_FRESH_STORES)
     } else {
@@ -372,6 +398,7 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
   // _direct's algorithms: a loss alone is logsumexp's single pass (two_pass), with the
   // gradient the reload.
   const Algo algo = with_grad ? Algo::kThreePassReload : Algo::kTwoPass;
+  TeamScope team(T.team);
   auto call = [&] {
     cross_entropy_rows(T.isa, (int)algo, item, half, xa, rows, n, n, ta, 0, ignore_index, eps, zc, cap, reduction, ga,
                        n, la, 0, 0, nt, false, true);
@@ -387,6 +414,8 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
 }
 
 }  // namespace
+
+TeamRun torch_team() { return T.team; }
 
 void bind_torch_eager(nb::module_& m) {
   m.def("eager_init", &eager_init);

@@ -327,6 +327,49 @@ def test_threads_follow_torch():
         torch.set_num_threads(old)
 
 
+_TEAM_SCRIPT = """
+import sys, torch, twopass.torch as tpt
+from twopass.torch import _eager
+torch.manual_seed(0)
+torch.set_num_threads(2)
+out = {"runtime": _eager.OPENMP_RUNTIME}
+for dt in (torch.float32, torch.bfloat16):
+    x = torch.randn(64, 4096, dtype=dt) * 4  # 256K elements: split over both threads
+    t = torch.randint(0, 4096, (64,))
+    xg = x.clone().requires_grad_()
+    ce = tpt.cross_entropy(xg, t)
+    ce.backward()
+    g = torch.randn(64, 4096, dtype=dt)
+    a = x.clone().requires_grad_()
+    y = tpt.softmax(a, -1)
+    (ga,) = torch.autograd.grad(y, a, g)
+    out[str(dt)] = [tpt.softmax(x, -1), tpt.log_softmax(x, -1), tpt.logsumexp(x, -1), ce, xg.grad, ga]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_threads_on_torchs_openmp_team(tmp_path):
+    """With torch's OpenMP backend, calls on 2 threads run on torch's OpenMP team
+    (_eager.OPENMP_RUNTIME; TWOPASS_TORCH_OPENMP=0 keeps twopass's pool): every op,
+    forward and backward, gives the same bits either way (the same split of the work)."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for team in ("1", "0"):
+        path = tmp_path / f"team{team}.pt"
+        env = dict(os.environ, TWOPASS_TORCH_OPENMP=team)
+        subprocess.run([sys.executable, "-c", _TEAM_SCRIPT, str(path)], check=True, env=env, timeout=300)
+        results[team] = torch.load(path)
+    openmp = "OpenMP" in torch.__config__.parallel_info()
+    assert (results["1"]["runtime"] is not None) == openmp
+    assert results["0"]["runtime"] is None
+    for key in ("torch.float32", "torch.bfloat16"):
+        for a, b in zip(results["1"][key], results["0"][key]):
+            assert same(a, b)
+
+
 # ----------------------------------------------------------------------------------
 # cross_entropy
 # ----------------------------------------------------------------------------------

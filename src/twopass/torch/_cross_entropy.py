@@ -228,6 +228,7 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
         _threads(),
         grad is not None and grad.data_ptr() != x.data_ptr() and grad.nbytes > _L3,
         x.dtype is torch.bfloat16,
+        True,  # on torch's OpenMP team (_eager.OPENMP_RUNTIME)
     )
     return (loss, z, lse) if extras else loss
 

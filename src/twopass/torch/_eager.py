@@ -24,6 +24,7 @@ own backward kernels.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -67,7 +68,13 @@ _from_numpy = torch.from_numpy
 # so the same bits) without the Python attribute reads: a 1x1024 float32 softmax, one
 # thread, Zen 1 VM, 10.2 -> 8.5 us (torch 5.6).
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # codes.h's order
-_core.eager_init(
+# With more than one thread, twopass.torch's kernels run on torch's own OpenMP team
+# (csrc/threads.h, TeamScope), not on twopass's worker pool: torch's workers spin after
+# each of its ops, and the pool's, started beside them, waited for a core (2 cores, torch
+# ops in between: 256x1024 logsumexp 426 -> 205 us, softmax of 8x32000 443 -> 215 us;
+# torch's own 330 and 298). TWOPASS_TORCH_OPENMP=0 keeps the pool.
+_OPENMP = "OpenMP" in torch.__config__.parallel_info() and os.environ.get("TWOPASS_TORCH_OPENMP", "1") != "0"
+OPENMP_RUNTIME: str | None = _core.eager_init(
     Tensor,
     torch.nn.Parameter,
     _DTYPES,
@@ -85,6 +92,7 @@ _core.eager_init(
     # Zen 1 VM, within its noise)
     _HUGE - 1 if _HUGE < math.inf else 2**62,
     SHORT_ROW_BYTES,
+    _OPENMP,
 )
 eager_rows = _core.eager_rows
 eager_backward = _core.eager_backward  # the same for the backwards (softmax_ and logsumexp_backward's)
@@ -182,6 +190,7 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
                 threads,
                 False,
                 dt is torch.bfloat16,
+                True,  # on torch's OpenMP team (_core.eager_init)
             )  # normal stores: y is fresh (_FRESH_STORES)
         return y
     d = _dim(dim, nd)
@@ -225,6 +234,7 @@ def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: boo
         threads,
         False,  # normal stores: y is fresh (_new_like), see _FRESH_STORES
         x.dtype is torch.bfloat16,
+        True,
     )
 
 
@@ -274,6 +284,7 @@ def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
         _threads(),
         False,
         x.dtype is torch.bfloat16,
+        True,
     )
     return y
 
@@ -310,6 +321,7 @@ def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
                 _threads(),
                 False,  # _FRESH_STORES
                 y.dtype is torch.bfloat16,
+                True,
             )
         return gx
     fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
@@ -349,6 +361,7 @@ def logsumexp_backward(g: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: boo
                 _threads(),
                 False,  # _FRESH_STORES
                 x.dtype is torch.bfloat16,
+                True,
             )
         return gx
     if nd and not keepdim:
