@@ -90,7 +90,7 @@ void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_
 void run_ptr_py(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int64_t outer, int64_t n,
                 int64_t inner, int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads,
                 bool stream, bool bf16, bool torch_team) {
-  tp::TeamScope team(torch_team ? tp::torch_team() : nullptr);
+  tp::TeamScope team(torch_team && threads > 1 ? tp::torch_team() : nullptr);
   nb::gil_scoped_release release;
   run_ptr(op, algo, isa, bytes, x, y, outer, n, inner, xs_outer, xs_n, ys_outer, ys_n, threads, stream, bf16);
 }
@@ -98,7 +98,7 @@ void run_ptr_py(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, 
 void backward_ptr_py(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx,
                      int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream, bool bf16,
                      bool torch_team) {
-  tp::TeamScope team(torch_team ? tp::torch_team() : nullptr);
+  tp::TeamScope team(torch_team && threads > 1 ? tp::torch_team() : nullptr);
   nb::gil_scoped_release release;
   backward_ptr(op, isa, bytes, g, y, lse, gx, rows, n, gs, ys, xs, threads, stream, bf16);
 }
@@ -108,7 +108,7 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
                        uintptr_t target, uintptr_t weight, int64_t ignore_index, double eps, double zc, double cap,
                        int reduction, uintptr_t grad, int64_t gs, uintptr_t loss, uintptr_t zl, uintptr_t lse,
                        int threads, bool stream, bool bf16, bool torch_team) {
-  tp::TeamScope team(torch_team ? tp::torch_team() : nullptr);
+  tp::TeamScope team(torch_team && threads > 1 ? tp::torch_team() : nullptr);
   nb::gil_scoped_release release;
   tp::cross_entropy_rows(isa, algo, bytes, bytes == 2 ? (bf16 ? 2 : 1) : 0, x, rows, n, xs, target, weight, ignore_index,
                      eps, zc, cap, reduction, grad, gs, loss, zl, lse, threads, stream, true);

@@ -7,6 +7,7 @@
 // (torch.empty_like, the checks for transforms and modes). Anything else returns None
 // and takes the Python path, which gives the same bits (same kernel, same algorithm).
 #include <dlfcn.h>
+#include <unistd.h>
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
@@ -23,6 +24,7 @@
 namespace nb = nanobind;
 
 namespace tp {
+TeamRun torch_team();  // below
 namespace {
 
 constexpr int kDtypes = 4;  // float32, float64, float16, bfloat16 (codes.h order)
@@ -46,6 +48,7 @@ struct Torch {
   int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
   TeamRun team = nullptr;       // torch's OpenMP team (threads.h), or null: the pool
   const char* team_library = nullptr;
+  pid_t team_pid = 0;  // the process that found it
 } T;
 
 // torch's OpenMP runtime, already in the process when torch's parallel backend is
@@ -58,6 +61,7 @@ void find_openmp() {
     if (void* f = dlsym(lib, "GOMP_parallel")) {
       T.team = reinterpret_cast<TeamRun>(f);
       T.team_library = name;
+      T.team_pid = getpid();
       return;  // (the handle stays open: the runtime lives as long as torch)
     }
     dlclose(lib);
@@ -286,7 +290,7 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
                r.size / r.n, r.n, 1, r.n, 1, r.n, 1, panel_lanes((Isa)T.isa, item)};
     pb.bf16 = r.dt == (int)Dtype::kBfloat16;
     const int nt = threads(r.size);
-    TeamScope team(T.team);
+    TeamScope team(nt > 1 ? torch_team() : nullptr);
     if (r.size < kGilElements) {
       run(pb, (Isa)T.isa, nt, false);  // normal stores: y is fresh (_eager._FRESH_STORES)
     } else {
@@ -328,7 +332,7 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
                        per_row ? (const void*)address(lse) : nullptr, (void*)address(gx.p), rows, n,
                        per_row ? 0 : n, n, n, ry.dt == (int)Dtype::kBfloat16};
     const int nt = threads(ry.size);
-    TeamScope team(T.team);
+    TeamScope team(nt > 1 ? torch_team() : nullptr);
     if (ry.size < kGilElements) {
       run_backward(pb, (Isa)T.isa, nt, false);  // (_FRESH_STORES)
     } else {
@@ -398,7 +402,7 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
   // _direct's algorithms: a loss alone is logsumexp's single pass (two_pass), with the
   // gradient the reload.
   const Algo algo = with_grad ? Algo::kThreePassReload : Algo::kTwoPass;
-  TeamScope team(T.team);
+  TeamScope team(nt > 1 ? torch_team() : nullptr);
   auto call = [&] {
     cross_entropy_rows(T.isa, (int)algo, item, half, xa, rows, n, n, ta, 0, ignore_index, eps, zc, cap, reduction, ga,
                        n, la, 0, 0, nt, false, true);
@@ -415,7 +419,9 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
 
 }  // namespace
 
-TeamRun torch_team() { return T.team; }
+// In a forked child the team's threads are gone, and GNU's runtime waits for them
+// forever (torch's own ops hang there too): the pool, which starts threads of its own.
+TeamRun torch_team() { return T.team && getpid() == T.team_pid ? T.team : nullptr; }
 
 void bind_torch_eager(nb::module_& m) {
   m.def("eager_init", &eager_init);

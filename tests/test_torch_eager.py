@@ -370,6 +370,34 @@ def test_threads_on_torchs_openmp_team(tmp_path):
             assert same(a, b)
 
 
+_FORK_SCRIPT = """
+import os, torch, twopass.torch as tpt
+torch.set_num_threads(2)
+x = torch.randn(256, 4096)
+for _ in range(3):
+    y = tpt.softmax(x, -1)
+    torch.softmax(x, -1)  # torch's OpenMP team, used before the fork
+pid = os.fork()
+if pid == 0:
+    # (no torch op here: they would wait for the team too; NumPy compares)
+    ok = (tpt.softmax(x, -1).numpy() == y.numpy()).all() and tpt.logsumexp(x, -1).shape == (256,)
+    os._exit(0 if ok else 3)
+print(os.waitpid(pid, 0)[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork()")
+def test_forked_child_takes_the_pool():
+    """A forked child has none of the parent's OpenMP threads (GNU's runtime waits for
+    them forever: torch's own ops hang there): twopass.torch takes its pool, the same bits."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+
+
 # ----------------------------------------------------------------------------------
 # cross_entropy
 # ----------------------------------------------------------------------------------
