@@ -328,11 +328,11 @@ def test_threads_follow_torch():
 
 
 _TEAM_SCRIPT = """
-import sys, torch, twopass.torch as tpt
+import sys, torch, twopass, twopass.torch as tpt
 from twopass.torch import _eager
 torch.manual_seed(0)
 torch.set_num_threads(2)
-out = {"runtime": _eager.OPENMP_RUNTIME}
+out = {"runtime": _eager.OPENMP_RUNTIME, "info": twopass.info()["torch_openmp"]}
 for dt in (torch.float32, torch.bfloat16):
     x = torch.randn(64, 4096, dtype=dt) * 4  # 256K elements: split over both threads
     t = torch.randint(0, 4096, (64,))
@@ -365,6 +365,7 @@ def test_threads_on_torchs_openmp_team(tmp_path):
     openmp = "OpenMP" in torch.__config__.parallel_info()
     assert (results["1"]["runtime"] is not None) == openmp
     assert results["0"]["runtime"] is None
+    assert all(r["info"] == r["runtime"] for r in results.values())
     for key in ("torch.float32", "torch.bfloat16"):
         for a, b in zip(results["1"][key], results["0"][key]):
             assert same(a, b)

@@ -214,8 +214,9 @@ def info() -> dict[str, Any]:
         ``prefetch_bytes`` (the kernels' software-prefetch distance), ``spin_us`` (how
         long idle worker threads wait for work before sleeping), ``avx512_bf16``
         (bfloat16 narrowed by AVX512-BF16's instruction), ``avx2_half_width`` (256-bit
-        instructions run as two halves: AMD Zen and Zen+), and ``versions`` of twopass
-        and its companions.
+        instructions run as two halves: AMD Zen and Zen+), ``torch_openmp`` (the OpenMP
+        runtime whose team runs twopass.torch's parallel calls; None: twopass's own pool,
+        or twopass.torch not imported), and ``versions`` of twopass and its companions.
     """
     import numpy as np
 
@@ -236,6 +237,8 @@ def info() -> dict[str, Any]:
         "spin_us": _core.spin_us(),
         "avx512_bf16": _core.avx512_bf16(),
         "avx2_half_width": avx2_half_width(),
+        # (never imports torch: only what an imported twopass.torch chose)
+        "torch_openmp": getattr(sys.modules.get("twopass.torch._eager"), "OPENMP_RUNTIME", None),
         "versions": {
             "twopass": __version__,
             "python": sys.version.split()[0],
