@@ -211,7 +211,8 @@ void cross_entropy(int isa, int algo, nb::ndarray<nb::ro, nb::ndim<2>, nb::devic
 void cross_entropy_grad(int isa, nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cpu> x, F64In lse, F64In a, F64In c,
                         F64In b, I64In target,
                         std::optional<nb::ndarray<nb::ro, nb::ndim<1>, nb::c_contig, nb::device::cpu>> weight,
-                        nb::ndarray<nb::ndim<2>, nb::device::cpu> grad, int threads, bool stream) {
+                        nb::ndarray<nb::ndim<2>, nb::device::cpu> grad, int threads, bool stream,
+                        bool torch_team) {
   const int bytes = dtype_bytes(x.dtype());
   const int64_t rows = (int64_t)x.shape(0), n = (int64_t)x.shape(1);
   auto bad = [](const char* what) { throw std::invalid_argument(std::string("twopass cross_entropy_grad: ") + what); };
@@ -224,6 +225,7 @@ void cross_entropy_grad(int isa, nb::ndarray<nb::ro, nb::ndim<2>, nb::device::cp
   tp::CrossEntropyGradProblem pb{bytes, x.data(), rows, n, rows > 1 ? (int64_t)x.stride(0) : n, lse.data(), a.data(), c.data(),
                        b.data(), target.data(), weight ? weight->data() : nullptr, grad.data(),
                        rows > 1 ? (int64_t)grad.stride(0) : n, stream};
+  tp::TeamScope team(torch_team && threads > 1 ? tp::torch_team() : nullptr);
   nb::gil_scoped_release release;
   tp::cross_entropy_grad(pb, (tp::Isa)isa, threads);
 }
@@ -253,7 +255,7 @@ NB_MODULE(_core, m) {
         nb::arg("f16") = false);
   m.def("cross_entropy_grad", &cross_entropy_grad, nb::arg("isa"), nb::arg("x"), nb::arg("lse"), nb::arg("a"),
         nb::arg("c"), nb::arg("b"), nb::arg("target"), nb::arg("weight").none(), nb::arg("grad"), nb::arg("threads"),
-        nb::arg("stream"));
+        nb::arg("stream"), nb::arg("torch_team") = false);
   m.def("set_prefetch_bytes", [](int bytes) {
     if (bytes < 0 || bytes > (1 << 20)) throw std::invalid_argument("twopass: prefetch distance out of [0, 1 MiB]");
     tp::prefetch_bytes = bytes;

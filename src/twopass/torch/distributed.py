@@ -574,8 +574,9 @@ def _fused_grad(x, lse, a, c, b, target, w) -> Tensor:
         target=target.to(torch.int64).contiguous().numpy(),
         weight=None if w is None else w.detach().numpy(),
         grad=out_np,
-        threads=_dispatch.default_threads(),
+        threads=torch.get_num_threads(),  # as torch's ops (and twopass.torch's)
         stream=stream,
+        torch_team=True,  # on torch's OpenMP team (twopass.torch._eager.OPENMP_RUNTIME)
     )
     return out
 
