@@ -62,8 +62,8 @@ def make(n_rows, n, dtype, *, seed=0, scale=3.0, shift=0.0, ignore=(), ignore_in
     t[1 % n_rows], t[2 % n_rows] = n - 1, 0  # the last class (in the masked tail) and the first
     if n > 128:
         t[3 % n_rows] = 128  # the first element of the second chunk
-    for i in ignore:
-        t[i] = ignore_index
+    for i in ignore:  # like the rows above: modulo the batch (a batch of 3 ignores its row 2)
+        t[i % n_rows] = ignore_index
     w = (torch.rand(n, generator=gen, dtype=torch.float64) + 0.5).float().to(DEV) if weight else None
     return x.to(DEV), t.to(DEV), w
 

@@ -25,6 +25,7 @@ GPU-only checks (graphs, compile, large) are reported as skipped and no bar is e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -42,7 +43,11 @@ def _check(name: str, fn: Callable[[], tuple[bool | None, str]]) -> dict[str, An
         ok, detail = fn()
     except Exception as e:  # a crash is a failed check, reported with its message
         ok, detail = False, f"{type(e).__name__}: {e}"
-    return {"check": name, "ok": ok, "detail": detail, "seconds": round(time.perf_counter() - t0, 1)}
+    row = {"check": name, "ok": ok, "detail": detail, "seconds": round(time.perf_counter() - t0, 1)}
+    # As it goes, so that a run cut short (a lease, a timeout) still tells what it found.
+    res = "skipped" if ok is None else "pass" if ok else "FAIL"
+    print(f"[verify] {name}: {res} ({row['seconds']} s) {detail}", flush=True)
+    return row
 
 
 def _tests(interpret: bool) -> tuple[bool | None, str]:
@@ -54,6 +59,8 @@ def _tests(interpret: bool) -> tuple[bool | None, str]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *files]
     if interpret:  # CI runs these files in full already: here the command's own smoke test
         cmd += ["-k", "unaligned or aligned_grid or copy_one_pass"]
+    elif importlib.util.find_spec("xdist") is not None:  # kernel compiles dominate: one per core
+        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
     r = subprocess.run(cmd, capture_output=True, text=True)
     last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
     return r.returncode == 0, last
@@ -175,6 +182,7 @@ def _bench(out: Path, interpret: bool) -> tuple[list[dict[str, Any]], list[str]]
         if not interpret:
             cmd += ["--dtypes", "float32,bfloat16"]
         r = subprocess.run(cmd, capture_output=True, text=True)
+        print(r.stdout, flush=True)  # the benchmark's own tables, into the log as it goes
         new = sorted(set(out.glob("*.json")) - before)
         if r.returncode != 0:  # a mismatch against torch, or a crash
             notes.append(f"bench {' '.join(mode)}: exit {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}")

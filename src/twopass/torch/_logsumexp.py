@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _cuda_eager as _cuda
+from ._cuda_eager import cuda_eager_ok
 from ._eager import check_strided, eager_ok, logsumexp_apply, logsumexp_backward, logsumexp_forward
 from ._tensors import kernels, like, reduced_shape, triton_ok
 
@@ -47,6 +49,10 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             return logsumexp_apply(x, dim, keepdim)
         return logsumexp_forward(x, dim, keepdim)
+    if cuda_eager_ok(x) and type(dim) is int and type(keepdim) is bool and x.dim():
+        if x.requires_grad and torch.is_grad_enabled():
+            return _cuda.logsumexp_apply(x, dim, keepdim)
+        return _cuda.logsumexp_forward(x, dim, keepdim)
     check_strided("logsumexp", x)
     if isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex()):
         # integers and bool, as torch.logsumexp takes them: in the default float dtype

@@ -13,8 +13,8 @@ that is itself a custom op (`twopass::softmax_backward`):
   when); the common small case (last dim, contiguous, at most 64 KiB) is one C++ call
   (`_eager.eager_rows`). Results are identical either way.
 - CUDA float32, float16 and bfloat16 tensors run the Triton kernels of
-  `twopass.triton.softmax` (imported on first use), forward and backward. CUDA float64
-  falls back to torch.
+  `twopass.triton.softmax` (imported on first use), forward and backward; outside tracing
+  and compiling, without the custom op (`_cuda_eager.py`). CUDA float64 falls back to torch.
 - Results have the strides `torch.empty_like(x)` gives (x's own when x is dense).
 
 Special values are torch's (docs/design.md). Double backward is not supported.
@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _cuda_eager as _cuda
+from ._cuda_eager import cuda_eager_ok
 from ._eager import _is_compiling, check_strided, eager_ok, eager_rows, softmax_apply, softmax_backward, softmax_forward
 from ._tensors import kernels, like, triton_ok
 
@@ -60,6 +62,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
             if x.requires_grad and torch.is_grad_enabled():
                 return softmax_apply(x, dim, False)
             return softmax_forward(x, dim, False)
+        if cuda_eager_ok(x) and type(dim) is int and x.dim():
+            if x.requires_grad and torch.is_grad_enabled():
+                return _cuda.softmax_apply(x, dim, False)
+            return _cuda.softmax_forward(x, dim, False)
     check_strided("softmax", x)
     return torch.ops.twopass.softmax(x, dim, False)
 
@@ -93,6 +99,10 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
             if x.requires_grad and torch.is_grad_enabled():
                 return softmax_apply(x, dim, True)
             return softmax_forward(x, dim, True)
+        if cuda_eager_ok(x) and type(dim) is int and x.dim():
+            if x.requires_grad and torch.is_grad_enabled():
+                return _cuda.softmax_apply(x, dim, True)
+            return _cuda.softmax_forward(x, dim, True)
     check_strided("log_softmax", x)
     return torch.ops.twopass.softmax(x, dim, True)
 

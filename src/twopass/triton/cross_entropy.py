@@ -95,7 +95,7 @@ import triton
 import triton.language as tl
 
 from ._common import _LOG2E, _NEG_BIG, _decode, _local, _lse_of, _max_nan, _publish, _to, _wait
-from ._launch import _check, _device_caps, _hints, _lag, _launch_kernel, _merged_config, _pow2, _trace
+from ._launch import _cdiv, _check, _device_caps, _hints, _lag, _launch_kernel, _merged_config, _pow2, _trace
 
 __all__ = ["cross_entropy_forward", "scale_grad_"]
 
@@ -556,15 +556,15 @@ def _plan(n_rows: int, n: int, esize: int, grad: bool, cfg: dict[str, Any], x: t
     if split is None:
         split = grad or (few_rows and n >= 2 * cfg["chunk_min"])
     if not split:
-        chunk = triton.cdiv(span, tile) * tile
+        chunk = _cdiv(span, tile) * tile
         return dict(split=False, K=kt, CW=cw, VEC=vec, warps=warps, k=1, chunk=chunk, lag=1)
     # Chunks: at most chunk_max elements (8192 x 128256 with a gradient: 32768 work items on
     # the one ticket counter, not 131072), but enough to give every SM a few programs per
     # phase when there are few rows; at least chunk_min elements and one tile each.
-    k = max(triton.cdiv(span, cfg["chunk_max"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-    k = max(1, min(k, cfg["k_max"], triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(span, tile)))
-    chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
-    k = triton.cdiv(span, chunk)
+    k = max(_cdiv(span, cfg["chunk_max"]), _cdiv(cfg["programs_per_sm"] * sms, n_rows))
+    k = max(1, min(k, cfg["k_max"], _cdiv(span, cfg["chunk_min"]), _cdiv(span, tile)))
+    chunk = _cdiv(_cdiv(span, k), tile) * tile
+    k = _cdiv(span, chunk)
     lag = _lag(n * esize, n_rows, l2, cfg)
     return dict(split=True, K=kt, CW=cw, VEC=vec, warps=warps, k=k, chunk=chunk, lag=lag)
 

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import _LOG2E, _to
-from ._launch import _check, _launch_kernel, _norm_dim, _pow2, _prepare, _reduced_shape, _trace
+from ._launch import _cdiv, _check, _launch_kernel, _norm_dim, _pow2, _prepare, _reduced_shape, _trace
 from .softmax import _config, _run
 
 __all__ = ["_logsumexp_forward", "_logsumexp_backward"]
@@ -156,10 +156,10 @@ def _logsumexp_backward(
         span = n + a - 1 if shift else n
         block = min(_pow2(span), 4096)
         rows = max(1, min(4096 // block, _pow2(outer * inner)))
-        nb = triton.cdiv(span, block)
+        nb = _cdiv(span, block)
         _trace("lse_bwd_row", block=block, rows=rows, VEC=a, SHIFT=shift)
         _launch_kernel(
-            _lse_bwd_row_kernel, triton.cdiv(outer * inner, rows) * nb,
+            _lse_bwd_row_kernel, _cdiv(outer * inner, rows) * nb,
             (x, g, lse, dx, outer * inner, n, inner, s_o, s_i, s_n, nb),
             dict(ROWS=rows, BLOCK=block, VEC=a, SHIFT=shift), max(1, min(8, rows * block // 512)),
         )  # fmt: skip
@@ -170,8 +170,8 @@ def _logsumexp_backward(
         P, Q, s_p, s_q, so_p, so_q = inner, outer, s_i, s_o, 1, inner
     bq = min(_pow2(Q), cfg["col_bq"] or vec * 32)
     tn = max(1, min(_pow2(n), cfg["col_tile_elems"] // bq))
-    nqt = triton.cdiv(Q, bq)
-    nb = triton.cdiv(n, tn)
+    nqt = _cdiv(Q, bq)
+    nb = _cdiv(n, tn)
     _trace("lse_bwd_col", tn=tn, bq=bq)
     _launch_kernel(
         _lse_bwd_col_kernel, P * nqt * nb, (x, g, lse, dx, n, Q, s_p, s_n, s_q, so_p, so_q, nqt, nb),

@@ -56,6 +56,7 @@ import triton.language as tl
 
 from ._common import _LOG2E, _NEG_BIG, _decode, _local, _lse_of, _max_nan, _publish, _to, _wait
 from ._launch import (
+    _cdiv,
     _check,
     _device_caps,
     _hints,
@@ -555,13 +556,13 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
         # Rows that fit in registers, unless they would give too few programs to fill the
         # GPU (128 rows of 16384: 128 programs on 132 SMs) and are long enough to split.
-        few = triton.cdiv(n_rows, rows) < cfg["programs_per_sm"] * sms and n >= 2 * _pow2(cfg["split_tile_elems"])
+        few = _cdiv(n_rows, rows) < cfg["programs_per_sm"] * sms and n >= 2 * _pow2(cfg["split_tile_elems"])
         if n <= cfg["fused_max_n"] and not few:
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
             _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, VEC=a, SHIFT=shift)
             _launch_kernel(
-                _row_fused_kernel, triton.cdiv(n_rows, rows),
+                _row_fused_kernel, _cdiv(n_rows, rows),
                 (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
                 dict(OP=OP, ROWS=rows, BLOCK_N=block_n, VEC=a, SHIFT=shift), warps,
             )  # fmt: skip
@@ -574,10 +575,10 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         # Chunks: at most chunk_max elements (few work items, so few tickets on the one
         # counter), but enough of them to give every SM a few programs in each phase when
         # there are few rows; at least chunk_min elements and one tile each.
-        k = max(triton.cdiv(span, cfg["chunk_max"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_rows))
-        k = max(1, min(k, cfg["k_max"], triton.cdiv(span, cfg["chunk_min"]), triton.cdiv(span, tile)))
-        chunk = triton.cdiv(triton.cdiv(span, k), tile) * tile
-        k = triton.cdiv(span, chunk)
+        k = max(_cdiv(span, cfg["chunk_max"]), _cdiv(cfg["programs_per_sm"] * sms, n_rows))
+        k = max(1, min(k, cfg["k_max"], _cdiv(span, cfg["chunk_min"]), _cdiv(span, tile)))
+        chunk = _cdiv(_cdiv(span, k), tile) * tile
+        k = _cdiv(span, chunk)
         lag = _lag(n * esize * inputs, n_rows, l2, cfg)
         part = torch.empty((n_rows, _pow2(k), 2), dtype=torch.float32, device=x.device)
         cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
@@ -595,7 +596,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
     else:  # outer has unit stride (a transposed tensor)
         P, Q, s_p, s_q, so_p, so_q = inner, outer, s_i, s_o, 1, inner
     bq = min(_pow2(Q), cfg["col_bq"] or vec * 32)
-    nqt = triton.cdiv(Q, bq)
+    nqt = _cdiv(Q, bq)
     n_groups = P * nqt
     if _pow2(n) * bq <= cfg["col_fused_elems"]:
         bn = _pow2(n)
@@ -607,10 +608,10 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         )  # fmt: skip
         return
     tn = max(1, min(_pow2(n), cfg["col_tile_elems"] // bq))
-    k = max(triton.cdiv(n * bq, cfg["col_chunk_min_elems"]), triton.cdiv(cfg["programs_per_sm"] * sms, n_groups))
-    k = max(1, min(k, cfg["col_k_max"], triton.cdiv(n, tn)))
-    chunk = triton.cdiv(triton.cdiv(n, k), tn) * tn
-    k = triton.cdiv(n, chunk)
+    k = max(_cdiv(n * bq, cfg["col_chunk_min_elems"]), _cdiv(cfg["programs_per_sm"] * sms, n_groups))
+    k = max(1, min(k, cfg["col_k_max"], _cdiv(n, tn)))
+    chunk = _cdiv(_cdiv(n, k), tn) * tn
+    k = _cdiv(n, chunk)
     kp = _pow2(k)
     lag = _lag(n * bq * esize * inputs, n_groups, l2, cfg)
     part = torch.empty((n_groups, kp, 2, bq), dtype=torch.float32, device=x.device)
