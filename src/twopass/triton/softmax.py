@@ -533,16 +533,42 @@ def _config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     return _merged_config(cfg, DEFAULTS)
 
 
+# Plans of calls with the default settings, by (op, layout, element size, 16-byte
+# alignment, SMs, L2 bytes): planning is host time on every call (tens of microseconds of
+# Python against kernels of a few), and a program calls the same shapes again and again.
+_PLANS: dict[tuple, tuple] = {}
+
+
 def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay, out_lse, cfg) -> None:
     """Launch the kernels for `op` on x (for backward: x is the forward's output y and g the
     gradient, with the same strides), writing y (logsumexp: out_lse of shape (outer, inner))."""
-    OP = _OPS[op]
-    outer, n, inner, s_o, s_n, s_i = lay
-    esize = x.element_size()
-    inputs = 1 if op in ("softmax", "log_softmax", "logsumexp", "log_softmax_bwd") else 2
     G = g if g is not None else x
     Y = out_lse if op == "logsumexp" else y
     sms, l2 = _device_caps(x, cfg)
+    aligned = all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None)
+    key = (op, lay, x.element_size(), aligned, sms, l2)
+    plan = _PLANS.get(key) if cfg is DEFAULTS else None
+    if plan is None:
+        plan = _plan(op, lay, x.element_size(), aligned, sms, l2, cfg)
+        if cfg is DEFAULTS and len(_PLANS) < 4096:
+            _PLANS[key] = plan
+    name, kernel, grid, scalars, meta, warps, part_shape, trace = plan
+    _trace(name, op=op, **trace)
+    if part_shape is None:
+        args = (x, G, Y, *scalars)
+    else:  # the split kernels' partial pairs and counters (ticket, then one per row/group)
+        part = torch.empty(part_shape, dtype=torch.float32, device=x.device)
+        cnt = torch.zeros(1 + part_shape[0], dtype=torch.int32, device=x.device)
+        args = (x, G, Y, part, cnt, *scalars)
+    _launch_kernel(kernel, grid, args, meta, warps)
+
+
+def _plan(op: str, lay, esize: int, aligned: bool, sms: int, l2: int, cfg) -> tuple:
+    """(trace name, kernel, grid, scalar arguments, constexprs, warps, shape of the partials
+    or None, trace parameters) of `op` on a tensor of layout `lay`."""
+    OP = _OPS[op]
+    outer, n, inner, s_o, s_n, s_i = lay
+    inputs = 1 if op in ("softmax", "log_softmax", "logsumexp", "log_softmax_bwd") else 2
     vec = 16 // esize  # elements per 16-byte access
     if s_n == 1 or n == 1:
         n_rows = outer * inner
@@ -550,7 +576,7 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         so_o, so_i = inner, 1
         # 16-byte accesses (see the kernels): VEC elements per vector when every pointer is
         # aligned and the axis has unit stride; SHIFT when rows may start off that grid.
-        a = vec if s_n == 1 and all(t.data_ptr() % 16 == 0 for t in (x, G, y) if t is not None) else 1
+        a = vec if s_n == 1 and aligned else 1
         shift = a > 1 and any(v % a for v in (n, s_o if outer > 1 else 0, s_i if inner > 1 else 0))
         block_n = _pow2(n + a - 1 if shift else n)
         rows = max(1, min(cfg["fused_elems"] // block_n, _pow2(n_rows)))
@@ -560,13 +586,12 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         if n <= cfg["fused_max_n"] and not few:
             elems = rows * block_n
             warps = max(4, min(16, elems // 512))
-            _trace("row_fused", op=op, rows=rows, block_n=block_n, warps=warps, VEC=a, SHIFT=shift)
-            _launch_kernel(
-                _row_fused_kernel, _cdiv(n_rows, rows),
-                (x, G, Y, n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
-                dict(OP=OP, ROWS=rows, BLOCK_N=block_n, VEC=a, SHIFT=shift), warps,
+            return (
+                "row_fused", _row_fused_kernel, _cdiv(n_rows, rows),
+                (n_rows, n, inner, s_o, s_i, s_n, so_o, so_i),
+                dict(OP=OP, ROWS=rows, BLOCK_N=block_n, VEC=a, SHIFT=shift), warps, None,
+                dict(rows=rows, block_n=block_n, warps=warps, VEC=a, SHIFT=shift),
             )  # fmt: skip
-            return
         warps = cfg["split_warps"]
         cw = min(cfg["split_cw"] or vec * 32 * warps, _pow2(cfg["split_tile_elems"]))
         kt = max(1, _pow2(cfg["split_tile_elems"]) // cw)
@@ -580,16 +605,13 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
         chunk = _cdiv(_cdiv(span, k), tile) * tile
         k = _cdiv(span, chunk)
         lag = _lag(n * esize * inputs, n_rows, l2, cfg)
-        part = torch.empty((n_rows, _pow2(k), 2), dtype=torch.float32, device=x.device)
-        cnt = torch.zeros(1 + n_rows, dtype=torch.int32, device=x.device)
         items = n_rows * k * (1 if op == "logsumexp" else 2)
-        _trace("row_split", op=op, k=k, chunk=chunk, lag=lag, K=kt, CW=cw, VEC=a, warps=warps)
-        _launch_kernel(
-            _row_split_kernel, items,
-            (x, G, Y, part, cnt, n_rows, n, inner, s_o, s_i, so_o, so_i, k, chunk, lag),
-            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), VEC=a, **_hints(cfg)), warps,
+        return (
+            "row_split", _row_split_kernel, items,
+            (n_rows, n, inner, s_o, s_i, so_o, so_i, k, chunk, lag),
+            dict(OP=OP, K=kt, CW=cw, KP=_pow2(k), VEC=a, **_hints(cfg)), warps, (n_rows, _pow2(k), 2),
+            dict(k=k, chunk=chunk, lag=lag, K=kt, CW=cw, VEC=a, warps=warps),
         )  # fmt: skip
-        return
     # Column kernels: q runs along the unit-stride axis, p along the other one.
     if inner > 1 and s_i == 1:
         P, Q, s_p, s_q, so_p, so_q = outer, inner, s_o, s_i, inner, 1
@@ -601,12 +623,10 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
     if _pow2(n) * bq <= cfg["col_fused_elems"]:
         bn = _pow2(n)
         warps = max(1, min(8, bn * bq // 512))
-        _trace("col_fused", op=op, bn=bn, bq=bq, warps=warps)
-        _launch_kernel(
-            _col_fused_kernel, n_groups, (x, G, Y, n, Q, s_p, s_n, s_q, so_p, so_q, nqt),
-            dict(OP=OP, BN=bn, BQ=bq), warps,
+        return (
+            "col_fused", _col_fused_kernel, n_groups, (n, Q, s_p, s_n, s_q, so_p, so_q, nqt),
+            dict(OP=OP, BN=bn, BQ=bq), warps, None, dict(bn=bn, bq=bq, warps=warps),
         )  # fmt: skip
-        return
     tn = max(1, min(_pow2(n), cfg["col_tile_elems"] // bq))
     k = max(_cdiv(n * bq, cfg["col_chunk_min_elems"]), _cdiv(cfg["programs_per_sm"] * sms, n_groups))
     k = max(1, min(k, cfg["col_k_max"], _cdiv(n, tn)))
@@ -614,15 +634,13 @@ def _run(op: str, x: torch.Tensor, g: torch.Tensor | None, y: torch.Tensor, lay,
     k = _cdiv(n, chunk)
     kp = _pow2(k)
     lag = _lag(n * bq * esize * inputs, n_groups, l2, cfg)
-    part = torch.empty((n_groups, kp, 2, bq), dtype=torch.float32, device=x.device)
-    cnt = torch.zeros(1 + n_groups, dtype=torch.int32, device=x.device)
     items = n_groups * k * (1 if op == "logsumexp" else 2)
     warps = max(1, min(8, tn * bq // 512))
-    _trace("col_split", op=op, k=k, chunk=chunk, lag=lag, tn=tn, bq=bq, warps=warps)
-    _launch_kernel(
-        _col_split_kernel, items,
-        (x, G, Y, part, cnt, n, Q, s_p, s_n, s_q, so_p, so_q, n_groups, nqt, k, chunk, lag),
-        dict(OP=OP, TN=tn, BQ=bq, KP=kp, **_hints(cfg)), warps,
+    return (
+        "col_split", _col_split_kernel, items,
+        (n, Q, s_p, s_n, s_q, so_p, so_q, n_groups, nqt, k, chunk, lag),
+        dict(OP=OP, TN=tn, BQ=bq, KP=kp, **_hints(cfg)), warps, (n_groups, kp, 2, bq),
+        dict(k=k, chunk=chunk, lag=lag, tn=tn, bq=bq, warps=warps),
     )  # fmt: skip
 
 
