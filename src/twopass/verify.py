@@ -3,7 +3,8 @@ needs a GPU to be known, in one command (about 5-8 minutes on an H100/H200), wri
 DIR/verify.json and DIR/verify.md.
 
 Checks (correctness; any failure makes the exit status 1):
-  tests      the Triton tests (tests/test_*_triton.py of a source checkout) on the device
+  tests      the Triton tests (tests/test_*_triton.py of a source checkout) and twopass.torch's
+             (test_softmax_torch.py, test_logsumexp_torch.py) on the device; DIR/tests.log
   stress     bitwise repeats with the smallest chunks and a lag of one row, so that phase-1
              programs really wait for phase-0 programs still running; against torch too
   graphs     softmax, logsumexp and the fused cross-entropy captured in a CUDA graph and
@@ -50,20 +51,24 @@ def _check(name: str, fn: Callable[[], tuple[bool | None, str]]) -> dict[str, An
     return row
 
 
-def _tests(interpret: bool) -> tuple[bool | None, str]:
+def _tests(interpret: bool, out: Path) -> tuple[bool | None, str]:
     root = Path.cwd() / "tests"
-    names = ("test_softmax_triton.py", "test_logsumexp_triton.py", "test_cross_entropy_triton.py")
+    names = ["test_softmax_triton.py", "test_logsumexp_triton.py", "test_cross_entropy_triton.py"]
+    if not interpret:  # twopass.torch on CUDA tensors too (its eager path and custom ops)
+        names += ["test_softmax_torch.py", "test_logsumexp_torch.py"]
     files = [str(root / f) for f in names]
     if not all(Path(f).exists() for f in files):
         return None, "no tests/ here: run the command from a source checkout"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *files]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-rf", "--tb=short", *files]
     if interpret:  # CI runs these files in full already: here the command's own smoke test
         cmd += ["-k", "unaligned or aligned_grid or copy_one_pass"]
     elif importlib.util.find_spec("xdist") is not None:  # kernel compiles dominate: one per core
-        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+        cmd += ["-n", str(min(16, os.cpu_count() or 1))]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    last = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
-    return r.returncode == 0, last
+    (out / "tests.log").write_text(r.stdout + r.stderr)  # the failures in full
+    lines = r.stdout.strip().splitlines() or ["(no output)"]
+    failed = [ln for ln in lines if ln.startswith("FAILED ")]
+    return r.returncode == 0, "; ".join(failed[:5] + [lines[-1]])
 
 
 def _stress(torch: Any, dev: str, interpret: bool) -> tuple[bool | None, str]:
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gpu_only = (None, "needs a GPU (interpreter run)")
     checks = [
-        _check("tests", lambda: _tests(interpret)),
+        _check("tests", lambda: _tests(interpret, out)),
         _check("stress", lambda: _stress(torch, dev, interpret)),
         _check("graphs", (lambda: gpu_only) if interpret else (lambda: _graphs(torch))),
         _check("compile", (lambda: gpu_only) if interpret else (lambda: _compile(torch))),
