@@ -77,7 +77,10 @@ template <class Vis, class R, class... Ignored> void step_row(Vis& vis, const R 
 // alone leave DRAM latency exposed: out of cache, pass 1 ran ~15% slower than in cache
 // (two_pass_sum over 2^24 floats, AVX2, one thread: 7.1 ms without, 6.2 ms with). The
 // cheap visitors (max, scale, log_softmax_write) run at memory speed on the hardware
-// prefetchers alone; prefetching slowed the max pass from 4.1 to 5.1 ms. Prefetches
+// prefetchers alone; prefetching slowed the max pass from 4.1 to 5.1 ms (Zen 3, L1 only).
+// With both levels below, prefetching in the cheap passes too measured no gain on the Xeon
+// VM (cold, medians of 4 alternating rounds, 1 thread: time with / without 0.96-1.05 over
+// seven cases; 2 threads 0.85-1.12), so they stay on the hardware prefetchers. Prefetches
 // never fault, so reading past a row's end is harmless.
 template <class S> inline void prefetch_ahead(const S* p) {
   constexpr int kBytes = kUnroll * Vec<tp::Compute<S>>::W * (int)sizeof(S);  // one unrolled step
