@@ -184,10 +184,14 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
             rows = 4 * cache // (2 * n * dtype.itemsize) + 1
             assert _softmax.auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
             assert _softmax.auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
-        # 2 threads streaming rows: memory-bound where the exp is cheapest, except short rows
+        # 2 threads streaming rows: memory-bound where the exp is cheapest, except short
+        # rows, and on a mesh L3 rows whose x and y fit a quarter of the L2
         many = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
-        want = "two_pass" if w == 1 else "three_pass_reload"
+        want = "two_pass" if w == 1 and not mesh else "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, 4096, many * 4096, 2, isa) == want
+        if mesh:  # ... and beyond that quarter, two_pass (or the reload where the exp dominates)
+            n = 2 * stream_row // (2 * dtype.itemsize)
+            assert _softmax.auto_algorithm("softmax", dtype, n, 64 * n, 2, isa) == beyond
         assert _softmax.auto_algorithm("softmax", dtype, 64, many * 4096, 2, isa) == "three_pass_reload"
         if w == 1 and not mesh:  # several threads count on the L2 only
             fit = l2 * per // (2 * 4096 * dtype.itemsize)  # rows of 4096 whose x and y fill the L2

@@ -404,7 +404,11 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
         # about its DRAM bandwidth: the reload's passes 2 and 3 only gain from the private
         # L2. Sapphire-Rapids-class VM, 480 MiB L3, AVX-512 (`bench --tune --quick`): rows
         # of 256K..4M floats, x + y 2..32 MiB, ran 1.1-1.4x faster with two_pass, hot and
-        # cold; rows of 16K and 4096x4096 (rows of 32 KiB) faster with the reload.
+        # cold; rows of 16K and 4096x4096 (rows of 32 KiB) faster with the reload. Rows
+        # streamed on several threads too: the reload while one row's x and y fit that
+        # quarter (Xeon VM, 504 MiB L3, full `bench --tune`, 2 threads, reload / two_pass,
+        # hot / cold: float64 4096x4096 0.87 / 0.76, float32 4096x4096 1.02 / 0.99;
+        # rows of 1-2 MiB, 32x128256 and 64x262144, two_pass: 1.11-1.44).
         cache = several = stream_row = caches["L2"] // 4 * per_byte
     limits = _limits[itemsize, isa] = (w, cache, several, stream_row, cache // 2 if w >= 4 else 0)
     return limits
@@ -462,7 +466,7 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     if w == 1 and n * itemsize < SHORT_ROW_BYTES:  # the reload's row blocks save per-row costs
         return "three_pass_reload"
     if several:
-        if w == 1:
+        if w == 1 and row > stream_row:  # (stream_row is 0 for w = 1 but on a mesh L3)
             return "two_pass"
     elif w >= 4:
         return "three_pass_reload"
