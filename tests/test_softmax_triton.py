@@ -303,3 +303,21 @@ def test_cuda_transposed_large():
     for dim in (0, 1):
         for op in OPS:
             check_forward(op, x, run_fwd(op, x, dim), dim)
+
+
+def test_default_plans_are_cached_and_others_are_not():
+    """A call with the default settings stores its launch plan under its layout (host time
+    on every call otherwise); the next call of that layout reuses it, with the same kernels
+    and bits; a call with other settings (cfg=) plans afresh and stores nothing."""
+    K._PLANS.clear()
+    x = randn((4, 3000), torch.float32)
+    first = kernels_run(lambda: run_fwd("softmax", x, -1, cfg=None))
+    assert len(K._PLANS) == 1
+    y = run_fwd("softmax", x, -1, cfg=None)
+    assert kernels_run(lambda: run_fwd("softmax", x, -1, cfg=None)) == first and len(K._PLANS) == 1
+    assert torch.equal(y, run_fwd("softmax", x, -1, cfg=None))
+    check_forward("softmax", x, y, -1)
+    run_fwd("softmax", x, -1)  # the tests' SMALL settings: not cached
+    run_fwd("log_softmax", x.t().contiguous().t(), 0, cfg=None)  # another op and layout: a plan of its own
+    assert len(K._PLANS) == 2
+    assert LAUNCH._cdiv(7, 2) == 4 and LAUNCH._cdiv(8, 2) == 4 and LAUNCH._cdiv(0, 3) == 0
