@@ -16,7 +16,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._eager import _c_apply, _dispatch_modes, _function_modes, _functorch_active, _is_compiling, _softmax_grad_ops
+from ._eager import (
+    _c_apply,
+    _dispatch_modes,
+    _function_modes,
+    _functorch_active,
+    _is_compiling,
+    _softmax_grad_ops,
+    logsumexp_grad_ops,
+)
 from ._tensors import TRITON_DTYPES, kernels, like
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -94,10 +102,8 @@ class CudaLogSumExpFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, r = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            if not ctx.keepdim:
-                g, r = g.unsqueeze(ctx.dim), r.unsqueeze(ctx.dim)
-            return g * torch.exp(x - r), None, None
+        if torch.is_grad_enabled():  # create_graph: differentiable torch operations
+            return logsumexp_grad_ops(g, x, r, ctx.dim, ctx.keepdim), None, None
         return logsumexp_backward(g, x, r, ctx.dim, ctx.keepdim), None, None
 
 

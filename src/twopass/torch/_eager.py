@@ -401,6 +401,12 @@ class SoftmaxFunction(torch.autograd.Function):
         return (softmax_backward(g, y, ctx.dim, ctx.log) if gx is None else gx), None, None
 
 
+def logsumexp_grad_ops(g: Tensor, x: Tensor, r: Tensor, dim: int, keepdim: bool) -> Tensor:
+    if x.dim() and not keepdim:
+        g, r = g.unsqueeze(dim), r.unsqueeze(dim)
+    return g * torch.exp(x - r)
+
+
 class LogSumExpFunction(torch.autograd.Function):
     """logsumexp with the backward above (eager, when x needs a gradient)."""
 
@@ -415,9 +421,7 @@ class LogSumExpFunction(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         x, r = ctx.saved_tensors
         if torch.is_grad_enabled():
-            if x.dim() and not ctx.keepdim:
-                g, r = g.unsqueeze(ctx.dim), r.unsqueeze(ctx.dim)
-            return g * torch.exp(x - r), None, None
+            return logsumexp_grad_ops(g, x, r, ctx.dim, ctx.keepdim), None, None
         gx = eager_backward(g, x, r, ctx.dim, _LSE)
         return (logsumexp_backward(g, x, r, ctx.dim, ctx.keepdim) if gx is None else gx), None, None
 

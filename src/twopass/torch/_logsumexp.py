@@ -17,7 +17,7 @@ from torch import Tensor
 from . import _cuda_eager as _cuda
 from ._cuda_eager import cuda_eager_ok
 from ._eager import check_strided, eager_ok, logsumexp_apply, logsumexp_backward, logsumexp_forward
-from ._tensors import kernels, like, reduced_shape, triton_ok
+from ._tensors import like, reduced_shape, triton_ok
 
 __all__ = ["logsumexp"]
 
@@ -63,7 +63,7 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
 @torch.library.custom_op("twopass::logsumexp", mutates_args=())
 def _logsumexp(x: Tensor, dim: int, keepdim: bool) -> Tensor:
     if triton_ok(x):
-        return kernels()._logsumexp_forward(x, dim, keepdim)
+        return _cuda.logsumexp_forward(x, dim, keepdim)
     if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return logsumexp_forward(x, dim, keepdim)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
@@ -84,7 +84,7 @@ def _(x: Tensor, dim: int, keepdim: bool) -> Tensor:
 def _logsumexp_backward(grad: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: bool) -> Tensor:
     """grad * exp(x - lse), in float32 arithmetic for float16/bfloat16."""
     if triton_ok(grad, x, lse) and grad.dtype == x.dtype == lse.dtype:
-        return like(x, kernels()._logsumexp_backward(grad, x, lse, dim, keepdim))
+        return _cuda.logsumexp_backward(grad, x, lse, dim, keepdim)
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and grad.device.type == "cpu":
         return like(x, logsumexp_backward(grad, x, lse, dim, keepdim))
     if x.dim() > 0 and not keepdim:

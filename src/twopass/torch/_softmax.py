@@ -28,7 +28,7 @@ from torch import Tensor
 from . import _cuda_eager as _cuda
 from ._cuda_eager import cuda_eager_ok
 from ._eager import _is_compiling, check_strided, eager_ok, eager_rows, softmax_apply, softmax_backward, softmax_forward
-from ._tensors import kernels, like, triton_ok
+from ._tensors import like, triton_ok
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -110,7 +110,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 @torch.library.custom_op("twopass::softmax", mutates_args=())
 def _softmax(x: Tensor, dim: int, log: bool) -> Tensor:
     if triton_ok(x):  # (like(): the strides the fake promises, also for a non-dense x)
-        return like(x, kernels()._softmax_forward(x, dim, log))
+        return _cuda.softmax_forward(x, dim, log)
     if x.device.type == "cpu" and x.dim() and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return softmax_forward(x, dim, log)  # what the eager path runs (_eager.py)
     if x.device.type == "cpu":
@@ -138,7 +138,7 @@ def _(x: Tensor, dim: int, log: bool) -> Tensor:
 def _softmax_backward(grad: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
     """softmax: y * (g - sum(g * y)); log_softmax: g - exp(y) * sum(g)."""
     if triton_ok(grad, y) and grad.dtype == y.dtype:
-        return like(y, kernels()._softmax_backward(grad, y, dim, log))
+        return _cuda.softmax_backward(grad, y, dim, log)
     if y.device.type == "cpu" and grad.device.type == "cpu":
         return like(y, softmax_backward(grad, y, dim, log))  # twopass's row kernels where they apply
     fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
