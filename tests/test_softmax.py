@@ -9,7 +9,7 @@ import pytest
 
 import twopass
 from conftest import ISA_PARAMS, OPS, run
-from twopass import _dispatch, _softmax
+from twopass import _arrays, _dispatch, _softmax
 from twopass._softmax import compute
 
 torch = pytest.importorskip("torch")
@@ -198,6 +198,37 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
             assert _softmax.auto_algorithm("softmax", dtype, 4096, fit * 4096, 2, isa) == "three_pass_reload"
             assert _softmax.auto_algorithm("softmax", dtype, 4096, 2 * fit * 4096, 2, isa) == "two_pass"
             assert _softmax.auto_algorithm("softmax", dtype, 4096, 2 * fit * 4096, 1, isa) == "three_pass_reload"
+
+
+@pytest.mark.parametrize("l2, l3", [(1 << 20, 32 << 20), (2 << 20, 504 << 20)])
+def test_streaming_stores_rule(monkeypatch, l2, l3):
+    """Streaming stores past the cache a core counts on (the L3 of a core complex, 4x the
+    L2 on a mesh L3), only into an output the caller gave (`out=`), never in place and
+    never into a fresh output, on the fast path and the general one alike."""
+    caches = dict(_dispatch.cache_sizes(), L2=l2, L3=l3)
+    monkeypatch.setattr(_dispatch, "cache_sizes", lambda: caches)
+    cached = _dispatch.stream_min_bytes
+    cached.cache_clear()
+    try:
+        limit = 4 * l2 if l3 > 128 * l2 else l3
+        assert _dispatch.stream_min_bytes() == limit
+        x, y = np.empty(limit // 4 + 1, np.float32), np.empty(limit // 4 + 1, np.float32)
+        assert _arrays.streaming_stores(y, x) and not _arrays.streaming_stores(y[:-1], x[:-1])
+        assert not _arrays.streaming_stores(y, x, fresh=True) and not _arrays.streaming_stores(x, x)
+        # what reaches the kernels: small arrays, a threshold of 0 bytes
+        monkeypatch.setattr(_dispatch, "stream_min_bytes", lambda: 0)
+        seen = []
+        real = _softmax._core.run
+        monkeypatch.setattr(_softmax._core, "run", lambda *a: seen.append(a[-2]) or real(*a))
+        x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+        out = np.empty_like(x)
+        strided = np.empty((4, 128), np.float32)[:, ::2]  # written through a temporary, then copied
+        for fn in (twopass.softmax, twopass.log_softmax):
+            seen.clear()
+            fn(x), fn(x, out=out), fn(x, axis=0), fn(x, out=out, axis=0), fn(x, out=x), fn(x, out=strided)
+            assert seen == [False, True, False, True, False, False], seen
+    finally:
+        cached.cache_clear()
 
 
 def test_half_width_avx2_is_told_by_the_cpu_model():

@@ -165,7 +165,8 @@ def cross_entropy(
         _check_grad_out(g_user, x_user, name)
         # Written directly for (C,) and (N, C); through x's copy for (N, C, d1, ...).
         g = rows_of_classes(g_user) if x_user.ndim <= 2 else x if g_user is x_user or _same(g_user, x_user) else None
-    if want_grad and g is None:
+    fresh = want_grad and g is None  # (streaming_stores: no streaming into fresh pages)
+    if fresh:
         g = _alloc.empty((rows, classes), dtype)
 
     if algo == "auto":
@@ -191,7 +192,7 @@ def cross_entropy(
     )
     if dtype not in NATIVE and classes and x.strides[1] == 2 and (g is None or g.strides[1] == 2):
         # The kernel widens each row in cache and narrows its gradient back (uint16 views).
-        stream = g is not None and streaming_stores(g, x)
+        stream = g is not None and streaming_stores(g, x, fresh)
         _core.cross_entropy(
             x=x.view(np.uint16),
             target=t,
@@ -208,7 +209,7 @@ def cross_entropy(
         xc = x if x.strides[1] == x.itemsize or classes <= 1 else np.ascontiguousarray(x)
         direct = g is None or g.strides[1] == g.itemsize or classes <= 1
         gc = g if direct else np.empty((rows, classes), dtype=dtype)
-        stream = gc is not None and streaming_stores(gc, xc)
+        stream = gc is not None and streaming_stores(gc, xc, fresh or not direct)
         _core.cross_entropy(x=xc, target=t, grad=gc, ce=ce, z=z, lse=lse, stream=stream, **args)
         if not direct:
             g[...] = gc

@@ -220,7 +220,7 @@ def compute(
     else:
         code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
     if stream is None:
-        stream = streaming_stores(y, xc)
+        stream = streaming_stores(y, xc, fresh=not direct)
     if dtype in NATIVE:
         args, dtype_code = (xc, y), -1
     else:
@@ -266,7 +266,7 @@ def _fast(
         else:
             code = ALGO_CODES[auto_algorithm(op, x.dtype, n, x.size, nthreads)]
         ys_outer = n
-    stream = streaming_stores(y, x)
+    stream = out is not None and streaming_stores(y, x)
     xa, ya = (x, y) if dtype_code < 0 else (x.view(np.uint16), y.view(np.uint16))  # halves as uint16 views
     _core.run(
         OP_CODES[op],
@@ -326,7 +326,8 @@ def _fast_out_ok(x: np.ndarray, out: Any, op: str, keepdims: bool) -> bool:
 # (`python -m twopass bench --tune`, hot and cold, 1 and 2 threads, AVX-512 and AVX2;
 # README, "algorithm"):
 # - the reload while the call's x and y fit the cache a core can count on,
-#   min(w/2 x L3, 16 w x L2), a quarter of the L2 on a many-core mesh L3 (mesh_l3).
+#   min(w/2 x L3, 16 w x L2), a quarter of the L2 on a many-core mesh L3
+#   (_dispatch.mesh_l3).
 #   A server's L3 is shared by dozens of cores and tenants,
 #   so its size says little about what one core keeps or how fast it reads it back (a
 #   float32 row of 2^24, x and y 128 MiB, on a Xeon with a 300 MiB L3 ran cold 1.4x
@@ -399,7 +400,7 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
     several = cache
     if w == 1:  # see above: the L3 on one thread, the L2 on several; beyond, two_pass but in short rows
         cache, several, stream_row = caches["L3"] * per_byte, caches["L2"] * per_byte, 0
-    if mesh_l3(caches) and w <= 2:
+    if _dispatch.mesh_l3(caches) and w <= 2:
         # A many-core server L3 (a mesh: 300-480 MiB over 2 MiB L2s) serves one core at
         # about its DRAM bandwidth: the reload's passes 2 and 3 only gain from the private
         # L2. Sapphire-Rapids-class VM, 480 MiB L3, AVX-512 (`bench --tune --quick`): rows
@@ -412,12 +413,6 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
         cache = several = stream_row = caches["L2"] // 4 * per_byte
     limits = _limits[itemsize, isa] = (w, cache, several, stream_row, cache // 2 if w >= 4 else 0)
     return limits
-
-
-def mesh_l3(caches: dict[str, int]) -> bool:
-    """The last-level cache is a many-core server's shared mesh (more than 128 L2s of it)
-    rather than a core complex's (Zen: 32 MiB over 512 KiB-1 MiB L2s, 32-64 of them)."""
-    return caches["L3"] > 128 * caches["L2"]
 
 
 def _split_row(n: int, size: int, threads: int) -> bool:

@@ -22,7 +22,6 @@ from .._softmax import auto_algorithm
 from ._build import load
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
-_L3 = _dispatch.cache_sizes()["L3"]
 _REDUCTION = {"mean": 0, "sum": 1, "none": 2}
 _i = np.int64  # FFI attributes: int64 and float64, as the handlers declare them
 
@@ -33,9 +32,14 @@ def _ffi(target: str, out: Any) -> Any:
 
 
 def _common() -> dict[str, Any]:
-    # huge: outputs from this many bytes get 2 MiB pages (csrc/jax_ffi.cpp, huge_pages)
+    # huge: outputs from this many bytes get 2 MiB pages (csrc/jax_ffi.cpp, huge_pages);
+    # stream_bytes: outputs larger than this take streaming stores (_arrays.streaming_stores)
     huge = _alloc.HUGE_THRESHOLD if _alloc.ENABLED else 0
-    return {"isa": _i(_dispatch.ISA_CODES[_dispatch.ISA]), "l3": _i(_L3), "huge": _i(huge)}
+    return {
+        "isa": _i(_dispatch.ISA_CODES[_dispatch.ISA]),
+        "stream_bytes": _i(_dispatch.stream_min_bytes()),
+        "huge": _i(huge),
+    }
 
 
 def as_float(x: Any, name: str) -> jax.Array:

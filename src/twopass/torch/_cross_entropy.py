@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
 from ._eager import _FWD_BYTES as _BYTES
-from ._eager import _ISA, _L3, _PLAIN, _is_compiling, _new_like, _threads, check_strided, eager_ok
+from ._eager import _ISA, _PLAIN, _is_compiling, _new_like, _threads, check_strided, eager_ok
 from ._tensors import class_indices
 
 __all__ = ["cross_entropy"]
@@ -226,7 +226,7 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
         z.data_ptr() if extras else 0,
         lse.data_ptr() if extras else 0,
         _threads(),
-        grad is not None and grad.data_ptr() != x.data_ptr() and grad.nbytes > _L3,
+        False,  # grad: fresh (_new_grad) or the logits: no streaming stores (_arrays.streaming_stores)
         x.dtype is torch.bfloat16,
         True,  # on torch's OpenMP team (_eager.OPENMP_RUNTIME)
     )

@@ -43,7 +43,6 @@ _SOFTMAX, _LOG_SOFTMAX, _LSE = _OP["softmax"], _OP["log_softmax"], _OP["logsumex
 _RELOAD = _dispatch.ALGO_CODES["three_pass_reload"]
 _TWO_PASS = _dispatch.ALGO_CODES["two_pass"]
 _ALGO = dict(_dispatch.ALGO_CODES)
-_L3 = _dispatch.cache_sizes()["L3"]  # cross-entropy: streaming stores for a separate grad
 _run_ptr = _core.run_ptr
 _backward_ptr = _core.backward_ptr
 _threads = torch.get_num_threads

@@ -556,14 +556,12 @@ def _fused_grad(x, lse, a, c, b, target, w) -> Tensor:
     import numpy as np
 
     from .. import _core, _dispatch
-    from .._arrays import streaming_stores
 
     # NumPy's allocation: large buffers go on huge pages (fewer first-touch faults).
     out_np = np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64)
     out = torch.from_numpy(out_np)
     f64 = [v.detach().double().contiguous().numpy() for v in (lse, a, c, b)]
     x_np = x.detach().numpy()
-    stream = streaming_stores(out_np, x_np)
     _core.cross_entropy_grad(
         isa=_dispatch.isa_code(None),
         x=x_np,
@@ -575,7 +573,7 @@ def _fused_grad(x, lse, a, c, b, target, w) -> Tensor:
         weight=None if w is None else w.detach().numpy(),
         grad=out_np,
         threads=torch.get_num_threads(),  # as torch's ops (and twopass.torch's)
-        stream=stream,
+        stream=False,  # a fresh buffer (_arrays.streaming_stores)
         torch_team=True,  # on torch's OpenMP team (twopass.torch._eager.OPENMP_RUNTIME)
     )
     return out
