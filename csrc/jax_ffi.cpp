@@ -51,16 +51,16 @@ ffi::Error result_of(int rc, const char* err) {
 // As src/twopass/_alloc.py does for the NumPy outputs, an output of at least `huge`
 // bytes (0: off; set where THP is in madvise mode) gets its 2 MiB-aligned interior
 // marked MADV_HUGEPAGE before it is written, and normal stores: the faults' zeroing has
-// just brought the lines into cache (src/twopass/torch/_eager.py, _FRESH_STORES).
-// Returns whether it did, i.e. whether streaming stores are off.
-bool huge_pages(void* p, size_t bytes, int64_t huge) {
-  if (huge <= 0 || (int64_t)bytes < huge) return false;
+// just brought the lines into cache (src/twopass/torch/_eager.py, _FRESH_STORES). Every
+// output here is such fresh memory, so none takes streaming stores
+// (src/twopass/_arrays.py, streaming_stores).
+void huge_pages(void* p, size_t bytes, int64_t huge) {
+  if (huge <= 0 || (int64_t)bytes < huge) return;
 #ifdef MADV_HUGEPAGE
   const uintptr_t page = 2u << 20, a = ((uintptr_t)p + page - 1) & ~(page - 1),
                   b = ((uintptr_t)p + bytes) & ~(page - 1);
   if (b > a) madvise((void*)a, b - a, MADV_HUGEPAGE);
 #endif
-  return true;
 }
 
 int64_t prod(ffi::AnyBuffer::Dimensions d, size_t from, size_t to) {
@@ -71,7 +71,7 @@ int64_t prod(ffi::AnyBuffer::Dimensions d, size_t from, size_t to) {
 
 // softmax, log_softmax (y the shape of x) and logsumexp (y without the axis).
 ffi::Error softmax_impl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t op, int64_t lse_op, int64_t algo,
-                        int64_t isa, int64_t axis, int64_t threads, int64_t stream_bytes, int64_t huge) {
+                        int64_t isa, int64_t axis, int64_t threads, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(x.element_type(), &e) || y->element_type() != x.element_type()) return fail("unsupported dtype");
@@ -82,18 +82,17 @@ ffi::Error softmax_impl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t
   if (outer * inner == 0) return ffi::Error::Success();
   if (n == 0) return fail("empty axis (handled in Python)");
   const bool lse = op == lse_op;
-  const bool stream =
-      !lse && !huge_pages(y->untyped_data(), y->size_bytes(), huge) && (int64_t)x.size_bytes() > stream_bytes;
+  if (!lse) huge_pages(y->untyped_data(), y->size_bytes(), huge);
   char err[512] = "";
   const int rc = g_api->run((int)op, (int)algo, (int)isa, e.bytes, x.untyped_data(), y->untyped_data(), outer, n,
-                            inner, n * inner, inner, lse ? inner : n * inner, lse ? 0 : inner, (int)threads, stream,
+                            inner, n * inner, inner, lse ? inner : n * inner, lse ? 0 : inner, (int)threads, false,
                             e.half == 2, err, sizeof err);
   return result_of(rc, err);
 }
 
 // softmax / log_softmax backward over rows of the last axis: gx from g and y.
 ffi::Error softmax_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result<ffi::AnyBuffer> gx, int64_t op,
-                                 int64_t isa, int64_t threads, int64_t stream_bytes, int64_t huge) {
+                                 int64_t isa, int64_t threads, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(y.element_type(), &e) || g.element_type() != y.element_type() ||
@@ -102,11 +101,11 @@ ffi::Error softmax_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result
   const auto d = y.dimensions();
   const int64_t n = d.size() == 0 ? 1 : d[d.size() - 1], rows = n ? (int64_t)y.element_count() / n : 0;
   if (rows == 0) return ffi::Error::Success();
+  huge_pages(gx->untyped_data(), gx->size_bytes(), huge);
   char err[512] = "";
   const int rc = g_api->backward((int)op, (int)isa, e.bytes, g.untyped_data(), y.untyped_data(), nullptr,
                                  gx->untyped_data(), rows, n, n, n, n, (int)threads,
-                                 !huge_pages(gx->untyped_data(), gx->size_bytes(), huge) &&
-                                     (int64_t)gx->size_bytes() > stream_bytes,
+                                 false,
                                  e.half == 2, err, sizeof err);
   return result_of(rc, err);
 }
@@ -114,7 +113,7 @@ ffi::Error softmax_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result
 // logsumexp backward over rows of the last axis: gx = g * exp(x - lse), g and lse per row.
 ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyBuffer lse,
                                    ffi::Result<ffi::AnyBuffer> gx, int64_t op, int64_t isa, int64_t threads,
-                                   int64_t stream_bytes, int64_t huge) {
+                                   int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   const auto d = x.dimensions();
@@ -124,11 +123,11 @@ ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyB
       (int64_t)lse.element_count() != rows)
     return fail("logsumexp backward: g, x and lse of one dtype, g and lse one per row");
   if (rows == 0) return ffi::Error::Success();
+  huge_pages(gx->untyped_data(), gx->size_bytes(), huge);
   char err[512] = "";
   const int rc = g_api->backward((int)op, (int)isa, e.bytes, g.untyped_data(), x.untyped_data(), lse.untyped_data(),
                                  gx->untyped_data(), rows, n, 0, n, n, (int)threads,
-                                 !huge_pages(gx->untyped_data(), gx->size_bytes(), huge) &&
-                                     (int64_t)gx->size_bytes() > stream_bytes,
+                                 false,
                                  e.half == 2, err, sizeof err);
   return result_of(rc, err);
 }
@@ -141,7 +140,7 @@ ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyB
 ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyBuffer weight, ffi::AnyBuffer* grad,
                               ffi::AnyBuffer* loss, int64_t isa, int64_t algo, int64_t ignore_index, double eps,
                               double zc, double cap, int64_t reduction, int64_t has_weight, int64_t threads,
-                              int64_t stream_bytes, int64_t huge) {
+                              int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(x.element_type(), &e)) return fail("cross_entropy: unsupported dtype");
@@ -155,8 +154,7 @@ ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyB
   if (has_weight && (int64_t)weight.element_count() != (wstride ? batch * n : n))
     return fail("cross_entropy: weight of one entry per class");
   const int64_t lsize = e.half ? 4 : e.bytes, per_loss = reduction == 2 ? rows : 1;
-  const bool stream =
-      grad && !huge_pages(grad->untyped_data(), grad->size_bytes(), huge) && (int64_t)grad->size_bytes() > stream_bytes;
+  if (grad) huge_pages(grad->untyped_data(), grad->size_bytes(), huge);
   std::vector<int64_t> t64(tt == ffi::DataType::S32 ? rows : 0);
   char err[512] = "";
   for (int64_t b = 0; b < batch; ++b) {
@@ -171,7 +169,7 @@ ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyB
     void* gb = grad ? (char*)grad->untyped_data() + b * rows * n * e.bytes : nullptr;
     void* lb = (char*)loss->untyped_data() + b * per_loss * lsize;
     const int rc = g_api->cross_entropy((int)isa, (int)algo, e.bytes, e.half, xb, rows, n, n, t, wb, ignore_index, eps,
-                                        zc, cap, (int)reduction, gb, n, lb, nullptr, nullptr, (int)threads, stream,
+                                        zc, cap, (int)reduction, gb, n, lb, nullptr, nullptr, (int)threads, false,
                                         err, sizeof err);
     if (rc) return result_of(rc, err);
   }
@@ -181,18 +179,18 @@ ffi::Error cross_entropy_impl(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyB
 ffi::Error cross_entropy_loss(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyBuffer weight,
                               ffi::Result<ffi::AnyBuffer> loss, int64_t isa, int64_t algo, int64_t ignore_index,
                               double eps, double zc, double cap, int64_t reduction, int64_t has_weight,
-                              int64_t threads, int64_t stream_bytes, int64_t huge) {
+                              int64_t threads, int64_t huge) {
   return cross_entropy_impl(x, target, weight, nullptr, &*loss, isa, algo, ignore_index, eps, zc, cap, reduction,
-                            has_weight, threads, stream_bytes, huge);
+                            has_weight, threads, huge);
 }
 
 ffi::Error cross_entropy_with_grad(ffi::AnyBuffer x, ffi::AnyBuffer target, ffi::AnyBuffer weight,
                                    ffi::Result<ffi::AnyBuffer> loss, ffi::Result<ffi::AnyBuffer> grad, int64_t isa,
                                    int64_t algo, int64_t ignore_index, double eps, double zc, double cap,
-                                   int64_t reduction, int64_t has_weight, int64_t threads, int64_t stream_bytes,
+                                   int64_t reduction, int64_t has_weight, int64_t threads,
                                    int64_t huge) {
   return cross_entropy_impl(x, target, weight, &*grad, &*loss, isa, algo, ignore_index, eps, zc, cap, reduction,
-                            has_weight, threads, stream_bytes, huge);
+                            has_weight, threads, huge);
 }
 
 }  // namespace
@@ -220,7 +218,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax, softmax_impl,
                                   .Attr<int64_t>("isa")
                                   .Attr<int64_t>("axis")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("stream_bytes")
                                   .Attr<int64_t>("huge"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax_backward, softmax_backward_impl,
@@ -231,7 +228,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax_backward, softmax_backward_impl,
                                   .Attr<int64_t>("op")
                                   .Attr<int64_t>("isa")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("stream_bytes")
                                   .Attr<int64_t>("huge"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_logsumexp_backward, logsumexp_backward_impl,
@@ -243,7 +239,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_logsumexp_backward, logsumexp_backward_impl
                                   .Attr<int64_t>("op")
                                   .Attr<int64_t>("isa")
                                   .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("stream_bytes")
                                   .Attr<int64_t>("huge"));
 
 #define TP_CE_ATTRS                   \
@@ -256,7 +251,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_logsumexp_backward, logsumexp_backward_impl
       .Attr<int64_t>("reduction")     \
       .Attr<int64_t>("has_weight")    \
       .Attr<int64_t>("threads")       \
-      .Attr<int64_t>("stream_bytes")            \
       .Attr<int64_t>("huge")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_cross_entropy, cross_entropy_loss,

@@ -32,14 +32,10 @@ def _ffi(target: str, out: Any) -> Any:
 
 
 def _common() -> dict[str, Any]:
-    # huge: outputs from this many bytes get 2 MiB pages (csrc/jax_ffi.cpp, huge_pages);
-    # stream_bytes: outputs larger than this take streaming stores (_arrays.streaming_stores)
+    # huge: outputs from this many bytes get 2 MiB pages (csrc/jax_ffi.cpp, huge_pages).
+    # XLA's outputs are fresh memory: normal stores, never streaming ones (_arrays.streaming_stores).
     huge = _alloc.HUGE_THRESHOLD if _alloc.ENABLED else 0
-    return {
-        "isa": _i(_dispatch.ISA_CODES[_dispatch.ISA]),
-        "stream_bytes": _i(_dispatch.stream_min_bytes()),
-        "huge": _i(huge),
-    }
+    return {"isa": _i(_dispatch.ISA_CODES[_dispatch.ISA]), "huge": _i(huge)}
 
 
 def as_float(x: Any, name: str) -> jax.Array:
