@@ -305,6 +305,29 @@ def test_cuda_transposed_large():
             check_forward(op, x, run_fwd(op, x, dim), dim)
 
 
+@cuda_only
+def test_fast_launch_matches_tritons_path_and_respecializes(monkeypatch):
+    """After the first launch of each kind, launches skip Triton's binding
+    (_launch._fast_launch calls the kept compiled kernel): the same bits as Triton's own
+    path, and an input that specializes differently (a pointer off 16-byte alignment, a
+    row length not a multiple of 16) gets a kernel of its own, not one compiled for the
+    arguments before it (which would read it with misaligned vector loads)."""
+    LAUNCH._COMPILED.clear()
+    flat = randn((64 * 4096 + 8,), torch.float32)
+    cases = [flat[:-8].view(64, 4096), flat[1:-7].view(64, 4096), flat[:-8].view(4096, 64)[:, :60].contiguous()]
+    cases.append(flat[1 : 64 * 4093 + 1].view(64, 4093))
+    for x in cases:
+        for op in OPS:
+            monkeypatch.setattr(LAUNCH, "_FAST_LAUNCH", True)
+            first, kept = run_fwd(op, x, -1, cfg=None), run_fwd(op, x, -1, cfg=None)
+            monkeypatch.setattr(LAUNCH, "_FAST_LAUNCH", False)
+            tritons = run_fwd(op, x, -1, cfg=None)
+            assert torch.equal(first, tritons) and torch.equal(kept, tritons)
+            check_forward(op, x, kept, -1)
+    aligned = {key[4] for key in LAUNCH._COMPILED}
+    assert len(aligned) >= 3, "one kept kernel per specialization"
+
+
 def test_default_plans_are_cached_and_others_are_not():
     """A call with the default settings stores its launch plan under its layout (host time
     on every call otherwise); the next call of that layout reuses it, with the same kernels

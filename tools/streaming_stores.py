@@ -1,9 +1,9 @@
 """Streaming against normal stores for softmax and log_softmax outputs, the measurement
 behind _dispatch.stream_min_bytes and _arrays.streaming_stores.
 
-    python tools/streaming_stores.py [--shapes 1024x4096,4194304] [--threads 1,2]
+    python tools/streaming_stores.py [--shapes 1024x4096,4194304] [--threads 1,2] [--dtype float16]
 
-For each float32 shape: into `out=` (a buffer the caller keeps), hot (the same x and y
+For each shape (float32 unless --dtype): into `out=` (a buffer the caller keeps), hot (the same x and y
 every call) and cold (buffer sets cycled beyond 2x the L3), and the plain call (a fresh
 output every call), each with the stores forced normal and forced streaming (compute's
 `stream`). Prints ms (medians of repeats; the min over 2 alternating rounds) and
@@ -16,6 +16,7 @@ import argparse
 import statistics
 import time
 
+import ml_dtypes
 import numpy as np
 
 from twopass import _dispatch
@@ -40,13 +41,15 @@ def main() -> None:
     ap.add_argument("--shapes", default=SHAPES)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--dtype", default="float32", help="float32, float64, float16 or bfloat16")
     a = ap.parse_args()
     l3 = _dispatch.cache_sizes()["L3"]
+    dtype = np.dtype(a.dtype) if a.dtype != "bfloat16" else np.dtype(ml_dtypes.bfloat16)
     print(f"caches {_dispatch.cache_sizes()}, stream_min_bytes {_dispatch.stream_min_bytes() >> 20} MiB")
     rng = np.random.default_rng(0)
     for threads in (int(t) for t in a.threads.split(",")):
         for text in a.shapes.split(","):
-            x0 = rng.standard_normal(tuple(int(v) for v in text.split("x")), dtype=np.float32)
+            x0 = rng.standard_normal(tuple(int(v) for v in text.split("x")), dtype=np.float32).astype(dtype)
             cycled = max(3, int(2.2 * l3 // (2 * x0.nbytes)) + 1)
             cases = {
                 "out= hot": [(x0.copy(), np.empty_like(x0))],

@@ -21,6 +21,7 @@ Hooks for tests and tools (module globals, read at each call):
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -52,8 +53,102 @@ def _launch_kernel(kernel, grid: int, args: tuple, meta: dict[str, Any], num_war
     if dev.type == "cuda" and dev.index != torch.cuda.current_device():
         with torch.cuda.device(dev):
             kernel[(grid,)](*args, **meta, num_warps=num_warps)
-    else:
+    elif dev.type != "cuda" or not _FAST_LAUNCH or not _fast_launch(kernel, grid, args, meta, num_warps, dev.index):
         kernel[(grid,)](*args, **meta, num_warps=num_warps)
+
+
+# The fast launch: Triton's `kernel[grid](...)` (JITFunction.run) binds and specializes
+# every argument, builds a cache key with str() of the options, checks the kernel's globals
+# and reads the device and stream, all in Python, on every launch (~20-30 us of host time a
+# launch on the H200's host, 2026-12-04, against torch's 7-15 us for a whole softmax). A
+# launcher makes the same launches over and over, so the first launch of each
+# (kernel, constexprs, warps, device, argument specialization) goes through Triton and
+# keeps the compiled kernel it returns; later ones call that kernel's launcher directly
+# with the current stream and the arguments in the kernel's order, as JITFunction.run
+# does. The argument key is at least as fine as Triton's specialization (pointers: dtype
+# and 16-byte alignment; integers: = 1, divisible by 16, 32- or 64-bit range), so a launch never
+# reuses a kernel compiled for other arguments. Not under launch hooks (profilers) or
+# pre-run hooks; anything unexpected turns it off for the process and leaves Triton's
+# path. OFF unless TWOPASS_TRITON_FAST_LAUNCH=1: written without a GPU (its host logic is
+# tested with a stand-in kernel, tests/test_triton_launch.py); on by default once a GPU
+# run has passed `python -m twopass verify --device cuda` with it and measured its host
+# time (tools/gpu_overhead.py).
+_FAST_LAUNCH = os.environ.get("TWOPASS_TRITON_FAST_LAUNCH", "0") == "1"
+_COMPILED: dict[tuple, tuple] = {}  # key -> (launcher, function, packed metadata, tail of arguments)
+_I32, _I64 = 1 << 31, 1 << 63
+
+
+def _arg_key(args: tuple) -> tuple | None:
+    key = []
+    for a in args:
+        t = type(a)
+        if t is bool or a is None:
+            key.append(a)
+        elif t is int:
+            key.append((a == 1, a % 16 == 0, -_I32 <= a < _I32, a < _I64))
+        elif t is float:
+            key.append(float)
+        elif isinstance(a, torch.Tensor):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+        else:
+            return None
+    return tuple(key)
+
+
+def _fast_launch(kernel, grid: int, args: tuple, meta: dict[str, Any], num_warps: int, device: int) -> bool:
+    """Launch through the kept compiled kernel, or through Triton's path the first time
+    (keeping what it compiled); False where the caller must take Triton's path."""
+    global _FAST_LAUNCH, _KNOBS
+    arg_key = _arg_key(args)
+    if arg_key is None or getattr(kernel, "pre_run_hooks", True):
+        return False
+    if _KNOBS is None:
+        from triton import knobs as _KNOBS
+    hooks = _KNOBS.runtime
+    if _hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook):
+        return False
+    key = (kernel, num_warps, tuple(meta.items()), device, arg_key)
+    entry = _COMPILED.get(key)
+    if entry is None:
+        compiled = kernel[(grid,)](*args, **meta, num_warps=num_warps)  # Triton's path: its errors are the caller's
+        try:
+            if hasattr(compiled, "result"):  # (an asynchronous compile's future)
+                compiled = compiled.result()
+            names = kernel.arg_names[len(args) :]
+            defaults = {p.name: p.default for p in kernel.params}
+            tail = tuple(meta[n] if n in meta else defaults[n] for n in names)
+            if set(meta) - set(names) or any(v is inspect.Parameter.empty for v in tail):
+                raise TypeError("arguments that do not bind in order")
+            _COMPILED[key] = (compiled.run, compiled.function, compiled.packed_metadata, tail)
+        except Exception:  # an API this code does not know: Triton's path from now on
+            _FAST_LAUNCH = False
+            _COMPILED.clear()
+        return True
+    run, function, packed, tail = entry
+    try:
+        run(grid, 1, 1, _stream(device), function, packed, None, None, None, *args, *tail)
+    except Exception:  # not launched: Triton's path, now and from now on (it raises what is real)
+        _FAST_LAUNCH = False
+        _COMPILED.clear()
+        return False
+    return True
+
+
+_KNOBS = None  # triton.knobs, imported on the first launch
+
+
+def _hooked(hook) -> bool:
+    """A launch hook is set: not None and, where Triton keeps a chain of them (3.6 on),
+    a chain with something in it. Without one the launcher gets None, as it skips then."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+try:  # the current stream's handle, as Triton's driver reads it
+    from torch._C import _cuda_getCurrentRawStream as _stream
+except ImportError:  # pragma: no cover
+
+    def _stream(device: int) -> int:
+        return torch.cuda.current_stream(device).cuda_stream
 
 
 def _cdiv(a: int, b: int) -> int:
