@@ -202,24 +202,29 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
 
 @pytest.mark.parametrize("l2, l3", [(1 << 20, 32 << 20), (2 << 20, 504 << 20)])
 def test_streaming_stores_rule(monkeypatch, l2, l3):
-    """Streaming stores past the cache a core counts on (the L3 of a core complex, 4x the
-    L2 on a mesh L3), only into an output the caller gave (`out=`), never in place and
-    never into a fresh output, on the fast path and the general one alike."""
+    """Streaming stores past the cache a core counts on (the L3 of a core complex, 16x the
+    L2 on a mesh L3) in rows of at least STREAM_MIN_ROW_BYTES, only into an output the
+    caller gave (`out=`), never in place and never into a fresh output, on the fast path
+    and the general one alike."""
     caches = dict(_dispatch.cache_sizes(), L2=l2, L3=l3)
     monkeypatch.setattr(_dispatch, "cache_sizes", lambda: caches)
     cached = _dispatch.stream_min_bytes
     cached.cache_clear()
     try:
-        limit = 4 * l2 if l3 > 128 * l2 else l3
+        limit = 16 * l2 if l3 > 128 * l2 else l3
         assert _dispatch.stream_min_bytes() == limit
         x, y = np.empty(limit // 4 + 1, np.float32), np.empty(limit // 4 + 1, np.float32)
         assert _arrays.streaming_stores(y, x) and not _arrays.streaming_stores(y[:-1], x[:-1])
         assert not _arrays.streaming_stores(y, x, fresh=True) and not _arrays.streaming_stores(x, x)
+        rows = _arrays.STREAM_MIN_ROW_BYTES // 4  # float32 elements of the shortest row that streams
+        wide = np.empty((limit // (4 * rows) + 1, rows), np.float32)
+        assert _arrays.streaming_stores(wide, x) and not _arrays.streaming_stores(wide.reshape(-1, rows // 2), x)
         # what reaches the kernels: small arrays, a threshold of 0 bytes
         monkeypatch.setattr(_dispatch, "stream_min_bytes", lambda: 0)
         seen = []
         real = _softmax._core.run
         monkeypatch.setattr(_softmax._core, "run", lambda *a: seen.append(a[-2]) or real(*a))
+        monkeypatch.setattr(_arrays, "STREAM_MIN_ROW_BYTES", 0)
         x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
         out = np.empty_like(x)
         strided = np.empty((4, 128), np.float32)[:, ::2]  # written through a temporary, then copied

@@ -221,13 +221,26 @@ def from_float32(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return r.view(dtype).reshape(a.shape)
 
 
+# Rows shorter than this take normal stores: a row written with streaming stores ends with
+# a fence (and starts with a peeled head), which short rows pay per row. Xeon VM (504 MiB
+# mesh L3), float32 into out=, y 16 MiB, 1 thread, streaming / normal: rows of 256 floats
+# 1.79 cold and 2.91 hot, 512: 1.25-1.67 cold, 1024: 0.99-1.00 cold but 1.05-1.25 hot;
+# rows of 4096 and single rows gained (tools/streaming_stores.py).
+STREAM_MIN_ROW_BYTES = 16 << 10
+
+
 def streaming_stores(y: np.ndarray, x: np.ndarray, fresh: bool = False) -> bool:
     """Whether the kernels should write `y` with streaming (non-temporal) stores: when it
-    is larger than the cache a core can count on (_dispatch.stream_min_bytes), and only
-    into memory that was there before the call. Not in place (the lines were just read:
-    there is no read-for-ownership to save), and not into a `fresh` output: its first
-    touch faults each page in and zeroes it, which brings its lines into the cache, and
-    streaming stores then only evict them (Xeon VM, plain calls into fresh 2 MiB pages,
-    float32, streaming / normal stores: 4096x4096 softmax 1.22, log_softmax 1.31; one row
-    of 2^24 1.18 and 1.16)."""
-    return not fresh and y.nbytes > _dispatch.stream_min_bytes() and not np.may_share_memory(y, x)
+    is larger than the cache a core can count on (_dispatch.stream_min_bytes) in rows of
+    at least STREAM_MIN_ROW_BYTES, and only into memory that was there before the call.
+    Not in place (the lines were just read: there is no read-for-ownership to save), and
+    not into a `fresh` output: its first touch faults each page in and zeroes it, which
+    brings its lines into the cache, and streaming stores then only evict them (Xeon VM,
+    plain calls into fresh 2 MiB pages, float32, streaming / normal stores: 4096x4096
+    softmax 1.22, log_softmax 1.31; one row of 2^24 1.18 and 1.16)."""
+    return (
+        not fresh
+        and y.nbytes > _dispatch.stream_min_bytes()
+        and (y.ndim == 0 or y.shape[-1] * y.itemsize >= STREAM_MIN_ROW_BYTES)
+        and not np.may_share_memory(y, x)
+    )

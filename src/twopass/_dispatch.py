@@ -172,14 +172,14 @@ def mesh_l3(caches: dict[str, int]) -> bool:
 def stream_min_bytes() -> int:
     """Outputs larger than this, when the caller gives them (`out=`), are written with
     streaming stores (_arrays.streaming_stores): past the cache one core can count on.
-    That is the L3 of a core complex, but only 4x the L2 on a mesh L3: its size is the
+    That is the L3 of a core complex, but only 16x the L2 on a mesh L3: its size is the
     whole server's, shared with other cores and tenants. Xeon VM (2 MiB L2, 504 MiB mesh
-    L3), float32 into `out=`, one thread, streaming / normal stores (min of 2 rounds of
-    medians): 4096-wide rows, y 8 MiB hot 1.06 cold 0.78, y 16 MiB hot 1.04 cold 0.80,
-    y 32 MiB hot 0.84 cold 0.83; one row of 2^23 (y 32 MiB) log_softmax hot 0.80 cold 0.71,
-    of 2^24 cold softmax 0.74, log_softmax 0.68 (tools/streaming_stores.py)."""
+    L3), float32 into `out=`, rows of 4096, streaming / normal stores (medians, min of 2
+    rounds; tools/streaming_stores.py): y 16 MiB cold 0.82-0.96 but hot 1.04-1.16 (one
+    thread and two), y 32 MiB hot 0.84-1.06 cold 0.83-0.87, y 64 MiB hot 0.78-1.03 cold
+    0.78-1.00; one row of 2^24 (y 64 MiB) cold softmax 0.83, log_softmax 0.74."""
     caches = cache_sizes()
-    return 4 * caches["L2"] if mesh_l3(caches) else caches["L3"]
+    return 16 * caches["L2"] if mesh_l3(caches) else caches["L3"]
 
 
 @cache
