@@ -266,7 +266,7 @@ def _fast(
         else:
             code = ALGO_CODES[auto_algorithm(op, x.dtype, n, x.size, nthreads)]
         ys_outer = n
-    stream = out is not None and streaming_stores(y, x)
+    stream = streaming_stores(y, x, fresh=out is None)
     xa, ya = (x, y) if dtype_code < 0 else (x.view(np.uint16), y.view(np.uint16))  # halves as uint16 views
     _core.run(
         OP_CODES[op],
