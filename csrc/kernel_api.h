@@ -83,7 +83,27 @@ template <class S> struct Passes {
   // the compute type, *s = the sum (the cross-entropy's softmax scratch row: for halves
   // float32, so exp is rounded once, by the gradient's write).
   void (*exp_store_sum_wide)(const S* x, T* y, int64_t n, T m, double* s, bool stream);
+  // Rows only, and only where y can hold exp in the compute type (float, double; null
+  // elsewhere): the reload's passes on a contiguous part of a row, for a row split along
+  // its axis over threads (softmax.cpp, Algorithms::reload_split). reload_part fuses
+  // passes 1 and 2 block by block as rows_reload does on a long row: y = exp(x - ref_k)
+  // over block k, ref_k the part's running maximum there (refs[k]; -inf before the first
+  // finite element), *m = the part's maximum, *s = sum of exp(x - *m). refs holds at
+  // least reload_blocks(n) entries. reload_part_scale is pass 3: y *= f[k] over block
+  // k, f[k] = exp(refs[k] - m) / s (m, s: the whole row's), refs overwritten by f.
+  void (*reload_part)(const S* x, S* y, int64_t n, T* refs, T* m, double* s);
+  void (*reload_part_scale)(S* y, int64_t n, T* refs, T m, double s);
 };
+
+// Entries reload_part's refs needs for n elements: its blocks are at least
+// kReloadMinBlock elements (kUnroll vectors of 16 steps; 64 on the scalar build).
+constexpr int64_t kReloadMinBlock = 64;
+constexpr int64_t reload_blocks(int64_t n) { return n / kReloadMinBlock + 1; }
+
+// exp(a - b) in double, the rounding of a - b corrected (TwoSum): exact for float
+// anyway; for double, an error of |a - b| ulp otherwise (the reload's block and chunk
+// factors). Defined once, outside the per-ISA builds (softmax.cpp).
+double exp_of_difference(double a, double b);
 
 // The softmax-family kernels of one storage type.
 template <class S> struct SoftmaxKernels {

@@ -125,7 +125,9 @@ def test_row_blocks_with_special_rows(isa, dtype, op, n):
 # float32 / 512 float64 elements on AVX-512), each block's exp relative to the running
 # maximum, rescaled by its own factor in pass 3. Rows whose maximum moves between
 # blocks, special values in the first, a middle and the last block, -inf blocks before
-# the first finite one, and factors that underflow.
+# the first finite one, and factors that underflow. On 2 threads the row of 70,001 is
+# split in two chunks (reload_split), each fused with its own running maximum and the
+# chunks' sums merged: chunks of -inf only, or far below the other's maximum.
 FUSED_ROWS = {
     "random": lambda n, rng: rng.standard_normal(n) * 4,
     "ascending": lambda n, rng: np.sort(rng.standard_normal(n) * 4),
@@ -144,6 +146,9 @@ FUSED_ROWS = {
     "all_minus_inf": lambda n, rng: np.full(n, -np.inf),
     "huge_in_middle": lambda n, rng: np.where(np.arange(n) == n // 2, 3e38, rng.standard_normal(n)),
     "subnormal_outputs": lambda n, rng: np.linspace(-110.0, 0.0, n)[::-1],
+    "first_chunk_minus_inf": lambda n, rng: np.where(np.arange(n) < 0.6 * n, -np.inf, rng.standard_normal(n)),
+    "second_chunk_far_below": lambda n, rng: np.where(np.arange(n) < 0.5 * n, 120.0, 0.0) + rng.standard_normal(n),
+    "second_chunk_nan": lambda n, rng: np.where(np.arange(n) == n - 1000, np.nan, rng.standard_normal(n)),
 }
 
 

@@ -147,11 +147,13 @@ def test_fast_path_keeps_the_errors():
 # ----------------------------------------------------------------------------------
 # algorithm="auto": the rule of _softmax.auto_algorithm, from cache sizes, ISA and threads.
 # ----------------------------------------------------------------------------------
-def _with_caches(monkeypatch, half_width: bool = False, **sizes: int) -> None:
-    """These caches, and AVX2 at full width (256-bit units) unless `half_width`."""
+def _with_caches(monkeypatch, half_width: bool = False, avx512_half_width: bool = False, **sizes: int) -> None:
+    """These caches, and AVX2 and AVX-512 at full width unless `half_width` (AVX2 in two
+    128-bit halves) or `avx512_half_width` (AVX-512 in two 256-bit halves)."""
     caches = dict(_dispatch.cache_sizes(), **sizes)
     monkeypatch.setattr(_dispatch, "cache_sizes", lambda: caches)
     monkeypatch.setattr(_dispatch, "avx2_half_width", lambda: half_width)
+    monkeypatch.setattr(_dispatch, "avx512_half_width", lambda: avx512_half_width)
     monkeypatch.setattr(_softmax, "_limits", {})
 
 
@@ -248,6 +250,61 @@ def test_half_width_avx2_is_told_by_the_cpu_model():
     assert not split("GenuineIntel", 0x17, 0x01)
 
 
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_auto_on_split_rows(monkeypatch, dtype, isa):
+    """A single row that 2 threads split along its axis takes the reload (passes 1 and 2
+    fused per chunk) while its x and y fit the L3, or the smaller cache of the rule;
+    two_pass beyond it, unless the exp outweighs memory on every thread (w >= 4 per
+    thread: scalar). On a many-core mesh L3, where the reload counts on a quarter of the
+    L2 (for w <= 2), two_pass beyond that quarter."""
+    w = _softmax.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
+    per = dtype.itemsize // 4
+    reload = "three_pass_reload"
+    for l2, l3 in ((1 << 20, 32 << 20), (512 << 10, 8 << 20)):
+        _with_caches(monkeypatch, L2=l2, L3=l3)
+        cache = l3 if w == 1 else int(min(w / 2 * l3, 16 * w * l2))
+        n = min(cache, l3) * per // (2 * dtype.itemsize)  # x and y fill it
+        assert _softmax._split_row(n, n, 2) and _softmax._split_row(2 * n, 2 * n, 2)
+        assert _softmax.auto_algorithm("softmax", dtype, n, n, 2, isa) == reload
+        beyond = reload if w >= 8 else "two_pass"
+        assert _softmax.auto_algorithm("softmax", dtype, 2 * n, 2 * n, 2, isa) == beyond
+    _with_caches(monkeypatch, L2=2 << 20, L3=504 << 20)
+    if w <= 2:
+        for n in (1 << 17, 1 << 20, 1 << 24):
+            assert _softmax.auto_algorithm("softmax", dtype, n, n, 2, isa) == "two_pass"
+
+
+def test_half_width_avx512_is_told_by_the_cpu_model():
+    """AMD Zen 4 (family 19h, the only one of it with AVX-512) splits 512-bit
+    instructions in two; Zen 5 (1Ah) and Intel do not."""
+    split = _dispatch.splits_512bit_ops
+    assert split("AuthenticAMD", 0x19, 0x11) and split("AuthenticAMD", 0x19, 0x61)
+    assert not split("AuthenticAMD", 0x1A, 0x02)  # Zen 5
+    assert not split("GenuineIntel", 0x06, 0xCF)  # Emerald Rapids
+    assert not split("GenuineIntel", 0x19, 0x11)
+
+
+def test_auto_on_half_width_avx512(monkeypatch):
+    """On AMD Zen 4 (AVX-512 in two halves; 1 MiB L2, 32 MiB L3) float64's exp weighs as
+    on a full-width AVX2 (w = 2), so batches of rows that stream from memory take the
+    reload while one row's x and y fit 4 L2s (Zen 4 VM, `bench --tune`: 4096x4096 and
+    64x262144 0.89-0.96 of two_pass's time, 32x128256 on 2 threads 0.80-0.83); float32
+    keeps w = 1 (64x262144 on 1 thread: two_pass 1.32x faster)."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    _with_caches(monkeypatch, avx512_half_width=True, L2=1 << 20, L3=32 << 20)
+    assert (_softmax.exp_weight(4, "avx512"), _softmax.exp_weight(8, "avx512")) == (1, 2)
+    assert _softmax.exp_weight(8, "avx2") == 4  # (the AVX2 build runs at full width there)
+    reload = "three_pass_reload"
+    for rows, n in ((4096, 4096), (64, 262144), (32, 128256)):
+        for threads in (1, 2):
+            assert _softmax.auto_algorithm("softmax", f64, n, rows * n, threads, "avx512") == reload
+    assert _softmax.auto_algorithm("softmax", f32, 262144, 64 * 262144, 1, "avx512") == "two_pass"
+    assert _softmax.auto_algorithm("softmax", f64, 1 << 24, 1 << 24, 1, "avx512") == "two_pass"
+    _with_caches(monkeypatch, avx512_half_width=False, L2=1 << 20, L3=32 << 20)
+    assert _softmax.auto_algorithm("softmax", f64, 4096, 4096 * 4096, 1, "avx512") == "two_pass"
+
+
 def test_auto_on_half_width_avx2(monkeypatch):
     """Where AVX2 runs at half width the exp weighs twice as much (float32 w = 4, float64
     8), so the reload's one exp per element wins further (Zen 1 VM, 512 KiB L2, 8 MiB L3):
@@ -298,21 +355,22 @@ def test_auto_on_a_large_shared_l3(monkeypatch):
     assert _softmax.auto_algorithm("softmax", f32, 128256, 32 * 128256, 1, "avx512") == "two_pass"
 
 
-def test_auto_splits_rows_with_two_pass(monkeypatch):
-    """A row that 2 threads split along its axis takes two_pass (a parallel region per
-    pass), unless the exp dominates (w >= 4) and it fits half the cache; the same row
-    on one thread, or rows one per thread, follow the cache rule (an 8 MiB L2 here, so
-    that x and y of the row, 4 MiB, fit it)."""
+def test_auto_on_a_split_row_and_on_rows(monkeypatch):
+    """A row that 2 threads split along its axis takes the reload while its x and y fit
+    the L3 (test_auto_on_split_rows), two_pass beyond; the same row on one thread, or
+    rows one per thread, follow the cache rule (an 8 MiB L2 here, so that x and y of the
+    row, 4 MiB, fit it)."""
     _with_caches(monkeypatch, L2=8 << 20, L3=32 << 20)
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     n = 2 * _softmax._MIN_PER_CHUNK
-    assert _softmax.auto_algorithm("softmax", f32, n, n, 1, "avx512") == "three_pass_reload"
-    assert _softmax.auto_algorithm("softmax", f32, n, n, 2, "avx512") == "two_pass"
-    assert _softmax.auto_algorithm("softmax", f32, n, 2 * n, 2, "avx512") == "three_pass_reload"
-    assert _softmax.auto_algorithm("softmax", f64, n, n, 2, "avx512") == "two_pass"
-    assert _softmax.auto_algorithm("softmax", f64, n, n, 2, "avx2") == "three_pass_reload"
-    big = 8 << 20  # float64 x and y of 128 MiB: beyond half of AVX2's float64 budget (rule 2)
+    assert _softmax._split_row(n, n, 2) and not _softmax._split_row(n, 2 * n, 2)
+    for dtype in (f32, f64):
+        for isa in ("avx512", "avx2"):
+            for threads, size in ((1, n), (2, n), (2, 2 * n)):
+                assert _softmax.auto_algorithm("softmax", dtype, n, size, threads, isa) == "three_pass_reload"
+    big = 8 << 20  # float64 x and y of 128 MiB: beyond the L3
     assert _softmax.auto_algorithm("softmax", f64, big, big, 2, "avx2") == "two_pass"
+    assert _softmax.auto_algorithm("softmax", f32, 2 * big, 2 * big, 2, "avx512") == "two_pass"
 
 
 def test_auto_halves_reload_rows_that_keep_exp_in_float32():

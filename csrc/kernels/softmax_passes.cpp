@@ -346,6 +346,7 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
 // ---------------------------------------------------------------------------------
 template <class S, bool Panel> struct PassKernels {
   using T = tp::Compute<S>;  // S: the storage type of x and y (loops.h)
+  static constexpr bool kStores = std::is_same_v<S, T>;  // y can hold exp in T
   template <bool Shifted> static void two_pass_sum_impl(const Group<S>& g, const T* shift, ScaledSum* out, T* mx) {
     TwoPassSumVisitor<T, Shifted> v;
     if (Shifted) v.shift.load(shift, g, Panel);
@@ -438,15 +439,6 @@ template <class S, bool Panel> struct PassKernels {
     map<Panel>(g, v, stream);
   }
 
-  // exp(a - b) in double, the rounding of a - b corrected (TwoSum): exact for float
-  // anyway; for double, an error of |a - b| ulp otherwise (the reload's block factors).
-  static double exp_of_difference(double a, double b) {
-    const double d = a - b;
-    if (!std::isfinite(d)) return std::exp(d);
-    const double ap = d + b, bp = d - ap;
-    return std::exp(d) * (1.0 + ((a - ap) + (-b - bp)));
-  }
-
   // Passes 1 and 2 of the reload on a long row (float, double softmax), fused block by
   // block: each block's maximum (the block comes into the L1), the running maximum m
   // updated from it (the sum so far rescaled by exp(m_old - m), in double), then
@@ -463,7 +455,7 @@ template <class S, bool Panel> struct PassKernels {
       const int64_t end = std::min(n, b + kBlock);
       const Range range = max_min<true>(xr, b, end, next);
       if (range.max > run) {  // (exp(-inf) = 0 for the first finite block: s is 0 or NaN before it)
-        sum.scale(exp_of_difference(run, range.max));
+        sum.scale(tp::exp_of_difference(run, range.max));
         run = range.max;
       }
       block_refs[blk] = run;
@@ -475,6 +467,44 @@ template <class S, bool Panel> struct PassKernels {
     }
     m = run;
     s = sum.value();
+  }
+
+  // Pass 3 of the fused reload (after fused_max_exp): y = e * f[k] over block k, f[k] =
+  // exp(refs[k] - m) / s computed into refs; e may be y itself.
+  static void scale_blocks(const T* e, S* yr, int64_t n, T* refs, T m, double s, bool stream, RowPrefetch<S>& next) {
+    using V = Vec<T>;
+    using R = typename V::R;
+    constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
+    static_assert(kBlock >= tp::kReloadMinBlock);
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    for (int64_t k = 0; k < blocks; ++k) refs[k] = (T)(tp::exp_of_difference(refs[k], m) / s);
+    write_row(yr, n, stream, Reads{{e}}, (const S*)nullptr, [&](int64_t j, int k, int u) {
+      if (u == 0) next.step();
+      const int64_t blk = j / kBlock;
+      R f = V::set1(refs[blk]);
+      if ((j + k - 1) / kBlock != blk) {
+        // A vector across two blocks: streaming stores peel a head to align y, which
+        // shifts the vectors off the block boundaries.
+        T lanes[V::W];
+        for (int l = 0; l < V::W; ++l) lanes[l] = refs[std::min(blocks - 1, (j + l) / kBlock)];
+        f = V::load(lanes);
+      }
+      return V::mul(load_k<T>(e + j, k, 0), f);
+    });
+  }
+
+  // Kernel_api.h's reload_part and reload_part_scale (S = T only).
+  static void reload_part(const S* x, S* y, int64_t n, T* refs, T* m, double* s) {
+    if constexpr (std::is_same_v<S, T>) {
+      RowPrefetch<S> none(nullptr, 0);
+      fused_max_exp(x, y, n, none, refs, *m, *s);
+    }
+  }
+  static void reload_part_scale(S* y, int64_t n, T* refs, T m, double s) {
+    if constexpr (std::is_same_v<S, T>) {
+      RowPrefetch<S> none(nullptr, 0);
+      scale_blocks(y, y, n, refs, m, s, false, none);  // in place: normal stores (streaming_stores.h)
+    }
   }
 
   // The maximum and minimum of x[b, end) (a NaN may or may not survive: the sums catch
@@ -570,17 +600,16 @@ template <class S, bool Panel> struct PassKernels {
     // exp before pass 3 rounds again, in a float32 row of the thread's own (wide_row)
     // up to kWideRowElements, and beyond recompute it in pass 3 (kernel_api.h,
     // rows_reload).
-    constexpr bool kStore = std::is_same_v<S, T>;
     constexpr int64_t kScratch = tp::kReloadScratchBytes / sizeof(T);
     T scratch[kScratch];
     const bool buffered = n <= kScratch;
     using R = typename V::R;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     T* wide = nullptr;
-    if constexpr (!kStore) wide = !buffered && !log && n <= tp::kWideRowElements ? wide_row(n) : nullptr;
+    if constexpr (!kStores) wide = !buffered && !log && n <= tp::kWideRowElements ? wide_row(n) : nullptr;
     // Longer rows of softmax fuse passes 1 and 2 block by block (see fused_max_exp),
     // storing exp in y or the wide row: one factor per block for pass 3.
-    const bool fused = (kStore || wide) && !buffered && !log;
+    const bool fused = (kStores || wide) && !buffered && !log;
     const int64_t blocks = (n + kBlock - 1) / kBlock;
     constexpr int64_t kStackBlocks = 256;
     T block_refs_stack[kStackBlocks];
@@ -596,28 +625,13 @@ template <class S, bool Panel> struct PassKernels {
       double s;
       if (fused) {
         T* e = nullptr;  // where pass 2 keeps exp: y itself (S = T) or the wide row
-        if constexpr (kStore) e = yr;
+        if constexpr (kStores) e = yr;
         else e = wide;
         fused_max_exp(xr, e, n, next, block_refs, m, s);
         redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
         if (redo[r]) continue;
-        // Pass 3: y = e * exp(ref - m) / s, the factor of e's block (1/s where ref = m).
-        for (int64_t k = 0; k < blocks; ++k) block_refs[k] = (T)(exp_of_difference(block_refs[k], m) / s);
-        const tp::Reuse reuse = kStore ? tp::Reuse::kInPlace : tp::Reuse::kFinalOutput;
-        write_row(yr, n, tp::use_streaming_stores(stream, reuse), Reads{{e}}, (const S*)nullptr,
-                  [&](int64_t j, int k, int u) {
-                    if (u == 0) next.step();
-                    const int64_t blk = j / kBlock;
-                    R f = V::set1(block_refs[blk]);
-                    if ((j + k - 1) / kBlock != blk) {
-                      // A vector across two blocks: streaming stores peel a head to align
-                      // y, which shifts the vectors off the block boundaries.
-                      T lanes[V::W];
-                      for (int l = 0; l < V::W; ++l) lanes[l] = block_refs[std::min(blocks - 1, (j + l) / kBlock)];
-                      f = V::load(lanes);
-                    }
-                    return V::mul(load_k<T>(e + j, k, 0), f);
-                  });
+        const tp::Reuse reuse = kStores ? tp::Reuse::kInPlace : tp::Reuse::kFinalOutput;
+        scale_blocks(e, yr, n, block_refs, m, s, tp::use_streaming_stores(stream, reuse), next);
         if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
         continue;
       }
@@ -661,7 +675,8 @@ template <class S, bool Panel> struct PassKernels {
 
   static constexpr tp::Passes<S> table() {
     return {two_pass_sum, two_pass_write, max,   sumexp, online, exp_store_sum, exp_scale, scale, log_softmax_write,
-            Panel ? nullptr : rows_reload, Panel ? nullptr : exp_store_sum_wide};
+            Panel ? nullptr : rows_reload, Panel ? nullptr : exp_store_sum_wide,
+            Panel || !kStores ? nullptr : reload_part, Panel || !kStores ? nullptr : reload_part_scale};
   }
 };
 

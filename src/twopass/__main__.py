@@ -22,6 +22,8 @@ def _info(argv: list[str]) -> int:
     print(f"available:    {', '.join(info['isa_supported'])}")
     if info["avx2_half_width"]:
         print("              (256-bit AVX instructions run as two 128-bit halves here)")
+    if info["avx512_half_width"]:
+        print("              (512-bit AVX-512 instructions run as two 256-bit halves here)")
     print(f"caches:       {caches}")
     print(f"threads:      {info['threads']}")
     print(f"prefetch:     {info['prefetch_bytes']} bytes ahead")

@@ -221,6 +221,27 @@ def avx2_half_width() -> bool:
         return False
 
 
+def splits_512bit_ops(vendor: str, family: int, model: int) -> bool:
+    """Whether a core runs each 512-bit AVX-512 instruction as two 256-bit halves: AMD's
+    Zen 4 (family 19h; Zen 3, the rest of the family, has no AVX-512 at all), from
+    /proc/cpuinfo's vendor_id, cpu family and model. Zen 5 (1Ah) and Intel's AVX-512
+    cores have 512-bit units."""
+    return vendor == "AuthenticAMD" and family == 0x19
+
+
+@cache
+def avx512_half_width() -> bool:
+    """This CPU's AVX-512 runs at half width (splits_512bit_ops): its float64 exp costs
+    twice as many cycles per element as on a core with 512-bit units, which moves auto's
+    crossovers (_softmax.exp_weight). False where /proc/cpuinfo does not say."""
+    fields = _cpuinfo()
+    try:
+        split = splits_512bit_ops(fields["vendor_id"], int(fields["cpu family"]), int(fields["model"]))
+    except (KeyError, ValueError):
+        return False
+    return split and "avx512f" in fields.get("flags", "").split()
+
+
 def info() -> dict[str, Any]:
     """What twopass sees and chose on this machine (`python -m twopass info` prints it).
 
@@ -234,7 +255,8 @@ def info() -> dict[str, Any]:
         ``prefetch_bytes`` (the kernels' software-prefetch distance), ``spin_us`` (how
         long idle worker threads wait for work before sleeping), ``avx512_bf16``
         (bfloat16 narrowed by AVX512-BF16's instruction), ``avx2_half_width`` (256-bit
-        instructions run as two halves: AMD Zen and Zen+), ``torch_openmp`` (the OpenMP
+        instructions run as two halves: AMD Zen and Zen+), ``avx512_half_width`` (512-bit
+        instructions run as two halves: AMD Zen 4), ``torch_openmp`` (the OpenMP
         runtime whose team runs twopass.torch's parallel calls; None: twopass's own pool,
         or twopass.torch not imported), and ``versions`` of twopass and its companions.
     """
@@ -257,6 +279,7 @@ def info() -> dict[str, Any]:
         "spin_us": _core.spin_us(),
         "avx512_bf16": _core.avx512_bf16(),
         "avx2_half_width": avx2_half_width(),
+        "avx512_half_width": avx512_half_width(),
         # (never imports torch: only what an imported twopass.torch chose)
         "torch_openmp": getattr(sys.modules.get("twopass.torch._eager"), "OPENMP_RUNTIME", None),
         "versions": {

@@ -341,11 +341,16 @@ def _fast_out_ok(x: np.ndarray, out: Any, op: str, keepdims: bool) -> bool:
 #   per-row costs (65536x64: 2x);
 # - where the exp dominates (w >= 4), one thread never outruns memory: the reload at
 #   any size (float64 on AVX2, 2^24 and 2^26: 1.07x and 1.10x);
-# - a row that several threads split along its axis: each pass is a parallel region of
-#   its own, so two_pass, unless w >= 4 and x and y fit half the cache above (float64
-#   on AVX2, 512K..2M: the reload 1.1..1.3x faster hot), or the exp outweighs memory on
-#   every thread, w >= 4 per thread (float64 on a half-width AVX2, w = 8, 2 threads:
-#   the reload 1.15x faster from 4M to 64M).
+# - a row that several threads split along its axis: the reload, its passes 1 and 2
+#   fused per chunk (two parallel regions, x read once), while x and y fit the L3 (or
+#   the smaller cache above); two_pass beyond, unless the exp outweighs memory on every
+#   thread, w >= 4 per thread (float64 on a half-width AVX2, w = 8, 2 threads: the
+#   reload 1.15x faster from 4M to 64M). Zen 4 VM (1 MiB L2, 32 MiB L3), 2 threads,
+#   `bench --tune`, reload / two_pass, hot / cold: AVX-512 float64 rows of 64K..2M
+#   0.77-0.83 / 0.85-0.92 (before the fused split: 0.79-0.86 hot, 0.98-1.17 cold), 4M
+#   0.86, 8M 0.95, 16M 1.31; float32 64K..4M 0.89-0.95 / 0.90-1.05, 8M 0.98, 16M 1.42;
+#   AVX2 float32 64K..4M 0.80-0.88 / 0.80-0.92, 8M 0.98, 16M 0.94; float64 64K..4M
+#   0.76-0.82 / 0.78-0.82, 8M 1.08.
 #
 # Where the exp is cheapest (w = 1: AVX-512, float32 and float64), the exp-heavy passes
 # prefetch 8 KiB ahead (TWOPASS_PREFETCH_BYTES) and the reload fuses its max pass into
@@ -377,15 +382,23 @@ _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (i
 
 
 def exp_weight(itemsize: int, isa: str | None) -> int:
-    """EXP_WEIGHT for the dtype and ISA (None: the selected one), doubled for AVX2 on a
-    core that runs 256-bit instructions as two halves (AMD Zen and Zen+): each vector op,
-    the exp's included, costs two. Zen 1 VM (AVX2, 512 KiB L2, 8 MiB L3, `bench --tune`,
-    reload / two_pass, float32 softmax): one thread 0.65-0.91 at every size up to 64M; 2
-    threads on a split row 0.69-0.74 up to 1M and 0.95-1.16 beyond; float64 on 2 threads
-    0.86-0.87 from 4M to 64M. So w = 4 for float32 there, as for float64 on a full-width
-    core."""
+    """EXP_WEIGHT for the dtype and ISA (None: the selected one), doubled where the core
+    runs the vectors as two halves: each vector op, the exp's included, costs two.
+    - AVX2 on AMD Zen and Zen+ (256-bit ops in two): Zen 1 VM (512 KiB L2, 8 MiB L3,
+      `bench --tune`, reload / two_pass, float32 softmax): one thread 0.65-0.91 at every
+      size up to 64M; 2 threads on a split row 0.69-0.74 up to 1M and 0.95-1.16 beyond;
+      float64 on 2 threads 0.86-0.87 from 4M to 64M. So w = 4 for float32 there, as for
+      float64 on a full-width core.
+    - float64 on AMD Zen 4's AVX-512 (512-bit ops in two): w = 2, as on a full-width AVX2.
+      Zen 4 VM (1 MiB L2, 32 MiB L3, `bench --tune`, 2026-12-05, reload / two_pass):
+      float64 4096x4096 0.89 (1 thread) and 0.92 (2), 64x262144 0.93 and 0.96, 32x128256
+      on 2 threads 0.80-0.83. float32 keeps w = 1 there: its exp, even doubled, stays
+      below the traffic (64x262144, 1 thread: two_pass 1.32x faster, where w = 2 would
+      take the reload)."""
     name = isa or _dispatch.ISA
     w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
+    if name == "avx512" and itemsize == 8 and _dispatch.avx512_half_width():
+        return 2 * w
     return 2 * w if name == "avx2" and _dispatch.avx2_half_width() else w
 
 
@@ -411,7 +424,12 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
         # hot / cold: float64 4096x4096 0.87 / 0.76, float32 4096x4096 1.02 / 0.99;
         # rows of 1-2 MiB, 32x128256 and 64x262144, two_pass: 1.11-1.44).
         cache = several = stream_row = caches["L2"] // 4 * per_byte
-    limits = _limits[itemsize, isa] = (w, cache, several, stream_row, cache // 2 if w >= 4 else 0)
+    # A row split along its axis over the threads: the reload (its passes 1 and 2 fused
+    # per chunk, csrc/softmax.cpp, reload_split) while its x and y fit the L3 (or the
+    # smaller cache above); beyond, every thread streams from memory and two_pass's 2
+    # transfers per element win.
+    split_row = min(cache, caches["L3"] * per_byte)
+    limits = _limits[itemsize, isa] = (w, cache, several, stream_row, split_row)
     return limits
 
 
