@@ -100,11 +100,14 @@ def test_row_blocks_normal_range_boundary(isa, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("n", [1, 7, 64, 100, 2049])
-def test_row_blocks_with_special_rows(isa, dtype, op, n):
+@pytest.mark.parametrize("algorithm", ["three_pass_reload", "two_pass"])
+def test_row_blocks_with_special_rows(isa, dtype, op, n, algorithm):
     """Contiguous rows by three_pass_reload run 256 rows per kernel call
-    (rows_reload); rows with special values are flagged there and redone by the
-    general path. Special rows at a block's first and last row, side by side, and in
-    the last, partial block; 1 and 2 threads (the blocks start where a thread's rows do)."""
+    (rows_reload), by two_pass one row at a time. Rows with special values, or outside
+    two_pass's accurate domain, are flagged there and redone by the general path.
+    Special rows at a block's first and last row, side by side, and in the last,
+    partial block; 1 and 2 threads (the blocks start where a thread's rows do);
+    misaligned outputs, streaming stores on and off."""
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((700, n)) * 4).astype(dtype)
     with np.errstate(over="ignore"):
@@ -115,9 +118,21 @@ def test_row_blocks_with_special_rows(isa, dtype, op, n):
         x[300] = dtype(3e38) if n > 1 else -np.inf  # huge but finite: the maximum-shifted sum is fine
         x[301, ::2] = -np.inf  # -inf entries in a finite row: softmax 0, log_softmax -inf
         x[699] = -np.inf
+        x[400] = 5000 + np.linspace(0, 50, n)  # beyond the accurate domain: shifted redo
+        x[402] = x[403] = x[400]
     for threads in (1, 2):
-        y = run(op, x, algorithm="three_pass_reload", isa=isa, threads=threads)
+        y = run(op, x, algorithm=algorithm, isa=isa, threads=threads)
         assert_close(op, x, y)
+    # misaligned outputs, streaming stores on and off
+    buf = np.empty(x.size + 1, dtype)
+    for stream in (False, True):
+        y = buf[1:].reshape(x.shape)
+        run(op, x, out=y, algorithm=algorithm, isa=isa, stream=stream, threads=1)
+        assert_close(op, x, y)
+        if n % 16 == 0:  # rows that keep the buffer's alignment: where it is a vector's, the stores stream
+            y = buf[: x.size].reshape(x.shape)
+            run(op, x, out=y, algorithm=algorithm, isa=isa, stream=stream, threads=1)
+            assert_close(op, x, y)
 
 
 # Rows longer than rows_reload's 16 KiB scratch row (float32 4096, float64 2048
