@@ -165,25 +165,27 @@ def test_auto_follows_the_cache_sizes(monkeypatch, dtype, isa):
     w the exp's weight for the dtype and ISA; two_pass otherwise, on one thread at any
     size where the exp dominates (w >= 4). Where the exp is cheapest (w = 1) the cache is
     the L3 on one thread and the L2 on several, and beyond it two_pass, but in short rows.
-    The crossovers move with the caches."""
+    The crossovers move with the caches; on one thread with w = 2, 4 L3s (not on a mesh
+    L3)."""
     w = _softmax.EXP_WEIGHT[dtype.itemsize, isa if isa != "avx2" else "simd"]
     per = dtype.itemsize // 4
     for l2, l3 in ((1 << 20, 32 << 20), (2 << 20, 300 << 20), (512 << 10, 32 << 20)):
         _with_caches(monkeypatch, L2=l2, L3=l3)
         mesh = l3 > 128 * l2 and w <= 2  # a many-core mesh L3: a quarter of the L2 counts
         cache = (l2 // 4 if mesh else l3 if w == 1 else int(min(w / 2 * l3, 16 * w * l2))) * per
+        one = 4 * l3 * per if w == 2 and not mesh else cache  # one thread's budget
         stream_row = (l2 // 4 if mesh else 0 if w == 1 else w * w * l2) * per
         if stream_row == 0:  # w = 1: rows beyond the cache take two_pass, short ones the reload
             rows = 4 * cache // (2 * 4096 * dtype.itemsize) + 1
             assert _softmax.auto_algorithm("softmax", dtype, 4096, rows * 4096, 1, isa) == "two_pass"
             assert _softmax.auto_algorithm("softmax", dtype, 64, rows * 4096, 1, isa) == "three_pass_reload"
-        n = cache // (2 * dtype.itemsize)  # one row whose x and y fill the cache
+        n = one // (2 * dtype.itemsize)  # one row whose x and y fill the budget
         beyond = "three_pass_reload" if w >= 4 else "two_pass"
         assert _softmax.auto_algorithm("softmax", dtype, n, n, 1, isa) == "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, 2 * n, 2 * n, 1, isa) == beyond
         if stream_row:
             n = stream_row // (2 * dtype.itemsize)  # rows streamed from memory: by the row
-            rows = 4 * cache // (2 * n * dtype.itemsize) + 1
+            rows = 4 * one // (2 * n * dtype.itemsize) + 1
             assert _softmax.auto_algorithm("softmax", dtype, n, rows * n, 1, isa) == "three_pass_reload"
             assert _softmax.auto_algorithm("softmax", dtype, 2 * n, rows * n, 1, isa) == beyond
         # 2 threads streaming rows: memory-bound where the exp is cheapest, except short
@@ -300,7 +302,9 @@ def test_auto_on_half_width_avx512(monkeypatch):
         for threads in (1, 2):
             assert _softmax.auto_algorithm("softmax", f64, n, rows * n, threads, "avx512") == reload
     assert _softmax.auto_algorithm("softmax", f32, 262144, 64 * 262144, 1, "avx512") == "two_pass"
-    assert _softmax.auto_algorithm("softmax", f64, 1 << 24, 1 << 24, 1, "avx512") == "two_pass"
+    # one thread, single rows: the reload while x and y fit 4 L3s (w = 2), two_pass beyond
+    assert _softmax.auto_algorithm("softmax", f64, 1 << 24, 1 << 24, 1, "avx512") == reload
+    assert _softmax.auto_algorithm("softmax", f64, 1 << 25, 1 << 25, 1, "avx512") == "two_pass"
     _with_caches(monkeypatch, avx512_half_width=False, L2=1 << 20, L3=32 << 20)
     assert _softmax.auto_algorithm("softmax", f64, 4096, 4096 * 4096, 1, "avx512") == "two_pass"
 

@@ -429,6 +429,13 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
     # smaller cache above); beyond, every thread streams from memory and two_pass's 2
     # transfers per element win.
     split_row = min(cache, caches["L3"] * per_byte)
+    if w == 2 and not _dispatch.mesh_l3(caches):
+        # One thread, w = 2: the reload while x and y fit 4 L3s. Beyond the L3 the
+        # reload's extra read and write of y cost about what two_pass's second exp does
+        # (Zen 4 VM, 32 MiB L3, `bench --tune`, one thread, two_pass / reload: float32 on
+        # AVX2 4M 1.29, 8M 1.20, 16M 1.10, 32M 1.06, 64M 0.96; float64 on its half-width
+        # AVX-512 4M 1.17, 8M 0.93, 16M 0.93): within 10% either way up to 4 L3s.
+        cache = max(cache, 4 * caches["L3"] * per_byte)
     limits = _limits[itemsize, isa] = (w, cache, several, stream_row, split_row)
     return limits
 
