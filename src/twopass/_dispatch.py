@@ -209,16 +209,22 @@ def splits_256bit_ops(vendor: str, family: int, model: int) -> bool:
     return zen1 or (vendor == "HygonGenuine" and family == 0x18)
 
 
+def _vendor_family_model() -> tuple[str, int, int] | None:
+    """/proc/cpuinfo's vendor_id, cpu family and model (None where it does not say)."""
+    fields = _cpuinfo()
+    try:
+        return fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return None
+
+
 @cache
 def avx2_half_width() -> bool:
     """This CPU's AVX2 runs at half width (splits_256bit_ops): its exp costs twice as many
     cycles per element as on a core with 256-bit units, which moves auto's crossovers
     (_softmax.exp_weight). False where /proc/cpuinfo does not say."""
-    fields = _cpuinfo()
-    try:
-        return splits_256bit_ops(fields["vendor_id"], int(fields["cpu family"]), int(fields["model"]))
-    except (KeyError, ValueError):
-        return False
+    cpu = _vendor_family_model()
+    return cpu is not None and splits_256bit_ops(*cpu)
 
 
 def splits_512bit_ops(vendor: str, family: int, model: int) -> bool:
@@ -234,12 +240,8 @@ def avx512_half_width() -> bool:
     """This CPU's AVX-512 runs at half width (splits_512bit_ops): its float64 exp costs
     twice as many cycles per element as on a core with 512-bit units, which moves auto's
     crossovers (_softmax.exp_weight). False where /proc/cpuinfo does not say."""
-    fields = _cpuinfo()
-    try:
-        split = splits_512bit_ops(fields["vendor_id"], int(fields["cpu family"]), int(fields["model"]))
-    except (KeyError, ValueError):
-        return False
-    return split and "avx512f" in fields.get("flags", "").split()
+    cpu = _vendor_family_model()
+    return cpu is not None and splits_512bit_ops(*cpu) and "avx512f" in _cpuinfo().get("flags", "").split()
 
 
 def info() -> dict[str, Any]:

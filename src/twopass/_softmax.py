@@ -397,9 +397,10 @@ def exp_weight(itemsize: int, isa: str | None) -> int:
       take the reload)."""
     name = isa or _dispatch.ISA
     w = EXP_WEIGHT[itemsize, name if name in ("avx512", "scalar") else "simd"]
-    if name == "avx512" and itemsize == 8 and _dispatch.avx512_half_width():
-        return 2 * w
-    return 2 * w if name == "avx2" and _dispatch.avx2_half_width() else w
+    half = (name == "avx2" and _dispatch.avx2_half_width()) or (
+        name == "avx512" and itemsize == 8 and _dispatch.avx512_half_width()
+    )
+    return 2 * w if half else w
 
 
 def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, int]:
