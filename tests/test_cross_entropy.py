@@ -494,6 +494,48 @@ def test_torch_in_place_backward():
     assert torch.equal(logits3.detach(), before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"reduction": "sum", "label_smoothing": 0.1},
+        {"reduction": "none", "z_loss": 1e-3, "softcap": 15.0},
+        {"weight": "w"},
+    ],
+)
+def test_torch_in_place_eager_path_is_the_ops(dtype, kw, monkeypatch):
+    """inplace_backward on plain contiguous CPU logits runs the kernel without the custom
+    ops (_EagerInPlace): the same loss and gradient, bit for bit, as the ops' path (what
+    the call takes when the eager path does not apply), the same upstream-gradient scaling."""
+    x, t = _torch_case(n=9, c=133, dtype=dtype)
+    if kw.get("weight") == "w":
+        kw = {"weight": (torch.rand(x.shape[1], generator=torch.Generator().manual_seed(1)) + 0.5).to(dtype)}
+    g = torch.rand(x.shape[0], dtype=dtype) + 0.5 if kw.get("reduction") == "none" else torch.tensor(1.5, dtype=dtype)
+    results = []
+    for path in ("_EagerInPlaceBackward", "_InPlaceBackward"):
+        if path == "_InPlaceBackward":
+            monkeypatch.setattr(tpt._cross_entropy, "_direct_ok", lambda *a: False)
+        leaf = x.clone().requires_grad_()
+        logits = leaf * 1.0  # a non-leaf, as a model's output
+        loss = tpt.cross_entropy(logits, t, inplace_backward=True, **kw)
+        node = loss.grad_fn
+        if type(node).__name__ == "ViewBackward0":  # (reduction "none": the loss reshaped to the rows)
+            node = node.next_functions[0][0]
+        assert type(node).__name__ == path
+        loss.backward(g)
+        results.append((loss.detach(), leaf.grad))
+    (la, ga), (lb, gb) = results
+    assert torch.equal(la, lb)
+    assert torch.equal(ga, gb)
+    ref = x.double().clone().requires_grad_()
+    fkw = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items() if k not in ("z_loss", "softcap")}
+    if "softcap" not in kw and "z_loss" not in kw:  # (torch has neither)
+        F.cross_entropy(ref, t, **fkw).backward(g.double())
+        tol = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-5
+        torch.testing.assert_close(ga.double(), ref.grad, rtol=tol, atol=tol * 1e-2)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_torch_compile_fullgraph(backend, inplace):
