@@ -102,7 +102,7 @@ constexpr int64_t reload_blocks(int64_t n) { return n / kReloadMinBlock + 1; }
 
 // exp(a - b) in double, the rounding of a - b corrected (TwoSum): exact for float
 // anyway; for double, an error of |a - b| ulp otherwise (the reload's block and chunk
-// factors). Defined once, outside the per-ISA builds (softmax.cpp).
+// factors). Defined once, outside the per-ISA builds (kernel_shared.cpp).
 double exp_of_difference(double a, double b);
 
 // The softmax-family kernels of one storage type.

@@ -28,13 +28,6 @@
 
 namespace tp {
 
-double exp_of_difference(double a, double b) {
-  const double d = a - b;
-  if (!std::isfinite(d)) return std::exp(d);
-  const double ap = d + b, bp = d - ap;
-  return std::exp(d) * (1.0 + ((a - ap) + (-b - bp)));
-}
-
 namespace {
 
 template <class S> void fill_lane(const Group<S>& g, int lane, Compute<S> v) {

@@ -4,6 +4,7 @@ thread splits. (AddressSanitizer runs this file too: README, "Testing".)"""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -251,6 +252,35 @@ def test_streaming_stores(isa, stream):
             for op in ("softmax", "log_softmax"):
                 run(op, x, out=y, algorithm=algorithm, isa=isa, stream=stream, threads=1)
                 assert_close(op, x, y)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", [*DTYPES, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("stream", [False, True])
+def test_output_alignment_changes_no_bit(isa, dtype, stream):
+    """Streaming stores peel a partial head so that they are vector-aligned, and stream
+    the whole vectors after the unrolled loop too; the max pass peels its loads: the same
+    bits wherever the output starts (every element offset within 64 bytes), for rows
+    whose tail after the peel holds whole vectors and a partial one, a batch's rows
+    (each row's start moves), and one element; the input moved likewise."""
+    rng = np.random.default_rng(5)
+    item = np.dtype(dtype).itemsize
+    for shape in ((3, 4096), (5, 1000), (2, 37), (1, 1)):
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+        buf = np.empty(x.size + 64, dtype)
+        base = (-buf.ctypes.data % 64) // item  # buf[base] is 64-byte aligned
+        for algorithm in twopass.ALGORITHMS:
+            for op in ("softmax", "log_softmax"):
+                want = run(op, x, algorithm=algorithm, isa=isa, stream=stream, threads=1)
+                for off in range(64 // item):
+                    y = buf[base + off : base + off + x.size].reshape(shape)
+                    y[...] = 0
+                    run(op, x, out=y, algorithm=algorithm, isa=isa, stream=stream, threads=1)
+                    np.testing.assert_array_equal(y, want, err_msg=f"{op} {algorithm} {shape} offset {off}")
+                    xm = buf[base + off : base + off + x.size].reshape(shape)
+                    xm[...] = x
+                    got = run(op, xm, algorithm=algorithm, isa=isa, stream=stream, threads=1)
+                    np.testing.assert_array_equal(got, want, err_msg=f"{op} {algorithm} {shape} x offset {off}")
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)

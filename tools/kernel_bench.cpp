@@ -5,7 +5,7 @@
 //   for k in softmax_passes cross_entropy_rows bf16 softmax_backward table; do
 //     g++ -O3 -DNDEBUG -std=c++17 -DTP_ISA_AVX2 -mavx2 -mfma -c csrc/kernels/$k.cpp -o /tmp/kb_$k.o
 //   done
-//   g++ -O3 -std=c++17 -DTP_BENCH_NS=tp_avx2 tools/kernel_bench.cpp /tmp/kb_*.o -o /tmp/kernel_bench
+//   g++ -O3 -std=c++17 -DTP_BENCH_NS=tp_avx2 tools/kernel_bench.cpp csrc/kernel_shared.cpp /tmp/kb_*.o -o /tmp/kernel_bench
 //   /tmp/kernel_bench [n = 4096] [rows = 1] [dtype = float32|float64|bfloat16|float16]
 //
 // (TP_ISA_SCALAR / tp_scalar for the baseline, TP_ISA_AVX512 -mavx512f -mfma / tp_avx512;

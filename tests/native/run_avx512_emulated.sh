@@ -18,6 +18,6 @@ for k in $kernels; do
   $CXX $flags -DTP_ISA_AVX2 -mavx2 -mfma -mf16c -c "csrc/kernels/$k.cpp" -o "$out/avx2_$k.o"
 done
 # The ISA-independent sources; TP_AVX512_EMULATE makes dispatch.cpp report AVX-512 as supported.
-$CXX $flags -DTP_AVX512_EMULATE tests/native/kernel_check.cpp csrc/dispatch.cpp csrc/softmax.cpp \
+$CXX $flags -DTP_AVX512_EMULATE tests/native/kernel_check.cpp csrc/dispatch.cpp csrc/softmax.cpp csrc/kernel_shared.cpp \
   csrc/cross_entropy.cpp csrc/softmax_backward.cpp csrc/thread_pool.cpp "$out"/scalar_*.o "$out"/avx512_*.o "$out"/avx2_*.o -o "$out/kernel_check"
 "$out/kernel_check"

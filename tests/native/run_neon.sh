@@ -12,6 +12,6 @@ for k in $kernels; do
   $CXX $flags -DTP_ISA_SCALAR -c "csrc/kernels/$k.cpp" -o "$out/scalar_$k.o"
   $CXX $flags -DTP_ISA_NEON -c "csrc/kernels/$k.cpp" -o "$out/neon_$k.o"
 done
-$CXX $flags tests/native/kernel_check.cpp csrc/dispatch.cpp csrc/softmax.cpp csrc/cross_entropy.cpp csrc/softmax_backward.cpp csrc/thread_pool.cpp \
+$CXX $flags tests/native/kernel_check.cpp csrc/dispatch.cpp csrc/softmax.cpp csrc/kernel_shared.cpp csrc/cross_entropy.cpp csrc/softmax_backward.cpp csrc/thread_pool.cpp \
   "$out"/scalar_*.o "$out"/neon_*.o -o "$out/kernel_check"
 qemu-aarch64 "$out/kernel_check"
