@@ -81,8 +81,9 @@ template <class S> struct Passes {
                       uint8_t* redo);
   // Rows only (null in the panel table): exp_store_sum of one contiguous row into y of
   // the compute type, *s = the sum (the cross-entropy's softmax scratch row: for halves
-  // float32, so exp is rounded once, by the gradient's write).
-  void (*exp_store_sum_wide)(const S* x, T* y, int64_t n, T m, double* s, bool stream);
+  // float32, so exp is rounded once, by the gradient's write). `next` (may be null): a
+  // row of n elements to prefetch into the L2 over this pass (loops.h, RowPrefetch).
+  void (*exp_store_sum_wide)(const S* x, T* y, int64_t n, T m, double* s, bool stream, const S* next);
   // Rows only, and only where y can hold exp in the compute type (float, double; null
   // elsewhere): the reload's passes on a contiguous part of a row, for a row split along
   // its axis over threads (softmax.cpp, Algorithms::reload_split). reload_part fuses
@@ -127,8 +128,10 @@ template <class S> struct CrossEntropyRowKernels {
   double (*dot)(const S* x, const T* w, int64_t n);
   // y_j = (a * p_j - c * w_j) * (1 - (xc_j * inv_cap)^2): the gradient from the softmax
   // p, rounded once to S; w null means w_j = 1, xc null means no soft-cap; `stream`:
-  // non-temporal stores.
-  void (*gradient)(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream);
+  // non-temporal stores; `next` (may be null): a row of n elements to prefetch into the
+  // L2 over this pass.
+  void (*gradient)(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream,
+                   const S* next);
 };
 
 // The backward passes of the softmax family over contiguous rows (kernels/softmax_backward.cpp):

@@ -89,11 +89,14 @@ template <class S, class T = tp::Compute<S>> double ce_dot(const S* x, const T* 
 // once to S and written with streaming stores when `stream` (the caller applies
 // tp::use_streaming_stores).
 template <class S, bool Weighted, bool Capped, class T>
-void ce_gradient_impl(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
+void ce_gradient_impl(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream,
+                      const S* next_row) {
   using V = Vec<T>;
   using R = typename V::R;
   const R av = V::set1(a), cv = V::set1(c), iv = V::set1(inv_cap), one = V::set1(1);
-  write_row(y, n, stream, Reads{{p, w, xc}}, (const T*)nullptr, [&](int64_t i, int k, int) {
+  RowPrefetch<S> next(next_row, n);
+  write_row(y, n, stream, Reads{{p, w, xc}}, (const T*)nullptr, [&](int64_t i, int k, int u) {
+    if (u == 0) next.step();
     R g = V::mul(av, load_k<T>(p + i, k, 0));
     g = Weighted ? V::sub(g, V::mul(cv, load_k<T>(w + i, k, 0))) : V::sub(g, cv);
     if (Capped) {
@@ -104,13 +107,14 @@ void ce_gradient_impl(const T* p, S* y, const T* xc, const T* w, int64_t n, T a,
   });
 }
 template <class S, class T = tp::Compute<S>>
-void ce_gradient(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream) {
+void ce_gradient(const T* p, S* y, const T* xc, const T* w, int64_t n, T a, T c, T inv_cap, bool stream,
+                 const S* next) {
   if (w)
-    xc ? ce_gradient_impl<S, true, true>(p, y, xc, w, n, a, c, inv_cap, stream)
-       : ce_gradient_impl<S, true, false>(p, y, xc, w, n, a, c, inv_cap, stream);
+    xc ? ce_gradient_impl<S, true, true>(p, y, xc, w, n, a, c, inv_cap, stream, next)
+       : ce_gradient_impl<S, true, false>(p, y, xc, w, n, a, c, inv_cap, stream, next);
   else
-    xc ? ce_gradient_impl<S, false, true>(p, y, xc, w, n, a, c, inv_cap, stream)
-       : ce_gradient_impl<S, false, false>(p, y, xc, w, n, a, c, inv_cap, stream);
+    xc ? ce_gradient_impl<S, false, true>(p, y, xc, w, n, a, c, inv_cap, stream, next)
+       : ce_gradient_impl<S, false, false>(p, y, xc, w, n, a, c, inv_cap, stream, next);
 }
 
 }  // namespace

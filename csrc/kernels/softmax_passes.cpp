@@ -416,9 +416,15 @@ template <class S, bool Panel> struct PassKernels {
       map<Panel>(part, v, stream);
     });
   }
-  static void exp_store_sum_wide(const S* x, T* y, int64_t n, T m, double* s, bool stream) {
-    exp_store_sum_blocks(Group<S>{x, nullptr, n, 1, 1, 1}, &m, s, [&](int64_t b, int64_t len, ExpStoreSumVisitor<T>& v) {
-      map_row(x + b, y + b, len, v, stream);
+  static void exp_store_sum_wide(const S* x, T* y, int64_t n, T m, double* s, bool stream, const S* next_row) {
+    using Vis = ExpStoreSumVisitor<T>;
+    RowPrefetch<S> next(next_row, n);
+    exp_store_sum_blocks(Group<S>{x, nullptr, n, 1, 1, 1}, &m, s, [&](int64_t b, int64_t len, Vis& v) {
+      const S* xb = x + b;
+      write_row(y + b, len, stream, Reads{{xb}}, Vis::kPrefetch ? xb : nullptr, [&](int64_t i, int k, int u) {
+        if (u == 0) next.step();
+        return v.apply(u, load_k(xb + i, k, Vis::kFill));
+      });
     });
   }
   static void exp_scale(const Group<S>& g, const T* m, const T* c, bool stream) {

@@ -12,9 +12,9 @@ step's loss), medians of repeats after a warm-up, in one process:
 - the bound (memory floor): one read and one write of the logits at the streaming-copy
   bandwidth, measured in the same run over buffers of the same size;
 - the compute floor: the in-place step per row on rows that stay in the L2 (k rows in
-  one call, less the per-call cost of a call on one row of 16 classes; one thread),
-  times the rows that are not ignored over the threads. "% of roof" = max(the two
-  floors) / time.
+  one call, less the per-call cost of a call on one row of 16 classes; one thread,
+  fastest of the repeats), times the rows that are not ignored over the threads.
+  "% of roof" = max(the two floors) / time.
 Peak extra memory per variant (beyond the inputs) is measured in a fresh subprocess
 from the process's peak resident size (Linux: VmHWM, reset through
 /proc/self/clear_refs), since torch's CPU allocator is not traced; where that fails,
@@ -137,11 +137,23 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(ts))
 
 
-def _compute_floor_s(shape: tuple[int, int], dtype: str, threads: int, repeats: int, active_rows: int) -> float:
-    """The in-place forward + backward's arithmetic alone: the time per row on k rows
-    that stay in the L2 together (at least one), less the per-call cost (autograd, the
-    loss: a call on one row of 16 classes), one thread (twopass.torch follows
-    torch.get_num_threads()), times the rows that are not ignored over the threads.
+def _fastest_s(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def _row_compute_s(n: int, dtype: str, repeats: int) -> float:
+    """The in-place forward + backward's arithmetic per row of n classes, one thread:
+    the fastest call on k rows that stay in the L2 together (at least one), less the
+    fastest call on one row of 16 classes (the per-call cost: autograd, the loss), over k.
+    Fastest, not median: noise only adds to a floor. Measured once per row length and
+    dtype, before any run on several threads (their OpenMP workers, spinning after a
+    call, moved the medians by up to 2x).
 
     (A difference of k rows and one row cancels the per-call cost too, but where a row
     is half the L2 k is 2 and that difference of two noisy medians came out 0: 1024 x
@@ -150,17 +162,16 @@ def _compute_floor_s(shape: tuple[int, int], dtype: str, threads: int, repeats: 
 
     from twopass import _dispatch
 
-    rows, n = shape
     k = max(1, _dispatch.cache_sizes()["L2"] // (n * _plan.ITEMSIZE[dtype]))
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         t_rows, t_call = (
-            _median_s(_inplace_step(*_inputs(s, dtype, ignored=False)), 3 * repeats) for s in ((k, n), (1, 16))
+            _fastest_s(_inplace_step(*_inputs(s, dtype, ignored=False)), 3 * repeats) for s in ((k, n), (1, 16))
         )
     finally:
         torch.set_num_threads(saved)
-    return max(t_rows - t_call, 0.0) / k * active_rows / min(threads, rows)
+    return max(t_rows - t_call, 0.0) / k
 
 
 def _copy_bound_s(nbytes: int, threads: int, repeats: int) -> float:
@@ -223,6 +234,8 @@ def run(
     rows = []
     notes: list[str] = []
     t_start = time.perf_counter()
+    # (before the thread loop: see _row_compute_s)
+    row_compute = {(n, dt): _row_compute_s(n, dt, repeats) for n in {s[1] for s in shapes} for dt in dtypes}
     with _report.progress(console, len(threads) * len(shapes) * len(dtypes) * len(variants)) as advance:
         for th in threads:
             torch.set_num_threads(th)
@@ -233,7 +246,9 @@ def run(
                     x, t = _inputs(shape, dtype)
                     logit_bytes = x.numel() * x.element_size()
                     bound = _copy_bound_s(logit_bytes, th, repeats)
-                    compute = _compute_floor_s(shape, dtype, th, repeats, int((t != IGNORE_INDEX).sum()))
+                    # the compute floor: the rows that are not ignored, over the threads
+                    active = int((t != IGNORE_INDEX).sum())
+                    compute = row_compute[shape[1], dtype] * active / min(th, shape[0])
                     roof = max(bound, compute)
                     row = {
                         "threads": th,
@@ -273,7 +288,9 @@ def run(
             "step": "forward + backward of the mean cross-entropy, 1/7 of the rows ignored",
             "bound": "one read + one write of the logits at the streaming-copy bandwidth of the same run",
             "of_bound": "bound time / measured time (1 = at the bound)",
-            "compute_floor_s": "the in-place step's time per row on rows in the L2 (1 thread) x rows / threads",
+            "compute_floor_s": (
+                "the in-place step's fastest time per row on rows in the L2 (1 thread) x rows not ignored / threads"
+            ),
             "of_roof": "max(bound, compute floor) / measured time",
             "peak_extra_bytes": "peak resident size during one step minus before it, fresh process",
         },
