@@ -549,10 +549,11 @@ class _InPlace(torch.autograd.Function):
 class _EagerInPlace(torch.autograd.Function):
     """_InPlace on the eager path (_direct_ok, contiguous logits): the kernel on the
     logits' memory and the backward's scaling without the custom ops, whose dispatch
-    (mutated arguments, defaults, redispatch) cost ~120 us a step: forward + backward of
-    one row of 16 float32 logits, one thread, Zen 4 VM, 150-163 -> 59-62 us (the
-    default, not in place, 32; torch 27). mark_dirty bumps the logits' version, as the
-    op's mutation does, so an op that saved them raises instead of reading the gradient."""
+    (mutated arguments, defaults, redispatch) cost ~100 us a step: the benchmark's
+    in-place step (forward + backward, its harness's own Function included) on one row
+    of 16 float32 logits, one thread, Zen 4 VM, 150-163 -> 59-62 us. mark_dirty bumps
+    the logits' version, as the op's mutation does, so an op that saved them raises
+    instead of reading the gradient."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, cap):
