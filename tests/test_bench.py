@@ -627,3 +627,20 @@ def test_prefetch_cells_time_every_distance_and_restore_the_one_in_use(tmp_path)
     _tune.print_report(console, doc)
     text = console.file.getvalue()
     assert "software-prefetch distance" in text and "prefetch distance: best" in text
+
+
+def test_entry_points_run_on_the_case_threads():
+    """twopass.torch follows torch.get_num_threads(), the NumPy entry twopass's default:
+    the entry points are timed with both set to the case's count, whatever the case
+    before left, and both restored after (the bench once timed twopass.torch on the
+    previous case's count)."""
+    torch = pytest.importorskip("torch")
+    from twopass import _dispatch
+
+    before, default = torch.get_num_threads(), _dispatch.default_threads()
+    for threads in (1, 2, 1):
+        with _run._default_threads(threads):
+            assert torch.get_num_threads() == threads
+            assert _dispatch.default_threads() == threads
+        assert torch.get_num_threads() == before
+        assert _dispatch.default_threads() == default

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,17 +183,26 @@ def _dtype(name: str) -> np.dtype:
 
 @contextlib.contextmanager
 def _default_threads(threads: int) -> Iterator[None]:
-    """twopass's default thread count set to `threads` for the calls that cannot pass it
-    (twopass.torch): the bench swaps _dispatch.default_threads, as TWOPASS_NUM_THREADS
-    would set it for a process."""
+    """The thread count set to `threads` for the calls that cannot pass it: twopass's
+    default (_dispatch.default_threads, as TWOPASS_NUM_THREADS would set it for a
+    process) and, where torch is loaded, torch's (torch.set_num_threads), which
+    twopass.torch follows as torch's own ops do. (twopass.torch used to run on whatever
+    count the case before had left: 0.45x and 3.3x the `out=` time at 1 thread on the
+    Zen 4 VM, 2026-12-05.)"""
     from twopass import _dispatch
 
+    torch = sys.modules.get("torch")
     saved = _dispatch.default_threads
+    saved_torch = torch.get_num_threads() if torch is not None else None
     _dispatch.default_threads = lambda: threads  # type: ignore[assignment]
+    if torch is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         _dispatch.default_threads = saved
+        if torch is not None:
+            torch.set_num_threads(saved_torch)
 
 
 def _entry_calls(name: str, op: str, threads: int, sets: list[BufferSet]) -> tuple[list[Callable[[], Any]], bool]:
@@ -219,8 +229,7 @@ def _entry_calls(name: str, op: str, threads: int, sets: list[BufferSet]) -> tup
 
         tfn = getattr(tt, op)
         return [lambda x=x: tfn(x, -1) for x in xs], True
-    if name == "torch plain":
-        torch.set_num_threads(threads)
+    if name == "torch plain":  # (run under _default_threads, which sets torch's count)
         tfn = getattr(torch, op)
         return [lambda x=x: tfn(x, -1) for x in xs], True
     raise ValueError(f"unknown entry point {name!r}; known: {', '.join(_plan.ENTRIES)}")
