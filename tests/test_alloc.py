@@ -18,20 +18,18 @@ MIB = 1 << 20
 
 @pytest.fixture
 def forced(monkeypatch):
-    """_alloc's own mappings from 1 MiB up, whatever this machine's THP mode."""
+    """_alloc's own mappings from 1 MiB up, whatever this machine's THP mode; the cache
+    of freed mappings empty at the start."""
     if not hasattr(_alloc.mmap, "MADV_HUGEPAGE"):
         pytest.skip("no MADV_HUGEPAGE on this platform")
     monkeypatch.setattr(_alloc, "ENABLED", True)
     monkeypatch.setattr(_alloc, "HUGE_THRESHOLD", MIB)
+    monkeypatch.setattr(_alloc, "_cache", [])
 
 
 def _mapping(a: np.ndarray):
     """The mmap behind an array from _alloc.empty (None: from np.empty)."""
-    while isinstance(a, np.ndarray):
-        a = a.base
-    if isinstance(a, memoryview):  # np.frombuffer's base: a memoryview of the mmap
-        a = a.obj
-    return a if isinstance(a, _alloc.mmap.mmap) else None
+    return _alloc.mapping(a)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int8])
@@ -61,7 +59,11 @@ def test_small_and_disabled_come_from_np_empty(forced, monkeypatch):
     assert _mapping(_alloc.empty((4 * MIB,), np.float32)) is None
 
 
-def test_mapping_dies_with_the_last_view(forced):
+@pytest.mark.parametrize("cache_bytes", [0, 64 * MIB])
+def test_mapping_lives_until_the_last_view(forced, monkeypatch, cache_bytes):
+    """A view keeps the mapping; when the last one dies the mapping goes to the cache,
+    or (cache off) is unmapped."""
+    monkeypatch.setattr(_alloc, "CACHE_BYTES", cache_bytes)
     a = _alloc.empty((4 * MIB,), np.float32)
     m = _mapping(a)
     ref = weakref.ref(m)
@@ -69,11 +71,45 @@ def test_mapping_dies_with_the_last_view(forced):
     view = a[10:20]
     del a
     gc.collect()
-    assert ref() is not None  # a view keeps it alive
+    assert ref() is not None and ref() not in _alloc._cache  # a view keeps it alive
     view[...] = 1
     del view
     gc.collect()
-    assert ref() is None  # and the last one frees it
+    if cache_bytes:
+        assert _alloc._cache == [ref()]  # the last one hands it to the cache
+        _alloc._cache.clear()
+        gc.collect()
+    assert ref() is None  # unmapped once nothing holds it
+
+
+def test_cache_gives_a_freed_mapping_back(forced, monkeypatch):
+    """The next output of about a freed one's size gets its mapping (aligned, writable,
+    its pages already there); a larger or much smaller one does not; the cache keeps at
+    most CACHE_ENTRIES mappings and CACHE_BYTES bytes."""
+    a = _alloc.empty((4096, 1024), np.float32)  # 16 MiB
+    address = a.ctypes.data
+    a[...] = 3
+    del a
+    gc.collect()
+    b = _alloc.empty((16 * MIB,), np.uint8)  # the same size, another shape and dtype
+    assert b.ctypes.data == address and b.ctypes.data % _alloc.HUGE_PAGE == 0
+    assert _alloc._cache == []
+    b[...] = 1
+    assert b.all()
+    del b
+    gc.collect()
+    c = _alloc.empty((64 * MIB,), np.uint8)  # larger: a new mapping
+    d = _alloc.empty((MIB,), np.uint8)  # under half its size: a new one too (keeps the 16 MiB)
+    assert c.ctypes.data != address and d.ctypes.data != address
+    assert len(_alloc._cache) == 1
+    del c, d
+    gc.collect()
+    assert len(_alloc._cache) == _alloc.CACHE_ENTRIES == 2  # the oldest dropped
+    monkeypatch.setattr(_alloc, "CACHE_BYTES", 8 * MIB)
+    e = _alloc.empty((4 * MIB,), np.uint8)
+    del e
+    gc.collect()
+    assert 0 < sum(len(m) for m in _alloc._cache) <= 8 * MIB
 
 
 def _rss() -> int:

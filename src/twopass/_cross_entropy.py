@@ -168,6 +168,7 @@ def cross_entropy(
     fresh = want_grad and g is None  # (streaming_stores: no streaming into fresh pages)
     if fresh:
         g = _alloc.empty((rows, classes), dtype)
+        fresh = not _alloc.reused(g)
 
     if algo == "auto":
         # The loss alone: two_pass's one-pass logsumexp. With the gradient, the reload

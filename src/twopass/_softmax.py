@@ -220,7 +220,7 @@ def compute(
     else:
         code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
     if stream is None:
-        stream = streaming_stores(y, xc, fresh=not direct)
+        stream = streaming_stores(y, xc, fresh=not direct and not _alloc.reused(y))
     if dtype in NATIVE:
         args, dtype_code = (xc, y), -1
     else:
@@ -266,7 +266,7 @@ def _fast(
         else:
             code = ALGO_CODES[auto_algorithm(op, x.dtype, n, x.size, nthreads)]
         ys_outer = n
-    stream = streaming_stores(y, x, fresh=out is None)
+    stream = streaming_stores(y, x, fresh=out is None and not _alloc.reused(y))
     xa, ya = (x, y) if dtype_code < 0 else (x.view(np.uint16), y.view(np.uint16))  # halves as uint16 views
     _core.run(
         OP_CODES[op],

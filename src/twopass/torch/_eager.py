@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import _alloc, _core, _dispatch
+from .._arrays import STREAM_MIN_ROW_BYTES
 from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, auto_algorithm
 
 # Every kernel (the softmax family forward and backward, the cross-entropy) also reads
@@ -53,10 +54,11 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
 _ISA = _dispatch.ISA_CODES[_dispatch.ISA]  # fixed at import (TWOPASS_ISA)
 _HUGE = _alloc.HUGE_THRESHOLD if _alloc.ENABLED else math.inf
-# _FRESH_STORES: every output here is fresh memory, which the kernels write with normal
-# stores: the page faults' zeroing has just brought the lines into cache, so streaming
-# stores save no read-for-ownership and only evict them (4096x4096, 1 thread, Zen 5:
-# float32 softmax 14.1 -> 12.9 ms, its backward 8.3 -> 7.7 ms; bfloat16 unchanged).
+# _FRESH_STORES: an output in fresh memory is written with normal stores: the page
+# faults' zeroing has just brought the lines into cache, so streaming stores save no
+# read-for-ownership and only evict them (4096x4096, 1 thread, Zen 5: float32 softmax
+# 14.1 -> 12.9 ms, its backward 8.3 -> 7.7 ms; bfloat16 unchanged). Pages _alloc's
+# cache gives back (an earlier output's) are not fresh: streaming there (_new_output).
 _from_numpy = torch.from_numpy
 
 # The common small case in one C++ call (csrc/torch_eager.cpp): a plain CPU tensor of at
@@ -103,10 +105,21 @@ def _new_like(t: Tensor) -> Tensor:
     torch's allocator maps 4 KiB pages, whose first-touch faults were 27 of the 32 ms a
     4096x4096 float32 softmax backward took (1 thread, Zen 5 VM); on huge pages, 8 ms.
     The tensor holds its NumPy buffer (torch.from_numpy), which unmaps when it dies."""
+    return _new_output(t)[0]
+
+
+def _new_output(t: Tensor) -> tuple[Tensor, bool]:
+    """_new_like(t), and whether the kernels should write it with streaming stores: only
+    where _alloc's cache gave back the pages of an output that died (_alloc.reused), in
+    rows long enough (_arrays.STREAM_MIN_ROW_BYTES); fresh pages take normal stores
+    (_FRESH_STORES)."""
     nbytes = t.numel() * t.element_size()
     if nbytes < _HUGE:  # (a contiguous t's empty_like is contiguous: memory_format costs ~0.15 us)
-        return _empty_like(t) if t.is_contiguous() else _empty_like(t, memory_format=torch.contiguous_format)
-    return _from_numpy(_alloc.empty(nbytes, np.uint8)).view(t.dtype).view(t.shape)
+        y = _empty_like(t) if t.is_contiguous() else _empty_like(t, memory_format=torch.contiguous_format)
+        return y, False
+    a = _alloc.empty(nbytes, np.uint8)
+    stream = _alloc.reused(a) and t.dim() > 0 and t.shape[-1] * t.element_size() >= STREAM_MIN_ROW_BYTES
+    return _from_numpy(a).view(t.dtype).view(t.shape), stream
 
 
 def eager_ok(x: object) -> bool:
@@ -164,7 +177,7 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
         dt = x.dtype
         item = _FWD_BYTES[dt]
         size = x.numel()
-        y = _empty_like(x) if size * item < _HUGE else _new_like(x)  # (see _new_like)
+        y, stream = (_empty_like(x), False) if size * item < _HUGE else _new_output(x)  # (see _new_like)
         if size:
             n = x.shape[-1]
             threads = _threads()
@@ -187,10 +200,10 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
                 n,
                 1,
                 threads,
-                False,
+                stream,  # normal stores into fresh pages (_FRESH_STORES)
                 dt is torch.bfloat16,
                 True,  # on torch's OpenMP team (_core.eager_init)
-            )  # normal stores: y is fresh (_FRESH_STORES)
+            )
         return y
     d = _dim(dim, nd)
     y = _empty_like(x)
@@ -300,7 +313,7 @@ def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
         and y.is_contiguous()
         and g.shape == y.shape
     ):
-        gx = _new_like(y)
+        gx, stream = _new_output(y)
         n = y.shape[-1]
         rows = y.numel() // n if n else 0
         if rows:
@@ -318,7 +331,7 @@ def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
                 n,
                 n,
                 _threads(),
-                False,  # _FRESH_STORES
+                stream,  # normal stores into fresh pages (_FRESH_STORES)
                 y.dtype is torch.bfloat16,
                 True,
             )
@@ -340,7 +353,7 @@ def logsumexp_backward(g: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: boo
         and lse.is_contiguous()
         and g.numel() == lse.numel()
     ):
-        gx = _new_like(x)
+        gx, stream = _new_output(x)
         n = x.shape[-1]
         rows = x.numel() // n if n else 0
         if rows:
@@ -358,7 +371,7 @@ def logsumexp_backward(g: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: boo
                 n,
                 n,
                 _threads(),
-                False,  # _FRESH_STORES
+                stream,  # normal stores into fresh pages (_FRESH_STORES)
                 x.dtype is torch.bfloat16,
                 True,
             )
