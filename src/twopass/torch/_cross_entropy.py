@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
 from ._eager import _FWD_BYTES as _BYTES
-from ._eager import _ISA, _PLAIN, _is_compiling, _new_like, _threads, check_strided, eager_ok
+from ._eager import _ISA, _PLAIN, _is_compiling, _new_output, _threads, check_strided, eager_ok
 from ._tensors import class_indices
 
 __all__ = ["cross_entropy"]
@@ -187,7 +187,7 @@ def _direct_ok(logits, target, weight) -> bool:
     )
 
 
-def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras=True):
+def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras=True, stream=False):
     """(loss, z_loss, lse) of float32/float64/float16/bfloat16 CPU (rows, C) logits in
     one C++ call (_core.cross_entropy_ptr: target check, scales, kernel, reduction), the
     gradient written into `grad` when given; the loss alone when not `extras`. The
@@ -229,7 +229,7 @@ def _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad,
         z.data_ptr() if extras else 0,
         lse.data_ptr() if extras else 0,
         _threads(),
-        False,  # grad: fresh (_new_grad) or the logits: no streaming stores (_arrays.streaming_stores)
+        stream,  # grad fresh (_new_grad) or the logits: normal stores; pages _alloc gave back: streamed
         x.dtype is torch.bfloat16,
         True,  # on torch's OpenMP team (_eager.OPENMP_RUNTIME)
     )
@@ -254,8 +254,8 @@ class _Eager(torch.autograd.Function):
         if weight is None and not extras:  # small logits: loss and gradient in one C++ call
             out = _eager_loss(logits, target, ignore_index, _REDUCTION[reduction], eps, zc, cap, True)
         if out is None:
-            grad = _new_grad(logits)
-            out = _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras)
+            grad, stream = _new_grad(logits)
+            out = _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras, stream)
         else:
             out, grad = out
         if extras:
@@ -392,13 +392,14 @@ def _out_shapes(logits, reduction):
     return lead, lse_dtype
 
 
-def _new_grad(logits: Tensor) -> Tensor:
-    """An empty (N, C) gradient; on the CPU a large one on 2 MiB pages (_eager._new_like:
-    first-touch page faults of a fresh 256 MB buffer measured ~100 ms with torch's
-    allocator, ~20 ms on huge pages; python -m twopass bench --cross-entropy)."""
+def _new_grad(logits: Tensor) -> tuple[Tensor, bool]:
+    """An empty (N, C) gradient, and whether to stream into it; on the CPU a large one on
+    2 MiB pages (_eager._new_output: first-touch page faults of a fresh 256 MB buffer
+    measured ~100 ms with torch's allocator, ~20 ms on huge pages; python -m twopass
+    bench --cross-entropy), or the pages of one that died (_alloc's cache: streamed)."""
     if logits.device.type == "cpu":
-        return _new_like(logits)
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+        return _new_output(logits)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format), False
 
 
 @torch.library.custom_op("twopass::cross_entropy", mutates_args=())
@@ -413,7 +414,7 @@ def _ce(
     softcap: float,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    grad = _new_grad(logits) if need_grad else logits.new_empty(0)
+    grad = _new_grad(logits)[0] if need_grad else logits.new_empty(0)
     loss, z, lse = _compute(
         logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, grad if need_grad else None
     )
