@@ -18,7 +18,8 @@ step's loss), medians of repeats after a warm-up, in one process:
 Peak extra memory per variant (beyond the inputs) is measured in a fresh subprocess
 from the process's peak resident size (Linux: VmHWM, reset through
 /proc/self/clear_refs), since torch's CPU allocator is not traced; where that fails,
-the note says why.
+the note says why. twopass's output cache is off there (TWOPASS_OUTPUT_CACHE_MB=0): it
+keeps the last gradient's pages between steps, which a step's peak would not show.
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ _MEM_SNIPPET = """
 import os, sys, torch
 sys.path[:0] = {path!r}
 os.environ["TWOPASS_NUM_THREADS"] = "{threads}"
+# (the output cache off: it would hold the first call's gradient, and the step would then
+# show no extra memory while the process keeps it between steps)
+os.environ["TWOPASS_OUTPUT_CACHE_MB"] = "0"
 from twopass.bench._cross_entropy import _inputs, _step
 torch.set_num_threads({threads})
 def status(key):
