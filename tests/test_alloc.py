@@ -159,3 +159,15 @@ def test_cross_entropy_gradient_through_it(forced, monkeypatch):
     loss2, g2 = twopass.cross_entropy(x, t, return_grad=True)
     assert loss == loss2
     np.testing.assert_array_equal(g, g2)
+
+
+def test_cache_size_from_the_environment(monkeypatch):
+    for value, want in (("0", 0), ("1.5", 3 * MIB // 2), ("1024", 1024 * MIB)):
+        monkeypatch.setenv("TWOPASS_OUTPUT_CACHE_MB", value)
+        assert _alloc._cache_bytes() == want
+    monkeypatch.delenv("TWOPASS_OUTPUT_CACHE_MB")
+    assert _alloc._cache_bytes() == 1024 * MIB
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv("TWOPASS_OUTPUT_CACHE_MB", bad)
+        with pytest.raises(RuntimeError, match="TWOPASS_OUTPUT_CACHE_MB"):
+            _alloc._cache_bytes()

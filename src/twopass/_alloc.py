@@ -70,7 +70,21 @@ ENABLED = (
 # appended to and popped from, both atomic under the GIL, and never locked. Plain call,
 # softmax of 4096x4096 float32, one thread, Zen 4 VM: see the README, "Fresh outputs".
 CACHE_ENTRIES = 2
-CACHE_BYTES = int(float(os.environ.get("TWOPASS_OUTPUT_CACHE_MB", "1024")) * (1 << 20))
+
+
+def _cache_bytes() -> int:
+    """TWOPASS_OUTPUT_CACHE_MB (default 1024) in bytes; read once, at import."""
+    env = os.environ.get("TWOPASS_OUTPUT_CACHE_MB", "1024")
+    try:
+        mib = float(env)
+    except ValueError:
+        raise RuntimeError(f"TWOPASS_OUTPUT_CACHE_MB={env!r} is not a number of MiB") from None
+    if not 0 <= mib < 1 << 40:
+        raise RuntimeError(f"TWOPASS_OUTPUT_CACHE_MB={env!r} must be >= 0 (0: no cache)")
+    return int(mib * (1 << 20))
+
+
+CACHE_BYTES = _cache_bytes()
 _cache: list[mmap.mmap] = []
 _reused: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # handed out again, from the cache
 
