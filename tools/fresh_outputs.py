@@ -6,8 +6,10 @@ call against out= (a fresh np.empty, a reused buffer).
 Part 1, first touch: a fresh buffer of each size written once by np.copyto (one thread),
 from np.empty (4 KiB pages: THP is `madvise` here) and from _alloc.empty forced on (2 MiB
 pages); the same copy into a reused buffer is the baseline. Part 2: softmax over the
-benchmark's shapes: the plain call (its output from _alloc.empty), the plain call with
-_alloc off (np.empty: what it was before), out= a fresh np.empty, out= a reused buffer.
+benchmark's shapes: the plain call (its output from _alloc.empty, whose cache gives back
+the pages of the output before last), the same with the cache emptied first (fresh
+pages every call), the plain call with _alloc off (np.empty: what it was before), out= a
+fresh np.empty, out= a reused buffer.
 Variants are interleaved repeat by repeat (a loaded machine slows them alike); medians.
 --cold cycles the inputs (and the reused outputs) over more than 2x the L3 so that every
 call reads x from memory.
@@ -30,9 +32,11 @@ SIZES_MIB = (1, 2, 4, 8, 16, 64, 256)
 
 
 def huge_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """_alloc.empty with its threshold and THP-mode check out of the way."""
+    """_alloc.empty with its threshold and THP-mode check out of the way, and its cache
+    emptied first: a fresh mapping."""
     saved = _alloc.ENABLED, _alloc.HUGE_THRESHOLD
     _alloc.ENABLED, _alloc.HUGE_THRESHOLD = True, 0
+    _alloc._cache.clear()
     try:
         return _alloc.empty(shape, dtype)
     finally:
@@ -85,6 +89,7 @@ def _softmax_variants(xs: list[np.ndarray], ys: list[np.ndarray], t: int) -> dic
 
     return {
         "plain": lambda: twopass.softmax(xs[nxt()], threads=t),
+        "uncached": lambda: (_alloc._cache.clear(), twopass.softmax(xs[nxt()], threads=t))[1],
         "np": lambda: twopass.softmax(xs[nxt()], out=np.empty(xs[0].shape, xs[0].dtype), threads=t),
         "4k": lambda: plain_4k(xs[nxt()], t),
         "reused": reused,
@@ -108,7 +113,7 @@ def softmax_outputs(threads: list[int], repeats: int, cold: bool, dtypes: list[s
     l3 = _dispatch.cache_sizes()["L3"]
     print(f"\nsoftmax (ms, medians of {repeats}; {'cold: x cycled over > 2x L3' if cold else 'hot x'})")
     print(
-        f"{'dtype':>8} {'shape':>10} {'t':>2} {'plain':>8} {'out=np.empty':>13} {'plain 4K':>11} "
+        f"{'dtype':>8} {'shape':>10} {'t':>2} {'plain':>8} {'uncached':>9} {'out=np.empty':>13} {'plain 4K':>11} "
         f"{'out=reused':>11} {'plain/reused':>13} {'np.empty/plain':>15}"
     )
     for dtype in dtypes:
@@ -122,7 +127,8 @@ def softmax_outputs(threads: list[int], repeats: int, cold: bool, dtypes: list[s
                 r = interleaved(_softmax_variants(xs, ys, t), repeats)
                 print(
                     f"{dtype:>8} {'x'.join(map(str, shape)):>10} {t:>2} {r['plain'] * 1e3:>8.2f} "
-                    f"{r['np'] * 1e3:>13.2f} {r['4k'] * 1e3:>11.2f} {r['reused'] * 1e3:>11.2f} "
+                    f"{r['uncached'] * 1e3:>9.2f} {r['np'] * 1e3:>13.2f} {r['4k'] * 1e3:>11.2f} "
+                    f"{r['reused'] * 1e3:>11.2f} "
                     f"{r['plain'] / r['reused']:>13.2f} {r['np'] / r['plain']:>15.2f}"
                 )
             del xs, ys
