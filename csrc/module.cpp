@@ -4,6 +4,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <stdexcept>
@@ -18,6 +19,11 @@
 #include "softmax_backward.h"
 #include "threads.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 namespace nb = nanobind;
 
 namespace tp {
@@ -26,6 +32,28 @@ TeamRun torch_team();                   // torch_eager.cpp: torch's OpenMP team,
 }
 
 namespace {
+
+// Whether none of the pages holding the bytes at 1/4, 1/2 and 3/4 of [address, address +
+// nbytes) is resident (mincore): memory mapped but never written since (a fresh np.empty
+// of a mapping of its own; not its ends: malloc writes its header on the first page),
+// whose first touch will fault each page in and zero it through the cache, where
+// streaming stores only evict what the zeroing brought in (_arrays.streaming_stores).
+// False where it cannot tell (not Linux, mincore fails).
+bool untouched(uintptr_t address, int64_t nbytes) {
+#if defined(__linux__)
+  if (nbytes <= 0) return false;
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  const uintptr_t quarter = (uintptr_t)nbytes / 4;
+  for (const uintptr_t at : {address + quarter, address + 2 * quarter, address + 3 * quarter}) {
+    unsigned char resident = 0;
+    if (mincore((void*)(at - at % page), 1, &resident) != 0 || (resident & 1)) return false;
+  }
+  return true;
+#else
+  (void)address, (void)nbytes;
+  return false;
+#endif
+}
 
 // Codes from Python (codes.h): dense, 0 .. count - 1.
 bool valid_isa(int isa) { return isa >= 0 && isa < tp::kIsaCount; }
@@ -274,6 +302,7 @@ NB_MODULE(_core, m) {
   m.def("avx512_bf16", [] { return tp::use_avx512_bf16; });
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
+  m.def("untouched", &untouched, nb::arg("address"), nb::arg("nbytes"));
 
   // The codes of codes.h, as {name: code} dicts (ISAs worst to best).
   nb::dict codes;

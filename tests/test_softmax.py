@@ -4,12 +4,14 @@ are checked for logsumexp too, which shares their engine (`_softmax.compute`).""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 import twopass
 from conftest import ISA_PARAMS, OPS, run
-from twopass import _arrays, _dispatch, _softmax
+from twopass import _arrays, _core, _dispatch, _softmax
 from twopass._softmax import compute
 
 torch = pytest.importorskip("torch")
@@ -217,11 +219,21 @@ def test_streaming_stores_rule(monkeypatch, l2, l3):
     try:
         limit = 16 * l2 if l3 > 128 * l2 else l3
         assert _dispatch.stream_min_bytes() == limit
-        x, y = np.empty(limit // 4 + 1, np.float32), np.empty(limit // 4 + 1, np.float32)
+        x, y = np.zeros(limit // 4 + 1, np.float32), np.zeros(limit // 4 + 1, np.float32)
+        y[...] = 1  # (written: its pages are resident)
         assert _arrays.streaming_stores(y, x) and not _arrays.streaming_stores(y[:-1], x[:-1])
         assert not _arrays.streaming_stores(y, x, fresh=True) and not _arrays.streaming_stores(x, x)
+        # an `out=` never written since it was mapped (a fresh np.empty past malloc's
+        # mmap threshold) is fresh too; once written, it streams
+        untouched = np.empty(max(limit // 4 + 1, 64 << 18), np.float32)
+        if sys.platform.startswith("linux"):
+            assert _core.untouched(untouched.ctypes.data, untouched.nbytes)
+            assert not _arrays.streaming_stores(untouched, x)
+        untouched[...] = 1
+        assert not _core.untouched(untouched.ctypes.data, untouched.nbytes)
+        assert _arrays.streaming_stores(untouched, x)
         rows = _arrays.STREAM_MIN_ROW_BYTES // 4  # float32 elements of the shortest row that streams
-        wide = np.empty((limit // (4 * rows) + 1, rows), np.float32)
+        wide = np.ones((limit // (4 * rows) + 1, rows), np.float32)
         assert _arrays.streaming_stores(wide, x) and not _arrays.streaming_stores(wide.reshape(-1, rows // 2), x)
         # what reaches the kernels: small arrays, a threshold of 0 bytes
         monkeypatch.setattr(_dispatch, "stream_min_bytes", lambda: 0)
