@@ -155,7 +155,7 @@ def mapping(a: np.ndarray) -> mmap.mmap | None:
     base: Any = a
     while isinstance(base, np.ndarray):
         base = base.base
-    if isinstance(base, ctypes.Array):
-        (source,) = base._objects.values()  # from_buffer's memoryview of the mapping
-        base = source.obj
+    if isinstance(base, ctypes.Array):  # from_buffer keeps a memoryview of the mapping
+        sources = getattr(base, "_objects", None) or {}
+        base = next((v.obj for v in sources.values() if isinstance(v, memoryview)), None)
     return base if isinstance(base, mmap.mmap) else None
