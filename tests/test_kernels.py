@@ -100,11 +100,13 @@ def test_row_blocks_normal_range_boundary(isa, dtype):
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-@pytest.mark.parametrize("n", [1, 7, 64, 100, 2049])
+@pytest.mark.parametrize("n", [1, 7, 33, 64, 100, 128, 129, 2049])
 @pytest.mark.parametrize("algorithm", ["three_pass_reload", "two_pass"])
 def test_row_blocks_with_special_rows(isa, dtype, op, n, algorithm):
     """Contiguous rows by three_pass_reload run 256 rows per kernel call
-    (rows_reload), by two_pass one row at a time. Rows with special values, or outside
+    (rows_reload; rows of up to 8 vectors, two at a time in registers: 128 float32 on
+    AVX-512, whole unrolled steps or not, so n covers one to eight vectors and the first
+    row past them), by two_pass one row at a time. Rows with special values, or outside
     two_pass's accurate domain, are flagged there and redone by the general path.
     Special rows at a block's first and last row, side by side, and in the last,
     partial block; 1 and 2 threads (the blocks start where a thread's rows do);
