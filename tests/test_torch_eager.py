@@ -12,6 +12,7 @@ row sums fold into double (16 steps of 64).
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -630,6 +631,60 @@ def test_large_outputs_on_huge_pages_behave_as_tensors():
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+@pytest.fixture(params=("shim", "python_api"))
+def reader(request):
+    """Both ways the C++ calls read tensors and make outputs: torch's C shim (where the
+    self-test at import passed, as with the pinned torch) and the Python C API."""
+    found = _eager.eager_shim()
+    if request.param == "shim" and not found:
+        pytest.skip("torch's C shim is not in use in this process")
+    _eager.eager_shim(request.param == "shim")
+    yield request.param
+    _eager.eager_shim(found)
+
+
+def test_shim_found_with_the_pinned_torch():
+    """torch 2.13 (pyproject's pin) has the shim's functions and the tensor layout the
+    self-test checks: the fast reads must not silently fall back there."""
+    if torch.__version__.split("+")[0] != "2.13.0":
+        pytest.skip("checked on the pinned torch")
+    assert _eager.eager_shim()
+
+
+@pytest.mark.usefixtures("reader")
+def test_fast_outputs_are_ordinary_tensors():
+    """An output made through either reader: empty_like's dtype, shape and strides (x's,
+    size-1 dims included), a tensor of its own memory that dies with its last reference."""
+    import gc
+    import sys
+    import weakref
+
+    for x in (make((3, 50), torch.float32), make((1024, 1), torch.float64).t(), make((2, 1, 5), torch.bfloat16)):
+        y = _eager.eager_rows(x, -1, False)
+        want = torch.empty_like(x)
+        assert type(y) is torch.Tensor and y.dtype == x.dtype and y.shape == x.shape
+        assert y.stride() == want.stride() and not y.requires_grad and y.grad_fn is None
+        assert same(y, _eager.softmax_forward(x, -1, False))
+        assert sys.getrefcount(y) == 2  # (the name and getrefcount's argument)
+        dead = weakref.ref(y)
+        del y
+        gc.collect()
+        assert dead() is None
+    g = make((3, 50), torch.float32, seed=1)
+    gx = _eager.eager_backward(g, tpt.softmax(g, -1), None, -1, _op(False))
+    assert type(gx) is torch.Tensor and gx.shape == g.shape and sys.getrefcount(gx) == 2
+
+
+def test_shim_switched_off_by_environment():
+    import subprocess
+    import sys
+
+    code = "import twopass.torch as t; from twopass.torch import _eager as e; print(e.eager_shim())"
+    env = dict(os.environ, TWOPASS_TORCH_SHIM="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def _fast_lengths(dtype):
     """Row lengths either side of each algorithm boundary the C++ path restates, within
     its byte limit (_SMALL_SOFTMAX_BYTES): log_softmax's SHORT_ROW_BYTES (in float32
@@ -642,6 +697,7 @@ def _fast_lengths(dtype):
     return sorted({1, 7, 33, short - 1, short, short + 1, scratch - 1, scratch, scratch + 1})
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("name", ("softmax", "log_softmax"))
 def test_fast_path_same_bits_as_python_path(name, dtype):
@@ -662,6 +718,7 @@ def test_fast_path_same_bits_as_python_path(name, dtype):
                 assert same(y, want) and y.is_contiguous()
 
 
+@pytest.mark.usefixtures("reader")
 def test_fast_path_declines_what_python_handles():
     x = make((4, 50), torch.float32)
     rows = _eager.eager_rows
@@ -720,6 +777,7 @@ def _op(log):
     return _eager._LOG_SOFTMAX if log else _eager._SOFTMAX
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("name", ("softmax", "log_softmax"))
 def test_fast_backward_same_bits(name, dtype):
@@ -747,6 +805,7 @@ def test_fast_backward_same_bits(name, dtype):
         assert back(gg, yy, None, dim, _op(log)) is None
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
 def test_fast_cross_entropy_same_bits_and_declines(dtype, reduction):
@@ -795,6 +854,7 @@ def test_fast_cross_entropy_same_bits_and_declines(dtype, reduction):
         fast(x, torch.tensor([0, 30, 1, 2]), -100, code, 0.0, 0.0, 0.0, False)
 
 
+@pytest.mark.usefixtures("reader")
 def test_negative_views_are_resolved():
     """A negative view holds -x in memory (torch._neg_view; a complex tensor's
     conj().imag, contiguous when it has one element): neither fast path reads it raw."""
@@ -814,6 +874,7 @@ def test_negative_views_are_resolved():
     assert _eager.eager_backward(torch._neg_view(g), y, None, -1, _op(False)) is None
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_fast_logsumexp_backward_same_bits(dtype):
     back = _eager.eager_backward
@@ -842,6 +903,7 @@ def test_fast_logsumexp_backward_same_bits(dtype):
         assert back(gg, xx, rr, -1, _eager._LSE) is None
 
 
+@pytest.mark.usefixtures("reader")
 def test_fast_paths_from_several_python_threads():
     """The C++ calls release the GIL around kernels of 4096 elements or more and hold it
     below: four Python threads calling at once get what one thread gets."""
@@ -865,6 +927,7 @@ def test_fast_paths_from_several_python_threads():
         assert all(pool.map(work, range(8)))
 
 
+@pytest.mark.usefixtures("reader")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
 def test_fast_cross_entropy_with_gradient(dtype, reduction):

@@ -8,7 +8,9 @@ integers (`_core.run_ptr`, `_core.backward_ptr`). The most common small cases ar
 single C++ call that reads the tensor itself (csrc/torch_eager.cpp): softmax and
 log_softmax over the last dim of at most 64 KiB (`eager_rows`), the backwards of
 softmax, log_softmax and logsumexp (`eager_backward`) and the cross-entropy without
-class weights (`eager_cross_entropy`). The eager path is taken only for plain CPU
+class weights (`eager_cross_entropy`); these read the tensor and make the output through
+torch's C shim where the process has it (`eager_shim()`; TWOPASS_TORCH_SHIM=0 keeps the
+Python C API), at ~1 us a call. The eager path is taken only for plain CPU
 float32/float64/float16/bfloat16 tensors outside anything that traces or transforms
 (`eager_ok`); everything else (torch.compile, fx/fake/meta tensors, functorch
 transforms, dispatch modes, subclasses, other devices and dtypes) takes the custom ops,
@@ -94,7 +96,16 @@ OPENMP_RUNTIME: str | None = _core.eager_init(
     _HUGE - 1 if _HUGE < math.inf else 2**62,
     SHORT_ROW_BYTES,
     _OPENMP,
+    # the shim's self-test (csrc/torch_eager.cpp, Shim): each dtype, several shapes, a Parameter
+    (
+        *(torch.zeros((2, 3), dtype=d) for d in _DTYPES),
+        torch.zeros(5, dtype=torch.int64),
+        torch.zeros((1, 4, 1, 2))[:, 1:3],
+        torch.nn.Parameter(torch.zeros(7)),
+    ),
+    os.environ.get("TWOPASS_TORCH_SHIM", "1") != "0",
 )
+eager_shim = _core.eager_shim  # whether torch's C shim reads the tensors (TWOPASS_TORCH_SHIM=0: never)
 eager_rows = _core.eager_rows
 eager_backward = _core.eager_backward  # the same for the backwards (softmax_ and logsumexp_backward's)
 
