@@ -28,6 +28,7 @@ namespace nb = nanobind;
 
 namespace tp {
 void bind_torch_eager(nb::module_& m);  // torch_eager.cpp
+void bind_numpy_rows(nb::module_& m);   // numpy_rows.cpp
 TeamRun torch_team();                   // torch_eager.cpp: torch's OpenMP team, or null
 }
 
@@ -270,6 +271,7 @@ NB_MODULE(_core, m) {
   m.def("backward_ptr", &backward_ptr_py);
   m.def("cross_entropy_ptr", &cross_entropy_ptr);
   tp::bind_torch_eager(m);  // eager_init, eager_rows
+  tp::bind_numpy_rows(m);   // numpy_init, numpy_rows
   // The address of the C table (c_api.h), for twopass.jax's FFI handlers.
   m.def("c_api", [] { return (uintptr_t)&kCApi; });
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),

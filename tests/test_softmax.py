@@ -4,6 +4,7 @@ are checked for logsumexp too, which shares their engine (`_softmax.compute`).""
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -146,6 +147,82 @@ def test_fast_path_keeps_the_errors():
         twopass.softmax(x, algorithm="fast")
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_calls_in_one_cpp_call(op, dtype, monkeypatch):
+    """A C-contiguous float32/float64 array of at most 64 KiB over its last axis, with
+    algorithm="auto" and threads=None, is one C++ call (csrc/numpy_rows.cpp): the bits of
+    the general path, into a fresh output or a fitting `out=` (returned), None (the
+    Python path) for anything else. Lengths either side of log_softmax's SHORT_ROW_BYTES
+    (where it leaves the reload) and of the 64 KiB limit."""
+    fast = _softmax._numpy_rows
+    assert _dispatch.stream_min_bytes() > _softmax._SMALL_SOFTMAX_BYTES  # (its normal stores: the rule's answer)
+    log = op == "log_softmax"
+    item = np.dtype(dtype).itemsize
+    short = _softmax.SHORT_ROW_BYTES // item
+    limit = _softmax._SMALL_SOFTMAX_BYTES // item
+    rng = np.random.default_rng(3)
+    shapes = [(1,), (7,), (short - 1,), (short,), (short + 1,), (3, 65), (2, 1, 33), (limit,), (4, limit // 4)]
+    for shape in shapes + [(limit + 1,), (3, limit // 2)]:
+        x = (rng.standard_normal(shape) * 10).astype(dtype)
+        x.flat[0] = -np.inf
+        y = fast(x, -1, None, "auto", None, log)
+        if math.prod(shape) > limit:
+            assert y is None, shape
+            continue
+        want = compute(op, x, isa=_dispatch.ISA)  # the general path
+        assert y is not None and y.dtype == x.dtype and y.shape == shape and y.flags.c_contiguous
+        np.testing.assert_array_equal(y, want)
+        np.testing.assert_array_equal(getattr(twopass, op)(x, axis=len(shape) - 1), want)
+        out = np.full_like(x, np.nan)
+        assert fast(x, -1, out, "auto", None, log) is out
+        np.testing.assert_array_equal(out, want)
+        inplace = x.copy()
+        assert getattr(twopass, op)(inplace, out=inplace) is inplace
+        np.testing.assert_array_equal(inplace, want)
+    # a dim of size 1 with any stride is still C-contiguous (NumPy's flag)
+    base = (rng.standard_normal(15) * 4).astype(dtype)
+    odd = np.lib.stride_tricks.as_strided(base, shape=(3, 1, 5), strides=(5 * item, 7 * item, item))
+    assert odd.flags.c_contiguous
+    np.testing.assert_array_equal(fast(odd, -1, None, "auto", None, log), compute(op, odd, isa=_dispatch.ISA))
+    # the thread count is read per call from _dispatch.default_threads (the benchmark swaps
+    # it), where the kernels could split the call
+    calls = []
+    monkeypatch.setattr(_dispatch, "default_threads", lambda: calls.append(1) or 2)
+    x = rng.standard_normal((8, limit // 8)).astype(dtype)
+    np.testing.assert_array_equal(fast(x, -1, None, "auto", None, log), compute(op, x, threads=2, isa=_dispatch.ISA))
+    assert calls == ([1] if limit >= 2 * _core.MIN_PER_THREAD else [])  # (fewer: one thread whatever)
+    monkeypatch.undo()
+    x = rng.standard_normal((4, 50)).astype(dtype)
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    wide = np.empty((4, 100), dtype)
+    declined = [
+        (x, 0, None, "auto", None),  # not the last axis
+        (x, 2, None, "auto", None),  # out of range: Python raises the AxisError
+        (x, None, None, "auto", None),
+        (x, np.int64(-1), None, "auto", None),
+        (x.T, -1, None, "auto", None),  # not C-contiguous
+        (x[:, ::2], -1, None, "auto", None),
+        (x.astype(np.float16), -1, None, "auto", None),  # the halves: the Python path
+        (x.astype(x.dtype.newbyteorder()), -1, None, "auto", None),
+        (x.view(np.recarray), -1, None, "auto", None),  # a subclass
+        (np.empty((4, 0), dtype), -1, None, "auto", None),  # empty
+        (np.array(1.0, dtype), -1, None, "auto", None),  # 0-d
+        (x.tolist(), -1, None, "auto", None),
+        (x, -1, None, "two_pass", None),  # an algorithm named
+        (x, -1, None, "auto", 1),  # threads given
+        (x, -1, ro, "auto", None),  # read-only out: Python raises
+        (x, -1, wide, "auto", None),  # wrong shape
+        (x, -1, wide[:, ::2], "auto", None),  # not contiguous: Python writes through a temporary
+        (x, -1, np.empty_like(x, np.float64 if item == 4 else np.float32), "auto", None),
+        (x, -1, x.view(), "auto", None),  # overlaps x without being x
+        (x, -1, np.empty_like(x).view(np.recarray), "auto", None),
+    ]
+    for args in declined:
+        assert fast(*args, log) is None, args
+
+
 # ----------------------------------------------------------------------------------
 # algorithm="auto": the rule of _softmax.auto_algorithm, from cache sizes, ISA and threads.
 # ----------------------------------------------------------------------------------
@@ -241,6 +318,9 @@ def test_streaming_stores_rule(monkeypatch, l2, l3):
         real = _softmax._core.run
         monkeypatch.setattr(_softmax._core, "run", lambda *a: seen.append(a[-2]) or real(*a))
         monkeypatch.setattr(_arrays, "STREAM_MIN_ROW_BYTES", 0)
+        # (the one-call path of small arrays writes with normal stores: it relies on the
+        # threshold being above its 64 KiB, test_small_calls_in_one_cpp_call; off here)
+        monkeypatch.setattr(_softmax, "_numpy_rows", lambda *a: None)
         x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
         out = np.empty_like(x)
         strided = np.empty((4, 128), np.float32)[:, ::2]  # written through a temporary, then copied

@@ -88,6 +88,9 @@ def softmax(
     >>> twopass.softmax(np.array([1.0, 2.0, 3.0], np.float32))
     array([0.09003057, 0.24472849, 0.66524094], dtype=float32)
     """
+    y = _numpy_rows(x, axis, out, algorithm, threads, False)  # the common small call, in C++ (None: not taken)
+    if y is not None:
+        return y
     if type(x) is np.ndarray and type(axis) is int and x.ndim and x.dtype in NATIVE:
         return compute("softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
     return _axes.call("softmax", x, axis, out=out, algorithm=algorithm, threads=threads, engine=compute)
@@ -119,6 +122,9 @@ def log_softmax(
     >>> twopass.log_softmax(np.array([0.0, 0.0], np.float32))
     array([-0.6931472, -0.6931472], dtype=float32)
     """
+    y = _numpy_rows(x, axis, out, algorithm, threads, True)  # the common small call, in C++ (None: not taken)
+    if y is not None:
+        return y
     if type(x) is np.ndarray and type(axis) is int and x.ndim and x.dtype in NATIVE:
         return compute("log_softmax", x, axis=axis, out=out, algorithm=algorithm, threads=threads)
     return _axes.call("log_softmax", x, axis, out=out, algorithm=algorithm, threads=threads, engine=compute)
@@ -378,6 +384,21 @@ _MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along 
 _RELOAD_SCRATCH_BYTES = _core.RELOAD_SCRATCH_BYTES  # the reload's scratch row for short rows (rows_reload)
 _RELOAD_WIDE_ROW = _core.RELOAD_WIDE_ROW_ELEMENTS  # halves' longer rows: exp in a float32 row up to this
 _FLOAT32 = np.dtype(np.float32)
+# The common small call in one C++ call (csrc/numpy_rows.cpp): a C-contiguous float32 or
+# float64 array of at most _SMALL_SOFTMAX_BYTES over its last axis, out=None,
+# algorithm="auto", threads=None; what _fast does (same kernel, algorithm, ISA and
+# threads: the same bits), or None. A 1K float32 softmax, Zen 4, 1 thread: see the README.
+_core.numpy_init(
+    np.ndarray,
+    _FLOAT32,
+    np.dtype(np.float64),
+    np.empty_like,  # (what _alloc.empty gives below its huge-page threshold)
+    _dispatch,
+    _dispatch.isa_code(None),
+    _SMALL_SOFTMAX_BYTES,
+    SHORT_ROW_BYTES,
+)
+_numpy_rows = _core.numpy_rows
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
