@@ -5,6 +5,7 @@ are checked for logsumexp too, which shares their engine (`_softmax.compute`).""
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 
 import numpy as np
@@ -302,7 +303,10 @@ def test_streaming_stores_rule(monkeypatch, l2, l3):
         assert not _arrays.streaming_stores(y, x, fresh=True) and not _arrays.streaming_stores(x, x)
         # an `out=` never written since it was mapped (a fresh np.empty past malloc's
         # mmap threshold) is fresh too; once written, it streams
-        untouched = np.empty(max(limit // 4 + 1, 64 << 18), np.float32)
+        # (a mapping of its own: np.empty may hand back memory malloc keeps, written before)
+        count = max(limit // 4 + 1, 64 << 18)
+        mapping = mmap.mmap(-1, 4 * count, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        untouched = np.frombuffer(mapping, np.float32, count)
         if sys.platform.startswith("linux"):
             assert _core.untouched(untouched.ctypes.data, untouched.nbytes)
             assert not _arrays.streaming_stores(untouched, x)
