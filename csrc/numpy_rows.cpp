@@ -64,9 +64,6 @@ void numpy_init(nb::handle ndarray, nb::handle float32, nb::handle float64, nb::
   N.ndarray = ndarray.ptr();  // last: set means ready
 }
 
-// Below this many elements the kernel runs holding the GIL (as torch_eager.cpp's).
-constexpr int64_t kGilElements = 4096;
-
 // The C-contiguous test of NumPy's flags: strides of dims of size 1 do not count.
 bool c_contiguous(const Py_buffer& b) {
   Py_ssize_t step = b.itemsize;

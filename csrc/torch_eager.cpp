@@ -64,8 +64,8 @@ struct Torch {
 // this call on a 1x16 float32 softmax 1.72 -> 0.98 us; twopass.torch.softmax of 1x1024
 // 2.37 -> 1.55 us, torch.softmax's 1.65-1.9). Taken only when eager_init's self-test
 // shows that a torch.Tensor object holds its at::Tensor right after the PyObject header
-// (as torch 2.13 does; releases that held a MaybeOwned there fail it and keep the
-// Python API), so a handle is an address, not a call.
+// (as torch 2.13 does; a release laid out otherwise fails it and keeps the Python
+// API), so a handle is an address, not a call.
 struct Shim {
   using Err = int32_t;  // 0: success (AOTITorchError)
   using Handle = void*;  // an at::Tensor*
@@ -83,7 +83,7 @@ struct Shim {
   int32_t dtypes[kDtypes + 1] = {};          // torch's codes of float32 ... bfloat16, int64
   int32_t cpu = 0;
   bool found = false;  // every function above resolved and the self-test passed
-  bool on = false;     // found and not switched off (TWOPASS_TORCH_SHIM=0, eager_use_shim)
+  bool on = false;     // found and not switched off (TWOPASS_TORCH_SHIM=0, _core.eager_shim)
 
   static Handle handle(PyObject* t) { return (char*)t + sizeof(PyObject); }
 } S;
@@ -449,10 +449,6 @@ bool needs_grad(PyObject* t) {
   Ref on(PyObject_CallNoArgs(T.grad_enabled));
   return truthy(on.p);
 }
-
-// Below this many elements the kernel runs holding the GIL: it takes less than releasing
-// and taking it back (~0.2 us on the Zen 1 VM).
-constexpr int64_t kGilElements = 4096;
 
 // softmax / log_softmax of x over `dim` (eager_ok's and softmax_forward's work); False
 // where x needs a gradient and everything else holds; None where the path is not taken.
