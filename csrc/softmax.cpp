@@ -46,6 +46,10 @@ template <class T> Group<T> lane_of(const Group<T>& g, int l) {
   return s;
 }
 
+// y is x (an in-place call: Python refuses any other overlap). Rows that fail the fast
+// path are then scanned, and kept where they are redone, before a pass writes y.
+template <class T> bool in_place(const Group<T>& g) { return (const void*)g.x == (const void*)g.y; }
+
 // Per-lane values of the two-pass algorithm, between its passes.
 template <class T> struct TwoPassLanes {
   ScaledSum sum[kMaxLanes];  // pass 1: sum of exp(x - shift)
@@ -108,11 +112,11 @@ template <class S> struct Algorithms {
     constexpr double kLog2e = 1.4426950408889634;
     const double e_hi = std::floor(Numerics<T>::kAccurate * kLog2e) - 2;
     const double e_lo = std::ceil((-Numerics<T>::kAccurate + Numerics<T>::kMargin) * kLog2e);
-    bool any_redo = false;
+    int redone = 0;
     for (int l = 0; l < g.lanes; ++l) {
       const ScaledSum p{lane.sum[l].value(), lane.sum[l].E, 0.0};
       lane.redo[l] = !(std::isfinite(p.S) && p.S > 0 && p.E <= e_hi && p.E >= e_lo);
-      any_redo |= lane.redo[l];
+      redone += lane.redo[l];
       if (lane.redo[l]) {
         lane.scale[l] = lane.exp2[l] = lane.hi[l] = lane.lo[l] = 0;
         continue;
@@ -139,26 +143,41 @@ template <class S> struct Algorithms {
         split_sum(base, logs, lane.hi[l], lane.lo[l]);
       }
     }
-    if (op == Op::kSoftmax)
+    // Lanes not accepted are scanned before pass 2 writes y, which may be x (in place);
+    // those to redo relative to their maximum are kept aside then if pass 2 still runs.
+    LaneScan<T> scans[kMaxLanes];
+    std::vector<S> kept;  // in place: x of the lanes redone after pass 2, n apiece
+    const bool write = op != Op::kLogSumExp && redone < g.lanes;
+    for (int l = 0; l < g.lanes && redone; ++l) {
+      if (!lane.redo[l]) continue;
+      const Group<S> one = lane_of(g, l);
+      scans[l] = scan_lane(one.x, one.n, one.sx);
+      if (scans[l].kind == Special::kNone && shift)
+        throw std::logic_error("twopass: row still outside the accurate domain after shifting");
+      if (scans[l].kind == Special::kNone && write && in_place(g))
+        for (int64_t j = 0; j < g.n; ++j) kept.push_back(one.x[j * one.sx]);
+    }
+    if (write && op == Op::kSoftmax)
       axis.each([&](const Group<S>& c) {
         passes_for(c).two_pass_write(c, shift, lane.scale, lane.exp2, stream_final());
       });
-    else if (op == Op::kLogSoftmax)
+    else if (write)
       axis.each([&](const Group<S>& c) { passes_for(c).log_softmax_write(c, lane.hi, lane.lo, stream_final()); });
-    if (!any_redo) return;
-    for (int l = 0; l < g.lanes; ++l) {
+    const S* next_kept = kept.data();
+    for (int l = 0; l < g.lanes && redone; ++l) {
       if (!lane.redo[l]) continue;
-      const Group<S> one = lane_of(g, l);
-      const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
+      Group<S> one = lane_of(g, l);
       S* lse1 = lse ? lse + l : nullptr;
-      if (s.kind != Special::kNone) {
-        write_special(one, lse1, s.kind);
-      } else if (!shift) {
-        const T m = s.max;  // outside the accurate domain: redo relative to the maximum
-        two_pass(one, lse1, &m);
-      } else {
-        throw std::logic_error("twopass: row still outside the accurate domain after shifting");
+      if (scans[l].kind != Special::kNone) {
+        write_special(one, lse1, scans[l].kind);
+        continue;
       }
+      if (!kept.empty()) {
+        one.x = next_kept, one.sx = 1;
+        next_kept += g.n;
+      }
+      const T m = scans[l].max;  // outside the accurate domain: redo relative to the maximum
+      two_pass(one, lse1, &m);
     }
   }
 
@@ -174,9 +193,10 @@ template <class S> struct Algorithms {
   // once while the exps compute rather than once more by a max pass that overlaps
   // nothing (Zen 4 VM, AVX-512, 2 threads, float64 rows of 64K..2M: see
   // _softmax.auto_algorithm).
-  bool reload_split_ok(const Group<S>& g) const {
+  // (In place, a special row's kind is lost with x, which only its lse would need.)
+  bool reload_split_ok(const Group<S>& g, const S* lse) const {
     return chunks > 1 && algo == Algo::kThreePassReload && op == Op::kSoftmax && g.lanes == 1 && g.sx == 1 &&
-           g.sy == 1 && kernels.row.reload_part;
+           g.sy == 1 && kernels.row.reload_part && !(lse && in_place(g));
   }
   void reload_split(const Group<S>& g, S* lse) const {
     const AxisSplit<S> axis = split(g);
@@ -195,6 +215,8 @@ template <class S> struct Algorithms {
     for (int c = 0; c < chunks; ++c)
       if (s[(size_t)c] != 0) sum += s[(size_t)c] * exp_of_difference(m[(size_t)c], mx);
     if (!(std::isfinite(sum) && sum > 0 && std::isfinite(mx))) {
+      // In place, pass 2 has overwritten x; the softmax of every special row is NaN.
+      if (in_place(g)) return write_special(g, lse, Special::kNaN);
       const LaneScan<T> scan = scan_lane(g.x, g.n, g.sx);
       if (scan.kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
       return write_special(g, lse, scan.kind);
@@ -209,9 +231,12 @@ template <class S> struct Algorithms {
   // The max-first algorithms: three-pass reload, three-pass recompute, online.
   // A NaN or infinite maximum makes the sum NaN, which sends the lane to the scan.
   void max_first(const Group<S>& g, S* lse) const {
-    if (reload_split_ok(g)) return reload_split(g, lse);
+    if (reload_split_ok(g, lse)) return reload_split(g, lse);
     const AxisSplit<S> axis = split(g);
     MaxFirstLanes<T> lane;
+    // Lanes that fail are scanned before a pass writes y, which may be x (in place).
+    LaneScan<T> scans[kMaxLanes];
+    bool scanned[kMaxLanes] = {};
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
     if (algo == Algo::kOnline) {
       axis.online(lane.online_max, lane.sum);
@@ -219,6 +244,13 @@ template <class S> struct Algorithms {
     } else {
       axis.max(lane.max);
       if (algo == Algo::kThreePassReload && op == Op::kSoftmax && kReloadStores) {
+        // (With a finite maximum, only a NaN fails the sum below, and exp keeps it in y.)
+        for (int l = 0; l < g.lanes; ++l)
+          if (!std::isfinite(lane.max[l])) {
+            const Group<S> one = lane_of(g, l);
+            scans[l] = scan_lane(one.x, one.n, one.sx);
+            scanned[l] = true;
+          }
         // Pass 2 stores exp(x - max) for pass 3 to read back (streaming_stores.h).
         const bool stream2 = use_streaming_stores(stream, Reuse::kReadAgain);
         axis.sum([&](const Group<S>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
@@ -248,6 +280,11 @@ template <class S> struct Algorithms {
         case Op::kLogSumExp: put(lse + l, (double)lane.max[l] + log_at_least_1(s)); break;
       }
     }
+    for (int l = 0; l < g.lanes && any_redo; ++l)
+      if (lane.redo[l] && !scanned[l]) {
+        const Group<S> one = lane_of(g, l);
+        scans[l] = scan_lane(one.x, one.n, one.sx);
+      }
     if (op == Op::kSoftmax && stored) {
       axis.each([&](const Group<S>& c) {
         Group<S> cy = c;  // pass 3 reads what pass 2 wrote
@@ -263,10 +300,8 @@ template <class S> struct Algorithms {
     if (!any_redo) return;
     for (int l = 0; l < g.lanes; ++l) {
       if (!lane.redo[l]) continue;
-      const Group<S> one = lane_of(g, l);
-      const LaneScan<T> s = scan_lane(one.x, one.n, one.sx);
-      if (s.kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
-      write_special(one, lse ? lse + l : nullptr, s.kind);
+      if (scans[l].kind == Special::kNone) throw std::logic_error("twopass: finite row with a non-finite sum");
+      write_special(lane_of(g, l), lse ? lse + l : nullptr, scans[l].kind);
     }
   }
 };
@@ -321,9 +356,11 @@ template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Proble
   // Contiguous rows by the three-pass reload (what algorithm="auto" takes for short
   // rows): blocks of rows per kernel call (Passes::rows_reload), which saves a call and
   // the per-row bookkeeping of Algorithms (65536x64 float32 softmax, one thread: 6.7 -> 3.3 ms).
-  // Rows it flags (special values) take the general path.
+  // Rows it flags (special values) take the general path, or are NaN where it has
+  // overwritten them in place (then an lse, which needs the kind, is not asked of it).
   const bool row_blocks = pb.inner == 1 && pb.xs_n == 1 && pb.ys_n == 1 && !lse &&
-                          pb.algo == Algo::kThreePassReload && kernels.row.rows_reload;
+                          pb.algo == Algo::kThreePassReload && kernels.row.rows_reload &&
+                          !(pb.lse && pb.x == pb.y);
   parallel_ranges(groups, threads, total, [&](int64_t lo, int64_t hi) {
     if (!row_blocks) {
       for (int64_t gi = lo; gi < hi; ++gi) {
@@ -342,7 +379,10 @@ template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Proble
       for (int64_t i = 0; i < k; ++i) {
         if (!redo[i]) continue;
         auto [g, out] = group_at(b + i);
-        alg.run(g, out);
+        if (redo[i] == 2)
+          alg.write_special(g, out, Special::kNaN);
+        else
+          alg.run(g, out);
       }
     }
   });

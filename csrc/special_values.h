@@ -15,8 +15,8 @@ namespace tp {
 enum class Special { kNone, kNaN, kPosInf, kAllNegInf };
 
 template <class T> struct LaneScan {
-  Special kind;
-  T max;
+  Special kind = Special::kNone;
+  T max = 0;
 };
 // Scalar scan of one lane; only rows whose fast path failed come here.
 template <class S, class T = Compute<S>> LaneScan<T> scan_lane(const S* x, int64_t n, int64_t sx) {

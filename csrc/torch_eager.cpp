@@ -23,6 +23,7 @@
 #include "dispatch.h"
 #include "kernel_api.h"
 #include "softmax.h"
+#include "small_calls.h"
 #include "softmax_backward.h"
 #include "threads.h"
 
@@ -459,17 +460,9 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   if (intercepted()) return nb::none();
   Rows r;
   if (!rows_of(x, dim, r, T.max_bytes)) return nb::none();
-  // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes:
-  // float32/float64 softmax the reload (_SMALL_SOFTMAX_BYTES); log_softmax the reload in
-  // rows shorter than SHORT_ROW_BYTES (float32's for the halves); the halves' softmax the
-  // reload within its scratch row, and beyond it whatever auto_algorithm says.
   const int item = kItem[r.dt];
-  Algo algo = Algo::kThreePassReload;
-  if (log) {
-    if (r.n * (item == 2 ? 4 : item) >= T.short_row_bytes) algo = Algo::kTwoPass;
-  } else if (item == 2 && r.n * 4 > kReloadScratchBytes) {
-    return nb::none();
-  }
+  Algo algo;  // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes
+  if (!small_call_algorithm(log, item, r.n, T.short_row_bytes, algo)) return nb::none();
   // Everything holds but x needs a gradient: the eager autograd Function's path, whose
   // forward calls this again (grad mode off), without eager_ok's checks in Python.
   if (needs_grad(x)) return nb::bool_(false);

@@ -103,6 +103,44 @@ def test_out_and_in_place(op):
     np.testing.assert_array_equal(big[:, ::2], ref)
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_in_place_special_and_huge_rows(isa, algorithm, dtype, op):
+    """In place (out=x), rows that fail the fast path (NaN, +inf, only -inf; huge values
+    outside two_pass's accurate domain) are recognised and redone from x, not from what
+    a pass already wrote over it: the bits of the same call into a fresh output. Short
+    rows, rows longer than the reload's scratch row (its fused passes store exp in y),
+    panels of a non-first axis, and a row split along its axis over 2 threads."""
+    import ml_dtypes
+
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    huge = 6e4 if dt.itemsize == 2 else 3e38
+    rng = np.random.default_rng(1)
+    layouts = [((6, 1), -1, 1), ((6, 2), -1, 1), ((6, 33), -1, 1), ((6, 5000), -1, 1), ((6, 40), 0, 1)]
+    layouts += [((1, 1 << 17), -1, 2)]
+    for shape, axis, threads in layouts:
+        x = rng.standard_normal(shape)
+        rows = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])  # (a view: rows of `axis`)
+        rows[0] = -np.inf
+        if len(rows) > 1:
+            rows[1, -1], rows[2, 0], rows[3] = np.nan, np.inf, huge - rng.random(rows.shape[1])
+            rows[4, ::2] = -np.inf
+        else:
+            rows[0, -1] = huge  # the split row: huge, then only -inf
+        for xs in [x] if len(rows) > 1 else [x, np.full(shape, -np.inf)]:
+            xs = xs.astype(dt)
+            want = run(op, xs, axis=axis, algorithm=algorithm, isa=isa, threads=threads)
+            got = xs.copy()
+            assert run(op, got, axis=axis, out=got, algorithm=algorithm, isa=isa, threads=threads) is got
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8), err_msg=f"{shape} axis {axis}")
+            r = np.moveaxis(xs.astype(np.float64), axis, -1)
+            bad = (np.isnan(r) | (r == np.inf)).any(-1) | (r == -np.inf).all(-1)  # NaN rows, as torch
+            g = np.moveaxis(got.astype(np.float64), axis, -1)
+            assert np.isnan(g[bad]).all() and not np.isnan(g[~bad]).any(), shape
+
+
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 1000), (2, 3, 65)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -149,55 +187,74 @@ def test_fast_path_keeps_the_errors():
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_small_calls_in_one_cpp_call(op, dtype, monkeypatch):
-    """A C-contiguous float32/float64 array of at most 64 KiB over its last axis, with
-    algorithm="auto" and threads=None, is one C++ call (csrc/numpy_rows.cpp): the bits of
-    the general path, into a fresh output or a fitting `out=` (returned), None (the
-    Python path) for anything else. Lengths either side of log_softmax's SHORT_ROW_BYTES
-    (where it leaves the reload) and of the 64 KiB limit."""
+    """A C-contiguous array of at most 64 KiB over its last axis is one C++ call
+    (csrc/numpy_rows.cpp) whatever `algorithm` and `threads` say: the bits of the general
+    path, into a fresh output or a fitting `out=` (returned), None (the Python path) for
+    anything else. Lengths either side of log_softmax's SHORT_ROW_BYTES (where "auto"
+    leaves the reload), of the halves' softmax scratch row (beyond it: the Python path's
+    rule) and of the 64 KiB limit."""
+    import ml_dtypes
+
+    dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    if dtype == np.dtype(ml_dtypes.bfloat16):
+        compute(op, np.zeros(1, dtype))  # the general path meets bfloat16 first (_core.numpy_bfloat16)
     fast = _softmax._numpy_rows
     assert _dispatch.stream_min_bytes() > _softmax._SMALL_SOFTMAX_BYTES  # (its normal stores: the rule's answer)
     log = op == "log_softmax"
-    item = np.dtype(dtype).itemsize
-    short = _softmax.SHORT_ROW_BYTES // item
+    item = dtype.itemsize
+    short = _softmax.SHORT_ROW_BYTES // (4 if item == 2 else item)
     limit = _softmax._SMALL_SOFTMAX_BYTES // item
+    scratch = _softmax._RELOAD_SCRATCH_BYTES // 4  # the halves' softmax: "auto" in one call up to here
+
+    def taken(shape, algorithm):
+        auto_in_call = log or item != 2 or shape[-1] <= scratch or algorithm != "auto"
+        return math.prod(shape) <= limit and auto_in_call
+
     rng = np.random.default_rng(3)
     shapes = [(1,), (7,), (short - 1,), (short,), (short + 1,), (3, 65), (2, 1, 33), (limit,), (4, limit // 4)]
-    for shape in shapes + [(limit + 1,), (3, limit // 2)]:
+    shapes += [(scratch,), (scratch + 1,), (limit + 1,), (3, limit // 2)]
+    for shape in shapes:
         x = (rng.standard_normal(shape) * 10).astype(dtype)
         x.flat[0] = -np.inf
-        y = fast(x, -1, None, "auto", None, log)
-        if math.prod(shape) > limit:
-            assert y is None, shape
-            continue
-        want = compute(op, x, isa=_dispatch.ISA)  # the general path
-        assert y is not None and y.dtype == x.dtype and y.shape == shape and y.flags.c_contiguous
-        np.testing.assert_array_equal(y, want)
-        np.testing.assert_array_equal(getattr(twopass, op)(x, axis=len(shape) - 1), want)
-        out = np.full_like(x, np.nan)
-        assert fast(x, -1, out, "auto", None, log) is out
-        np.testing.assert_array_equal(out, want)
-        inplace = x.copy()
-        assert getattr(twopass, op)(inplace, out=inplace) is inplace
-        np.testing.assert_array_equal(inplace, want)
+        for algorithm, threads in [("auto", None), ("auto", 1), ("two_pass", None), ("online", 2)]:
+            y = fast(x, -1, None, algorithm, threads, log)
+            if not taken(shape, algorithm):
+                assert y is None, (shape, algorithm)
+                continue
+            want = compute(op, x, algorithm=algorithm, threads=threads, isa=_dispatch.ISA)  # the general path
+            assert y is not None and y.dtype == x.dtype and y.shape == shape and y.flags.c_contiguous
+            np.testing.assert_array_equal(y.view(np.uint8), want.view(np.uint8))
+            if algorithm == "auto":
+                public = getattr(twopass, op)(x, axis=len(shape) - 1)
+                np.testing.assert_array_equal(public.view(np.uint8), want.view(np.uint8))
+            out = np.full_like(x, np.nan)
+            assert fast(x, -1, out, algorithm, threads, log) is out
+            np.testing.assert_array_equal(out.view(np.uint8), want.view(np.uint8))
+            inplace = x.copy()
+            assert getattr(twopass, op)(inplace, out=inplace, algorithm=algorithm, threads=threads) is inplace
+            np.testing.assert_array_equal(inplace.view(np.uint8), want.view(np.uint8))
     # a dim of size 1 with any stride is still C-contiguous (NumPy's flag)
     base = (rng.standard_normal(15) * 4).astype(dtype)
     odd = np.lib.stride_tricks.as_strided(base, shape=(3, 1, 5), strides=(5 * item, 7 * item, item))
     assert odd.flags.c_contiguous
-    np.testing.assert_array_equal(fast(odd, -1, None, "auto", None, log), compute(op, odd, isa=_dispatch.ISA))
-    # the thread count is read per call from _dispatch.default_threads (the benchmark swaps
-    # it), where the kernels could split the call
+    got = fast(odd, -1, None, "auto", None, log)
+    np.testing.assert_array_equal(got.view(np.uint8), compute(op, odd, isa=_dispatch.ISA).view(np.uint8))
+    # the default thread count is read per call from _dispatch.default_threads (the
+    # benchmark swaps it), where the kernels could split the call
     calls = []
     monkeypatch.setattr(_dispatch, "default_threads", lambda: calls.append(1) or 2)
-    x = rng.standard_normal((8, limit // 8)).astype(dtype)
-    np.testing.assert_array_equal(fast(x, -1, None, "auto", None, log), compute(op, x, threads=2, isa=_dispatch.ISA))
+    x = rng.standard_normal((16, limit // 16)).astype(dtype)
+    want = compute(op, x, threads=2, isa=_dispatch.ISA)
+    np.testing.assert_array_equal(fast(x, -1, None, "auto", None, log).view(np.uint8), want.view(np.uint8))
     assert calls == ([1] if limit >= 2 * _core.MIN_PER_THREAD else [])  # (fewer: one thread whatever)
     monkeypatch.undo()
     x = rng.standard_normal((4, 50)).astype(dtype)
     ro = np.empty_like(x)
     ro.flags.writeable = False
     wide = np.empty((4, 100), dtype)
+    other = np.float64 if dtype == np.float32 else np.float32
     declined = [
         (x, 0, None, "auto", None),  # not the last axis
         (x, 2, None, "auto", None),  # out of range: Python raises the AxisError
@@ -205,18 +262,22 @@ def test_small_calls_in_one_cpp_call(op, dtype, monkeypatch):
         (x, np.int64(-1), None, "auto", None),
         (x.T, -1, None, "auto", None),  # not C-contiguous
         (x[:, ::2], -1, None, "auto", None),
-        (x.astype(np.float16), -1, None, "auto", None),  # the halves: the Python path
         (x.astype(x.dtype.newbyteorder()), -1, None, "auto", None),
         (x.view(np.recarray), -1, None, "auto", None),  # a subclass
         (np.empty((4, 0), dtype), -1, None, "auto", None),  # empty
         (np.array(1.0, dtype), -1, None, "auto", None),  # 0-d
         (x.tolist(), -1, None, "auto", None),
-        (x, -1, None, "two_pass", None),  # an algorithm named
-        (x, -1, None, "auto", 1),  # threads given
+        (x, -1, None, "fast", None),  # not an algorithm: Python raises
+        (x, -1, None, np.str_("auto"), None),
+        (x, -1, None, "auto", 0),  # threads < 1: Python raises
+        (x, -1, None, "auto", -3),
+        (x, -1, None, "auto", 1 << 70),
+        (x, -1, None, "auto", True),  # a bool is not a thread count
+        (x, -1, None, "auto", 2.0),
         (x, -1, ro, "auto", None),  # read-only out: Python raises
         (x, -1, wide, "auto", None),  # wrong shape
         (x, -1, wide[:, ::2], "auto", None),  # not contiguous: Python writes through a temporary
-        (x, -1, np.empty_like(x, np.float64 if item == 4 else np.float32), "auto", None),
+        (x, -1, np.empty_like(x, other), "auto", None),
         (x, -1, x.view(), "auto", None),  # overlaps x without being x
         (x, -1, np.empty_like(x).view(np.recarray), "auto", None),
     ]

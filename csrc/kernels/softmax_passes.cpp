@@ -753,7 +753,10 @@ template <class S, bool Panel> struct PassKernels {
         else e = wide;
         fused_max_exp(xr, e, n, next, block_refs, m, s);
         redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
-        if (redo[r]) continue;
+        if (redo[r]) {
+          if ((const void*)e == (const void*)xr) redo[r] = 2;  // (in place: x is gone)
+          continue;
+        }
         const tp::Reuse reuse = kStores ? tp::Reuse::kInPlace : tp::Reuse::kFinalOutput;
         scale_blocks(e, yr, n, block_refs, m, s, tp::use_streaming_stores(stream, reuse), next);
         if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));

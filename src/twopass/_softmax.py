@@ -177,6 +177,7 @@ def compute(
     check_dtype(dtype, name)
     if dtype not in _FAST_DTYPES:  # bfloat16, seen for the first time
         _FAST_DTYPES[dtype] = DTYPE_CODES[dtype.name]
+        _core.numpy_bfloat16(dtype)
     scalar_input = arr.ndim == 0
     arr0 = arr
     if scalar_input:  # a 0-d array is a row of one; results and out keep shape ()
@@ -384,14 +385,15 @@ _MIN_PER_CHUNK = _core.MIN_PER_CHUNK  # elements per chunk of a row split along 
 _RELOAD_SCRATCH_BYTES = _core.RELOAD_SCRATCH_BYTES  # the reload's scratch row for short rows (rows_reload)
 _RELOAD_WIDE_ROW = _core.RELOAD_WIDE_ROW_ELEMENTS  # halves' longer rows: exp in a float32 row up to this
 _FLOAT32 = np.dtype(np.float32)
-# The common small call in one C++ call (csrc/numpy_rows.cpp): a C-contiguous float32 or
-# float64 array of at most _SMALL_SOFTMAX_BYTES over its last axis, out=None,
-# algorithm="auto", threads=None; what _fast does (same kernel, algorithm, ISA and
-# threads: the same bits), or None. A 1K float32 softmax, Zen 4, 1 thread: see the README.
+# The common small call in one C++ call (csrc/numpy_rows.cpp): a C-contiguous float32,
+# float64, float16 or bfloat16 array of at most _SMALL_SOFTMAX_BYTES over its last axis,
+# `out` None or fitting, any algorithm, threads None or given; what _fast does (same
+# kernel, algorithm, ISA and threads: the same bits), or None. A 1K float32 softmax,
+# Zen 4, 1 thread: see the README.
 _core.numpy_init(
     np.ndarray,
-    _FLOAT32,
-    np.dtype(np.float64),
+    (_FLOAT32, np.dtype(np.float64), np.dtype(np.float16)),
+    np.dtype(np.uint16),
     np.empty_like,  # (what _alloc.empty gives below its huge-page threshold)
     _dispatch,
     _dispatch.isa_code(None),

@@ -1,0 +1,27 @@
+// What algorithm="auto" takes for the small calls that the one-call paths run without
+// Python (numpy_rows.cpp, torch_eager.cpp): x of at most _SMALL_SOFTMAX_BYTES (64 KiB),
+// contiguous rows of n. The rule of _softmax.auto_algorithm as far as it goes there,
+// written once; tests/test_softmax.py and tests/test_torch_eager.py pin both paths to
+// the bits of the Python path.
+#pragma once
+
+#include <cstdint>
+
+#include "codes.h"
+#include "kernel_api.h"
+
+namespace tp {
+
+// False where the rule needs more than this (the caller takes the Python path).
+// - softmax of float32/float64: the reload (x and y fit any cache counted on);
+// - softmax of float16/bfloat16: the reload while exp(x - max) fits its float32 scratch
+//   row (kReloadScratchBytes); longer rows: auto_algorithm's float32 rule, not here;
+// - log_softmax: the reload in rows shorter than short_row_bytes (counted in float32
+//   bytes for the halves, which compute in float32), else two_pass.
+inline bool small_call_algorithm(bool log, int item, int64_t n, int64_t short_row_bytes, Algo& algo) {
+  const int64_t row_bytes = n * (item == 2 ? 4 : item);
+  algo = log && row_bytes >= short_row_bytes ? Algo::kTwoPass : Algo::kThreePassReload;
+  return log || item != 2 || row_bytes <= kReloadScratchBytes;
+}
+
+}  // namespace tp
