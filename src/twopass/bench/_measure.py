@@ -213,11 +213,16 @@ def output_of(op: str, s: BufferSet) -> np.ndarray:
 
 
 def twopass_calls(op: str, algorithm: str, isa: str, threads: int, sets: list[BufferSet]) -> list[Callable[[], object]]:
-    """`compute`, the function behind twopass.softmax & co., with out=. The ISA a plain
-    call would take is not named, so the call takes the path users' calls take (the
-    fast path for C-contiguous rows)."""
+    """The call users make, with out=: twopass.softmax / log_softmax (whose small calls
+    are one C++ call, csrc/numpy_rows.cpp), `compute` (the function behind them) for
+    logsumexp, whose `algorithm` the public function does not take, and where an ISA
+    other than the selected one is named."""
+    import twopass
     from twopass import _dispatch
 
+    if isa == _dispatch.ISA and op != "logsumexp":
+        f = getattr(twopass, op)
+        return [lambda s=s: f(s.x, out=s.y, algorithm=algorithm, threads=threads) for s in sets]
     isa_arg = None if isa == _dispatch.ISA else isa
     return [
         lambda s=s: compute(op, s.x, out=output_of(op, s), algorithm=algorithm, threads=threads, isa=isa_arg)
@@ -291,10 +296,13 @@ def compute_floor_shape(shape: tuple[int, ...], itemsize: int, l2: int) -> tuple
 
 
 def api_overhead_s(isa: str) -> float:
-    """Median time of twopass.softmax on a 1-element row: the Python layer's cost per call."""
+    """Median time of twopass.softmax on a 1-element row with out= (as twopass_calls
+    calls it): the cost of a call beyond its kernel."""
+    import twopass
     from twopass import _dispatch
 
     x = np.zeros(1, dtype=np.float32)
     y = np.empty_like(x)
-    isa_arg = None if isa == _dispatch.ISA else isa  # as twopass_calls
-    return measure([lambda: compute("softmax", x, out=y, threads=1, isa=isa_arg)], FULL).median_s
+    if isa == _dispatch.ISA:
+        return measure([lambda: twopass.softmax(x, out=y, algorithm="auto", threads=1)], FULL).median_s
+    return measure([lambda: compute("softmax", x, out=y, threads=1, isa=isa)], FULL).median_s

@@ -45,7 +45,7 @@ def print_report(console: Any, doc: dict[str, Any]) -> None:
     dtypes = doc.get("dtypes", [doc["dtype"]])
     console.rule(f"twopass bench: {doc['machine']['cpu']}, {', '.join(dtypes)}, {doc['date']}")
     console.print(levels_text(caches))
-    console.print(f"twopass per-call overhead of the Python layer: {doc['api_overhead_s'] * 1e6:.1f} us")
+    console.print(f"twopass per-call overhead (a 1-element softmax with out=): {doc['api_overhead_s'] * 1e6:.1f} us")
 
     console.print(_bandwidth_table(doc))
 
