@@ -271,7 +271,7 @@ NB_MODULE(_core, m) {
   m.def("backward_ptr", &backward_ptr_py);
   m.def("cross_entropy_ptr", &cross_entropy_ptr);
   tp::bind_torch_eager(m);  // eager_init, eager_rows
-  tp::bind_numpy_rows(m);   // numpy_init, numpy_rows
+  tp::bind_numpy_rows(m);   // numpy_init, numpy_rows, numpy_lse
   // The address of the C table (c_api.h), for twopass.jax's FFI handlers.
   m.def("c_api", [] { return (uintptr_t)&kCApi; });
   m.def("read_pass", &read_pass, nb::arg("x"), nb::arg("isa"), nb::arg("threads"),

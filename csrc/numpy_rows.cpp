@@ -15,6 +15,7 @@
 
 #include "codes.h"
 #include "dispatch.h"
+#include "half.h"
 #include "small_calls.h"
 #include "softmax.h"
 #include "threads.h"
@@ -25,12 +26,15 @@ namespace tp {
 namespace {
 
 constexpr int kItemOf[] = {4, 8, 2, 2};  // by Dtype
+constexpr int kMaxDims = 64;             // NumPy 2's limit
 
 struct Numpy {
   PyObject* ndarray = nullptr;  // numpy.ndarray; nullptr until numpy_init
   PyObject* dtypes[4] = {};     // by Dtype, compared by identity; bfloat16 from numpy_bfloat16
   PyObject* uint16 = nullptr;   // np.dtype("uint16"): bfloat16's view
   PyObject* empty_like = nullptr;
+  PyObject* empty = nullptr;              // np.empty, for logsumexp's reduced shape
+  PyObject* scalar_types[4] = {};         // dtype.type by Dtype: logsumexp's scalar of one row
   PyObject* dispatch = nullptr;  // twopass._dispatch, whose default_threads() is looked up per call (the
                                  // benchmark swaps it)
   PyObject* s_default_threads = nullptr;
@@ -64,14 +68,25 @@ struct View {
   }
 };
 
-void numpy_init(nb::handle ndarray, nb::tuple dtypes, nb::handle uint16, nb::handle empty_like, nb::handle dispatch,
-                int isa, int64_t max_bytes, int64_t short_row_bytes) {
+// A dtype's scalar type (dtype.type), a new reference.
+PyObject* scalar_type(nb::handle dtype) {
+  PyObject* t = PyObject_GetAttrString(dtype.ptr(), "type");
+  if (!t) throw nb::python_error();
+  return t;
+}
+
+void numpy_init(nb::handle ndarray, nb::tuple dtypes, nb::handle uint16, nb::handle empty_like, nb::handle empty,
+                nb::handle dispatch, int isa, int64_t max_bytes, int64_t short_row_bytes) {
   if (isa < 0 || isa >= kIsaCount) throw std::invalid_argument("twopass numpy_init: bad isa");
   if (dtypes.size() != 3) throw std::invalid_argument("twopass numpy_init: float32, float64, float16");
-  for (nb::handle h : {ndarray, uint16, empty_like, dispatch}) Py_INCREF(h.ptr());  // the module's life
-  for (int i = 0; i < 3; ++i) N.dtypes[i] = nb::handle(dtypes[i]).inc_ref().ptr();
+  for (nb::handle h : {ndarray, uint16, empty_like, empty, dispatch}) Py_INCREF(h.ptr());  // the module's life
+  for (int i = 0; i < 3; ++i) {
+    N.dtypes[i] = nb::handle(dtypes[i]).inc_ref().ptr();
+    N.scalar_types[i] = scalar_type(dtypes[i]);
+  }
   N.uint16 = uint16.ptr();
   N.empty_like = empty_like.ptr();
+  N.empty = empty.ptr();
   N.dispatch = dispatch.ptr();
   N.s_default_threads = PyUnicode_InternFromString("default_threads");
   N.s_dtype = PyUnicode_InternFromString("dtype");
@@ -85,7 +100,9 @@ void numpy_init(nb::handle ndarray, nb::tuple dtypes, nb::handle uint16, nb::han
 // ml_dtypes' bfloat16, once the Python path has met it (importing ml_dtypes at import
 // of twopass would cost every user).
 void numpy_bfloat16(nb::handle dtype) {
-  if (!N.dtypes[(int)Dtype::kBfloat16]) N.dtypes[(int)Dtype::kBfloat16] = dtype.inc_ref().ptr();
+  if (N.dtypes[(int)Dtype::kBfloat16]) return;
+  N.scalar_types[(int)Dtype::kBfloat16] = scalar_type(dtype);
+  N.dtypes[(int)Dtype::kBfloat16] = dtype.inc_ref().ptr();
 }
 
 // The C-contiguous test of NumPy's flags: strides of dims of size 1 do not count.
@@ -121,6 +138,86 @@ bool algorithm_named(PyObject* name, Algo& algo) {
   return false;
 }
 
+// The parts of a call both functions below take: x (a C-contiguous array of a known
+// dtype, non-empty, at most max_bytes) over its last axis, and `threads`.
+struct Call {
+  PyObject* x = nullptr;
+  View xv;
+  int dt = -1, item = 0;
+  bool bf16 = false;
+  int64_t n = 0, size = 0;
+  int nt = 0;  // 0: the default, read by threads()
+
+  bool read(PyObject* x_, nb::handle axis_h, nb::handle threads) {
+    x = x_;
+    if (!N.ndarray || (PyObject*)Py_TYPE(x) != N.ndarray || !PyLong_CheckExact(axis_h.ptr()) ||
+        !(threads.is_none() || PyLong_CheckExact(threads.ptr())))
+      return false;
+    if (!threads.is_none()) {
+      const long v = PyLong_AsLong(threads.ptr());
+      if (v < 1 || v > INT32_MAX) {  // (an error or an overflow too: Python raises it)
+        PyErr_Clear();
+        return false;
+      }
+      nt = (int)v;
+    }
+    dt = dtype_of(x);
+    if (dt < 0) return false;
+    item = kItemOf[dt];
+    bf16 = dt == (int)Dtype::kBfloat16;
+    if (!xv.get(x, PyBUF_STRIDES, bf16)) return false;
+    const Py_buffer& b = xv.b;
+    const long axis = PyLong_AsLong(axis_h.ptr());
+    if (axis == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+    if (b.ndim == 0 || (axis != -1 && axis != b.ndim - 1) || b.itemsize != item || b.len == 0 ||
+        b.len > N.max_bytes || !c_contiguous(b))
+      return false;
+    n = b.shape[b.ndim - 1], size = b.len / item;
+    return true;
+  }
+
+  // `out`, if not None: an array of x's dtype object and `shape`, writable, C-contiguous,
+  // not overlapping x unless it is x and `same_ok` (_fast_out_ok), viewed into ov.
+  bool out_fits(nb::handle out, const Py_ssize_t* shape, int ndim, bool same_ok, View& ov) const {
+    if (out.is_none()) return true;
+    if ((PyObject*)Py_TYPE(out.ptr()) != N.ndarray || dtype_of(out.ptr()) != dt ||
+        !ov.get(out.ptr(), PyBUF_STRIDES | PyBUF_WRITABLE, bf16) || ov.b.ndim != ndim || !c_contiguous(ov.b))
+      return false;
+    for (int i = 0; i < ndim; ++i)
+      if (ov.b.shape[i] != shape[i]) return false;
+    const char *xa = (const char*)xv.b.buf, *oa = (const char*)ov.b.buf;
+    if (out.ptr() == x && same_ok) return true;
+    return !(oa < xa + xv.b.len && xa < oa + ov.b.len);  // (np.may_share_memory)
+  }
+
+  int threads() const {
+    if (nt) return nt;
+    if (size < 2 * kMinPerThread) return 1;  // (below it the kernels run on one thread whatever they are given)
+    PyObject* t = PyObject_CallMethodNoArgs(N.dispatch, N.s_default_threads);
+    if (!t) throw nb::python_error();
+    const long v = PyLong_AsLong(t);
+    Py_DECREF(t);
+    if (v < 1) throw std::runtime_error("twopass: default_threads() < 1");
+    return (int)v;
+  }
+
+  // Normal stores: a fresh y (_arrays.streaming_stores), or an `out` far below
+  // _dispatch.stream_min_bytes.
+  void run_kernel(Problem pb) const {
+    pb.bf16 = bf16;
+    const int t = threads();
+    if (size < kGilElements) {
+      run(pb, (Isa)N.isa, t, false);
+    } else {
+      nb::gil_scoped_release release;
+      run(pb, (Isa)N.isa, t, false);
+    }
+  }
+};
+
 // softmax (log_softmax where `log`) of x over `axis`, or None: the arguments of the
 // public function, taken where `algorithm` is "auto" or a name, `threads` None or an int
 // >= 1, and `out` None or what _fast_out_ok accepts (x itself, or a writable
@@ -129,74 +226,77 @@ bool algorithm_named(PyObject* name, Algo& algo) {
 nb::object numpy_rows(nb::handle xh, nb::handle axis_h, nb::handle out, nb::handle algorithm, nb::handle threads,
                       bool log) {
   PyObject* x = xh.ptr();
-  if (!N.ndarray || (PyObject*)Py_TYPE(x) != N.ndarray || !PyLong_CheckExact(axis_h.ptr()) ||
-      !PyUnicode_CheckExact(algorithm.ptr()) || !(threads.is_none() || PyLong_CheckExact(threads.ptr())) ||
-      (!out.is_none() && (PyObject*)Py_TYPE(out.ptr()) != N.ndarray))
-    return nb::none();
-  int nt = 0;  // 0: the default
-  if (!threads.is_none()) {
-    const long v = PyLong_AsLong(threads.ptr());
-    if (v < 1 || v > INT32_MAX) {  // (an error or an overflow too: Python raises it)
-      PyErr_Clear();
-      return nb::none();
-    }
-    nt = (int)v;
-  }
+  if (!PyUnicode_CheckExact(algorithm.ptr())) return nb::none();
   const bool automatic = PyUnicode_CompareWithASCIIString(algorithm.ptr(), "auto") == 0;
   Algo algo = Algo::kTwoPass;
   if (!automatic && !algorithm_named(algorithm.ptr(), algo)) return nb::none();
-  const int dt = dtype_of(x);
-  if (dt < 0) return nb::none();
-  const int item = kItemOf[dt];
-  const bool bf16 = dt == (int)Dtype::kBfloat16;
-  View xv;
-  if (!xv.get(x, PyBUF_STRIDES, bf16)) return nb::none();
-  const Py_buffer& b = xv.b;
-  const long axis = PyLong_AsLong(axis_h.ptr());
-  if (axis == -1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    return nb::none();
-  }
-  if (b.ndim == 0 || (axis != -1 && axis != b.ndim - 1) || b.itemsize != item || b.len == 0 || b.len > N.max_bytes ||
-      !c_contiguous(b))
-    return nb::none();
-  const int64_t n = b.shape[b.ndim - 1], size = b.len / item;
-  if (automatic && !small_call_algorithm(log, item, n, N.short_row_bytes, algo)) return nb::none();
+  Call c;
+  if (!c.read(x, axis_h, threads)) return nb::none();
+  if (automatic && !small_call_algorithm(log, c.item, c.n, N.short_row_bytes, algo)) return nb::none();
   View ov;
-  if (!out.is_none()) {
-    if (dtype_of(out.ptr()) != dt || !ov.get(out.ptr(), PyBUF_STRIDES | PyBUF_WRITABLE, bf16) ||
-        ov.b.ndim != b.ndim || !c_contiguous(ov.b))
-      return nb::none();
-    for (int i = 0; i < b.ndim; ++i)
-      if (ov.b.shape[i] != b.shape[i]) return nb::none();
-    const char *xa = (const char*)b.buf, *oa = (const char*)ov.b.buf;
-    if (out.ptr() != x && oa < xa + b.len && xa < oa + ov.b.len) return nb::none();  // (np.may_share_memory)
-  }
-  if (nt == 0) {
-    nt = 1;
-    if (size >= 2 * kMinPerThread) {  // (below it the kernels run on one thread whatever they are given)
-      PyObject* t = PyObject_CallMethodNoArgs(N.dispatch, N.s_default_threads);
-      if (!t) throw nb::python_error();
-      nt = (int)PyLong_AsLong(t);
-      Py_DECREF(t);
-      if (nt < 1) throw std::runtime_error("twopass: default_threads() < 1");
-    }
-  }
+  if (!c.out_fits(out, c.xv.b.shape, c.xv.b.ndim, true, ov)) return nb::none();
   nb::object y = out.is_none() ? nb::steal(PyObject_CallOneArg(N.empty_like, x)) : nb::borrow(out);  // C-contiguous
   if (!y.is_valid()) throw nb::python_error();
-  if (out.is_none() && !ov.get(y.ptr(), PyBUF_STRIDES | PyBUF_WRITABLE, bf16))
+  if (out.is_none() && !ov.get(y.ptr(), PyBUF_STRIDES | PyBUF_WRITABLE, c.bf16))
     throw std::runtime_error("twopass: np.empty_like gave no buffer");
-  // Normal stores: a fresh y (_arrays.streaming_stores), or an `out` far below
-  // _dispatch.stream_min_bytes.
-  Problem pb{log ? Op::kLogSoftmax : Op::kSoftmax, algo, item, b.buf, ov.b.buf, size / n, n, 1, n, 1, n, 1,
-             panel_lanes((Isa)N.isa, item)};
-  pb.bf16 = bf16;
-  if (size < kGilElements) {
-    run(pb, (Isa)N.isa, nt, false);
-  } else {
-    nb::gil_scoped_release release;
-    run(pb, (Isa)N.isa, nt, false);
+  const int64_t n = c.n;
+  c.run_kernel(Problem{log ? Op::kLogSoftmax : Op::kSoftmax, algo, c.item, c.xv.b.buf, ov.b.buf, c.size / n, n, 1,
+                       n, 1, n, 1, panel_lanes((Isa)N.isa, c.item)});
+  return y;
+}
+
+// logsumexp of x over `axis` (the public function's arguments; keepdims a bool), or
+// None as above; `out` of the reduced shape, never x. Two-pass's first pass, as _fast.
+// A 1-D x without `out` gives a NumPy scalar, as NumPy's reductions do.
+nb::object numpy_lse(nb::handle xh, nb::handle axis_h, nb::handle keepdims, nb::handle out, nb::handle threads) {
+  PyObject* x = xh.ptr();
+  if (keepdims.ptr() != Py_True && keepdims.ptr() != Py_False) return nb::none();
+  Call c;
+  if (!c.read(x, axis_h, threads)) return nb::none();
+  const bool keep = keepdims.ptr() == Py_True;
+  const int nd = c.xv.b.ndim - 1 + keep;
+  Py_ssize_t shape[kMaxDims];
+  if (nd > kMaxDims) return nb::none();
+  for (int i = 0; i < c.xv.b.ndim - 1; ++i) shape[i] = c.xv.b.shape[i];
+  if (keep) shape[nd - 1] = 1;
+  View ov;
+  if (!c.out_fits(out, shape, nd, false, ov)) return nb::none();
+  const int64_t n = c.n, rows = c.size / n;
+  Problem pb{Op::kLogSumExp, Algo::kTwoPass, c.item, c.xv.b.buf, nullptr, rows, n, 1, n, 1, 1, 0,
+             panel_lanes((Isa)N.isa, c.item)};
+  if (out.is_none() && nd == 0) {  // one row: a scalar
+    alignas(8) unsigned char r[8];
+    pb.y = r;
+    c.run_kernel(pb);
+    double v = 0;
+    switch ((Dtype)c.dt) {
+      case Dtype::kFloat32: v = *(const float*)r; break;
+      case Dtype::kFloat64: v = *(const double*)r; break;
+      case Dtype::kFloat16: v = f16_to_float(*(const uint16_t*)r); break;
+      case Dtype::kBfloat16: v = bf16_to_float(*(const uint16_t*)r); break;
+    }
+    PyObject* f = PyFloat_FromDouble(v);  // exact: v is a value of x's dtype
+    if (!f) throw nb::python_error();
+    PyObject* scalar = PyObject_CallOneArg(N.scalar_types[c.dt], f);
+    Py_DECREF(f);
+    if (!scalar) throw nb::python_error();
+    return nb::steal(scalar);
   }
+  nb::object y = nb::borrow(out);
+  if (out.is_none()) {
+    PyObject* dims = PyTuple_New(nd);
+    if (!dims) throw nb::python_error();
+    for (int i = 0; i < nd; ++i) PyTuple_SET_ITEM(dims, i, PyLong_FromSsize_t(shape[i]));
+    PyObject* dtype = PyObject_GetAttr(x, N.s_dtype);
+    PyObject* args[] = {dims, dtype};
+    y = nb::steal(dtype ? PyObject_Vectorcall(N.empty, args, 2, nullptr) : nullptr);  // C-contiguous
+    Py_DECREF(dims);
+    Py_XDECREF(dtype);
+    if (!y.is_valid()) throw nb::python_error();
+    if (!ov.get(y.ptr(), PyBUF_STRIDES | PyBUF_WRITABLE, c.bf16)) throw std::runtime_error("twopass: np.empty gave no buffer");
+  }
+  pb.y = ov.b.buf;
+  c.run_kernel(pb);
   return y;
 }
 
@@ -205,6 +305,8 @@ nb::object numpy_rows(nb::handle xh, nb::handle axis_h, nb::handle out, nb::hand
 void bind_numpy_rows(nb::module_& m) {
   m.def("numpy_init", &numpy_init);
   m.def("numpy_bfloat16", &numpy_bfloat16);
+  m.def("numpy_lse", &numpy_lse, nb::arg("x").none(), nb::arg("axis").none(), nb::arg("keepdims").none(),
+        nb::arg("out").none(), nb::arg("threads").none());
   m.def("numpy_rows", &numpy_rows, nb::arg("x").none(), nb::arg("axis").none(), nb::arg("out").none(),
         nb::arg("algorithm").none(), nb::arg("threads").none(), nb::arg("log"));
 }

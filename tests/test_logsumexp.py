@@ -41,3 +41,73 @@ def test_logsumexp_result_shape_and_dtype_every_dtype(dtype, shape, keepdims):
     # A 0-d array is a row of one: its logsumexp is itself, 0-d.
     z = twopass.logsumexp(x.reshape(-1)[:1].reshape(()))
     assert z.shape == () and z.dtype == dt and z == x.reshape(-1)[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_small_calls_in_one_cpp_call(dtype, monkeypatch):
+    """logsumexp of a C-contiguous array of at most 64 KiB over its last axis is one C++
+    call (csrc/numpy_rows.cpp, numpy_lse): the bits of the general path, of its shape
+    (keepdims or not), a NumPy scalar of x's dtype for a 1-D x without `out`, into a
+    fresh array or a fitting `out=` (returned); None (the Python path) otherwise."""
+    from twopass import _core, _dispatch, _softmax
+
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    if dt == np.dtype(ml_dtypes.bfloat16):
+        _softmax.compute("logsumexp", np.zeros(1, dt))  # the general path meets bfloat16 first
+    fast = _softmax._numpy_lse
+    limit = _softmax._SMALL_SOFTMAX_BYTES // dt.itemsize
+    rng = np.random.default_rng(5)
+    for shape in [(1,), (7,), (1000,), (3, 65), (2, 1, 33), (limit,), (8, limit // 8), (limit + 1,)]:
+        x = (rng.standard_normal(shape) * 10).astype(dt)
+        x.flat[0] = -np.inf
+        for keepdims in (False, True):
+            for threads in (None, 1, 2):
+                y = fast(x, -1, keepdims, None, threads)
+                if x.size > limit:
+                    assert y is None, shape
+                    continue
+                want = _softmax.compute("logsumexp", x, keepdims=keepdims, threads=threads, isa=_dispatch.ISA)
+                if x.ndim == 1 and not keepdims:
+                    assert type(y) is dt.type and np.asarray(y).tobytes() == want.tobytes()
+                    assert type(twopass.logsumexp(x)) is dt.type
+                    continue
+                assert type(y) is np.ndarray and y.dtype == dt and y.shape == want.shape and y.flags.c_contiguous
+                np.testing.assert_array_equal(y.view(np.uint8), want.view(np.uint8))
+                out = np.full(want.shape, np.nan, dt)
+                assert fast(x, -1, keepdims, out, threads) is out
+                np.testing.assert_array_equal(out.view(np.uint8), want.view(np.uint8))
+                assert twopass.logsumexp(x, keepdims=keepdims, out=out, threads=threads) is out
+    # the default thread count is read per call (the benchmark swaps it) where the kernels could split
+    calls = []
+    monkeypatch.setattr(_dispatch, "default_threads", lambda: calls.append(1) or 2)
+    x = rng.standard_normal((16, limit // 16)).astype(dt)
+    want = _softmax.compute("logsumexp", x, threads=2, isa=_dispatch.ISA)
+    np.testing.assert_array_equal(fast(x, -1, False, None, None).view(np.uint8), want.view(np.uint8))
+    assert calls == ([1] if limit >= 2 * _core.MIN_PER_THREAD else [])
+    monkeypatch.undo()
+    x = rng.standard_normal((4, 50)).astype(dt)
+    ro = np.empty(4, dt)
+    ro.flags.writeable = False
+    other = np.float64 if dt == np.float32 else np.float32
+    declined = [
+        (x, 0, False, None, None),  # not the last axis
+        (x, 2, False, None, None),  # out of range: Python raises the AxisError
+        (x, None, False, None, None),
+        (x.T, -1, False, None, None),  # not C-contiguous
+        (x[:, ::2], -1, False, None, None),
+        (x.view(np.recarray), -1, False, None, None),
+        (np.empty((4, 0), dt), -1, False, None, None),  # empty: -inf by the Python path
+        (np.array(1.0, dt), -1, False, None, None),  # 0-d
+        (x, -1, 1, None, None),  # keepdims not a bool
+        (x, -1, False, None, 0),  # threads < 1: Python raises
+        (x, -1, False, None, True),
+        (x, -1, False, x, None),  # out is x: Python raises
+        (x, -1, False, ro, None),  # read-only out
+        (x, -1, False, np.empty(5, dt), None),  # wrong shape
+        (x, -1, True, np.empty(4, dt), None),  # keepdims wants (4, 1)
+        (x, -1, False, np.empty((4, 2), dt)[:, 0], None),  # not contiguous
+        (x, -1, False, np.empty(4, other), None),
+        (x, -1, False, x.reshape(-1)[:4], None),  # overlaps x
+    ]
+    for args in declined:
+        assert fast(*args) is None, args[1:]

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike
 
 from . import _axes
 from ._arrays import ArrayT
-from ._softmax import _FAST_DTYPES, compute
+from ._softmax import _FAST_DTYPES, _numpy_lse, compute
 
 
 def logsumexp(
@@ -72,6 +72,9 @@ def logsumexp(
     >>> float(twopass.logsumexp(np.zeros(4, np.float32)))  # log(4)
     1.3862943649291992
     """
+    r = _numpy_lse(x, axis, keepdims, out, threads)  # the common small call, in C++ (None: not taken)
+    if r is not None:
+        return r
     if type(x) is np.ndarray and type(axis) is int and x.dtype in _FAST_DTYPES:
         r = compute("logsumexp", x, axis=axis, out=out, keepdims=keepdims, threads=threads)
         return r[()] if out is None and r.ndim == 0 else r  # NumPy's reductions give a scalar

@@ -387,20 +387,22 @@ _RELOAD_WIDE_ROW = _core.RELOAD_WIDE_ROW_ELEMENTS  # halves' longer rows: exp in
 _FLOAT32 = np.dtype(np.float32)
 # The common small call in one C++ call (csrc/numpy_rows.cpp): a C-contiguous float32,
 # float64, float16 or bfloat16 array of at most _SMALL_SOFTMAX_BYTES over its last axis,
-# `out` None or fitting, any algorithm, threads None or given; what _fast does (same
-# kernel, algorithm, ISA and threads: the same bits), or None. A 1K float32 softmax,
+# `out` None or fitting, any algorithm, threads None or given (logsumexp: keepdims a
+# bool); what _fast does (same kernel, algorithm, ISA and threads: the same bits), or None. A 1K float32 softmax,
 # Zen 4, 1 thread: see the README.
 _core.numpy_init(
     np.ndarray,
     (_FLOAT32, np.dtype(np.float64), np.dtype(np.float16)),
     np.dtype(np.uint16),
-    np.empty_like,  # (what _alloc.empty gives below its huge-page threshold)
+    np.empty_like,
+    np.empty,  # (what _alloc.empty gives below its huge-page threshold)
     _dispatch,
     _dispatch.isa_code(None),
     _SMALL_SOFTMAX_BYTES,
     SHORT_ROW_BYTES,
 )
 _numpy_rows = _core.numpy_rows
+_numpy_lse = _core.numpy_lse  # logsumexp's small call, the same way (src/twopass/_logsumexp.py)
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
