@@ -213,16 +213,18 @@ def output_of(op: str, s: BufferSet) -> np.ndarray:
 
 
 def twopass_calls(op: str, algorithm: str, isa: str, threads: int, sets: list[BufferSet]) -> list[Callable[[], object]]:
-    """The call users make, with out=: twopass.softmax / log_softmax (whose small calls
-    are one C++ call, csrc/numpy_rows.cpp), `compute` (the function behind them) for
-    logsumexp, whose `algorithm` the public function does not take, and where an ISA
-    other than the selected one is named."""
+    """The call users make, with out=: twopass.softmax / log_softmax / logsumexp (whose
+    small calls are one C++ call, csrc/numpy_rows.cpp); `compute` (the function behind
+    them) for logsumexp by another algorithm than the one the public function runs
+    (two_pass), and where an ISA other than the selected one is named."""
     import twopass
     from twopass import _dispatch
 
     if isa == _dispatch.ISA and op != "logsumexp":
         f = getattr(twopass, op)
         return [lambda s=s: f(s.x, out=s.y, algorithm=algorithm, threads=threads) for s in sets]
+    if isa == _dispatch.ISA and algorithm == "two_pass":
+        return [lambda s=s: twopass.logsumexp(s.x, out=s.lse, threads=threads) for s in sets]
     isa_arg = None if isa == _dispatch.ISA else isa
     return [
         lambda s=s: compute(op, s.x, out=output_of(op, s), algorithm=algorithm, threads=threads, isa=isa_arg)
