@@ -293,6 +293,28 @@ PyObject* new_like(PyObject* like, int dt) {
   return o;
 }
 
+// A new contiguous CPU tensor of dtype dt and shape sizes[nd] (a new reference), as
+// like.new_empty(sizes) gives for a CPU `like` of that dtype (the fallback).
+PyObject* new_shaped(PyObject* like, int dt, const int64_t* sizes, int nd) {
+  if (!S.on) {
+    Ref dims(PyTuple_New(nd));
+    if (!dims.p) throw nb::python_error();
+    for (int i = 0; i < nd; ++i) PyTuple_SET_ITEM(dims.p, i, PyLong_FromLongLong(sizes[i]));
+    return PyObject_CallMethodOneArg(like, T.s_new_empty, dims.p);
+  }
+  int64_t strides[kMaxDims];
+  for (int64_t i = nd - 1, step = 1; i >= 0; --i) {
+    strides[i] = step;
+    step *= sizes[i];
+  }
+  Shim::Handle h = nullptr;
+  if (S.empty_strided(nd, sizes, strides, S.dtypes[dt], S.cpu, 0, &h))
+    throw std::runtime_error("twopass: torch's empty_strided failed");
+  PyObject* o = S.wrap(h);
+  S.delete_tensor(h);  // (o holds its own reference)
+  return o;
+}
+
 template <class F>
 bool resolve(F& f, void* lib, const char* name) {
   f = reinterpret_cast<F>(dlsym(lib ? lib : RTLD_DEFAULT, name));
@@ -483,6 +505,38 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   return nb::steal(y.release());
 }
 
+// logsumexp of x over `dim` (logsumexp_forward's work: two_pass's first pass), of x's
+// shape without `dim` (length 1 where keepdim); False where x needs a gradient and
+// everything else holds; None where the path is not taken (empty rows included).
+nb::object eager_lse(nb::handle xh, nb::handle dim_h, nb::handle keepdim_h) {
+  PyObject* x = xh.ptr();
+  long dim = 0;
+  if (keepdim_h.ptr() != Py_True && keepdim_h.ptr() != Py_False) return nb::none();
+  if (!plain(x) || !small_dim(dim_h.ptr(), dim)) return nb::none();
+  if (intercepted()) return nb::none();
+  Rows r;
+  if (!rows_of(x, dim, r, T.max_bytes) || r.size == 0) return nb::none();
+  if (needs_grad(x)) return nb::bool_(false);
+  const int nd = r.nd - (keepdim_h.ptr() == Py_True ? 0 : 1);
+  int64_t sizes[kMaxDims];
+  for (int i = 0; i < nd; ++i) sizes[i] = i < r.nd - 1 ? r.shape[i] : 1;
+  Ref y(new_shaped(x, r.dt, sizes, nd));
+  if (!y.p) throw nb::python_error();
+  const int item = kItem[r.dt];
+  Problem pb{Op::kLogSumExp, Algo::kTwoPass, item, (const void*)address(x), (void*)address(y.p), r.size / r.n, r.n,
+             1, r.n, 1, 1, 0, panel_lanes((Isa)T.isa, item)};
+  pb.bf16 = r.dt == (int)Dtype::kBfloat16;
+  const int nt = threads(r.size);
+  TeamScope team(nt > 1 ? torch_team() : nullptr);
+  if (r.size < kGilElements) {
+    run(pb, (Isa)T.isa, nt, false);
+  } else {
+    nb::gil_scoped_release release;
+    run(pb, (Isa)T.isa, nt, false);
+  }
+  return nb::steal(y.release());
+}
+
 // The backward over the last dim with the fused row kernels (softmax_backward and
 // logsumexp_backward's), or None. op: softmax or log_softmax (g and y of one dtype and
 // shape, lse None) or logsumexp (y is its input x; g and lse one value per row, of
@@ -589,6 +643,7 @@ void bind_torch_eager(nb::module_& m) {
     return S.on;
   }, nb::arg("on") = nb::none());
   m.def("eager_rows", &eager_rows);
+  m.def("eager_lse", &eager_lse);
   m.def("eager_backward", &eager_backward, nb::arg("g"), nb::arg("y"), nb::arg("lse").none(), nb::arg("dim"),
         nb::arg("op"));
   m.def("eager_cross_entropy", &eager_cross_entropy);

@@ -956,3 +956,47 @@ def test_fast_cross_entropy_with_gradient(dtype, reduction):
     t = torch.tensor([0, 1, 2])
     assert fast(big.clone().requires_grad_(), t, -100, code, 0.0, 0.0, 0.0, False) is None
     assert fast(big, t, -100, code, 0.0, 0.0, 0.0, True) is None
+
+
+@pytest.mark.usefixtures("reader")
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_fast_logsumexp_same_bits_as_python_path(dtype):
+    """twopass.torch.logsumexp of a contiguous CPU tensor of at most _SMALL_SOFTMAX_BYTES
+    over its last dim is one C++ call (eager_lse): the bits and shape of the Python path
+    (logsumexp_forward), keepdim or not, 0-d for one row; anything else is None (the
+    Python path), False where x needs a gradient (the autograd Function, same gradient)."""
+    from twopass._softmax import _SMALL_SOFTMAX_BYTES
+
+    lse = _eager.eager_lse
+    limit = _SMALL_SOFTMAX_BYTES // dtype.itemsize
+    for shape in [(1,), (7,), (1000,), (3, 65), (2, 1, 33), (limit,), (8, limit // 8), (limit + 1,)]:
+        x = make(shape, dtype, seed=len(shape))
+        x.view(-1)[0] = -math.inf
+        for keepdim in (False, True):
+            y = lse(x, -1, keepdim)
+            if x.numel() > limit:
+                assert y is None
+                continue
+            want = _eager.logsumexp_forward(x, -1, keepdim)
+            assert type(y) is torch.Tensor and same(y, want) and y.is_contiguous(), (shape, keepdim)
+            assert same(tpt.logsumexp(x, -1, keepdim), want)
+    x = make((4, 50), dtype)
+    declined = [
+        (x, 0, False),  # not the last dim
+        (x, 2, False),  # out of range: Python raises the IndexError
+        (x, -1, 1),  # keepdim not a bool
+        (x, True, False),
+        (x[:, ::2], -1, False),  # not contiguous
+        (torch.empty(4, 0, dtype=dtype), -1, False),  # empty rows: -inf by the Python path
+        (torch.tensor(1.0, dtype=dtype), 0, False),  # 0-d
+        (x.as_subclass(_Sub), -1, False),
+        ("not a tensor", -1, False),
+    ]
+    for args in declined:
+        assert lse(*args) is None, args[1:]
+    p = x.clone().requires_grad_()
+    assert lse(p, -1, False) is False  # needs a gradient: the autograd Function's path
+    g = torch.autograd.grad(tpt.logsumexp(p, -1).sum(), p)[0]
+    # d logsumexp / dx = exp(x - lse), with the lse the forward gave (rounded to x's dtype)
+    want = torch.exp(x.double() - tpt.logsumexp(x, -1, True).double()).to(dtype)
+    torch.testing.assert_close(g, want, rtol=1e-2 if dtype.itemsize == 2 else 1e-5, atol=1e-3)

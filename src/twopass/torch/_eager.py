@@ -107,6 +107,7 @@ OPENMP_RUNTIME: str | None = _core.eager_init(
 )
 eager_shim = _core.eager_shim  # whether torch's C shim reads the tensors (TWOPASS_TORCH_SHIM=0: never)
 eager_rows = _core.eager_rows
+eager_lse = _core.eager_lse  # logsumexp's small calls the same way
 eager_backward = _core.eager_backward  # the same for the backwards (softmax_ and logsumexp_backward's)
 
 
