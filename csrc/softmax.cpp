@@ -236,7 +236,8 @@ template <class S> struct Algorithms {
     MaxFirstLanes<T> lane;
     // Lanes that fail are scanned before a pass writes y, which may be x (in place).
     LaneScan<T> scans[kMaxLanes];
-    bool scanned[kMaxLanes] = {};
+    uint64_t scanned = 0;  // by lane (kMaxLanes <= 64): a bit mask, nothing to clear per call
+    static_assert(kMaxLanes <= 64, "scanned: one bit per lane");
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
     if (algo == Algo::kOnline) {
       axis.online(lane.online_max, lane.sum);
@@ -249,7 +250,7 @@ template <class S> struct Algorithms {
           if (!std::isfinite(lane.max[l])) {
             const Group<S> one = lane_of(g, l);
             scans[l] = scan_lane(one.x, one.n, one.sx);
-            scanned[l] = true;
+            scanned |= uint64_t{1} << l;
           }
         // Pass 2 stores exp(x - max) for pass 3 to read back (streaming_stores.h).
         const bool stream2 = use_streaming_stores(stream, Reuse::kReadAgain);
@@ -281,7 +282,7 @@ template <class S> struct Algorithms {
       }
     }
     for (int l = 0; l < g.lanes && any_redo; ++l)
-      if (lane.redo[l] && !scanned[l]) {
+      if (lane.redo[l] && !(scanned >> l & 1)) {
         const Group<S> one = lane_of(g, l);
         scans[l] = scan_lane(one.x, one.n, one.sx);
       }

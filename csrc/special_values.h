@@ -14,9 +14,9 @@ namespace tp {
 // its logsumexp is NaN, +inf and -inf respectively (NaN wins over +inf).
 enum class Special { kNone, kNaN, kPosInf, kAllNegInf };
 
-template <class T> struct LaneScan {
-  Special kind = Special::kNone;
-  T max = 0;
+template <class T> struct LaneScan {  // (no initialisers: arrays of them are per call, filled where read)
+  Special kind;
+  T max;
 };
 // Scalar scan of one lane; only rows whose fast path failed come here.
 template <class S, class T = Compute<S>> LaneScan<T> scan_lane(const S* x, int64_t n, int64_t sx) {
