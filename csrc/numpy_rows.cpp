@@ -209,12 +209,7 @@ struct Call {
   void run_kernel(Problem pb) const {
     pb.bf16 = bf16;
     const int t = threads();
-    if (size < kGilElements) {
-      run(pb, (Isa)N.isa, t, false);
-    } else {
-      nb::gil_scoped_release release;
-      run(pb, (Isa)N.isa, t, false);
-    }
+    with_gil_if_short(size, [&] { run(pb, (Isa)N.isa, t, false); });
   }
 };
 
@@ -287,11 +282,9 @@ nb::object numpy_lse(nb::handle xh, nb::handle axis_h, nb::handle keepdims, nb::
     PyObject* dims = PyTuple_New(nd);
     if (!dims) throw nb::python_error();
     for (int i = 0; i < nd; ++i) PyTuple_SET_ITEM(dims, i, PyLong_FromSsize_t(shape[i]));
-    PyObject* dtype = PyObject_GetAttr(x, N.s_dtype);
-    PyObject* args[] = {dims, dtype};
-    y = nb::steal(dtype ? PyObject_Vectorcall(N.empty, args, 2, nullptr) : nullptr);  // C-contiguous
+    PyObject* args[] = {dims, N.dtypes[c.dt]};  // (x's dtype object: dtype_of compared it)
+    y = nb::steal(PyObject_Vectorcall(N.empty, args, 2, nullptr));  // C-contiguous
     Py_DECREF(dims);
-    Py_XDECREF(dtype);
     if (!y.is_valid()) throw nb::python_error();
     if (!ov.get(y.ptr(), PyBUF_STRIDES | PyBUF_WRITABLE, c.bf16)) throw std::runtime_error("twopass: np.empty gave no buffer");
   }

@@ -1,16 +1,27 @@
-// What algorithm="auto" takes for the small calls that the one-call paths run without
-// Python (numpy_rows.cpp, torch_eager.cpp): x of at most _SMALL_SOFTMAX_BYTES (64 KiB),
-// contiguous rows of n. The rule of _softmax.auto_algorithm as far as it goes there,
+// The small calls that the one-call paths run without Python (numpy_rows.cpp,
+// torch_eager.cpp): x of at most _SMALL_SOFTMAX_BYTES (64 KiB), contiguous rows of n.
+// What algorithm="auto" takes for them, and how they treat the GIL. The rule of _softmax.auto_algorithm as far as it goes there,
 // written once; tests/test_softmax.py and tests/test_torch_eager.py pin both paths to
 // the bits of the Python path.
 #pragma once
+
+#include <nanobind/nanobind.h>
 
 #include <cstdint>
 
 #include "codes.h"
 #include "kernel_api.h"
+#include "threads.h"
 
 namespace tp {
+
+// Runs f() holding the GIL for a call of fewer than kGilElements elements (releasing and
+// taking it back costs more than such a call), without it otherwise.
+template <class F> void with_gil_if_short(int64_t elements, F&& f) {
+  if (elements < kGilElements) return f();
+  nanobind::gil_scoped_release release;
+  f();
+}
 
 // False where the rule needs more than this (the caller takes the Python path).
 // - softmax of float32/float64: the reload (x and y fit any cache counted on);

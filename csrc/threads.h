@@ -59,7 +59,7 @@ template <class F> inline void parallel_ranges(int64_t count, int threads, int64
                     elements >= kWakeElements);
 }
 constexpr int64_t kMinPerThread = 1 << 13;
-// Below this many elements the one-call paths (torch_eager.cpp, numpy_rows.cpp) run the
+// Below this many elements the one-call paths (torch_eager.cpp, numpy_rows.cpp: small_calls.h) run the
 // kernel holding the GIL: it takes less than releasing and taking it back (~0.2 us on
 // the Zen 1 VM).
 constexpr int64_t kGilElements = 4096;

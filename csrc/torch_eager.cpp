@@ -473,6 +473,15 @@ bool needs_grad(PyObject* t) {
   return truthy(on.p);
 }
 
+// Runs a forward over r's rows on torch's thread count and team, normal stores (its
+// output is fresh: _eager._FRESH_STORES).
+void run_rows(Problem pb, const Rows& r) {
+  pb.bf16 = r.dt == (int)Dtype::kBfloat16;
+  const int nt = threads(r.size);
+  TeamScope team(nt > 1 ? torch_team() : nullptr);
+  with_gil_if_short(r.size, [&] { run(pb, (Isa)T.isa, nt, false); });
+}
+
 // softmax / log_softmax of x over `dim` (eager_ok's and softmax_forward's work); False
 // where x needs a gradient and everything else holds; None where the path is not taken.
 nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
@@ -492,15 +501,7 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   if (r.size) {
     Problem pb{log ? Op::kLogSoftmax : Op::kSoftmax, algo, item, (const void*)address(x), (void*)address(y.p),
                r.size / r.n, r.n, 1, r.n, 1, r.n, 1, panel_lanes((Isa)T.isa, item)};
-    pb.bf16 = r.dt == (int)Dtype::kBfloat16;
-    const int nt = threads(r.size);
-    TeamScope team(nt > 1 ? torch_team() : nullptr);
-    if (r.size < kGilElements) {
-      run(pb, (Isa)T.isa, nt, false);  // normal stores: y is fresh (_eager._FRESH_STORES)
-    } else {
-      nb::gil_scoped_release release;
-      run(pb, (Isa)T.isa, nt, false);
-    }
+    run_rows(pb, r);
   }
   return nb::steal(y.release());
 }
@@ -525,15 +526,7 @@ nb::object eager_lse(nb::handle xh, nb::handle dim_h, nb::handle keepdim_h) {
   const int item = kItem[r.dt];
   Problem pb{Op::kLogSumExp, Algo::kTwoPass, item, (const void*)address(x), (void*)address(y.p), r.size / r.n, r.n,
              1, r.n, 1, 1, 0, panel_lanes((Isa)T.isa, item)};
-  pb.bf16 = r.dt == (int)Dtype::kBfloat16;
-  const int nt = threads(r.size);
-  TeamScope team(nt > 1 ? torch_team() : nullptr);
-  if (r.size < kGilElements) {
-    run(pb, (Isa)T.isa, nt, false);
-  } else {
-    nb::gil_scoped_release release;
-    run(pb, (Isa)T.isa, nt, false);
-  }
+  run_rows(pb, r);
   return nb::steal(y.release());
 }
 
@@ -563,12 +556,7 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
                        per_row ? 0 : n, n, n, ry.dt == (int)Dtype::kBfloat16};
     const int nt = threads(ry.size);
     TeamScope team(nt > 1 ? torch_team() : nullptr);
-    if (ry.size < kGilElements) {
-      run_backward(pb, (Isa)T.isa, nt, false);  // (_FRESH_STORES)
-    } else {
-      nb::gil_scoped_release release;
-      run_backward(pb, (Isa)T.isa, nt, false);
-    }
+    with_gil_if_short(ry.size, [&] { run_backward(pb, (Isa)T.isa, nt, false); });  // (_FRESH_STORES)
   }
   return nb::steal(gx.release());
 }
@@ -618,12 +606,7 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
     cross_entropy_rows(T.isa, (int)algo, item, half, xa, rows, n, n, ta, 0, ignore_index, eps, zc, cap, reduction, ga,
                        n, la, 0, 0, nt, false, true);
   };
-  if (r.size < kGilElements) {
-    call();
-  } else {
-    nb::gil_scoped_release release;
-    call();
-  }
+  with_gil_if_short(r.size, call);
   if (with_grad) return nb::make_tuple(nb::steal(loss.release()), nb::steal(grad.release()));
   return nb::steal(loss.release());
 }

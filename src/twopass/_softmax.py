@@ -394,8 +394,8 @@ _core.numpy_init(
     np.ndarray,
     (_FLOAT32, np.dtype(np.float64), np.dtype(np.float16)),
     np.dtype(np.uint16),
-    np.empty_like,
-    np.empty,  # (what _alloc.empty gives below its huge-page threshold)
+    np.empty_like,  # (what _alloc.empty gives below its huge-page threshold)
+    np.empty,
     _dispatch,
     _dispatch.isa_code(None),
     _SMALL_SOFTMAX_BYTES,
