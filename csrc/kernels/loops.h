@@ -210,12 +210,12 @@ template <class S, class P, class F> void write_row(S* y, int64_t n, bool stream
     }
     for (; i + kUnroll * W <= n; i += kUnroll * W) {
       if (prefetch) prefetch_ahead(prefetch + i);
-      for (int u = 0; u < kUnroll; ++u) IO::stream(y + i + u * W, f(i + u * W, W, u));
+      IO::template stream_n<kUnroll>(y + i, [&](int u) { return f(i + u * W, W, u); });
     }
   } else {
     for (; i + kUnroll * W <= n; i += kUnroll * W) {
       if (prefetch) prefetch_ahead(prefetch + i);
-      for (int u = 0; u < kUnroll; ++u) IO::store(y + i + u * W, f(i + u * W, W, u));
+      IO::template store_n<kUnroll>(y + i, [&](int u) { return f(i + u * W, W, u); });
     }
   }
   // The whole vectors after the unrolled loop stream too: a normal store to a line not in
@@ -263,7 +263,7 @@ template <class S, class Vis> void map_panel(const Group<S>& g, Vis& vis) {
     const S* xj = g.x + j * g.sx;
     S* yj = g.y + j * g.sy;
     if (full) {
-      for (int u = 0; u < kUnroll; ++u) IO::store(yj + u * W, vis.apply(u, IO::load(xj + u * W)));
+      IO::template store_n<kUnroll>(yj, [&](int u) { return vis.apply(u, IO::load(xj + u * W)); });
     } else {
       for (int u = 0; u < nvec; ++u) {
         const int k = std::min(W, g.lanes - u * W);

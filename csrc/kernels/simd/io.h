@@ -20,6 +20,15 @@ template <class S> struct Io {  // float, double
   static void store(S* p, R v) { V::store(p, v); }
   static void store_partial(S* p, R v, int n) { V::store_partial(p, v, n); }
   static void stream(S* p, R v) { V::stream(p, v); }
+  // N whole vectors g(0), g(1), ... at p, p + W, ...: one call, so a conversion can test
+  // them together. Here each is stored as it is made (computing all N first made the
+  // reload's float32 scale pass ~9% slower, 256K hot, Zen 4).
+  template <int N, class G> static void store_n(S* p, G&& g) {
+    for (int u = 0; u < N; ++u) store(p + u * V::W, g(u));
+  }
+  template <int N, class G> static void stream_n(S* p, G&& g) {
+    for (int u = 0; u < N; ++u) stream(p + u * V::W, g(u));
+  }
 };
 
 // W lanes of 16 bits per vector of W floats. Tails go through a small buffer (masked
@@ -48,6 +57,33 @@ template <class S, bool kBf16> struct HalfIo {
     for (int i = 0; i < n; ++i) u16(p)[i] = b[i];
   }
   static void stream(S* p, R v) { HalfVec::stream(u16(p), narrow(v)); }
+  template <int N, class G> static void store_n(S* p, G&& g) {
+    H h[N];
+    narrow_n<N>(g, h);
+    for (int u = 0; u < N; ++u) HalfVec::store(u16(p + u * W), h[u]);
+  }
+  template <int N, class G> static void stream_n(S* p, G&& g) {
+    H h[N];
+    narrow_n<N>(g, h);
+    for (int u = 0; u < N; ++u) HalfVec::stream(u16(p + u * W), h[u]);
+  }
+  // With AVX512-BF16, one subnormal test for N vectors instead of one each (~6% of a
+  // bfloat16 softmax in cache; the rare step holding a subnormal takes the exact form).
+  template <int N, class G> static void narrow_n(G& g, H (&h)[N]) {
+    R v[N];
+    for (int u = 0; u < N; ++u) v[u] = g(u);
+#if defined(TP_AVX512_BF16)
+    if constexpr (kBf16) {
+      if (__builtin_expect(!HalfVec::any_subnormal(v, N), 1)) {
+        for (int u = 0; u < N; ++u) h[u] = HalfVec::narrow_bf16_native(v[u]);
+      } else {
+        for (int u = 0; u < N; ++u) h[u] = HalfVec::narrow_bf16_exact(v[u]);
+      }
+      return;
+    }
+#endif
+    for (int u = 0; u < N; ++u) h[u] = narrow(v[u]);
+  }
 };
 template <> struct Io<tp::f16> : HalfIo<tp::f16, false> {};
 template <> struct Io<tp::bf16> : HalfIo<tp::bf16, true> {};
