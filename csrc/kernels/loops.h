@@ -126,7 +126,7 @@ template <class S, class Vis> void reduce_row(const S* x, int64_t n, Vis& vis) {
     typename V::R v[kUnroll];
     for (; i + kUnroll * W <= end; i += kUnroll * W) {
       if (Vis::kPrefetch) prefetch_ahead(x + i);
-      for (int u = 0; u < kUnroll; ++u) v[u] = IO::load(x + i + u * W);
+      IO::template load_unordered<kUnroll>(x + i, v);  // (a row's lanes all fold into one result)
       step_row(vis, v);
     }
     if (i < end) {  // tail: masked loads; missing lanes (and whole registers) = kFill

@@ -173,6 +173,11 @@ inline __m512 _mm512_castsi512_ps(__m512i a) {
   std::memcpy(r.v, a.v, sizeof r.v);
   return r;
 }
+inline __m512i _mm512_loadu_si512(const void* p) {  // (little-endian lanes, as the real load)
+  __m512i r;
+  std::memcpy(r.v, p, sizeof r.v);
+  return r;
+}
 inline __m512i _mm512_cvtepu16_epi32(__m256i a) {
   __m512i r;
   for (int i = 0; i < 16; ++i) r.v[i] = a.v[i];

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../../half.h"
 #include "vec.h"
@@ -20,6 +21,11 @@ template <class S> struct Io {  // float, double
   static void store(S* p, R v) { V::store(p, v); }
   static void store_partial(S* p, R v, int n) { V::store_partial(p, v, n); }
   static void stream(S* p, R v) { V::stream(p, v); }
+  // N whole vectors' elements from p for a reduction, which lets them land in any lane
+  // (see HalfIo's). Here in order.
+  template <int N> static void load_unordered(const S* p, R (&v)[N]) {
+    for (int u = 0; u < N; ++u) v[u] = load(p + u * V::W);
+  }
   // N whole vectors g(0), g(1), ... at p, p + W, ...: one call, so a conversion can test
   // them together. Here each is stored as it is made (computing all N first made the
   // reload's float32 scale pass ~9% slower, 256K hot, Zen 4).
@@ -30,6 +36,10 @@ template <class S> struct Io {  // float, double
     for (int u = 0; u < N; ++u) stream(p + u * V::W, g(u));
   }
 };
+
+// Whether HalfVec H widens bfloat16 two vectors at a time (widen_bf16_pair).
+template <class H, class = void> struct HasBf16Pair : std::false_type {};
+template <class H> struct HasBf16Pair<H, std::void_t<decltype(&H::widen_bf16_pair)>> : std::true_type {};
 
 // W lanes of 16 bits per vector of W floats. Tails go through a small buffer (masked
 // 16-bit loads need AVX512-BW, which the AVX-512F build does not assume).
@@ -57,6 +67,16 @@ template <class S, bool kBf16> struct HalfIo {
     for (int i = 0; i < n; ++i) u16(p)[i] = b[i];
   }
   static void stream(S* p, R v) { HalfVec::stream(u16(p), narrow(v)); }
+  // bfloat16 in pairs of vectors where the ISA has HalfVec::widen_bf16_pair (even and
+  // odd elements apart): one shift or mask per vector instead of a zero extension and a
+  // shift.
+  template <int N, class HV = HalfVec> static void load_unordered(const S* p, R (&v)[N]) {
+    if constexpr (kBf16 && N % 2 == 0 && HasBf16Pair<HV>::value) {  // (HV: dependent, so discarded when false)
+      for (int u = 0; u < N; u += 2) HV::widen_bf16_pair(u16(p + u * W), v[u], v[u + 1]);
+    } else {
+      for (int u = 0; u < N; ++u) v[u] = load(p + u * W);
+    }
+  }
   template <int N, class G> static void store_n(S* p, G&& g) {
     H h[N];
     narrow_n<N>(g, h);

@@ -103,6 +103,12 @@ struct HalfVec {
   static R widen_f16(H h) { return _mm256_cvtph_ps(h); }
   static H narrow_f16(R v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
   static R widen_bf16(H h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+  // As vec_avx512.h's: even-indexed elements shifted up, odd ones masked (reductions only).
+  static void widen_bf16_pair(const uint16_t* p, R& even, R& odd) {
+    const __m256i w = _mm256_loadu_si256((const __m256i*)p);
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32((int)0xFFFF0000u)));
+  }
   // Round to nearest even: add 0x7FFF, plus 1 when the kept part is odd. Unlike
   // tp::float_to_bf16 (half.h) this does not test for NaN: a NaN whose low 16 bits are
   // zero passes unchanged (no carry), and every NaN the kernels produce is one, since

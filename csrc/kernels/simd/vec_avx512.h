@@ -87,6 +87,14 @@ struct HalfVec {
   static R widen_f16(H h) { return _mm512_cvtph_ps(h); }
   static H narrow_f16(R v) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
   static R widen_bf16(H h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  // The 2W bfloat16 at p as two vectors, not in order: the even-indexed elements (shifted
+  // up) and the odd ones (masked), without widen_bf16's lane-crossing zero extension.
+  // For reductions only (Io::load_unordered).
+  static void widen_bf16_pair(const uint16_t* p, R& even, R& odd) {
+    const __m512i w = _mm512_loadu_si512((const void*)p);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_epi32(w, _mm512_set1_epi32((int)0xFFFF0000u)));
+  }
   static H narrow_bf16(R v) {
 #if defined(TP_AVX512_BF16)
     if (__builtin_expect(!any_subnormal(&v, 1), 1)) return narrow_bf16_native(v);
