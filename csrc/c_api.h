@@ -1,6 +1,7 @@
 // The kernels of twopass._core as plain C function pointers, for code built outside the
 // extension: the XLA FFI handlers of twopass.jax (csrc/jax_ffi.cpp, compiled on first use
-// against jaxlib's headers, src/twopass/jax/_build.py). `_core.c_api()` returns the
+// against jaxlib's headers, src/twopass/jax/_build.py) and twopass.torch's autograd node
+// (csrc/torch_autograd_node.cpp, likewise against libtorch's). `_core.c_api()` returns the
 // address of the table. Only C types cross it, so the two sides need no common compiler
 // or C++ runtime. Bump the version on any change of the table.
 #pragma once
@@ -8,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TP_C_API_VERSION 1
+#define TP_C_API_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,6 +32,17 @@ typedef struct tp_c_api {
                        const int64_t* target, const void* weight, int64_t ignore_index, double eps, double zc,
                        double cap, int reduction, void* grad, int64_t gs, void* loss, void* zl, void* lse,
                        int threads, int stream, char* err, size_t err_len);
+  // Since version 2, for twopass.torch's autograd node (src/twopass/torch/_node.py):
+  // twopass.torch's one-call paths on raw memory (csrc/torch_eager.cpp, torch_rows and
+  // torch_backward), with their algorithm rule, on torch's OpenMP team. op: softmax,
+  // log_softmax (y like x) or logsumexp (y one value per row); the backward's arguments
+  // are those of `backward` for contiguous rows. They return 1 where those paths would
+  // not take the call, and with a null y (gx) only say whether they would. They do not
+  // touch the GIL.
+  int (*torch_rows)(int op, int bytes, int bf16, const void* x, void* y, int64_t rows, int64_t n, int threads,
+                    char* err, size_t err_len);
+  int (*torch_backward)(int op, int bytes, int bf16, const void* g, const void* y, const void* lse, void* gx,
+                        int64_t rows, int64_t n, int threads, char* err, size_t err_len);
 } tp_c_api;
 
 #ifdef __cplusplus

@@ -30,6 +30,9 @@ namespace tp {
 void bind_torch_eager(nb::module_& m);  // torch_eager.cpp
 void bind_numpy_rows(nb::module_& m);   // numpy_rows.cpp
 TeamRun torch_team();                   // torch_eager.cpp: torch's OpenMP team, or null
+int torch_rows(int op, int bytes, bool bf16, const void* x, void* y, int64_t rows, int64_t n, int threads);
+int torch_backward(int op, int bytes, bool bf16, const void* g, const void* y, const void* lse, void* gx, int64_t rows,
+                   int64_t n, int threads);  // torch_eager.cpp: twopass.torch's autograd node
 }
 
 namespace {
@@ -143,7 +146,8 @@ void cross_entropy_ptr(int isa, int algo, int bytes, uintptr_t x, int64_t rows, 
                      eps, zc, cap, reduction, grad, gs, loss, zl, lse, threads, stream, true);
 }
 
-// The same three behind the C table of c_api.h: exceptions become an error message.
+// The same three, and twopass.torch's autograd node's calls (torch_eager.cpp), behind the
+// C table of c_api.h: exceptions become an error message.
 template <class F> int c_call(char* err, size_t err_len, F&& f) {
   try {
     f();
@@ -182,6 +186,18 @@ const tp_c_api kCApi = {
                            ignore_index, eps, zc, cap, reduction, (uintptr_t)grad, gs, (uintptr_t)loss,
                            (uintptr_t)zl, (uintptr_t)lse, threads, stream != 0, false);
       });
+    },
+    [](int op, int bytes, int bf16, const void* x, void* y, int64_t rows, int64_t n, int threads, char* err,
+       size_t err_len) {
+      int r = -1;
+      return c_call(err, err_len, [&] { r = tp::torch_rows(op, bytes, bf16 != 0, x, y, rows, n, threads); }) ? -1 : r;
+    },
+    [](int op, int bytes, int bf16, const void* g, const void* y, const void* lse, void* gx, int64_t rows, int64_t n,
+       int threads, char* err, size_t err_len) {
+      int r = -1;
+      return c_call(err, err_len, [&] { r = tp::torch_backward(op, bytes, bf16 != 0, g, y, lse, gx, rows, n, threads); })
+                 ? -1
+                 : r;
     },
 };
 

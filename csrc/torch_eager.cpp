@@ -494,8 +494,8 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   const int item = kItem[r.dt];
   Algo algo;  // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes
   if (!small_call_algorithm(log, item, r.n, T.short_row_bytes, algo)) return nb::none();
-  // Everything holds but x needs a gradient: the eager autograd Function's path, whose
-  // forward calls this again (grad mode off), without eager_ok's checks in Python.
+  // Everything holds but x needs a gradient: the autograd node's path (_eager.softmax_apply),
+  // without eager_ok's checks in Python.
   if (needs_grad(x)) return nb::bool_(false);
   Ref y(new_like(x, r.dt));  // contiguous, as x
   if (r.size) {
@@ -612,6 +612,41 @@ nb::object eager_cross_entropy(nb::handle xh, nb::handle th, nb::handle ignore_h
 }
 
 }  // namespace
+
+// twopass.torch's autograd node (src/twopass/torch/_node.py, built against libtorch)
+// runs its forward and backward on raw memory through these (the C table, c_api.h): the
+// rule, kernels, thread count and team of eager_rows, eager_lse and eager_backward, so
+// the same bits. The GIL is neither needed nor touched (the node's backward runs without
+// it). 1: the one-call path would not take the call (the node takes the Python path);
+// with a null output, only whether it would.
+int torch_rows(int op, int bytes, bool bf16, const void* x, void* y, int64_t rows, int64_t n, int threads) {
+  const int64_t size = rows * n;
+  if (!T.tensor || size <= 0 || size * bytes > T.max_bytes) return 1;
+  const bool lse = op == (int)Op::kLogSumExp;
+  Algo algo = Algo::kTwoPass;
+  if (!lse && !small_call_algorithm(op == (int)Op::kLogSoftmax, bytes, n, T.short_row_bytes, algo)) return 1;
+  if (!y) return 0;
+  Problem pb{(Op)op, algo, bytes, x, y, rows, n, 1, n, 1, lse ? 1 : n, lse ? 0 : 1, panel_lanes((Isa)T.isa, bytes)};
+  pb.bf16 = bytes == 2 && bf16;
+  const int nt = size < 2 * kMinPerThread ? 1 : threads;  // (threads() above)
+  TeamScope team(nt > 1 ? torch_team() : nullptr);
+  run(pb, (Isa)T.isa, nt, false);
+  return 0;
+}
+
+int torch_backward(int op, int bytes, bool bf16, const void* g, const void* y, const void* lse, void* gx, int64_t rows,
+                   int64_t n, int threads) {
+  const int64_t size = rows * n;
+  if (!T.tensor || size <= 0 || size * bytes > T.backward_max_bytes) return 1;
+  if (!gx) return 0;
+  const bool per_row = op == (int)Op::kLogSumExp;
+  BackwardProblem pb{(Op)op, bytes, g, y, per_row ? lse : nullptr, gx, rows, n, per_row ? 0 : n, n, n,
+                     bytes == 2 && bf16};
+  const int nt = size < 2 * kMinPerThread ? 1 : threads;
+  TeamScope team(nt > 1 ? torch_team() : nullptr);
+  run_backward(pb, (Isa)T.isa, nt, false);  // (fresh output: _FRESH_STORES)
+  return 0;
+}
 
 // In a forked child the team's threads are gone, and GNU's runtime waits for them
 // forever (torch's own ops hang there too): the pool, which starts threads of its own.

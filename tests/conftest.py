@@ -85,3 +85,20 @@ def assert_close(op: str, x: np.ndarray, y: np.ndarray, axis: int = -1, keepdims
 
 def run(op: str, x, **kw):
     return twopass._softmax.compute(op, x, **kw)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_autograd_node():
+    """twopass.torch's C++ autograd node (src/twopass/torch/_node.py) loaded before any
+    test, so every gradient test runs through it rather than through whichever of it
+    and the autograd Functions a background build left in place at that moment (both
+    give the same bits: tests/test_torch_node.py)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        yield
+        return
+    from twopass.torch import _eager, _node
+
+    _node.start(_eager.use_node, wait=True)
+    yield

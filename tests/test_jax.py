@@ -298,11 +298,12 @@ def test_cross_entropy_shapes_vmap_and_errors():
 
 
 def test_no_compiler_error(monkeypatch):
+    from twopass import _compile
     from twopass.jax import _build
 
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(_build.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match="C\\+\\+17 compiler"):
+    monkeypatch.setattr(_compile.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="twopass.jax compiles .* C\\+\\+ compiler"):
         _build.compiler()
 
 

@@ -502,7 +502,11 @@ def test_halves_eager_same_as_op_and_close(name, n, dtype, dim):
 @pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
 def test_halves_eager_gradient(name, dtype, monkeypatch):
     """The halves' backward runs the fused row kernels too (float32 inside, one rounding
-    on the write), after the eager forward."""
+    on the write), after the eager forward. Through the autograd Functions, whose calls
+    are patched here; the C++ node runs the same kernels through _core's C table (the same
+    bits: tests/test_torch_node.py)."""
+    monkeypatch.setattr(_eager, "softmax_apply", _eager._function_softmax_apply)
+    monkeypatch.setattr(_eager, "logsumexp_apply", _eager._function_logsumexp_apply)
     calls = []
     real, real_fast = _eager._backward_ptr, _eager.eager_backward
 

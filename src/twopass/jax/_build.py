@@ -10,26 +10,20 @@ kernels of `twopass._core` through its C table (c_api.h, `_core.c_api()`), which
 receive at load time: no kernel is compiled twice, and the shim only depends on the C
 ABI of the table, checked by its version.
 
-The cache is `$TWOPASS_CACHE_DIR`, else `$XDG_CACHE_HOME/twopass`, else
-`~/.cache/twopass`. `$TWOPASS_JAX_FFI` may name a prebuilt library instead (built by
+The cache and the compiler are _compile.py's. `$TWOPASS_JAX_FFI` may name a prebuilt library instead (built by
 `python -m twopass.jax OUTPUT` on a machine with a compiler and the same jaxlib).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shlex
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import jax
 
-from .. import __version__, _core
+from .. import __version__, _compile, _core
 
 _HERE = Path(__file__).resolve().parent
 _SOURCES = (_HERE / "jax_ffi.cpp", _HERE / "c_api.h")
@@ -43,29 +37,14 @@ TARGETS = {
 }
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("TWOPASS_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "twopass"
+cache_dir = _compile.cache_dir
 
 
 def compiler() -> list[str]:
-    """The C++ compiler command: $CXX, else the first of c++, g++, clang++ on PATH."""
-    cxx = os.environ.get("CXX")
-    if cxx:
-        return shlex.split(cxx)
-    for name in ("c++", "g++", "clang++"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    raise RuntimeError(
-        "twopass.jax compiles its XLA FFI handlers once, on first use, and needs a C++17 compiler for it: "
-        "none found (set CXX, or install g++ or clang++). Alternatively point TWOPASS_JAX_FFI at a library "
-        "built by `python -m twopass.jax OUTPUT` on a machine with a compiler and the same jaxlib."
+    """The C++ compiler command (_compile.compiler)."""
+    return _compile.compiler(
+        "twopass.jax compiles its XLA FFI handlers once, on first use (or point TWOPASS_JAX_FFI at a library "
+        "built by `python -m twopass.jax OUTPUT` on a machine with a compiler and the same jaxlib), and"
     )
 
 
@@ -93,32 +72,13 @@ def command(output: Path) -> list[str]:
 
 
 def library_path() -> Path:
-    """Where the cached library for these sources and this jaxlib lives (not keyed by the
-    compiler: a library built once keeps loading without one)."""
-    h = hashlib.sha256()
-    for src in _SOURCES:
-        h.update(src.read_bytes())
-    h.update(_jaxlib_version().encode())
-    return cache_dir() / f"jax_ffi-{__version__}-jaxlib{_jaxlib_version()}-{h.hexdigest()[:16]}.so"
+    """Where the cached library for these sources and this jaxlib lives."""
+    return _compile.keyed_path("jax_ffi", _SOURCES, __version__, f"jaxlib{_jaxlib_version()}")
 
 
 def build(path: Path) -> Path:
     """Compile the handlers into `path` (atomically: concurrent first uses are safe)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        cmd = command(Path(tmp))
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(
-                f"twopass.jax: compiling the XLA FFI handlers failed ({shlex.join(cmd)}):\n{r.stderr[-4000:]}"
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return _compile.build(path, command(path), "twopass.jax's XLA FFI handlers")
 
 
 def load() -> ctypes.CDLL:

@@ -16,6 +16,10 @@ float32/float64/float16/bfloat16 tensors outside anything that traces or transfo
 transforms, dispatch modes, subclasses, other devices and dtypes) takes the custom ops,
 whose CPU implementations call the same functions below, so both give identical results.
 
+Where x needs a gradient, softmax_apply / logsumexp_apply make the autograd node: C++
+(`_node.py`), which runs the same paths through _core's C table, once it is built and
+loaded; the autograd Functions at the end of this file until then.
+
 Threads follow ``torch.get_num_threads()`` (not ``TWOPASS_NUM_THREADS``, which is the
 NumPy entry's default): a torch program sets its thread count once, for every op.
 The backward of softmax, log_softmax and logsumexp over the last dim, with g and the
@@ -35,6 +39,7 @@ from torch import Tensor
 from .. import _alloc, _core, _dispatch
 from .._arrays import STREAM_MIN_ROW_BYTES
 from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, auto_algorithm
+from . import _node
 
 # Every kernel (the softmax family forward and backward, the cross-entropy) also reads
 # and writes the halves, computing in float32.
@@ -66,7 +71,7 @@ _from_numpy = torch.from_numpy
 # The common small case in one C++ call (csrc/torch_eager.cpp): a plain CPU tensor of at
 # most _SMALL_SOFTMAX_BYTES, normalised over its last dim, outside anything that
 # intercepts calls. It returns False when only autograd stands in the way (a tensor that
-# needs grad: the caller applies the autograd Function directly) and None for anything
+# needs grad: the caller applies softmax_apply, the autograd node) and None for anything
 # else. It does eager_ok's checks and softmax_forward's work (same kernel and algorithm,
 # so the same bits) without the Python attribute reads: a 1x1024 float32 softmax, one
 # thread, Zen 1 VM, 10.2 -> 8.5 us (torch 5.6).
@@ -404,14 +409,27 @@ def _softmax_grad_ops(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
     return y * (g - (g * y).sum(dim, keepdim=True))
 
 
+def softmax_fwd(x: Tensor, dim: int, log: bool) -> Tensor:
+    """The forward of the autograd Function and of the C++ node (grad mode is off)."""
+    y = eager_rows(x, dim, log)
+    return softmax_forward(x, dim, log) if y is None else y
+
+
+def softmax_bwd(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
+    """The backward of the autograd Function and of the C++ node."""
+    if torch.is_grad_enabled():
+        return _softmax_grad_ops(g, y, dim, log)
+    gx = eager_backward(g, y, None, dim, _LOG_SOFTMAX if log else _SOFTMAX)
+    return softmax_backward(g, y, dim, log) if gx is None else gx
+
+
 class SoftmaxFunction(torch.autograd.Function):
-    """softmax / log_softmax with the backward above (eager, when x needs a gradient)."""
+    """softmax / log_softmax with the backward above (eager, when x needs a gradient,
+    until the C++ node (_node.py) is loaded)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int, log: bool) -> Tensor:
-        y = eager_rows(x, dim, log)  # (grad mode is off in here)
-        if y is None:
-            y = softmax_forward(x, dim, log)
+        y = softmax_fwd(x, dim, log)
         ctx.dim, ctx.log = dim, log
         ctx.save_for_backward(y)
         return y
@@ -419,10 +437,7 @@ class SoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         (y,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return _softmax_grad_ops(g, y, ctx.dim, ctx.log), None, None
-        gx = eager_backward(g, y, None, ctx.dim, _LOG_SOFTMAX if ctx.log else _SOFTMAX)
-        return (softmax_backward(g, y, ctx.dim, ctx.log) if gx is None else gx), None, None
+        return softmax_bwd(g, y, ctx.dim, ctx.log), None, None
 
 
 def logsumexp_grad_ops(g: Tensor, x: Tensor, r: Tensor, dim: int, keepdim: bool) -> Tensor:
@@ -431,12 +446,27 @@ def logsumexp_grad_ops(g: Tensor, x: Tensor, r: Tensor, dim: int, keepdim: bool)
     return g * torch.exp(x - r)
 
 
+def logsumexp_fwd(x: Tensor, dim: int, keepdim: bool) -> Tensor:
+    """The forward of the autograd Function and of the C++ node (grad mode is off)."""
+    r = eager_lse(x, dim, keepdim)
+    return logsumexp_forward(x, dim, keepdim) if r is None else r
+
+
+def logsumexp_bwd(g: Tensor, x: Tensor, r: Tensor, dim: int, keepdim: bool) -> Tensor:
+    """The backward of the autograd Function and of the C++ node."""
+    if torch.is_grad_enabled():
+        return logsumexp_grad_ops(g, x, r, dim, keepdim)
+    gx = eager_backward(g, x, r, dim, _LSE)
+    return logsumexp_backward(g, x, r, dim, keepdim) if gx is None else gx
+
+
 class LogSumExpFunction(torch.autograd.Function):
-    """logsumexp with the backward above (eager, when x needs a gradient)."""
+    """logsumexp with the backward above (eager, when x needs a gradient, until the C++
+    node is loaded)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int, keepdim: bool) -> Tensor:
-        r = logsumexp_forward(x, dim, keepdim)
+        r = logsumexp_fwd(x, dim, keepdim)
         ctx.dim, ctx.keepdim = dim, keepdim
         ctx.save_for_backward(x, r)
         return r
@@ -444,14 +474,45 @@ class LogSumExpFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, r = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return logsumexp_grad_ops(g, x, r, ctx.dim, ctx.keepdim), None, None
-        gx = eager_backward(g, x, r, ctx.dim, _LSE)
-        return (logsumexp_backward(g, x, r, ctx.dim, ctx.keepdim) if gx is None else gx), None, None
+        return logsumexp_bwd(g, x, r, ctx.dim, ctx.keepdim), None, None
 
 
 # Function.apply's Python half unwraps functorch's dead wrappers (a pytree walk, ~4 us
 # a call); eager_ok has already ruled functorch out, so the C half is called directly.
 _c_apply = torch._C._FunctionBase.__dict__["apply"]
-softmax_apply = _c_apply.__get__(None, SoftmaxFunction)
-logsumexp_apply = _c_apply.__get__(None, LogSumExpFunction)
+_function_softmax_apply = _c_apply.__get__(None, SoftmaxFunction)
+_function_logsumexp_apply = _c_apply.__get__(None, LogSumExpFunction)
+
+
+# softmax_apply(x, dim, log) and logsumexp_apply(x, dim, keepdim): the differentiable
+# calls. Callers look them up on this module (`_eager.softmax_apply`): the first call
+# starts loading the C++ node (_node.py), which replaces both once it is ready; until
+# then, and with
+# TWOPASS_TORCH_NODE=0 or no compiler, the autograd Functions above.
+def use_node(node) -> None:
+    """Take the C++ node's paths (None: the autograd Functions'; tests compare the two)."""
+    global softmax_apply, logsumexp_apply
+    if node is None:
+        softmax_apply, logsumexp_apply = _function_softmax_apply, _function_logsumexp_apply
+        return
+    node.init(_core.c_api(), _SOFTMAX, _LOG_SOFTMAX, _LSE, softmax_fwd, softmax_bwd, logsumexp_fwd, logsumexp_bwd)
+    softmax_apply, logsumexp_apply = node.softmax, node.logsumexp
+
+
+def _start_node() -> None:
+    use_node(None)
+    _node.start(use_node)
+
+
+def _first_softmax_apply(x: Tensor, dim: int, log: bool) -> Tensor:
+    _start_node()
+    return softmax_apply(x, dim, log)
+
+
+def _first_logsumexp_apply(x: Tensor, dim: int, keepdim: bool) -> Tensor:
+    _start_node()
+    return logsumexp_apply(x, dim, keepdim)
+
+
+softmax_apply = _first_softmax_apply
+logsumexp_apply = _first_logsumexp_apply

@@ -15,13 +15,13 @@ import torch
 from torch import Tensor
 
 from . import _cuda_eager as _cuda
+from . import _eager
 from ._cuda_eager import cuda_eager_ok
 from ._eager import (
     _is_compiling,
     check_strided,
     eager_lse,
     eager_ok,
-    logsumexp_apply,
     logsumexp_backward,
     logsumexp_forward,
 )
@@ -56,10 +56,10 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     if not _is_compiling():
         y = eager_lse(x, dim, keepdim)  # the common small case, in C++ (None: not taken)
         if y is not None:
-            return logsumexp_apply(x, dim, keepdim) if y is False else y
+            return _eager.logsumexp_apply(x, dim, keepdim) if y is False else y
     if eager_ok(x) and type(dim) is int and type(keepdim) is bool and x.dim():
         if x.requires_grad and torch.is_grad_enabled():
-            return logsumexp_apply(x, dim, keepdim)
+            return _eager.logsumexp_apply(x, dim, keepdim)
         return logsumexp_forward(x, dim, keepdim)
     if cuda_eager_ok(x) and type(dim) is int and type(keepdim) is bool and x.dim():
         if x.requires_grad and torch.is_grad_enabled():

@@ -8,10 +8,11 @@ that is itself a custom op (`twopass::softmax_backward`):
   result (`_eager.py`); the backward over the last dim runs twopass's fused row kernels
   (one read of g and y, one write), other dims torch's (`torch._softmax_backward_data`).
 - Outside tracing and compiling, plain float32/float64/float16/bfloat16 CPU tensors skip the custom op:
-  the same kernels through `_eager.py` and a thin `torch.autograd.Function` (only when x
-  needs a gradient), for a per-call cost close to torch's own (`_eager.eager_ok` says
-  when); the common small case (last dim, contiguous, at most 64 KiB) is one C++ call
-  (`_eager.eager_rows`). Results are identical either way.
+  the same kernels through `_eager.py` and, only when x needs a gradient, an autograd node
+  in C++ (`_node.py`; a thin `torch.autograd.Function` until it is built), for a per-call
+  cost close to torch's own (`_eager.eager_ok` says when); the common small case (last
+  dim, contiguous, at most 64 KiB) is one C++ call (`_eager.eager_rows`). Results are
+  identical either way.
 - CUDA float32, float16 and bfloat16 tensors run the Triton kernels of
   `twopass.triton.softmax` (imported on first use), forward and backward; outside tracing
   and compiling, without the custom op (`_cuda_eager.py`). CUDA float64 falls back to torch.
@@ -26,8 +27,9 @@ import torch
 from torch import Tensor
 
 from . import _cuda_eager as _cuda
+from . import _eager
 from ._cuda_eager import cuda_eager_ok
-from ._eager import _is_compiling, check_strided, eager_ok, eager_rows, softmax_apply, softmax_backward, softmax_forward
+from ._eager import _is_compiling, check_strided, eager_ok, eager_rows, softmax_backward, softmax_forward
 from ._tensors import like, triton_ok
 
 __all__ = ["log_softmax", "softmax"]
@@ -57,10 +59,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     if not _is_compiling():
         y = eager_rows(x, dim, False)  # the common small case, in C++ (None: not taken)
         if y is not None:
-            return softmax_apply(x, dim, False) if y is False else y
+            return _eager.softmax_apply(x, dim, False) if y is False else y
         if eager_ok(x) and type(dim) is int and x.dim():
             if x.requires_grad and torch.is_grad_enabled():
-                return softmax_apply(x, dim, False)
+                return _eager.softmax_apply(x, dim, False)
             return softmax_forward(x, dim, False)
         if cuda_eager_ok(x) and type(dim) is int and x.dim():
             if x.requires_grad and torch.is_grad_enabled():
@@ -94,10 +96,10 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     if not _is_compiling():
         y = eager_rows(x, dim, True)  # the common small case, in C++ (None: not taken)
         if y is not None:
-            return softmax_apply(x, dim, True) if y is False else y
+            return _eager.softmax_apply(x, dim, True) if y is False else y
         if eager_ok(x) and type(dim) is int and x.dim():
             if x.requires_grad and torch.is_grad_enabled():
-                return softmax_apply(x, dim, True)
+                return _eager.softmax_apply(x, dim, True)
             return softmax_forward(x, dim, True)
         if cuda_eager_ok(x) and type(dim) is int and x.dim():
             if x.requires_grad and torch.is_grad_enabled():
