@@ -1,4 +1,5 @@
-// twopass.torch's autograd node for CPU tensors that need a gradient, in C++.
+// twopass.torch's autograd nodes for CPU tensors that need a gradient, in C++: softmax,
+// log_softmax, logsumexp and the fused cross-entropy.
 //
 // A torch.autograd.Function costs ~3 us of Python machinery a call before any work (its
 // context object, the Python forward and backward frames): more than torch's whole
@@ -45,6 +46,7 @@ struct Op {
 };
 enum : int64_t { kSoftmax, kLogSumExp, kOps };  // flag: log (softmax), keepdim (logsumexp)
 Op ops[kOps];
+Op cross_entropy;  // forward(logits, target, weight, ignore_index, reduction, eps, zc, cap, extras) -> (out, grad)
 const tp_c_api* api = nullptr;
 int codes[3] = {};  // _core's op codes of softmax, log_softmax, logsumexp
 
@@ -222,6 +224,79 @@ template <int64_t kOp> struct Backward : torch::autograd::Node {
   }
 };
 
+// The fused cross-entropy: its forward writes the gradient of the logits for an upstream
+// gradient of 1 (of the loss, reduced or per row), which the backward returns as it is
+// in the usual step (a 0-d upstream gradient of exactly 1) and otherwise scales (the
+// Python path). z-loss and lse, when asked for, carry no gradient.
+struct CrossEntropyBackward : torch::autograd::Node {
+  SavedVariable grad_;  // released once the node has run: AccumulateGrad can then take it as .grad
+
+  std::string name() const override { return "twopass::CrossEntropyBackward"; }
+  void release_variables() override { grad_.reset_data(); }
+
+  variable_list apply(variable_list&& grads) override {
+    const at::Tensor& g = grads[0];
+    if (!g.defined()) return {at::Tensor()};
+    at::Tensor grad = grad_.unpack();
+    if (!at::GradMode::is_enabled() && is_one(g)) return {grad};
+    pybind11::gil_scoped_acquire gil;
+    Refs refs;
+    PyObject* args[] = {refs.add(THPVariable_Wrap(grad)), refs.add(THPVariable_Wrap(g))};
+    return {call(cross_entropy.backward, args, 2)};
+  }
+
+  // g is a 0-d CPU tensor holding exactly 1.
+  static bool is_one(const at::Tensor& g) {
+    if (g.dim() != 0 || !g.is_cpu()) return false;
+    switch (g.scalar_type()) {
+      case at::kFloat: return *g.const_data_ptr<float>() == 1.0f;
+      case at::kDouble: return *g.const_data_ptr<double>() == 1.0;
+      case at::kHalf: return (float)*g.const_data_ptr<at::Half>() == 1.0f;
+      case at::kBFloat16: return (float)*g.const_data_ptr<at::BFloat16>() == 1.0f;
+      default: return false;
+    }
+  }
+
+  // The forward's result (the loss, or (loss, z_loss, lse)), with a node on the loss when
+  // the logits need a gradient. Called with the GIL held.
+  static PyObject* forward(PyObject* const* args, Py_ssize_t nargs) {
+    PyObject* r;
+    {
+      at::NoGradGuard no_grad;
+      r = PyObject_Vectorcall(cross_entropy.forward, args, nargs, nullptr);
+    }
+    if (!r) return nullptr;
+    Refs refs;
+    refs.add(r);
+    PyObject *out = PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2 ? PyTuple_GET_ITEM(r, 0) : nullptr;
+    PyObject* grad = out ? PyTuple_GET_ITEM(r, 1) : nullptr;
+    PyObject* loss = out && PyTuple_Check(out) && PyTuple_GET_SIZE(out) > 0 ? PyTuple_GET_ITEM(out, 0) : out;
+    if (!loss || !THPVariable_Check(loss) || !THPVariable_Check(grad)) {
+      PyErr_SetString(PyExc_TypeError, "twopass.torch: the cross-entropy forward returned something unexpected");
+      return nullptr;
+    }
+    const at::Tensor& logits = THPVariable_Unpack(args[0]);
+    if (at::GradMode::is_enabled() && logits.requires_grad()) {
+      auto node = c10::make_intrusive<CrossEntropyBackward>();
+      node->set_next_edges(torch::autograd::collect_next_edges(logits));
+      torch::autograd::set_history(THPVariable_Unpack(loss), node);
+      node->grad_ = SavedVariable(THPVariable_Unpack(grad), false);
+    }
+    return Py_NewRef(out);
+  }
+};
+
+// cross_entropy(logits, target, weight, ignore_index, reduction, eps, zc, cap, extras)
+PyObject* apply_cross_entropy(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 9 || !THPVariable_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "twopass.torch's autograd node: expected the cross-entropy's 9 arguments");
+    return nullptr;
+  }
+  return CrossEntropyBackward::forward(args, nargs);
+  END_HANDLE_TH_ERRORS
+}
+
 // apply(x, dim, flag) for op: x a tensor, dim an int, flag a bool.
 template <int64_t kOp> PyObject* apply(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -238,11 +313,12 @@ template <int64_t kOp> PyObject* apply(PyObject*, PyObject* const* args, Py_ssiz
 }
 
 // init(c_api, softmax_code, log_softmax_code, logsumexp_code, softmax_forward,
-//      softmax_backward, logsumexp_forward, logsumexp_backward): _core's C table (its
-// address), its op codes, and each op's Python path.
+//      softmax_backward, logsumexp_forward, logsumexp_backward, cross_entropy_forward,
+//      cross_entropy_backward): _core's C table (its address), its op codes, and each
+// op's Python path.
 PyObject* init(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4 + 2 * kOps) {
-    PyErr_SetString(PyExc_TypeError, "init: expected the C table, three op codes and a forward and backward per op");
+  if (nargs != 4 + 2 * kOps + 2) {
+    PyErr_SetString(PyExc_TypeError, "init: expected the C table, three op codes and each op's forward and backward");
     return nullptr;
   }
   const tp_c_api* a = (const tp_c_api*)PyLong_AsVoidPtr(args[0]);
@@ -260,6 +336,9 @@ PyObject* init(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     Py_INCREF(args[4 + 2 * i + 1]);
     ops[i] = Op{args[4 + 2 * i], args[4 + 2 * i + 1], i == kLogSumExp};
   }
+  Py_INCREF(args[4 + 2 * kOps]);
+  Py_INCREF(args[5 + 2 * kOps]);
+  cross_entropy = Op{args[4 + 2 * kOps], args[5 + 2 * kOps], false};
   api = a;
   Py_RETURN_NONE;
 }
@@ -268,6 +347,8 @@ PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL, nullptr},
     {"softmax", (PyCFunction)(void (*)(void))apply<kSoftmax>, METH_FASTCALL, "softmax(x, dim, log)"},
     {"logsumexp", (PyCFunction)(void (*)(void))apply<kLogSumExp>, METH_FASTCALL, "logsumexp(x, dim, keepdim)"},
+    {"cross_entropy", (PyCFunction)(void (*)(void))apply_cross_entropy, METH_FASTCALL,
+     "cross_entropy(logits, target, weight, ignore_index, reduction, eps, zc, cap, extras)"},
     {nullptr, nullptr, 0, nullptr},
 };
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_twopass_autograd_node", nullptr, -1, methods};

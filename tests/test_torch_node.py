@@ -3,7 +3,8 @@ by src/twopass/torch/_node.py) against the autograd Functions it replaces: the s
 forward and backward on every path it takes itself (the one-call paths through _core's C
 table) and every path it hands to Python (other layouts, large tensors, create_graph),
 autograd's own checks (gradcheck, double backward, in-place changes of a saved output),
-errors, and the switch that turns it off."""
+errors, and the switch that turns it off. The cross-entropy's node likewise (its
+gradient becoming .grad without a copy: tests/test_cross_entropy.py)."""
 
 from __future__ import annotations
 
@@ -153,8 +154,10 @@ def test_errors_reach_python_with_their_type(node):
     def failing_backward(*args):
         raise ValueError("from the backward")
 
+    from twopass.torch import _cross_entropy as ce
+
     node.init(_core.c_api(), _eager._SOFTMAX, _eager._LOG_SOFTMAX, _eager._LSE, _eager.softmax_fwd, failing_backward,
-              _eager.logsumexp_fwd, _eager.logsumexp_bwd)  # fmt: skip
+              _eager.logsumexp_fwd, _eager.logsumexp_bwd, ce.ce_fwd, ce.ce_bwd)  # fmt: skip
     try:
         y = tpt.softmax(torch.randn(3, 8, requires_grad=True), -1)
         with pytest.raises(ValueError, match="from the backward"):
@@ -162,7 +165,56 @@ def test_errors_reach_python_with_their_type(node):
     finally:
         _eager.use_node(node)
     with pytest.raises(RuntimeError, match="C table"):
-        node.init(0, 0, 0, 0, None, None, None, None)
+        node.init(0, 0, 0, 0, None, None, None, None, None, None)
+
+
+CE_OPTS = (
+    {},
+    {"reduction": "sum", "label_smoothing": 0.1},
+    {"reduction": "none", "z_loss": 1e-3},
+    {"ignore_index": 3, "softcap": 20.0},
+    {"weight": True},
+    {"return_z_loss": True, "return_lse": True, "z_loss": 1e-4},
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("opts", CE_OPTS, ids=lambda o: "-".join(o) or "default")
+@pytest.mark.parametrize("upstream", ("one", "scaled"))
+@pytest.mark.parametrize("shape", ((4, 1000), (3, 40000)), ids=str)
+def test_cross_entropy_same_bits_as_the_function(node, dtype, opts, upstream, shape):
+    """The cross-entropy's node: the usual step (loss.backward(): the stored gradient as
+    it is) and a scaled upstream gradient (the Python path), extras without gradient."""
+    gen = torch.Generator().manual_seed(7)
+    x0 = (torch.randn(shape, generator=gen) * 3).to(dtype)
+    t = torch.randint(0, shape[1], (shape[0],), generator=gen)
+    t[0] = 3  # (ignored where ignore_index is 3)
+    kw = dict(opts)
+    if kw.pop("weight", False):
+        kw["weight"] = torch.rand(shape[1], generator=gen).to(dtype)
+    outs = []
+    for with_node in (True, False):
+        _eager.use_node(node if with_node else None)
+        try:
+            x = x0.clone().requires_grad_()
+            out = tpt.cross_entropy(x, t, **kw)
+            loss = out[0] if isinstance(out, tuple) else out
+            extras = out[1:] if isinstance(out, tuple) else ()
+            assert all(e.grad_fn is None and not e.requires_grad for e in extras)
+            if upstream == "one":
+                (loss.sum() if loss.dim() else loss).backward()
+            else:
+                loss.backward(torch.full_like(loss, 2.5))
+            fn = loss.grad_fn
+            while fn.name() == "ViewBackward0":  # (reduction "none": the loss of the target's shape)
+                fn = fn.next_functions[0][0]
+            outs.append((loss.detach(), *[e.detach() for e in extras], x.grad, fn.name()))
+        finally:
+            _eager.use_node(node)
+    *a, name_a = outs[0]
+    *b, name_b = outs[1]
+    assert all(same(u, v) for u, v in zip(a, b, strict=True))
+    assert name_a == "twopass::CrossEntropyBackward" and name_b != name_a
 
 
 def test_cached_library_is_keyed_by_versions(node):

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .. import _core
 from .._cross_entropy import check_options, check_target_shape, legacy_reduction
+from . import _eager
 from ._eager import _FWD_BYTES as _BYTES
 from ._eager import _ISA, _PLAIN, _is_compiling, _new_output, _threads, check_strided, eager_ok
 from ._tensors import class_indices
@@ -105,7 +106,9 @@ def cross_entropy(
         loss = _eager_loss(input, target, ignore_index, _REDUCTION[reduction], eps, zc, cap, False)
         if loss is not None:  # (False: the same, but the logits need a gradient)
             return (
-                _ce_apply(input, target, None, ignore_index, reduction, eps, zc, cap, False) if loss is False else loss
+                _eager.ce_apply(input, target, None, ignore_index, reduction, eps, zc, cap, False)
+                if loss is False
+                else loss
             )
     check_strided(name.removeprefix("twopass.torch."), input, target)
     nd = input.dim()
@@ -128,7 +131,7 @@ def cross_entropy(
         # z-loss and lse tensors only when asked for (an allocation is ~0.7 us).
         extras = return_z_loss or return_lse
         if need_grad:
-            out = _ce_apply(logits, target, weight, *opts, extras)
+            out = _eager.ce_apply(logits, target, weight, *opts, extras)
         else:
             out = _direct(logits, target, weight, *opts, None, extras)
         loss, z, lse = out if extras else (out, None, None)
@@ -244,20 +247,34 @@ _eager_loss = _core.eager_cross_entropy
 _RELOAD, _TWO_PASS = _core.ALGO_CODES["three_pass_reload"], _core.ALGO_CODES["two_pass"]
 
 
+def ce_fwd(logits, target, weight, ignore_index, reduction, eps, zc, cap, extras):
+    """(out, gradient for an upstream gradient of 1): the forward of the autograd Function
+    and of the C++ node (_node.py), grad mode off; out is the loss, or (loss, z, lse)."""
+    out = None
+    if weight is None and not extras:  # small logits: loss and gradient in one C++ call
+        out = _eager_loss(logits, target, ignore_index, _REDUCTION[reduction], eps, zc, cap, True)
+    if out is None:
+        grad, stream = _new_grad(logits)
+        return _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras, stream), grad
+    return out
+
+
+def ce_bwd(grad, g_loss):
+    """The gradient of the logits for an upstream gradient g_loss of the loss (the
+    Function's and the node's backward)."""
+    if g_loss.dim() == 0 and not torch.is_grad_enabled() and g_loss.item() == 1.0:
+        return grad  # the usual step: the stored gradient is the answer (see _backward)
+    return torch.ops.twopass.cross_entropy_backward(grad, g_loss)
+
+
 class _Eager(torch.autograd.Function):
     """The eager path with a gradient: the forward writes it (for an upstream gradient
-    of 1), the backward scales it (the custom op's _backward, without the op)."""
+    of 1), the backward scales it (the custom op's _backward, without the op). Until the
+    C++ node (_eager.use_node) is loaded."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, eps, zc, cap, extras):
-        out = None
-        if weight is None and not extras:  # small logits: loss and gradient in one C++ call
-            out = _eager_loss(logits, target, ignore_index, _REDUCTION[reduction], eps, zc, cap, True)
-        if out is None:
-            grad, stream = _new_grad(logits)
-            out = _direct(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad, extras, stream)
-        else:
-            out, grad = out
+        out, grad = ce_fwd(logits, target, weight, ignore_index, reduction, eps, zc, cap, extras)
         if extras:
             ctx.mark_non_differentiable(*out[1:])
         ctx.set_materialize_grads(False)
@@ -271,17 +288,13 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, *g_extras):
         (grad,) = ctx.saved_tensors
-        if g_loss is None:
-            dx = None
-        elif g_loss.dim() == 0 and not torch.is_grad_enabled() and g_loss.item() == 1.0:
-            dx = grad  # the usual step: the stored gradient is the answer (see _backward)
-        else:
-            dx = torch.ops.twopass.cross_entropy_backward(grad, g_loss)
+        dx = None if g_loss is None else ce_bwd(grad, g_loss)
         return dx, None, None, None, None, None, None, None, None
 
 
 # Function.apply's Python half only matters under functorch, which eager_ok rules out.
-_ce_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
+# The C++ node replaces it once loaded (_eager.use_node): callers use _eager.ce_apply.
+function_ce_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
 
 
 def _cpu(logits, target, weight, ignore_index, reduction, eps, zc, cap, grad):
@@ -574,4 +587,4 @@ class _EagerInPlace(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-_inplace_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _EagerInPlace)  # (as _ce_apply)
+_inplace_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _EagerInPlace)  # (as function_ce_apply)

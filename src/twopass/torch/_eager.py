@@ -484,19 +484,33 @@ _function_softmax_apply = _c_apply.__get__(None, SoftmaxFunction)
 _function_logsumexp_apply = _c_apply.__get__(None, LogSumExpFunction)
 
 
-# softmax_apply(x, dim, log) and logsumexp_apply(x, dim, keepdim): the differentiable
-# calls. Callers look them up on this module (`_eager.softmax_apply`): the first call
+# softmax_apply(x, dim, log), logsumexp_apply(x, dim, keepdim) and ce_apply(logits, ...,
+# extras): the differentiable calls. Callers look them up on this module (`_eager.softmax_apply`): the first call
 # starts loading the C++ node (_node.py), which replaces both once it is ready; until
 # then, and with
 # TWOPASS_TORCH_NODE=0 or no compiler, the autograd Functions above.
 def use_node(node) -> None:
     """Take the C++ node's paths (None: the autograd Functions'; tests compare the two)."""
-    global softmax_apply, logsumexp_apply
+    from . import _cross_entropy as ce  # (which imports this module)
+
+    global softmax_apply, logsumexp_apply, ce_apply
     if node is None:
         softmax_apply, logsumexp_apply = _function_softmax_apply, _function_logsumexp_apply
+        ce_apply = ce.function_ce_apply
         return
-    node.init(_core.c_api(), _SOFTMAX, _LOG_SOFTMAX, _LSE, softmax_fwd, softmax_bwd, logsumexp_fwd, logsumexp_bwd)
-    softmax_apply, logsumexp_apply = node.softmax, node.logsumexp
+    node.init(
+        _core.c_api(),
+        _SOFTMAX,
+        _LOG_SOFTMAX,
+        _LSE,
+        softmax_fwd,
+        softmax_bwd,
+        logsumexp_fwd,
+        logsumexp_bwd,
+        ce.ce_fwd,
+        ce.ce_bwd,
+    )
+    softmax_apply, logsumexp_apply, ce_apply = node.softmax, node.logsumexp, node.cross_entropy
 
 
 def _start_node() -> None:
@@ -514,5 +528,11 @@ def _first_logsumexp_apply(x: Tensor, dim: int, keepdim: bool) -> Tensor:
     return logsumexp_apply(x, dim, keepdim)
 
 
+def _first_ce_apply(*args):
+    _start_node()
+    return ce_apply(*args)
+
+
 softmax_apply = _first_softmax_apply
 logsumexp_apply = _first_logsumexp_apply
+ce_apply = _first_ce_apply  # twopass.torch.cross_entropy's (_cross_entropy.py)
