@@ -223,6 +223,12 @@ def test_cached_library_is_keyed_by_versions(node):
     assert f"torch{torch.__version__}" in path.name and f"cp{sys.version_info[0]}{sys.version_info[1]}" in path.name
 
 
+def test_status_in_info(node):
+    import twopass
+
+    assert twopass.info()["torch_node"] == f"loaded from {node.__file__}"
+
+
 def test_no_compiler_error(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(_compile.shutil, "which", lambda name: None)

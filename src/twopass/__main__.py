@@ -30,6 +30,8 @@ def _info(argv: list[str]) -> int:
     print(f"spin:         {info['spin_us']} us (idle worker threads, before they sleep)")
     bf16_instr = info["avx512_bf16"] and info["isa"] == "avx512"
     print(f"bfloat16:     {'AVX512-BF16 conversion' if bf16_instr else 'integer rounding'}")
+    if info["torch_node"]:
+        print(f"torch node:   {info['torch_node']}")
     print("versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     return 0
 

@@ -260,7 +260,9 @@ def info() -> dict[str, Any]:
         instructions run as two halves: AMD Zen and Zen+), ``avx512_half_width`` (512-bit
         instructions run as two halves: AMD Zen 4), ``torch_openmp`` (the OpenMP
         runtime whose team runs twopass.torch's parallel calls; None: twopass's own pool,
-        or twopass.torch not imported), and ``versions`` of twopass and its companions.
+        or twopass.torch not imported), ``torch_node`` (twopass.torch's C++ autograd node:
+        loaded, building, or why not; None: twopass.torch not imported), and ``versions``
+        of twopass and its companions.
     """
     import numpy as np
 
@@ -284,6 +286,7 @@ def info() -> dict[str, Any]:
         "avx512_half_width": avx512_half_width(),
         # (never imports torch: only what an imported twopass.torch chose)
         "torch_openmp": getattr(sys.modules.get("twopass.torch._eager"), "OPENMP_RUNTIME", None),
+        "torch_node": node.status() if (node := sys.modules.get("twopass.torch._node")) else None,
         "versions": {
             "twopass": __version__,
             "python": sys.version.split()[0],

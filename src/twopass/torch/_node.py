@@ -41,6 +41,19 @@ node: ModuleType | None = None  # once loaded
 error: BaseException | None = None  # why it could not be built or loaded, if so
 
 
+def status() -> str:
+    """Where the node stands in this process (twopass.info()'s ``torch_node``)."""
+    if not ENABLED:
+        return "off (TWOPASS_TORCH_NODE=0): autograd Functions"
+    if node is not None:
+        return f"loaded from {node.__file__}"
+    if error is not None:
+        return f"not built, autograd Functions: {str(error).splitlines()[0]}"
+    if _building is not None:
+        return "building (autograd Functions until it loads)"
+    return "in the cache, loads on first use" if library_path().exists() else "builds on first use"
+
+
 def library_path() -> Path:
     """The cached node for this source, twopass, torch and Python."""
     py = f"cp{sys.version_info[0]}{sys.version_info[1]}"
