@@ -243,12 +243,37 @@ template <class S> inline typename Vec<tp::Compute<S>>::R load_k(const S* p, int
   return k == Vec<tp::Compute<S>>::W ? Io<S>::load(p) : Io<S>::load_partial(p, k, fill);
 }
 
+// Whether a map visitor's apply(u, x) is elementwise and the same for every register u
+// along a row (Vis::kElementwise): then an element may pass through any lane.
+template <class Vis, class = void> struct Elementwise : std::false_type {};
+template <class Vis> struct Elementwise<Vis, std::void_t<decltype(Vis::kElementwise)>>
+    : std::bool_constant<Vis::kElementwise> {};
+
 // A map over a contiguous row; x and y may differ in storage type when they share the
-// compute type (a half row mapped into a float32 scratch row).
+// compute type (a half row mapped into a float32 scratch row). An elementwise map of one
+// storage type with normal stores takes whole steps through Io's unordered loads and
+// stores (bfloat16: a pair of vectors per wide load and store, no widening or narrowing
+// shuffle; in cache, one thread, Zen 4: bfloat16 softmax two_pass of 256K 0.440 -> 0.420 ns
+// per element, log_softmax of 16x4096 0.351 -> 0.330);
+// streaming stores keep write_row's aligned path.
 template <class SX, class SY, class Vis> void map_row(const SX* x, SY* y, int64_t n, Vis& vis, bool stream) {
   static_assert(std::is_same_v<tp::Compute<SX>, tp::Compute<SY>>);
-  write_row(y, n, stream, Reads{{x}}, Vis::kPrefetch ? x : nullptr,
-            [&](int64_t i, int k, int u) { return vis.apply(u, load_k(x + i, k, Vis::kFill)); });
+  using V = Vec<tp::Compute<SY>>;
+  constexpr int W = V::W;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<SX, SY> && !std::is_same_v<SY, tp::Compute<SY>> && Elementwise<Vis>::value) {
+    if (!stream) {
+      for (; i + kUnroll * W <= n; i += kUnroll * W) {
+        if (Vis::kPrefetch) prefetch_ahead(x + i);
+        typename V::R v[kUnroll];
+        Io<SX>::template load_unordered<kUnroll>(x + i, v);
+        for (int u = 0; u < kUnroll; ++u) v[u] = vis.apply(u, v[u]);
+        Io<SY>::template store_unordered<kUnroll>(y + i, v);
+      }
+    }
+  }
+  write_row(y + i, n - i, stream, Reads{{x + i}}, Vis::kPrefetch ? x + i : nullptr,
+            [&](int64_t j, int k, int u) { return vis.apply(u, load_k(x + i + j, k, Vis::kFill)); });
 }
 
 // A map over a panel. Normal stores only: streaming stores exist for contiguous rows

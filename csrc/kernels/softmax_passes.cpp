@@ -306,6 +306,7 @@ template <class T, bool Shifted> struct TwoPassWriteVisitor {
   static constexpr T kFill = 0;
   static constexpr bool kPrefetch = true;
   PerRegister<T> shift, scale, E;
+  static constexpr bool kElementwise = true;  // (loops.h, map_row)
   inline R apply(int u, R x) {
     if (Shifted) x = V::sub(x, shift.v[u]);
     x = V::max(V::set1(-tp::Numerics<T>::kAccurate), x);
@@ -319,6 +320,7 @@ template <class T> struct ExpScaleVisitor {
   static constexpr bool kPrefetch = true;
   using R = typename Vec<T>::R;
   PerRegister<T> mx, c;
+  static constexpr bool kElementwise = true;  // (loops.h, map_row)
   inline R apply(int u, R x) { return Vec<T>::mul(Exp<T>::nonpositive(Vec<T>::sub(x, mx.v[u])), c.v[u]); }
 };
 template <class T> struct ScaleVisitor {
@@ -326,6 +328,7 @@ template <class T> struct ScaleVisitor {
   static constexpr bool kPrefetch = false;
   using R = typename Vec<T>::R;
   PerRegister<T> c;
+  static constexpr bool kElementwise = true;  // (loops.h, map_row)
   inline R apply(int u, R x) { return Vec<T>::mul(x, c.v[u]); }
 };
 template <class T> struct LogSoftmaxWriteVisitor {
@@ -333,6 +336,7 @@ template <class T> struct LogSoftmaxWriteVisitor {
   static constexpr bool kPrefetch = false;
   using R = typename Vec<T>::R;
   PerRegister<T> hi, lo;
+  static constexpr bool kElementwise = true;  // (loops.h, map_row)
   inline R apply(int u, R x) { return Vec<T>::sub(Vec<T>::sub(x, hi.v[u]), lo.v[u]); }
 };
 // Map and reduce at once: y = exp(x - m), sum of y.

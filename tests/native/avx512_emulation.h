@@ -198,6 +198,8 @@ inline __m512i _mm512_srli_epi32(__m512i a, unsigned k) {
 }
 inline __m512i _mm512_add_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x + y; }); }
 inline __m512i _mm512_and_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x & y; }); }
+inline __m512i _mm512_or_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x | y; }); }
+inline void _mm512_storeu_si512(void* p, __m512i a) { std::memcpy(p, a.v, sizeof a.v); }
 inline __mmask16 _mm512_cmp_ps_mask(__m512 a, __m512 b, int) {  // _CMP_UNORD_Q only
   __mmask16 k = 0;
   for (int i = 0; i < 16; ++i)

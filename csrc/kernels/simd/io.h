@@ -26,6 +26,10 @@ template <class S> struct Io {  // float, double
   template <int N> static void load_unordered(const S* p, R (&v)[N]) {
     for (int u = 0; u < N; ++u) v[u] = load(p + u * V::W);
   }
+  // The inverse of load_unordered: N vectors laid out as it reads them, stored at p.
+  template <int N> static void store_unordered(S* p, const R (&v)[N]) {
+    for (int u = 0; u < N; ++u) store(p + u * V::W, v[u]);
+  }
   // N whole vectors g(0), g(1), ... at p, p + W, ...: one call, so a conversion can test
   // them together. Here each is stored as it is made (computing all N first made the
   // reload's float32 scale pass ~9% slower, 256K hot, Zen 4).
@@ -69,12 +73,19 @@ template <class S, bool kBf16> struct HalfIo {
   static void stream(S* p, R v) { HalfVec::stream(u16(p), narrow(v)); }
   // bfloat16 in pairs of vectors where the ISA has HalfVec::widen_bf16_pair (even and
   // odd elements apart): one shift or mask per vector instead of a zero extension and a
-  // shift.
+  // shift; stored back in order by HalfVec::store_bf16_pair (no narrowing shuffle).
   template <int N, class HV = HalfVec> static void load_unordered(const S* p, R (&v)[N]) {
     if constexpr (kBf16 && N % 2 == 0 && HasBf16Pair<HV>::value) {  // (HV: dependent, so discarded when false)
       for (int u = 0; u < N; u += 2) HV::widen_bf16_pair(u16(p + u * W), v[u], v[u + 1]);
     } else {
       for (int u = 0; u < N; ++u) v[u] = load(p + u * W);
+    }
+  }
+  template <int N, class HV = HalfVec> static void store_unordered(S* p, const R (&v)[N]) {
+    if constexpr (kBf16 && N % 2 == 0 && HasBf16Pair<HV>::value) {
+      for (int u = 0; u < N; u += 2) HV::store_bf16_pair(u16(p + u * W), v[u], v[u + 1]);
+    } else {
+      store_n<N>(p, [&](int u) { return v[u]; });
     }
   }
   template <int N, class G> static void store_n(S* p, G&& g) {

@@ -117,10 +117,19 @@ struct HalfVec {
   // bits could round to infinity or -0, but never reaches this. The test costs a
   // third of the conversion (compare, or, blend; two_pass_write of bfloat16 on a Zen 1,
   // in cache: 1.62 ns per element without it, 1.78 with; tools/kernel_bench.cpp).
-  static H narrow_bf16(R v) {
+  static __m256i rounded_bf16(R v) {  // each lane's bfloat16 in its upper 16 bits
     const __m256i u = _mm256_castps_si256(v);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    return _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd);
+  }
+  // The inverse of widen_bf16_pair: the 2W bfloat16 of `even` and `odd` at p, in order.
+  static void store_bf16_pair(uint16_t* p, R even, R odd) {
+    const __m256i w = _mm256_or_si256(_mm256_srli_epi32(rounded_bf16(even), 16),
+                                      _mm256_and_si256(rounded_bf16(odd), _mm256_set1_epi32((int)0xFFFF0000u)));
+    _mm256_storeu_si256((__m256i*)p, w);
+  }
+  static H narrow_bf16(R v) {
+    const __m256i r = _mm256_srli_epi32(rounded_bf16(v), 16);
     // Every lane is <= 0xFFFF: the unsigned-saturating pack of the two 128-bit halves is
     // exact (cheaper than a 256-bit pack and a cross-lane permute on a half-width core).
     return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));

@@ -109,12 +109,33 @@ struct HalfVec {
   }
   static H narrow_bf16_native(R v) { return (__m256i)_mm512_cvtneps_pbh(v); }
 #endif
-  static H narrow_bf16_exact(R v) {
-    const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
-    const __m512i odd = _mm512_and_epi32(hi, _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
-    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), hi, _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(r);
+  static H narrow_bf16_exact(R v) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded_bf16(v), 16)); }
+  // Each lane's bfloat16 in its upper 16 bits: round to nearest even (add 0x7FFF, plus 1
+  // when the kept part is odd); a NaN keeps its upper bits, made quiet.
+  static __m512i rounded_bf16(R v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_epi32(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd);
+    return _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
+  }
+  // The inverse of widen_bf16_pair: the 2W bfloat16 of `even` and `odd` at p, in order.
+  static void store_bf16_pair(uint16_t* p, R even, R odd) {
+    __m512i w;
+#if defined(TP_AVX512_BF16)
+    const R v[2] = {even, odd};
+    if (__builtin_expect(!any_subnormal(v, 2), 1)) {
+      // [even 0..15 | odd 0..15], then interleaved (vpermw)
+      const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                           21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+      w = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+      _mm512_storeu_si512((void*)p, w);
+      return;
+    }
+#endif
+    // even's bfloat16 to the low halves, odd's kept in the high ones
+    w = _mm512_or_epi32(_mm512_srli_epi32(rounded_bf16(even), 16),
+                        _mm512_and_epi32(rounded_bf16(odd), _mm512_set1_epi32((int)0xFFFF0000u)));
+    _mm512_storeu_si512((void*)p, w);
   }
 };
 
