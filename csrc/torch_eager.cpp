@@ -448,8 +448,9 @@ bool small_dim(PyObject* d, long& dim) {
 
 // torch.get_num_threads(), asked only where the kernels could split `elements` over
 // more than one (threads.h: below 2 * kMinPerThread they run on one; ~0.2 us a call).
+bool splits(int64_t elements) { return elements >= 2 * kMinPerThread; }
 int threads(int64_t elements) {
-  if (elements < 2 * kMinPerThread) return 1;
+  if (!splits(elements)) return 1;
   Ref t(PyObject_CallNoArgs(T.num_threads));
   const long v = PyLong_AsLong(t.p);
   if (v < 1) throw std::runtime_error("twopass: torch.get_num_threads() < 1");
@@ -473,13 +474,33 @@ bool needs_grad(PyObject* t) {
   return truthy(on.p);
 }
 
-// Runs a forward over r's rows on torch's thread count and team, normal stores (its
-// output is fresh: _eager._FRESH_STORES).
-void run_rows(Problem pb, const Rows& r) {
-  pb.bf16 = r.dt == (int)Dtype::kBfloat16;
-  const int nt = threads(r.size);
+// The kernel calls of the one-call paths here and of the autograd node's torch_rows and
+// torch_backward (below): contiguous rows of n on nt threads of torch's team, normal
+// stores (outputs are fresh: _eager._FRESH_STORES). logsumexp: y (or lse) one value per row.
+void forward_rows(Op op, Algo algo, int item, bool bf16, const void* x, void* y, int64_t rows, int64_t n, int nt) {
+  const bool per_row = op == Op::kLogSumExp;
+  Problem pb{op, algo, item, x, y, rows, n, 1, n, 1, per_row ? 1 : n, per_row ? 0 : 1, panel_lanes((Isa)T.isa, item)};
+  pb.bf16 = item == 2 && bf16;
   TeamScope team(nt > 1 ? torch_team() : nullptr);
-  with_gil_if_short(r.size, [&] { run(pb, (Isa)T.isa, nt, false); });
+  run(pb, (Isa)T.isa, nt, false);
+}
+void backward_rows(Op op, int item, bool bf16, const void* g, const void* y, const void* lse, void* gx, int64_t rows,
+                   int64_t n, int nt) {
+  const bool per_row = op == Op::kLogSumExp;
+  const BackwardProblem pb{op, item, g, y, per_row ? lse : nullptr, gx, rows, n, per_row ? 0 : n, n, n,
+                           item == 2 && bf16};
+  TeamScope team(nt > 1 ? torch_team() : nullptr);
+  run_backward(pb, (Isa)T.isa, nt, false);
+}
+
+// forward_rows over r's rows (x's) on torch's thread count.
+void run_rows(Op op, Algo algo, PyObject* x, PyObject* y, const Rows& r) {
+  const int nt = threads(r.size);
+  const void* xa = (const void*)address(x);  // (with the GIL: address may ask Python)
+  void* ya = (void*)address(y);
+  with_gil_if_short(r.size, [&] {
+    forward_rows(op, algo, kItem[r.dt], r.dt == (int)Dtype::kBfloat16, xa, ya, r.size / r.n, r.n, nt);
+  });
 }
 
 // softmax / log_softmax of x over `dim` (eager_ok's and softmax_forward's work); False
@@ -498,11 +519,7 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   // without eager_ok's checks in Python.
   if (needs_grad(x)) return nb::bool_(false);
   Ref y(new_like(x, r.dt));  // contiguous, as x
-  if (r.size) {
-    Problem pb{log ? Op::kLogSoftmax : Op::kSoftmax, algo, item, (const void*)address(x), (void*)address(y.p),
-               r.size / r.n, r.n, 1, r.n, 1, r.n, 1, panel_lanes((Isa)T.isa, item)};
-    run_rows(pb, r);
-  }
+  if (r.size) run_rows(log ? Op::kLogSoftmax : Op::kSoftmax, algo, x, y.p, r);
   return nb::steal(y.release());
 }
 
@@ -523,10 +540,7 @@ nb::object eager_lse(nb::handle xh, nb::handle dim_h, nb::handle keepdim_h) {
   for (int i = 0; i < nd; ++i) sizes[i] = i < r.nd - 1 ? r.shape[i] : 1;
   Ref y(new_shaped(x, r.dt, sizes, nd));
   if (!y.p) throw nb::python_error();
-  const int item = kItem[r.dt];
-  Problem pb{Op::kLogSumExp, Algo::kTwoPass, item, (const void*)address(x), (void*)address(y.p), r.size / r.n, r.n,
-             1, r.n, 1, 1, 0, panel_lanes((Isa)T.isa, item)};
-  run_rows(pb, r);
+  run_rows(Op::kLogSumExp, Algo::kTwoPass, x, y.p, r);
   return nb::steal(y.release());
 }
 
@@ -551,12 +565,13 @@ nb::object eager_backward(nb::handle gh, nb::handle yh, nb::handle lse_h, nb::ha
   }
   Ref gx(new_like(y, ry.dt));
   if (rows) {
-    BackwardProblem pb{(Op)op, kItem[ry.dt], (const void*)address(g), (const void*)address(y),
-                       per_row ? (const void*)address(lse) : nullptr, (void*)address(gx.p), rows, n,
-                       per_row ? 0 : n, n, n, ry.dt == (int)Dtype::kBfloat16};
     const int nt = threads(ry.size);
-    TeamScope team(nt > 1 ? torch_team() : nullptr);
-    with_gil_if_short(ry.size, [&] { run_backward(pb, (Isa)T.isa, nt, false); });  // (_FRESH_STORES)
+    const void *ga = (const void*)address(g), *ya = (const void*)address(y);  // (with the GIL)
+    const void* la = per_row ? (const void*)address(lse) : nullptr;
+    void* gxa = (void*)address(gx.p);
+    with_gil_if_short(ry.size, [&] {
+      backward_rows((Op)op, kItem[ry.dt], ry.dt == (int)Dtype::kBfloat16, ga, ya, la, gxa, rows, n, nt);
+    });
   }
   return nb::steal(gx.release());
 }
@@ -625,12 +640,7 @@ int torch_rows(int op, int bytes, bool bf16, const void* x, void* y, int64_t row
   const bool lse = op == (int)Op::kLogSumExp;
   Algo algo = Algo::kTwoPass;
   if (!lse && !small_call_algorithm(op == (int)Op::kLogSoftmax, bytes, n, T.short_row_bytes, algo)) return 1;
-  if (!y) return 0;
-  Problem pb{(Op)op, algo, bytes, x, y, rows, n, 1, n, 1, lse ? 1 : n, lse ? 0 : 1, panel_lanes((Isa)T.isa, bytes)};
-  pb.bf16 = bytes == 2 && bf16;
-  const int nt = size < 2 * kMinPerThread ? 1 : threads;  // (threads() above)
-  TeamScope team(nt > 1 ? torch_team() : nullptr);
-  run(pb, (Isa)T.isa, nt, false);
+  if (y) forward_rows((Op)op, algo, bytes, bf16, x, y, rows, n, splits(size) ? threads : 1);
   return 0;
 }
 
@@ -638,13 +648,7 @@ int torch_backward(int op, int bytes, bool bf16, const void* g, const void* y, c
                    int64_t n, int threads) {
   const int64_t size = rows * n;
   if (!T.tensor || size <= 0 || size * bytes > T.backward_max_bytes) return 1;
-  if (!gx) return 0;
-  const bool per_row = op == (int)Op::kLogSumExp;
-  BackwardProblem pb{(Op)op, bytes, g, y, per_row ? lse : nullptr, gx, rows, n, per_row ? 0 : n, n, n,
-                     bytes == 2 && bf16};
-  const int nt = size < 2 * kMinPerThread ? 1 : threads;
-  TeamScope team(nt > 1 ? torch_team() : nullptr);
-  run_backward(pb, (Isa)T.isa, nt, false);  // (fresh output: _FRESH_STORES)
+  if (gx) backward_rows((Op)op, bytes, bf16, g, y, lse, gx, rows, n, splits(size) ? threads : 1);
   return 0;
 }
 
