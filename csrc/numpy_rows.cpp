@@ -42,7 +42,7 @@ struct Numpy {
   PyObject* s_view = nullptr;
   int isa = 0;
   int64_t max_bytes = 0;        // _softmax._SMALL_SOFTMAX_BYTES
-  int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES: log_softmax's reload below it
+  SmallCallRule rule;  // what algorithm="auto" needs (small_calls.h)
 } N;
 
 // A buffer view of an array, released on scope exit. Without PyBUF_FORMAT NumPy 2 also
@@ -76,7 +76,8 @@ PyObject* scalar_type(nb::handle dtype) {
 }
 
 void numpy_init(nb::handle ndarray, nb::tuple dtypes, nb::handle uint16, nb::handle empty_like, nb::handle empty,
-                nb::handle dispatch, int isa, int64_t max_bytes, int64_t short_row_bytes) {
+                nb::handle dispatch, int isa, int64_t max_bytes, int64_t short_row_bytes,
+                int64_t half_reload_bytes) {
   if (isa < 0 || isa >= kIsaCount) throw std::invalid_argument("twopass numpy_init: bad isa");
   if (dtypes.size() != 3) throw std::invalid_argument("twopass numpy_init: float32, float64, float16");
   for (nb::handle h : {ndarray, uint16, empty_like, empty, dispatch}) Py_INCREF(h.ptr());  // the module's life
@@ -93,7 +94,7 @@ void numpy_init(nb::handle ndarray, nb::tuple dtypes, nb::handle uint16, nb::han
   N.s_view = PyUnicode_InternFromString("view");
   N.isa = isa;
   N.max_bytes = max_bytes;
-  N.short_row_bytes = short_row_bytes;
+  N.rule = {short_row_bytes, half_reload_bytes};
   N.ndarray = ndarray.ptr();  // last: set means ready
 }
 
@@ -227,7 +228,7 @@ nb::object numpy_rows(nb::handle xh, nb::handle axis_h, nb::handle out, nb::hand
   if (!automatic && !algorithm_named(algorithm.ptr(), algo)) return nb::none();
   Call c;
   if (!c.read(x, axis_h, threads)) return nb::none();
-  if (automatic && !small_call_algorithm(log, c.item, c.n, N.short_row_bytes, algo)) return nb::none();
+  if (automatic && !small_call_algorithm(log, c.item, c.n, c.size, N.rule, algo)) return nb::none();
   View ov;
   if (!c.out_fits(out, c.xv.b.shape, c.xv.b.ndim, true, ov)) return nb::none();
   nb::object y = out.is_none() ? nb::steal(PyObject_CallOneArg(N.empty_like, x)) : nb::borrow(out);  // C-contiguous

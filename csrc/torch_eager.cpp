@@ -51,7 +51,7 @@ struct Torch {
   int isa = 0;
   int64_t max_bytes = 0;           // larger forwards take the Python path (its algorithm rule)
   int64_t backward_max_bytes = 0;  // larger backwards take it too (their outputs on huge pages)
-  int64_t short_row_bytes = 0;  // _softmax.SHORT_ROW_BYTES
+  SmallCallRule rule;  // what algorithm="auto" needs (small_calls.h)
   TeamRun team = nullptr;       // torch's OpenMP team (threads.h), or null: the pool
   const char* team_library = nullptr;
   pid_t team_pid = 0;  // the process that found it
@@ -401,7 +401,7 @@ bool shim_selftest(nb::tuple samples) {
 nb::object eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes, nb::tuple scalars, nb::handle int64,
                 nb::handle strided, nb::handle empty_like,
                 nb::tuple checks, nb::handle grad_enabled, nb::handle num_threads, int isa, int64_t max_bytes,
-                int64_t backward_max_bytes, int64_t short_row_bytes, bool openmp, nb::tuple samples, bool shim) {
+                int64_t backward_max_bytes, int64_t short_row_bytes, int64_t half_reload_bytes, bool openmp, nb::tuple samples, bool shim) {
   if (dtypes.size() != kDtypes || scalars.size() != kDtypes || checks.size() != 3 || isa < 0 || isa >= kIsaCount)
     throw std::invalid_argument("twopass eager_init: bad arguments");
   T.parameter = keep(parameter);
@@ -425,7 +425,7 @@ nb::object eager_init(nb::handle tensor, nb::handle parameter, nb::tuple dtypes,
   T.isa = isa;
   T.max_bytes = max_bytes;
   T.backward_max_bytes = backward_max_bytes;
-  T.short_row_bytes = short_row_bytes;
+  T.rule = {short_row_bytes, half_reload_bytes};
   T.team = nullptr, T.team_library = nullptr;
   if (openmp) find_openmp();
   T.tensor = keep(tensor);  // set means ready
@@ -514,7 +514,7 @@ nb::object eager_rows(nb::handle xh, nb::handle dim_h, bool log) {
   if (!rows_of(x, dim, r, T.max_bytes)) return nb::none();
   const int item = kItem[r.dt];
   Algo algo;  // _eager._algorithm's choice, as far as it goes for tensors of at most max_bytes
-  if (!small_call_algorithm(log, item, r.n, T.short_row_bytes, algo)) return nb::none();
+  if (!small_call_algorithm(log, item, r.n, r.size, T.rule, algo)) return nb::none();
   // Everything holds but x needs a gradient: the autograd node's path (_eager.softmax_apply),
   // without eager_ok's checks in Python.
   if (needs_grad(x)) return nb::bool_(false);
@@ -639,7 +639,7 @@ int torch_rows(int op, int bytes, bool bf16, const void* x, void* y, int64_t row
   if (!T.tensor || size <= 0 || size * bytes > T.max_bytes) return 1;
   const bool lse = op == (int)Op::kLogSumExp;
   Algo algo = Algo::kTwoPass;
-  if (!lse && !small_call_algorithm(op == (int)Op::kLogSoftmax, bytes, n, T.short_row_bytes, algo)) return 1;
+  if (!lse && !small_call_algorithm(op == (int)Op::kLogSoftmax, bytes, n, size, T.rule, algo)) return 1;
   if (y) forward_rows((Op)op, algo, bytes, bf16, x, y, rows, n, splits(size) ? threads : 1);
   return 0;
 }

@@ -209,7 +209,8 @@ def test_small_calls_in_one_cpp_call(op, dtype, monkeypatch):
     scratch = _softmax._RELOAD_SCRATCH_BYTES // 4  # the halves' softmax: "auto" in one call up to here
 
     def taken(shape, algorithm):
-        auto_in_call = log or item != 2 or shape[-1] <= scratch or algorithm != "auto"
+        halves_reload = shape[-1] <= scratch or 2 * math.prod(shape) * 4 <= _softmax.SMALL_HALF_RELOAD_BYTES
+        auto_in_call = log or item != 2 or halves_reload or algorithm != "auto"
         return math.prod(shape) <= limit and auto_in_call
 
     rng = np.random.default_rng(3)
@@ -554,6 +555,32 @@ def test_auto_halves_reload_rows_that_keep_exp_in_float32():
             assert _softmax.auto_algorithm("log_softmax", dtype, n, 64 * n, threads) == "two_pass"
             assert _softmax.auto_algorithm("log_softmax", dtype, 100, 6400, threads) == "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, wide, wide, 2) == "two_pass"  # one row, split
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_small_half_calls_restate_the_rule(monkeypatch, isa):
+    """The small calls in one C++ call give a float16/bfloat16 softmax beyond the scratch
+    row the reload while x and y (in float32 bytes) are within SMALL_HALF_RELOAD_BYTES:
+    auto_algorithm must say the same on every thread count, whatever the caches (a
+    desktop, a small-L2 Zen 1, a mesh-L3 server), and that limit must cover at least
+    the calls of a row that fits the small call."""
+    import ml_dtypes
+
+    limit = _softmax._SMALL_SOFTMAX_BYTES // 2  # elements of a small half call
+    scratch = _softmax._RELOAD_SCRATCH_BYTES // 4
+    for caches in ({"L2": 1 << 20, "L3": 32 << 20}, {"L2": 512 << 10, "L3": 8 << 20}, {"L2": 2 << 20, "L3": 300 << 20}):
+        _with_caches(monkeypatch, half_width=isa == "avx2", **caches)
+        monkeypatch.setattr(_dispatch, "ISA", isa)
+        small = _softmax._small_half_reload_bytes()
+        assert small >= 2 * scratch * 4, caches  # at least a row past the scratch row
+        for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
+            for n in (scratch + 1, 2 * scratch, limit // 2, limit):
+                for rows in (1, 2, limit // n):
+                    if 2 * rows * n * 4 > small:
+                        continue
+                    for threads in (1, 2, 3, 8):
+                        got = _softmax.auto_algorithm("softmax", dtype, n, rows * n, threads)
+                        assert got == "three_pass_reload", (caches, dtype, n, rows, threads)
 
 
 def test_auto_log_softmax_takes_two_pass_beyond_short_rows():

@@ -388,19 +388,9 @@ _FLOAT32 = np.dtype(np.float32)
 # The common small call in one C++ call (csrc/numpy_rows.cpp): a C-contiguous float32,
 # float64, float16 or bfloat16 array of at most _SMALL_SOFTMAX_BYTES over its last axis,
 # `out` None or fitting, any algorithm, threads None or given (logsumexp: keepdims a
-# bool); what _fast does (same kernel, algorithm, ISA and threads: the same bits), or None. A 1K float32 softmax,
-# Zen 4, 1 thread: see the README.
-_core.numpy_init(
-    np.ndarray,
-    (_FLOAT32, np.dtype(np.float64), np.dtype(np.float16)),
-    np.dtype(np.uint16),
-    np.empty_like,  # (what _alloc.empty gives below its huge-page threshold)
-    np.empty,
-    _dispatch,
-    _dispatch.isa_code(None),
-    _SMALL_SOFTMAX_BYTES,
-    SHORT_ROW_BYTES,
-)
+# bool); what _fast does (same kernel, algorithm, ISA and threads: the same bits), or
+# None. A 1K float32 softmax, Zen 4, 1 thread: see the README. (_core.numpy_init, at the
+# end of this module, once the rule's limits are known.)
 _numpy_rows = _core.numpy_rows
 _numpy_lse = _core.numpy_lse  # logsumexp's small call, the same way (src/twopass/_logsumexp.py)
 _limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
@@ -517,3 +507,28 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
     elif w >= 4:
         return "three_pass_reload"
     return "three_pass_reload" if row <= stream_row else "two_pass"
+
+
+def _small_half_reload_bytes() -> int:
+    """The x and y of a float16/bfloat16 softmax, counted in float32 bytes, up to which
+    auto_algorithm gives it the reload on any thread count: what the small calls in one
+    C++ call (csrc/small_calls.h) take without asking Python. Their rows are too short to
+    be split along their axis, so float32's cache rule decides, on its smaller cache."""
+    assert _SMALL_SOFTMAX_BYTES // 2 < 2 * _MIN_PER_CHUNK  # (no row of a small call is split)
+    _, cache, several, _, _ = _reload_limits(4, None)
+    return min(cache, several)
+
+
+SMALL_HALF_RELOAD_BYTES = _small_half_reload_bytes()
+_core.numpy_init(
+    np.ndarray,
+    (_FLOAT32, np.dtype(np.float64), np.dtype(np.float16)),
+    np.dtype(np.uint16),
+    np.empty_like,  # (what _alloc.empty gives below its huge-page threshold)
+    np.empty,
+    _dispatch,
+    _dispatch.isa_code(None),
+    _SMALL_SOFTMAX_BYTES,
+    SHORT_ROW_BYTES,
+    SMALL_HALF_RELOAD_BYTES,
+)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .. import _alloc, _core, _dispatch
 from .._arrays import STREAM_MIN_ROW_BYTES
-from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, auto_algorithm
+from .._softmax import _SMALL_SOFTMAX_BYTES, SHORT_ROW_BYTES, SMALL_HALF_RELOAD_BYTES, auto_algorithm
 from . import _node
 
 # Every kernel (the softmax family forward and backward, the cross-entropy) also reads
@@ -100,6 +100,7 @@ OPENMP_RUNTIME: str | None = _core.eager_init(
     # Zen 1 VM, within its noise)
     _HUGE - 1 if _HUGE < math.inf else 2**62,
     SHORT_ROW_BYTES,
+    SMALL_HALF_RELOAD_BYTES,
     _OPENMP,
     # the shim's self-test (csrc/torch_eager.cpp, Shim): each dtype, several shapes, a Parameter
     (
