@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -51,6 +52,33 @@ double huge_row_ce(const L* x, const T* w, int64_t n, int64_t t, double eps, dou
   return ce;
 }
 
+// Scratch row `slot` (0 or 1) of at least n elements of T, uninitialized. Rows of up to
+// kKeptElements stay with the thread for its next call: a std::vector per call zeroed
+// them, and glibc gave two freed rows of a 1M-class row back to the kernel, so that
+// every call faulted their pages in again (bfloat16 1x1M, loss and gradient, Zen 4:
+// 5.4 ns per element against 0.5). Longer rows are the caller's, freed after the call.
+template <class T> class ScratchRow {
+ public:
+  static constexpr int64_t kKeptElements = int64_t{1} << 20;
+  ScratchRow(int slot, int64_t n) {
+    if (n <= 0) return;
+    if (n > kKeptElements) {
+      own_.reset(new T[(size_t)n]);
+      data_ = own_.get();
+      return;
+    }
+    thread_local std::unique_ptr<T[]> kept[2];
+    thread_local int64_t kept_n[2] = {0, 0};
+    if (kept_n[slot] < n) kept[slot].reset(new T[(size_t)n]), kept_n[slot] = n;
+    data_ = kept[slot].get();
+  }
+  T* data() const { return data_; }
+
+ private:
+  std::unique_ptr<T[]> own_;
+  T* data_ = nullptr;
+};
+
 // The kernels of a storage type.
 template <class S> const SoftmaxKernels<S>& softmax_kernels(const KernelTable& K);
 template <> const SoftmaxKernels<float>& softmax_kernels(const KernelTable& K) { return K.f32; }
@@ -68,15 +96,14 @@ template <> const CrossEntropyRowKernels<bf16>& ce_kernels(const KernelTable& K)
 // soft-capped logits are of T.
 template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable& K, Isa isa, int64_t lo, int64_t hi) {
   using T = Compute<S>;
-  constexpr bool kHalf = !std::is_same_v<S, T>;
   const CrossEntropyRowKernels<S>& ce = ce_kernels<S>(K);
   const S* x = static_cast<const S*>(pb.x);
   S* grad = static_cast<S*>(pb.grad);
   const T* w = static_cast<const T*>(pb.weight);
   const int64_t n = pb.n;
   const bool capped = pb.softcap > 0;
-  std::vector<T> capbuf(capped || kHalf ? (size_t)n : 0);  // this thread's soft-capped (or widened) row
-  std::vector<T> pbuf(grad ? (size_t)n : 0);               // and its softmax (stays in cache)
+  const ScratchRow<T> capbuf(0, capped ? n : 0);  // this thread's soft-capped row
+  const ScratchRow<T> pbuf(1, grad ? n : 0);                // and its softmax (stays in cache)
   const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
 
   // The next row's logits, prefetched into the L2 while the exp and gradient passes
@@ -122,9 +149,10 @@ template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable
     }
     if (!done) {
       const T* xw = reinterpret_cast<const T*>(src);
+      ScratchRow<T> widened(0, std::is_same_v<L, T> ? 0 : n);  // (not capped: slot 0 is free)
       if constexpr (!std::is_same_v<L, T>) {  // a half row: the driver runs in T
-        ce.widen(src, capbuf.data(), n);
-        xw = capbuf.data();
+        ce.widen(src, widened.data(), n);
+        xw = widened.data();
       }
       T lse_t;
       Problem sp{gr ? Op::kSoftmax : Op::kLogSumExp, pb.algo, (int)sizeof(T), xw, gr ? (void*)p : (void*)&lse_t,
@@ -191,7 +219,7 @@ void ce_grad_rows(const CrossEntropyGradProblem& pb, const Passes<T>& passes, co
   T* grad = static_cast<T*>(pb.grad);
   const T* w = static_cast<const T*>(pb.weight);
   const int64_t n = pb.n;
-  std::vector<T> p(n);
+  const ScratchRow<T> p(1, n);
   const T one = 1;
   for (int64_t i = lo; i < hi; ++i) {
     T* gr = grad + i * pb.gs;

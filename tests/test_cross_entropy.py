@@ -241,6 +241,32 @@ def test_half_blocks_and_in_place(monkeypatch, dtype, strided):
     np.testing.assert_array_equal(x, ref[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_scratch_rows_between_calls(dtype):
+    """Each thread keeps its scratch rows (the softmax, the soft-capped or widened row:
+    csrc/cross_entropy.cpp, ScratchRow) from call to call, uninitialized, up to 1M
+    classes, and takes its own beyond: calls of every length in turn, longer and shorter
+    than the last, special rows among them, each as a fresh computation gives it (half
+    rows: the float32 computation rounded to the half)."""
+    rng = np.random.default_rng(8)
+    for c, special in ((5000, False), ((1 << 20) + 3, False), (70, False), (5000, True), (1 << 20, True), (300, False)):
+        x, t = rand_case(rng, 2, c, dtype, ignore=0)
+        if special:  # a +inf logit: the generic driver's path (halves widened into a scratch row)
+            x[1, (t[1] + 1) % c] = np.inf
+        for cap in (None, 6.0):
+            loss, grad = call(x, t, reduction="none", return_grad=True, cap=cap, threads=1)
+            x32 = x.astype(np.float32)
+            if dtype == np.float32:
+                check(x32[:1], t[:1], loss[:1], grad[:1], reduction="none", cap=cap)
+            else:
+                l32, g32 = call(x32, t, reduction="none", return_grad=True, cap=cap, threads=1)
+                f32 = np.float32
+                np.testing.assert_array_equal(loss.astype(f32), l32.astype(dtype).astype(f32))
+                np.testing.assert_array_equal(grad.astype(f32), g32.astype(dtype).astype(f32))
+            if special and cap is None:  # (soft-capped, +inf is the cap)
+                assert np.isnan(loss[1]) and np.isnan(grad[1].astype(np.float32)).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_extras_and_in_place(dtype):
     rng = np.random.default_rng(11)
