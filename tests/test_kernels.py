@@ -197,17 +197,26 @@ def test_reload_fused_long_rows(isa, dtype, case):
 def test_reload_fused_long_rows_halves(isa, dtype, case):
     """float16/bfloat16 rows beyond the scratch row keep the fused pass's exp in a float32
     row of the thread's (rows_reload's wide row): float32's reload values, rounded once,
-    bit for bit; rows growing from call to call, a batch over 2 threads, misaligned output."""
+    bit for bit (bfloat16 with normal stores: within one ulp of them, its sum taken over
+    the even and odd elements of each pair of vectors rather than in order); rows growing
+    from call to call, a batch over 2 threads, misaligned output."""
     import ml_dtypes
 
     dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(np.float16)
     rng = np.random.default_rng(len(case))
 
-    def same(y, want):
+    def same(y, want, exact):
         y, want = np.asarray(y), np.asarray(want).astype(dt)
         np.testing.assert_array_equal(np.isnan(y.astype(np.float32)), np.isnan(want.astype(np.float32)))
         ok = ~np.isnan(want.astype(np.float32))
-        np.testing.assert_array_equal(y.view(np.uint16)[ok], want.view(np.uint16)[ok])
+        got, ref = y.view(np.uint16)[ok].astype(np.int32), want.view(np.uint16)[ok].astype(np.int32)
+        if exact:
+            np.testing.assert_array_equal(got, ref)
+        else:  # (softmax is >= 0: adjacent bit patterns are adjacent values)
+            assert np.max(np.abs(got - ref), initial=0) <= 1
+            assert np.count_nonzero(got != ref) <= 1e-2 * got.size
+
+    exact = dtype == "float16"  # (bfloat16 streamed stays in order: exact)
 
     for n in (4097, 10_007, 70_001):
         with np.errstate(over="ignore", invalid="ignore"):
@@ -215,11 +224,13 @@ def test_reload_fused_long_rows_halves(isa, dtype, case):
         xb = np.stack([x, x[::-1].copy(), rng.standard_normal(n).astype(dt)])
         for threads in (1, 2):
             y = run("softmax", xb, algorithm="three_pass_reload", isa=isa, threads=threads)
-            same(y, run("softmax", xb.astype(np.float32), algorithm="three_pass_reload", isa=isa, threads=threads))
+            want = run("softmax", xb.astype(np.float32), algorithm="three_pass_reload", isa=isa, threads=threads)
+            same(y, want, exact)
         buf = np.empty(n + 1, dt)
         for stream in (False, True):
             run("softmax", x, out=buf[1:], algorithm="three_pass_reload", isa=isa, stream=stream, threads=1)
-            same(buf[1:], run("softmax", x.astype(np.float32), algorithm="three_pass_reload", isa=isa, threads=1))
+            want = run("softmax", x.astype(np.float32), algorithm="three_pass_reload", isa=isa, threads=1)
+            same(buf[1:], want, exact or stream)
 
 
 @pytest.mark.parametrize("isa", ISA_PARAMS)

@@ -356,6 +356,10 @@ template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
 template <class S, bool Panel> struct PassKernels {
   using T = tp::Compute<S>;  // S: the storage type of x and y (loops.h)
   static constexpr bool kStores = std::is_same_v<S, T>;  // y can hold exp in T
+  // bfloat16 loads and stores pairs of vectors where order is free (Io's unordered loads
+  // and stores); float16 keeps its ordered conversions, which measured faster there
+  // (the reload in cache, 1 thread, Zen 4: 0.35-0.37 against 0.40-0.47 ns per element).
+  static constexpr bool kPairs = std::is_same_v<S, tp::bf16>;
   template <bool Shifted> static void two_pass_sum_impl(const Group<S>& g, const T* shift, ScaledSum* out, T* mx) {
     TwoPassSumVisitor<T, Shifted> v;
     if (Shifted) v.shift.load(shift, g, Panel);
@@ -462,6 +466,9 @@ template <class S, bool Panel> struct PassKernels {
   // once, while the exps compute, rather than once by a max pass with nothing to overlap
   // and again from cache (cold float32 rows of 64K-128K: the reload 1.05-1.2x slower than
   // two_pass before). Out: m, the row's maximum, and s = sum exp(x - m).
+  // kUnordered (bfloat16 into the wide row, pass 3 with normal stores): each whole step
+  // of exps is stored as Io's unordered loads give it, for scale_blocks_unordered.
+  template <bool kUnordered = false>
   static void fused_max_exp(const S* xr, T* yr, int64_t n, RowPrefetch<S>& next, T* block_refs, T& m, double& s) {
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     T run = -INFINITY;
@@ -477,8 +484,8 @@ template <class S, bool Panel> struct PassKernels {
       // Before any finite element the block holds -inf and NaN only: exp(x - lowest) is 0
       // for -inf and keeps NaN, which the sum then carries to the redo.
       const T shift = run > -INFINITY ? run : std::numeric_limits<T>::lowest();
-      sum.add(exp_sum(xr, b, end, shift, range.min - run >= tp::Numerics<T>::kNormalMin, next,
-                      [&](int64_t i, typename Vec<T>::R e, int k) { store_k(yr + i, e, k); }));
+      sum.add(exp_sum<kUnordered>(xr, b, end, shift, range.min - run >= tp::Numerics<T>::kNormalMin, next,
+                                  [&](int64_t i, typename Vec<T>::R e, int k) { store_k(yr + i, e, k); }));
     }
     m = run;
     s = sum.value();
@@ -506,6 +513,31 @@ template <class S, bool Panel> struct PassKernels {
       }
       return V::mul(load_k<T>(e + j, k, 0), f);
     });
+  }
+
+  // scale_blocks for e as fused_max_exp<true> stored it (halves, normal stores): the
+  // same steps from each block's start, each stored back through Io's unordered stores
+  // (bfloat16: a pair of vectors per store, no narrowing shuffle), the tails in order.
+  static void scale_blocks_unordered(const T* e, S* yr, int64_t n, T* refs, T m, double s, RowPrefetch<S>& next) {
+    using V = Vec<T>;
+    using R = typename V::R;
+    constexpr int W = V::W, kStep = kUnroll * W;
+    constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
+    for (int64_t b = 0, k = 0; b < n; b += kBlock, ++k) {
+      const int64_t end = std::min(n, b + kBlock);
+      const R f = V::set1((T)(tp::exp_of_difference(refs[k], m) / s));
+      int64_t i = b;
+      for (; i + kStep <= end; i += kStep) {
+        next.step();
+        R v[kUnroll];
+        for (int u = 0; u < kUnroll; ++u) v[u] = V::mul(V::load(e + i + u * W), f);
+        Io<S>::template store_unordered<kUnroll>(yr + i, v);
+      }
+      for (; i < end; i += W) {
+        const int w = (int)std::min<int64_t>(W, end - i);
+        store_k(yr + i, V::mul(load_k<T>(e + i, w, 0), f), w);
+      }
+    }
   }
 
   // Kernel_api.h's reload_part and reload_part_scale (S = T only).
@@ -550,10 +582,16 @@ template <class S, bool Panel> struct PassKernels {
     for (; i + kStep <= end; i += kStep) {
       if (kAhead) prefetch_ahead(x + i);
       next.step();
-      for (int u = 0; u < kUnroll; ++u) {
-        const R v = Io<S>::load(x + i + u * W);
-        M[u] = V::max(M[u], v);
-        L[u] = V::min(L[u], v);
+      if constexpr (kPairs) {
+        R v[kUnroll];  // (any order: a maximum and a minimum)
+        Io<S>::template load_unordered<kUnroll>(x + i, v);
+        for (int u = 0; u < kUnroll; ++u) M[u] = V::max(M[u], v[u]), L[u] = V::min(L[u], v[u]);
+      } else {
+        for (int u = 0; u < kUnroll; ++u) {
+          const R v = Io<S>::load(x + i + u * W);
+          M[u] = V::max(M[u], v);
+          L[u] = V::min(L[u], v);
+        }
       }
     }
     for (; i < end; i += W) {
@@ -570,7 +608,9 @@ template <class S, bool Panel> struct PassKernels {
   // row: no -inf, a range under 87 for float32), so the exp needs no clamp and no care
   // for subnormal results (one row in cache, one core: 4K floats 0.40 -> 0.37 ns per
   // element, 256K floats 0.45 -> 0.42).
-  template <class Store>
+  // kUnordered: each whole step loaded through Io's unordered loads (its exps handed to
+  // store in that order).
+  template <bool kUnordered = false, class Store>
   static double exp_sum(const S* x, int64_t b, int64_t end, T shift, bool normal, RowPrefetch<S>& next, Store&& store) {
     using V = Vec<T>;
     using R = typename V::R;
@@ -582,10 +622,20 @@ template <class S, bool Panel> struct PassKernels {
     auto body = [&](auto exp) {
       for (; i + kStep <= end; i += kStep) {
         next.step();
-        for (int u = 0; u < kUnroll; ++u) {
-          const R e = exp(V::sub(Io<S>::load(x + i + u * W), mv));
-          store(i + u * W, e, W);
-          Ssum[u] = V::add(Ssum[u], e);
+        if constexpr (kUnordered) {
+          R v[kUnroll];
+          Io<S>::template load_unordered<kUnroll>(x + i, v);
+          for (int u = 0; u < kUnroll; ++u) {
+            const R e = exp(V::sub(v[u], mv));
+            store(i + u * W, e, W);
+            Ssum[u] = V::add(Ssum[u], e);
+          }
+        } else {
+          for (int u = 0; u < kUnroll; ++u) {
+            const R e = exp(V::sub(Io<S>::load(x + i + u * W), mv));
+            store(i + u * W, e, W);
+            Ssum[u] = V::add(Ssum[u], e);
+          }
         }
       }
     };
@@ -755,14 +805,24 @@ template <class S, bool Panel> struct PassKernels {
         T* e = nullptr;  // where pass 2 keeps exp: y itself (S = T) or the wide row
         if constexpr (kStores) e = yr;
         else e = wide;
-        fused_max_exp(xr, e, n, next, block_refs, m, s);
+        const tp::Reuse reuse = kStores ? tp::Reuse::kInPlace : tp::Reuse::kFinalOutput;
+        const bool stream_y = tp::use_streaming_stores(stream, reuse);
+        // bfloat16 with normal stores keeps the wide row in Io's unordered order (in
+        // cache, 1 thread, Zen 4: see the README, "Half precision").
+        const bool unordered = kPairs && !stream_y;
+        if (unordered)
+          fused_max_exp<true>(xr, e, n, next, block_refs, m, s);
+        else
+          fused_max_exp(xr, e, n, next, block_refs, m, s);
         redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
         if (redo[r]) {
           if ((const void*)e == (const void*)xr) redo[r] = 2;  // (in place: x is gone)
           continue;
         }
-        const tp::Reuse reuse = kStores ? tp::Reuse::kInPlace : tp::Reuse::kFinalOutput;
-        scale_blocks(e, yr, n, block_refs, m, s, tp::use_streaming_stores(stream, reuse), next);
+        if (unordered)
+          scale_blocks_unordered(e, yr, n, block_refs, m, s, next);
+        else
+          scale_blocks(e, yr, n, block_refs, m, s, stream_y, next);
         if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
         continue;
       }
