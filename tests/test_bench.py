@@ -548,8 +548,26 @@ def test_tune_reports_every_cell_hot_and_cold(tmp_path):
     assert _cli.main(["--plot-only", str(path)]) == 0  # its tables again
 
 
+def test_tune_takes_the_halves_on_request(tmp_path):
+    """--dtypes bfloat16,float16: the halves' cells, their working sets at 2 bytes, and
+    auto's choice found among the two algorithms' outputs."""
+    argv = ["--tune", "--sizes", "8K", "--dtypes", "bfloat16,float16", "--threads", "1", "--ops", "softmax"]
+    assert _cli.main([*argv, "--repeats", "3", "--quick", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("tune-*.json")
+    cells = json.loads(path.read_text())["results"]
+    assert sorted((c["dtype"], c["regime"]) for c in cells) == [
+        ("bfloat16", "cold"),
+        ("bfloat16", "hot"),
+        ("float16", "cold"),
+        ("float16", "hot"),
+    ]
+    for c in cells:
+        assert c["working_set_bytes"] == 2 * 8192 * 2
+        assert c["auto_choice"] in ("two_pass", "three_pass_reload", "either"), c
+
+
 def test_tune_rejects_what_it_does_not_measure(tmp_path):
-    for bad in (["--dtypes", "float16"], ["--ops", "logsumexp"], ["--threads", "0"], ["--sizes", "1x2x3"]):
+    for bad in (["--dtypes", "int8"], ["--ops", "logsumexp"], ["--threads", "0"], ["--sizes", "1x2x3"]):
         assert _cli.main(["--tune", "--sizes", "1K", "--out", str(tmp_path), *bad]) == 2, bad
     assert not list(tmp_path.glob("tune-*.json"))
 

@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtypes",
         help="dtypes (the sweep: float32,bfloat16,float16, --quick float32,bfloat16, float64 on request; --tune: "
-        "float32,float64; --cross-entropy and --device cuda: float32,bfloat16)",
+        "float32,float64, the halves on request; --cross-entropy and --device cuda: float32,bfloat16)",
     )
     p.add_argument("--algorithms", help=f"twopass algorithms (default: {','.join(_plan.ALGORITHMS)})")
     p.add_argument(
@@ -409,7 +409,7 @@ def _tune(console: Any, args: argparse.Namespace, argv: list[str]) -> int:
 
     isa = args.isa or _dispatch.isa_supported()[-1]
     _dispatch.isa_code(isa)  # a clear error for an ISA this CPU lacks (or a list: --tune takes one)
-    dtypes = _choose(_split(args.dtypes), _tune.TUNE_DTYPES, _tune.TUNE_DTYPES, "--dtypes")
+    dtypes = _choose(_split(args.dtypes), _tune.TUNE_DTYPES, _tune.TUNE_DTYPES_ALLOWED, "--dtypes")
     ops = _choose(_split(args.ops), _tune.TUNE_OPS, _tune.TUNE_OPS, "--ops")
     threads = _threads(args)
     if args.sizes:

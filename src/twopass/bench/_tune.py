@@ -1,6 +1,6 @@
 """--tune: does algorithm="auto" ever lose to the faster of two_pass and three_pass_reload?
 
-For each dtype (float32, float64), op (softmax, log_softmax), thread count and shape
+For each dtype (float32, float64; bfloat16 and float16 on request), op (softmax, log_softmax), thread count and shape
 (single rows 2^10 .. 2^26 and the batch shapes of `_plan.FULL_BATCHES`; --quick: fewer),
 three variants are timed through the public path with out=: two_pass, three_pass_reload
 and auto (whatever rule `algorithm="auto"` follows today), on the same buffers, in
@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _measure, _plan, _report
+from . import _measure, _plan, _report, _run
 
-TUNE_DTYPES = ("float32", "float64")
+TUNE_DTYPES = ("float32", "float64")  # the default; the halves on request (--dtypes)
+TUNE_DTYPES_ALLOWED = (*TUNE_DTYPES, "bfloat16", "float16")
 TUNE_OPS = ("softmax", "log_softmax")
 ALGOS = ("two_pass", "three_pass_reload")  # the two auto picks between
 VARIANTS = (*ALGOS, "auto")
@@ -215,9 +216,10 @@ def run(
     l3 = caches["L3"]
     cells: list[dict[str, Any]] = []
     for dtype in dtypes:
-        itemsize = np.dtype(dtype).itemsize
+        np_dtype = _run._dtype(dtype)
+        itemsize = np_dtype.itemsize
         for shape in shapes:
-            bufs = _measure.Buffers(tuple(shape), np.dtype(dtype))
+            bufs = _measure.Buffers(tuple(shape), np_dtype)
             for t in threads:
                 for op in ops:
                     ws = _plan.working_set(tuple(shape), itemsize, op)
