@@ -537,19 +537,30 @@ def test_auto_on_a_split_row_and_on_rows(monkeypatch):
 
 def test_auto_halves_reload_rows_that_keep_exp_in_float32():
     """float16/bfloat16 softmax: the reload (exp once, kept in float32) while a row fits
-    the reload's scratch row; up to its per-thread wide row, float32's rule (the same
-    arithmetic); two_pass beyond it and on a row split over threads (the reload would
-    recompute exp). Their log_softmax follows the short-row rule."""
+    the reload's scratch row; up to its per-thread wide row, float16 by float32's rule
+    (the same arithmetic), bfloat16 the reload (its paired loads and stores); two_pass
+    beyond it and on a row split over threads (the reload would recompute exp). Their
+    log_softmax follows the short-row rule."""
     import ml_dtypes
 
     n = _softmax._RELOAD_SCRATCH_BYTES // 4
     wide = _softmax._RELOAD_WIDE_ROW
     f32 = np.dtype(np.float32)
+    try:  # (twopass.torch passes its own dtypes)
+        import torch
+
+        torch_bf16 = torch.bfloat16
+    except ImportError:
+        torch_bf16 = None
     for dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)):
         for threads in (1, 2):
             assert _softmax.auto_algorithm("softmax", dtype, n, 64 * n, threads) == "three_pass_reload"
-            for m, rows in ((n + 1, 64), (32000, 8), (128256, 32), (wide, 4)):
+            for m, rows in ((n + 1, 64), (32000, 8), (128256, 32), (wide, 4), (32000, 2048)):
                 want = _softmax.auto_algorithm("softmax", f32, m, rows * m, threads)
+                if dtype.name == "bfloat16":
+                    want = "three_pass_reload"
+                    if torch_bf16 is not None:
+                        assert _softmax.auto_algorithm("softmax", torch_bf16, m, rows * m, threads) == want
                 assert _softmax.auto_algorithm("softmax", dtype, m, rows * m, threads) == want
             assert _softmax.auto_algorithm("softmax", dtype, wide + 1, 4 * (wide + 1), threads) == "two_pass"
             assert _softmax.auto_algorithm("log_softmax", dtype, n, 64 * n, threads) == "two_pass"

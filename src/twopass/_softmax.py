@@ -462,10 +462,11 @@ def _split_row(n: int, size: int, threads: int) -> bool:
     return threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads
 
 
-def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
+def auto_algorithm(op: str, dtype: Any, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
     """The algorithm algorithm="auto" takes for `size` elements in rows of `n` on
-    `threads` threads and `isa` (None: the selected one); see above. Runs on every call
-    of the fast path: keep it cheap."""
+    `threads` threads and `isa` (None: the selected one); see above. `dtype`: a NumPy
+    dtype, or a torch one (twopass.torch). Runs on every call of the fast path: keep it
+    cheap."""
     itemsize = dtype.itemsize
     if itemsize == 2:
         # float16/bfloat16, computed in float32 and bound by that arithmetic: softmax's
@@ -481,10 +482,20 @@ def auto_algorithm(op: str, dtype: np.dtype, n: int, size: int, threads: int = 1
         # rows of 8192 and 128256 recomputing 1.03-1.20.) log_softmax computes exp once
         # either way: the reload only in short rows, for its blocks of rows per call
         # (4096x4096: 1.01-1.14).
+        # bfloat16 keeps that wide row in the order of its paired loads and stores (no
+        # narrowing shuffle), which makes its reload the faster algorithm at every size
+        # and thread count the wide row takes, memory-bound batches included (Zen 4 VM,
+        # AVX-512, `bench --tune --dtypes bfloat16`, two_pass / reload, hot / cold: 1
+        # thread rows of 256K-1M 1.19-1.45 / 1.19-1.33, 32x128256 1.32 / 1.07, 64x131072
+        # 1.15 / 1.16, 256x32000 1.03 / 1.07; 2 threads 8x32000 1.16 / 1.06, 64x32000
+        # 1.36 / 1.09, 32x128256 1.24-1.40 / 0.97-1.08, 8x262144 1.22 / 1.04); float16's
+        # ordered conversions leave it level with two_pass, where float32's rule stands.
         if op == "softmax":
             if n * 4 <= _RELOAD_SCRATCH_BYTES:
                 return "three_pass_reload"
             if n <= _RELOAD_WIDE_ROW and not _split_row(n, size, threads):
+                if str(dtype).endswith("bfloat16"):  # (NumPy's, from ml_dtypes, or torch's)
+                    return "three_pass_reload"
                 return auto_algorithm(op, _FLOAT32, n, size, threads, isa)
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
