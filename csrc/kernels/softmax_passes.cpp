@@ -810,19 +810,19 @@ template <class S, bool Panel> struct PassKernels {
         // bfloat16 with normal stores keeps the wide row in Io's unordered order (in
         // cache, 1 thread, Zen 4: see the README, "Half precision").
         const bool unordered = kPairs && !stream_y;
-        if (unordered)
-          fused_max_exp<true>(xr, e, n, next, block_refs, m, s);
-        else
-          fused_max_exp(xr, e, n, next, block_refs, m, s);
+        if constexpr (kPairs) {  // (instantiated for bfloat16 only)
+          if (unordered) fused_max_exp<true>(xr, e, n, next, block_refs, m, s);
+        }
+        if (!unordered) fused_max_exp(xr, e, n, next, block_refs, m, s);
         redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
         if (redo[r]) {
           if ((const void*)e == (const void*)xr) redo[r] = 2;  // (in place: x is gone)
           continue;
         }
-        if (unordered)
-          scale_blocks_unordered(e, yr, n, block_refs, m, s, next);
-        else
-          scale_blocks(e, yr, n, block_refs, m, s, stream_y, next);
+        if constexpr (kPairs) {
+          if (unordered) scale_blocks_unordered(e, yr, n, block_refs, m, s, next);
+        }
+        if (!unordered) scale_blocks(e, yr, n, block_refs, m, s, stream_y, next);
         if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
         continue;
       }
