@@ -486,10 +486,10 @@ _function_logsumexp_apply = _c_apply.__get__(None, LogSumExpFunction)
 
 
 # softmax_apply(x, dim, log), logsumexp_apply(x, dim, keepdim) and ce_apply(logits, ...,
-# extras): the differentiable calls. Callers look them up on this module (`_eager.softmax_apply`): the first call
-# starts loading the C++ node (_node.py), which replaces both once it is ready; until
-# then, and with
-# TWOPASS_TORCH_NODE=0 or no compiler, the autograd Functions above.
+# extras): the differentiable calls. Callers look them up on this module
+# (`_eager.softmax_apply`): the first call starts loading the C++ node (_node.py), which
+# replaces all three once it is ready; until then, and with TWOPASS_TORCH_NODE=0 or no
+# compiler, the autograd Functions above.
 def use_node(node) -> None:
     """Take the C++ node's paths (None: the autograd Functions'; tests compare the two)."""
     from . import _cross_entropy as ce  # (which imports this module)
