@@ -360,6 +360,9 @@ template <class S, bool Panel> struct PassKernels {
   // and stores); float16 keeps its ordered conversions, which measured faster there
   // (the reload in cache, 1 thread, Zen 4: 0.35-0.37 against 0.40-0.47 ns per element).
   static constexpr bool kPairs = std::is_same_v<S, tp::bf16>;
+  // float16's maximum and minimum on 16-bit integer keys where the ISA has them
+  // (half_keys_x86.h): its pass 1 without F16C conversions.
+  static constexpr bool kKeys = std::is_same_v<S, tp::f16> && HasHalfKeys<HalfVec>::value;
   template <bool Shifted> static void two_pass_sum_impl(const Group<S>& g, const T* shift, ScaledSum* out, T* mx) {
     TwoPassSumVisitor<T, Shifted> v;
     if (Shifted) v.shift.load(shift, g, Panel);
@@ -560,7 +563,8 @@ template <class S, bool Panel> struct PassKernels {
   struct Range {
     T max, min;
   };
-  template <bool kAhead> static Range max_min(const S* x, int64_t b, int64_t end, RowPrefetch<S>& next) {
+  template <bool kAhead, class HV = HalfVec>  // (HV: dependent, so Keys is looked up only where kKeys)
+  static Range max_min(const S* x, int64_t b, int64_t end, RowPrefetch<S>& next) {
     using V = Vec<T>;
     using R = typename V::R;
     constexpr int W = V::W, kStep = kUnroll * W;
@@ -579,7 +583,23 @@ template <class S, bool Panel> struct PassKernels {
       L[0] = V::min(L[0], load_k<S>(x + i, k, INFINITY));
       i += k;
     }
-    for (; i + kStep <= end; i += kStep) {
+    if constexpr (kKeys) {
+      using Keys = typename HV::Keys;
+      static_assert(kStep % Keys::N == 0 && Keys::N % W == 0);
+      Keys keys(tp::Storage<S>::narrow(-INFINITY).bits, tp::Storage<S>::narrow(INFINITY).bits);
+      for (; i + kStep <= end; i += kStep) {
+        if (kAhead) prefetch_ahead(x + i);
+        next.step();
+        for (int j = 0; j < kStep; j += Keys::N) keys.add(reinterpret_cast<const uint16_t*>(x + i + j));
+      }
+      uint16_t hi[Keys::N], lo[Keys::N];
+      keys.out(hi, lo);
+      for (int j = 0; j < Keys::N; j += W) {
+        M[0] = V::max(M[0], Io<S>::load(reinterpret_cast<const S*>(hi + j)));
+        L[0] = V::min(L[0], Io<S>::load(reinterpret_cast<const S*>(lo + j)));
+      }
+    }
+    for (; i + kStep <= end; i += kStep) {  // (kKeys: none left)
       if (kAhead) prefetch_ahead(x + i);
       next.step();
       if constexpr (kPairs) {

@@ -45,6 +45,10 @@ template <class S> struct Io {  // float, double
 template <class H, class = void> struct HasBf16Pair : std::false_type {};
 template <class H> struct HasBf16Pair<H, std::void_t<decltype(&H::widen_bf16_pair)>> : std::true_type {};
 
+// Whether HalfVec H has Keys (half_keys_x86.h): a float16 maximum without conversions.
+template <class H, class = void> struct HasHalfKeys : std::false_type {};
+template <class H> struct HasHalfKeys<H, std::void_t<typename H::Keys>> : std::true_type {};
+
 // W lanes of 16 bits per vector of W floats. Tails go through a small buffer (masked
 // 16-bit loads need AVX512-BW, which the AVX-512F build does not assume).
 template <class S, bool kBf16> struct HalfIo {

@@ -94,9 +94,12 @@ template <> struct Vec<double> {
 // The float16/bfloat16 storage of one Vec<float> (8 lanes of 16 bits) and its
 // conversions: float16 by F16C (-mf16c; the dispatch requires the f16c flag), bfloat16
 // by a 16-bit shift and integer round-to-nearest-even.
+#include "half_keys_x86.h"
+
 struct HalfVec {
   using H = __m128i;
   using R = __m256;
+  using Keys = HalfKeys;
   static H load(const uint16_t* p) { return _mm_loadu_si128((const __m128i*)p); }
   static void store(uint16_t* p, H h) { _mm_storeu_si128((__m128i*)p, h); }
   static void stream(uint16_t* p, H h) { _mm_stream_si128((__m128i*)p, h); }
