@@ -281,3 +281,62 @@ def test_avx512_bf16_instruction_gives_the_integer_rounding_bits():
     assert subnormal.sum() > 100  # the case the instruction flushes is exercised
     for key in integer:
         np.testing.assert_array_equal(instruction[key], integer[key], err_msg=str(key))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", HALVES, ids=HALF_IDS)
+def test_max_pass_on_integer_keys_special_rows(isa, dtype):
+    """The maximum pass of float16 rows on 16-bit integer keys (csrc/kernels/simd/half_keys_x86.h;
+    bfloat16 alongside, on its paired loads): rows whose maximum is negative, that mix -0
+    and +0, hold only subnormals, have -inf everywhere but one element, span more than
+    exp's normal range, or hold a NaN of either sign or +inf, the special element at the
+    start, at a step boundary and in the tail, misaligned by one element: softmax and
+    log_softmax within one ulp of the rounded float64 reference, NaN and infinities where
+    it has them. (A maximum read wrong only costs time: a row whose sum comes out 0, inf
+    or NaN is redone by the general driver, and the result does not depend on the shift
+    otherwise. This pins the results, not the keys.)"""
+    rng = np.random.default_rng(21)
+    n = 5 * 64 + 7  # whole steps of every ISA, then a tail
+    nan_pos, nan_neg = np.uint16(0x7E00), np.uint16(0xFE00)
+    cases = (
+        "negative",
+        "signed_zeros",
+        "subnormals",
+        "one_finite",
+        "wide_range",
+        "tiny_negative",
+        "nan+",
+        "nan-",
+        "inf",
+    )
+    for case in cases:
+        for pos in (0, 63, 64, n - 1):
+            x = np.empty(n + 1, dtype)[1:]  # misaligned
+            if case == "negative":
+                x[:] = -np.abs(rng.standard_normal(n) * 3) - 0.5
+                x[pos] = -0.25  # the maximum, negative
+            elif case == "signed_zeros":
+                x[:] = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+            elif case == "subnormals":
+                x[:] = -rng.uniform(1e-7, 5e-5, n)
+            elif case == "one_finite":
+                x[:] = -np.inf
+                x[pos] = -3.0
+            elif case == "wide_range":  # a minimum read too high would take the exp without its
+                x[:] = rng.uniform(0, 10, n)  # underflow handling (x - max < -87)
+                x[rng.random(n) < 0.3] = -100.0
+                x[pos] = 10.5
+            elif case == "tiny_negative":  # a maximum read too high underflows every exp
+                x[:] = rng.uniform(0, 2, n)
+                x[rng.random(n) < 0.3] = -1e-4
+                x[pos] = 2.5
+            else:
+                x[:] = rng.standard_normal(n)
+                if case == "inf":
+                    x[pos] = np.inf
+                else:
+                    x.view(np.uint16)[pos] = nan_pos if case == "nan+" else nan_neg
+            for op in ("softmax", "log_softmax"):
+                for algorithm in ("three_pass_reload", "three_pass_recompute", "auto"):
+                    y = run(op, x, algorithm=algorithm, isa=isa, threads=1)
+                    assert_half_close(op, x, y)
