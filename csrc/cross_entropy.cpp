@@ -52,7 +52,7 @@ double huge_row_ce(const L* x, const T* w, int64_t n, int64_t t, double eps, dou
   return ce;
 }
 
-// Scratch row `slot` (0 or 1) of at least n elements of T, uninitialized. Rows of up to
+// Scratch row `slot` (0 or 1) of at least n elements of T, not cleared. Rows of up to
 // kKeptElements stay with the thread for its next call: a std::vector per call zeroed
 // them, and glibc gave two freed rows of a 1M-class row back to the kernel, so that
 // every call faulted their pages in again (bfloat16 1x1M, loss and gradient, Zen 4:
@@ -67,10 +67,9 @@ template <class T> class ScratchRow {
       data_ = own_.get();
       return;
     }
-    thread_local std::unique_ptr<T[]> kept[2];
-    thread_local int64_t kept_n[2] = {0, 0};
-    if (kept_n[slot] < n) kept[slot].reset(new T[(size_t)n]), kept_n[slot] = n;
-    data_ = kept[slot].get();
+    thread_local std::vector<T> kept[2];  // (as loops.h's wide_row: zeroed only as it grows)
+    if ((int64_t)kept[slot].size() < n) kept[slot].resize((size_t)n);
+    data_ = kept[slot].data();
   }
   T* data() const { return data_; }
 
@@ -103,7 +102,7 @@ template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable
   const int64_t n = pb.n;
   const bool capped = pb.softcap > 0;
   const ScratchRow<T> capbuf(0, capped ? n : 0);  // this thread's soft-capped row
-  const ScratchRow<T> pbuf(1, grad ? n : 0);                // and its softmax (stays in cache)
+  const ScratchRow<T> pbuf(1, grad ? n : 0);      // and its softmax (stays in cache)
   const double eps = pb.smoothing, nan = std::numeric_limits<double>::quiet_NaN();
 
   // The next row's logits, prefetched into the L2 while the exp and gradient passes
