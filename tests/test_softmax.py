@@ -535,13 +535,16 @@ def test_auto_on_a_split_row_and_on_rows(monkeypatch):
     assert _softmax.auto_algorithm("softmax", f32, 2 * big, 2 * big, 2, "avx512") == "two_pass"
 
 
-def test_auto_halves_reload_rows_that_keep_exp_in_float32():
+def test_auto_halves_reload_rows_that_keep_exp_in_float32(monkeypatch):
     """float16/bfloat16 softmax: the reload (exp once, kept in float32) while a row fits
     the reload's scratch row; up to its per-thread wide row, float16 by float32's rule
     (the same arithmetic), bfloat16 the reload (its paired loads and stores); two_pass
     beyond it and on a row split over threads (the reload would recompute exp). Their
-    log_softmax follows the short-row rule."""
+    log_softmax follows the short-row rule. (Caches of a core complex: a mesh L3 has
+    its own float16 rule, test_auto_float16_on_a_mesh_l3.)"""
     import ml_dtypes
+
+    _with_caches(monkeypatch, L2=1 << 20, L3=32 << 20)
 
     n = _softmax._RELOAD_SCRATCH_BYTES // 4
     wide = _softmax._RELOAD_WIDE_ROW
@@ -566,6 +569,30 @@ def test_auto_halves_reload_rows_that_keep_exp_in_float32():
             assert _softmax.auto_algorithm("log_softmax", dtype, n, 64 * n, threads) == "two_pass"
             assert _softmax.auto_algorithm("log_softmax", dtype, 100, 6400, threads) == "three_pass_reload"
         assert _softmax.auto_algorithm("softmax", dtype, wide, wide, 2) == "two_pass"  # one row, split
+
+
+def test_auto_float16_on_a_mesh_l3(monkeypatch):
+    """Under a mesh L3 float16 streams rows longer than a sixteenth of the L2 (x and y
+    in float32 bytes) through two_pass where float32's rule would take the reload (its
+    float16 form is the slower there); rows of 4096 and calls within a quarter of the
+    L2 keep the reload, bfloat16 keeps it throughout, and elsewhere float16 follows
+    float32."""
+    import ml_dtypes
+
+    f16, bf16, f32 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)
+    _with_caches(monkeypatch, L2=2 << 20, L3=260 << 20)  # Emerald Rapids
+    for threads in (1, 2):
+        for n, rows in ((32000, 8), (32000, 64), (32000, 256), (16400, 1024)):
+            assert _softmax.auto_algorithm("softmax", f32, n, rows * n, threads, "avx512") == "three_pass_reload"
+            assert _softmax.auto_algorithm("softmax", f16, n, rows * n, threads, "avx512") == "two_pass", (n, rows)
+            assert _softmax.auto_algorithm("softmax", bf16, n, rows * n, threads, "avx512") == "three_pass_reload"
+        for n, rows in ((4096, 4096), (32000, 1), (8192, 2)):  # short rows; calls that fit
+            assert _softmax.auto_algorithm("softmax", f16, n, rows * n, threads, "avx512") == "three_pass_reload"
+    for caches in ({"L2": 1 << 20, "L3": 32 << 20}, {"L2": 2 << 20, "L3": 36 << 20}):  # core complex, client ring
+        _with_caches(monkeypatch, **caches)
+        for n, rows in ((32000, 8), (32000, 256), (16400, 1024), (128256, 32)):
+            want = _softmax.auto_algorithm("softmax", f32, n, rows * n, 1, "avx512")
+            assert _softmax.auto_algorithm("softmax", f16, n, rows * n, 1, "avx512") == want
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])

@@ -456,6 +456,26 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
     return limits
 
 
+def _f16_streams(n: int, size: int, isa: str | None) -> bool:
+    """A float16 softmax that float32's rule gives the reload takes two_pass instead:
+    under a mesh L3 (where that rule streams rows of up to a quarter of the L2 through
+    the reload), rows longer than a sixteenth of the L2 (x and y in float32 bytes) in a
+    call that does not fit that quarter (w <= 2, as there). float16's reload costs ~12% more than
+    bfloat16's there, its cause not found (Xeon VM, tools/kernel_bench.cpp, rows of 4096
+    from memory: 0.68-0.77 ns per element against 0.61-0.68; not the max pass's integer
+    keys, nor the F16C conversions: each replaced by bfloat16's changes nothing). Xeon VM
+    (2 MiB L2, 260 MiB L3), `bench --tune --dtypes float16`, two_pass / reload: rows of
+    32000 on 1 and 2 threads cold 0.73-0.87, hot 0.91-1.03; 4096x4096 (rows of 32 KiB)
+    keeps the reload: cold 0.88, hot 1.16-1.18."""
+    caches = _dispatch.cache_sizes()
+    return (
+        _dispatch.mesh_l3(caches)
+        and 8 * n > caches["L2"] // 16
+        and 8 * size > caches["L2"] // 4
+        and exp_weight(4, isa) <= 2
+    )
+
+
 def _split_row(n: int, size: int, threads: int) -> bool:
     """The driver splits rows along their axis over the threads (csrc/softmax.cpp,
     run_typed): fewer rows than threads, each long enough for two chunks."""
@@ -496,7 +516,10 @@ def auto_algorithm(op: str, dtype: Any, n: int, size: int, threads: int = 1, isa
             if n <= _RELOAD_WIDE_ROW and not _split_row(n, size, threads):
                 if str(dtype).endswith("bfloat16"):  # (NumPy's, from ml_dtypes, or torch's)
                     return "three_pass_reload"
-                return auto_algorithm(op, _FLOAT32, n, size, threads, isa)
+                algorithm = auto_algorithm(op, _FLOAT32, n, size, threads, isa)
+                if algorithm == "three_pass_reload" and _f16_streams(n, size, isa):
+                    return "two_pass"
+                return algorithm
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
