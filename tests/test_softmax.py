@@ -378,6 +378,13 @@ def test_streaming_stores_rule(monkeypatch, l2, l3):
         rows = _arrays.STREAM_MIN_ROW_BYTES // 4  # float32 elements of the shortest row that streams
         wide = np.ones((limit // (4 * rows) + 1, rows), np.float32)
         assert _arrays.streaming_stores(wide, x) and not _arrays.streaming_stores(wide.reshape(-1, rows // 2), x)
+        # float16 and bfloat16 count at float32's size: the same shapes stream, half shorter ones do not
+        import ml_dtypes
+
+        for half in (np.float16, ml_dtypes.bfloat16):
+            assert _arrays.streaming_stores(wide.astype(half), x)
+            assert not _arrays.streaming_stores(wide.astype(half).reshape(-1, rows // 2), x)
+            assert not _arrays.streaming_stores(wide[: wide.shape[0] // 2 - 1].astype(half), x)
         # what reaches the kernels: small arrays, a threshold of 0 bytes
         monkeypatch.setattr(_dispatch, "stream_min_bytes", lambda: 0)
         seen = []

@@ -225,24 +225,32 @@ def from_float32(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # a fence (and starts with a peeled head), which short rows pay per row. Xeon VM (504 MiB
 # mesh L3), float32 into out=, y 16 MiB, 1 thread, streaming / normal: rows of 256 floats
 # 1.79 cold and 2.91 hot, 512: 1.25-1.67 cold, 1024: 0.99-1.00 cold but 1.05-1.25 hot;
-# rows of 4096 and single rows gained (tools/streaming_stores.py).
+# rows of 4096 and single rows gained (tools/streaming_stores.py). float16 and bfloat16
+# count at float32's size, here and against the size threshold: their arithmetic per
+# element is float32's, and their x and y together pass the cache when float32's y does
+# (Xeon VM, 260 MiB mesh L3, 4096x4096 softmax into out= (y 32 MiB, rows of 8 KiB),
+# streaming / normal stores, ms: 1 thread cold float16 9.6-10.5 / 13.0-13.2, bfloat16
+# 9.6-10.2 / 10.2-11.5, hot 8.1-10.6 / 10.4-12.2 and 7.5-7.6 / 9.2-10.6; 2 threads cold
+# 5.5-5.8 / 6.1-6.3 and 5.0 / 5.9-6.1, hot 4.5-5.9 either way).
 STREAM_MIN_ROW_BYTES = 16 << 10
 
 
 def streaming_stores(y: np.ndarray, x: np.ndarray, fresh: bool = False) -> bool:
     """Whether the kernels should write `y` with streaming (non-temporal) stores: when it
     is larger than the cache a core can count on (_dispatch.stream_min_bytes) in rows of
-    at least STREAM_MIN_ROW_BYTES, and only into memory that was there before the call.
-    Not in place (the lines were just read: there is no read-for-ownership to save), and
-    not into a `fresh` output: its first touch faults each page in and zeroes it, which
-    brings its lines into the cache, and streaming stores then only evict them (Xeon VM,
-    plain calls into fresh 2 MiB pages, float32, streaming / normal stores: 4096x4096
-    softmax 1.22, log_softmax 1.31; one row of 2^24 1.18 and 1.16). An `out=` whose
-    pages are not resident yet (_core.untouched: a fresh np.empty) counts as fresh."""
+    at least STREAM_MIN_ROW_BYTES (halves counted at float32's size), and only into
+    memory that was there before the call. Not in place (the lines were just read: there
+    is no read-for-ownership to save), and not into a `fresh` output: its first touch
+    faults each page in and zeroes it, which brings its lines into the cache, and
+    streaming stores then only evict them (Xeon VM, plain calls into fresh 2 MiB pages,
+    float32, streaming / normal stores: 4096x4096 softmax 1.22, log_softmax 1.31; one row
+    of 2^24 1.18 and 1.16). An `out=` whose pages are not resident yet (_core.untouched:
+    a fresh np.empty) counts as fresh."""
+    width = max(y.itemsize, 4)  # (float16 and bfloat16 at float32's size: see above)
     return (
         not fresh
-        and y.nbytes > _dispatch.stream_min_bytes()
-        and (y.ndim == 0 or y.shape[-1] * y.itemsize >= STREAM_MIN_ROW_BYTES)
+        and y.size * width > _dispatch.stream_min_bytes()
+        and (y.ndim == 0 or y.shape[-1] * width >= STREAM_MIN_ROW_BYTES)
         and not np.may_share_memory(y, x)
         # an `out=` never written since it was mapped (a fresh np.empty) is fresh too:
         # 4096x4096 float32 softmax into one, Zen 4, 1 thread: see the README
