@@ -457,16 +457,16 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
 
 
 def _f16_streams(n: int, size: int, isa: str | None) -> bool:
-    """A float16 softmax that float32's rule gives the reload takes two_pass instead:
-    under a mesh L3 (where that rule streams rows of up to a quarter of the L2 through
-    the reload), rows longer than a sixteenth of the L2 (x and y in float32 bytes) in a
-    call that does not fit that quarter (w <= 2, as there). float16's reload costs ~12% more than
-    bfloat16's there, its cause not found (Xeon VM, tools/kernel_bench.cpp, rows of 4096
-    from memory: 0.68-0.77 ns per element against 0.61-0.68; not the max pass's integer
-    keys, nor the F16C conversions: each replaced by bfloat16's changes nothing). Xeon VM
-    (2 MiB L2, 260 MiB L3), `bench --tune --dtypes float16`, two_pass / reload: rows of
-    32000 on 1 and 2 threads cold 0.73-0.87, hot 0.91-1.03; 4096x4096 (rows of 32 KiB)
-    keeps the reload: cold 0.88, hot 1.16-1.18."""
+    """A float16 softmax that float32's rule gives the reload takes two_pass instead
+    under a mesh L3 (where that rule, for w <= 2, streams rows of up to a quarter of the
+    L2 through the reload): rows longer than a sixteenth of the L2 (x and y in float32
+    bytes) in a call that does not fit that quarter. float16's reload from memory costs
+    ~12% more than bfloat16's, its cause not found (Xeon VM, tools/kernel_bench.cpp, rows
+    of 4096 from memory: 0.68-0.77 ns per element against 0.61-0.68; not the max pass's
+    integer keys, nor the F16C conversions: each replaced by bfloat16's changes nothing).
+    Xeon VM (2 MiB L2, 260 MiB L3), `bench --tune --dtypes float16`, two_pass / reload:
+    rows of 32000 on 1 and 2 threads cold 0.73-0.87, hot 0.91-1.03; 4096x4096 (rows of
+    32 KiB) keeps the reload: cold 0.88, hot 1.16-1.18."""
     caches = _dispatch.cache_sizes()
     return (
         _dispatch.mesh_l3(caches)

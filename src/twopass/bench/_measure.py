@@ -4,7 +4,7 @@ Timing: every measurement warms up (one call per buffer set: page faults, JIT co
 and for in-cache sizes, the cache fill), then takes `repeats` timed repeats. A repeat
 is `calls` back-to-back calls (enough that one repeat lasts at least `min_repeat_s`, so
 that the clock's resolution and a sub-microsecond call do not meet), cycling through
-the buffer sets in a fixed shuffled order; its time per call is the sample. Results are
+the buffer sets in a shuffled order; its time per call is the sample. Results are
 medians of the samples.
 """
 
@@ -83,11 +83,11 @@ def measure(calls: Sequence[Callable[[], object]], budget: Budget) -> Timing:
     repeats = budget.fixed_repeats or min(
         budget.max_repeats, max(budget.min_repeats, round(budget.per_case_s / (estimate * inner)))
     )
-    # Cold sets in a shuffled order: cycled in allocation order, a kernel's prefetches
-    # past the end of a short row (two_pass reaches 8 KiB ahead) and the hardware's
-    # next-line prefetchers fetch the next set, which sits right after it, and such
-    # a call is not cold (Xeon VM, float32 softmax of 1024 elements, cold, in order:
-    # two_pass 1.32 us against the reload's 1.65, which does not prefetch).
+    # Cold sets in a shuffled order (seeded): cycled in allocation order, a kernel's
+    # prefetches past the end of a short row (two_pass reaches 8 KiB ahead) fetch the
+    # next set, which lies right after it, and that call is not cold (Xeon VM, float32
+    # softmax of 1024 elements, cold, in order: two_pass 1.32 us against the reload's
+    # 1.65, which did not prefetch; shuffled, 3.4 and 3.6).
     order = _ORDER.permutation(len(calls)) if len(calls) > 2 else np.arange(len(calls))
     calls = [calls[i] for i in order]
     n = len(calls)
