@@ -393,7 +393,7 @@ _FLOAT32 = np.dtype(np.float32)
 # end of this module, once the rule's limits are known.)
 _numpy_rows = _core.numpy_rows
 _numpy_lse = _core.numpy_lse  # logsumexp's small call, the same way (src/twopass/_logsumexp.py)
-_limits: dict[tuple[int, str | None], tuple[int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
+_limits: dict[tuple[int, str | None], tuple[int, int, int, int, int, int]] = {}  # (itemsize, isa): see _reload_limits
 
 
 def exp_weight(itemsize: int, isa: str | None) -> int:
@@ -418,9 +418,11 @@ def exp_weight(itemsize: int, isa: str | None) -> int:
     return 2 * w if half else w
 
 
-def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, int]:
-    """(w, cache, cache on several threads, streamed row, split row): the exp's weight,
-    and the x + y bytes up to which softmax takes the reload."""
+def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, int, int]:
+    """(w, cache, cache on several threads, streamed row, split row, float16's streamed
+    row): the exp's weight, the x + y bytes up to which softmax takes the reload, and
+    (itemsize 4, 0 for none) the rows beyond which float16 takes two_pass instead
+    (_f16_streams)."""
     w = exp_weight(itemsize, isa)
     caches = _dispatch.cache_sizes()
     per_byte = itemsize // 4  # elements at float32's size
@@ -452,7 +454,8 @@ def _reload_limits(itemsize: int, isa: str | None) -> tuple[int, int, int, int, 
         # AVX2 4M 1.29, 8M 1.20, 16M 1.10, 32M 1.06, 64M 0.96; float64 on its half-width
         # AVX-512 4M 1.17, 8M 0.93, 16M 0.93): within 10% either way up to 4 L3s.
         cache = max(cache, 4 * caches["L3"] * per_byte)
-    limits = _limits[itemsize, isa] = (w, cache, several, stream_row, split_row)
+    f16_row = caches["L2"] // 16 if _dispatch.mesh_l3(caches) and w <= 2 else 0  # see _f16_streams
+    limits = _limits[itemsize, isa] = (w, cache, several, stream_row, split_row, f16_row)
     return limits
 
 
@@ -467,13 +470,21 @@ def _f16_streams(n: int, size: int, isa: str | None) -> bool:
     Xeon VM (2 MiB L2, 260 MiB L3), `bench --tune --dtypes float16`, two_pass / reload:
     rows of 32000 on 1 and 2 threads cold 0.73-0.87, hot 0.91-1.03; 4096x4096 (rows of
     32 KiB) keeps the reload: cold 0.88, hot 1.16-1.18."""
-    caches = _dispatch.cache_sizes()
-    return (
-        _dispatch.mesh_l3(caches)
-        and 8 * n > caches["L2"] // 16
-        and 8 * size > caches["L2"] // 4
-        and exp_weight(4, isa) <= 2
-    )
+    row = (_limits.get((4, isa)) or _reload_limits(4, isa))[5]  # L2 / 16, or 0 for none
+    return row > 0 and 8 * n > row and 8 * size > 4 * row
+
+
+_BFLOAT16: dict[Any, bool] = {}
+
+
+def _is_bfloat16(dtype: Any) -> bool:
+    """Whether `dtype` is a bfloat16: NumPy's (ml_dtypes) or torch's. Kept per dtype:
+    str() of a NumPy dtype costs microseconds, a dict lookup ~70 ns (auto_algorithm
+    runs on every call of the general path)."""
+    answer = _BFLOAT16.get(dtype)
+    if answer is None:
+        answer = _BFLOAT16[dtype] = str(dtype).endswith("bfloat16")
+    return answer
 
 
 def _split_row(n: int, size: int, threads: int) -> bool:
@@ -514,7 +525,7 @@ def auto_algorithm(op: str, dtype: Any, n: int, size: int, threads: int = 1, isa
             if n * 4 <= _RELOAD_SCRATCH_BYTES:
                 return "three_pass_reload"
             if n <= _RELOAD_WIDE_ROW and not _split_row(n, size, threads):
-                if str(dtype).endswith("bfloat16"):  # (NumPy's, from ml_dtypes, or torch's)
+                if _is_bfloat16(dtype):
                     return "three_pass_reload"
                 algorithm = auto_algorithm(op, _FLOAT32, n, size, threads, isa)
                 if algorithm == "three_pass_reload" and _f16_streams(n, size, isa):
@@ -523,7 +534,7 @@ def auto_algorithm(op: str, dtype: Any, n: int, size: int, threads: int = 1, isa
         return "three_pass_reload" if n * 4 < SHORT_ROW_BYTES else "two_pass"
     if op == "log_softmax":
         return "three_pass_reload" if n * itemsize < SHORT_ROW_BYTES else "two_pass"
-    w, cache, cache_several, stream_row, split_row = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
+    w, cache, cache_several, stream_row, split_row, _ = _limits.get((itemsize, isa)) or _reload_limits(itemsize, isa)
     row = 2 * n * itemsize  # x and y of one row
     # The driver runs several threads (csrc/softmax.cpp, run_typed): on rows, or on a row
     # split along its axis; a shorter single row runs on one.
@@ -549,7 +560,7 @@ def _small_half_reload_bytes() -> int:
     C++ call (csrc/small_calls.h) take without asking Python. Their rows are too short to
     be split along their axis, so float32's cache rule decides, on its smaller cache."""
     assert _SMALL_SOFTMAX_BYTES // 2 < 2 * _MIN_PER_CHUNK  # (no row of a small call is split)
-    _, cache, several, _, _ = _reload_limits(4, None)
+    _, cache, several, _, _, _ = _reload_limits(4, None)
     return min(cache, several)
 
 
