@@ -45,8 +45,20 @@ def native_order(a: np.ndarray) -> np.ndarray:
     return a.astype(a.dtype.newbyteorder("=")) if a.dtype.kind == "f" and not a.dtype.isnative else a
 
 
+_NAMES: dict[np.dtype, str] = {}
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """dtype.name, kept per dtype: NumPy builds it in Python on every access (NumPy 2.4,
+    Xeon VM: 0.9-3.5 us, against ~70 ns for this lookup), on every call that asks."""
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = dtype.name
+    return name
+
+
 def is_half(dtype: np.dtype) -> bool:
-    return dtype == np.float16 or dtype.name == "bfloat16"
+    return dtype == np.float16 or dtype_name(dtype) == "bfloat16"
 
 
 def normalize_axis(axis: Any, ndim: int, name: str) -> int:
@@ -189,7 +201,7 @@ def _torch_to_numpy(t: Any, name: str) -> tuple[np.ndarray, Callable[[np.ndarray
         arr = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
 
         def wrap(a: np.ndarray) -> Any:
-            if a.dtype.name == "bfloat16":
+            if dtype_name(a.dtype) == "bfloat16":
                 return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
             return torch.from_numpy(a)
 

@@ -24,6 +24,7 @@ from ._arrays import (
     check_algorithm,
     check_dtype,
     check_threads,
+    dtype_name,
     from_float32,
     native_order,
     streaming_stores,
@@ -202,7 +203,7 @@ def cross_entropy(
             z=z,
             lse=lse,
             stream=stream,
-            bf16=dtype.name == "bfloat16",
+            bf16=dtype_name(dtype) == "bfloat16",
             f16=dtype == np.float16,
             **args,
         )

@@ -18,6 +18,7 @@ from ._arrays import (
     check_dtype,
     check_out,
     check_threads,
+    dtype_name,
     layout,
     normalize_axis,
     out_layout,
@@ -231,7 +232,7 @@ def compute(
     if dtype in NATIVE:
         args, dtype_code = (xc, y), -1
     else:
-        args, dtype_code = (xc.view(np.uint16), y.view(np.uint16)), DTYPE_CODES[dtype.name]
+        args, dtype_code = (xc.view(np.uint16), y.view(np.uint16)), DTYPE_CODES[dtype_name(dtype)]
     dims = (outer, n, inner, xs_outer, xs_n, ys_outer, ys_n)
     _core.run(OP_CODES[op], code, isa_code, *args, *dims, nthreads, bool(stream), dtype_code)
 
