@@ -19,6 +19,7 @@ from ._arrays import (
     check_out,
     check_threads,
     dtype_name,
+    is_bfloat16,
     layout,
     normalize_axis,
     out_layout,
@@ -471,21 +472,9 @@ def _f16_streams(n: int, size: int, isa: str | None) -> bool:
     Xeon VM (2 MiB L2, 260 MiB L3), `bench --tune --dtypes float16`, two_pass / reload:
     rows of 32000 on 1 and 2 threads cold 0.73-0.87, hot 0.91-1.03; 4096x4096 (rows of
     32 KiB) keeps the reload: cold 0.88, hot 1.16-1.18."""
-    row = (_limits.get((4, isa)) or _reload_limits(4, isa))[5]  # L2 / 16, or 0 for none
-    return row > 0 and 8 * n > row and 8 * size > 4 * row
-
-
-_BFLOAT16: dict[Any, bool] = {}
-
-
-def _is_bfloat16(dtype: Any) -> bool:
-    """Whether `dtype` is a bfloat16: NumPy's (ml_dtypes) or torch's. Kept per dtype:
-    str() of a NumPy dtype costs microseconds, a dict lookup ~70 ns (auto_algorithm
-    runs on every call of the general path)."""
-    answer = _BFLOAT16.get(dtype)
-    if answer is None:
-        answer = _BFLOAT16[dtype] = str(dtype).endswith("bfloat16")
-    return answer
+    limits = _limits.get((4, isa)) or _reload_limits(4, isa)
+    row = limits[5]  # L2 / 16, or 0 for none
+    return row > 0 and 8 * n > row and 8 * size > limits[1]  # limits[1]: the mesh rule's L2 / 4
 
 
 def _split_row(n: int, size: int, threads: int) -> bool:
@@ -526,7 +515,7 @@ def auto_algorithm(op: str, dtype: Any, n: int, size: int, threads: int = 1, isa
             if n * 4 <= _RELOAD_SCRATCH_BYTES:
                 return "three_pass_reload"
             if n <= _RELOAD_WIDE_ROW and not _split_row(n, size, threads):
-                if _is_bfloat16(dtype):
+                if is_bfloat16(dtype):
                     return "three_pass_reload"
                 algorithm = auto_algorithm(op, _FLOAT32, n, size, threads, isa)
                 if algorithm == "three_pass_reload" and _f16_streams(n, size, isa):
