@@ -466,9 +466,12 @@ def _f16_streams(n: int, size: int, isa: str | None) -> bool:
     under a mesh L3 (where that rule, for w <= 2, streams rows of up to a quarter of the
     L2 through the reload): rows longer than a sixteenth of the L2 (x and y in float32
     bytes) in a call that does not fit that quarter. float16's reload from memory costs
-    ~12% more than bfloat16's, its cause not found (Xeon VM, tools/kernel_bench.cpp, rows
-    of 4096 from memory: 0.68-0.77 ns per element against 0.61-0.68; not the max pass's
-    integer keys, nor the F16C conversions: each replaced by bfloat16's changes nothing).
+    ~12% more than bfloat16's: its narrowing in pass 3 (vcvtps2ph), free in L1 but not
+    when the stores miss (Xeon VM, tools/kernel_bench.cpp, 2048 rows of 4096 in the L3,
+    ns per element: bfloat16 0.38-0.41, bfloat16 narrowed by vcvtps2ph 0.46, widened by
+    vcvtph2ps 0.38-0.39; one row in L1: float16 0.30, bfloat16 0.32). AVX512-FP16's
+    vcvtps2phx did not help (0.45-0.46), nor two narrowed vectors per 64-byte store (from
+    memory 0.69 -> 0.75: the stores split over lines).
     Xeon VM (2 MiB L2, 260 MiB L3), `bench --tune --dtypes float16`, two_pass / reload:
     rows of 32000 on 1 and 2 threads cold 0.73-0.87, hot 0.91-1.03; 4096x4096 (rows of
     32 KiB) keeps the reload: cold 0.88, hot 1.16-1.18."""
