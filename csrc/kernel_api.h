@@ -72,7 +72,8 @@ template <class S> struct Passes {
   // cost as much as the work. A row whose maximum or sum is not finite (NaN, +inf, all
   // -inf) gets redo[r] = 1 and an unspecified output, for the driver to redo, or 2
   // where that output has overwritten x (in place, y == x): softmax NaN throughout, the
-  // kind of special value lost with x; otherwise redo[r] = 0.
+  // kind of special value lost with x; otherwise redo[r] = 0. y null (with log false):
+  // logsumexp, lse[r] alone from passes 1 and 2.
   // Pass 2 keeps exp(x - max) in a scratch row of kReloadScratchBytes (not in y: written
   // once, by pass 3, y needs no read-for-ownership; a 16-bit y would also round it
   // twice). Longer rows fuse passes 1 and 2 block by block and store exp in y (float,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import twopass
-from conftest import assert_close
+from conftest import ISA_PARAMS, assert_close, run
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
@@ -111,3 +111,38 @@ def test_small_calls_in_one_cpp_call(dtype, monkeypatch):
     ]
     for args in declined:
         assert fast(*args) is None, args[1:]
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 64, 100, 512, 513, 1024, 1025, 4097])
+def test_blocks_of_short_rows(isa, dtype, n):
+    """Contiguous rows of at most 4 KiB (in the compute type) take rows_reload's blocks,
+    the max-first lse (csrc/softmax.cpp, kLseBlockRowBytes), longer ones the two-pass:
+    both within the bounds, rows of special values among finite ones (each flagged and
+    redone alone) as torch gives them, lse >= max everywhere and == max where the
+    maximum dominates, on every thread count; a strided `out` (not the blocks) agrees."""
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((300, n)) * 4).astype(dt)
+    x[5] = -np.inf  # all -inf: -inf
+    x[6, n // 2] = np.nan
+    x[7, n - 1] = np.inf
+    x[8, :] = -np.inf  # one finite entry among -inf: itself
+    x[8, n // 3] = 2.5
+    x[9, :] = -1000.0 if dtype == "float64" else -200.0  # the maximum dominates: exactly it
+    x[9, 0] = 1.0
+    x[10, 1 % n] = -np.inf  # some -inf in a finite row
+    for threads in (1, 2):
+        y = run("logsumexp", x, isa=isa, threads=threads)
+        assert_close(
+            "logsumexp", x.astype(np.float32) if dt.itemsize == 2 else x, y, out_dtype=dt if dt.itemsize == 2 else None
+        )
+        assert np.isneginf(y[5]) and np.isnan(y[6]) and np.isposinf(y[7])
+        assert y[8] == dt.type(2.5) and y[9] == dt.type(1.0)
+        fin = np.isfinite(x.astype(np.float64)).all(axis=1) | (np.arange(300) == 10)
+        assert (y[fin].astype(np.float64) >= x[fin].astype(np.float64).max(axis=1)).all()
+        out = np.empty((300, 2), dt)
+        run("logsumexp", x, out=out[:, 0], isa=isa, threads=threads)
+        eps = 4 * float(ml_dtypes.finfo(dt).eps)  # (the two algorithms' bits differ: both within the bounds)
+        np.testing.assert_allclose(out[:, 0].astype(np.float64), y.astype(np.float64), rtol=eps, atol=eps)

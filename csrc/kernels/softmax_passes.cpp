@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../kernel_api.h"
+#include "../lse.h"
 #include "../streaming_stores.h"
 #include "exp.h"
 #include "kernel_parts.h"
@@ -728,6 +729,8 @@ template <class S, bool Panel> struct PassKernels {
     auto write = [&](int64_t r, const Row& a) TP_ALWAYS_INLINE {
       redo[r] = !(std::isfinite(a.s) && a.s > 0 && std::isfinite(a.m));
       if (redo[r]) return;
+      if (!log && lse) lse[r] = tp::Storage<S>::narrow((T)((double)a.m + tp::log_at_least_1(a.s)));
+      if (!y) return;  // logsumexp: the lse alone
       S* yr = y + r * ys;
       R out[NV];
       if (log) {
@@ -736,7 +739,6 @@ template <class S, bool Panel> struct PassKernels {
       } else {
         const R c = V::set1((T)(1.0 / a.s));
         for (int u = 0; u < NV; ++u) out[u] = V::mul(a.e[u], c);
-        if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)a.m + std::log(a.s)));
       }
       for (int u = 0; u < NV - 1; ++u) Io<S>::store(yr + u * W, out[u]);
       store_k(yr + (NV - 1) * W, out[NV - 1], last);
@@ -797,17 +799,17 @@ template <class S, bool Panel> struct PassKernels {
     // rows store exp in y (float, double) or, for halves, where a 16-bit y would round
     // exp before pass 3 rounds again, in a float32 row of the thread's own (wide_row)
     // up to kWideRowElements, and beyond recompute it in pass 3 (kernel_api.h,
-    // rows_reload).
+    // rows_reload). y null: logsumexp, each row's lse alone (passes 1 and 2).
     constexpr int64_t kScratch = tp::kReloadScratchBytes / sizeof(T);
     T scratch[kScratch];
     const bool buffered = n <= kScratch;
     using R = typename V::R;
     constexpr int64_t kBlock = kRowBlock<T, SumExpVisitor<T>>;
     T* wide = nullptr;
-    if constexpr (!kStores) wide = !buffered && !log && n <= tp::kWideRowElements ? wide_row(n) : nullptr;
+    if constexpr (!kStores) wide = y && !buffered && !log && n <= tp::kWideRowElements ? wide_row(n) : nullptr;
     // Longer rows of softmax fuse passes 1 and 2 block by block (see fused_max_exp),
     // storing exp in y or the wide row: one factor per block for pass 3.
-    const bool fused = (kStores || wide) && !buffered && !log;
+    const bool fused = y && (kStores || wide) && !buffered && !log;
     const int64_t blocks = (n + kBlock - 1) / kBlock;
     constexpr int64_t kStackBlocks = 256;
     T block_refs_stack[kStackBlocks];
@@ -843,7 +845,7 @@ template <class S, bool Panel> struct PassKernels {
           if (unordered) scale_blocks_unordered(e, yr, n, block_refs, m, s, next);
         }
         if (!unordered) scale_blocks(e, yr, n, block_refs, m, s, stream_y, next);
-        if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
+        if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + tp::log_at_least_1(s)));
         continue;
       }
       // Pass 1: the maximum and minimum; pass 2: exp(x - m), kept in the scratch row
@@ -859,11 +861,15 @@ template <class S, bool Panel> struct PassKernels {
       CompensatedSum sum;
       for (int64_t b = 0; b < n; b += kBlock)
         sum.add(exp_sum(xr, b, std::min(n, b + kBlock), m, normal, next, [&](int64_t i, R e, int k) {
-          if (buffered && !log) store_k(scratch + i, e, k);
+          if (buffered && !log && y) store_k(scratch + i, e, k);
         }));
       s = sum.value();
       redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
       if (redo[r]) continue;
+      if (!y) {
+        if (lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + tp::log_at_least_1(s)));
+        continue;
+      }
       // Pass 3: y *= 1/s (softmax, in place on what pass 2 wrote), y = (x - m) - log s.
       if (log) {
         const R b = V::set1((T)std::log(s));
@@ -884,7 +890,7 @@ template <class S, bool Panel> struct PassKernels {
         write_row(yr, n, tp::use_streaming_stores(stream, tp::Reuse::kFinalOutput), Reads{{xr}}, (const S*)nullptr,
                   [&](int64_t j, int k, int) { return V::mul(Exp<T>::nonpositive(V::sub(load_k<S>(xr + j, k, 0), mv)), c); });
       }
-      if (!log && lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + std::log(s)));
+      if (!log && lse) lse[r] = tp::Storage<S>::narrow((T)((double)m + tp::log_at_least_1(s)));
     }
   }
 
