@@ -242,8 +242,9 @@ nb::object numpy_rows(nb::handle xh, nb::handle axis_h, nb::handle out, nb::hand
 }
 
 // logsumexp of x over `axis` (the public function's arguments; keepdims a bool), or
-// None as above; `out` of the reduced shape, never x. Two-pass's first pass, as _fast.
-// A 1-D x without `out` gives a NumPy scalar, as NumPy's reductions do.
+// None as above; `out` of the reduced shape, never x. The general path's kernels
+// (softmax.cpp, run), as _fast. A 1-D x without `out` gives a NumPy scalar, as NumPy's
+// reductions do.
 nb::object numpy_lse(nb::handle xh, nb::handle axis_h, nb::handle keepdims, nb::handle out, nb::handle threads) {
   PyObject* x = xh.ptr();
   if (keepdims.ptr() != Py_True && keepdims.ptr() != Py_False) return nb::none();
