@@ -105,7 +105,8 @@ def _assert_within(what, got, ref, bound):
     inf = np.isinf(ref)
     np.testing.assert_array_equal(got[inf], ref[inf], err_msg=f"{what}: infinities differ")
     fin = np.isfinite(ref)
-    err = np.abs(got - ref)
+    with np.errstate(invalid="ignore"):  # (inf - inf where both are inf: checked above)
+        err = np.abs(got - ref)
     bad = fin & ~(err <= bound)
     if bad.any():
         i = tuple(np.argwhere(bad)[0]) if bad.ndim else ()
@@ -362,6 +363,44 @@ def test_special_values():
     ref_loss = reference(x, t, reduction="none", cap=10.0)[0]
     np.testing.assert_array_equal(np.isnan(loss), np.isnan(ref_loss))
     np.testing.assert_allclose(loss[~np.isnan(ref_loss)], ref_loss[~np.isnan(ref_loss)], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("c", [1, 7, 64, 301])
+@pytest.mark.parametrize("opts", [{}, {"weight": True, "eps": 0.1, "zc": 1e-3}], ids=["plain", "weighted"])
+def test_loss_alone_in_blocks_of_rows(isa, dtype, c, opts):
+    """The loss without the gradient computes its rows' lse in blocks of rows first
+    (csrc/cross_entropy.cpp; halves widened a block at a time): special rows in several
+    blocks keep torch's values, ignored rows 0, and the losses and lse agree with the
+    reference and with the gradient's path (one row at a time)."""
+    rng = np.random.default_rng(c)
+    x, t = rand_case(rng, 700, c, np.float64)
+    for r0 in (3, 300, 650):  # in three blocks of 256 rows
+        x[r0, c // 2] = np.nan
+        x[r0 + 1, 0] = np.inf
+        x[r0 + 2] = -np.inf
+        x[r0 + 3, :] = -np.inf  # one finite logit, at the target
+        x[r0 + 3, t[r0 + 3] if t[r0 + 3] >= 0 else 0] = 1.5
+    x = x.astype(dtype)
+    o = dict(opts)
+    if o.pop("weight", False):
+        o["weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32 if np.dtype(dtype).itemsize == 2 else dtype)
+    half = np.dtype(dtype).itemsize == 2
+    xc = x.astype(np.float32) if half else x  # (the reference of a half row: its float32 values)
+    for threads in (1, 2):
+        loss, lse = call(x, t, reduction="none", return_lse=True, isa=isa, threads=threads, **o)
+        loss_g, lse_g, _ = call(
+            x, t, reduction="none", return_lse=True, return_grad=True, isa=isa, threads=threads, **o
+        )
+        check(xc, t, loss, None, reduction="none", out_dtype=dtype if half else None, **o)
+        np.testing.assert_array_equal(np.isnan(loss.astype(np.float64)), np.isnan(loss_g.astype(np.float64)))
+        eps = 8 * float(ml_dtypes.finfo(dtype).eps)
+        ok = np.isfinite(loss.astype(np.float64))
+        np.testing.assert_allclose(loss[ok].astype(np.float64), loss_g[ok].astype(np.float64), rtol=eps, atol=eps)
+        np.testing.assert_allclose(lse.astype(np.float64), lse_g.astype(np.float64), rtol=eps, atol=eps)
+        ref_lse = reference(xc, t, reduction="none", **o)[2]
+        np.testing.assert_array_equal(np.isnan(lse.astype(np.float64)), np.isnan(ref_lse))
 
 
 def test_bad_arguments():
