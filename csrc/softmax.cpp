@@ -317,9 +317,15 @@ template <class S> struct Algorithms {
 template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Problem& pb, int threads, bool stream) {
   const S* x = static_cast<const S*>(pb.x);
   S* y = static_cast<S*>(pb.y);
-  Algorithms<S> alg{kernels, pb.op, pb.algo, stream};
   // Groups: rows (inner == 1) or panels of up to `lanes` columns of a non-last axis.
   const int max_lanes = pb.inner == 1 ? 1 : pb.panel_lanes;
+  // logsumexp over a non-last axis takes the max-first passes 1 and 2 on its panels: the
+  // two-pass's panel kernel and its per-lane finish ran 1.4-9x slower at every length
+  // measured (Xeon VM, one thread, logsumexp over axis 0 of (n, 2^22 / n), ns per element,
+  // two-pass / max-first: float32 n = 4 22.0 / 2.4, 64 2.4 / 0.87, 512 5.6 / 0.90, 8192
+  // 1.7 / 1.2, 32768 1.39 / 0.96; float64 64 8.9 / 1.5, 2048 5.0 / 4.2, 32768 2.2 / 2.2).
+  const Algo algo = pb.op == Op::kLogSumExp && pb.inner > 1 ? Algo::kThreePassReload : pb.algo;
+  Algorithms<S> alg{kernels, pb.op, algo, stream};
   const int64_t per_outer = (pb.inner + max_lanes - 1) / max_lanes;
   const int64_t groups = pb.outer * per_outer;
   if (groups == 0) return;

@@ -113,6 +113,33 @@ def test_small_calls_in_one_cpp_call(dtype, monkeypatch):
         assert fast(*args) is None, args[1:]
 
 
+def _rows_with_special_values(dt, n, rows=300):
+    """Rows of n finite values, and rows 5-10 special: all -inf, a NaN, a +inf, one
+    finite value among -inf, a maximum that dominates, some -inf among finite values."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((rows, n)) * 4).astype(dt)
+    x[5] = -np.inf
+    x[6, n // 2] = np.nan
+    x[7, n - 1] = np.inf
+    x[8, :] = -np.inf
+    x[8, n // 3] = 2.5
+    x[9, :] = -1000.0 if dt == np.float64 else -200.0
+    x[9, 0] = 1.0
+    x[10, 1 % n] = -np.inf
+    return x
+
+
+def _check_special_rows(x, y, dt):
+    """y = logsumexp over the rows of _rows_with_special_values."""
+    assert_close(
+        "logsumexp", x.astype(np.float32) if dt.itemsize == 2 else x, y, out_dtype=dt if dt.itemsize == 2 else None
+    )
+    assert np.isneginf(y[5]) and np.isnan(y[6]) and np.isposinf(y[7])
+    assert y[8] == dt.type(2.5) and y[9] == dt.type(1.0)  # (the dominated row: exactly its maximum)
+    fin = np.isfinite(x.astype(np.float64)).all(axis=1) | (np.arange(len(x)) == 10)
+    assert (y[fin].astype(np.float64) >= x[fin].astype(np.float64).max(axis=1)).all()
+
+
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 @pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 64, 100, 512, 513, 1024, 1025, 4097])
@@ -123,26 +150,27 @@ def test_blocks_of_short_rows(isa, dtype, n):
     redone alone) as torch gives them, lse >= max everywhere and == max where the
     maximum dominates, on every thread count; a strided `out` (not the blocks) agrees."""
     dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
-    rng = np.random.default_rng(n)
-    x = (rng.standard_normal((300, n)) * 4).astype(dt)
-    x[5] = -np.inf  # all -inf: -inf
-    x[6, n // 2] = np.nan
-    x[7, n - 1] = np.inf
-    x[8, :] = -np.inf  # one finite entry among -inf: itself
-    x[8, n // 3] = 2.5
-    x[9, :] = -1000.0 if dtype == "float64" else -200.0  # the maximum dominates: exactly it
-    x[9, 0] = 1.0
-    x[10, 1 % n] = -np.inf  # some -inf in a finite row
+    x = _rows_with_special_values(dt, n)
     for threads in (1, 2):
         y = run("logsumexp", x, isa=isa, threads=threads)
-        assert_close(
-            "logsumexp", x.astype(np.float32) if dt.itemsize == 2 else x, y, out_dtype=dt if dt.itemsize == 2 else None
-        )
-        assert np.isneginf(y[5]) and np.isnan(y[6]) and np.isposinf(y[7])
-        assert y[8] == dt.type(2.5) and y[9] == dt.type(1.0)
-        fin = np.isfinite(x.astype(np.float64)).all(axis=1) | (np.arange(300) == 10)
-        assert (y[fin].astype(np.float64) >= x[fin].astype(np.float64).max(axis=1)).all()
+        _check_special_rows(x, y, dt)
         out = np.empty((300, 2), dt)
         run("logsumexp", x, out=out[:, 0], isa=isa, threads=threads)
         eps = 4 * float(ml_dtypes.finfo(dt).eps)  # (the two algorithms' bits differ: both within the bounds)
         np.testing.assert_allclose(out[:, 0].astype(np.float64), y.astype(np.float64), rtol=eps, atol=eps)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("n", [1, 4, 64, 1000])
+def test_non_last_axis(isa, dtype, n):
+    """logsumexp over a non-last axis runs max-first on its panels (csrc/softmax.cpp,
+    run_typed): the same checks on the rows laid out as columns, over axis 0 and over
+    the middle axis, on every thread count."""
+    dt = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    x = _rows_with_special_values(dt, n)
+    for threads in (1, 2):
+        _check_special_rows(x, run("logsumexp", np.ascontiguousarray(x.T), axis=0, isa=isa, threads=threads), dt)
+        x3 = np.ascontiguousarray(x.reshape(3, 100, n).transpose(0, 2, 1))  # (3, n, 100)
+        y3 = run("logsumexp", x3, axis=1, isa=isa, threads=threads)
+        _check_special_rows(x, y3.reshape(300), dt)
