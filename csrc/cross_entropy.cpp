@@ -22,6 +22,7 @@
 
 #include "dispatch.h"
 #include "kernel_api.h"
+#include "lse.h"
 #include "softmax.h"
 #include "streaming_stores.h"
 #include "threads.h"
@@ -140,6 +141,15 @@ template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable
     if (known_lse) {
       lse = (double)*known_lse;
       done = true;
+    } else if (!gr && !std::is_same_v<L, T>) {
+      // The loss alone on a long half row: its maximum and sum of exps read from the row
+      // as it is (two reads) rather than widened into a float32 row of fresh pages, which
+      // cost more (one row of 2^24, float16, one thread, Xeon VM: 40-45 ms, torch 34-38).
+      T m;
+      double s;
+      passes.max(Group<L>{src, nullptr, n, 1, 1, 1}, &m);
+      passes.sumexp(Group<L>{src, nullptr, n, 1, 1, 1}, &m, &s);
+      if ((done = std::isfinite(s) && s > 0 && std::isfinite(m))) lse = (double)m + log_at_least_1(s);
     } else if (gr && pb.algo == Algo::kThreePassReload) {
       T m;
       double s;
@@ -208,7 +218,7 @@ template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable
   // into a float32 block first (their lse is kept in T), up to kLseElements a block.
   constexpr int64_t kLseRows = 256, kLseElements = 1 << 14;
   constexpr bool kHalf = !std::is_same_v<S, T>;
-  const bool lse_first = !grad && !capped;
+  const bool lse_first = !grad && !capped && (!kHalf || n <= kLseElements);  // (longer half rows: see row)
   const int64_t block = kHalf ? std::clamp<int64_t>(kLseElements / std::max<int64_t>(n, 1), 1, kLseRows) : kLseRows;
   const ScratchRow<T> widened_rows(0, lse_first && kHalf ? block * n : 0);  // (slot 0: capbuf's, unused here)
   T lse_rows[kLseRows];

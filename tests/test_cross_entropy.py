@@ -403,6 +403,29 @@ def test_loss_alone_in_blocks_of_rows(isa, dtype, c, opts):
         np.testing.assert_array_equal(np.isnan(lse.astype(np.float64)), np.isnan(ref_lse))
 
 
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_loss_alone_on_long_half_rows(isa, dtype):
+    """Half rows longer than a block (16K elements) take the maximum and the sum of exps
+    from the row itself (csrc/cross_entropy.cpp), special rows the widened path."""
+    rng = np.random.default_rng(11)
+    x, t = rand_case(rng, 5, 20011, np.float64, ignore=0.0)
+    x[1, 7] = np.nan
+    x[2, 3] = np.inf
+    x[3] = -np.inf
+    x[3, t[3]] = 0.5
+    x = x.astype(dtype)
+    for threads in (1, 2):
+        loss, lse = call(x, t, reduction="none", return_lse=True, isa=isa, threads=threads)
+        loss_g, lse_g, _ = call(x, t, reduction="none", return_lse=True, return_grad=True, isa=isa, threads=threads)
+        check(x.astype(np.float32), t, loss, None, reduction="none", out_dtype=dtype)
+        ok = np.isfinite(loss.astype(np.float64))
+        np.testing.assert_array_equal(ok, np.isfinite(loss_g.astype(np.float64)))
+        eps = 8 * float(ml_dtypes.finfo(dtype).eps)
+        np.testing.assert_allclose(loss[ok].astype(np.float64), loss_g[ok].astype(np.float64), rtol=eps, atol=eps)
+        np.testing.assert_allclose(lse[ok], lse_g[ok], rtol=1e-6, atol=1e-6)
+
+
 def test_bad_arguments():
     x = np.zeros((3, 4), np.float32)
     t = np.array([0, 1, 2])
