@@ -1,6 +1,7 @@
 """logsumexp on the CPU (NumPy entry): the two-pass algorithm's first pass alone, one
 read of x (contiguous rows of at most 4 KiB: max-first, in blocks of rows, the second
-pass reading the row from the L1; a non-last axis: max-first on its panels). It runs on the engine of the softmax family (`_softmax.compute`)."""
+pass reading the row from the L1; a non-last axis: max-first on its panels). It runs on
+the engine of the softmax family (`_softmax.compute`)."""
 
 from __future__ import annotations
 
