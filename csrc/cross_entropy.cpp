@@ -228,7 +228,10 @@ template <class S> void ce_rows(const CrossEntropyProblem& pb, const KernelTable
       const void* xb = x + b * pb.xs;
       int64_t xs = pb.xs;
       if constexpr (kHalf) {
-        for (int64_t j = 0; j < k; ++j) ce.widen(x + (b + j) * pb.xs, widened_rows.data() + j * n, n);
+        if (pb.xs == n)  // contiguous rows: one call for the block
+          ce.widen(x + b * pb.xs, widened_rows.data(), k * n);
+        else
+          for (int64_t j = 0; j < k; ++j) ce.widen(x + (b + j) * pb.xs, widened_rows.data() + j * n, n);
         xb = widened_rows.data(), xs = n;
       }
       const Problem sp{Op::kLogSumExp, pb.algo, (int)sizeof(T), xb, lse_rows, k, n, 1, xs, 1, 1, 1, 1};

@@ -817,7 +817,7 @@ template <class S, bool Panel> struct PassKernels {
     T* block_refs = blocks > kStackBlocks ? block_refs_heap.data() : block_refs_stack;
     for (int64_t r = 0; r < rows; ++r) {
       const S* xr = x + r * xs;
-      S* yr = y + r * ys;
+      S* yr = y ? y + r * ys : nullptr;  // (logsumexp: no y)
       // The next row, fetched while the passes compute on this one in cache: otherwise
       // memory idles through passes 2 and 3 and pass 1 of every row waits on it.
       RowPrefetch<S> next(r + 1 < rows ? xr + xs : nullptr, n);
