@@ -115,6 +115,13 @@ template <class S> struct SoftmaxKernels {
   // exp(x) = m * 2^e, the (m, e) of one element exactly as two_pass_sum's loop
   // computes it (same instructions, lane 0 of a broadcast vector).
   void (*extexp)(T x, T* m, T* e);
+  // The max-first algorithms' check of a group's lanes (softmax.cpp, max_first), in the
+  // ISA's vectors (a panel's per-lane scalar work outweighed a short axis's passes):
+  // the number of lanes whose maximum or sum is not finite, or whose sum is not > 0;
+  // where there are any, redo[l] says which. For every lane, where not null: inv_sum[l]
+  // = 1 / sum[l] rounded to T; log_sum[l] = log(max(sum[l], 1)) in double, within 1.5 ulp
+  // (the lanes to redo: unspecified).
+  int (*check_lanes)(const T* max, const double* sum, int lanes, T* inv_sum, double* log_sum, bool* redo);
 };
 
 // Row helpers of the fused cross-entropy (cross_entropy.cpp; docs/cross_entropy.md).

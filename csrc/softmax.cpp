@@ -44,6 +44,14 @@ constexpr int64_t kLseBlockRowBytes = 4096;
 
 template <class S> void put(S* p, double v) { *p = Storage<S>::narrow((Compute<S>)v); }
 
+// Whether a[0..k) holds no NaN or infinity: a loop without branches, which the compiler
+// vectorizes (a panel's lanes; see Algorithms::max_first).
+template <class T> bool all_finite(const T* a, int k) {
+  int bad = 0;
+  for (int i = 0; i < k; ++i) bad += !(std::fabs(a[i]) <= std::numeric_limits<T>::max());
+  return bad == 0;
+}
+
 // One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
 template <class T> Group<T> lane_of(const Group<T>& g, int l) {
   Group<T> s = g;
@@ -253,12 +261,13 @@ template <class S> struct Algorithms {
       axis.max(lane.max);
       if (algo == Algo::kThreePassReload && op == Op::kSoftmax && kReloadStores) {
         // (With a finite maximum, only a NaN fails the sum below, and exp keeps it in y.)
-        for (int l = 0; l < g.lanes; ++l)
-          if (!std::isfinite(lane.max[l])) {
-            const Group<S> one = lane_of(g, l);
-            scans[l] = scan_lane(one.x, one.n, one.sx);
-            scanned |= uint64_t{1} << l;
-          }
+        if (!all_finite(lane.max, g.lanes))
+          for (int l = 0; l < g.lanes; ++l)
+            if (!std::isfinite(lane.max[l])) {
+              const Group<S> one = lane_of(g, l);
+              scans[l] = scan_lane(one.x, one.n, one.sx);
+              scanned |= uint64_t{1} << l;
+            }
         // Pass 2 stores exp(x - max) for pass 3 to read back (streaming_stores.h).
         const bool stream2 = use_streaming_stores(stream, Reuse::kReadAgain);
         axis.sum([&](const Group<S>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
@@ -268,25 +277,24 @@ template <class S> struct Algorithms {
         axis.sum([&](const Group<S>& c, double* out) { passes_for(c).sumexp(c, lane.max, out); }, lane.sum);
       }
     }
-    bool any_redo = false;
-    for (int l = 0; l < g.lanes; ++l) {
-      const double s = lane.sum[l];
-      lane.redo[l] = !(std::isfinite(s) && s > 0 && std::isfinite(lane.max[l]));
-      any_redo |= lane.redo[l];
-      if (lane.redo[l]) {
+    // (Vectorized, in the kernels: a short axis's panels spend more on per-lane work than
+    // on their passes otherwise.)
+    double logs[kMaxLanes];
+    const bool need_log = op == Op::kLogSoftmax || lse;
+    const bool any_redo = kernels.check_lanes(lane.max, lane.sum, g.lanes, op == Op::kSoftmax ? lane.inv_sum : nullptr,
+                                              need_log ? logs : nullptr, lane.redo) > 0;
+    // s >= 1 (the maximum's own term is exp(0) = 1; the online rescaling may round it
+    // just below): log(max(s, 1)) keeps log_softmax <= 0 and lse >= the maximum. A lane
+    // to redo gets values it overwrites later.
+    if (op == Op::kLogSoftmax)
+      for (int l = 0; l < g.lanes; ++l) lane.log_sum[l] = (T)logs[l];
+    if (lse && !any_redo)
+      for (int l = 0; l < g.lanes; ++l) put(lse + l, (double)lane.max[l] + logs[l]);
+    for (int l = 0; l < g.lanes && any_redo; ++l) {
+      if (lane.redo[l])  // (finite values for the last pass, whose output the redo replaces)
         lane.max[l] = lane.inv_sum[l] = lane.log_sum[l] = 0;
-        continue;
-      }
-      switch (op) {
-        // s >= 1 (the maximum's own term is exp(0) = 1; the online rescaling may round
-        // it just below): log_at_least_1 keeps log_softmax <= 0 and lse >= the maximum.
-        case Op::kSoftmax:
-          lane.inv_sum[l] = (T)(1.0 / s);
-          if (lse) put(lse + l, (double)lane.max[l] + log_at_least_1(s));
-          break;
-        case Op::kLogSoftmax: lane.log_sum[l] = (T)log_at_least_1(s); break;
-        case Op::kLogSumExp: put(lse + l, (double)lane.max[l] + log_at_least_1(s)); break;
-      }
+      else if (lse)
+        put(lse + l, (double)lane.max[l] + logs[l]);
     }
     for (int l = 0; l < g.lanes && any_redo; ++l)
       if (lane.redo[l] && !(scanned >> l & 1)) {

@@ -17,6 +17,10 @@ whose buffers exceed the L2): the inputs cycle through enough sets that more tha
     python tools/torch_cpu_vs_torch.py --shapes 1x1024 4096x4096 --threads 1 --ops softmax
     python tools/torch_cpu_vs_torch.py --json out.json
     python tools/torch_cpu_vs_torch.py --dtype bfloat16 --threads 1   # the halves too
+    python tools/torch_cpu_vs_torch.py --shapes 16x4x65536@1 --ops softmax   # over dim 1
+
+A shape's "@d" suffix normalises over dim d (default: the last); PANELS are such shapes
+(`--shapes panels`), for softmax, log_softmax and logsumexp.
 """
 
 from __future__ import annotations
@@ -36,15 +40,17 @@ import twopass.torch as tpt
 SMALL = ["1x1024", "256x1024", "64x4096", "8x32000"]
 BATCHES = ["4096x4096", "32x128256", "64x262144", "65536x64"]
 ROWS = ["1x4096", "1x262144", "1x16777216"]  # the benchmark's quick row sweep
+# Non-last dims: short (4, 16) and long (64, 4096) axes over wide panels of columns.
+PANELS = ["16x4x65536@1", "64x65536@0", "256x16x1024@1", "8x64x8192@1", "4096x4096@0"]
 OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy")
 MODES = ("fwd", "bwd", "fwdbwd")
 
 
-def _ops():
+def _ops(d=-1):
     return {
-        "softmax": (lambda x, t: tpt.softmax(x, -1), lambda x, t: torch.softmax(x, -1)),
-        "log_softmax": (lambda x, t: tpt.log_softmax(x, -1), lambda x, t: torch.log_softmax(x, -1)),
-        "logsumexp": (lambda x, t: tpt.logsumexp(x, -1), lambda x, t: torch.logsumexp(x, -1)),
+        "softmax": (lambda x, t: tpt.softmax(x, d), lambda x, t: torch.softmax(x, d)),
+        "log_softmax": (lambda x, t: tpt.log_softmax(x, d), lambda x, t: torch.log_softmax(x, d)),
+        "logsumexp": (lambda x, t: tpt.logsumexp(x, d), lambda x, t: torch.logsumexp(x, d)),
         "cross_entropy": (lambda x, t: tpt.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t)),
     }
 
@@ -62,10 +68,10 @@ def _grad_like(y):
     return torch.randn_like(y) if y.dim() else torch.ones_like(y)
 
 
-def measure(op, shape, dtype, mode, threads, cold, repeats):
+def measure(op, shape, dtype, mode, threads, cold, repeats, dim=-1):
     """(median twopass seconds, median torch seconds)."""
     torch.set_num_threads(threads)
-    fns = _ops()[op]
+    fns = _ops(dim)[op]
     nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
     l3 = twopass.info()["caches"]["L3"]
     # bytes one call touches (x and y; the backward g, y and gx; both: four arrays), the
@@ -129,21 +135,26 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     l2 = twopass.info()["caches"]["L2"]
     rows = []
-    print(f"{'op':14} {'shape':>12} {'mode':7} {'thr':>3} {'cache':5} {'twopass us':>11} {'torch us':>10} {'ratio':>6}")
+    print(f"{'op':14} {'shape':>14} {'mode':7} {'thr':>3} {'cache':5} {'twopass us':>11} {'torch us':>10} {'ratio':>6}")
+    shapes = [s for text in args.shapes for s in (PANELS if text == "panels" else [text])]
     for op in args.ops:
-        for text in args.shapes:
-            shape = tuple(int(s) for s in text.split("x"))
+        for text in shapes:
+            dims, _, d = text.partition("@")
+            dim = int(d) if d else -1
+            if dim != -1 and op == "cross_entropy":
+                continue  # (its class dim is fixed)
+            shape = tuple(int(s) for s in dims.split("x"))
             nbytes = math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
             reps = args.repeats or (200 if nbytes < (1 << 20) else 40 if nbytes < (1 << 26) else 10)
             for mode in args.modes:
                 for threads in args.threads:
                     for cold in (False, True) if (nbytes > l2 and not args.no_cold) else (False,):
-                        a, b = measure(op, shape, dtype, mode, threads, cold, reps)
+                        a, b = measure(op, shape, dtype, mode, threads, cold, reps, dim)
                         r = a / b
                         flag = "  <-- slower" if r > 1.0 else ""
                         label = "cold" if cold else "hot"
                         print(
-                            f"{op:14} {text:>12} {mode:7} {threads:>3} {label:5} "
+                            f"{op:14} {text:>14} {mode:7} {threads:>3} {label:5} "
                             f"{a * 1e6:11.1f} {b * 1e6:10.1f} {r:6.2f}{flag}",
                             flush=True,
                         )

@@ -106,4 +106,33 @@ template <class T> struct Exp {
   }
 };
 
+// log(max(s, 1)) in double, vectorized (the max-first algorithms' log of a row's sum
+// s >= 1, per panel lane: SoftmaxKernels::check_lanes; std::log per lane cost more than
+// a short axis's passes). s = m * 2^e with m in [1, 2), halved where above ~sqrt(2)
+// (a rounded difference: no select), so u = m - 1 (exact) is in [-0.30, 0.42];
+// log(m) = 2 atanh(t), t = u / (2 + u), |t| <= 0.1716, written u - t (u - R) with
+// R = sum 2 t^2k / (2k + 1) through t^20 (the next term is below 2^-58 relative): the
+// rounding errors fall on the correction t (u - R), not on u. e ln2 in two parts, the
+// first exact. s = 1 gives exactly 0; s NaN gives 0 (max); +inf unspecified. Within
+// 1.5 ulp of the exact log (tests/native/kernel_check.cpp).
+inline Vec<double>::R log_at_least_1_vec(Vec<double>::R s) {
+  using V = Vec<double>;
+  const V::R one = V::set1(1.0);
+  V::R e;
+  V::R m = V::mant_exp(V::max(s, one), e);
+  const V::R up = V::round(V::sub(m, V::set1(0.91421356237309505)));  // 1 for m > sqrt(2), else 0
+  m = V::mul(m, V::fma(up, V::set1(-0.5), one));
+  e = V::add(e, up);
+  const V::R u = V::sub(m, one);
+  const V::R t = V::div(u, V::add(u, V::set1(2.0)));
+  const V::R z = V::mul(t, t);
+  V::R r = V::set1(2.0 / 21);
+  for (int k = 19; k >= 3; k -= 2) r = V::fma(r, z, V::set1(2.0 / k));
+  r = V::mul(r, z);
+  const V::R log_m = V::sub(u, V::mul(t, V::sub(u, r)));
+  constexpr double kLn2Hi = 0.693147180369123816490;  // 0x3FE62E42FEE00000: e * it is exact
+  constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  return V::fma(e, V::set1(kLn2Hi), V::fma(e, V::set1(kLn2Lo), log_m));
+}
+
 }  // namespace TP_NS

@@ -55,6 +55,12 @@ template <class T> struct PerRegister {
   }
 };
 
+// A panel's registers into lanes 0..lanes of a buffer of kUnroll * W elements (only the
+// registers that hold lanes), for a fold over lanes in one loop.
+template <class T, class R> void store_lanes(T* buf, const R (&regs)[kUnroll], int lanes) {
+  for (int u = 0; u * Vec<T>::W < lanes; ++u) Vec<T>::store(buf + u * Vec<T>::W, regs[u]);
+}
+
 // Steps per fold (Vis::kFoldSteps along a row): a register lane sums at most 16 terms
 // (32 in pass 1) in T before the partial sum moves to double, so a row's sum is
 // accurate to ~1 ulp however long the row. A panel lane is a whole row (its largest

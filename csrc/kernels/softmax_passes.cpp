@@ -152,14 +152,9 @@ template <class T> struct MaxVisitor {
     out[0] = out[0] > m ? out[0] : m;
   }
   void fold_panel(int lanes) {
-    T m[V::W];
-    for (int u = 0; u * V::W < lanes; ++u) {
-      V::store(m, M[u]);
-      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) {
-        T& o = out[u * V::W + l];
-        o = o > m[l] ? o : m[l];
-      }
-    }
+    T m[kUnroll * V::W];
+    store_lanes(m, M, lanes);
+    for (int i = 0; i < lanes; ++i) out[i] = out[i] > m[i] ? out[i] : m[i];
   }
   void init_out(int k) {
     for (int i = 0; i < k; ++i) out[i] = -INFINITY;
@@ -189,6 +184,18 @@ template <class T> struct CompensatedSums {
     for (int i = 0; i < k; ++i) out[i] = comp[i] = 0.0;
   }
   inline void add(int i, double v) { neumaier_add(out[i], comp[i], v); }
+  // A panel's registers, lane by lane: one loop the compiler vectorizes (a lane-by-lane
+  // scalar fold cost more than a short axis's whole exp pass).
+  void add_lanes(const typename Vec<T>::R (&regs)[kUnroll], int lanes) {
+    T v[kUnroll * Vec<T>::W];
+    store_lanes(v, regs, lanes);
+    double* o = out;
+    for (int i = 0; i < lanes; ++i) {
+      const double s = o[i], a = v[i], t = s + a;
+      comp[i] += std::fabs(s) >= std::fabs(a) ? (s - t) + a : (a - t) + s;
+      o[i] = t;
+    }
+  }
   void finish(int k) {
     for (int i = 0; i < k; ++i) out[i] += comp[i];
   }
@@ -211,13 +218,7 @@ template <class T> struct SumExpVisitor : CompensatedSums<T> {
     for (int u = 1; u < kUnroll; ++u) all = V::add(all, S[u]);
     this->add(0, V::hsum_wide(all));
   }
-  void fold_panel(int lanes) {
-    T s[V::W];
-    for (int u = 0; u * V::W < lanes; ++u) {
-      V::store(s, S[u]);
-      for (int l = 0; l < V::W && u * V::W + l < lanes; ++l) this->add(u * V::W + l, s[l]);
-    }
-  }
+  void fold_panel(int lanes) { this->add_lanes(S, lanes); }
 };
 
 // Online softmax (Milakov & Gimelshein): running max M and sum S of exp(x - M).
@@ -904,8 +905,31 @@ template <class S, bool Panel> struct PassKernels {
 
 }  // namespace
 
+// (SoftmaxKernels::check_lanes) Loops without branches (& rather than &&), which the
+// compiler vectorizes for the ISA.
+template <class T> int check_lanes(const T* max, const double* sum, int lanes, T* inv_sum, double* log_sum, bool* redo) {
+  auto accepted = [&](int l) {
+    const double s = sum[l];
+    return (std::fabs(s) <= std::numeric_limits<double>::max()) & (s > 0) &
+           (std::fabs(max[l]) <= std::numeric_limits<T>::max());
+  };
+  int rejected = 0;
+  for (int l = 0; l < lanes; ++l) rejected += !accepted(l);
+  for (int l = 0; l < lanes && rejected; ++l) redo[l] = !accepted(l);
+  if (inv_sum)
+    for (int l = 0; l < lanes; ++l) inv_sum[l] = (T)(1.0 / sum[l]);
+  if (log_sum) {
+    using V = Vec<double>;
+    int l = 0;
+    for (; l + V::W <= lanes; l += V::W) V::store(log_sum + l, log_at_least_1_vec(V::load(sum + l)));
+    if (l < lanes) V::store_partial(log_sum + l, log_at_least_1_vec(V::load_partial(sum + l, lanes - l, 1.0)), lanes - l);
+  }
+  return rejected;
+}
+
 template <class S> tp::SoftmaxKernels<S> softmax_kernels() {
-  return {PassKernels<S, false>::table(), PassKernels<S, true>::table(), extexp_one<tp::Compute<S>>};
+  using T = tp::Compute<S>;
+  return {PassKernels<S, false>::table(), PassKernels<S, true>::table(), extexp_one<T>, check_lanes<T>};
 }
 template tp::SoftmaxKernels<float> softmax_kernels<float>();
 template tp::SoftmaxKernels<double> softmax_kernels<double>();

@@ -91,6 +91,19 @@ TP_EMU_FAMILY(ps, __m512, float, 16, __mmask16)
 TP_EMU_FAMILY(pd, __m512d, double, 8, __mmask8)
 #undef TP_EMU_FAMILY
 
+// getexp / getmant (interval [1, 2), sign of the source) for positive normal inputs:
+// all that Vec<double>::mant_exp asks of them.
+#define _MM_MANT_NORM_1_2 0
+#define _MM_MANT_SIGN_src 0
+inline __m512d _mm512_getexp_pd(__m512d a) {
+  for (double& v : a.v) v = (double)std::ilogb(v);
+  return a;
+}
+inline __m512d _mm512_getmant_pd(__m512d a, int interval, int sign) {
+  if (interval != _MM_MANT_NORM_1_2 || sign != _MM_MANT_SIGN_src) __builtin_trap();
+  for (double& v : a.v) v = std::scalbn(v, -std::ilogb(v));
+  return a;
+}
 inline double _mm512_reduce_add_pd(__m512d a) {
   double s = 0;
   for (double v : a.v) s += v;

@@ -428,6 +428,46 @@ void check_bf16_round_trip(tp::Isa isa) {
   }
 }
 
+// The panels' per-lane check (SoftmaxKernels::check_lanes): its vectorized log(max(s, 1))
+// within 1.5 ulp of the long double log over sums from 1 to 2^60 (around sqrt(2), where
+// the mantissa is halved, at powers of two, just above 1), exactly 0 at s <= 1; the
+// lanes it flags (NaN, inf, <= 0 sums; non-finite maxima) and 1 / s rounded to float.
+void check_lanes_log(tp::Isa isa) {
+  const auto& K = tp::kernels(isa).f32;
+  std::mt19937_64 rng(7);
+  std::vector<double> s;
+  for (double v : {1.0, 1.0 + 0x1p-52, 1.0 + 0x1p-30, 1.4142135623730951, 1.4142135623730949, 1.41421356, 1.4142136,
+                   1.5, 2.0, 2.0 - 0x1p-52, 3.0, 4.0, 1e3, 0x1p40, 0x1p60, 0.5, 1.0 - 0x1p-53, 129.0 / 128.0})
+    s.push_back(v);
+  std::uniform_real_distribution<double> unit(0, 1);
+  for (int i = 0; i < 4000; ++i) s.push_back(std::exp2(unit(rng) * (i < 2000 ? 2 : 60)));
+  std::vector<float> mx(64, 0.0f), inv(64);
+  std::vector<double> logs(64);
+  bool redo[64];
+  double worst = 0, worst_s = 0;
+  for (size_t b = 0; b < s.size(); b += 64) {
+    const int k = (int)std::min<size_t>(64, s.size() - b);
+    const int rejected = K.check_lanes(mx.data(), &s[b], k, inv.data(), logs.data(), redo);
+    expect(rejected == 0, "check_lanes: no lane of finite positive sums flagged");
+    for (int l = 0; l < k; ++l) {
+      const long double ref = s[b + l] > 1 ? std::log((long double)s[b + l]) : 0.0L;
+      const double ulp = ref > 0 ? (double)(std::nextafter((double)ref, INFINITY) - (double)ref) : 0x1p-1074;
+      const double err = (double)(std::fabs((long double)logs[l] - ref) / ulp);
+      if (err > worst) worst = err, worst_s = s[b + l];
+      if (s[b + l] <= 1) expect(logs[l] == 0, "check_lanes: log of s <= 1 is 0");
+      expect(inv[l] == (float)(1.0 / s[b + l]), "check_lanes: 1 / s");
+    }
+  }
+  expect(worst <= 1.5, "isa " + std::to_string((int)isa) + " check_lanes log: " + std::to_string(worst) + " ulp");
+  std::printf("isa %d check_lanes log: worst %.2f ulp (s = %.17g)\n", (int)isa, worst, worst_s);
+  const double bad_sums[] = {NAN, INFINITY, 0.0, -1.0, 2.0, 2.0, 2.0, 2.0, 2.0};
+  float bad_max[] = {0, 0, 0, 0, NAN, INFINITY, -INFINITY, 1e30f, 0};
+  const int rejected = K.check_lanes(bad_max, bad_sums, 9, nullptr, nullptr, redo);
+  bool flags_ok = rejected == 7;
+  for (int l = 0; l < 9; ++l) flags_ok &= redo[l] == (l < 7);
+  expect(flags_ok, "check_lanes: flags exactly the lanes with a NaN, inf or non-positive sum or a non-finite maximum");
+}
+
 }  // namespace
 
 int main() {
@@ -440,6 +480,7 @@ int main() {
     run_half<tp::f16>(isa);
     run_half<tp::bf16>(isa);
     check_bf16_round_trip(isa);
+    check_lanes_log(isa);
     run_ce<float>(isa);
     run_ce<double>(isa);
     run_ce<tp::f16>(isa);

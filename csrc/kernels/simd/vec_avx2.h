@@ -80,6 +80,16 @@ template <> struct Vec<double> {
     return _mm256_castsi256_pd(_mm256_slli_epi64(bits, B::kMantBits));
   }
   static bool any_below(R a, T b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, set1(b), _CMP_LT_OQ)) != 0; }
+  // x = m * 2^e with m in [1, 2), for positive normal x (others: unspecified): the
+  // biased exponent placed in 2^52's low bits (2^52 + it, as pow2 undoes), and the
+  // mantissa under 1.0's exponent.
+  static R mant_exp(R x, R& e) {
+    const __m256i bits = _mm256_castpd_si256(x);
+    const __m256i biased = _mm256_or_si256(_mm256_srli_epi64(bits, B::kMantBits), _mm256_castpd_si256(set1(4503599627370496.0)));
+    e = _mm256_sub_pd(_mm256_castsi256_pd(biased), set1(B::kPow2Magic));
+    const __m256i mant = _mm256_and_si256(bits, _mm256_set1_epi64x((int64_t)((uint64_t{1} << B::kMantBits) - 1)));
+    return _mm256_castsi256_pd(_mm256_or_si256(mant, _mm256_castpd_si256(set1(1.0))));
+  }
   static T hmax(R a) {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));

@@ -64,6 +64,11 @@ template <> struct Vec<double> {
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
   static R round(R a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static R scalef(R v, R k) { return _mm512_scalef_pd(v, k); }
+  // x = m * 2^e with m in [1, 2), for positive normal x (others: unspecified).
+  static R mant_exp(R x, R& e) {
+    e = _mm512_getexp_pd(x);
+    return _mm512_getmant_pd(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  }
   static T hmax(R a) { return _mm512_reduce_max_pd(a); }
   static double hsum_wide(R a) { return _mm512_reduce_add_pd(a); }
   static void sfence() { _mm_sfence(); }

@@ -79,6 +79,15 @@ template <> struct Vec<double> {
     uint64x2_t bits = vreinterpretq_u64_f64(vaddq_f64(k, set1(B::kPow2Magic)));
     return vreinterpretq_f64_u64(vshlq_n_u64(bits, B::kMantBits));
   }
+  // x = m * 2^e with m in [1, 2), for positive normal x (others: unspecified): as
+  // vec_avx2.h's.
+  static R mant_exp(R x, R& e) {
+    const uint64x2_t bits = vreinterpretq_u64_f64(x);
+    const uint64x2_t biased = vorrq_u64(vshrq_n_u64(bits, B::kMantBits), vreinterpretq_u64_f64(set1(4503599627370496.0)));
+    e = vsubq_f64(vreinterpretq_f64_u64(biased), set1(B::kPow2Magic));
+    const uint64x2_t mant = vandq_u64(bits, vdupq_n_u64((uint64_t{1} << B::kMantBits) - 1));
+    return vreinterpretq_f64_u64(vorrq_u64(mant, vreinterpretq_u64_f64(set1(1.0))));
+  }
   static bool any_below(R a, T b) {
     const uint64x2_t m = vcltq_f64(a, set1(b));
     return (vgetq_lane_u64(m, 0) | vgetq_lane_u64(m, 1)) != 0;

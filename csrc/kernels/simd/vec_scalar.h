@@ -1,6 +1,8 @@
 // Vec for the portable baseline (TP_ISA_SCALAR). Included by vec.h only.
 #pragma once
 
+#include <cmath>
+
 #include "../../half.h"
 #include "vec.h"
 
@@ -40,6 +42,13 @@ template <class T> struct Vec {
     T r;
     std::memcpy(&r, &bits, sizeof r);
     return r;
+  }
+  // x = m * 2^e with m in [1, 2), for positive normal x (others: unspecified).
+  static R mant_exp(R x, R& e) {
+    int k;
+    const T m = std::frexp(x, &k);  // [0.5, 1)
+    e = (T)(k - 1);
+    return m * 2;
   }
   static bool any_below(R a, T b) { return a < b; }
   static T hmax(R a) { return a; }
