@@ -180,24 +180,48 @@ struct CompensatedSum {
 template <class T> struct CompensatedSums {
   double* out;
   double comp[tp::kMaxLanes];
-  void init_out(int k) {
+  int k = 0;
+  bool fresh = false;       // out not yet written: the first fold stores, adds nothing
+  bool has_comp = false;    // comp written (from the second fold on)
+  void init_out(int count) { k = count, fresh = true, has_comp = false; }
+  void clear() {
     for (int i = 0; i < k; ++i) out[i] = comp[i] = 0.0;
+    fresh = false, has_comp = true;
   }
-  inline void add(int i, double v) { neumaier_add(out[i], comp[i], v); }
-  // A panel's registers, lane by lane: one loop the compiler vectorizes (a lane-by-lane
-  // scalar fold cost more than a short axis's whole exp pass).
+  inline void add(int i, double v) {
+    if (fresh) clear();
+    neumaier_add(out[i], comp[i], v);
+  }
+  // A panel's registers (lanes == k), lane by lane: loops the compiler vectorizes (a
+  // lane-by-lane scalar fold cost more than a short axis's whole exp pass). The first
+  // fold stores the sums, the second the first compensation terms: nothing is zeroed
+  // first (a short axis folds once).
   void add_lanes(const typename Vec<T>::R (&regs)[kUnroll], int lanes) {
     T v[kUnroll * Vec<T>::W];
     store_lanes(v, regs, lanes);
     double* o = out;
+    if (fresh) {
+      for (int i = 0; i < lanes; ++i) o[i] = v[i];
+      fresh = false;
+    } else if (!has_comp) {
+      fold_lanes<false>(o, v, lanes);
+      has_comp = true;
+    } else {
+      fold_lanes<true>(o, v, lanes);
+    }
+  }
+  template <bool Accumulate> void fold_lanes(double* o, const T* v, int lanes) {
     for (int i = 0; i < lanes; ++i) {
       const double s = o[i], a = v[i], t = s + a;
-      comp[i] += std::fabs(s) >= std::fabs(a) ? (s - t) + a : (a - t) + s;
+      const double err = std::fabs(s) >= std::fabs(a) ? (s - t) + a : (a - t) + s;
+      comp[i] = Accumulate ? comp[i] + err : err;
       o[i] = t;
     }
   }
-  void finish(int k) {
-    for (int i = 0; i < k; ++i) out[i] += comp[i];
+  void finish(int count) {
+    if (fresh) clear();
+    if (has_comp)
+      for (int i = 0; i < count; ++i) out[i] += comp[i];
   }
 };
 
