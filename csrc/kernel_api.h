@@ -96,6 +96,12 @@ template <class S> struct Passes {
   // k, f[k] = exp(refs[k] - m) / s (m, s: the whole row's), refs overwritten by f.
   void (*reload_part)(const S* x, S* y, int64_t n, T* refs, T* m, double* s);
   void (*reload_part_scale)(S* y, int64_t n, T* refs, T m, double s);
+  // Panels of the halves only (null elsewhere): the three-pass reload's passes 2 and 3
+  // through a float32 scratch panel (step j of lane l at scratch[j * kMaxLanes + l]), so
+  // a short axis computes exp once, as float32's reload does, rather than again in pass 3:
+  // scratch = exp(x - m) with the sums per lane as exp_store_sum's, then y = scratch * c.
+  void (*exp_store_sum_scratch)(const Group<S>& g, const T* m, double* s, T* scratch);
+  void (*scale_scratch)(const Group<S>& g, const T* scratch, const T* c);
 };
 
 // Entries reload_part's refs needs for n elements: its blocks are at least

@@ -469,6 +469,36 @@ template <class S, bool Panel> struct PassKernels {
       });
     });
   }
+  // (Passes::exp_store_sum_scratch, scale_scratch: panels of the halves.)
+  static void exp_store_sum_scratch(const Group<S>& g, const T* m, double* s, T* scratch) {
+    using Vis = ExpStoreSumVisitor<T>;
+    constexpr int W = Vec<T>::W;
+    const int nvec = (g.lanes + W - 1) / W;
+    exp_store_sum_blocks(g, m, s, [&](int64_t b, int64_t len, Vis& v) {
+      for (int64_t j = b; j < b + len; ++j) {
+        const S* xj = g.x + j * g.sx;
+        T* tj = scratch + j * tp::kMaxLanes;
+        for (int u = 0; u < nvec; ++u)
+          Vec<T>::store(tj + u * W, v.apply(u, load_k(xj + u * W, std::min(W, g.lanes - u * W), Vis::kFill)));
+      }
+    });
+  }
+  static void scale_scratch(const Group<S>& g, const T* scratch, const T* c) {
+    using V = Vec<T>;
+    constexpr int W = V::W;
+    const int nvec = (g.lanes + W - 1) / W;
+    PerRegister<T> cv;
+    cv.load_lanes(c, g.lanes, 0);
+    for (int64_t j = 0; j < g.n; ++j) {
+      S* yj = g.y + j * g.sy;
+      const T* tj = scratch + j * tp::kMaxLanes;
+      for (int u = 0; u < nvec; ++u) {
+        const int k = std::min(W, g.lanes - u * W);
+        const typename V::R r = V::mul(V::load(tj + u * W), cv.v[u]);
+        k == W ? Io<S>::store(yj + u * W, r) : Io<S>::store_partial(yj + u * W, r, k);
+      }
+    }
+  }
   static void exp_scale(const Group<S>& g, const T* m, const T* c, bool stream) {
     ExpScaleVisitor<T> v;
     v.mx.load(m, g, Panel);
@@ -922,7 +952,8 @@ template <class S, bool Panel> struct PassKernels {
   static constexpr tp::Passes<S> table() {
     return {two_pass_sum, two_pass_write, max,   sumexp, online, exp_store_sum, exp_scale, scale, log_softmax_write,
             Panel ? nullptr : rows_reload, Panel ? nullptr : exp_store_sum_wide,
-            Panel || !kStores ? nullptr : reload_part, Panel || !kStores ? nullptr : reload_part_scale};
+            Panel || !kStores ? nullptr : reload_part, Panel || !kStores ? nullptr : reload_part_scale,
+            Panel && !kStores ? exp_store_sum_scratch : nullptr, Panel && !kStores ? scale_scratch : nullptr};
   }
 };
 
