@@ -123,8 +123,9 @@ template <class S> struct SoftmaxKernels {
   void (*extexp)(T x, T* m, T* e);
   // The max-first algorithms' check of a group's lanes (softmax.cpp, max_first), in the
   // ISA's vectors (a panel's per-lane scalar work outweighed a short axis's passes):
-  // the number of lanes whose maximum or sum is not finite, or whose sum is not > 0;
-  // where there are any, redo[l] says which. For every lane, where not null: inv_sum[l]
+  // the number of lanes whose maximum or sum is not finite, or whose sum is not > 0
+  // (sum null: whose maximum is not finite); where there are any, redo[l] says which.
+  // For every lane, where not null: inv_sum[l]
   // = 1 / sum[l] rounded to T; log_sum[l] = log(max(sum[l], 1)) in double, within 1.5 ulp
   // (the lanes to redo: unspecified).
   int (*check_lanes)(const T* max, const double* sum, int lanes, T* inv_sum, double* log_sum, bool* redo);

@@ -47,14 +47,6 @@ template <class S> void put(S* p, double v) { *p = Storage<S>::narrow((Compute<S
 // Steps of a halves' panel that Algorithms::scratch_panel keeps in float32 (16 KiB).
 constexpr int64_t kPanelScratchSteps = 64;
 
-// Whether a[0..k) holds no NaN or infinity: a loop without branches, which the compiler
-// vectorizes (a panel's lanes; see Algorithms::max_first).
-template <class T> bool all_finite(const T* a, int k) {
-  int bad = 0;
-  for (int i = 0; i < k; ++i) bad += !(std::fabs(a[i]) <= std::numeric_limits<T>::max());
-  return bad == 0;
-}
-
 // One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
 template <class T> Group<T> lane_of(const Group<T>& g, int l) {
   Group<T> s = g;
@@ -278,9 +270,9 @@ template <class S> struct Algorithms {
       axis.max(lane.max);
       if (algo == Algo::kThreePassReload && op == Op::kSoftmax && kReloadStores) {
         // (With a finite maximum, only a NaN fails the sum below, and exp keeps it in y.)
-        if (!all_finite(lane.max, g.lanes))
+        if (kernels.check_lanes(lane.max, nullptr, g.lanes, nullptr, nullptr, lane.redo))
           for (int l = 0; l < g.lanes; ++l)
-            if (!std::isfinite(lane.max[l])) {
+            if (lane.redo[l]) {
               const Group<S> one = lane_of(g, l);
               scans[l] = scan_lane(one.x, one.n, one.sx);
               scanned |= uint64_t{1} << l;

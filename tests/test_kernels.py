@@ -336,3 +336,22 @@ def test_isas_agree(isa):
         a = run("softmax", x, algorithm=algorithm, isa=isa)
         b = run("softmax", x, algorithm=algorithm, isa="scalar")
         np.testing.assert_allclose(a, b, rtol=4e-6, atol=1e-38)
+
+
+def test_axes_accuracy_report():
+    """`python -m twopass accuracy` over non-last axes (panels): the two-pass softmax and
+    every log_softmax and logsumexp within a few ulp of the extended-precision reference;
+    the max-first softmax, whose exp(x - max) error grows with the spread, no worse than
+    torch's on the same inputs (the README's accuracy table)."""
+    from twopass.accuracy import measure_axes
+
+    rows = measure_axes()
+    torch_ulp = {(r["dtype"], r["op"]): r["max_ulp"] for r in rows if r["impl"] == "torch"}
+    mine = [r for r in rows if r["impl"] != "torch"]
+    assert {r["impl"].split("/")[0] for r in mine} == set(twopass._dispatch.isa_supported())
+    for r in mine:
+        if r["op"] == "softmax" and not r["impl"].endswith("two_pass"):
+            bound = 1.05 * torch_ulp.get((r["dtype"], "softmax"), 150.0)
+        else:
+            bound = {"softmax": 8.0, "log_softmax": 3.0, "logsumexp": 2.0}[r["op"]]
+        assert r["max_ulp"] <= bound, r

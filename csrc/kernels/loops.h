@@ -282,26 +282,32 @@ template <class SX, class SY, class Vis> void map_row(const SX* x, SY* y, int64_
             [&](int64_t j, int k, int u) { return vis.apply(u, load_k(x + i + j, k, Vis::kFill)); });
 }
 
-// A map over a panel. Normal stores only: streaming stores exist for contiguous rows
-// (write_row), and a panel ignores `stream`.
-template <class S, class Vis> void map_panel(const Group<S>& g, Vis& vis) {
-  using IO = Io<S>;
-  using V = Vec<tp::Compute<S>>;
-  constexpr int W = V::W;
-  const int nvec = (g.lanes + W - 1) / W;
-  const bool full = nvec == kUnroll && g.lanes == kUnroll * W;
-  for (int64_t j = 0; j < g.n; ++j) {
-    const S* xj = g.x + j * g.sx;
-    S* yj = g.y + j * g.sy;
+// A map over a panel of n steps and `lanes` lanes: step j of x at x + j * sx, of y at
+// y + j * sy. As in map_row, x and y may differ in storage type when they share the
+// compute type (a half panel into a float32 scratch panel and back). Normal stores
+// only: streaming stores exist for contiguous rows (write_row), and a panel ignores
+// `stream`.
+template <class SX, class SY, class Vis>
+void map_panel(const SX* x, int64_t sx, SY* y, int64_t sy, int64_t n, int lanes, Vis& vis) {
+  static_assert(std::is_same_v<tp::Compute<SX>, tp::Compute<SY>>);
+  constexpr int W = Vec<tp::Compute<SY>>::W;
+  const int nvec = (lanes + W - 1) / W;
+  const bool full = nvec == kUnroll && lanes == kUnroll * W;
+  for (int64_t j = 0; j < n; ++j) {
+    const SX* xj = x + j * sx;
+    SY* yj = y + j * sy;
     if (full) {
-      IO::template store_n<kUnroll>(yj, [&](int u) { return vis.apply(u, IO::load(xj + u * W)); });
+      Io<SY>::template store_n<kUnroll>(yj, [&](int u) { return vis.apply(u, Io<SX>::load(xj + u * W)); });
     } else {
       for (int u = 0; u < nvec; ++u) {
-        const int k = std::min(W, g.lanes - u * W);
-        IO::store_partial(yj + u * W, vis.apply(u, IO::load_partial(xj + u * W, k, Vis::kFill)), k);
+        const int k = std::min(W, lanes - u * W);
+        Io<SY>::store_partial(yj + u * W, vis.apply(u, Io<SX>::load_partial(xj + u * W, k, Vis::kFill)), k);
       }
     }
   }
+}
+template <class S, class Vis> void map_panel(const Group<S>& g, Vis& vis) {
+  map_panel(g.x, g.sx, g.y, g.sy, g.n, g.lanes, vis);
 }
 
 // The loop for a group's shape.

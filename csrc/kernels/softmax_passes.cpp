@@ -469,35 +469,17 @@ template <class S, bool Panel> struct PassKernels {
       });
     });
   }
-  // (Passes::exp_store_sum_scratch, scale_scratch: panels of the halves.)
+  // (Passes::exp_store_sum_scratch, scale_scratch: panels of the halves; step j of the
+  // scratch panel at scratch + j * kMaxLanes.)
   static void exp_store_sum_scratch(const Group<S>& g, const T* m, double* s, T* scratch) {
-    using Vis = ExpStoreSumVisitor<T>;
-    constexpr int W = Vec<T>::W;
-    const int nvec = (g.lanes + W - 1) / W;
-    exp_store_sum_blocks(g, m, s, [&](int64_t b, int64_t len, Vis& v) {
-      for (int64_t j = b; j < b + len; ++j) {
-        const S* xj = g.x + j * g.sx;
-        T* tj = scratch + j * tp::kMaxLanes;
-        for (int u = 0; u < nvec; ++u)
-          Vec<T>::store(tj + u * W, v.apply(u, load_k(xj + u * W, std::min(W, g.lanes - u * W), Vis::kFill)));
-      }
+    exp_store_sum_blocks(g, m, s, [&](int64_t b, int64_t len, ExpStoreSumVisitor<T>& v) {
+      map_panel(g.x + b * g.sx, g.sx, scratch + b * tp::kMaxLanes, tp::kMaxLanes, len, g.lanes, v);
     });
   }
   static void scale_scratch(const Group<S>& g, const T* scratch, const T* c) {
-    using V = Vec<T>;
-    constexpr int W = V::W;
-    const int nvec = (g.lanes + W - 1) / W;
-    PerRegister<T> cv;
-    cv.load_lanes(c, g.lanes, 0);
-    for (int64_t j = 0; j < g.n; ++j) {
-      S* yj = g.y + j * g.sy;
-      const T* tj = scratch + j * tp::kMaxLanes;
-      for (int u = 0; u < nvec; ++u) {
-        const int k = std::min(W, g.lanes - u * W);
-        const typename V::R r = V::mul(V::load(tj + u * W), cv.v[u]);
-        k == W ? Io<S>::store(yj + u * W, r) : Io<S>::store_partial(yj + u * W, r, k);
-      }
-    }
+    ScaleVisitor<T> v;
+    v.c.load_lanes(c, g.lanes, 0);
+    map_panel(scratch, tp::kMaxLanes, g.y, g.sy, g.n, g.lanes, v);
   }
   static void exp_scale(const Group<S>& g, const T* m, const T* c, bool stream) {
     ExpScaleVisitor<T> v;
@@ -963,17 +945,18 @@ template <class S, bool Panel> struct PassKernels {
 // (SoftmaxKernels::check_lanes) Loops without branches (& rather than &&), which the
 // compiler vectorizes for the ISA.
 template <class T> int check_lanes(const T* max, const double* sum, int lanes, T* inv_sum, double* log_sum, bool* redo) {
-  auto accepted = [&](int l) {
+  auto accepted = [&](int l) -> bool {
+    const bool max_finite = std::fabs(max[l]) <= std::numeric_limits<T>::max();
+    if (!sum) return max_finite;
     const double s = sum[l];
-    return (std::fabs(s) <= std::numeric_limits<double>::max()) & (s > 0) &
-           (std::fabs(max[l]) <= std::numeric_limits<T>::max());
+    return (std::fabs(s) <= std::numeric_limits<double>::max()) & (s > 0) & max_finite;
   };
   int rejected = 0;
   for (int l = 0; l < lanes; ++l) rejected += !accepted(l);
   for (int l = 0; l < lanes && rejected; ++l) redo[l] = !accepted(l);
-  if (inv_sum)
+  if (inv_sum && sum)
     for (int l = 0; l < lanes; ++l) inv_sum[l] = (T)(1.0 / sum[l]);
-  if (log_sum) {
+  if (log_sum && sum) {
     using V = Vec<double>;
     int l = 0;
     for (; l + V::W <= lanes; l += V::W) V::store(log_sum + l, log_at_least_1_vec(V::load(sum + l)));

@@ -4,10 +4,12 @@ For every op, dtype, algorithm and ISA (and torch, when installed, on the same i
 it prints the largest error against the extended-precision reference of
 `twopass.reference`, over rows of several lengths and value distributions:
   - ulp: |y - ref| / ulp(ref), ulp in the output dtype (what "a few ULP" means);
-    for log_softmax, ulp(max(1, |ref|)), since it is near 0 at each row's maximum;
-  - rel: |y - ref| / |ref| (softmax, logsumexp) or / max(1, |ref|) (log_softmax).
+    for log_softmax and logsumexp, ulp(max(1, |ref|)): log_softmax is near 0 at each
+    row's maximum, and a logsumexp near 0 sums terms of opposite signs;
+  - rel: |y - ref| / |ref| (softmax) or / max(1, |ref|) (log_softmax, logsumexp).
 The normaliser of long rows is summed in blocks folded into double, so the error does
-not grow with the row length; the 1M-element rows show it. Then the float32 cross-entropy
+not grow with the row length; the 1M-element rows show it. Then the same over non-last
+axes (columns computed side by side in vectors), and the float32 cross-entropy
 and its gradient, against the same reference.
 """
 
@@ -39,49 +41,55 @@ def _errors(op: str, y: np.ndarray, ref: np.ndarray, dtype: np.dtype) -> tuple[f
         return 0.0, 0.0
     y64, r = y.astype(np.float64)[ok], ref[ok]
     err = np.abs(y64 - r)
-    # log_softmax is near 0 at a row's maximum: count its error in ulps of max(1, |y|).
-    mag = np.maximum(1.0, np.abs(r)) if op == "log_softmax" else np.abs(r)
+    # log_softmax is near 0 at a row's maximum, and a logsumexp near 0 is m + log(s) with
+    # m and log(s) of opposite signs, ill-conditioned (a short axis of values around 0
+    # has such columns): count their errors in ulps of max(1, |y|).
+    wide = op in ("log_softmax", "logsumexp")
+    mag = np.maximum(1.0, np.abs(r)) if wide else np.abs(r)
     ulp = np.spacing(mag.astype(dtype)).astype(np.float64)
     # Relative error where it means something: outputs in the normal range.
-    denom = np.maximum(1.0, np.abs(r)) if op == "log_softmax" else np.abs(r)
+    denom = np.maximum(1.0, np.abs(r)) if wide else np.abs(r)
     normal = denom >= np.finfo(dtype).tiny
     rel = err[normal] / denom[normal]
     return float(np.max(err / ulp)), float(np.max(rel, initial=0.0))
 
 
-def _torch_fn(op: str) -> Callable[[np.ndarray], np.ndarray] | None:
+def _torch_fn(op: str, axis: int = -1) -> Callable[[np.ndarray], np.ndarray] | None:
     try:
         import torch
     except ImportError:
         return None
     f = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op]
-    return lambda x: f(torch.from_numpy(x), -1).numpy()
+    return lambda x: f(torch.from_numpy(x), axis).numpy()
 
 
-def measure(lengths=LENGTHS, seed: int = 0) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    inputs = [(name, n, gen(rng, n)) for name, gen in DISTRIBUTIONS.items() for n in lengths]
+def _implementations(op: str) -> list[str]:
+    """ "isa/algorithm" for every ISA the CPU runs and every algorithm of op, and "torch"
+    where it is installed."""
+    algos = ("two_pass", "three_pass_recompute", "online") if op == "logsumexp" else ALGORITHMS
+    labels = [f"{isa}/{algo}" for isa in _dispatch.isa_supported() for algo in algos]
+    return labels + (["torch"] if _torch_fn(op) is not None else [])
+
+
+def _worst_errors(inputs: list[tuple[str, np.ndarray, int]]) -> list[dict[str, Any]]:
+    """Per dtype, op and implementation: the largest errors over `inputs` (a description,
+    an array and the axis to reduce) and the input that gave the largest ulp error."""
     rows = []
     for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
         for op in ("softmax", "log_softmax", "logsumexp"):
-            xs = [(name, n, x.astype(dtype)) for name, n, x in inputs]
-            refs = [reference.logsumexp(x) if op == "logsumexp" else getattr(reference, op)(x) for _, _, x in xs]
-            candidates: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = []
-            algos = ("two_pass", "three_pass_recompute", "online") if op == "logsumexp" else ALGORITHMS
-            for isa in _dispatch.isa_supported():
-                for algo in algos:
-                    candidates.append(
-                        (f"{isa}/{algo}", lambda x, a=algo, i=isa, o=op: compute(o, x, algorithm=a, isa=i))
-                    )
-            torch_fn = _torch_fn(op)
-            if torch_fn is not None:
-                candidates.append(("torch", torch_fn))
-            for label, fn in candidates:
-                worst_ulp, worst_rel, where = 0.0, 0.0, ""
-                for (name, n, x), ref in zip(xs, refs):
-                    u, r = _errors(op, np.asarray(fn(x)), np.asarray(ref), dtype)
+            cases = [(where, x.astype(dtype), axis) for where, x, axis in inputs]
+            refs = [getattr(reference, op)(x, axis=axis) for _, x, axis in cases]
+            for label in _implementations(op):
+                worst_ulp, worst_rel, worst = 0.0, 0.0, ""
+                for (where, x, axis), ref in zip(cases, refs):
+                    if label == "torch":
+                        y = _torch_fn(op, axis)(x)
+                    else:
+                        isa, algo = label.split("/")
+                        y = compute(op, x, axis=axis, algorithm=algo, isa=isa)
+                    u, r = _errors(op, np.asarray(y), np.asarray(ref), dtype)
                     if u > worst_ulp:
-                        worst_ulp, where = u, f"{name}, n={n}"
+                        worst_ulp, worst = u, where
                     worst_rel = max(worst_rel, r)
                 rows.append(
                     {
@@ -90,10 +98,43 @@ def measure(lengths=LENGTHS, seed: int = 0) -> list[dict[str, Any]]:
                         "impl": label,
                         "max_ulp": worst_ulp,
                         "max_rel": worst_rel,
-                        "worst": where,
+                        "worst": worst,
                     }
                 )
     return rows
+
+
+def measure(lengths=LENGTHS, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows of every length in `lengths` and every distribution of DISTRIBUTIONS."""
+    rng = np.random.default_rng(seed)
+    return _worst_errors([(f"{name}, n={n}", gen(rng, n), -1) for name, gen in DISTRIBUTIONS.items() for n in lengths])
+
+
+# Non-last axes (a panel of columns per call): short and long axes, lane counts that
+# leave partial vectors, an axis in the middle.
+AXIS_CASES = (
+    ((1, 1027), 0),
+    ((2, 1027), 0),
+    ((4, 1027), 0),
+    ((16, 1027), 0),
+    ((64, 1027), 0),
+    ((300, 1027), 0),
+    ((8, 37, 129), 1),
+)
+
+
+def measure_axes(seed: int = 0) -> list[dict[str, Any]]:
+    """As `measure`, over a non-last axis (the panels of docs/design.md): every input of
+    AXIS_CASES with the normal x 30, uniform and masked distributions."""
+    rng = np.random.default_rng(seed)
+    names = ("normal x 30", "uniform +-80", "masked -inf")
+    return _worst_errors(
+        [
+            (f"{name}, {shape} axis {axis}", DISTRIBUTIONS[name](rng, int(np.prod(shape))).reshape(shape), axis)
+            for name in names
+            for shape, axis in AXIS_CASES
+        ]
+    )
 
 
 CE_CASES = (
@@ -164,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'dtype':8} {'op':12} {'implementation':32} {'max ulp':>9} {'max rel':>10}  worst case")
     for r in rows:
         print(f"{r['dtype']:8} {r['op']:12} {r['impl']:32} {r['max_ulp']:9.2f} {r['max_rel']:10.2e}  {r['worst']}")
+    axis_rows = measure_axes()
+    print(f"\nover a non-last axis ({', '.join(f'{s} axis {a}' for s, a in AXIS_CASES)}):")
+    for r in axis_rows:
+        print(f"{r['dtype']:8} {r['op']:12} {r['impl']:32} {r['max_ulp']:9.2f} {r['max_rel']:10.2e}  {r['worst']}")
     ce_rows = measure_cross_entropy()
     print(f"\ncross-entropy, float32 ({', '.join(c[0] for c in CE_CASES)}):")
     print(f"{'implementation':32} {'loss ulp':>9} {'grad (u x row max)':>19}  worst loss case")
@@ -171,5 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['impl']:32} {r['loss_ulp']:9.2f} {r['grad_u']:19.2f}  {r['worst']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": _dispatch.info(), "rows": rows, "cross_entropy": ce_rows}, f, indent=1)
+            json.dump(
+                {"info": _dispatch.info(), "rows": rows, "axes": axis_rows, "cross_entropy": ce_rows}, f, indent=1
+            )
     return 0
