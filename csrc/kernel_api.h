@@ -96,12 +96,15 @@ template <class S> struct Passes {
   // k, f[k] = exp(refs[k] - m) / s (m, s: the whole row's), refs overwritten by f.
   void (*reload_part)(const S* x, S* y, int64_t n, T* refs, T* m, double* s);
   void (*reload_part_scale)(S* y, int64_t n, T* refs, T m, double s);
-  // Panels of the halves only (null elsewhere): the three-pass reload's passes 2 and 3
-  // through a float32 scratch panel (step j of lane l at scratch[j * kMaxLanes + l]), so
-  // a short axis computes exp once, as float32's reload does, rather than again in pass 3:
-  // scratch = exp(x - m) with the sums per lane as exp_store_sum's, then y = scratch * c.
-  void (*exp_store_sum_scratch)(const Group<S>& g, const T* m, double* s, T* scratch);
+  // Panels only (null in the row table): a short axis through a scratch panel of the
+  // compute type (step j of lane l at scratch[j * kMaxLanes + l]; softmax.cpp,
+  // Algorithms::scratch_panel). max_to_scratch is pass 1, m = the maximum per lane, with
+  // x copied into the scratch panel; pass 2 runs on the scratch panel (SoftmaxKernels::
+  // scratch_passes); the last pass writes y from it: y = scratch * c (softmax, the
+  // scratch holding exp(x - m)) or y = (scratch - hi) - lo (log_softmax, the scratch x).
+  void (*max_to_scratch)(const Group<S>& g, T* m, T* scratch);
   void (*scale_scratch)(const Group<S>& g, const T* scratch, const T* c);
+  void (*log_softmax_write_scratch)(const Group<S>& g, const T* scratch, const T* hi, const T* lo);
 };
 
 // Entries reload_part's refs needs for n elements: its blocks are at least
@@ -118,6 +121,8 @@ double exp_of_difference(double a, double b);
 template <class S> struct SoftmaxKernels {
   using T = Compute<S>;
   Passes<S> row, panel;
+  // The panel passes of the compute type: pass 2 on a scratch panel (max_to_scratch).
+  Passes<T> scratch_passes;
   // exp(x) = m * 2^e, the (m, e) of one element exactly as two_pass_sum's loop
   // computes it (same instructions, lane 0 of a broadcast vector).
   void (*extexp)(T x, T* m, T* e);

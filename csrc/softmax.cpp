@@ -44,8 +44,10 @@ constexpr int64_t kLseBlockRowBytes = 4096;
 
 template <class S> void put(S* p, double v) { *p = Storage<S>::narrow((Compute<S>)v); }
 
-// Steps of a halves' panel that Algorithms::scratch_panel keeps in float32 (16 KiB).
-constexpr int64_t kPanelScratchSteps = 64;
+// Steps of a panel that Algorithms::scratch_panel keeps in the compute type T: 16 KiB
+// (64 in float32, 32 in double; the float64 panels of 64 steps, 32 KiB, were slower
+// through it than without: 1.56-2.4 against 1.75-3.7 ns per element in the L2).
+template <class T> constexpr int64_t kPanelScratchSteps = 16384 / (kMaxLanes * sizeof(T));
 
 // One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
 template <class T> Group<T> lane_of(const Group<T>& g, int l) {
@@ -238,16 +240,25 @@ template <class S> struct Algorithms {
     if (lse) put(lse, (double)mx + log_at_least_1(sum));
   }
 
-  // The halves' three-pass reload on a panel of a short axis (not split over threads):
-  // exp stored in a float32 scratch panel on the stack (Passes::exp_store_sum_scratch)
-  // and scaled from there, computed once, rather than again from x in pass 3. Xeon VM,
-  // one thread, in the L2, ns per element, recompute / scratch: bfloat16 over axis 1 of
-  // (4, 4, 16384) 0.99 / 0.79, over axis 0 of (16, 16384) 0.91 / 0.62, axis 1 of (16, 16,
-  // 1024) 0.74 / 0.47, of (2, 64, 2048) 0.70 / 0.52; float16 0.86 / 0.79, 0.66 / 0.54,
-  // 0.62 / 0.51, 0.58 / 0.53.
+  // A panel of a short axis (not split over threads) goes through a scratch panel of the
+  // compute type on the stack (Passes::max_to_scratch): pass 1 reads x, the others read
+  // the scratch panel from the L1, whatever x's layout (a panel's steps lie a whole row
+  // of the array apart; strides of a power of two bytes put them in the same few L1
+  // sets). The softmax keeps exp(x - m) there, computed once, and writes y once: before,
+  // float32 stored exp in y for pass 3 to read back, the recompute and the halves
+  // computed exp again in pass 3. log_softmax gains only on bfloat16 (float32 and float16
+  // read x as fast as the scratch panel, and float16's pass 1 compares 16-bit keys
+  // without widening). Xeon VM, one thread, in the L2, ns per element, before / after
+  // (tools/ab_builds.py): softmax reload float32 over axis 0 of (16, 16384) 0.93 / 0.85,
+  // (64, 65536) 1.01 / 0.87, axis 1 of (2, 64, 2048) 0.95 / 0.89; recompute 1.03 / 0.85,
+  // 0.79 / 0.82, 1.00 / 0.95; float64 (4, 4, 16384) axis 1 reload 1.75 / 1.60,
+  // recompute 2.90 / 2.10; bfloat16 reload (16, 16384) 0.85 / 0.71, (4, 4, 16384) 1.10 /
+  // 0.99; float16 0.80 / 0.65, 1.02 / 0.87; bfloat16 log_softmax 0.94 / 0.78, 1.35 /
+  // 1.27, (64, 65536) 0.75 / 0.67.
   bool scratch_panel(const Group<S>& g, const AxisSplit<S>& axis) const {
-    return !kReloadStores && algo == Algo::kThreePassReload && op == Op::kSoftmax && axis.chunks == 1 &&
-           g.n <= kPanelScratchSteps && passes_for(g).exp_store_sum_scratch;
+    const bool op_gains = op == Op::kSoftmax || (op == Op::kLogSoftmax && std::is_same_v<S, bf16>);
+    return op_gains && algo != Algo::kOnline && axis.chunks == 1 && g.n <= kPanelScratchSteps<T> &&
+           passes_for(g).max_to_scratch;
   }
 
   // The max-first algorithms: three-pass reload, three-pass recompute, online.
@@ -261,9 +272,16 @@ template <class S> struct Algorithms {
     uint64_t scanned = 0;  // by lane (kMaxLanes <= 64): a bit mask, nothing to clear per call
     static_assert(kMaxLanes <= 64, "scanned: one bit per lane");
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
-    bool in_scratch = false;  // ... or into a float32 scratch panel (the halves)
-    alignas(64) T scratch[kReloadStores ? 1 : kPanelScratchSteps * kMaxLanes];
-    if (algo == Algo::kOnline) {
+    const bool in_scratch = scratch_panel(g, axis);  // passes 2 and 3 read the scratch panel
+    alignas(64) T scratch[kPanelScratchSteps<T> * kMaxLanes];
+    if (in_scratch) {
+      passes_for(g).max_to_scratch(g, lane.max, scratch);
+      const Group<T> s{scratch, scratch, g.n, kMaxLanes, kMaxLanes, g.lanes};
+      if (op == Op::kSoftmax)
+        kernels.scratch_passes.exp_store_sum(s, lane.max, lane.sum, false);
+      else
+        kernels.scratch_passes.sumexp(s, lane.max, lane.sum);
+    } else if (algo == Algo::kOnline) {
       axis.online(lane.online_max, lane.sum);
       for (int l = 0; l < g.lanes; ++l) lane.max[l] = (T)lane.online_max[l];
     } else {
@@ -282,11 +300,6 @@ template <class S> struct Algorithms {
         axis.sum([&](const Group<S>& c, double* out) { passes_for(c).exp_store_sum(c, lane.max, out, stream2); },
                  lane.sum);
         stored = true;
-      } else if (scratch_panel(g, axis)) {
-        axis.sum([&](const Group<S>& c,
-                     double* out) { passes_for(c).exp_store_sum_scratch(c, lane.max, out, scratch); },
-                 lane.sum);
-        in_scratch = true;
       } else {
         axis.sum([&](const Group<S>& c, double* out) { passes_for(c).sumexp(c, lane.max, out); }, lane.sum);
       }
@@ -323,7 +336,9 @@ template <class S> struct Algorithms {
         passes_for(c).scale(cy, lane.inv_sum, use_streaming_stores(stream, Reuse::kInPlace));
       });
     } else if (op == Op::kSoftmax && in_scratch) {
-      axis.each([&](const Group<S>& c) { passes_for(c).scale_scratch(c, scratch, lane.inv_sum); });
+      passes_for(g).scale_scratch(g, scratch, lane.inv_sum);
+    } else if (op == Op::kLogSoftmax && in_scratch) {
+      passes_for(g).log_softmax_write_scratch(g, scratch, lane.max, lane.log_sum);
     } else if (op == Op::kSoftmax) {
       axis.each([&](const Group<S>& c) { passes_for(c).exp_scale(c, lane.max, lane.inv_sum, stream_final()); });
     } else if (op == Op::kLogSoftmax) {

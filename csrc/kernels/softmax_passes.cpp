@@ -366,6 +366,14 @@ template <class T> struct LogSoftmaxWriteVisitor {
   inline R apply(int u, R x) { return Vec<T>::sub(Vec<T>::sub(x, hi.v[u]), lo.v[u]); }
 };
 // Map and reduce at once: y = exp(x - m), sum of y.
+// The maximum while x goes on unchanged (into a scratch panel).
+template <class T> struct MaxStoreVisitor : MaxVisitor<T> {
+  using R = typename Vec<T>::R;
+  inline R apply(int u, R x) {
+    this->step(u, x);
+    return x;
+  }
+};
 template <class T> struct ExpStoreSumVisitor : SumExpVisitor<T> {
   using R = typename Vec<T>::R;
   inline R apply(int u, R x) {
@@ -469,16 +477,25 @@ template <class S, bool Panel> struct PassKernels {
       });
     });
   }
-  // (Passes::exp_store_sum_scratch, scale_scratch: panels of the halves; step j of the
-  // scratch panel at scratch + j * kMaxLanes.)
-  static void exp_store_sum_scratch(const Group<S>& g, const T* m, double* s, T* scratch) {
-    exp_store_sum_blocks(g, m, s, [&](int64_t b, int64_t len, ExpStoreSumVisitor<T>& v) {
-      map_panel(g.x + b * g.sx, g.sx, scratch + b * tp::kMaxLanes, tp::kMaxLanes, len, g.lanes, v);
-    });
+  // (Passes::max_to_scratch, scale_scratch, log_softmax_write_scratch: panels; step j
+  // of the scratch panel at scratch + j * kMaxLanes.)
+  static void max_to_scratch(const Group<S>& g, T* m, T* scratch) {
+    MaxStoreVisitor<T> v;
+    v.out = m;
+    v.init_out(g.lanes);
+    v.reset();
+    map_panel(g.x, g.sx, scratch, tp::kMaxLanes, g.n, g.lanes, v);
+    v.fold_panel(g.lanes);
   }
   static void scale_scratch(const Group<S>& g, const T* scratch, const T* c) {
     ScaleVisitor<T> v;
     v.c.load_lanes(c, g.lanes, 0);
+    map_panel(scratch, tp::kMaxLanes, g.y, g.sy, g.n, g.lanes, v);
+  }
+  static void log_softmax_write_scratch(const Group<S>& g, const T* scratch, const T* hi, const T* lo) {
+    LogSoftmaxWriteVisitor<T> v;
+    v.hi.load_lanes(hi, g.lanes, 0);
+    v.lo.load_lanes(lo, g.lanes, 0);
     map_panel(scratch, tp::kMaxLanes, g.y, g.sy, g.n, g.lanes, v);
   }
   static void exp_scale(const Group<S>& g, const T* m, const T* c, bool stream) {
@@ -935,7 +952,8 @@ template <class S, bool Panel> struct PassKernels {
     return {two_pass_sum, two_pass_write, max,   sumexp, online, exp_store_sum, exp_scale, scale, log_softmax_write,
             Panel ? nullptr : rows_reload, Panel ? nullptr : exp_store_sum_wide,
             Panel || !kStores ? nullptr : reload_part, Panel || !kStores ? nullptr : reload_part_scale,
-            Panel && !kStores ? exp_store_sum_scratch : nullptr, Panel && !kStores ? scale_scratch : nullptr};
+            Panel ? max_to_scratch : nullptr, Panel ? scale_scratch : nullptr,
+            Panel ? log_softmax_write_scratch : nullptr};
   }
 };
 
@@ -967,7 +985,8 @@ template <class T> int check_lanes(const T* max, const double* sum, int lanes, T
 
 template <class S> tp::SoftmaxKernels<S> softmax_kernels() {
   using T = tp::Compute<S>;
-  return {PassKernels<S, false>::table(), PassKernels<S, true>::table(), extexp_one<T>, check_lanes<T>};
+  return {PassKernels<S, false>::table(), PassKernels<S, true>::table(), PassKernels<T, true>::table(), extexp_one<T>,
+          check_lanes<T>};
 }
 template tp::SoftmaxKernels<float> softmax_kernels<float>();
 template tp::SoftmaxKernels<double> softmax_kernels<double>();
