@@ -44,10 +44,19 @@ constexpr int64_t kLseBlockRowBytes = 4096;
 
 template <class S> void put(S* p, double v) { *p = Storage<S>::narrow((Compute<S>)v); }
 
-// Steps of a panel that Algorithms::scratch_panel keeps in the compute type T: 16 KiB
-// (64 in float32, 32 in double; the float64 panels of 64 steps, 32 KiB, were slower
-// through it than without: 1.56-2.4 against 1.75-3.7 ns per element in the L2).
+// Steps of a panel that Algorithms::scratch_panel keeps on the stack in the compute type
+// T: 16 KiB (64 float32 steps, 32 double). Longer float32 axes, up to 1 MiB (half the
+// L2 of the smaller cores), take a scratch panel of the calling thread's own (the pool's
+// workers live on), grown to the longest served.
 template <class T> constexpr int64_t kPanelScratchSteps = 16384 / (kMaxLanes * sizeof(T));
+template <class T> constexpr int64_t kPanelScratchMaxSteps = std::is_same_v<T, float> ? 4096 : kPanelScratchSteps<T>;
+inline float* thread_scratch_panel(int64_t steps) {
+  thread_local std::vector<float> panel;
+  const size_t size = (size_t)(steps * kMaxLanes) + 16;
+  if (panel.size() < size) panel.resize(size);
+  // 64-byte aligned as the stack's: whole lines per step.
+  return panel.data() + (-(uintptr_t)panel.data() / sizeof(float)) % 16;
+}
 
 // One lane of a group, as a group of its own (a strided row): for the rare fix-ups.
 template <class T> Group<T> lane_of(const Group<T>& g, int l) {
@@ -240,24 +249,27 @@ template <class S> struct Algorithms {
     if (lse) put(lse, (double)mx + log_at_least_1(sum));
   }
 
-  // A panel of a short axis (not split over threads) goes through a scratch panel of the
-  // compute type on the stack (Passes::max_to_scratch): pass 1 reads x, the others read
-  // the scratch panel from the L1, whatever x's layout (a panel's steps lie a whole row
-  // of the array apart; strides of a power of two bytes put them in the same few L1
-  // sets). The softmax keeps exp(x - m) there, computed once, and writes y once: before,
-  // float32 stored exp in y for pass 3 to read back, the recompute and the halves
-  // computed exp again in pass 3. log_softmax gains only on bfloat16 (float32 and float16
-  // read x as fast as the scratch panel, and float16's pass 1 compares 16-bit keys
-  // without widening). Xeon VM, one thread, in the L2, ns per element, before / after
-  // (tools/ab_builds.py): softmax reload float32 over axis 0 of (16, 16384) 0.93 / 0.85,
-  // (64, 65536) 1.01 / 0.87, axis 1 of (2, 64, 2048) 0.95 / 0.89; recompute 1.03 / 0.85,
-  // 0.79 / 0.82, 1.00 / 0.95; float64 (4, 4, 16384) axis 1 reload 1.75 / 1.60,
-  // recompute 2.90 / 2.10; bfloat16 reload (16, 16384) 0.85 / 0.71, (4, 4, 16384) 1.10 /
-  // 0.99; float16 0.80 / 0.65, 1.02 / 0.87; bfloat16 log_softmax 0.94 / 0.78, 1.35 /
-  // 1.27, (64, 65536) 0.75 / 0.67.
+  // A panel (not split over threads) of an axis of at most kPanelScratchMaxSteps goes
+  // through a scratch panel of the compute type (Passes::max_to_scratch): pass 1 reads
+  // x, the others read the scratch panel from the L1 or the L2, whatever x's layout (a
+  // panel's steps lie a whole row of the array apart; strides of a power of two bytes
+  // put them in the same few sets, of the L1 and, with huge pages, of the L2). The
+  // softmax keeps exp(x - m) there, computed once, and writes y once: before, float32
+  // stored exp in y for pass 3 to read back, the recompute and the halves computed exp
+  // again in pass 3. log_softmax gains only on bfloat16 (float32 and float16 read x as
+  // fast as the scratch panel, and float16's pass 1 compares 16-bit keys without
+  // widening); float64 only on axes of at most 32 steps (beyond, a double scratch panel
+  // measured slower: softmax of (64, 65536) over axis 0, 2.9 -> 3.8 ns per element).
+  // Xeon VM, one thread, ns per element, before / after (tools/ab_builds.py): softmax
+  // reload float32 over axis 0 of (16, 16384) 0.93 / 0.85, (64, 65536) 1.01 / 0.87,
+  // (1024, 4096) 1.62 / 1.08, (4096, 4096) 2.92 / 2.18, axis 1 of (2, 64, 2048) 0.95 /
+  // 0.89; recompute 1.03 / 0.85 and 3.31 / 2.22 over the first and the last; float64
+  // over axis 1 of (4, 4, 16384), reload 1.75 / 1.60, recompute 2.90 / 2.10; bfloat16
+  // reload (16, 16384) 0.85 / 0.71, (4096, 4096) 2.36 / 1.74; float16 0.80 / 0.65, 2.07 /
+  // 1.38; bfloat16 log_softmax 0.94 / 0.78, 2.33 / 1.59.
   bool scratch_panel(const Group<S>& g, const AxisSplit<S>& axis) const {
     const bool op_gains = op == Op::kSoftmax || (op == Op::kLogSoftmax && std::is_same_v<S, bf16>);
-    return op_gains && algo != Algo::kOnline && axis.chunks == 1 && g.n <= kPanelScratchSteps<T> &&
+    return op_gains && algo != Algo::kOnline && axis.chunks == 1 && g.n <= kPanelScratchMaxSteps<T> &&
            passes_for(g).max_to_scratch;
   }
 
@@ -273,7 +285,10 @@ template <class S> struct Algorithms {
     static_assert(kMaxLanes <= 64, "scanned: one bit per lane");
     bool stored = false;  // three-pass reload, softmax: pass 2 already wrote exp(x - max)
     const bool in_scratch = scratch_panel(g, axis);  // passes 2 and 3 read the scratch panel
-    alignas(64) T scratch[kPanelScratchSteps<T> * kMaxLanes];
+    alignas(64) T stack_scratch[kPanelScratchSteps<T> * kMaxLanes];
+    T* scratch = stack_scratch;
+    if constexpr (std::is_same_v<T, float>)
+      if (in_scratch && g.n > kPanelScratchSteps<T>) scratch = thread_scratch_panel(g.n);
     if (in_scratch) {
       passes_for(g).max_to_scratch(g, lane.max, scratch);
       const Group<T> s{scratch, scratch, g.n, kMaxLanes, kMaxLanes, g.lanes};

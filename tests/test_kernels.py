@@ -48,14 +48,14 @@ def test_non_last_axis(isa, algorithm, dtype, op, inner):
 @pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("n", [1, 4, 37, 64, 65])
+@pytest.mark.parametrize("n", [1, 4, 37, 64, 65, 300])
 def test_panels_with_special_lanes(isa, algorithm, dtype, op, n):
     """Columns with NaN, +inf, all -inf and values near the float32 maximum, in the
     first, middle and last lanes of a panel and past it: the per-lane check of the
     max-first algorithms (SoftmaxKernels::check_lanes, vectorized) flags exactly those,
     and the other lanes keep their values (short axes, where that check is most of the
-    work; the halves' reload keeps up to 64 steps in a float32 scratch panel). In place
-    gives the same bits."""
+    work; the softmax goes through a scratch panel on the stack up to 16 KiB and in a
+    thread's own beyond, Algorithms::scratch_panel). In place gives the same bits."""
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((n, 130)) * 4).astype(np.float64)
     x[n // 2, 0] = np.nan

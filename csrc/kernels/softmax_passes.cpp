@@ -365,8 +365,8 @@ template <class T> struct LogSoftmaxWriteVisitor {
   static constexpr bool kElementwise = true;  // (loops.h, map_row)
   inline R apply(int u, R x) { return Vec<T>::sub(Vec<T>::sub(x, hi.v[u]), lo.v[u]); }
 };
-// Map and reduce at once: y = exp(x - m), sum of y.
-// The maximum while x goes on unchanged (into a scratch panel).
+// Map and reduce at once: the maximum while x goes on unchanged (into a scratch panel);
+// y = exp(x - m), sum of y.
 template <class T> struct MaxStoreVisitor : MaxVisitor<T> {
   using R = typename Vec<T>::R;
   inline R apply(int u, R x) {
