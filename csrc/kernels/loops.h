@@ -148,11 +148,11 @@ template <class S, class Vis> void reduce_row(const S* x, int64_t n, Vis& vis) {
 // where they store it). Its steps lie a whole row of the array apart, each a few lines:
 // the hardware prefetchers, which follow streams within a page, track too few of them
 // (64 steps, 64 pages) and serve a long axis late. Xeon VM (2 MiB L2, 260 MiB L3),
-// one thread, in the L3, ns per element, none / 4 / 8 / 16 steps ahead
-// (tools/ab_builds.py): float32 softmax over axis 0 of 4096x4096 2.80 / 1.50 / 1.51 /
-// 1.63, logsumexp 1.50 / 1.09 / 0.96 / 0.94; bfloat16 softmax 2.22 / 1.32 / 1.26 / 1.17;
-// axis 1 of (8, 64, 8192), float32 softmax 1.06 / 1.00 / 0.96 / 0.98; short axes (4,
-// 16 steps) unchanged. Into the L1 (prefetcht0) instead: the same within 5%.
+// one thread, in the L3, ns per element (tools/ab_builds.py), none / 8 steps ahead
+// into the L2 / into the L1 at 4, 8, 16 steps: float32 softmax over axis 0 of
+// 4096x4096 2.80 / 1.59 / 1.50, 1.51, 1.63; logsumexp 1.50 / 0.93 / 1.09, 0.96, 0.94;
+// bfloat16 softmax 2.22 / 1.16 / 1.32, 1.26, 1.17; axis 1 of (8, 64, 8192), float32
+// softmax 1.06 / 0.98 / 1.00, 0.96, 0.98. Short axes (4, 16 steps) unchanged.
 constexpr int64_t kPanelAhead = 8;
 template <bool Write, class S> inline void prefetch_panel_step(const S* p, int lanes) {
   const char* c = (const char*)p;
