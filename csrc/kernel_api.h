@@ -130,7 +130,7 @@ template <class S> struct SoftmaxKernels {
   // ISA's vectors (a panel's per-lane scalar work outweighed a short axis's passes):
   // the number of lanes whose maximum or sum is not finite, or whose sum is not > 0
   // (sum null: whose maximum is not finite); where there are any, redo[l] says which.
-  // For every lane, where not null: inv_sum[l]
+  // For every lane, where not null (and then sum is not null either): inv_sum[l]
   // = 1 / sum[l] rounded to T; log_sum[l] = log(max(sum[l], 1)) in double, within 1.5 ulp
   // (the lanes to redo: unspecified).
   int (*check_lanes)(const T* max, const double* sum, int lanes, T* inv_sum, double* log_sum, bool* redo);

@@ -26,6 +26,7 @@ import time
 import ml_dtypes
 import numpy as np
 
+from twopass._arrays import layout, out_layout
 from twopass._dispatch import ALGO_CODES, DTYPE_CODES, ISA, ISA_CODES, OP_CODES
 
 PANELS = ["4x4x16384@1", "16x16384@0", "16x16x1024@1", "2x64x2048@1"]
@@ -50,33 +51,17 @@ def parse_shape(text: str) -> tuple[tuple[int, ...], int]:
 
 
 def run_args(op: str, algo: str, isa: str, x: np.ndarray, axis: int):
-    """The positional arguments of _core.run for op over `axis` of a C-contiguous x."""
-    outer = int(np.prod(x.shape[:axis]))
-    n = x.shape[axis]
-    inner = int(np.prod(x.shape[axis + 1 :]))
+    """The positional arguments of _core.run for op over `axis` of a C-contiguous x,
+    laid out by the same helpers the public API uses."""
     reduced = op == "logsumexp"
     y = np.empty(x.shape[:axis] + x.shape[axis + 1 :] if reduced else x.shape, x.dtype)
+    outer, n, inner, xs_outer, xs_n = layout(x, axis)
+    ys_outer, ys_n = out_layout(y, axis, op, keepdims=False)
     half = x.dtype.itemsize == 2
     code = DTYPE_CODES[x.dtype.name] if half else -1
     xv, yv = (x.view(np.uint16), y.view(np.uint16)) if half else (x, y)
-    ys_outer, ys_n = (inner, 0) if reduced else (n * inner, inner)
-    return (
-        OP_CODES[op],
-        ALGO_CODES[algo],
-        ISA_CODES[isa],
-        xv,
-        yv,
-        outer,
-        n,
-        inner,
-        n * inner,
-        inner,
-        ys_outer,
-        ys_n,
-        1,
-        False,
-        code,
-    )
+    dims = (outer, n, inner, xs_outer, xs_n, ys_outer, ys_n)
+    return (OP_CODES[op], ALGO_CODES[algo], ISA_CODES[isa], xv, yv, *dims, 1, False, code)
 
 
 def time_builds(cores, args, repeats: int, percentile: float, size: int) -> list[float]:

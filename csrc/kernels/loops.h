@@ -153,6 +153,9 @@ template <class S, class Vis> void reduce_row(const S* x, int64_t n, Vis& vis) {
 // 4096x4096 2.80 / 1.59 / 1.50, 1.51, 1.63; logsumexp 1.50 / 0.93 / 1.09, 0.96, 0.94;
 // bfloat16 softmax 2.22 / 1.16 / 1.32, 1.26, 1.17; axis 1 of (8, 64, 8192), float32
 // softmax 1.06 / 0.98 / 1.00, 0.96, 0.98. Short axes (4, 16 steps) unchanged.
+// Scratch panels (steps 256 bytes apart) and other close steps are prefetched too:
+// without it, float32 softmax over axis 0 of 4096x256 took 1.24 ns per element against
+// 1.05, bfloat16 over 4096x64 0.64 against 0.62 (steps closer than 1 KiB not prefetched).
 constexpr int64_t kPanelAhead = 8;
 template <bool Write, class S> inline void prefetch_panel_step(const S* p, int lanes) {
   const char* c = (const char*)p;

@@ -5,6 +5,7 @@
 // (two-pass sum, max, sum of exp, online), then map visitors (two-pass write, exp and
 // scale, scale, log_softmax write), then the passes themselves.
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -972,9 +973,10 @@ template <class T> int check_lanes(const T* max, const double* sum, int lanes, T
   int rejected = 0;
   for (int l = 0; l < lanes; ++l) rejected += !accepted(l);
   for (int l = 0; l < lanes && rejected; ++l) redo[l] = !accepted(l);
-  if (inv_sum && sum)
+  assert(sum || (!inv_sum && !log_sum));  // the derived values need the sums
+  if (inv_sum)
     for (int l = 0; l < lanes; ++l) inv_sum[l] = (T)(1.0 / sum[l]);
-  if (log_sum && sum) {
+  if (log_sum) {
     using V = Vec<double>;
     int l = 0;
     for (; l + V::W <= lanes; l += V::W) V::store(log_sum + l, log_at_least_1_vec(V::load(sum + l)));

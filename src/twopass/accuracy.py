@@ -16,6 +16,8 @@ and its gradient, against the same reference.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 from collections.abc import Callable
 from typing import Any
@@ -54,11 +56,14 @@ def _errors(op: str, y: np.ndarray, ref: np.ndarray, dtype: np.dtype) -> tuple[f
     return float(np.max(err / ulp)), float(np.max(rel, initial=0.0))
 
 
-def _torch_fn(op: str, axis: int = -1) -> Callable[[np.ndarray], np.ndarray] | None:
-    try:
-        import torch
-    except ImportError:
-        return None
+def _torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+@functools.cache  # one per (op, axis), not one per input
+def _torch_fn(op: str, axis: int) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
     f = {"softmax": torch.softmax, "log_softmax": torch.log_softmax, "logsumexp": torch.logsumexp}[op]
     return lambda x: f(torch.from_numpy(x), axis).numpy()
 
@@ -68,7 +73,7 @@ def _implementations(op: str) -> list[str]:
     where it is installed."""
     algos = ("two_pass", "three_pass_recompute", "online") if op == "logsumexp" else ALGORITHMS
     labels = [f"{isa}/{algo}" for isa in _dispatch.isa_supported() for algo in algos]
-    return labels + (["torch"] if _torch_fn(op) is not None else [])
+    return labels + (["torch"] if _torch_available() else [])
 
 
 def _worst_errors(inputs: list[tuple[str, np.ndarray, int]]) -> list[dict[str, Any]]:
