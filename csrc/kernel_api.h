@@ -165,6 +165,9 @@ template <class S> struct SoftmaxBackwardKernels {
   // logsumexp: gx = g[r] * exp(x - lse[r]), g and lse dense per row.
   void (*logsumexp)(const S* g, const S* x, const S* lse, S* gx, int64_t rows, int64_t n, int64_t xs, int64_t gxs,
                     bool stream);
+  // softmax or log_softmax (log) over a panel: `lanes` (at most the table's lanes_f32 or
+  // lanes_f64) contiguous columns of n steps, step j at offset j * step in g, y and gx.
+  void (*softmax_panel)(const S* g, const S* y, S* gx, int64_t n, int lanes, int64_t step, bool log);
 };
 
 // Everything one ISA's build provides (kernels/table.cpp).

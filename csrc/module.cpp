@@ -105,14 +105,16 @@ void run_ptr(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, int
   tp::run(pb, (tp::Isa)isa, threads, stream);
 }
 
-// The backward of the same path (softmax_backward.h): rows of a last axis.
+// The backward of the same path (softmax_backward.h): rows of a last axis, or (inner >
+// 1, softmax and log_softmax) blocks of C-contiguous (n, inner) reduced over their n.
 void backward_ptr(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx, int64_t rows,
-                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream, bool bf16) {
+                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream, bool bf16,
+                  int64_t inner = 1) {
   if (!valid_op(op) || !valid_isa(isa) || (bytes != 2 && bytes != 4 && bytes != 8) || threads < 1 || rows < 0 ||
-      n < 0 || !g || !y || !gx || (op == (int)tp::Op::kLogSumExp && !lse))
+      n < 0 || inner < 1 || !g || !y || !gx || (op == (int)tp::Op::kLogSumExp && (!lse || inner != 1)))
     throw std::invalid_argument("twopass: bad backward problem");
   tp::BackwardProblem pb{(tp::Op)op, bytes, (const void*)g, (const void*)y, (const void*)lse, (void*)gx,
-                         rows, n, gs, ys, xs, bytes == 2 && bf16};
+                         rows, n, gs, ys, xs, bytes == 2 && bf16, inner};
   tp::run_backward(pb, (tp::Isa)isa, threads, stream);
 }
 
@@ -129,10 +131,10 @@ void run_ptr_py(int op, int algo, int isa, int bytes, uintptr_t x, uintptr_t y, 
 
 void backward_ptr_py(int op, int isa, int bytes, uintptr_t g, uintptr_t y, uintptr_t lse, uintptr_t gx,
                      int64_t rows, int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, bool stream, bool bf16,
-                     bool torch_team) {
+                     bool torch_team, int64_t inner) {
   tp::TeamScope team(torch_team && threads > 1 ? tp::torch_team() : nullptr);
   nb::gil_scoped_release release;
-  backward_ptr(op, isa, bytes, g, y, lse, gx, rows, n, gs, ys, xs, threads, stream, bf16);
+  backward_ptr(op, isa, bytes, g, y, lse, gx, rows, n, gs, ys, xs, threads, stream, bf16, inner);
 }
 
 // bytes 2: bfloat16 when `bf16`, else float16; loss and z then in that dtype.

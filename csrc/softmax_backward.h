@@ -1,5 +1,6 @@
-// The backward of softmax, log_softmax and logsumexp over rows of a last axis: the
-// per-ISA row kernels (kernels/softmax_backward.cpp) spread over threads by rows.
+// The backward of softmax, log_softmax and logsumexp over rows of a last axis, and of
+// softmax and log_softmax over a non-last axis (inner > 1: panels of columns): the
+// per-ISA kernels (kernels/softmax_backward.cpp) spread over threads by rows or panels.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,9 @@ struct BackwardProblem {
   int64_t rows, n;
   int64_t gs, ys, xs;  // row strides (elements) of g, y (or x), gx; along a row the stride is 1
   bool bf16 = false;    // dtype_bytes 2: bfloat16, else float16
+  // inner > 1 (softmax, log_softmax): each of the `rows` blocks (gs, ys, xs apart) is
+  // C-contiguous (n, inner), reduced over its n (the axis) for each of its inner columns.
+  int64_t inner = 1;
 };
 
 void run_backward(const BackwardProblem& pb, Isa isa, int threads, bool stream);

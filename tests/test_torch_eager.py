@@ -226,7 +226,8 @@ def test_backward_kernels(name, n, dtype):
 
 @pytest.mark.parametrize("name", ("softmax", "log_softmax", "logsumexp"))
 def test_backward_other_layouts(name):
-    """dim != -1, non-contiguous g or x, keepdim: torch's backward or a copy, same values."""
+    """dim != -1 (twopass's panels), non-contiguous g or x (torch's backward), keepdim:
+    the same values."""
     base = make((5, 40, 3), torch.float64, seed=7)
     for x, dim in ((base[:, :, 0], 0), (base, 1), (base[:, :, 1].t(), -1)):
         y = eager(name, x, dim)
@@ -239,6 +240,81 @@ def test_backward_other_layouts(name):
     x = make((4, 9), torch.float64).requires_grad_()
     (d,) = torch.autograd.grad(tpt.logsumexp(x, -1, keepdim=True), x, torch.ones(4, 1, dtype=torch.float64))
     torch.testing.assert_close(d, torch.softmax(x.detach(), -1))
+
+
+# (outer, n, inner): the panel backward's lane tails (inner around the 16-, 32- and
+# 64-lane panels of each ISA), axes of 1 to 300 steps, several panels per row block, and
+# blocks large enough for two threads.
+PANEL_CASES = ((1, 1, 7), (3, 2, 65), (2, 17, 16), (1, 40, 129), (2, 5, 63), (1, 3, 1000), (4, 33, 17), (2, 300, 97))
+
+
+@pytest.mark.parametrize("dtype", (*DTYPES, torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("log", (False, True), ids=("softmax", "log_softmax"))
+def test_panel_backward_kernels(dtype, log):
+    """The backward over a non-last dim (panels of columns): the formula computed in
+    float64 from the same g and y, within a few ulp (halves: rounded once) of the
+    column's scale |g|, on every ISA and on 1 and 2 threads; the autograd path gives the
+    kernel's bits."""
+    from twopass import _core, _dispatch
+
+    halves = dtype in (torch.float16, torch.bfloat16)
+    for outer, n, inner in PANEL_CASES:
+        x = make((outer, n, inner), dtype, seed=n * inner)
+        g = make((outer, n, inner), dtype, seed=n + inner)
+        y = (torch.log_softmax if log else torch.softmax)(x.double(), 1).to(dtype)
+        g64, y64 = g.double(), y.double()
+        if log:
+            want = g64 - torch.exp(y64) * g64.sum(1, keepdim=True)
+        else:
+            want = y64 * (g64 - (g64 * y64).sum(1, keepdim=True))
+        # errors relative to the column's largest |g| or |gx|: its sum's terms and result
+        scale = torch.maximum(g64.abs().amax(1, keepdim=True), want.abs().amax(1, keepdim=True)).clamp_min(1e-30)
+        tol = HALF_TOL[dtype] if halves else TOL[dtype] * 2
+        for isa in _dispatch.isa_supported():
+            for threads in (1, 2):
+                gx = torch.empty_like(y)
+                _core.backward_ptr(
+                    _eager._LOG_SOFTMAX if log else _eager._SOFTMAX,
+                    _dispatch.ISA_CODES[isa],
+                    y.element_size(),
+                    g.data_ptr(),
+                    y.data_ptr(),
+                    0,
+                    gx.data_ptr(),
+                    outer,
+                    n,
+                    n * inner,
+                    n * inner,
+                    n * inner,
+                    threads,
+                    False,
+                    dtype is torch.bfloat16,
+                    False,
+                    inner,
+                )
+                err = float(((gx.double() - want).abs() / scale).max())
+                assert err <= tol, (isa, threads, (outer, n, inner), err)
+        xa = x.detach().clone().requires_grad_()
+        (d,) = torch.autograd.grad(eager("log_softmax" if log else "softmax", xa, 1), xa, g)
+        ya = eager("log_softmax" if log else "softmax", x, 1)
+        assert same(d, _eager.softmax_backward(g, ya, 1, log))
+
+
+def test_panel_backward_special_values():
+    """Over a non-last dim as over the last: NaN in y or g spreads through its column,
+    -inf in log_softmax's y gives g, as torch's own backward from the same inputs."""
+    inf, nan = math.inf, math.nan
+    x = torch.tensor(
+        [[0.0, -inf, 1.0, 2.0, 0.5], [1.0, nan, 2.0, 0.0, -inf], [-inf] * 5, [3e38, 3e38, 0.0, -3e38, 1.0]]
+    )
+    g = torch.tensor(
+        [[1.0, 2.0, -1.0, 0.5, inf], [1.0, 1.0, 1.0, 1.0, 0.0], [1.0, 0.0, nan, 1.0, 2.0], [1.0, -1.0, 0.0, 2.0, 1.0]]
+    )
+    for log in (False, True):
+        y = (torch.log_softmax if log else torch.softmax)(x, 0)
+        got = _eager.softmax_backward(g, y, 0, log)
+        want = (torch._log_softmax_backward_data if log else torch._softmax_backward_data)(g, y, 0, torch.float32)
+        torch.testing.assert_close(got, want, equal_nan=True)
 
 
 def test_backward_special_values():

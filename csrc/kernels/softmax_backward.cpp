@@ -1,5 +1,6 @@
-// The backward passes of softmax, log_softmax and logsumexp over contiguous rows
-// (kernel_api.h, SoftmaxBackwardKernels) for one ISA: compiled once per ISA
+// The backward passes of softmax, log_softmax and logsumexp over contiguous rows, and
+// of softmax and log_softmax over panels of a non-last axis (kernel_api.h,
+// SoftmaxBackwardKernels) for one ISA: compiled once per ISA
 // (CMakeLists.txt), in namespace TP_NS. Each row is read for its reduction and read
 // again for the write while it is still in cache (a row of the benchmark's shapes is at
 // most 1 MiB), so from memory the traffic is the minimum: read g and y (or x), write gx.
@@ -116,6 +117,72 @@ void softmax_backward_rows(const S* g, const S* y, S* gx, int64_t rows, int64_t 
   }
 }
 
+// One panel (SoftmaxBackwardKernels::softmax_panel): `lanes` contiguous columns of n
+// steps, each `step` elements after the last in g, y and gx alike. Pass 1 sums g * y
+// (log: g) per lane in registers, folded into double every kPanelFoldSteps steps; pass 2
+// writes gx while the panel (n steps of a few lines) is still in the L2. Both prefetch
+// ahead as the forward's panels do (loops.h, kPanelAhead).
+constexpr int64_t kPanelFoldSteps = 16;
+
+template <class S, bool Log>
+void softmax_backward_panel_impl(const S* g, const S* y, S* gx, int64_t n, int lanes, int64_t step) {
+  using T = tp::Compute<S>;
+  using IO = Io<S>;
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  const int nvec = (lanes + W - 1) / W;
+  const bool full = lanes == kUnroll * W;
+  auto load = [&](const S* p, int u) {
+    return full ? IO::load(p + u * W) : IO::load_partial(p + u * W, std::min(W, lanes - u * W), T(0));
+  };
+  double sum[kUnroll * W] = {};
+  for (int64_t b = 0; b < n; b += kPanelFoldSteps) {
+    const int64_t end = std::min(n, b + kPanelFoldSteps);
+    R acc[kUnroll];
+    for (auto& r : acc) r = V::set1(0);
+    for (int64_t j = b; j < end; ++j) {
+      const S* gj = g + j * step;
+      const S* yj = y + j * step;
+      if (j + kPanelAhead < n) {
+        prefetch_panel_step<false>(gj + kPanelAhead * step, lanes);
+        if (!Log) prefetch_panel_step<false>(yj + kPanelAhead * step, lanes);
+      }
+      for (int u = 0; u < nvec; ++u) acc[u] = Log ? V::add(acc[u], load(gj, u)) : V::fma(load(gj, u), load(yj, u), acc[u]);
+    }
+    T part[kUnroll * W];
+    store_lanes(part, acc, lanes);
+    for (int l = 0; l < lanes; ++l) sum[l] += part[l];
+  }
+  T st[kUnroll * W] = {};
+  for (int l = 0; l < lanes; ++l) st[l] = (T)sum[l];
+  R s[kUnroll];
+  for (int u = 0; u < nvec; ++u) s[u] = V::load(st + u * W);
+  for (int64_t j = 0; j < n; ++j) {
+    const S* gj = g + j * step;
+    const S* yj = y + j * step;
+    S* oj = gx + j * step;
+    if (j + kPanelAhead < n) {
+      prefetch_panel_step<false>(gj + kPanelAhead * step, lanes);
+      prefetch_panel_step<false>(yj + kPanelAhead * step, lanes);
+      prefetch_panel_step<true>(oj + kPanelAhead * step, lanes);
+    }
+    for (int u = 0; u < nvec; ++u) {
+      const R gv = load(gj, u), yv = load(yj, u);
+      // (exp(y) with y <= 0: the kernels' exp, -inf giving 0, NaN staying NaN)
+      const R r = Log ? V::sub(gv, V::mul(Exp<T>::nonpositive(yv), s[u])) : V::mul(yv, V::sub(gv, s[u]));
+      if (full)
+        IO::store(oj + u * W, r);
+      else
+        IO::store_partial(oj + u * W, r, std::min(W, lanes - u * W));
+    }
+  }
+}
+
+template <class S> void softmax_backward_panel(const S* g, const S* y, S* gx, int64_t n, int lanes, int64_t step, bool log) {
+  (log ? softmax_backward_panel_impl<S, true> : softmax_backward_panel_impl<S, false>)(g, y, gx, n, lanes, step);
+}
+
 template <class S>
 void logsumexp_backward_rows(const S* g, const S* x, const S* lse, S* gx, int64_t rows, int64_t n, int64_t xs,
                              int64_t gxs, bool stream) {
@@ -136,7 +203,7 @@ void logsumexp_backward_rows(const S* g, const S* x, const S* lse, S* gx, int64_
 }  // namespace
 
 template <class S> tp::SoftmaxBackwardKernels<S> softmax_backward_kernels() {
-  return {softmax_backward_rows<S>, logsumexp_backward_rows<S>};
+  return {softmax_backward_rows<S>, logsumexp_backward_rows<S>, softmax_backward_panel<S>};
 }
 template tp::SoftmaxBackwardKernels<float> softmax_backward_kernels<float>();
 template tp::SoftmaxBackwardKernels<double> softmax_backward_kernels<double>();

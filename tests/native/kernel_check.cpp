@@ -297,55 +297,68 @@ template <class T> void run_ce(tp::Isa isa) {
 // The backward passes (softmax_backward.h) against the same formulas in double on the
 // same rounded inputs: softmax y (g - sum g y), log_softmax g - exp(y) sum g,
 // logsumexp g exp(x - lse). Error bounds: A u times the magnitudes the formula adds
-// (logsumexp: times 1 + |x - lse|).
-template <class T> void check_backward(tp::Isa isa, tp::Op op, int64_t rows, int64_t n, int threads, std::mt19937_64& rng) {
+// (logsumexp: times 1 + |x - lse|). inner > 1: over the middle axis of (rows, n, inner),
+// the panel kernels, each column its own reduction.
+template <class T>
+void check_backward(tp::Isa isa, tp::Op op, int64_t rows, int64_t n, int threads, std::mt19937_64& rng,
+                    int64_t inner = 1) {
   std::normal_distribution<double> nd(0.0, 3.0);
-  std::vector<T> x(rows * n), y(rows * n), g(rows * n), gx(rows * n), lse(rows);
-  for (int64_t r = 0; r < rows; ++r) {
+  const int64_t size = rows * n * inner, cols = rows * inner;
+  std::vector<T> x(size), y(size), g(size), gx(size), lse(cols);
+  // element j of column c (row block r = c / inner, lane c % inner)
+  auto at = [&](int64_t c, int64_t j) { return (c / inner) * n * inner + j * inner + c % inner; };
+  for (int64_t c = 0; c < cols; ++c) {
     double m = -INFINITY, s = 0;
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, (double)(x[r * n + j] = (T)nd(rng)));
-    for (int64_t j = 0; j < n; ++j) s += std::exp((double)x[r * n + j] - m);
-    lse[r] = (T)(m + std::log(s));
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, (double)(x[at(c, j)] = (T)nd(rng)));
+    for (int64_t j = 0; j < n; ++j) s += std::exp((double)x[at(c, j)] - m);
+    lse[c] = (T)(m + std::log(s));
     for (int64_t j = 0; j < n; ++j) {
-      const double ls = (double)x[r * n + j] - m - std::log(s);
-      y[r * n + j] = (T)(op == tp::Op::kLogSoftmax ? ls : std::exp(ls));
-      g[r * n + j] = (T)nd(rng);
+      const double ls = (double)x[at(c, j)] - m - std::log(s);
+      y[at(c, j)] = (T)(op == tp::Op::kLogSoftmax ? ls : std::exp(ls));
+      g[at(c, j)] = (T)nd(rng);
     }
   }
   const bool lse_op = op == tp::Op::kLogSumExp;
   tp::BackwardProblem pb{op, (int)sizeof(T), g.data(), lse_op ? x.data() : y.data(), lse.data(), gx.data(),
-                         rows, n, n, n, n};
+                         rows, n, n * inner, n * inner, n * inner, false, inner};
   tp::run_backward(pb, isa, threads, false);
   const double u = unit_roundoff<T>(), A = 16, tiny = 4 * std::numeric_limits<T>::denorm_min();
   bool ok = true;
-  for (int64_t r = 0; r < rows && ok; ++r) {
-    const T* gr = g.data() + r * n;  // logsumexp: g[r] is the row's upstream gradient
-    const T* yr = y.data() + r * n;
-    double dot = 0, adot = 0, sg = 0, asg = 0;
-    for (int64_t j = 0; j < n; ++j) dot += (double)gr[j] * yr[j], adot += std::fabs((double)gr[j] * yr[j]);
-    for (int64_t j = 0; j < n; ++j) sg += gr[j], asg += std::fabs((double)gr[j]);
+  for (int64_t c = 0; c < cols && ok; ++c) {
+    // The sums wider than T (long double for float64: a double sum of hundreds of terms
+    // of both signs strays by more than the bound allows the kernel).
+    using Wide = std::conditional_t<sizeof(T) == 4, double, long double>;
+    Wide wdot = 0, wsg = 0;
+    double adot = 0, asg = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double gj = g[at(c, j)], yj = y[at(c, j)];
+      wdot += (Wide)gj * yj, adot += std::fabs(gj * yj), wsg += gj, asg += std::fabs(gj);
+    }
+    const double dot = (double)wdot, sg = (double)wsg;
     for (int64_t j = 0; j < n && ok; ++j) {
+      const double gj = g[at(c, j)], yj = y[at(c, j)];
       double ref, bound;
       if (op == tp::Op::kSoftmax) {
-        ref = (double)yr[j] * ((double)gr[j] - dot);
-        bound = std::fabs((double)yr[j]) * (std::fabs((double)gr[j]) + adot);
+        ref = yj * (gj - dot);
+        bound = std::fabs(yj) * (std::fabs(gj) + adot);
       } else if (op == tp::Op::kLogSoftmax) {
-        const double e = std::exp((double)yr[j]);
-        ref = (double)gr[j] - e * sg;
-        bound = std::fabs((double)gr[j]) + e * asg;
+        const double e = std::exp(yj);
+        ref = gj - e * sg;
+        bound = std::fabs(gj) + e * asg;
       } else {
-        // x - lse rounds in T: a relative error of |x - lse| u in the exp (as the forward's softmax)
-        const double d = (double)x[r * n + j] - (double)lse[r];
-        ref = (double)g[r] * std::exp(d);
+        // x - lse rounds in T: a relative error of |x - lse| u in the exp (as the forward's
+        // softmax); g[c] is the row's upstream gradient
+        const double d = (double)x[at(c, j)] - (double)lse[c];
+        ref = (double)g[c] * std::exp(d);
         bound = std::fabs(ref) * (1 + std::fabs(d));
       }
-      ok = std::fabs((double)gx[r * n + j] - ref) <= A * u * bound + tiny;
+      ok = std::fabs((double)gx[at(c, j)] - ref) <= A * u * bound + tiny;
     }
   }
   ++(ok ? passed : failed);
   if (!ok)
-    std::printf("FAIL backward isa=%d T=f%d op=%d rows=%lld n=%lld threads=%d\n", (int)isa, (int)(8 * sizeof(T)),
-                (int)op, (long long)rows, (long long)n, threads);
+    std::printf("FAIL backward isa=%d T=f%d op=%d rows=%lld n=%lld inner=%lld threads=%d\n", (int)isa,
+                (int)(8 * sizeof(T)), (int)op, (long long)rows, (long long)n, (long long)inner, threads);
 }
 
 template <class T> void run_backward(tp::Isa isa) {
@@ -354,6 +367,12 @@ template <class T> void run_backward(tp::Isa isa) {
     for (int64_t n = 1; n <= 70; ++n) check_backward<T>(isa, op, 3, n, 1, rng);
     for (int64_t n : {1023, 1025, 4099, 5000}) check_backward<T>(isa, op, 3, n, 1, rng);
     check_backward<T>(isa, op, 9, 8191, 2, rng);  // rows split over 2 threads
+  }
+  // panels: every lane tail up to two panels, short and long axes, blocks over 2 threads
+  for (tp::Op op : {tp::Op::kSoftmax, tp::Op::kLogSoftmax}) {
+    for (int64_t inner = 2; inner <= 130; ++inner) check_backward<T>(isa, op, 2, 1 + inner % 19, 1, rng, inner);
+    for (int64_t n : {1, 16, 17, 300}) check_backward<T>(isa, op, 3, n, 1, rng, 97);
+    check_backward<T>(isa, op, 5, 200, 2, rng, 300);
   }
 }
 

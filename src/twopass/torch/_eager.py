@@ -23,8 +23,9 @@ loaded; the autograd Functions at the end of this file until then.
 Threads follow ``torch.get_num_threads()`` (not ``TWOPASS_NUM_THREADS``, which is the
 NumPy entry's default): a torch program sets its thread count once, for every op.
 The backward of softmax, log_softmax and logsumexp over the last dim, with g and the
-saved tensors contiguous, runs twopass's fused row kernels; other layouts take torch's
-own backward kernels.
+saved tensors contiguous, runs twopass's fused row kernels, and that of softmax and
+log_softmax over another dim its panel kernels (columns a panel at a time); other layouts
+take torch's own backward kernels.
 """
 
 from __future__ import annotations
@@ -320,21 +321,25 @@ def logsumexp_forward(x: Tensor, dim: int, keepdim: bool) -> Tensor:
 
 
 def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
-    """grad_x of softmax (y * (g - sum(g * y))) or log_softmax (g - exp(y) * sum(g))."""
+    """grad_x of softmax (y * (g - sum(g * y))) or log_softmax (g - exp(y) * sum(g)):
+    twopass's kernels for contiguous g and y of one dtype (rows over the last dim,
+    panels of columns over another), torch's otherwise."""
     nd = y.dim()
     if (
         nd
-        and (dim == -1 or dim == nd - 1)
+        and -nd <= dim < nd
         and g.dtype == y.dtype
         and y.dtype in _FWD_BYTES
         and g.is_contiguous()
         and y.is_contiguous()
         and g.shape == y.shape
     ):
+        ax = dim % nd
         gx, stream = _new_output(y)
-        n = y.shape[-1]
-        rows = y.numel() // n if n else 0
-        if rows:
+        shape = y.shape
+        n, inner = shape[ax], math.prod(shape[ax + 1 :])
+        outer = math.prod(shape[:ax])
+        if outer and n and inner:
             _backward_ptr(
                 _LOG_SOFTMAX if log else _SOFTMAX,
                 _ISA,
@@ -343,15 +348,16 @@ def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
                 y.data_ptr(),
                 0,
                 gx.data_ptr(),
-                rows,
+                outer,
                 n,
-                n,
-                n,
-                n,
+                n * inner,
+                n * inner,
+                n * inner,
                 _threads(),
-                stream,  # normal stores into fresh pages (_FRESH_STORES)
+                stream,  # normal stores into fresh pages (_FRESH_STORES); panels always
                 y.dtype is torch.bfloat16,
                 True,
+                inner,
             )
         return gx
     fn = torch._log_softmax_backward_data if log else torch._softmax_backward_data
@@ -392,6 +398,7 @@ def logsumexp_backward(g: Tensor, x: Tensor, lse: Tensor, dim: int, keepdim: boo
                 stream,  # normal stores into fresh pages (_FRESH_STORES)
                 x.dtype is torch.bfloat16,
                 True,
+                1,
             )
         return gx
     if nd and not keepdim:

@@ -5,8 +5,9 @@ implementation (so `torch.compile` traces through it without running it) and a b
 that is itself a custom op (`twopass::softmax_backward`):
 
 - CPU tensors run the C++ kernels on the tensor's memory, written straight into the
-  result (`_eager.py`); the backward over the last dim runs twopass's fused row kernels
-  (one read of g and y, one write), other dims torch's (`torch._softmax_backward_data`).
+  result (`_eager.py`); the backward runs twopass's fused row kernels over the last dim
+  and its panel kernels over another (one read of g and y from memory, one write) for
+  contiguous g and y, torch's (`torch._softmax_backward_data`) for other layouts.
 - Outside tracing and compiling, plain float32/float64/float16/bfloat16 CPU tensors skip the custom op:
   the same kernels through `_eager.py` and, only when x needs a gradient, an autograd node
   in C++ (`_node.py`; a thin `torch.autograd.Function` until it is built), for a per-call
