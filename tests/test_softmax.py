@@ -452,6 +452,42 @@ def test_half_width_avx512_is_told_by_the_cpu_model():
     assert not split("GenuineIntel", 0x19, 0x11)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+def test_auto_over_panels(monkeypatch, isa):
+    """Over a non-last axis (inner > 1): the reload for log_softmax and the halves at any
+    length, and for float32/float64 softmax while a panel (n steps of four vectors, or of
+    `inner` elements when fewer) fits the L2; beyond it the rows' rule (float32 on
+    AVX-512, a 32 MiB L3 and 1 GiB of x: two_pass). The rows (inner 1) keep their own
+    rule."""
+    _with_caches(monkeypatch, L2=1 << 20, L3=32 << 20)
+    reload = "three_pass_reload"
+    vec = {"avx512": 64, "avx2": 32}.get(isa)
+    for dtype in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), ml_dtypes_bf16()):
+        step = 4 * vec if vec else 4 * dtype.itemsize  # bytes of one step of a full panel
+        fits = (1 << 20) // step  # the longest axis whose panel fits the L2
+        big = 1 << 28
+        for n in (4, fits, 4 * fits):
+            assert _softmax.auto_algorithm("log_softmax", dtype, n, big, 1, isa, inner=4096) == reload
+        assert _softmax.auto_algorithm("softmax", dtype, fits, big, 1, isa, inner=4096) == reload
+        rows_rule = _softmax.auto_algorithm("softmax", dtype, fits + 1, big, 1, isa)
+        beyond = rows_rule if dtype.itemsize != 2 else reload
+        assert _softmax.auto_algorithm("softmax", dtype, fits + 1, big, 1, isa, inner=4096) == beyond
+        if isa == "avx512" and dtype == np.float32:
+            assert beyond == "two_pass"
+        # a panel narrower than four vectors: `inner` elements a step, so a longer axis fits
+        narrow = (1 << 20) // (2 * dtype.itemsize)
+        if 2 * dtype.itemsize < step:
+            assert _softmax.auto_algorithm("softmax", dtype, narrow, big, 1, isa, inner=2) == reload
+        # rows: log_softmax of long rows is two_pass as before
+        assert _softmax.auto_algorithm("log_softmax", dtype, 4 * fits, big, 1, isa) == "two_pass"
+
+
+def ml_dtypes_bf16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def test_auto_on_half_width_avx512(monkeypatch):
     """On AMD Zen 4 (AVX-512 in two halves; 1 MiB L2, 32 MiB L3) float64's exp weighs as
     on a full-width AVX2 (w = 2), so batches of rows that stream from memory take the

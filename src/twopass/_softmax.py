@@ -227,7 +227,7 @@ def compute(
     if op == "logsumexp":
         code = ALGO_CODES["two_pass"] if algo == "auto" else ALGO_CODES[algo]
     else:
-        code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa) if algo == "auto" else algo]
+        code = ALGO_CODES[auto_algorithm(op, xc.dtype, n, xc.size, nthreads, isa, inner) if algo == "auto" else algo]
     if stream is None:
         stream = streaming_stores(y, xc, fresh=not direct and not _alloc.reused(y))
     if dtype in NATIVE:
@@ -486,12 +486,34 @@ def _split_row(n: int, size: int, threads: int) -> bool:
     return threads > 1 and size >= 2 * _MIN_PER_THREAD and n >= 2 * _MIN_PER_CHUNK and size // n < threads
 
 
-def auto_algorithm(op: str, dtype: Any, n: int, size: int, threads: int = 1, isa: str | None = None) -> str:
+# Over a non-last axis (inner > 1) the kernels take panels of columns, four vectors wide
+# (docs/design.md): either algorithm reads a panel once from memory, and the max-first
+# ones read it again from the L2 (softmax through a scratch panel: exp computed once)
+# where two_pass computes exp twice. The reload then, for every panel of log_softmax and
+# of the halves, and for float32/float64 softmax while a panel fits the L2 (beyond it,
+# the rows' rule). Xeon VM (2 MiB L2, 260 MiB L3), one thread, in the L3,
+# `tools/ab_builds.py`, reload / two_pass time: 0.05-0.78 (4096x4096 over dim 0:
+# float32 softmax 0.62, log_softmax 0.78, float16 0.57 / 0.78, bfloat16 0.64 / 0.44;
+# float64 0.93-0.96); panels beyond the L2 (16384x1024 over dim 0): float32 and float64
+# softmax 1.10 / 1.13, log_softmax 0.92, the halves 0.62-0.73.
+_PANEL_VECTOR_BYTES = {"avx512": 64, "avx2": 32, "neon": 16}
+
+
+def _panel_fits_l2(n: int, inner: int, itemsize: int, isa: str | None) -> bool:
+    step = min(inner * itemsize, 4 * _PANEL_VECTOR_BYTES.get(isa or _dispatch.ISA, itemsize))
+    return n * step <= _dispatch.cache_sizes()["L2"]
+
+
+def auto_algorithm(
+    op: str, dtype: Any, n: int, size: int, threads: int = 1, isa: str | None = None, inner: int = 1
+) -> str:
     """The algorithm algorithm="auto" takes for `size` elements in rows of `n` on
-    `threads` threads and `isa` (None: the selected one); see above. `dtype`: a NumPy
-    dtype, or a torch one (twopass.torch). Runs on every call of the fast path: keep it
-    cheap."""
+    `threads` threads and `isa` (None: the selected one), or over an axis of n with
+    `inner` elements after it (panels); see above. `dtype`: a NumPy dtype, or a torch one
+    (twopass.torch). Runs on every call of the fast path: keep it cheap."""
     itemsize = dtype.itemsize
+    if inner > 1 and (op == "log_softmax" or itemsize == 2 or _panel_fits_l2(n, inner, itemsize, isa)):
+        return "three_pass_reload"
     if itemsize == 2:
         # float16/bfloat16, computed in float32 and bound by that arithmetic: softmax's
         # reload keeps exp(x - max) in a float32 row (rows_reload: its stack scratch row,

@@ -225,6 +225,11 @@ def softmax_forward(x: Tensor, dim: int, log: bool) -> Tensor:
             )
         return y
     d = _dim(dim, nd)
+    if x.is_contiguous():  # another dim of a contiguous x: y as the rows' (on huge pages when large)
+        y = _new_output(x)[0]
+        _, outer, n, inner = _split(x, d)
+        _softmax_into(x, y, outer, n, inner, log)
+        return y
     y = _empty_like(x)
     if y.stride() == x.stride():  # dense in another order (a transpose): both seen in memory order
         perm = sorted(range(nd), key=lambda i: (-x.stride(i), -x.shape[i]))
@@ -246,7 +251,7 @@ def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: boo
         return
     item = _FWD_BYTES[x.dtype]
     threads = _threads()
-    op, algo = _algorithm(log, x.dtype, item, n, size, threads)
+    op, algo = _algorithm(log, x.dtype, item, n, size, threads, inner)
     row = n * inner
     _run_ptr(
         op,
@@ -269,9 +274,14 @@ def _softmax_into(x: Tensor, y: Tensor, outer: int, n: int, inner: int, log: boo
     )
 
 
-def _algorithm(log: bool, dtype: torch.dtype, item: int, n: int, size: int, threads: int) -> tuple[int, int]:
+def _algorithm(
+    log: bool, dtype: torch.dtype, item: int, n: int, size: int, threads: int, inner: int = 1
+) -> tuple[int, int]:
     """(op, algorithm) codes: algorithm="auto" (_softmax.auto_algorithm), with the NumPy
     path's shortcuts for small float32/float64 calls, so that both give the same bits."""
+    if inner > 1:
+        op = "log_softmax" if log else "softmax"
+        return (_LOG_SOFTMAX if log else _SOFTMAX), _ALGO[auto_algorithm(op, dtype, n, size, threads, inner=inner)]
     if item == 2:
         return (_LOG_SOFTMAX if log else _SOFTMAX), _ALGO[
             auto_algorithm("log_softmax" if log else "softmax", dtype, n, size, threads)
