@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TP_C_API_VERSION 2
+#define TP_C_API_VERSION 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,9 +25,11 @@ typedef struct tp_c_api {
   int (*run)(int op, int algo, int isa, int bytes, const void* x, void* y, int64_t outer, int64_t n, int64_t inner,
              int64_t xs_outer, int64_t xs_n, int64_t ys_outer, int64_t ys_n, int threads, int stream, int bf16,
              char* err, size_t err_len);
+  // (Since version 3, `inner`: softmax and log_softmax over the middle axis of C-contiguous
+  // (rows, n, inner) blocks when > 1; 1 for rows.)
   int (*backward)(int op, int isa, int bytes, const void* g, const void* y, const void* lse, void* gx, int64_t rows,
-                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int threads, int stream, int bf16, char* err,
-                  size_t err_len);
+                  int64_t n, int64_t gs, int64_t ys, int64_t xs, int64_t inner, int threads, int stream, int bf16,
+                  char* err, size_t err_len);
   int (*cross_entropy)(int isa, int algo, int bytes, int half, const void* x, int64_t rows, int64_t n, int64_t xs,
                        const int64_t* target, const void* weight, int64_t ignore_index, double eps, double zc,
                        double cap, int reduction, void* grad, int64_t gs, void* loss, void* zl, void* lse,

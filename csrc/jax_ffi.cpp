@@ -90,23 +90,25 @@ ffi::Error softmax_impl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t
   return result_of(rc, err);
 }
 
-// softmax / log_softmax backward over rows of the last axis: gx from g and y.
+// softmax / log_softmax backward over `axis` (counted from the end): gx from g and y;
+// rows of the last axis, panels of another.
 ffi::Error softmax_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer y, ffi::Result<ffi::AnyBuffer> gx, int64_t op,
-                                 int64_t isa, int64_t threads, int64_t huge) {
+                                 int64_t isa, int64_t axis, int64_t threads, int64_t huge) {
   if (!g_api) return fail("the handlers were not initialised (tp_jax_init)");
   Elem e;
   if (!elem_of(y.element_type(), &e) || g.element_type() != y.element_type() ||
       g.element_count() != y.element_count())
     return fail("backward: g and y of one dtype and shape");
   const auto d = y.dimensions();
-  const int64_t n = d.size() == 0 ? 1 : d[d.size() - 1], rows = n ? (int64_t)y.element_count() / n : 0;
-  if (rows == 0) return ffi::Error::Success();
+  const int64_t rank = (int64_t)d.size(), ax = axis + rank;
+  if (rank == 0 || axis >= 0 || ax < 0) return fail("backward: bad axis");
+  const int64_t outer = prod(d, 0, ax), n = d[ax], inner = prod(d, ax + 1, rank);
+  if (outer * n * inner == 0) return ffi::Error::Success();
   huge_pages(gx->untyped_data(), gx->size_bytes(), huge);
   char err[512] = "";
   const int rc = g_api->backward((int)op, (int)isa, e.bytes, g.untyped_data(), y.untyped_data(), nullptr,
-                                 gx->untyped_data(), rows, n, n, n, n, (int)threads,
-                                 false,
-                                 e.half == 2, err, sizeof err);
+                                 gx->untyped_data(), outer, n, n * inner, n * inner, n * inner, inner, (int)threads,
+                                 false, e.half == 2, err, sizeof err);
   return result_of(rc, err);
 }
 
@@ -126,9 +128,8 @@ ffi::Error logsumexp_backward_impl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::AnyB
   huge_pages(gx->untyped_data(), gx->size_bytes(), huge);
   char err[512] = "";
   const int rc = g_api->backward((int)op, (int)isa, e.bytes, g.untyped_data(), x.untyped_data(), lse.untyped_data(),
-                                 gx->untyped_data(), rows, n, 0, n, n, (int)threads,
-                                 false,
-                                 e.half == 2, err, sizeof err);
+                                 gx->untyped_data(), rows, n, 0, n, n, 1, (int)threads, false, e.half == 2, err,
+                                 sizeof err);
   return result_of(rc, err);
 }
 
@@ -227,6 +228,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(tp_jax_softmax_backward, softmax_backward_impl,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("op")
                                   .Attr<int64_t>("isa")
+                                  .Attr<int64_t>("axis")
                                   .Attr<int64_t>("threads")
                                   .Attr<int64_t>("huge"));
 

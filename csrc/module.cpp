@@ -173,10 +173,11 @@ const tp_c_api kCApi = {
       });
     },
     [](int op, int isa, int bytes, const void* g, const void* y, const void* lse, void* gx, int64_t rows, int64_t n,
-       int64_t gs, int64_t ys, int64_t xs, int threads, int stream, int bf16, char* err, size_t err_len) {
+       int64_t gs, int64_t ys, int64_t xs, int64_t inner, int threads, int stream, int bf16, char* err,
+       size_t err_len) {
       return c_call(err, err_len, [&] {
         backward_ptr(op, isa, bytes, (uintptr_t)g, (uintptr_t)y, (uintptr_t)lse, (uintptr_t)gx, rows, n, gs, ys, xs,
-                     threads, stream != 0, bf16 != 0);
+                     threads, stream != 0, bf16 != 0, inner);
       });
     },
     [](int isa, int algo, int bytes, int half, const void* x, int64_t rows, int64_t n, int64_t xs,

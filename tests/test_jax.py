@@ -181,8 +181,9 @@ def test_grads_match_jax_nn(op, dtype, axis):
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_half_grads_against_float64(op, dtype, axis):
-    """The halves' backward (the fused kernels over the last axis, jnp on others) against
-    float64 gradients at the same point: within a few ulps of the half at the largest."""
+    """The halves' backward (the fused kernels: rows over the last axis, panels over axis 0;
+    logsumexp's over axis 0 in jnp) against float64 gradients at the same point: within a
+    few ulps of the half at the largest."""
     x = jnp.asarray(random((8, 50), dtype, seed=14, scale=2.0))
     w = random(jax.eval_shape(lambda a: NN[op](a, axis=axis), x).shape, "float64", seed=15)
     g = jax.grad(lambda a: jnp.sum(call(op, a, axis).astype(jnp.float32) * w.astype(np.float32)))(x)

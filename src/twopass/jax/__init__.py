@@ -9,10 +9,11 @@
 
 Each call is an XLA FFI custom call on the CPU (`jax.ffi.ffi_call`), whose handler runs
 the same C++ kernels as `twopass.softmax` (no second copy of them): usable under
-`jax.jit`, differentiable (`jax.custom_vjp`; the backward of a last axis runs twopass's
-fused backward kernels) and batched by `jax.vmap` over any axis. float32, bfloat16,
-float16 and, with `jax_enable_x64`, float64; integers are computed in JAX's default
-float. Special values are those of `jax.nn` (the table in docs/design.md).
+`jax.jit`, differentiable (`jax.custom_vjp`; the backward of softmax and log_softmax over
+any axis, and of logsumexp over the last, runs twopass's fused backward kernels) and
+batched by `jax.vmap` over any axis. float32, bfloat16, float16 and, with
+`jax_enable_x64`, float64; integers are computed in JAX's default float. Special values
+are those of `jax.nn` (the table in docs/design.md).
 
 The handlers include jaxlib's FFI headers, so they are compiled on first use (a few
 seconds, with the system's C++ compiler) and cached per user; see `_build`. CPU only:

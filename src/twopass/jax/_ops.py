@@ -6,6 +6,7 @@ axis being passed counted from the end."""
 
 from __future__ import annotations
 
+import math
 import operator
 from functools import partial
 from typing import Any
@@ -99,7 +100,9 @@ def softmax_family(x: Any, axis: Any, log: bool, algorithm: str, threads: int | 
     xr, ax, back = one_axis(x, axes)
     if algo == "auto":
         n = xr.shape[ax]
-        algo = auto_algorithm("log_softmax" if log else "softmax", np.dtype(xr.dtype), n, xr.size, nthreads)
+        inner = math.prod(xr.shape[xr.ndim + ax + 1 :])  # > 1: panels of a non-last axis
+        op = "log_softmax" if log else "softmax"
+        algo = auto_algorithm(op, np.dtype(xr.dtype), n, xr.size, nthreads, inner=inner)
     return back(_softmax(xr, ax, log, ALGO_CODES[algo], nthreads))
 
 
@@ -117,21 +120,12 @@ def _softmax_fwd(x, ax, log, algo, threads):
 
 
 def _softmax_bwd(ax, log, algo, threads, y, g):
-    g = g.astype(y.dtype)
-    if ax == -1:  # the fused row kernel: one read of g and y
-        op = OP_CODES["log_softmax" if log else "softmax"]
-        gx = _ffi("twopass_softmax_backward", jax.ShapeDtypeStruct(y.shape, y.dtype))(
-            g, y, op=_i(op), threads=_i(threads), **_common()
-        )
-        return (gx,)
-    # Other axes: jnp, in float32 at least.
-    wide = jnp.promote_types(y.dtype, jnp.float32)
-    gw, yw = g.astype(wide), y.astype(wide)
-    if log:
-        gx = gw - jnp.exp(yw) * jnp.sum(gw, axis=ax, keepdims=True)
-    else:
-        gx = yw * (gw - jnp.sum(gw * yw, axis=ax, keepdims=True))
-    return (gx.astype(y.dtype),)
+    # twopass's fused backward: rows of a last axis, panels of another (one read of g and y)
+    op = OP_CODES["log_softmax" if log else "softmax"]
+    gx = _ffi("twopass_softmax_backward", jax.ShapeDtypeStruct(y.shape, y.dtype))(
+        g.astype(y.dtype), y, op=_i(op), axis=_i(ax), threads=_i(threads), **_common()
+    )
+    return (gx,)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
