@@ -250,12 +250,12 @@ PANEL_CASES = ((1, 1, 7), (3, 2, 65), (2, 17, 16), (1, 40, 129), (2, 5, 63), (1,
 
 @pytest.mark.parametrize("dtype", (*DTYPES, torch.float16, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("log", (False, True), ids=("softmax", "log_softmax"))
-def test_panel_backward_kernels(dtype, log):
+def test_panel_backward_kernels(monkeypatch, dtype, log):
     """The backward over a non-last dim (panels of columns): the formula computed in
     float64 from the same g and y, within a few ulp (halves: rounded once) of the
     column's scale |g|, on every ISA and on 1 and 2 threads; the autograd path gives the
     kernel's bits."""
-    from twopass import _core, _dispatch
+    from twopass import _dispatch
 
     halves = dtype in (torch.float16, torch.bfloat16)
     for outer, n, inner in PANEL_CASES:
@@ -272,28 +272,12 @@ def test_panel_backward_kernels(dtype, log):
         tol = HALF_TOL[dtype] if halves else TOL[dtype] * 2
         for isa in _dispatch.isa_supported():
             for threads in (1, 2):
-                gx = torch.empty_like(y)
-                _core.backward_ptr(
-                    _eager._LOG_SOFTMAX if log else _eager._SOFTMAX,
-                    _dispatch.ISA_CODES[isa],
-                    y.element_size(),
-                    g.data_ptr(),
-                    y.data_ptr(),
-                    0,
-                    gx.data_ptr(),
-                    outer,
-                    n,
-                    n * inner,
-                    n * inner,
-                    n * inner,
-                    threads,
-                    False,
-                    dtype is torch.bfloat16,
-                    False,
-                    inner,
-                )
+                monkeypatch.setattr(_eager, "_ISA", _dispatch.ISA_CODES[isa])
+                monkeypatch.setattr(_eager, "_threads", lambda t=threads: t)
+                gx = _eager.softmax_backward(g, y, 1, log)
                 err = float(((gx.double() - want).abs() / scale).max())
                 assert err <= tol, (isa, threads, (outer, n, inner), err)
+        monkeypatch.undo()  # the selected ISA and torch's threads again
         xa = x.detach().clone().requires_grad_()
         (d,) = torch.autograd.grad(eager("log_softmax" if log else "softmax", xa, 1), xa, g)
         ya = eager("log_softmax" if log else "softmax", x, 1)
