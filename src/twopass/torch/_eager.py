@@ -344,11 +344,8 @@ def softmax_backward(g: Tensor, y: Tensor, dim: int, log: bool) -> Tensor:
         and y.is_contiguous()
         and g.shape == y.shape
     ):
-        ax = dim % nd
         gx, stream = _new_output(y)
-        shape = y.shape
-        n, inner = shape[ax], math.prod(shape[ax + 1 :])
-        outer = math.prod(shape[:ax])
+        _, outer, n, inner = _split(y, dim % nd)  # (y is contiguous: no copy)
         if outer and n and inner:
             _backward_ptr(
                 _LOG_SOFTMAX if log else _SOFTMAX,
