@@ -201,13 +201,13 @@ template <class T> struct Numerics;
 template <> struct Numerics<float> {
   static constexpr float kAccurate = 4096.0f;  // |e| < 2^13: e * ln2 parts exact
   static constexpr float kMargin = 128.0f;     // exp(-128) < float's smallest subnormal / 2
-  static constexpr float kExpMin = -110.0f;    // exp(x) rounds to 0 below this
+  static constexpr float kExpMin = -104.0f;    // exp(x) rounds to 0 below this (2^-150: -103.97)
   static constexpr float kNormalMin = -87.0f;  // exp(x) is normal (>= 2^-126) above this
 };
 template <> struct Numerics<double> {
   static constexpr double kAccurate = 524288.0;  // |e| < 2^20
   static constexpr double kMargin = 1024.0;
-  static constexpr double kExpMin = -760.0;
+  static constexpr double kExpMin = -746.0;  // (2^-1075: -745.13)
   static constexpr double kNormalMin = -708.0;
 };
 

@@ -128,6 +128,44 @@ def test_row_blocks_normal_range_boundary(isa, dtype):
         assert_close(op, x, run(op, x, algorithm="three_pass_reload", isa=isa, threads=1))
 
 
+# x - max where exp's result is normal, subnormal, or rounds to 0 (Numerics::kNormalMin
+# and kExpMin in csrc/kernel_api.h): -87 / -104 for float32, -708 / -746 for float64.
+BELOW_NORMAL = {
+    np.float32: ([-86.9, -20.0, -1.5], [-87.5, -95.0, -103.5], [-104.0, -104.5, -200.0, -1e4, -3e38, -np.inf]),
+    np.float64: ([-707.9, -300.0, -1.5], [-708.5, -720.0, -745.0], [-746.0, -746.5, -2000.0, -1e6, -1e308, -np.inf]),
+}
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("algorithm", twopass.ALGORITHMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_exp_below_the_normal_range(isa, algorithm, dtype, op):
+    """exp.h's nonpositive sets lanes whose exp rounds to 0 (masked logits: -inf, -1e4,
+    the float's lowest) to 0 by a mask, and only a vector with a subnormal result takes
+    the exact scaling: vectors that mix normal, subnormal and zero results in every
+    arrangement, as rows and as panels, must give the reference's values, subnormals
+    included (within 2 of their ulps), and exact zeros where it rounds to 0."""
+    normal, subnormal, zero = BELOW_NORMAL[dtype]
+    rng = np.random.default_rng(11)
+    rows = []
+    for kinds in ((normal, zero), (normal, subnormal), (subnormal, zero), (normal, subnormal, zero), (zero,)):
+        pool = np.concatenate(kinds)
+        for _ in range(3):
+            row = rng.choice(pool, 130)
+            row[rng.integers(0, 130)] = 0.0  # the maximum
+            rows.append(row)
+    x = np.array(rows).astype(dtype) + dtype(3)
+    y = run(op, x, algorithm=algorithm, isa=isa, threads=1)
+    assert_close(op, x, y)
+    if op == "softmax":
+        with np.errstate(under="ignore"):
+            rounds_to_0 = np.isin(x - dtype(3), np.array(zero, dtype))
+        assert (y[rounds_to_0] == 0).all()
+    xt = np.ascontiguousarray(x.T)
+    assert_close(op, xt, run(op, xt, axis=0, algorithm=algorithm, isa=isa, threads=1), axis=0)
+
+
 @pytest.mark.parametrize("isa", ISA_PARAMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])

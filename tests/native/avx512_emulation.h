@@ -24,6 +24,8 @@ using __mmask16 = uint16_t;
 using __mmask8 = uint8_t;
 #define _MM_FROUND_TO_NEAREST_INT 0
 #define _MM_FROUND_NO_EXC 8
+#define _CMP_UNORD_Q 3
+#define _CMP_LT_OQ 17
 
 namespace emu {
 template <class V, class F> V map2(V a, V b, F f) {
@@ -81,6 +83,18 @@ template <class T> T x86_min(T a, T b) { return a < b ? a : b; }
     return a;                                                                                             \
   }                                                                                                       \
   inline V _mm512_scalef_##SUF(V a, V b) { return emu::map2(a, b, emu::scalef<T>); }                     \
+  inline M _mm512_cmp_##SUF##_mask(V a, V b, int pred) { /* _CMP_UNORD_Q and _CMP_LT_OQ */               \
+    if (pred != _CMP_UNORD_Q && pred != _CMP_LT_OQ) __builtin_trap();                                     \
+    M k = 0;                                                                                              \
+    for (int i = 0; i < N; ++i)                                                                           \
+      if (pred == _CMP_LT_OQ ? a.v[i] < b.v[i] : a.v[i] != a.v[i] || b.v[i] != b.v[i]) k |= (M)(1u << i); \
+    return k;                                                                                             \
+  }                                                                                                       \
+  inline V _mm512_mask_mov_##SUF(V src, M k, V a) {                                                       \
+    for (int i = 0; i < N; ++i)                                                                           \
+      if (k >> i & 1) src.v[i] = a.v[i];                                                                  \
+    return src;                                                                                           \
+  }                                                                                                       \
   inline T _mm512_reduce_max_##SUF(V a) {                                                                 \
     T m = a.v[0];                                                                                         \
     for (int i = 1; i < N; ++i) m = emu::x86_max(m, a.v[i]);                                              \
@@ -142,7 +156,6 @@ inline void _mm_sfence() {}
 // bfloat16 path is integer arithmetic, emulated lane by lane.
 using __m256i = EmuVec<uint16_t, 16>;
 using __m512i = EmuVec<uint32_t, 16>;
-#define _CMP_UNORD_Q 3
 inline __m256i _mm256_loadu_si256(const __m256i* p) {
   __m256i r;
   std::memcpy(r.v, p, sizeof r.v);
@@ -213,12 +226,6 @@ inline __m512i _mm512_add_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [
 inline __m512i _mm512_and_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x & y; }); }
 inline __m512i _mm512_or_epi32(__m512i a, __m512i b) { return emu::map2(a, b, [](uint32_t x, uint32_t y) { return x | y; }); }
 inline void _mm512_storeu_si512(void* p, __m512i a) { std::memcpy(p, a.v, sizeof a.v); }
-inline __mmask16 _mm512_cmp_ps_mask(__m512 a, __m512 b, int) {  // _CMP_UNORD_Q only
-  __mmask16 k = 0;
-  for (int i = 0; i < 16; ++i)
-    if (a.v[i] != a.v[i] || b.v[i] != b.v[i]) k |= (__mmask16)(1u << i);
-  return k;
-}
 inline __m512i _mm512_mask_or_epi32(__m512i src, __mmask16 k, __m512i a, __m512i b) {
   for (int i = 0; i < 16; ++i)
     if (k >> i & 1) src.v[i] = a.v[i] | b.v[i];

@@ -12,7 +12,9 @@
 //   fma (a*b + c), max / min (x86 semantics: b when either is NaN), round (to nearest
 //   even), hmax / hsum_wide (horizontal maximum, and sum in double), and the
 //   power-of-two primitives exp.h builds its scaling on: scalef (AVX-512) or
-//   pow2 and any_below (the others).
+//   pow2 (the others); any_below (whether some lane is below a bound) and zero_below
+//   (r, 0 in the lanes where x is below a bound; NaN is not below), which keep exp.h's
+//   results that round to 0 away from subnormal arithmetic.
 // Each vec_<isa>.h also has HalfVec: the 16-bit storage of one Vec<float> (load, store,
 // stream) and its float16 / bfloat16 conversions, which simd/io.h builds Io<S> on.
 #pragma once

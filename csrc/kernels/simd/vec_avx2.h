@@ -37,6 +37,7 @@ template <> struct Vec<float> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(bits, B::kMantBits));
   }
   static bool any_below(R a, T b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, set1(b), _CMP_LT_OQ)) != 0; }
+  static R zero_below(R r, R x, T b) { return _mm256_andnot_ps(_mm256_cmp_ps(x, set1(b), _CMP_LT_OQ), r); }
   static T hmax(R a) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -80,6 +81,7 @@ template <> struct Vec<double> {
     return _mm256_castsi256_pd(_mm256_slli_epi64(bits, B::kMantBits));
   }
   static bool any_below(R a, T b) { return _mm256_movemask_pd(_mm256_cmp_pd(a, set1(b), _CMP_LT_OQ)) != 0; }
+  static R zero_below(R r, R x, T b) { return _mm256_andnot_pd(_mm256_cmp_pd(x, set1(b), _CMP_LT_OQ), r); }
   // x = m * 2^e with m in [1, 2), for positive normal x (others: unspecified): the
   // biased exponent placed in 2^52's low bits (2^52 + it, as pow2 undoes), and the
   // mantissa under 1.0's exponent.

@@ -35,6 +35,8 @@ template <> struct Vec<float> {
   static R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // vscalefps: v * 2^floor(k), correctly rounded, subnormals included.
   static R scalef(R v, R k) { return _mm512_scalef_ps(v, k); }
+  static bool any_below(R a, T b) { return _mm512_cmp_ps_mask(a, set1(b), _CMP_LT_OQ) != 0; }
+  static R zero_below(R r, R x, T b) { return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x, set1(b), _CMP_LT_OQ), set1(0)); }
   static T hmax(R a) { return _mm512_reduce_max_ps(a); }
   static double hsum_wide(R a) {  // lanes widened to double first: no float rounding
     const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
@@ -64,6 +66,8 @@ template <> struct Vec<double> {
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
   static R round(R a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static R scalef(R v, R k) { return _mm512_scalef_pd(v, k); }
+  static bool any_below(R a, T b) { return _mm512_cmp_pd_mask(a, set1(b), _CMP_LT_OQ) != 0; }
+  static R zero_below(R r, R x, T b) { return _mm512_mask_mov_pd(r, _mm512_cmp_pd_mask(x, set1(b), _CMP_LT_OQ), set1(0)); }
   // x = m * 2^e with m in [1, 2), for positive normal x (others: unspecified).
   static R mant_exp(R x, R& e) {
     e = _mm512_getexp_pd(x);

@@ -41,6 +41,9 @@ template <> struct Vec<float> {
     return vreinterpretq_f32_u32(vshlq_n_u32(bits, B::kMantBits));
   }
   static bool any_below(R a, T b) { return vmaxvq_u32(vcltq_f32(a, set1(b))) != 0; }
+  static R zero_below(R r, R x, T b) {
+    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(r), vcltq_f32(x, set1(b))));
+  }
   static T hmax(R a) { return vmaxvq_f32(a); }
   static double hsum_wide(R a) {
     return vaddvq_f64(vaddq_f64(vcvt_f64_f32(vget_low_f32(a)), vcvt_high_f64_f32(a)));
@@ -91,6 +94,9 @@ template <> struct Vec<double> {
   static bool any_below(R a, T b) {
     const uint64x2_t m = vcltq_f64(a, set1(b));
     return (vgetq_lane_u64(m, 0) | vgetq_lane_u64(m, 1)) != 0;
+  }
+  static R zero_below(R r, R x, T b) {
+    return vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(r), vcltq_f64(x, set1(b))));
   }
   static T hmax(R a) { return vmaxvq_f64(a); }
   static double hsum_wide(R a) { return vaddvq_f64(a); }

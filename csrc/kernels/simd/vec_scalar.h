@@ -51,6 +51,7 @@ template <class T> struct Vec {
     return m * 2;
   }
   static bool any_below(R a, T b) { return a < b; }
+  static R zero_below(R r, R x, T b) { return x < b ? T(0) : r; }
   static T hmax(R a) { return a; }
   static double hsum_wide(R a) { return (double)a; }
   static void sfence() {}
