@@ -49,8 +49,13 @@ template <class H> struct HasBf16Pair<H, std::void_t<decltype(&H::widen_bf16_pai
 template <class H, class = void> struct HasHalfKeys : std::false_type {};
 template <class H> struct HasHalfKeys<H, std::void_t<typename H::Keys>> : std::true_type {};
 
-// W lanes of 16 bits per vector of W floats. Tails go through a small buffer (masked
-// 16-bit loads need AVX512-BW, which the AVX-512F build does not assume).
+// Whether HalfVec H loads a tail of 16-bit lanes itself (half_tail_x86.h).
+template <class H, class = void> struct HasPartialLoad : std::false_type {};
+template <class H>
+struct HasPartialLoad<H, std::void_t<decltype(H::load_partial((const uint16_t*)nullptr, 0, uint16_t{}))>> : std::true_type {};
+
+// W lanes of 16 bits per vector of W floats. Tails load through HalfVec::load_partial
+// where the ISA has one, else (and stores always) through a small buffer.
 template <class S, bool kBf16> struct HalfIo {
   using T = float;
   using V = Vec<float>;
@@ -62,14 +67,17 @@ template <class S, bool kBf16> struct HalfIo {
   static R widen(H h) { return kBf16 ? HalfVec::widen_bf16(h) : HalfVec::widen_f16(h); }
   static H narrow(R v) { return kBf16 ? HalfVec::narrow_bf16(v) : HalfVec::narrow_f16(v); }
   static R load(const S* p) { return widen(HalfVec::load(u16(p))); }
-  static R load_partial(const S* p, int n, float fill) {
-    uint16_t b[W];
+  template <class HV = HalfVec> static R load_partial(const S* p, int n, float fill) {
+    if (n == W) return load(p);  // (a panel's whole vectors come this way)
     const uint16_t f = tp::Storage<S>::narrow(fill).bits;  // fills are 0 or +-inf: exact
+    if constexpr (HasPartialLoad<HV>::value) return widen(HV::load_partial(u16(p), n, f));  // (HV: as below)
+    uint16_t b[W];
     for (int i = 0; i < W; ++i) b[i] = i < n ? u16(p)[i] : f;
     return widen(HalfVec::load(b));
   }
   static void store(S* p, R v) { HalfVec::store(u16(p), narrow(v)); }
   static void store_partial(S* p, R v, int n) {
+    if (n == W) return store(p, v);
     uint16_t b[W];
     HalfVec::store(b, narrow(v));
     for (int i = 0; i < n; ++i) u16(p)[i] = b[i];

@@ -107,12 +107,14 @@ template <> struct Vec<double> {
 // conversions: float16 by F16C (-mf16c; the dispatch requires the f16c flag), bfloat16
 // by a 16-bit shift and integer round-to-nearest-even.
 #include "half_keys_x86.h"
+#include "half_tail_x86.h"
 
 struct HalfVec {
   using H = __m128i;
   using R = __m256;
   using Keys = HalfKeys;
   static H load(const uint16_t* p) { return _mm_loadu_si128((const __m128i*)p); }
+  static H load_partial(const uint16_t* p, int n, uint16_t fill) { return load_u16x8_partial(p, n, fill); }
   static void store(uint16_t* p, H h) { _mm_storeu_si128((__m128i*)p, h); }
   static void stream(uint16_t* p, H h) { _mm_stream_si128((__m128i*)p, h); }
   static R widen_f16(H h) { return _mm256_cvtph_ps(h); }

@@ -89,6 +89,7 @@ template <> struct Vec<double> {
 // for all of them.
 #if !defined(TP_AVX512_EMULATE)  // (the emulation has no AVX2 integer ops: the float max there)
 #include "half_keys_x86.h"
+#include "half_tail_x86.h"
 #endif
 
 struct HalfVec {
@@ -98,6 +99,9 @@ struct HalfVec {
   using Keys = HalfKeys;
 #endif
   static H load(const uint16_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+#if !defined(TP_AVX512_EMULATE)
+  static H load_partial(const uint16_t* p, int n, uint16_t fill) { return load_u16x16_partial(p, n, fill); }
+#endif
   static void store(uint16_t* p, H h) { _mm256_storeu_si256((__m256i*)p, h); }
   static void stream(uint16_t* p, H h) { _mm256_stream_si256((__m256i*)p, h); }
   static R widen_f16(H h) { return _mm512_cvtph_ps(h); }
