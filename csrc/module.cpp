@@ -324,6 +324,10 @@ NB_MODULE(_core, m) {
   m.def("isa_supported", [](int isa) { return tp::isa_supported((tp::Isa)isa); });
   m.def("isa_compiled", [](int isa) { return tp::isa_compiled((tp::Isa)isa); });
   m.def("untouched", &untouched, nb::arg("address"), nb::arg("nbytes"));
+  // Panels of a non-last axis, for auto (_softmax.py): columns per panel, and the longest
+  // axis a softmax panel keeps in its scratch panel.
+  m.def("panel_lanes", [](int isa, int bytes) { return tp::panel_lanes((tp::Isa)isa, bytes); });
+  m.def("panel_scratch_steps", &tp::panel_scratch_steps);
 
   // The codes of codes.h, as {name: code} dicts (ISAs worst to best).
   nb::dict codes;

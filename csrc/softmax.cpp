@@ -465,6 +465,10 @@ template <class S> void run_typed(const SoftmaxKernels<S>& kernels, const Proble
 
 }  // namespace
 
+int64_t panel_scratch_steps(int dtype_bytes) {
+  return dtype_bytes == 8 ? kPanelScratchMaxSteps<double> : kPanelScratchMaxSteps<float>;  // halves: float32
+}
+
 void run(const Problem& pb, Isa isa, int threads, bool stream) {
   const KernelTable& t = kernels(isa);
   switch (pb.dtype_bytes) {

@@ -27,4 +27,8 @@ struct Problem {
 // (streaming_stores.h says where they are used).
 void run(const Problem& pb, Isa isa, int threads, bool stream);
 
+// The longest axis whose softmax panels go through a scratch panel (softmax.cpp,
+// Algorithms::scratch_panel), for a dtype of `dtype_bytes`; Python's auto reads it.
+int64_t panel_scratch_steps(int dtype_bytes);
+
 }  // namespace tp

@@ -455,29 +455,46 @@ def test_half_width_avx512_is_told_by_the_cpu_model():
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
 def test_auto_over_panels(monkeypatch, isa):
     """Over a non-last axis (inner > 1): the reload for log_softmax and the halves at any
-    length, and for float32/float64 softmax while a panel (n steps of four vectors, or of
-    `inner` elements when fewer) fits the L2; beyond it the rows' rule (float32 on
-    AVX-512, a 32 MiB L3 and 1 GiB of x: two_pass). The rows (inner 1) keep their own
-    rule."""
-    _with_caches(monkeypatch, L2=1 << 20, L3=32 << 20)
-    reload = "three_pass_reload"
-    vec = {"avx512": 64, "avx2": 32}.get(isa)
+    length. float32/float64 softmax: the reload while a panel (n steps of the kernels'
+    panel width, or of `inner` elements when fewer) fits the L2, beyond it the rows' rule
+    (float32 on AVX-512, a 32 MiB L3 and 1 GiB of x: two_pass); except that a panel of
+    steps a whole row apart, longer than the kernels' scratch panel, takes the
+    recompute from a sixteenth of the L2 on. The rows (inner 1) keep their own rule."""
+    l2 = 1 << 20
+    _with_caches(monkeypatch, L2=l2, L3=32 << 20)
+    reload, recompute = "three_pass_reload", "three_pass_recompute"
+    big = 1 << 28
     for dtype in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), ml_dtypes_bf16()):
-        step = 4 * vec if vec else 4 * dtype.itemsize  # bytes of one step of a full panel
-        fits = (1 << 20) // step  # the longest axis whose panel fits the L2
-        big = 1 << 28
+        step, scratch = _softmax._panel_geometry(dtype.itemsize, isa)
+        assert step == _core.panel_lanes(_dispatch.ISA_CODES[isa], dtype.itemsize) * dtype.itemsize
+        fits = l2 // step  # the longest axis whose panel fits the L2
+        wide = 4096  # columns: a panel's steps lie a row apart
+
+        def auto(op, n, inner=wide, dtype=dtype):
+            return _softmax.auto_algorithm(op, dtype, n, big, 1, isa, inner=inner)
+
         for n in (4, fits, 4 * fits):
-            assert _softmax.auto_algorithm("log_softmax", dtype, n, big, 1, isa, inner=4096) == reload
-        assert _softmax.auto_algorithm("softmax", dtype, fits, big, 1, isa, inner=4096) == reload
+            assert auto("log_softmax", n) == reload
+        if dtype.itemsize == 2:
+            assert auto("softmax", 4 * fits) == reload
+            continue
         rows_rule = _softmax.auto_algorithm("softmax", dtype, fits + 1, big, 1, isa)
-        beyond = rows_rule if dtype.itemsize != 2 else reload
-        assert _softmax.auto_algorithm("softmax", dtype, fits + 1, big, 1, isa, inner=4096) == beyond
-        if isa == "avx512" and dtype == np.float32:
-            assert beyond == "two_pass"
-        # a panel narrower than four vectors: `inner` elements a step, so a longer axis fits
-        narrow = (1 << 20) // (2 * dtype.itemsize)
+        for n in (4, scratch, scratch + 1, fits, fits + 1, 4 * fits):
+            if n > scratch:
+                expected = reload if n * step <= l2 // 16 else recompute
+            else:
+                expected = reload if n <= fits else rows_rule
+            assert auto("softmax", n) == expected, n
+        if isa == "avx512" and _core.isa_supported(_dispatch.ISA_CODES[isa]):
+            expected = (4096, recompute) if dtype.itemsize == 4 else (32, reload)
+            assert (scratch, auto("softmax", scratch + 1)) == expected
+        # a panel narrower than its width: `inner` elements a step (contiguous), so a
+        # longer axis fits, and beyond it the rows' rule
         if 2 * dtype.itemsize < step:
-            assert _softmax.auto_algorithm("softmax", dtype, narrow, big, 1, isa, inner=2) == reload
+            narrow = l2 // (2 * dtype.itemsize)
+            assert auto("softmax", narrow, inner=2) == reload
+            rows_rule = _softmax.auto_algorithm("softmax", dtype, narrow + 1, big, 1, isa)
+            assert auto("softmax", narrow + 1, inner=2) == rows_rule
         # rows: log_softmax of long rows is two_pass as before
         assert _softmax.auto_algorithm("log_softmax", dtype, 4 * fits, big, 1, isa) == "two_pass"
 

@@ -21,6 +21,13 @@ whose buffers exceed the L2): the inputs cycle through enough sets that more tha
 
 A shape's "@d" suffix normalises over dim d (default: the last); PANELS are such shapes
 (`--shapes panels`), for softmax, log_softmax and logsumexp.
+
+--masked VALUE gives the inputs a causal mask, as attention scores carry: along the
+normalised dim (n entries), slice i of the dims before it keeps its first 1 + (i mod n)
+entries, the rest are VALUE (-inf, -1e4, lowest: the float's most negative finite; a
+cross_entropy target always falls on a kept entry).
+
+    python tools/torch_cpu_vs_torch.py --masked -inf --shapes 2048x2048 256x4096 --ops softmax
 """
 
 from __future__ import annotations
@@ -55,11 +62,26 @@ def _ops(d=-1):
     }
 
 
-def _inputs(shape, dtype, nsets, op):
+def causal_mask(shape, dim, value, dtype):
+    """x of `shape` with a causal mask along `dim` (see --masked), the masked entries
+    `value` (a float, or "lowest")."""
+    dim %= len(shape)
+    outer, n = math.prod(shape[:dim]), shape[dim]
+    keep = torch.arange(n).view(1, n, 1) <= torch.arange(outer).remainder(n).view(outer, 1, 1)
+    keep = keep.expand(outer, n, math.prod(shape[dim + 1 :])).reshape(shape)
+    x = torch.randn(shape, dtype=dtype) * 3
+    return x.masked_fill(~keep, torch.finfo(dtype).min if value == "lowest" else float(value))
+
+
+def _inputs(shape, dtype, nsets, op, dim=-1, masked=None):
     sets = []
     for _ in range(nsets):
-        x = torch.randn(shape, dtype=dtype) * 3
-        t = torch.randint(0, shape[-1], shape[:-1]) if op == "cross_entropy" else None
+        x = torch.randn(shape, dtype=dtype) * 3 if masked is None else causal_mask(shape, dim, masked, dtype)
+        t = None
+        if op == "cross_entropy":  # (over dim -1) a kept class: up to the row's last kept one
+            rows = math.prod(shape[:-1])
+            kept = torch.arange(rows).remainder(shape[-1]) + 1 if masked is not None else shape[-1]
+            t = (torch.rand(rows) * kept).long().reshape(shape[:-1])
         sets.append((x, t))
     return sets
 
@@ -68,7 +90,7 @@ def _grad_like(y):
     return torch.randn_like(y) if y.dim() else torch.ones_like(y)
 
 
-def measure(op, shape, dtype, mode, threads, cold, repeats, dim=-1):
+def measure(op, shape, dtype, mode, threads, cold, repeats, dim=-1, masked=None):
     """(median twopass seconds, median torch seconds)."""
     torch.set_num_threads(threads)
     fns = _ops(dim)[op]
@@ -78,7 +100,7 @@ def measure(op, shape, dtype, mode, threads, cold, repeats, dim=-1):
     # two sides alternating: enough sets that 2x the L3 passes between two uses of one
     per_call = nbytes * {"fwd": 2, "bwd": 3, "fwdbwd": 4}[mode]
     nsets = max(1, math.ceil(2 * l3 / (2 * per_call)) + 1) if cold else 1
-    sets = _inputs(shape, dtype, nsets, op)
+    sets = _inputs(shape, dtype, nsets, op, dim, masked)
     times = ([], [])
     grads = []  # upstream gradients, made once: drawing them would cost more than the op
     if mode == "fwdbwd":
@@ -131,6 +153,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=0, help="timed calls per side (default: by size)")
     ap.add_argument("--no-cold", action="store_true", help="hot only")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--masked", metavar="VALUE", help="a causal mask of VALUE (-inf, -1e4, lowest): see above")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     l2 = twopass.info()["caches"]["L2"]
@@ -149,7 +172,7 @@ def main(argv=None):
             for mode in args.modes:
                 for threads in args.threads:
                     for cold in (False, True) if (nbytes > l2 and not args.no_cold) else (False,):
-                        a, b = measure(op, shape, dtype, mode, threads, cold, reps, dim)
+                        a, b = measure(op, shape, dtype, mode, threads, cold, reps, dim, args.masked)
                         r = a / b
                         flag = "  <-- slower" if r > 1.0 else ""
                         label = "cold" if cold else "hot"
@@ -172,7 +195,9 @@ def main(argv=None):
                         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"dtype": args.dtype, "torch": torch.__version__, "results": rows}, f, indent=1)
+            json.dump(
+                {"dtype": args.dtype, "masked": args.masked, "torch": torch.__version__, "results": rows}, f, indent=1
+            )
     slower = [r for r in rows if r["ratio"] > 1.0]
     print(f"\n{len(slower)} of {len(rows)} cells slower than torch (ratio > 1.0)")
 

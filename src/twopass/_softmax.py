@@ -5,6 +5,7 @@ algorithm="auto" picks an algorithm. Shared argument and array helpers: `_arrays
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -496,12 +497,32 @@ def _split_row(n: int, size: int, threads: int) -> bool:
 # float32 softmax 0.62, log_softmax 0.78, float16 0.57 / 0.78, bfloat16 0.64 / 0.44;
 # float64 0.93-0.96); panels beyond the L2 (16384x1024 over dim 0): float32 and float64
 # softmax 1.10 / 1.13, log_softmax 0.92, the halves 0.62-0.73.
-_PANEL_VECTOR_BYTES = {"avx512": 64, "avx2": 32, "neon": 16}
+# Except a softmax panel of steps a row apart (inner wider than the panel) too long for
+# its scratch panel (softmax.cpp: float32 4096 steps, float64 32): there the reload's
+# pass 2 stores exp in y, evicted before pass 3 reads it back, and the recompute's third
+# read of x and second exp cost less, from a sixteenth of the L2 on
+# (`tools/panel_algorithms.py`; float64 over dim 0, one thread, hot / cold, recompute /
+# the faster of reload and two_pass: 256x4096 1.16 / 0.95, 512x4096 1.10 / 1.00 (the
+# panel 128 KiB), 1024x4096 0.85 / 0.84, 2048x2048 0.87 / 0.87, 32768x256 1.07 / 1.02
+# where auto took 1.21 / 1.07; float32 8192x1024 0.79, 16384x1024 0.87 / 0.86,
+# 8192x4096 0.78 / 0.85, 131072x128 0.86 / 0.93; two threads alike).
+@functools.cache
+def _panel_geometry(itemsize: int, isa: str) -> tuple[int, int]:
+    """(bytes of one step of a full panel, the longest axis a softmax panel keeps in its
+    scratch panel) from the kernels' own tables."""
+    lanes = _core.panel_lanes(_dispatch.ISA_CODES[isa], itemsize)
+    return lanes * itemsize, _core.panel_scratch_steps(itemsize)
 
 
-def _panel_fits_l2(n: int, inner: int, itemsize: int, isa: str | None) -> bool:
-    step = min(inner * itemsize, 4 * _PANEL_VECTOR_BYTES.get(isa or _dispatch.ISA, itemsize))
-    return n * step <= _dispatch.cache_sizes()["L2"]
+def _panel_algorithm(op: str, n: int, inner: int, itemsize: int, isa: str | None) -> str | None:
+    """auto's choice over a non-last axis (see above), or None for the rows' rule."""
+    if op == "log_softmax" or itemsize == 2:
+        return "three_pass_reload"
+    step, scratch = _panel_geometry(itemsize, isa or _dispatch.ISA)
+    l2 = _dispatch.cache_sizes()["L2"]
+    if inner * itemsize > step and n > scratch:
+        return "three_pass_reload" if n * step <= l2 // 16 else "three_pass_recompute"
+    return "three_pass_reload" if n * min(inner * itemsize, step) <= l2 else None
 
 
 def auto_algorithm(
@@ -512,8 +533,8 @@ def auto_algorithm(
     `inner` elements after it (panels); see above. `dtype`: a NumPy dtype, or a torch one
     (twopass.torch). Runs on every call of the fast path: keep it cheap."""
     itemsize = dtype.itemsize
-    if inner > 1 and (op == "log_softmax" or itemsize == 2 or _panel_fits_l2(n, inner, itemsize, isa)):
-        return "three_pass_reload"
+    if inner > 1 and (panel := _panel_algorithm(op, n, inner, itemsize, isa)):
+        return panel
     if itemsize == 2:
         # float16/bfloat16, computed in float32 and bound by that arithmetic: softmax's
         # reload keeps exp(x - max) in a float32 row (rows_reload: its stack scratch row,
