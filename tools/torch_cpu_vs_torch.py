@@ -27,7 +27,7 @@ normalised dim (n entries), slice i of the dims before it keeps its first 1 + (i
 entries, the rest are VALUE (-inf, -1e4, lowest: the float's most negative finite; a
 cross_entropy target always falls on a kept entry).
 
-    python tools/torch_cpu_vs_torch.py --masked -inf --shapes 2048x2048 256x4096 --ops softmax
+    python tools/torch_cpu_vs_torch.py --masked=-inf --shapes 2048x2048 256x4096 --ops softmax
 """
 
 from __future__ import annotations
