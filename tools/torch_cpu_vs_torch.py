@@ -47,8 +47,9 @@ import twopass.torch as tpt
 SMALL = ["1x1024", "256x1024", "64x4096", "8x32000"]
 BATCHES = ["4096x4096", "32x128256", "64x262144", "65536x64"]
 ROWS = ["1x4096", "1x262144", "1x16777216"]  # the benchmark's quick row sweep
-# Non-last dims: short (4, 16) and long (64, 4096) axes over wide panels of columns.
-PANELS = ["16x4x65536@1", "64x65536@0", "256x16x1024@1", "8x64x8192@1", "4096x4096@0"]
+# Non-last dims: short (4, 16) and long (64, 4096) axes over wide panels of columns, and
+# panels narrower than a vector (8 and 4 columns).
+PANELS = ["16x4x65536@1", "64x65536@0", "256x16x1024@1", "8x64x8192@1", "4096x4096@0", "4096x8@0", "65536x4@0"]
 OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy")
 MODES = ("fwd", "bwd", "fwdbwd")
 
