@@ -52,7 +52,8 @@ template <class H> struct HasHalfKeys<H, std::void_t<typename H::Keys>> : std::t
 // Whether HalfVec H loads a tail of 16-bit lanes itself (half_tail_x86.h).
 template <class H, class = void> struct HasPartialLoad : std::false_type {};
 template <class H>
-struct HasPartialLoad<H, std::void_t<decltype(H::load_partial((const uint16_t*)nullptr, 0, uint16_t{}))>> : std::true_type {};
+struct HasPartialLoad<H, std::void_t<decltype((void)H::load_partial((const uint16_t*)nullptr, 0, uint16_t{}))>>
+    : std::true_type {};
 
 // W lanes of 16 bits per vector of W floats. Tails load through HalfVec::load_partial
 // where the ISA has one, else (and stores always) through a small buffer.
