@@ -43,7 +43,7 @@ template <class S> struct Io {  // float, double
 
 // Whether HalfVec H widens bfloat16 two vectors at a time (widen_bf16_pair).
 template <class H, class = void> struct HasBf16Pair : std::false_type {};
-template <class H> struct HasBf16Pair<H, std::void_t<decltype(&H::widen_bf16_pair)>> : std::true_type {};
+template <class H> struct HasBf16Pair<H, std::void_t<decltype((void)&H::widen_bf16_pair)>> : std::true_type {};
 
 // Whether HalfVec H has Keys (half_keys_x86.h): a float16 maximum without conversions.
 template <class H, class = void> struct HasHalfKeys : std::false_type {};
