@@ -112,6 +112,16 @@ template <class T> struct Exp {
     }
     return V::zero_below(r, x, kZero);
   }
+  // exp(x) for x <= 0 as a term of a sum that holds exp(0) = 1 (x - max): results below
+  // the normal range are 0, by a mask and without a branch. Each such term is below
+  // 2^-126, so n of them move a sum >= 1 by less than n * 2^-126 (float64: 2^-1022), far
+  // under its rounding; only values written out need nonpositive's exact subnormals.
+  // Logits of a wide range (float32 rows of 4096, standard deviation 25: a third of the
+  // vectors hold a subnormal exp) lose the assists: log_softmax 7.6 -> 0.9 ms per 256 rows.
+  static inline R term(R x) {
+    constexpr T kMin = tp::Numerics<T>::kNormalMin;
+    return V::zero_below(normal_range(V::max(V::set1(kMin), x)), x, kMin);
+  }
   // exp(x) for x in [kNormalMin, 0] (not NaN-safe beyond propagating it): the result
   // is normal, so there is nothing to clamp and one power of two scales it.
   static inline R normal_range(R x) {

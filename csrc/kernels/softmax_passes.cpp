@@ -61,25 +61,41 @@ template <class T, bool Shifted> struct TwoPassSumVisitor {
   R S[kUnroll], E[kUnroll], M[kUnroll];  // M: the maximum of x - shift, per register
   ScaledSum* out;
   T* out_max;
+  R floor = V::set1(-tp::Numerics<T>::kAccurate);  // a row's: see low()
+  bool fresh = true;
   void reset() {
     for (int u = 0; u < kUnroll; ++u) {
       S[u] = V::set1(0);
       E[u] = V::set1(T(-1e30));  // finite sentinel: no inf - inf in E - max(E, e)
-      M[u] = V::set1(-INFINITY);
+      if (fresh) M[u] = V::set1(-INFINITY);  // (M persists across blocks: see low())
     }
+    fresh = false;
   }
-  // The argument of exp (x - shift), clamped below the accurate domain (this also maps
-  // -inf to a finite value): such elements contribute < 2^-180 of the row's largest
-  // term whenever the driver accepts this pass's result. max(bound, x) keeps NaN. M
-  // tracks the clamped argument: a row whose maximum is clamped is redone anyway.
   inline R shifted(int u, R x) const { return Shifted ? V::sub(x, shift.v[u]) : x; }
-  static inline R clamp(R x) { return V::max(V::set1(-tp::Numerics<T>::kAccurate), x); }
+  // The argument of exp (x - shift) is clamped below. At least at the accurate domain's
+  // bound (this also maps -inf to a finite value): elements below it contribute < 2^-180
+  // of the row's largest term whenever the driver accepts this pass's result (a row whose
+  // maximum is clamped is redone anyway). And at kTermRange below the lane's maximum
+  // including this step's elements (Mx), or along a row below the whole row's maximum as
+  // of its last fold (floor), whichever is higher: a term further below Mx would be scaled
+  // into the subnormal range (m * 2^(e - Emax) under 2^-126), which Intel's cores run as a
+  // microcode assist (Exp::nonpositive). Logits of a wide range paid it in most vectors
+  // (Xeon VM, 256 float32 rows of 4096, standard deviation 25, logsumexp: 8.9 -> 0.4 ms).
+  // Such an element counts as exp(Mx - kTermRange), under 2^-114 of the largest term
+  // (float64 2^-1010): n of them move the sum by n * 2^-114, far under its rounding. M
+  // then tracks max(Mx, bound) >= every clamped argument (so Emax >= e); max(bound, x)
+  // keeps NaN, and max(bound, Mx) a NaN maximum.
+  static constexpr T kTermRange = -tp::Numerics<T>::kNormalMin - 7;  // 80, float64 701
+  inline R low(R Mx) const { return V::max(V::sub(Mx, V::set1(kTermRange)), floor); }
   // The loop-carried chain is one max on E and one fma on S; the terms' scaling and
   // sum happen off the chain.
   inline void step(int u, R x) {  // panel: register u is lane group u
     R m, e;
-    x = clamp(shifted(u, x));
-    M[u] = V::max(M[u], x);
+    x = shifted(u, x);
+    const R Mx = V::max(M[u], x);
+    const R lo = low(Mx);
+    x = V::max(lo, x);
+    M[u] = V::max(lo, Mx);
     Exp<T>::extended(x, m, e);
     const R Emax = V::max(E[u], e);
     const R term = V::mul(m, Pow2Scale<T>::sum_factor(V::sub(e, Emax)));
@@ -92,9 +108,11 @@ template <class T, bool Shifted> struct TwoPassSumVisitor {
   // round per step of kUnroll vectors over the exponent maximum it replaces.
   inline void step_row(const R (&x)[kUnroll]) {  // row: one accumulator takes all registers
     R xc[kUnroll], m[kUnroll], e[kUnroll];
-    for (int u = 0; u < kUnroll; ++u) xc[u] = clamp(shifted(u, x[u]));
     R Mx = M[0];
-    for (int u = 0; u < kUnroll; ++u) Mx = V::max(Mx, xc[u]);
+    for (int u = 0; u < kUnroll; ++u) xc[u] = shifted(u, x[u]), Mx = V::max(Mx, xc[u]);
+    const R lo = low(Mx);
+    for (int u = 0; u < kUnroll; ++u) xc[u] = V::max(lo, xc[u]);
+    Mx = V::max(lo, Mx);
     M[0] = Mx;
     const R Emax = V::round(V::mul(Mx, V::set1(ExpConst<T>::kLog2e)));  // >= E[0]: M only grows
     for (int u = 0; u < kUnroll; ++u) Exp<T>::extended(xc[u], m[u], e[u]);
@@ -115,6 +133,7 @@ template <class T, bool Shifted> struct TwoPassSumVisitor {
     tp::scaled_sum_merge(out[0], total, em);
     const T mx = V::hmax(Mall);
     out_max[0] = out_max[0] > mx ? out_max[0] : mx;
+    floor = V::max(V::set1(mx - kTermRange), floor);  // (NaN: keeps floor)
   }
   void fold_panel(int lanes) {
     T s[V::W], e[V::W], mx[V::W];
@@ -237,7 +256,7 @@ template <class T> struct SumExpVisitor : CompensatedSums<T> {
   void reset() {
     for (auto& r : S) r = V::set1(0);
   }
-  inline void step(int u, R x) { S[u] = V::add(S[u], Exp<T>::nonpositive(V::sub(x, mx.v[u]))); }
+  inline void step(int u, R x) { S[u] = V::add(S[u], Exp<T>::term(V::sub(x, mx.v[u]))); }
   void fold_row() {
     R all = S[0];
     for (int u = 1; u < kUnroll; ++u) all = V::add(all, S[u]);
@@ -270,7 +289,7 @@ template <class T> struct OnlineVisitor {
   }
   inline void step(int u, R x) {
     R Mn = V::max(M[u], x);
-    S[u] = V::fma(S[u], Exp<T>::nonpositive(V::sub(M[u], Mn)), Exp<T>::nonpositive(V::sub(x, Mn)));
+    S[u] = V::fma(S[u], Exp<T>::term(V::sub(M[u], Mn)), Exp<T>::term(V::sub(x, Mn)));
     M[u] = Mn;
   }
   void fold_row() {
@@ -280,7 +299,7 @@ template <class T> struct OnlineVisitor {
     const R Mh = V::set1(mh);
     R all = V::set1(0);
     for (int u = 0; u < kUnroll; ++u) {
-      all = V::fma(S[u], Exp<T>::nonpositive(V::sub(M[u], Mh)), all);
+      all = V::fma(S[u], Exp<T>::term(V::sub(M[u], Mh)), all);
       M[u] = Mh;  // every register continues from the row's running maximum
     }
     merge(0, mh, V::hsum_wide(all));
@@ -543,7 +562,7 @@ template <class S, bool Panel> struct PassKernels {
       // Before any finite element the block holds -inf and NaN only: exp(x - lowest) is 0
       // for -inf and keeps NaN, which the sum then carries to the redo.
       const T shift = run > -INFINITY ? run : std::numeric_limits<T>::lowest();
-      sum.add(exp_sum<kUnordered>(xr, b, end, shift, range.min - run >= tp::Numerics<T>::kNormalMin, next,
+      sum.add(exp_sum<kUnordered>(xr, b, end, shift, range.min - run >= tp::Numerics<T>::kNormalMin, true, next,
                                   [&](int64_t i, typename Vec<T>::R e, int k) { store_k(yr + i, e, k); }));
     }
     m = run;
@@ -683,11 +702,14 @@ template <class S, bool Panel> struct PassKernels {
   // lanes from element i). `normal`: every x - shift lies in [kNormalMin, 0] (the common
   // row: no -inf, a range under 87 for float32), so the exp needs no clamp and no care
   // for subnormal results (one row in cache, one core: 4K floats 0.40 -> 0.37 ns per
-  // element, 256K floats 0.45 -> 0.42).
+  // element, 256K floats 0.45 -> 0.42). Otherwise `stored`: store keeps the exps (they
+  // must be exact, subnormals included: Exp::nonpositive), else they are only summed
+  // (Exp::term).
   // kUnordered: each whole step loaded through Io's unordered loads (its exps handed to
   // store in that order).
   template <bool kUnordered = false, class Store>
-  static double exp_sum(const S* x, int64_t b, int64_t end, T shift, bool normal, RowPrefetch<S>& next, Store&& store) {
+  static double exp_sum(const S* x, int64_t b, int64_t end, T shift, bool normal, bool stored, RowPrefetch<S>& next,
+                        Store&& store) {
     using V = Vec<T>;
     using R = typename V::R;
     constexpr int W = V::W, kStep = kUnroll * W;
@@ -717,11 +739,14 @@ template <class S, bool Panel> struct PassKernels {
     };
     if (normal)
       body([](R v) { return Exp<T>::normal_range(v); });
-    else
+    else if (stored)
       body([](R v) { return Exp<T>::nonpositive(v); });
+    else
+      body([](R v) { return Exp<T>::term(v); });
     for (; i < end; i += W) {  // the tail, on the general exp
       const int k = (int)std::min<int64_t>(W, end - i);
-      const R e = Exp<T>::nonpositive(V::sub(load_k<S>(x + i, k, -INFINITY), mv));  // fill: exp(-inf) = 0
+      const R d = V::sub(load_k<S>(x + i, k, -INFINITY), mv);  // fill: exp(-inf) = 0
+      const R e = stored ? Exp<T>::nonpositive(d) : Exp<T>::term(d);
       store(i, e, k);
       Ssum[0] = V::add(Ssum[0], e);
     }
@@ -914,9 +939,10 @@ template <class S, bool Panel> struct PassKernels {
       const R mv = V::set1(m);
       const bool normal = range.min - m >= tp::Numerics<T>::kNormalMin;
       CompensatedSum sum;
+      const bool stored = buffered && !log && y;
       for (int64_t b = 0; b < n; b += kBlock)
-        sum.add(exp_sum(xr, b, std::min(n, b + kBlock), m, normal, next, [&](int64_t i, R e, int k) {
-          if (buffered && !log && y) store_k(scratch + i, e, k);
+        sum.add(exp_sum(xr, b, std::min(n, b + kBlock), m, normal, stored, next, [&](int64_t i, R e, int k) {
+          if (stored) store_k(scratch + i, e, k);
         }));
       s = sum.value();
       redo[r] = !(std::isfinite(s) && s > 0 && std::isfinite(m));
