@@ -19,11 +19,6 @@
 #include "loops.h"
 #include "simd/vec.h"
 
-// For lambdas whose arguments must stay in registers (GCC left short_rows' rows on the
-// stack, passed by reference to out-of-line lambdas: rows of 64 floats 0.54 -> 0.36 ns
-// per element inlined).
-#define TP_ALWAYS_INLINE __attribute__((always_inline))
-
 namespace TP_NS {
 namespace {
 
@@ -61,41 +56,25 @@ template <class T, bool Shifted> struct TwoPassSumVisitor {
   R S[kUnroll], E[kUnroll], M[kUnroll];  // M: the maximum of x - shift, per register
   ScaledSum* out;
   T* out_max;
-  R floor = V::set1(-tp::Numerics<T>::kAccurate);  // a row's: see low()
-  bool fresh = true;
   void reset() {
     for (int u = 0; u < kUnroll; ++u) {
       S[u] = V::set1(0);
       E[u] = V::set1(T(-1e30));  // finite sentinel: no inf - inf in E - max(E, e)
-      if (fresh) M[u] = V::set1(-INFINITY);  // (M persists across blocks: see low())
+      M[u] = V::set1(-INFINITY);
     }
-    fresh = false;
   }
+  // The argument of exp (x - shift), clamped below the accurate domain (this also maps
+  // -inf to a finite value): such elements contribute < 2^-180 of the row's largest
+  // term whenever the driver accepts this pass's result. max(bound, x) keeps NaN. M
+  // tracks the clamped argument: a row whose maximum is clamped is redone anyway.
   inline R shifted(int u, R x) const { return Shifted ? V::sub(x, shift.v[u]) : x; }
-  // The argument of exp (x - shift) is clamped below. At least at the accurate domain's
-  // bound (this also maps -inf to a finite value): elements below it contribute < 2^-180
-  // of the row's largest term whenever the driver accepts this pass's result (a row whose
-  // maximum is clamped is redone anyway). And at kTermRange below the lane's maximum
-  // including this step's elements (Mx), or along a row below the whole row's maximum as
-  // of its last fold (floor), whichever is higher: a term further below Mx would be scaled
-  // into the subnormal range (m * 2^(e - Emax) under 2^-126), which Intel's cores run as a
-  // microcode assist (Exp::nonpositive). Logits of a wide range paid it in most vectors
-  // (Xeon VM, 256 float32 rows of 4096, standard deviation 25, logsumexp: 8.9 -> 0.4 ms).
-  // Such an element counts as exp(Mx - kTermRange), under 2^-114 of the largest term
-  // (float64 2^-1010): n of them move the sum by n * 2^-114, far under its rounding. M
-  // then tracks max(Mx, bound) >= every clamped argument (so Emax >= e); max(bound, x)
-  // keeps NaN, and max(bound, Mx) a NaN maximum.
-  static constexpr T kTermRange = -tp::Numerics<T>::kNormalMin - 7;  // 80, float64 701
-  inline R low(R Mx) const { return V::max(V::sub(Mx, V::set1(kTermRange)), floor); }
+  static inline R clamp(R x) { return V::max(V::set1(-tp::Numerics<T>::kAccurate), x); }
   // The loop-carried chain is one max on E and one fma on S; the terms' scaling and
   // sum happen off the chain.
   inline void step(int u, R x) {  // panel: register u is lane group u
     R m, e;
-    x = shifted(u, x);
-    const R Mx = V::max(M[u], x);
-    const R lo = low(Mx);
-    x = V::max(lo, x);
-    M[u] = V::max(lo, Mx);
+    x = clamp(shifted(u, x));
+    M[u] = V::max(M[u], x);
     Exp<T>::extended(x, m, e);
     const R Emax = V::max(E[u], e);
     const R term = V::mul(m, Pow2Scale<T>::sum_factor(V::sub(e, Emax)));
@@ -108,11 +87,9 @@ template <class T, bool Shifted> struct TwoPassSumVisitor {
   // round per step of kUnroll vectors over the exponent maximum it replaces.
   inline void step_row(const R (&x)[kUnroll]) {  // row: one accumulator takes all registers
     R xc[kUnroll], m[kUnroll], e[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) xc[u] = clamp(shifted(u, x[u]));
     R Mx = M[0];
-    for (int u = 0; u < kUnroll; ++u) xc[u] = shifted(u, x[u]), Mx = V::max(Mx, xc[u]);
-    const R lo = low(Mx);
-    for (int u = 0; u < kUnroll; ++u) xc[u] = V::max(lo, xc[u]);
-    Mx = V::max(lo, Mx);
+    for (int u = 0; u < kUnroll; ++u) Mx = V::max(Mx, xc[u]);
     M[0] = Mx;
     const R Emax = V::round(V::mul(Mx, V::set1(ExpConst<T>::kLog2e)));  // >= E[0]: M only grows
     for (int u = 0; u < kUnroll; ++u) Exp<T>::extended(xc[u], m[u], e[u]);
@@ -133,7 +110,6 @@ template <class T, bool Shifted> struct TwoPassSumVisitor {
     tp::scaled_sum_merge(out[0], total, em);
     const T mx = V::hmax(Mall);
     out_max[0] = out_max[0] > mx ? out_max[0] : mx;
-    floor = V::max(V::set1(mx - kTermRange), floor);  // (NaN: keeps floor)
   }
   void fold_panel(int lanes) {
     T s[V::W], e[V::W], mx[V::W];

@@ -68,7 +68,7 @@ template <class S, bool kBf16> struct HalfIo {
   static R widen(H h) { return kBf16 ? HalfVec::widen_bf16(h) : HalfVec::widen_f16(h); }
   static H narrow(R v) { return kBf16 ? HalfVec::narrow_bf16(v) : HalfVec::narrow_f16(v); }
   static R load(const S* p) { return widen(HalfVec::load(u16(p))); }
-  template <class HV = HalfVec> static R load_partial(const S* p, int n, float fill) {
+  template <class HV = HalfVec> TP_ALWAYS_INLINE static R load_partial(const S* p, int n, float fill) {
     if (n == W) return load(p);  // (a panel's whole vectors come this way)
     const uint16_t f = tp::Storage<S>::narrow(fill).bits;  // fills are 0 or +-inf: exact
     if constexpr (HasPartialLoad<HV>::value) return widen(HV::load_partial(u16(p), n, f));  // (HV: as below)
@@ -77,8 +77,9 @@ template <class S, bool kBf16> struct HalfIo {
     return widen(HalfVec::load(b));
   }
   static void store(S* p, R v) { HalfVec::store(u16(p), narrow(v)); }
+  // (Through the buffer even for a whole vector: storing it directly measured slower,
+  // bfloat16 log_softmax over axis 0 of 4096x4096 1.70 against 1.34 ns per element.)
   static void store_partial(S* p, R v, int n) {
-    if (n == W) return store(p, v);
     uint16_t b[W];
     HalfVec::store(b, narrow(v));
     for (int i = 0; i < n; ++i) u16(p)[i] = b[i];
